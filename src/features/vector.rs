@@ -1,0 +1,288 @@
+//! Point-in-time feature vectors: what a user looks like *as of* a time `t`.
+//!
+//! A vector is read off a [`UserAggregate`] built from events strictly before `t`; nothing here
+//! looks at events, so nothing after `t` can leak in as long as the aggregate was built that way
+//! (see [`super::build_aggregates`]).
+
+use super::aggregate::UserAggregate;
+use super::event::{EventKind, Timestamp, DAY};
+use super::table::ColumnsPresent;
+use serde::{Deserialize, Serialize};
+
+/// Every feature the product knows. A model uses the subset its data supports ([`FeatureSet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// Days since the last order (never ordered: days since tenure start).
+    RecencyDays,
+    /// Number of orders.
+    Frequency,
+    /// Total spend.
+    MonetaryTotal,
+    /// Average order value (0 without orders).
+    MonetaryAvg,
+    /// Days since registration (or first event).
+    TenureDays,
+    /// Days since the last event of any kind.
+    DaysSinceActivity,
+    /// Total live-room watch time, minutes.
+    WatchMinutes,
+    /// Live-room views.
+    Sessions,
+    Comments,
+    Likes,
+    Shares,
+    /// Distinct live rooms visited (sketch estimate).
+    Rooms,
+    /// Distinct categories touched (sketch estimate).
+    Categories,
+    /// ln((events in the last 4 weeks + 1) / (events in the 4 weeks before + 1)).
+    Trend,
+}
+
+/// How a feature is transformed before scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// ln(1 + x): for heavy-tailed, non-negative quantities (spend, counts, durations).
+    Log1p,
+    Identity,
+}
+
+impl Transform {
+    #[inline]
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Transform::Log1p => x.max(0.0).ln_1p(),
+            Transform::Identity => x,
+        }
+    }
+
+    #[inline]
+    pub fn invert(self, y: f64) -> f64 {
+        match self {
+            Transform::Log1p => y.exp_m1(),
+            Transform::Identity => y,
+        }
+    }
+}
+
+impl Feature {
+    pub const ALL: [Feature; 14] = [
+        Feature::RecencyDays,
+        Feature::Frequency,
+        Feature::MonetaryTotal,
+        Feature::MonetaryAvg,
+        Feature::TenureDays,
+        Feature::DaysSinceActivity,
+        Feature::WatchMinutes,
+        Feature::Sessions,
+        Feature::Comments,
+        Feature::Likes,
+        Feature::Shares,
+        Feature::Rooms,
+        Feature::Categories,
+        Feature::Trend,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::RecencyDays => "recency_days",
+            Feature::Frequency => "frequency",
+            Feature::MonetaryTotal => "monetary_total",
+            Feature::MonetaryAvg => "monetary_avg",
+            Feature::TenureDays => "tenure_days",
+            Feature::DaysSinceActivity => "days_since_activity",
+            Feature::WatchMinutes => "watch_minutes",
+            Feature::Sessions => "sessions",
+            Feature::Comments => "comments",
+            Feature::Likes => "likes",
+            Feature::Shares => "shares",
+            Feature::Rooms => "rooms",
+            Feature::Categories => "categories",
+            Feature::Trend => "trend",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Feature> {
+        Feature::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    pub fn transform(self) -> Transform {
+        match self {
+            Feature::Trend => Transform::Identity,
+            _ => Transform::Log1p,
+        }
+    }
+
+    /// The value in original units as of `t`.
+    #[inline]
+    pub fn value(self, a: &UserAggregate, t: Timestamp) -> f64 {
+        let days_since = |ts: Timestamp| -> f64 {
+            if ts == UserAggregate::NONE {
+                0.0
+            } else {
+                ((t - ts) as f64 / DAY as f64).max(0.0)
+            }
+        };
+        let tenure = a.tenure_start().map_or(0.0, days_since);
+        match self {
+            Feature::RecencyDays => {
+                if a.last_order == UserAggregate::NONE {
+                    tenure
+                } else {
+                    days_since(a.last_order)
+                }
+            }
+            Feature::Frequency => f64::from(a.orders),
+            Feature::MonetaryTotal => a.spend,
+            Feature::MonetaryAvg => {
+                if a.orders == 0 {
+                    0.0
+                } else {
+                    a.spend / f64::from(a.orders)
+                }
+            }
+            Feature::TenureDays => tenure,
+            Feature::DaysSinceActivity => {
+                if a.has_activity() {
+                    days_since(a.last_activity)
+                } else {
+                    tenure
+                }
+            }
+            Feature::WatchMinutes => a.watch_seconds as f64 / 60.0,
+            Feature::Sessions => f64::from(a.views),
+            Feature::Comments => f64::from(a.comments),
+            Feature::Likes => f64::from(a.likes),
+            Feature::Shares => f64::from(a.shares),
+            Feature::Rooms => a.distinct_rooms(),
+            Feature::Categories => a.distinct_categories(),
+            Feature::Trend => {
+                let (recent, prior) = a.trend_windows(t);
+                (f64::from(recent) + 1.0).ln() - (f64::from(prior) + 1.0).ln()
+            }
+        }
+    }
+}
+
+/// The features a model uses, in model column order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSet {
+    pub features: Vec<Feature>,
+}
+
+impl FeatureSet {
+    pub fn all() -> Self {
+        FeatureSet { features: Feature::ALL.to_vec() }
+    }
+
+    /// The features the data can support, and the ones left out (with the reason).
+    ///
+    /// Behaviour counts need events of their kind; watch time needs the `watch_seconds` column;
+    /// rooms and categories need their columns. A plain transaction log keeps the RFM, tenure,
+    /// activity and trend features.
+    pub fn supported_by(
+        columns: ColumnsPresent,
+        kinds_present: &[bool; EventKind::ALL.len()],
+    ) -> (FeatureSet, Vec<(Feature, &'static str)>) {
+        let has = |k: EventKind| kinds_present[k as usize];
+        let mut kept = Vec::new();
+        let mut left_out = Vec::new();
+        for f in Feature::ALL {
+            let missing: Option<&'static str> = match f {
+                Feature::WatchMinutes if !columns.watch_seconds => Some("no watch_seconds column"),
+                Feature::WatchMinutes | Feature::Sessions if !has(EventKind::View) => {
+                    Some("no view events")
+                }
+                Feature::Comments if !has(EventKind::Comment) => Some("no comment events"),
+                Feature::Likes if !has(EventKind::Like) => Some("no like events"),
+                Feature::Shares if !has(EventKind::Share) => Some("no share events"),
+                Feature::Rooms if !columns.room_id => Some("no room_id column"),
+                Feature::Categories if !columns.category => Some("no category column"),
+                _ => None,
+            };
+            match missing {
+                Some(why) => left_out.push((f, why)),
+                None => kept.push(f),
+            }
+        }
+        (FeatureSet { features: kept }, left_out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.features.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.features.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.features.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    pub fn position(&self, f: Feature) -> Option<usize> {
+        self.features.iter().position(|&g| g == f)
+    }
+
+    /// Original-unit values as of `t` into `out` (length = `len()`). No allocation.
+    #[inline]
+    pub fn raw_into(&self, a: &UserAggregate, t: Timestamp, out: &mut [f64]) {
+        for (o, f) in out.iter_mut().zip(&self.features) {
+            *o = f.value(a, t);
+        }
+    }
+
+    /// Transformed (log1p etc.) values as of `t` into `out`; the scaler takes it from here.
+    #[inline]
+    pub fn transformed_into(&self, a: &UserAggregate, t: Timestamp, out: &mut [f64]) {
+        for (o, f) in out.iter_mut().zip(&self.features) {
+            *o = f.transform().apply(f.value(a, t));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::event::Event;
+
+    #[test]
+    fn recency_grows_while_the_user_is_quiet() {
+        let mut a = UserAggregate::default();
+        let t0 = 1_700_000_000;
+        a.apply(&Event { ts: t0, kind: EventKind::Order, amount: 20.0, watch_seconds: 0, room: 0, category: 0 });
+        let r1 = Feature::RecencyDays.value(&a, t0 + DAY);
+        let r10 = Feature::RecencyDays.value(&a, t0 + 10 * DAY);
+        assert!((r1 - 1.0).abs() < 1e-9 && (r10 - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_transaction_log_keeps_only_what_it_supports() {
+        let mut kinds = [false; EventKind::ALL.len()];
+        kinds[EventKind::Order as usize] = true;
+        let (set, left_out) = FeatureSet::supported_by(ColumnsPresent::default(), &kinds);
+        assert_eq!(
+            set.features,
+            vec![
+                Feature::RecencyDays,
+                Feature::Frequency,
+                Feature::MonetaryTotal,
+                Feature::MonetaryAvg,
+                Feature::TenureDays,
+                Feature::DaysSinceActivity,
+                Feature::Trend
+            ]
+        );
+        assert_eq!(left_out.len(), 7);
+    }
+
+    #[test]
+    fn log1p_round_trips() {
+        for x in [0.0, 1.0, 37.5, 1e6] {
+            let t = Transform::Log1p;
+            assert!((t.invert(t.apply(x)) - x).abs() < 1e-6 * (1.0 + x));
+        }
+    }
+}

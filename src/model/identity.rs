@@ -1,0 +1,294 @@
+//! The catalogue of business identities a cluster can be given, and how a centroid is judged
+//! against them.
+//!
+//! Each archetype scores a centroid (in scaled space, so 0 is the population average and 1 a
+//! standard deviation) with signed weights on named features; features the model lacks count 0.
+//! Clusters get archetypes by minimum-cost assignment, so two clusters never share an identity.
+
+use super::tiers::TierIdentity;
+use pathfinding::prelude::{kuhn_munkres_min, Matrix};
+
+pub struct Archetype {
+    pub id: &'static str,
+    pub name_en: &'static str,
+    pub name_zh: &'static str,
+    pub weights: &'static [(&'static str, f64)],
+    pub playbook: &'static [&'static str],
+}
+
+impl Archetype {
+    pub fn identity(&self) -> TierIdentity {
+        TierIdentity {
+            id: self.id.to_string(),
+            name_en: self.name_en.to_string(),
+            name_zh: self.name_zh.to_string(),
+            description: String::new(),
+            playbook: self.playbook.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn score(&self, centroid: &[f64], names: &[&str]) -> f64 {
+        self.weights
+            .iter()
+            .filter_map(|(f, w)| names.iter().position(|n| n == f).map(|j| w * centroid[j]))
+            .sum()
+    }
+}
+
+pub const CATALOGUE: &[Archetype] = &[
+    Archetype {
+        id: "core_fans",
+        name_en: "Core fans",
+        name_zh: "核心铁粉",
+        weights: &[
+            ("monetary_total", 1.0),
+            ("frequency", 1.0),
+            ("comments", 0.5),
+            ("likes", 0.3),
+            ("shares", 0.3),
+            ("watch_minutes", 0.3),
+            ("recency_days", -0.7),
+            ("days_since_activity", -0.5),
+        ],
+        playbook: &[
+            "Exclusive fan community and early access to drops",
+            "Priority co-streaming and backstage moments with hosts",
+            "New-product trials and VIP gifts",
+        ],
+    },
+    Archetype {
+        id: "active_regulars",
+        name_en: "Active regulars",
+        name_zh: "活跃常客",
+        weights: &[
+            ("recency_days", -0.8),
+            ("days_since_activity", -0.8),
+            ("frequency", 0.5),
+            ("monetary_total", 0.3),
+            ("tenure_days", 0.3),
+        ],
+        playbook: &[
+            "Membership points and tier upgrades",
+            "Flash sales at the hours they usually watch",
+            "Greet them by name in the live room",
+        ],
+    },
+    Archetype {
+        id: "potential_new",
+        name_en: "Potential new customers",
+        name_zh: "潜力新客",
+        weights: &[("tenure_days", -1.5), ("frequency", -0.3), ("days_since_activity", -0.5)],
+        playbook: &[
+            "Guided first order with a new-user coupon",
+            "Route them to best-seller rooms",
+            "Onboarding message within 48 hours",
+        ],
+    },
+    Archetype {
+        id: "bargain_hunters",
+        name_en: "Bargain hunters",
+        name_zh: "价格敏感客",
+        weights: &[("frequency", 0.8), ("monetary_avg", -1.5)],
+        playbook: &[
+            "Bundle deals and spend-threshold discounts (满减)",
+            "Flash-sale reminders",
+            "Avoid blanket coupons; nudge basket size instead",
+        ],
+    },
+    Archetype {
+        id: "silent_onlookers",
+        name_en: "Silent onlookers",
+        name_zh: "沉默围观者",
+        weights: &[
+            ("sessions", 0.8),
+            ("watch_minutes", 0.8),
+            ("comments", -0.7),
+            ("likes", -0.4),
+            ("frequency", -0.6),
+        ],
+        playbook: &[
+            "Low-friction interactions: polls and lucky draws",
+            "Limited-time offers in the rooms they watch",
+            "Social proof: show what others are buying",
+        ],
+    },
+    Archetype {
+        id: "drifting_away",
+        name_en: "Drifting away",
+        name_zh: "渐行渐远",
+        weights: &[("trend", -1.5), ("days_since_activity", 0.4), ("frequency", 0.3)],
+        playbook: &[
+            "Win-back coupon before they go quiet",
+            "Personalised replays of their favourite hosts",
+            "Ask why: a one-question survey",
+        ],
+    },
+    Archetype {
+        id: "dormant",
+        name_en: "Dormant",
+        name_zh: "沉睡用户",
+        weights: &[("days_since_activity", 1.2), ("recency_days", 0.8), ("trend", -0.3), ("sessions", -0.3)],
+        playbook: &[
+            "Reactivation campaign with a strong incentive",
+            "Re-introduce them through new hosts and categories",
+            "Suppress from costly channels if they do not respond",
+        ],
+    },
+    Archetype {
+        id: "engaged_fans",
+        name_en: "Deeply engaged fans",
+        name_zh: "深度互动粉",
+        weights: &[("comments", 1.0), ("likes", 0.8), ("shares", 0.8), ("monetary_total", -0.8)],
+        playbook: &[
+            "Convert engagement: host shout-outs with product links",
+            "Fan-club tasks that reward the next purchase",
+            "Invite them to community events",
+        ],
+    },
+    Archetype {
+        id: "content_browsers",
+        name_en: "Content browsers",
+        name_zh: "内容浏览者",
+        weights: &[("rooms", 1.0), ("categories", 1.0), ("sessions", 0.5), ("frequency", -0.5)],
+        playbook: &[
+            "Personalised room recommendations across categories",
+            "Curated themed sessions",
+            "Follow prompts for the hosts they return to",
+        ],
+    },
+];
+
+/// A neutral identity for clusters beyond the catalogue.
+pub fn generic(n: usize) -> TierIdentity {
+    TierIdentity {
+        id: format!("segment_{n}"),
+        name_en: format!("Segment {n}"),
+        name_zh: format!("用户群 {n}"),
+        description: String::new(),
+        playbook: vec!["Review this segment's profile before targeting it".to_string()],
+    }
+}
+
+/// For each centroid, the index into `free` of its archetype (`usize::MAX` when there are more
+/// centroids than archetypes and this one got none). Maximises the total score.
+pub fn assign_archetypes(centroids: &[&[f64]], names: &[&str], free: &[&Archetype]) -> Vec<usize> {
+    let (n, m) = (centroids.len(), free.len());
+    let mut out = vec![usize::MAX; n];
+    if n == 0 || m == 0 {
+        return out;
+    }
+    let score = |c: usize, a: usize| -> i64 { (-free[a].score(centroids[c], names) * 1e6) as i64 };
+    if n <= m {
+        let mut cost = Matrix::new(n, m, 0i64);
+        for c in 0..n {
+            for a in 0..m {
+                cost[(c, a)] = score(c, a);
+            }
+        }
+        let (_, assign) = kuhn_munkres_min(&cost);
+        out.copy_from_slice(&assign);
+    } else {
+        let mut cost = Matrix::new(m, n, 0i64);
+        for a in 0..m {
+            for c in 0..n {
+                cost[(a, c)] = score(c, a);
+            }
+        }
+        let (_, assign) = kuhn_munkres_min(&cost);
+        for (a, &c) in assign.iter().enumerate() {
+            out[c] = a;
+        }
+    }
+    out
+}
+
+/// Human label and formatting for a feature value in original units.
+fn phrase(feature: &str, value: f64) -> String {
+    match feature {
+        "recency_days" => format!("last order {value:.0} days ago"),
+        "frequency" => format!("{value:.1} orders"),
+        "monetary_total" => format!("{value:.0} total spend"),
+        "monetary_avg" => format!("{value:.0} per order"),
+        "tenure_days" => format!("{value:.0} days tenure"),
+        "days_since_activity" => format!("last seen {value:.0} days ago"),
+        "watch_minutes" => format!("{value:.0} min watched"),
+        "sessions" => format!("{value:.0} live sessions"),
+        "comments" => format!("{value:.0} comments"),
+        "likes" => format!("{value:.0} likes"),
+        "shares" => format!("{value:.1} shares"),
+        "rooms" => format!("{value:.1} rooms"),
+        "categories" => format!("{value:.1} categories"),
+        "trend" => {
+            if value < 0.0 {
+                format!("activity falling ({value:+.2} log-ratio)")
+            } else {
+                format!("activity rising ({value:+.2} log-ratio)")
+            }
+        }
+        other => format!("{other} {value:.2}"),
+    }
+}
+
+/// One line describing a cluster: its three most distinctive features, high or low, with the
+/// cluster's mean in original units.
+pub fn describe(names: &[&str], centroid_scaled: &[f64], raw_means: &[f64]) -> String {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| centroid_scaled[b].abs().total_cmp(&centroid_scaled[a].abs()));
+    let parts: Vec<String> = order
+        .iter()
+        .take(3)
+        .map(|&j| {
+            let level = if centroid_scaled[j] >= 0.0 { "high" } else { "low" };
+            let f = names[j].replace('_', " ");
+            format!("{level} {f} ({})", phrase(names[j], raw_means[j]))
+        })
+        .collect();
+    let mut s = parts.join(", ");
+    if let Some(first) = s.get(0..1) {
+        s = first.to_uppercase() + &s[1..];
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archetypes_go_to_the_centroids_that_fit_them() {
+        let names = ["recency_days", "frequency", "monetary_total", "monetary_avg", "tenure_days", "days_since_activity", "trend"];
+        // core-fan-like, brand-new, dormant
+        let core = [-1.0, 2.0, 2.0, 0.5, 0.5, -1.0, 0.0];
+        let newbie = [0.0, -0.8, -0.8, 0.0, -2.0, -0.5, 0.5];
+        let dormant = [2.0, -0.5, -0.3, 0.0, 0.5, 2.0, -0.5];
+        let free: Vec<&Archetype> = CATALOGUE.iter().collect();
+        let a = assign_archetypes(&[&core, &newbie, &dormant], &names, &free);
+        assert_eq!(free[a[0]].id, "core_fans");
+        assert_eq!(free[a[1]].id, "potential_new");
+        assert_eq!(free[a[2]].id, "dormant");
+    }
+
+    #[test]
+    fn more_centroids_than_archetypes_leaves_some_unnamed() {
+        let names = ["frequency"];
+        let free: Vec<&Archetype> = CATALOGUE.iter().take(2).collect();
+        let c: Vec<[f64; 1]> = (0..4).map(|i| [i as f64]).collect();
+        let refs: Vec<&[f64]> = c.iter().map(|x| &x[..]).collect();
+        let a = assign_archetypes(&refs, &names, &free);
+        assert_eq!(a.iter().filter(|&&x| x == usize::MAX).count(), 2);
+    }
+
+    #[test]
+    fn descriptions_name_the_most_distinctive_features() {
+        let d = describe(&["frequency", "recency_days"], &[2.5, -0.1], &[12.0, 3.0]);
+        assert!(d.starts_with("High frequency (12.0 orders)"), "{d}");
+    }
+
+    #[test]
+    fn catalogue_ids_are_unique() {
+        let mut ids: Vec<&str> = CATALOGUE.iter().map(|a| a.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), CATALOGUE.len());
+    }
+}

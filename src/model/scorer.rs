@@ -1,0 +1,372 @@
+//! The scorer: one user's aggregate and a time in, tier + calibrated churn probability + reasons
+//! out. `tiering score` and the gRPC server both call this, so offline and online agree exactly.
+//!
+//! The hot path is allocation-free: feature rows and contributions live in fixed-size arrays on
+//! the stack (there are at most `Feature::ALL.len()` features).
+
+use super::calibration::Platt;
+use super::churn::ChurnModel;
+use super::tiers::TierModel;
+use crate::features::{
+    Feature, FeatureSet, LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds, StandardScaler, Timestamp,
+    UserAggregate,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+const MAX_FEATURES: usize = Feature::ALL.len();
+/// Reasons reported per user.
+pub const TOP_FACTORS: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub const ALL: [RiskLevel; 3] = [RiskLevel::Low, RiskLevel::Medium, RiskLevel::High];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            RiskLevel::Low => "low",
+            RiskLevel::Medium => "medium",
+            RiskLevel::High => "high",
+        }
+    }
+}
+
+/// Probability cut-offs for the risk levels (configured in `training/train.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskThresholds {
+    /// At or above: medium.
+    pub medium: f64,
+    /// At or above: high.
+    pub high: f64,
+}
+
+impl Default for RiskThresholds {
+    fn default() -> Self {
+        RiskThresholds { medium: 0.4, high: 0.7 }
+    }
+}
+
+impl RiskThresholds {
+    pub fn is_valid(&self) -> bool {
+        0.0 < self.medium && self.medium < self.high && self.high < 1.0
+    }
+
+    pub fn level(&self, p: f64) -> RiskLevel {
+        if p >= self.high {
+            RiskLevel::High
+        } else if p >= self.medium {
+            RiskLevel::Medium
+        } else {
+            RiskLevel::Low
+        }
+    }
+}
+
+/// One reason: a feature, how much it moved the churn log-odds, and the user's value.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Factor {
+    /// Index into the scorer's `FeatureSet`.
+    pub feature: u8,
+    /// Contribution to the churn log-odds (positive raises risk).
+    pub contribution: f32,
+    /// The user's value in original units.
+    pub value: f32,
+}
+
+/// Everything the product says about one user at one time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Index into the scorer's tier table.
+    pub tier: u16,
+    pub churn_probability: f64,
+    pub risk_level: RiskLevel,
+    /// Share of the scored population (at training's as-of) with a lower or equal probability, 0-100.
+    pub risk_percentile: f64,
+    pub rfm_segment: RfmSegment,
+    pub lifecycle_stage: LifecycleStage,
+    /// Largest contributions first; `n_factors` are valid.
+    pub factors: [Factor; TOP_FACTORS],
+    pub n_factors: u8,
+}
+
+impl Default for Score {
+    fn default() -> Self {
+        Score {
+            tier: 0,
+            churn_probability: 0.0,
+            risk_level: RiskLevel::Low,
+            risk_percentile: 0.0,
+            rfm_segment: RfmSegment::NonBuyer,
+            lifecycle_stage: LifecycleStage::New,
+            factors: [Factor::default(); TOP_FACTORS],
+            n_factors: 0,
+        }
+    }
+}
+
+impl Score {
+    pub fn factors(&self) -> &[Factor] {
+        &self.factors[..self.n_factors as usize]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScorerError {
+    #[error("inconsistent model: {0}")]
+    Inconsistent(String),
+}
+
+/// The fitted scoring pipeline. Serialised into the bundle as `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scorer {
+    pub features: FeatureSet,
+    pub scaler: StandardScaler,
+    pub tiers: TierModel,
+    pub churn: ChurnModel,
+    pub calibration: Platt,
+    pub risk: RiskThresholds,
+    /// Sorted churn probabilities at 1001 quantiles of the population scored at training's
+    /// as-of: the reference for `risk_percentile`.
+    pub risk_quantiles: Vec<f64>,
+    /// `None` when the training data had no orders at all.
+    pub rfm: Option<RfmThresholds>,
+    pub lifecycle: LifecycleThresholds,
+}
+
+impl Scorer {
+    /// Checks every shape a tampered or mismatched bundle could get wrong, so that scoring
+    /// cannot index out of bounds.
+    pub fn validate(&self) -> Result<(), ScorerError> {
+        let d = self.features.len();
+        let bad = |m: String| Err(ScorerError::Inconsistent(m));
+        if d == 0 || d > MAX_FEATURES {
+            return bad(format!("{d} features"));
+        }
+        if self.scaler.mean.len() != d || self.scaler.std.len() != d {
+            return bad("scaler does not match the feature set".into());
+        }
+        if self.scaler.std.iter().any(|s| !s.is_finite() || *s <= 0.0) || self.scaler.mean.iter().any(|m| !m.is_finite()) {
+            return bad("scaler has non-finite or non-positive values".into());
+        }
+        self.tiers.validate(d).map_err(ScorerError::Inconsistent)?;
+        if self.tiers.k() > usize::from(u16::MAX) {
+            return bad("too many tiers".into());
+        }
+        self.churn.validate(d).map_err(ScorerError::Inconsistent)?;
+        if !self.risk.is_valid() || !self.lifecycle.is_valid() {
+            return bad("risk or lifecycle thresholds out of order".into());
+        }
+        if self.risk_quantiles.windows(2).any(|w| w[0] > w[1]) {
+            return bad("risk quantiles are not sorted".into());
+        }
+        Ok(())
+    }
+
+    pub fn feature_names(&self) -> Vec<&'static str> {
+        self.features.features.iter().map(|f| f.name()).collect()
+    }
+
+    /// Scaled feature row of a user as of `t` into `x` (and original units into `raw`).
+    #[inline]
+    pub fn row(&self, a: &UserAggregate, t: Timestamp, raw: &mut [f64], x: &mut [f64]) {
+        self.features.raw_into(a, t, raw);
+        for ((xi, ri), f) in x.iter_mut().zip(raw.iter()).zip(&self.features.features) {
+            *xi = f.transform().apply(*ri);
+        }
+        self.scaler.transform_in_place(x);
+    }
+
+    /// Calibrated probability from a scaled row.
+    #[inline]
+    pub fn probability(&self, x: &[f64]) -> f64 {
+        self.calibration.probability(self.churn.score(x))
+    }
+
+    pub fn percentile(&self, p: f64) -> f64 {
+        let q = &self.risk_quantiles;
+        if q.is_empty() {
+            return f64::NAN;
+        }
+        let below = q.partition_point(|&v| v <= p);
+        100.0 * below as f64 / q.len() as f64
+    }
+
+    fn segment_and_stage(&self, raw: &[f64]) -> (RfmSegment, LifecycleStage) {
+        let get = |f: Feature| self.features.position(f).map_or(0.0, |j| raw[j]);
+        let rfm = match &self.rfm {
+            Some(th) => RfmSegment::classify(get(Feature::RecencyDays), get(Feature::Frequency), get(Feature::MonetaryTotal), th),
+            None => RfmSegment::NonBuyer,
+        };
+        let stage = LifecycleStage::classify(get(Feature::TenureDays), get(Feature::DaysSinceActivity), &self.lifecycle);
+        (rfm, stage)
+    }
+
+    /// Scores one user as of `t`. Allocation-free.
+    #[inline]
+    pub fn score(&self, a: &UserAggregate, t: Timestamp) -> Score {
+        let d = self.features.len();
+        let mut raw = [0.0; MAX_FEATURES];
+        let mut x = [0.0; MAX_FEATURES];
+        let mut contrib = [0.0; MAX_FEATURES];
+        self.row(a, t, &mut raw[..d], &mut x[..d]);
+        let tier = self.tiers.assign(&x[..d]) as u16;
+        let raw_score = self.churn.score_explained(&x[..d], &mut contrib[..d]);
+        let p = self.calibration.probability(raw_score);
+        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(&raw[..d]);
+
+        // Top factors: largest contributions toward churn, by insertion into a 3-slot list.
+        let mut factors = [Factor::default(); TOP_FACTORS];
+        let mut n = 0usize;
+        for j in 0..d {
+            let c = contrib[j];
+            let mut pos = n;
+            while pos > 0 && f64::from(factors[pos - 1].contribution) < c {
+                pos -= 1;
+            }
+            if pos < TOP_FACTORS {
+                let end = n.min(TOP_FACTORS - 1);
+                factors.copy_within(pos..end, pos + 1);
+                factors[pos] = Factor { feature: j as u8, contribution: c as f32, value: raw[j] as f32 };
+                n = (n + 1).min(TOP_FACTORS);
+            }
+        }
+        Score {
+            tier,
+            churn_probability: p,
+            risk_level: self.risk.level(p),
+            risk_percentile: self.percentile(p),
+            rfm_segment,
+            lifecycle_stage,
+            factors,
+            n_factors: n as u8,
+        }
+    }
+
+    /// Scores many users as of `t` on all cores.
+    pub fn score_batch(&self, users: &[UserAggregate], t: Timestamp, out: &mut [Score]) {
+        users.par_chunks(4096).zip(out.par_chunks_mut(4096)).for_each(|(us, os)| {
+            for (u, o) in us.iter().zip(os.iter_mut()) {
+                *o = self.score(u, t);
+            }
+        });
+    }
+
+    /// "feature=+0.42 (value)" joined by "; " — the reasons as one text column.
+    pub fn format_factors(&self, s: &Score) -> String {
+        let mut out = String::new();
+        for (i, f) in s.factors().iter().enumerate() {
+            if i > 0 {
+                out.push_str("; ");
+            }
+            let name = self.features.features.get(usize::from(f.feature)).map_or("?", |f| f.name());
+            out.push_str(&format!("{name}={:+.3} ({:.4})", f.contribution, f.value));
+        }
+        out
+    }
+}
+
+/// The 1001-point quantile table of a set of probabilities.
+pub fn quantiles(probs: &[f64]) -> Vec<f64> {
+    if probs.is_empty() {
+        return Vec::new();
+    }
+    let mut v = probs.to_vec();
+    v.sort_by(f64::total_cmp);
+    (0..=1000).map(|i| v[(i * (v.len() - 1)) / 1000]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{Event, EventKind, DAY};
+    use crate::model::churn::LinearModel;
+    use crate::model::tiers::TierIdentity;
+
+    pub(crate) fn toy_scorer() -> Scorer {
+        let features = FeatureSet::all();
+        let d = features.len();
+        let ident = |id: &str| TierIdentity {
+            id: id.into(),
+            name_en: id.into(),
+            name_zh: id.into(),
+            description: String::new(),
+            playbook: vec![],
+        };
+        let mut centroids = vec![0.0; 2 * d];
+        centroids[0] = -1.0; // tier 0: recent
+        centroids[d] = 1.0; // tier 1: not recent
+        let mut weights = vec![0.0; d];
+        weights[0] = 2.0; // recency raises risk
+        Scorer {
+            features,
+            scaler: StandardScaler { mean: vec![1.0; d], std: vec![1.0; d] },
+            tiers: TierModel { centroids, dims: d, tiers: vec![ident("recent"), ident("lapsed")], inertia: 0.0 },
+            churn: ChurnModel::Logistic(LinearModel { weights, bias: 0.0 }),
+            calibration: Platt::default(),
+            risk: RiskThresholds::default(),
+            risk_quantiles: quantiles(&[0.1, 0.2, 0.5, 0.9]),
+            rfm: Some(RfmThresholds { recency_days: 10.0, frequency: 1.0, monetary: 50.0 }),
+            lifecycle: LifecycleThresholds::default(),
+        }
+    }
+
+    #[test]
+    fn a_quiet_user_drifts_toward_risk_as_time_passes() {
+        let s = toy_scorer();
+        s.validate().unwrap();
+        let mut a = UserAggregate::default();
+        let t0 = 1_700_000_000;
+        a.apply(&Event { ts: t0, kind: EventKind::Order, amount: 30.0, watch_seconds: 0, room: 0, category: 0 });
+        let soon = s.score(&a, t0 + DAY);
+        let later = s.score(&a, t0 + 60 * DAY);
+        assert!(later.churn_probability > soon.churn_probability);
+        assert_eq!(s.tiers.tiers[usize::from(later.tier)].id, "lapsed");
+        assert_eq!(later.factors()[0].feature, 0, "recency is the top reason");
+        assert!(later.factors()[0].contribution > 0.0);
+        assert_eq!(later.lifecycle_stage, LifecycleStage::AboutToChurn);
+    }
+
+    #[test]
+    fn factors_are_sorted_and_batch_matches_single() {
+        let s = toy_scorer();
+        let users: Vec<UserAggregate> = (0..100)
+            .map(|i| {
+                let mut a = UserAggregate::default();
+                a.apply(&Event { ts: i * DAY, kind: EventKind::Order, amount: 10.0, watch_seconds: 0, room: 0, category: 0 });
+                a
+            })
+            .collect();
+        let mut out = vec![Score::default(); users.len()];
+        s.score_batch(&users, 120 * DAY, &mut out);
+        for (u, o) in users.iter().zip(&out) {
+            assert_eq!(*o, s.score(u, 120 * DAY));
+            assert!(o.factors().windows(2).all(|w| w[0].contribution >= w[1].contribution));
+        }
+    }
+
+    #[test]
+    fn percentile_is_monotone() {
+        let s = toy_scorer();
+        assert!(s.percentile(0.05) < s.percentile(0.3));
+        assert!(s.percentile(0.3) <= s.percentile(0.95));
+        assert_eq!(s.percentile(1.0), 100.0);
+    }
+
+    #[test]
+    fn inconsistent_scorers_are_refused() {
+        let mut s = toy_scorer();
+        s.scaler.mean.pop();
+        assert!(s.validate().is_err());
+        let mut s = toy_scorer();
+        s.tiers.centroids.pop();
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,1 +1,385 @@
-//! placeholder
+//! The versioned model bundle on disk.
+//!
+//! ```text
+//! MODELS/
+//!   CURRENT                 the live version id (one line); replaced atomically
+//!   HISTORY                 version ids in the order they were made current (for rollback)
+//!   <version>/
+//!     manifest.json         format version, ids, data fingerprint, params, feature schema,
+//!                           tier table, metrics, warnings, and the sha256 of every other file
+//!     manifest.sha256       sha256 of manifest.json
+//!     model.json            the fitted `Scorer` (scaler, centroids, churn model, calibration)
+//!     state.bin             per-user aggregates as of `as_of` (postcard), seeds the server
+//!     scores.parquet        every user scored as of `as_of`
+//!     report.html           the training report
+//! ```
+//!
+//! A bundle is written to `MODELS/.tmp-<version>` and renamed into place; `CURRENT` changes only
+//! after the new bundle loads and validates. Loading checks the format version and every
+//! checksum, and fails with a message saying which.
+
+use crate::features::{Timestamp, UserAggregate};
+use crate::model::Scorer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub mod manifest;
+pub use manifest::Manifest;
+
+/// Bumped whenever the on-disk layout or the meaning of a field changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST_SUM: &str = "manifest.sha256";
+pub const MODEL: &str = "model.json";
+pub const STATE: &str = "state.bin";
+pub const SCORES: &str = "scores.parquet";
+pub const REPORT: &str = "report.html";
+const CURRENT: &str = "CURRENT";
+const HISTORY: &str = "HISTORY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid {what}: {message}")]
+    Corrupt { path: PathBuf, what: &'static str, message: String },
+    #[error("{path}: bundle format version {found} is not supported (this build reads version {expected})")]
+    FormatVersion { path: PathBuf, found: u32, expected: u32 },
+    #[error("{path}: checksum mismatch (expected {expected}, found {found}): the file was changed or truncated")]
+    Checksum { path: PathBuf, expected: String, found: String },
+    #[error("{path}: file listed in the manifest is missing")]
+    Missing { path: PathBuf },
+    #[error("no model bundle is current in {0} (train one, or `tiering models promote VERSION`)")]
+    NoCurrent(PathBuf),
+    #[error("no bundle named {version:?} in {root}")]
+    UnknownVersion { root: PathBuf, version: String },
+    #[error("{0} already exists")]
+    Exists(PathBuf),
+    #[error("nothing to roll back to: {0}")]
+    NoRollback(String),
+    #[error("invalid version id {0:?}")]
+    BadVersionId(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io { path: path.to_path_buf(), source }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io_err(path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Per-user aggregates as of the bundle's `as_of`: what the server starts from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub as_of: Timestamp,
+    pub user_ids: Vec<String>,
+    pub aggregates: Vec<UserAggregate>,
+}
+
+/// A loaded, verified bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub scorer: Scorer,
+}
+
+impl Bundle {
+    pub fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    /// Reads the state snapshot (verified against the manifest checksum at load time).
+    pub fn load_snapshot(&self) -> Result<Snapshot, BundleError> {
+        let path = self.dir.join(STATE);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let found = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = self.manifest.files.get(STATE) {
+            if *expected != found {
+                return Err(BundleError::Checksum { path, expected: expected.clone(), found });
+            }
+        }
+        let snap: Snapshot = postcard::from_bytes(&bytes).map_err(|e| BundleError::Corrupt {
+            path: path.clone(),
+            what: "state snapshot",
+            message: e.to_string(),
+        })?;
+        if snap.user_ids.len() != snap.aggregates.len() {
+            return Err(BundleError::Corrupt { path, what: "state snapshot", message: "ids and aggregates differ in length".into() });
+        }
+        Ok(snap)
+    }
+}
+
+/// One row of `tiering models list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: String,
+    pub current: bool,
+    /// `None` when the bundle does not load (the reason is in `problem`).
+    pub created_at: Option<String>,
+    pub problem: Option<String>,
+}
+
+/// The models directory.
+#[derive(Debug, Clone)]
+pub struct BundleStore {
+    pub root: PathBuf,
+}
+
+fn valid_version_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') && !v.starts_with('.')
+}
+
+fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), BundleError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(contents).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// A bundle being written: files go into a temporary directory until [`PendingBundle::commit`].
+pub struct PendingBundle {
+    tmp: PathBuf,
+    final_dir: PathBuf,
+}
+
+impl PendingBundle {
+    /// Where to write extra files (scores, report) before committing.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.join(name)
+    }
+
+    /// Writes model + state + manifest (with checksums of every file in the directory) and
+    /// renames the directory into place. Returns the final directory.
+    pub fn commit(self, mut manifest: Manifest, scorer: &Scorer, snapshot: &Snapshot) -> Result<PathBuf, BundleError> {
+        let model_path = self.tmp.join(MODEL);
+        let json = serde_json::to_vec_pretty(scorer)
+            .map_err(|e| BundleError::Corrupt { path: model_path.clone(), what: "model", message: e.to_string() })?;
+        fs::write(&model_path, json).map_err(io_err(&model_path))?;
+        let state_path = self.tmp.join(STATE);
+        let bytes = postcard::to_stdvec(snapshot)
+            .map_err(|e| BundleError::Corrupt { path: state_path.clone(), what: "state snapshot", message: e.to_string() })?;
+        fs::write(&state_path, bytes).map_err(io_err(&state_path))?;
+
+        let mut files = BTreeMap::new();
+        for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
+            let entry = entry.map_err(io_err(&self.tmp))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name == MANIFEST || name == MANIFEST_SUM {
+                continue;
+            }
+            files.insert(name, sha256_file(&entry.path())?);
+        }
+        manifest.files = files;
+        manifest.format_version = FORMAT_VERSION;
+        let mpath = self.tmp.join(MANIFEST);
+        let mjson = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| BundleError::Corrupt { path: mpath.clone(), what: "manifest", message: e.to_string() })?;
+        fs::write(&mpath, &mjson).map_err(io_err(&mpath))?;
+        let sum_path = self.tmp.join(MANIFEST_SUM);
+        fs::write(&sum_path, format!("{}\n", hex::encode(Sha256::digest(&mjson)))).map_err(io_err(&sum_path))?;
+        if self.final_dir.exists() {
+            return Err(BundleError::Exists(self.final_dir.clone()));
+        }
+        fs::rename(&self.tmp, &self.final_dir).map_err(io_err(&self.final_dir))?;
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for PendingBundle {
+    fn drop(&mut self) {
+        // An abandoned (failed) bundle leaves nothing behind.
+        if self.tmp.exists() {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+impl BundleStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        BundleStore { root: root.into() }
+    }
+
+    pub fn dir(&self, version: &str) -> PathBuf {
+        self.root.join(version)
+    }
+
+    /// Starts writing bundle `version`.
+    pub fn begin(&self, version: &str) -> Result<PendingBundle, BundleError> {
+        if !valid_version_id(version) {
+            return Err(BundleError::BadVersionId(version.to_string()));
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let final_dir = self.dir(version);
+        if final_dir.exists() {
+            return Err(BundleError::Exists(final_dir));
+        }
+        let tmp = self.root.join(format!(".tmp-{version}"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        Ok(PendingBundle { tmp, final_dir })
+    }
+
+    /// The current version id, if any.
+    pub fn current(&self) -> Result<Option<String>, BundleError> {
+        let path = self.root.join(CURRENT);
+        match fs::read_to_string(&path) {
+            Ok(s) => {
+                let v = s.trim().to_string();
+                if v.is_empty() {
+                    Ok(None)
+                } else if valid_version_id(&v) {
+                    Ok(Some(v))
+                } else {
+                    Err(BundleError::Corrupt { path, what: "CURRENT pointer", message: format!("{v:?} is not a version id") })
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BundleError::Io { path, source: e }),
+        }
+    }
+
+    /// Loads and verifies a bundle: manifest checksum, format version, file checksums (state.bin
+    /// is checked when it is read), model shapes.
+    pub fn load(&self, version: &str) -> Result<Bundle, BundleError> {
+        if !valid_version_id(version) {
+            return Err(BundleError::BadVersionId(version.to_string()));
+        }
+        let dir = self.dir(version);
+        if !dir.is_dir() {
+            return Err(BundleError::UnknownVersion { root: self.root.clone(), version: version.to_string() });
+        }
+        let mpath = dir.join(MANIFEST);
+        let mbytes = fs::read(&mpath).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BundleError::Missing { path: mpath.clone() },
+            _ => BundleError::Io { path: mpath.clone(), source: e },
+        })?;
+        let sum_path = dir.join(MANIFEST_SUM);
+        let expected = fs::read_to_string(&sum_path).map_err(io_err(&sum_path))?.trim().to_string();
+        let found = hex::encode(Sha256::digest(&mbytes));
+        if expected != found {
+            return Err(BundleError::Checksum { path: mpath, expected, found });
+        }
+        // Read the format version before the rest, so a newer format says so instead of
+        // failing on an unknown field.
+        #[derive(Deserialize)]
+        struct Probe {
+            format_version: u32,
+        }
+        let probe: Probe = serde_json::from_slice(&mbytes)
+            .map_err(|e| BundleError::Corrupt { path: mpath.clone(), what: "manifest", message: e.to_string() })?;
+        if probe.format_version != FORMAT_VERSION {
+            return Err(BundleError::FormatVersion { path: mpath, found: probe.format_version, expected: FORMAT_VERSION });
+        }
+        let manifest: Manifest = serde_json::from_slice(&mbytes)
+            .map_err(|e| BundleError::Corrupt { path: mpath.clone(), what: "manifest", message: e.to_string() })?;
+        for (name, sum) in &manifest.files {
+            if name == STATE {
+                continue; // large; verified when read
+            }
+            let p = dir.join(name);
+            if !p.exists() {
+                return Err(BundleError::Missing { path: p });
+            }
+            let found = sha256_file(&p)?;
+            if found != *sum {
+                return Err(BundleError::Checksum { path: p, expected: sum.clone(), found });
+            }
+        }
+        for required in [MODEL, STATE] {
+            if !manifest.files.contains_key(required) {
+                return Err(BundleError::Missing { path: dir.join(required) });
+            }
+        }
+        let model_path = dir.join(MODEL);
+        let model_bytes = fs::read(&model_path).map_err(io_err(&model_path))?;
+        let scorer: Scorer = serde_json::from_slice(&model_bytes)
+            .map_err(|e| BundleError::Corrupt { path: model_path.clone(), what: "model", message: e.to_string() })?;
+        scorer
+            .validate()
+            .map_err(|e| BundleError::Corrupt { path: model_path, what: "model", message: e.to_string() })?;
+        Ok(Bundle { dir, manifest, scorer })
+    }
+
+    pub fn load_current(&self) -> Result<Bundle, BundleError> {
+        let v = self.current()?.ok_or_else(|| BundleError::NoCurrent(self.root.clone()))?;
+        self.load(&v)
+    }
+
+    /// Makes `version` current after loading and verifying it (including its state file).
+    pub fn promote(&self, version: &str) -> Result<Bundle, BundleError> {
+        let bundle = self.load(version)?;
+        bundle.load_snapshot()?;
+        let hist_path = self.root.join(HISTORY);
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&hist_path).map_err(io_err(&hist_path))?;
+        writeln!(f, "{version}").map_err(io_err(&hist_path))?;
+        f.sync_all().map_err(io_err(&hist_path))?;
+        write_atomic(&self.root.join(CURRENT), format!("{version}\n").as_bytes())?;
+        Ok(bundle)
+    }
+
+    /// Makes the version that was current before the current one current again.
+    pub fn rollback(&self) -> Result<Bundle, BundleError> {
+        let current = self.current()?.ok_or_else(|| BundleError::NoRollback("no current version".into()))?;
+        let hist_path = self.root.join(HISTORY);
+        let history = fs::read_to_string(&hist_path).unwrap_or_default();
+        let target = history
+            .lines()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && *v != current && self.dir(v).is_dir())
+            .next_back()
+            .map(str::to_string)
+            .ok_or_else(|| BundleError::NoRollback(format!("no earlier version than {current} in {}", hist_path.display())))?;
+        // Drop the current version's trailing entries so repeated rollbacks walk further back.
+        let mut lines: Vec<&str> = history.lines().map(str::trim).filter(|v| !v.is_empty()).collect();
+        while lines.last().is_some_and(|v| *v == current) {
+            lines.pop();
+        }
+        let bundle = self.load(&target)?;
+        bundle.load_snapshot()?;
+        write_atomic(&hist_path, (lines.join("\n") + "\n").as_bytes())?;
+        write_atomic(&self.root.join(CURRENT), format!("{target}\n").as_bytes())?;
+        Ok(bundle)
+    }
+
+    /// Every bundle directory, oldest first (version ids sort by creation time).
+    pub fn list(&self) -> Result<Vec<VersionInfo>, BundleError> {
+        let current = self.current().ok().flatten();
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(BundleError::Io { path: self.root.clone(), source: e }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.root))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !entry.path().is_dir() || name.starts_with('.') {
+                continue;
+            }
+            let (created_at, problem) = match self.load(&name) {
+                Ok(b) => (Some(b.manifest.created_at.clone()), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            out.push(VersionInfo { current: current.as_deref() == Some(name.as_str()), version: name, created_at, problem });
+        }
+        out.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(out)
+    }
+}

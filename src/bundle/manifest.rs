@@ -1,0 +1,109 @@
+//! `manifest.json`: what a bundle is, where it came from, and how good it is.
+
+use crate::features::{ChurnDefinition, ColumnsPresent, Transform};
+use crate::model::metrics::{BinaryMetrics, CalibrationRow};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Sortable id: `YYYYMMDDTHHMMSSZ-<hash>`.
+    pub version: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The bundle that was current when this one was trained (tier ids were matched to it).
+    pub previous_version: Option<String>,
+    pub data: DataInfo,
+    /// The training configuration as run (after defaults and flags).
+    pub params: serde_json::Value,
+    /// The time the final model scored users at (RFC 3339 and Unix seconds).
+    pub as_of: String,
+    pub as_of_ts: i64,
+    pub horizon_days: u32,
+    pub churn_definition: ChurnDefinition,
+    /// Model columns in order, with their transform and fitted scaling.
+    pub features: Vec<FeatureSpec>,
+    pub features_left_out: Vec<LeftOut>,
+    pub tiers: Vec<TierEntry>,
+    pub metrics: Metrics,
+    /// Plain-language caveats; non-empty means "read before trusting the numbers".
+    pub warnings: Vec<String>,
+    /// sha256 of every file in the bundle but the manifest itself.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// sha256 over the input files' bytes.
+    pub fingerprint: String,
+    pub files: Vec<String>,
+    pub events: u64,
+    pub users: u64,
+    pub first_event: String,
+    pub last_event: String,
+    pub bad_rows_skipped: u64,
+    pub columns: ColumnsPresent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub name: String,
+    pub transform: Transform,
+    pub mean: f64,
+    pub std: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierEntry {
+    pub id: String,
+    pub name_en: String,
+    pub name_zh: String,
+    pub description: String,
+    pub playbook: Vec<String>,
+    /// Users in this tier in the scored snapshot.
+    pub users: u64,
+    pub share: f64,
+    /// Observed churn rate on the evaluation snapshot, when evaluated.
+    pub churn_rate: Option<f64>,
+    pub mean_churn_probability: f64,
+    /// Mean of each feature in original units.
+    pub profile: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetrics {
+    pub name: String,
+    pub metrics: BinaryMetrics,
+    pub fit_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The model the bundle serves.
+    pub chosen_model: String,
+    /// How the metrics were measured (out of time, or held-out users).
+    pub evaluation: String,
+    pub models: Vec<ModelMetrics>,
+    pub calibration: Vec<CalibrationRow>,
+    pub k: usize,
+    pub k_scores: Vec<(usize, f64)>,
+    pub inertia: f64,
+    /// Agreement of tiers with ground-truth personas, when the data carried them.
+    pub tier_ari: Option<f64>,
+    /// Users present in the previous bundle's snapshot, and how many changed tier id.
+    pub tier_changes: Option<TierChanges>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TierChanges {
+    pub compared: u64,
+    pub changed: u64,
+}

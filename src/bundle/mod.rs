@@ -45,13 +45,28 @@ const HISTORY: &str = "HISTORY";
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid {what}: {message}")]
-    Corrupt { path: PathBuf, what: &'static str, message: String },
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        message: String,
+    },
     #[error("{path}: bundle format version {found} is not supported (this build reads version {expected})")]
-    FormatVersion { path: PathBuf, found: u32, expected: u32 },
+    FormatVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("{path}: checksum mismatch (expected {expected}, found {found}): the file was changed or truncated")]
-    Checksum { path: PathBuf, expected: String, found: String },
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("{path}: file listed in the manifest is missing")]
     Missing { path: PathBuf },
     #[error("no model bundle is current in {0} (train one, or `tiering models promote VERSION`)")]
@@ -67,7 +82,10 @@ pub enum BundleError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io { path: path.to_path_buf(), source }
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Hex sha256 of a file, streamed.
@@ -106,7 +124,11 @@ impl Bundle {
         let found = hex::encode(Sha256::digest(&bytes));
         if let Some(expected) = self.manifest.files.get(STATE) {
             if *expected != found {
-                return Err(BundleError::Checksum { path, expected: expected.clone(), found });
+                return Err(BundleError::Checksum {
+                    path,
+                    expected: expected.clone(),
+                    found,
+                });
             }
         }
         let snap: Snapshot = postcard::from_bytes(&bytes).map_err(|e| BundleError::Corrupt {
@@ -115,7 +137,11 @@ impl Bundle {
             message: e.to_string(),
         })?;
         if snap.user_ids.len() != snap.aggregates.len() {
-            return Err(BundleError::Corrupt { path, what: "state snapshot", message: "ids and aggregates differ in length".into() });
+            return Err(BundleError::Corrupt {
+                path,
+                what: "state snapshot",
+                message: "ids and aggregates differ in length".into(),
+            });
         }
         Ok(snap)
     }
@@ -138,7 +164,11 @@ pub struct BundleStore {
 }
 
 fn valid_version_id(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') && !v.starts_with('.')
+    !v.is_empty()
+        && v.len() <= 128
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !v.starts_with('.')
 }
 
 fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), BundleError> {
@@ -165,14 +195,25 @@ impl PendingBundle {
 
     /// Writes model + state + manifest (with checksums of every file in the directory) and
     /// renames the directory into place. Returns the final directory.
-    pub fn commit(self, mut manifest: Manifest, scorer: &Scorer, snapshot: &Snapshot) -> Result<PathBuf, BundleError> {
+    pub fn commit(
+        self,
+        mut manifest: Manifest,
+        scorer: &Scorer,
+        snapshot: &Snapshot,
+    ) -> Result<PathBuf, BundleError> {
         let model_path = self.tmp.join(MODEL);
-        let json = serde_json::to_vec_pretty(scorer)
-            .map_err(|e| BundleError::Corrupt { path: model_path.clone(), what: "model", message: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(scorer).map_err(|e| BundleError::Corrupt {
+            path: model_path.clone(),
+            what: "model",
+            message: e.to_string(),
+        })?;
         fs::write(&model_path, json).map_err(io_err(&model_path))?;
         let state_path = self.tmp.join(STATE);
-        let bytes = postcard::to_stdvec(snapshot)
-            .map_err(|e| BundleError::Corrupt { path: state_path.clone(), what: "state snapshot", message: e.to_string() })?;
+        let bytes = postcard::to_stdvec(snapshot).map_err(|e| BundleError::Corrupt {
+            path: state_path.clone(),
+            what: "state snapshot",
+            message: e.to_string(),
+        })?;
         fs::write(&state_path, bytes).map_err(io_err(&state_path))?;
 
         let mut files = BTreeMap::new();
@@ -187,11 +228,18 @@ impl PendingBundle {
         manifest.files = files;
         manifest.format_version = FORMAT_VERSION;
         let mpath = self.tmp.join(MANIFEST);
-        let mjson = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| BundleError::Corrupt { path: mpath.clone(), what: "manifest", message: e.to_string() })?;
+        let mjson = serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Corrupt {
+            path: mpath.clone(),
+            what: "manifest",
+            message: e.to_string(),
+        })?;
         fs::write(&mpath, &mjson).map_err(io_err(&mpath))?;
         let sum_path = self.tmp.join(MANIFEST_SUM);
-        fs::write(&sum_path, format!("{}\n", hex::encode(Sha256::digest(&mjson)))).map_err(io_err(&sum_path))?;
+        fs::write(
+            &sum_path,
+            format!("{}\n", hex::encode(Sha256::digest(&mjson))),
+        )
+        .map_err(io_err(&sum_path))?;
         if self.final_dir.exists() {
             return Err(BundleError::Exists(self.final_dir.clone()));
         }
@@ -247,7 +295,11 @@ impl BundleStore {
                 } else if valid_version_id(&v) {
                     Ok(Some(v))
                 } else {
-                    Err(BundleError::Corrupt { path, what: "CURRENT pointer", message: format!("{v:?} is not a version id") })
+                    Err(BundleError::Corrupt {
+                        path,
+                        what: "CURRENT pointer",
+                        message: format!("{v:?} is not a version id"),
+                    })
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -263,18 +315,33 @@ impl BundleStore {
         }
         let dir = self.dir(version);
         if !dir.is_dir() {
-            return Err(BundleError::UnknownVersion { root: self.root.clone(), version: version.to_string() });
+            return Err(BundleError::UnknownVersion {
+                root: self.root.clone(),
+                version: version.to_string(),
+            });
         }
         let mpath = dir.join(MANIFEST);
         let mbytes = fs::read(&mpath).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => BundleError::Missing { path: mpath.clone() },
-            _ => BundleError::Io { path: mpath.clone(), source: e },
+            std::io::ErrorKind::NotFound => BundleError::Missing {
+                path: mpath.clone(),
+            },
+            _ => BundleError::Io {
+                path: mpath.clone(),
+                source: e,
+            },
         })?;
         let sum_path = dir.join(MANIFEST_SUM);
-        let expected = fs::read_to_string(&sum_path).map_err(io_err(&sum_path))?.trim().to_string();
+        let expected = fs::read_to_string(&sum_path)
+            .map_err(io_err(&sum_path))?
+            .trim()
+            .to_string();
         let found = hex::encode(Sha256::digest(&mbytes));
         if expected != found {
-            return Err(BundleError::Checksum { path: mpath, expected, found });
+            return Err(BundleError::Checksum {
+                path: mpath,
+                expected,
+                found,
+            });
         }
         // Read the format version before the rest, so a newer format says so instead of
         // failing on an unknown field.
@@ -282,13 +349,24 @@ impl BundleStore {
         struct Probe {
             format_version: u32,
         }
-        let probe: Probe = serde_json::from_slice(&mbytes)
-            .map_err(|e| BundleError::Corrupt { path: mpath.clone(), what: "manifest", message: e.to_string() })?;
+        let probe: Probe = serde_json::from_slice(&mbytes).map_err(|e| BundleError::Corrupt {
+            path: mpath.clone(),
+            what: "manifest",
+            message: e.to_string(),
+        })?;
         if probe.format_version != FORMAT_VERSION {
-            return Err(BundleError::FormatVersion { path: mpath, found: probe.format_version, expected: FORMAT_VERSION });
+            return Err(BundleError::FormatVersion {
+                path: mpath,
+                found: probe.format_version,
+                expected: FORMAT_VERSION,
+            });
         }
-        let manifest: Manifest = serde_json::from_slice(&mbytes)
-            .map_err(|e| BundleError::Corrupt { path: mpath.clone(), what: "manifest", message: e.to_string() })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&mbytes).map_err(|e| BundleError::Corrupt {
+                path: mpath.clone(),
+                what: "manifest",
+                message: e.to_string(),
+            })?;
         for (name, sum) in &manifest.files {
             if name == STATE {
                 continue; // large; verified when read
@@ -299,26 +377,44 @@ impl BundleStore {
             }
             let found = sha256_file(&p)?;
             if found != *sum {
-                return Err(BundleError::Checksum { path: p, expected: sum.clone(), found });
+                return Err(BundleError::Checksum {
+                    path: p,
+                    expected: sum.clone(),
+                    found,
+                });
             }
         }
         for required in [MODEL, STATE] {
             if !manifest.files.contains_key(required) {
-                return Err(BundleError::Missing { path: dir.join(required) });
+                return Err(BundleError::Missing {
+                    path: dir.join(required),
+                });
             }
         }
         let model_path = dir.join(MODEL);
         let model_bytes = fs::read(&model_path).map_err(io_err(&model_path))?;
-        let scorer: Scorer = serde_json::from_slice(&model_bytes)
-            .map_err(|e| BundleError::Corrupt { path: model_path.clone(), what: "model", message: e.to_string() })?;
-        scorer
-            .validate()
-            .map_err(|e| BundleError::Corrupt { path: model_path, what: "model", message: e.to_string() })?;
-        Ok(Bundle { dir, manifest, scorer })
+        let scorer: Scorer =
+            serde_json::from_slice(&model_bytes).map_err(|e| BundleError::Corrupt {
+                path: model_path.clone(),
+                what: "model",
+                message: e.to_string(),
+            })?;
+        scorer.validate().map_err(|e| BundleError::Corrupt {
+            path: model_path,
+            what: "model",
+            message: e.to_string(),
+        })?;
+        Ok(Bundle {
+            dir,
+            manifest,
+            scorer,
+        })
     }
 
     pub fn load_current(&self) -> Result<Bundle, BundleError> {
-        let v = self.current()?.ok_or_else(|| BundleError::NoCurrent(self.root.clone()))?;
+        let v = self
+            .current()?
+            .ok_or_else(|| BundleError::NoCurrent(self.root.clone()))?;
         self.load(&v)
     }
 
@@ -327,7 +423,11 @@ impl BundleStore {
         let bundle = self.load(version)?;
         bundle.load_snapshot()?;
         let hist_path = self.root.join(HISTORY);
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&hist_path).map_err(io_err(&hist_path))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&hist_path)
+            .map_err(io_err(&hist_path))?;
         writeln!(f, "{version}").map_err(io_err(&hist_path))?;
         f.sync_all().map_err(io_err(&hist_path))?;
         write_atomic(&self.root.join(CURRENT), format!("{version}\n").as_bytes())?;
@@ -336,18 +436,28 @@ impl BundleStore {
 
     /// Makes the version that was current before the current one current again.
     pub fn rollback(&self) -> Result<Bundle, BundleError> {
-        let current = self.current()?.ok_or_else(|| BundleError::NoRollback("no current version".into()))?;
+        let current = self
+            .current()?
+            .ok_or_else(|| BundleError::NoRollback("no current version".into()))?;
         let hist_path = self.root.join(HISTORY);
         let history = fs::read_to_string(&hist_path).unwrap_or_default();
         let target = history
             .lines()
             .map(str::trim)
-            .filter(|v| !v.is_empty() && *v != current && self.dir(v).is_dir())
-            .next_back()
+            .rfind(|v| !v.is_empty() && *v != current && self.dir(v).is_dir())
             .map(str::to_string)
-            .ok_or_else(|| BundleError::NoRollback(format!("no earlier version than {current} in {}", hist_path.display())))?;
+            .ok_or_else(|| {
+                BundleError::NoRollback(format!(
+                    "no earlier version than {current} in {}",
+                    hist_path.display()
+                ))
+            })?;
         // Drop the current version's trailing entries so repeated rollbacks walk further back.
-        let mut lines: Vec<&str> = history.lines().map(str::trim).filter(|v| !v.is_empty()).collect();
+        let mut lines: Vec<&str> = history
+            .lines()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
         while lines.last().is_some_and(|v| *v == current) {
             lines.pop();
         }
@@ -365,7 +475,12 @@ impl BundleStore {
         let entries = match fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(BundleError::Io { path: self.root.clone(), source: e }),
+            Err(e) => {
+                return Err(BundleError::Io {
+                    path: self.root.clone(),
+                    source: e,
+                })
+            }
         };
         for entry in entries {
             let entry = entry.map_err(io_err(&self.root))?;
@@ -377,7 +492,12 @@ impl BundleStore {
                 Ok(b) => (Some(b.manifest.created_at.clone()), None),
                 Err(e) => (None, Some(e.to_string())),
             };
-            out.push(VersionInfo { current: current.as_deref() == Some(name.as_str()), version: name, created_at, problem });
+            out.push(VersionInfo {
+                current: current.as_deref() == Some(name.as_str()),
+                version: name,
+                created_at,
+                problem,
+            });
         }
         out.sort_by(|a, b| a.version.cmp(&b.version));
         Ok(out)

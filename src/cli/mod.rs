@@ -3,13 +3,20 @@
 mod client;
 mod generate;
 mod models;
+mod score;
 mod serve;
+mod train;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "tiering", version, about = "Learned user tiers and calibrated churn probabilities, served over gRPC")]
+#[command(
+    name = "tiering",
+    version,
+    about = "Learned user tiers and calibrated churn probabilities, served over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +26,10 @@ struct Cli {
 enum Command {
     /// Write a seeded synthetic live-commerce data set (events + users).
     Generate(generate::GenerateArgs),
+    /// Train tiers and the churn model on an events table; write a versioned bundle + report.
+    Train(train::TrainArgs),
+    /// Score every user of a data set offline with a bundle (CSV or Parquet out).
+    Score(score::ScoreArgs),
     /// Serve tiers and churn probabilities over gRPC from MODELS/CURRENT.
     Serve(serve::ServeArgs),
     /// List, promote or roll back model bundles.
@@ -31,8 +42,11 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result: anyhow::Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Score(args) => score::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Models(args) => models::run(args),
         Command::AtRisk(args) => client::run_at_risk(args),
@@ -44,5 +58,63 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr through tracing; `RUST_LOG` filters (default: info for tiering, warn else).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tiering=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A spinner on stderr for a long step (hidden when stderr is not a terminal).
+pub fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// A time argument: RFC 3339, or a bare YYYY-MM-DD meaning the *end* of that day (UTC), so that
+/// events on that date count as known.
+pub fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let next = d
+            .succ_opt()
+            .ok_or_else(|| anyhow::anyhow!("date {s} is out of range"))?;
+        return Ok(next
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or_default());
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp())
+        .map_err(|e| anyhow::anyhow!("{s:?} is neither RFC 3339 nor YYYY-MM-DD: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn a_bare_date_means_the_end_of_that_day() {
+        assert_eq!(
+            parse_time("2026-01-01").unwrap(),
+            parse_time("2026-01-02T00:00:00Z").unwrap()
+        );
+        assert_eq!(
+            parse_time("2026-01-01T12:00:00+08:00").unwrap(),
+            parse_time("2026-01-01T04:00:00Z").unwrap()
+        );
+        assert!(parse_time("yesterday").is_err());
     }
 }

@@ -143,7 +143,9 @@ impl UserAggregate {
             }
             EventKind::View => {
                 self.views = self.views.saturating_add(1);
-                self.watch_seconds = self.watch_seconds.saturating_add(u64::from(e.watch_seconds));
+                self.watch_seconds = self
+                    .watch_seconds
+                    .saturating_add(u64::from(e.watch_seconds));
             }
             EventKind::Comment => self.comments = self.comments.saturating_add(1),
             EventKind::Like => self.likes = self.likes.saturating_add(1),
@@ -212,7 +214,14 @@ mod tests {
     use super::*;
 
     fn ev(ts: Timestamp, kind: EventKind, amount: f64) -> Event {
-        Event { ts, kind, amount, watch_seconds: 60, room: 7, category: 9 }
+        Event {
+            ts,
+            kind,
+            amount,
+            watch_seconds: 60,
+            room: 7,
+            category: 9,
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ pub const DAY: i64 = 86_400;
 
 /// What happened. Unknown kinds are rejected at the edge (a typo must not silently become a
 /// feature-less event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Order,
@@ -58,7 +60,9 @@ impl fmt::Display for EventKind {
 
 /// The text was not one of the contract's kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event kind {0:?} (expected one of order, view, comment, like, share, follow, gift)")]
+#[error(
+    "unknown event kind {0:?} (expected one of order, view, comment, like, share, follow, gift)"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for EventKind {

@@ -12,16 +12,16 @@ pub struct StandardScaler {
 impl StandardScaler {
     /// Fits on a row-major matrix with `cols` columns.
     pub fn fit(rows: &[f64], cols: usize) -> Self {
-        let n = if cols == 0 { 0 } else { rows.len() / cols };
+        let n = rows.len().checked_div(cols).unwrap_or(0);
         let mut mean = vec![0.0; cols];
         let mut m2 = vec![0.0; cols];
         // Welford, column-wise, for numerical stability at 1M rows.
         for (i, row) in rows.chunks_exact(cols.max(1)).enumerate().take(n) {
             let k = (i + 1) as f64;
-            for j in 0..cols {
-                let d = row[j] - mean[j];
-                mean[j] += d / k;
-                m2[j] += d * (row[j] - mean[j]);
+            for ((x, m), s) in row.iter().zip(mean.iter_mut()).zip(m2.iter_mut()) {
+                let d = x - *m;
+                *m += d / k;
+                *s += d * (x - *m);
             }
         }
         let std = m2
@@ -67,7 +67,9 @@ mod tests {
 
     #[test]
     fn scaled_columns_have_zero_mean_unit_variance() {
-        let rows: Vec<f64> = (0..100).flat_map(|i| [i as f64, 5.0, (i * i) as f64]).collect();
+        let rows: Vec<f64> = (0..100)
+            .flat_map(|i| [i as f64, 5.0, (i * i) as f64])
+            .collect();
         let s = StandardScaler::fit(&rows, 3);
         let mut scaled = rows.clone();
         s.transform_rows(&mut scaled);

@@ -29,7 +29,11 @@ impl RfmThresholds {
         if r.is_empty() {
             return None;
         }
-        Some(RfmThresholds { recency_days: median(&mut r), frequency: median(&mut f), monetary: median(&mut m) })
+        Some(RfmThresholds {
+            recency_days: median(&mut r),
+            frequency: median(&mut f),
+            monetary: median(&mut m),
+        })
     }
 }
 
@@ -139,7 +143,12 @@ pub struct LifecycleThresholds {
 
 impl Default for LifecycleThresholds {
     fn default() -> Self {
-        LifecycleThresholds { new_days: 30.0, silent_days: 14.0, at_risk_days: 30.0, churned_days: 90.0 }
+        LifecycleThresholds {
+            new_days: 30.0,
+            silent_days: 14.0,
+            at_risk_days: 30.0,
+            churned_days: 90.0,
+        }
     }
 }
 
@@ -218,30 +227,72 @@ mod tests {
 
     #[test]
     fn rfm_segments_follow_the_classic_table() {
-        let th = RfmThresholds { recency_days: 10.0, frequency: 3.0, monetary: 100.0 };
-        assert_eq!(RfmSegment::classify(2.0, 5.0, 500.0, &th), RfmSegment::ImportantValue);
-        assert_eq!(RfmSegment::classify(2.0, 1.0, 500.0, &th), RfmSegment::ImportantDevelop);
-        assert_eq!(RfmSegment::classify(50.0, 5.0, 500.0, &th), RfmSegment::ImportantKeep);
-        assert_eq!(RfmSegment::classify(50.0, 1.0, 500.0, &th), RfmSegment::ImportantRetain);
-        assert_eq!(RfmSegment::classify(50.0, 1.0, 50.0, &th), RfmSegment::GeneralRetain);
-        assert_eq!(RfmSegment::classify(5.0, 0.0, 0.0, &th), RfmSegment::NonBuyer);
+        let th = RfmThresholds {
+            recency_days: 10.0,
+            frequency: 3.0,
+            monetary: 100.0,
+        };
+        assert_eq!(
+            RfmSegment::classify(2.0, 5.0, 500.0, &th),
+            RfmSegment::ImportantValue
+        );
+        assert_eq!(
+            RfmSegment::classify(2.0, 1.0, 500.0, &th),
+            RfmSegment::ImportantDevelop
+        );
+        assert_eq!(
+            RfmSegment::classify(50.0, 5.0, 500.0, &th),
+            RfmSegment::ImportantKeep
+        );
+        assert_eq!(
+            RfmSegment::classify(50.0, 1.0, 500.0, &th),
+            RfmSegment::ImportantRetain
+        );
+        assert_eq!(
+            RfmSegment::classify(50.0, 1.0, 50.0, &th),
+            RfmSegment::GeneralRetain
+        );
+        assert_eq!(
+            RfmSegment::classify(5.0, 0.0, 0.0, &th),
+            RfmSegment::NonBuyer
+        );
     }
 
     #[test]
     fn lifecycle_puts_inactivity_before_tenure() {
         let th = LifecycleThresholds::default();
         assert_eq!(LifecycleStage::classify(5.0, 1.0, &th), LifecycleStage::New);
-        assert_eq!(LifecycleStage::classify(200.0, 3.0, &th), LifecycleStage::MatureActive);
-        assert_eq!(LifecycleStage::classify(200.0, 20.0, &th), LifecycleStage::Silent);
-        assert_eq!(LifecycleStage::classify(200.0, 45.0, &th), LifecycleStage::AboutToChurn);
-        assert_eq!(LifecycleStage::classify(200.0, 120.0, &th), LifecycleStage::Churned);
+        assert_eq!(
+            LifecycleStage::classify(200.0, 3.0, &th),
+            LifecycleStage::MatureActive
+        );
+        assert_eq!(
+            LifecycleStage::classify(200.0, 20.0, &th),
+            LifecycleStage::Silent
+        );
+        assert_eq!(
+            LifecycleStage::classify(200.0, 45.0, &th),
+            LifecycleStage::AboutToChurn
+        );
+        assert_eq!(
+            LifecycleStage::classify(200.0, 120.0, &th),
+            LifecycleStage::Churned
+        );
         assert!(th.is_valid());
     }
 
     #[test]
     fn rfm_thresholds_are_buyer_medians() {
-        let th = RfmThresholds::fit([(1.0, 1.0, 10.0), (3.0, 2.0, 30.0), (9.0, 7.0, 20.0)].into_iter());
-        assert_eq!(th, Some(RfmThresholds { recency_days: 3.0, frequency: 2.0, monetary: 20.0 }));
+        let th =
+            RfmThresholds::fit([(1.0, 1.0, 10.0), (3.0, 2.0, 30.0), (9.0, 7.0, 20.0)].into_iter());
+        assert_eq!(
+            th,
+            Some(RfmThresholds {
+                recency_days: 3.0,
+                frequency: 2.0,
+                monetary: 20.0
+            })
+        );
         assert_eq!(RfmThresholds::fit(std::iter::empty()), None);
     }
 }

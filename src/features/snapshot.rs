@@ -10,8 +10,11 @@ use super::table::EventTable;
 /// Per-user aggregates from events strictly before each time in `times`, in one pass.
 /// `out[s][u]` is user `u` as of `times[s]`.
 pub fn build_aggregates(table: &EventTable, times: &[Timestamp]) -> Vec<Vec<UserAggregate>> {
-    let base: Vec<UserAggregate> =
-        table.registered_at.iter().map(|r| UserAggregate::with_registration(*r)).collect();
+    let base: Vec<UserAggregate> = table
+        .registered_at
+        .iter()
+        .map(|r| UserAggregate::with_registration(*r))
+        .collect();
     let mut out: Vec<Vec<UserAggregate>> = times.iter().map(|_| base.clone()).collect();
     for i in 0..table.len() {
         let ts = table.ts[i];
@@ -54,7 +57,10 @@ pub fn active_in_window(
     let mut active = vec![false; table.n_users()];
     for i in 0..table.len() {
         let ts = table.ts[i];
-        if ts >= start && ts < end && (def == ChurnDefinition::NoActivity || table.kind[i] == EventKind::Order) {
+        if ts >= start
+            && ts < end
+            && (def == ChurnDefinition::NoActivity || table.kind[i] == EventKind::Order)
+        {
             active[table.user[i] as usize] = true;
         }
     }
@@ -70,7 +76,14 @@ mod tests {
         let mut t = EventTable::default();
         let a = t.intern("a");
         let b = t.intern("b");
-        let e = |ts, kind| Event { ts, kind, amount: 10.0, watch_seconds: 0, room: 0, category: 0 };
+        let e = |ts, kind| Event {
+            ts,
+            kind,
+            amount: 10.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        };
         t.push(a, e(10 * DAY, EventKind::Order));
         t.push(a, e(20 * DAY, EventKind::View));
         t.push(b, e(25 * DAY, EventKind::Order));
@@ -81,7 +94,10 @@ mod tests {
     fn snapshots_see_only_events_strictly_before_their_time() {
         let t = table();
         let snaps = build_aggregates(&t, &[20 * DAY, 21 * DAY]);
-        assert_eq!(snaps[0][0].views, 0, "an event at exactly t is not known at t");
+        assert_eq!(
+            snaps[0][0].views, 0,
+            "an event at exactly t is not known at t"
+        );
         assert_eq!(snaps[1][0].views, 1);
         assert!(!known_at(&snaps[1][1], 21 * DAY));
     }
@@ -89,7 +105,13 @@ mod tests {
     #[test]
     fn windows_respect_the_churn_definition() {
         let t = table();
-        assert_eq!(active_in_window(&t, 15 * DAY, 30 * DAY, ChurnDefinition::NoOrder), vec![false, true]);
-        assert_eq!(active_in_window(&t, 15 * DAY, 30 * DAY, ChurnDefinition::NoActivity), vec![true, true]);
+        assert_eq!(
+            active_in_window(&t, 15 * DAY, 30 * DAY, ChurnDefinition::NoOrder),
+            vec![false, true]
+        );
+        assert_eq!(
+            active_in_window(&t, 15 * DAY, 30 * DAY, ChurnDefinition::NoActivity),
+            vec![true, true]
+        );
     }
 }

@@ -174,7 +174,9 @@ pub struct FeatureSet {
 
 impl FeatureSet {
     pub fn all() -> Self {
-        FeatureSet { features: Feature::ALL.to_vec() }
+        FeatureSet {
+            features: Feature::ALL.to_vec(),
+        }
     }
 
     /// The features the data can support, and the ones left out (with the reason).
@@ -252,7 +254,14 @@ mod tests {
     fn recency_grows_while_the_user_is_quiet() {
         let mut a = UserAggregate::default();
         let t0 = 1_700_000_000;
-        a.apply(&Event { ts: t0, kind: EventKind::Order, amount: 20.0, watch_seconds: 0, room: 0, category: 0 });
+        a.apply(&Event {
+            ts: t0,
+            kind: EventKind::Order,
+            amount: 20.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        });
         let r1 = Feature::RecencyDays.value(&a, t0 + DAY);
         let r10 = Feature::RecencyDays.value(&a, t0 + 10 * DAY);
         assert!((r1 - 1.0).abs() < 1e-9 && (r10 - 10.0).abs() < 1e-9);

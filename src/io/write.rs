@@ -1,1 +1,451 @@
-//! placeholder
+//! Scored users out: CSV or Parquet, chosen by the output's extension.
+//!
+//! Rows go to `<path>.tmp`, which [`ScoreWriter::finish`] renames to `path`: a reader never sees
+//! a half-written file under the final name, and a writer dropped before `finish` (an error
+//! upstream) removes its temporary file.
+
+use arrow_array::builder::{Float64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Columns of the scores table, in this order in both formats.
+pub const SCORE_COLUMNS: [&str; 9] = [
+    "user_id",
+    "tier_id",
+    "tier_name",
+    "churn_probability",
+    "risk_level",
+    "risk_percentile",
+    "rfm_segment",
+    "lifecycle_stage",
+    "top_factors",
+];
+
+/// Rows per Parquet record batch.
+pub const PARQUET_BATCH_ROWS: usize = 1 << 16;
+
+/// One scored user.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreRow<'a> {
+    pub user_id: &'a str,
+    pub tier_id: &'a str,
+    pub tier_name: &'a str,
+    /// Written with 6 decimals in CSV, in full in Parquet.
+    pub churn_probability: f64,
+    pub risk_level: &'a str,
+    /// 0-100; written with 2 decimals in CSV, in full in Parquet.
+    pub risk_percentile: f64,
+    pub rfm_segment: &'a str,
+    pub lifecycle_stage: &'a str,
+    pub top_factors: &'a str,
+}
+
+/// What went wrong underneath a [`WriteError::Write`].
+#[derive(Debug, thiserror::Error)]
+pub enum WriteCause {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Csv(#[from] csv::Error),
+    #[error(transparent)]
+    Parquet(#[from] ParquetError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// A failure writing scored users, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{}: unsupported output type {ext:?} (expected .csv or .parquet)", .path.display())]
+    UnsupportedExtension { path: PathBuf, ext: String },
+    #[error("cannot create {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: WriteCause,
+    },
+    #[error("cannot move {} into place as {}", .from.display(), .to.display())]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn schema() -> SchemaRef {
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    let number = |name: &str| Field::new(name, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        text("user_id"),
+        text("tier_id"),
+        text("tier_name"),
+        number("churn_probability"),
+        text("risk_level"),
+        number("risk_percentile"),
+        text("rfm_segment"),
+        text("lifecycle_stage"),
+        text("top_factors"),
+    ]))
+}
+
+/// Column builders for the rows not yet flushed.
+struct ParquetSink {
+    writer: ArrowWriter<File>,
+    schema: SchemaRef,
+    text: [StringBuilder; 7],
+    numbers: [Float64Builder; 2],
+    pending: usize,
+}
+
+impl ParquetSink {
+    fn new(file: File) -> Result<Self, WriteCause> {
+        let schema = schema();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        Ok(ParquetSink {
+            writer,
+            schema,
+            text: std::array::from_fn(|_| {
+                StringBuilder::with_capacity(PARQUET_BATCH_ROWS, PARQUET_BATCH_ROWS * 8)
+            }),
+            numbers: std::array::from_fn(|_| Float64Builder::with_capacity(PARQUET_BATCH_ROWS)),
+            pending: 0,
+        })
+    }
+
+    fn write(&mut self, r: &ScoreRow<'_>) -> Result<(), WriteCause> {
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
+        user.append_value(r.user_id);
+        tier_id.append_value(r.tier_id);
+        tier_name.append_value(r.tier_name);
+        risk_level.append_value(r.risk_level);
+        rfm.append_value(r.rfm_segment);
+        stage.append_value(r.lifecycle_stage);
+        factors.append_value(r.top_factors);
+        let [churn, percentile] = &mut self.numbers;
+        churn.append_value(r.churn_probability);
+        percentile.append_value(r.risk_percentile);
+        self.pending += 1;
+        if self.pending >= PARQUET_BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), WriteCause> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
+        let [churn, percentile] = &mut self.numbers;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(user.finish()),
+            Arc::new(tier_id.finish()),
+            Arc::new(tier_name.finish()),
+            Arc::new(churn.finish()),
+            Arc::new(risk_level.finish()),
+            Arc::new(percentile.finish()),
+            Arc::new(rfm.finish()),
+            Arc::new(stage.finish()),
+            Arc::new(factors.finish()),
+        ];
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.writer.write(&batch)?;
+        self.pending = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), WriteCause> {
+        self.flush()?;
+        let file = self.writer.into_inner()?;
+        file.sync_all()?;
+        Ok(())
+    }
+}
+
+/// CSV with a reused formatting buffer for the numbers.
+struct CsvSink {
+    wtr: csv::Writer<BufWriter<File>>,
+    churn: String,
+    percentile: String,
+}
+
+impl CsvSink {
+    fn new(file: File) -> Result<Self, WriteCause> {
+        let mut wtr =
+            csv::WriterBuilder::new().from_writer(BufWriter::with_capacity(1 << 18, file));
+        wtr.write_record(SCORE_COLUMNS)?;
+        Ok(CsvSink {
+            wtr,
+            churn: String::new(),
+            percentile: String::new(),
+        })
+    }
+
+    fn write(&mut self, r: &ScoreRow<'_>) -> Result<(), WriteCause> {
+        self.churn.clear();
+        self.percentile.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(self.churn, "{:.6}", r.churn_probability);
+        let _ = write!(self.percentile, "{:.2}", r.risk_percentile);
+        self.wtr.write_record([
+            r.user_id,
+            r.tier_id,
+            r.tier_name,
+            &self.churn,
+            r.risk_level,
+            &self.percentile,
+            r.rfm_segment,
+            r.lifecycle_stage,
+            r.top_factors,
+        ])?;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), WriteCause> {
+        let file = self
+            .wtr
+            .into_inner()
+            .map_err(|e| WriteCause::Io(e.into_error()))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| WriteCause::Io(e.into_error()))?;
+        file.sync_all()?;
+        Ok(())
+    }
+}
+
+enum Sink {
+    Csv(CsvSink),
+    Parquet(Box<ParquetSink>),
+}
+
+/// Writes scored users to `path` (`.csv` or `.parquet`) through `<path>.tmp`.
+pub struct ScoreWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    /// `None` once finished (so `Drop` knows not to remove anything).
+    sink: Option<Sink>,
+    rows: u64,
+}
+
+impl ScoreWriter {
+    /// Creates `<path>.tmp`; the format follows `path`'s extension (`.csv` or `.parquet`).
+    pub fn create(path: &Path) -> Result<Self, WriteError> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let parquet = match ext.as_str() {
+            "csv" => false,
+            "parquet" => true,
+            _ => {
+                return Err(WriteError::UnsupportedExtension {
+                    path: path.to_path_buf(),
+                    ext,
+                })
+            }
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp).map_err(|source| WriteError::Create {
+            path: tmp.clone(),
+            source,
+        })?;
+        let sink = if parquet {
+            ParquetSink::new(file).map(|s| Sink::Parquet(Box::new(s)))
+        } else {
+            CsvSink::new(file).map(Sink::Csv)
+        };
+        // On failure `writer` drops and removes the temporary file.
+        let mut writer = ScoreWriter {
+            path: path.to_path_buf(),
+            tmp,
+            sink: None,
+            rows: 0,
+        };
+        writer.sink = Some(sink.map_err(|source| WriteError::Write {
+            path: writer.tmp.clone(),
+            source,
+        })?);
+        Ok(writer)
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, row: &ScoreRow<'_>) -> Result<(), WriteError> {
+        let result = match &mut self.sink {
+            Some(Sink::Csv(s)) => s.write(row),
+            Some(Sink::Parquet(s)) => s.write(row),
+            None => Ok(()),
+        };
+        result.map_err(|source| WriteError::Write {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Flushes, closes and renames the file into place; the number of rows written.
+    pub fn finish(mut self) -> Result<u64, WriteError> {
+        let result = match self.sink.take() {
+            Some(Sink::Csv(s)) => s.finish(),
+            Some(Sink::Parquet(s)) => s.finish(),
+            None => Ok(()),
+        };
+        if let Err(source) = result {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(WriteError::Write {
+                path: self.tmp.clone(),
+                source,
+            });
+        }
+        if let Err(source) = std::fs::rename(&self.tmp, &self.path) {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(WriteError::Rename {
+                from: self.tmp.clone(),
+                to: self.path.clone(),
+                source,
+            });
+        }
+        Ok(self.rows)
+    }
+}
+
+impl Drop for ScoreWriter {
+    fn drop(&mut self) {
+        if self.sink.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float64Type;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn row(i: usize, user: &str) -> ScoreRow<'_> {
+        ScoreRow {
+            user_id: user,
+            tier_id: if i % 2 == 0 { "core_fans" } else { "dormant" },
+            tier_name: "Core fans, \"loyal\"",
+            churn_probability: i as f64 / 1000.0 + 0.000_000_4,
+            risk_level: "low",
+            risk_percentile: 12.345,
+            rfm_segment: "important_value",
+            lifecycle_stage: "mature",
+            top_factors: "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)",
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_through_the_csv_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.csv");
+        let mut w = ScoreWriter::create(&path).unwrap();
+        let users: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
+        for (i, u) in users.iter().enumerate() {
+            w.write(&row(i, u)).unwrap();
+        }
+        assert!(!path.exists(), "nothing under the final name before finish");
+        assert_eq!(w.finish().unwrap(), 3);
+        assert!(!dir.path().join("scores.csv.tmp").exists());
+
+        let mut rdr = csv::Reader::from_path(&path).unwrap();
+        assert_eq!(
+            rdr.headers().unwrap().iter().collect::<Vec<_>>(),
+            SCORE_COLUMNS
+        );
+        let recs: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(&recs[1][0], "u1");
+        assert_eq!(&recs[1][1], "dormant");
+        assert_eq!(&recs[1][2], "Core fans, \"loyal\"");
+        assert_eq!(&recs[1][3], "0.001000");
+        assert_eq!(&recs[1][5], "12.35");
+        assert_eq!(
+            &recs[2][8],
+            "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)"
+        );
+    }
+
+    #[test]
+    fn parquet_has_every_row_and_the_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.parquet");
+        let n = PARQUET_BATCH_ROWS + 10;
+        let users: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        let mut w = ScoreWriter::create(&path).unwrap();
+        for (i, u) in users.iter().enumerate() {
+            w.write(&row(i, u)).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), n as u64);
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows(), n as i64);
+        let names: Vec<String> = reader
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, SCORE_COLUMNS);
+        let batches: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+        let last = batches.last().unwrap();
+        let k = last.num_rows() - 1;
+        assert_eq!(
+            last.column(0).as_string::<i32>().value(k),
+            format!("u{}", n - 1)
+        );
+        let p = last.column(3).as_primitive::<Float64Type>().value(k);
+        assert!((p - row(n - 1, "").churn_probability).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_extensions_are_refused_naming_the_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ScoreWriter::create(&dir.path().join("scores.json"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("\"json\""), "{err}");
+        assert!(matches!(err, WriteError::UnsupportedExtension { .. }));
+    }
+
+    #[test]
+    fn a_writer_dropped_before_finish_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["scores.csv", "scores.parquet"] {
+            let path = dir.path().join(name);
+            let mut w = ScoreWriter::create(&path).unwrap();
+            w.write(&row(0, "u0")).unwrap();
+            drop(w);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{name}");
+        }
+    }
+}

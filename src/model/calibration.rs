@@ -47,7 +47,11 @@ impl Platt {
                     let t = if l { t_pos } else { t_neg };
                     let z = a * s + b;
                     // log(1 + e^z) - t z, computed stably.
-                    let softplus = if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() };
+                    let softplus = if z > 0.0 {
+                        z + (-z).exp().ln_1p()
+                    } else {
+                        z.exp().ln_1p()
+                    };
                     softplus - t * z
                 })
                 .sum()

@@ -36,23 +36,41 @@ pub struct BoostingParams {
 
 impl Default for BoostingParams {
     fn default() -> Self {
-        BoostingParams { trees: 100, learning_rate: 0.1, max_depth: 5, min_leaf_weight: 1.0, subsample: 1.0 }
+        BoostingParams {
+            trees: 100,
+            learning_rate: 0.1,
+            max_depth: 5,
+            min_leaf_weight: 1.0,
+            subsample: 1.0,
+        }
     }
 }
 
 impl BoostingParams {
     pub fn check(self) -> Result<Self, ChurnError> {
         if self.trees == 0 || self.trees > 5000 {
-            return Err(ChurnError::Param(format!("trees must be in 1..=5000, got {}", self.trees)));
+            return Err(ChurnError::Param(format!(
+                "trees must be in 1..=5000, got {}",
+                self.trees
+            )));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return Err(ChurnError::Param(format!("learning_rate must be in (0, 1], got {}", self.learning_rate)));
+            return Err(ChurnError::Param(format!(
+                "learning_rate must be in (0, 1], got {}",
+                self.learning_rate
+            )));
         }
         if self.max_depth == 0 || self.max_depth > 16 {
-            return Err(ChurnError::Param(format!("max_depth must be in 1..=16, got {}", self.max_depth)));
+            return Err(ChurnError::Param(format!(
+                "max_depth must be in 1..=16, got {}",
+                self.max_depth
+            )));
         }
         if !(self.subsample > 0.0 && self.subsample <= 1.0) {
-            return Err(ChurnError::Param(format!("subsample must be in (0, 1], got {}", self.subsample)));
+            return Err(ChurnError::Param(format!(
+                "subsample must be in (0, 1], got {}",
+                self.subsample
+            )));
         }
         Ok(self)
     }
@@ -78,10 +96,12 @@ impl LinearModel {
         if pos == 0 || pos == rows {
             return Err(ChurnError::SingleClass(rows));
         }
-        let m = DenseMatrix::new(rows, cols, x.to_vec(), false).map_err(|e| ChurnError::Logistic(e.to_string()))?;
+        let m = DenseMatrix::new(rows, cols, x.to_vec(), false)
+            .map_err(|e| ChurnError::Logistic(e.to_string()))?;
         let labels: Vec<i32> = y.iter().map(|&l| i32::from(l)).collect();
         let params = LogisticRegressionParameters::default().with_alpha(l2);
-        let lr = LogisticRegression::fit(&m, &labels, params).map_err(|e| ChurnError::Logistic(e.to_string()))?;
+        let lr = LogisticRegression::fit(&m, &labels, params)
+            .map_err(|e| ChurnError::Logistic(e.to_string()))?;
         // Binary case: classes are sorted, so the modelled class (index 1) is label 1 = churned.
         let coef = lr.coefficients();
         let weights: Vec<f64> = (0..cols).map(|j| *coef.get((0, j))).collect();
@@ -134,7 +154,13 @@ const LEAF: u32 = u32::MAX;
 
 impl Forest {
     /// Fits with forust-ml on row-major `x`; seeded.
-    pub fn fit(x: &[f64], cols: usize, y: &[bool], p: BoostingParams, seed: u64) -> Result<Self, ChurnError> {
+    pub fn fit(
+        x: &[f64],
+        cols: usize,
+        y: &[bool],
+        p: BoostingParams,
+        seed: u64,
+    ) -> Result<Self, ChurnError> {
         let p = p.check()?;
         let rows = y.len();
         if rows == 0 {
@@ -162,7 +188,9 @@ impl Forest {
             .set_subsample(p.subsample)
             .set_seed(seed)
             .set_parallel(true);
-        booster.fit(&matrix, &labels, &weights, None).map_err(|e| ChurnError::Boosting(e.to_string()))?;
+        booster
+            .fit(&matrix, &labels, &weights, None)
+            .map_err(|e| ChurnError::Boosting(e.to_string()))?;
         Ok(Self::from_booster(&booster))
     }
 
@@ -176,7 +204,11 @@ impl Forest {
                 let (left, right, missing) = if n.is_leaf {
                     (LEAF, LEAF, LEAF)
                 } else {
-                    (offset + n.left_child as u32, offset + n.right_child as u32, offset + n.missing_node as u32)
+                    (
+                        offset + n.left_child as u32,
+                        offset + n.right_child as u32,
+                        offset + n.missing_node as u32,
+                    )
                 };
                 nodes.push(TreeNode {
                     feature: n.split_feature as u32,
@@ -188,7 +220,11 @@ impl Forest {
                 });
             }
         }
-        Forest { base_score: b.base_score, roots, nodes }
+        Forest {
+            base_score: b.base_score,
+            roots,
+            nodes,
+        }
     }
 
     #[inline]
@@ -243,7 +279,10 @@ impl Forest {
             }
             let i = i as u32;
             if node.feature as usize >= cols {
-                return Err(format!("node {i} splits on feature {} of {cols}", node.feature));
+                return Err(format!(
+                    "node {i} splits on feature {} of {cols}",
+                    node.feature
+                ));
             }
             for c in [node.left, node.right, node.missing] {
                 // Children always come after their parent in forust's layout: no cycles.
@@ -295,9 +334,10 @@ impl ChurnModel {
 
     pub fn validate(&self, cols: usize) -> Result<(), String> {
         match self {
-            ChurnModel::Logistic(m) if m.weights.len() != cols => {
-                Err(format!("logistic model has {} weights for {cols} features", m.weights.len()))
-            }
+            ChurnModel::Logistic(m) if m.weights.len() != cols => Err(format!(
+                "logistic model has {} weights for {cols} features",
+                m.weights.len()
+            )),
             ChurnModel::Logistic(_) => Ok(()),
             ChurnModel::Boosted(f) => f.validate(cols),
         }
@@ -331,7 +371,11 @@ mod tests {
         let (x, y) = data(4000, 1);
         let m = LinearModel::fit(&x, 3, &y, 0.0).unwrap();
         assert!(m.weights[0] > 0.5, "w0 = {}", m.weights[0]);
-        assert!(m.weights[2].abs() < 0.3, "irrelevant feature weight {}", m.weights[2]);
+        assert!(
+            m.weights[2].abs() < 0.3,
+            "irrelevant feature weight {}",
+            m.weights[2]
+        );
     }
 
     #[test]
@@ -339,7 +383,17 @@ mod tests {
         let (x, y) = data(6000, 2);
         let (xt, yt) = data(3000, 3);
         let lin = LinearModel::fit(&x, 3, &y, 0.0).unwrap();
-        let forest = Forest::fit(&x, 3, &y, BoostingParams { trees: 60, ..Default::default() }, 7).unwrap();
+        let forest = Forest::fit(
+            &x,
+            3,
+            &y,
+            BoostingParams {
+                trees: 60,
+                ..Default::default()
+            },
+            7,
+        )
+        .unwrap();
         forest.validate(3).unwrap();
         let s_lin: Vec<f64> = xt.chunks(3).map(|r| lin.score(r)).collect();
         let s_gbm: Vec<f64> = xt.chunks(3).map(|r| forest.score(r)).collect();
@@ -358,20 +412,36 @@ mod tests {
                 mean_abs[j] += contrib[j].abs();
             }
         }
-        assert!(mean_abs[2] < mean_abs[0] / 4.0 && mean_abs[2] < mean_abs[1] / 4.0, "{mean_abs:?}");
+        assert!(
+            mean_abs[2] < mean_abs[0] / 4.0 && mean_abs[2] < mean_abs[1] / 4.0,
+            "{mean_abs:?}"
+        );
     }
 
     #[test]
     fn single_class_labels_are_refused() {
         let x = vec![0.0; 6];
-        assert!(matches!(LinearModel::fit(&x, 3, &[true, true], 0.0), Err(ChurnError::SingleClass(2))));
+        assert!(matches!(
+            LinearModel::fit(&x, 3, &[true, true], 0.0),
+            Err(ChurnError::SingleClass(2))
+        ));
         assert!(Forest::fit(&x, 3, &[false, false], BoostingParams::default(), 1).is_err());
     }
 
     #[test]
     fn tampered_forest_is_refused() {
         let (x, y) = data(500, 4);
-        let mut f = Forest::fit(&x, 3, &y, BoostingParams { trees: 3, ..Default::default() }, 1).unwrap();
+        let mut f = Forest::fit(
+            &x,
+            3,
+            &y,
+            BoostingParams {
+                trees: 3,
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
         let idx = f.nodes.iter().position(|n| n.left != LEAF).unwrap();
         f.nodes[idx].left = idx as u32;
         assert!(f.validate(3).is_err());

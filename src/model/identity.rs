@@ -77,7 +77,11 @@ pub const CATALOGUE: &[Archetype] = &[
         id: "potential_new",
         name_en: "Potential new customers",
         name_zh: "潜力新客",
-        weights: &[("tenure_days", -1.5), ("frequency", -0.3), ("days_since_activity", -0.5)],
+        weights: &[
+            ("tenure_days", -1.5),
+            ("frequency", -0.3),
+            ("days_since_activity", -0.5),
+        ],
         playbook: &[
             "Guided first order with a new-user coupon",
             "Route them to best-seller rooms",
@@ -88,7 +92,11 @@ pub const CATALOGUE: &[Archetype] = &[
         id: "bargain_hunters",
         name_en: "Bargain hunters",
         name_zh: "价格敏感客",
-        weights: &[("frequency", 0.8), ("monetary_avg", -1.5)],
+        weights: &[
+            ("frequency", 1.5),
+            ("monetary_avg", -1.0),
+            ("sessions", -0.3),
+        ],
         playbook: &[
             "Bundle deals and spend-threshold discounts (满减)",
             "Flash-sale reminders",
@@ -105,6 +113,7 @@ pub const CATALOGUE: &[Archetype] = &[
             ("comments", -0.7),
             ("likes", -0.4),
             ("frequency", -0.6),
+            ("monetary_total", -0.4),
         ],
         playbook: &[
             "Low-friction interactions: polls and lucky draws",
@@ -116,7 +125,11 @@ pub const CATALOGUE: &[Archetype] = &[
         id: "drifting_away",
         name_en: "Drifting away",
         name_zh: "渐行渐远",
-        weights: &[("trend", -1.5), ("days_since_activity", 0.4), ("frequency", 0.3)],
+        weights: &[
+            ("trend", -1.5),
+            ("days_since_activity", 0.4),
+            ("frequency", 0.3),
+        ],
         playbook: &[
             "Win-back coupon before they go quiet",
             "Personalised replays of their favourite hosts",
@@ -127,7 +140,12 @@ pub const CATALOGUE: &[Archetype] = &[
         id: "dormant",
         name_en: "Dormant",
         name_zh: "沉睡用户",
-        weights: &[("days_since_activity", 1.2), ("recency_days", 0.8), ("trend", -0.3), ("sessions", -0.3)],
+        weights: &[
+            ("days_since_activity", 1.2),
+            ("recency_days", 0.8),
+            ("trend", -0.3),
+            ("sessions", -0.3),
+        ],
         playbook: &[
             "Reactivation campaign with a strong incentive",
             "Re-introduce them through new hosts and categories",
@@ -138,7 +156,12 @@ pub const CATALOGUE: &[Archetype] = &[
         id: "engaged_fans",
         name_en: "Deeply engaged fans",
         name_zh: "深度互动粉",
-        weights: &[("comments", 1.0), ("likes", 0.8), ("shares", 0.8), ("monetary_total", -0.8)],
+        weights: &[
+            ("comments", 1.0),
+            ("likes", 0.8),
+            ("shares", 0.8),
+            ("monetary_total", -0.8),
+        ],
         playbook: &[
             "Convert engagement: host shout-outs with product links",
             "Fan-club tasks that reward the next purchase",
@@ -149,7 +172,12 @@ pub const CATALOGUE: &[Archetype] = &[
         id: "content_browsers",
         name_en: "Content browsers",
         name_zh: "内容浏览者",
-        weights: &[("rooms", 1.0), ("categories", 1.0), ("sessions", 0.5), ("frequency", -0.5)],
+        weights: &[
+            ("rooms", 1.0),
+            ("categories", 1.0),
+            ("sessions", 0.5),
+            ("frequency", -0.5),
+        ],
         playbook: &[
             "Personalised room recommendations across categories",
             "Curated themed sessions",
@@ -233,12 +261,20 @@ fn phrase(feature: &str, value: f64) -> String {
 /// cluster's mean in original units.
 pub fn describe(names: &[&str], centroid_scaled: &[f64], raw_means: &[f64]) -> String {
     let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by(|&a, &b| centroid_scaled[b].abs().total_cmp(&centroid_scaled[a].abs()));
+    order.sort_by(|&a, &b| {
+        centroid_scaled[b]
+            .abs()
+            .total_cmp(&centroid_scaled[a].abs())
+    });
     let parts: Vec<String> = order
         .iter()
         .take(3)
         .map(|&j| {
-            let level = if centroid_scaled[j] >= 0.0 { "high" } else { "low" };
+            let level = if centroid_scaled[j] >= 0.0 {
+                "high"
+            } else {
+                "low"
+            };
             let f = names[j].replace('_', " ");
             format!("{level} {f} ({})", phrase(names[j], raw_means[j]))
         })
@@ -256,7 +292,15 @@ mod tests {
 
     #[test]
     fn archetypes_go_to_the_centroids_that_fit_them() {
-        let names = ["recency_days", "frequency", "monetary_total", "monetary_avg", "tenure_days", "days_since_activity", "trend"];
+        let names = [
+            "recency_days",
+            "frequency",
+            "monetary_total",
+            "monetary_avg",
+            "tenure_days",
+            "days_since_activity",
+            "trend",
+        ];
         // core-fan-like, brand-new, dormant
         let core = [-1.0, 2.0, 2.0, 0.5, 0.5, -1.0, 0.0];
         let newbie = [0.0, -0.8, -0.8, 0.0, -2.0, -0.5, 0.5];
@@ -266,6 +310,29 @@ mod tests {
         assert_eq!(free[a[0]].id, "core_fans");
         assert_eq!(free[a[1]].id, "potential_new");
         assert_eq!(free[a[2]].id, "dormant");
+    }
+
+    #[test]
+    fn non_buyers_are_not_bargain_hunters() {
+        let names = [
+            "frequency",
+            "monetary_avg",
+            "sessions",
+            "watch_minutes",
+            "comments",
+            "monetary_total",
+        ];
+        // Never ordered (frequency and average value far below the mean), watches a lot.
+        let watcher = [-1.5, -1.5, 1.0, 1.0, -0.5, -1.2];
+        // Orders often, small baskets.
+        let hunter = [1.2, -0.8, -0.2, -0.2, -0.3, 0.2];
+        let free: Vec<&Archetype> = CATALOGUE
+            .iter()
+            .filter(|a| ["bargain_hunters", "silent_onlookers"].contains(&a.id))
+            .collect();
+        let a = assign_archetypes(&[&watcher, &hunter], &names, &free);
+        assert_eq!(free[a[0]].id, "silent_onlookers");
+        assert_eq!(free[a[1]].id, "bargain_hunters");
     }
 
     #[test]

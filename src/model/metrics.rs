@@ -109,7 +109,12 @@ pub fn roc_curve(scores: &[f64], labels: &[bool], max_points: usize) -> Vec<(f64
 
 pub fn brier(probs: &[f64], labels: &[bool]) -> f64 {
     let n = probs.len().max(1) as f64;
-    probs.iter().zip(labels).map(|(p, &l)| (p - f64::from(u8::from(l))).powi(2)).sum::<f64>() / n
+    probs
+        .iter()
+        .zip(labels)
+        .map(|(p, &l)| (p - f64::from(u8::from(l))).powi(2))
+        .sum::<f64>()
+        / n
 }
 
 pub fn log_loss(probs: &[f64], labels: &[bool]) -> f64 {
@@ -201,8 +206,12 @@ pub fn adjusted_rand_index(a: &[usize], b: &[usize]) -> f64 {
     }
     let c2 = |x: u64| (x as f64) * (x as f64 - 1.0) / 2.0;
     let sum_ij: f64 = table.iter().map(|&x| c2(x)).sum();
-    let sum_a: f64 = (0..ka).map(|i| c2(table[i * kb..(i + 1) * kb].iter().sum())).sum();
-    let sum_b: f64 = (0..kb).map(|j| c2((0..ka).map(|i| table[i * kb + j]).sum())).sum();
+    let sum_a: f64 = (0..ka)
+        .map(|i| c2(table[i * kb..(i + 1) * kb].iter().sum()))
+        .sum();
+    let sum_b: f64 = (0..kb)
+        .map(|j| c2((0..ka).map(|i| table[i * kb + j]).sum()))
+        .sum();
     let expected = sum_a * sum_b / c2(n as u64);
     let max = (sum_a + sum_b) / 2.0;
     if (max - expected).abs() < f64::EPSILON {
@@ -240,7 +249,13 @@ mod tests {
             for j in 0..s.len() {
                 if l[i] && !l[j] {
                     den += 1.0;
-                    num += if s[i] > s[j] { 1.0 } else if s[i] == s[j] { 0.5 } else { 0.0 };
+                    num += if s[i] > s[j] {
+                        1.0
+                    } else if s[i] == s[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

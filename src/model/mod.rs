@@ -9,9 +9,9 @@
 
 pub mod calibration;
 pub mod churn;
-pub mod metrics;
 pub mod identity;
-pub mod tiers;
+pub mod metrics;
 pub mod scorer;
+pub mod tiers;
 
 pub use scorer::{RiskLevel, RiskThresholds, Score, Scorer};

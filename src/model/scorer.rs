@@ -8,8 +8,8 @@ use super::calibration::Platt;
 use super::churn::ChurnModel;
 use super::tiers::TierModel;
 use crate::features::{
-    Feature, FeatureSet, LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds, StandardScaler, Timestamp,
-    UserAggregate,
+    Feature, FeatureSet, LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds,
+    StandardScaler, Timestamp, UserAggregate,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -50,7 +50,10 @@ pub struct RiskThresholds {
 
 impl Default for RiskThresholds {
     fn default() -> Self {
-        RiskThresholds { medium: 0.4, high: 0.7 }
+        RiskThresholds {
+            medium: 0.4,
+            high: 0.7,
+        }
     }
 }
 
@@ -153,7 +156,9 @@ impl Scorer {
         if self.scaler.mean.len() != d || self.scaler.std.len() != d {
             return bad("scaler does not match the feature set".into());
         }
-        if self.scaler.std.iter().any(|s| !s.is_finite() || *s <= 0.0) || self.scaler.mean.iter().any(|m| !m.is_finite()) {
+        if self.scaler.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || self.scaler.mean.iter().any(|m| !m.is_finite())
+        {
             return bad("scaler has non-finite or non-positive values".into());
         }
         self.tiers.validate(d).map_err(ScorerError::Inconsistent)?;
@@ -202,10 +207,19 @@ impl Scorer {
     fn segment_and_stage(&self, raw: &[f64]) -> (RfmSegment, LifecycleStage) {
         let get = |f: Feature| self.features.position(f).map_or(0.0, |j| raw[j]);
         let rfm = match &self.rfm {
-            Some(th) => RfmSegment::classify(get(Feature::RecencyDays), get(Feature::Frequency), get(Feature::MonetaryTotal), th),
+            Some(th) => RfmSegment::classify(
+                get(Feature::RecencyDays),
+                get(Feature::Frequency),
+                get(Feature::MonetaryTotal),
+                th,
+            ),
             None => RfmSegment::NonBuyer,
         };
-        let stage = LifecycleStage::classify(get(Feature::TenureDays), get(Feature::DaysSinceActivity), &self.lifecycle);
+        let stage = LifecycleStage::classify(
+            get(Feature::TenureDays),
+            get(Feature::DaysSinceActivity),
+            &self.lifecycle,
+        );
         (rfm, stage)
     }
 
@@ -234,7 +248,11 @@ impl Scorer {
             if pos < TOP_FACTORS {
                 let end = n.min(TOP_FACTORS - 1);
                 factors.copy_within(pos..end, pos + 1);
-                factors[pos] = Factor { feature: j as u8, contribution: c as f32, value: raw[j] as f32 };
+                factors[pos] = Factor {
+                    feature: j as u8,
+                    contribution: c as f32,
+                    value: raw[j] as f32,
+                };
                 n = (n + 1).min(TOP_FACTORS);
             }
         }
@@ -252,11 +270,14 @@ impl Scorer {
 
     /// Scores many users as of `t` on all cores.
     pub fn score_batch(&self, users: &[UserAggregate], t: Timestamp, out: &mut [Score]) {
-        users.par_chunks(4096).zip(out.par_chunks_mut(4096)).for_each(|(us, os)| {
-            for (u, o) in us.iter().zip(os.iter_mut()) {
-                *o = self.score(u, t);
-            }
-        });
+        users
+            .par_chunks(4096)
+            .zip(out.par_chunks_mut(4096))
+            .for_each(|(us, os)| {
+                for (u, o) in us.iter().zip(os.iter_mut()) {
+                    *o = self.score(u, t);
+                }
+            });
     }
 
     /// "feature=+0.42 (value)" joined by "; " — the reasons as one text column.
@@ -266,7 +287,11 @@ impl Scorer {
             if i > 0 {
                 out.push_str("; ");
             }
-            let name = self.features.features.get(usize::from(f.feature)).map_or("?", |f| f.name());
+            let name = self
+                .features
+                .features
+                .get(usize::from(f.feature))
+                .map_or("?", |f| f.name());
             out.push_str(&format!("{name}={:+.3} ({:.4})", f.contribution, f.value));
         }
         out
@@ -307,13 +332,25 @@ mod tests {
         weights[0] = 2.0; // recency raises risk
         Scorer {
             features,
-            scaler: StandardScaler { mean: vec![1.0; d], std: vec![1.0; d] },
-            tiers: TierModel { centroids, dims: d, tiers: vec![ident("recent"), ident("lapsed")], inertia: 0.0 },
+            scaler: StandardScaler {
+                mean: vec![1.0; d],
+                std: vec![1.0; d],
+            },
+            tiers: TierModel {
+                centroids,
+                dims: d,
+                tiers: vec![ident("recent"), ident("lapsed")],
+                inertia: 0.0,
+            },
             churn: ChurnModel::Logistic(LinearModel { weights, bias: 0.0 }),
             calibration: Platt::default(),
             risk: RiskThresholds::default(),
             risk_quantiles: quantiles(&[0.1, 0.2, 0.5, 0.9]),
-            rfm: Some(RfmThresholds { recency_days: 10.0, frequency: 1.0, monetary: 50.0 }),
+            rfm: Some(RfmThresholds {
+                recency_days: 10.0,
+                frequency: 1.0,
+                monetary: 50.0,
+            }),
             lifecycle: LifecycleThresholds::default(),
         }
     }
@@ -324,7 +361,14 @@ mod tests {
         s.validate().unwrap();
         let mut a = UserAggregate::default();
         let t0 = 1_700_000_000;
-        a.apply(&Event { ts: t0, kind: EventKind::Order, amount: 30.0, watch_seconds: 0, room: 0, category: 0 });
+        a.apply(&Event {
+            ts: t0,
+            kind: EventKind::Order,
+            amount: 30.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        });
         let soon = s.score(&a, t0 + DAY);
         let later = s.score(&a, t0 + 60 * DAY);
         assert!(later.churn_probability > soon.churn_probability);
@@ -340,7 +384,14 @@ mod tests {
         let users: Vec<UserAggregate> = (0..100)
             .map(|i| {
                 let mut a = UserAggregate::default();
-                a.apply(&Event { ts: i * DAY, kind: EventKind::Order, amount: 10.0, watch_seconds: 0, room: 0, category: 0 });
+                a.apply(&Event {
+                    ts: i * DAY,
+                    kind: EventKind::Order,
+                    amount: 10.0,
+                    watch_seconds: 0,
+                    room: 0,
+                    category: 0,
+                });
                 a
             })
             .collect();
@@ -348,7 +399,10 @@ mod tests {
         s.score_batch(&users, 120 * DAY, &mut out);
         for (u, o) in users.iter().zip(&out) {
             assert_eq!(*o, s.score(u, 120 * DAY));
-            assert!(o.factors().windows(2).all(|w| w[0].contribution >= w[1].contribution));
+            assert!(o
+                .factors()
+                .windows(2)
+                .all(|w| w[0].contribution >= w[1].contribution));
         }
     }
 

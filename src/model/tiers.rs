@@ -45,7 +45,15 @@ pub struct TierParams {
 
 impl Default for TierParams {
     fn default() -> Self {
-        TierParams { k: None, k_min: 4, k_max: 8, fit_sample: 200_000, silhouette_sample: 3_000, n_runs: 3, max_iterations: 200 }
+        TierParams {
+            k: None,
+            k_min: 4,
+            k_max: 8,
+            fit_sample: 200_000,
+            silhouette_sample: 3_000,
+            n_runs: 3,
+            max_iterations: 200,
+        }
     }
 }
 
@@ -54,7 +62,9 @@ impl TierParams {
         let max_k = identity::CATALOGUE.len() + 4;
         if let Some(k) = self.k {
             if !(2..=max_k).contains(&k) {
-                return Err(TierError::Param(format!("k must be in 2..={max_k}, got {k}")));
+                return Err(TierError::Param(format!(
+                    "k must be in 2..={max_k}, got {k}"
+                )));
             }
         }
         if self.k_min < 2 || self.k_min > self.k_max || self.k_max > max_k {
@@ -63,7 +73,11 @@ impl TierParams {
                 self.k_min, self.k_max
             )));
         }
-        if self.fit_sample < 100 || self.silhouette_sample < 50 || self.n_runs == 0 || self.max_iterations == 0 {
+        if self.fit_sample < 100
+            || self.silhouette_sample < 50
+            || self.n_runs == 0
+            || self.max_iterations == 0
+        {
             return Err(TierError::Param(
                 "fit_sample >= 100, silhouette_sample >= 50, n_runs >= 1 and max_iterations >= 1 are required".into(),
             ));
@@ -110,10 +124,17 @@ impl TierModel {
 
     pub fn validate(&self, dims: usize) -> Result<(), String> {
         if self.dims != dims {
-            return Err(format!("tier centroids have {} dims, features {dims}", self.dims));
+            return Err(format!(
+                "tier centroids have {} dims, features {dims}",
+                self.dims
+            ));
         }
         if self.tiers.is_empty() || self.centroids.len() != self.tiers.len() * dims {
-            return Err(format!("{} centroid values for {} tiers", self.centroids.len(), self.tiers.len()));
+            return Err(format!(
+                "{} centroid values for {} tiers",
+                self.centroids.len(),
+                self.tiers.len()
+            ));
         }
         if self.centroids.iter().any(|v| !v.is_finite()) {
             return Err("non-finite centroid".into());
@@ -144,7 +165,11 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// Up to `n` row indices chosen and ordered by the hash of their key: independent of row order.
 pub fn keyed_sample(keys: &[u64], n: usize, seed: u64) -> Vec<usize> {
-    let mut idx: Vec<(u64, usize)> = keys.iter().enumerate().map(|(i, &k)| (mix64(k ^ mix64(seed)), i)).collect();
+    let mut idx: Vec<(u64, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| (mix64(k ^ mix64(seed)), i))
+        .collect();
     if idx.len() > n {
         idx.select_nth_unstable(n);
         idx.truncate(n);
@@ -164,14 +189,24 @@ fn gather(x: &[f64], dims: usize, rows: &[usize]) -> Array2<f64> {
 }
 
 /// Best-of-`n_runs` k-means on `data`; returns row-major centroids and the inertia.
-fn kmeans(data: &Array2<f64>, k: usize, p: &TierParams, seed: u64) -> Result<(Vec<f64>, f64), TierError> {
+fn kmeans(
+    data: &Array2<f64>,
+    k: usize,
+    p: &TierParams,
+    seed: u64,
+) -> Result<(Vec<f64>, f64), TierError> {
     if data.nrows() < k {
-        return Err(TierError::TooFewRows { rows: data.nrows(), k });
+        return Err(TierError::TooFewRows {
+            rows: data.nrows(),
+            k,
+        });
     }
     let ds = DatasetBase::from(data.clone());
     let mut best: Option<(Vec<f64>, f64)> = None;
     for run in 0..p.n_runs {
-        let rng = Xoshiro256Plus::seed_from_u64(mix64(seed ^ (run as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A)));
+        let rng = Xoshiro256Plus::seed_from_u64(mix64(
+            seed ^ (run as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A),
+        ));
         let model = KMeans::params_with_rng(k, rng)
             .n_runs(1)
             .max_n_iterations(p.max_iterations)
@@ -180,7 +215,11 @@ fn kmeans(data: &Array2<f64>, k: usize, p: &TierParams, seed: u64) -> Result<(Ve
             .map_err(|e| TierError::KMeans(e.to_string()))?;
         let cents: Vec<f64> = model.centroids().iter().copied().collect();
         let dims = data.ncols();
-        let inertia: f64 = data.rows().into_iter().map(|r| nearest(&cents, dims, r.as_slice().unwrap_or(&[])).1).sum();
+        let inertia: f64 = data
+            .rows()
+            .into_iter()
+            .map(|r| nearest(&cents, dims, r.as_slice().unwrap_or(&[])).1)
+            .sum();
         if best.as_ref().is_none_or(|(_, b)| inertia < *b) {
             best = Some((cents, inertia));
         }
@@ -192,7 +231,10 @@ fn kmeans(data: &Array2<f64>, k: usize, p: &TierParams, seed: u64) -> Result<(Ve
 pub fn silhouette(rows: &[f64], dims: usize, centroids: &[f64]) -> f64 {
     let n = rows.len() / dims.max(1);
     let k = centroids.len() / dims.max(1);
-    let labels: Vec<usize> = rows.chunks_exact(dims).map(|r| nearest(centroids, dims, r).0).collect();
+    let labels: Vec<usize> = rows
+        .chunks_exact(dims)
+        .map(|r| nearest(centroids, dims, r).0)
+        .collect();
     let mut sizes = vec![0usize; k];
     labels.iter().for_each(|&l| sizes[l] += 1);
     let mut total = 0.0;
@@ -203,7 +245,12 @@ pub fn silhouette(rows: &[f64], dims: usize, centroids: &[f64]) -> f64 {
         for j in 0..n {
             if i != j {
                 let xj = &rows[j * dims..(j + 1) * dims];
-                sums[labels[j]] += xi.iter().zip(xj).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+                sums[labels[j]] += xi
+                    .iter()
+                    .zip(xj)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f64>()
+                    .sqrt();
             }
         }
         let own = labels[i];
@@ -211,7 +258,10 @@ pub fn silhouette(rows: &[f64], dims: usize, centroids: &[f64]) -> f64 {
             continue; // silhouette of a singleton is 0
         }
         let a = sums[own] / (sizes[own] - 1) as f64;
-        let b = (0..k).filter(|&c| c != own && sizes[c] > 0).map(|c| sums[c] / sizes[c] as f64).fold(f64::INFINITY, f64::min);
+        let b = (0..k)
+            .filter(|&c| c != own && sizes[c] > 0)
+            .map(|c| sums[c] / sizes[c] as f64)
+            .fold(f64::INFINITY, f64::min);
         if b.is_finite() {
             total += (b - a) / a.max(b).max(1e-12);
         }
@@ -236,9 +286,9 @@ pub struct PreviousTiers<'a> {
     pub centroids: Vec<f64>,
 }
 
-/// Fits the tiering on scaled rows `x` (`dims` columns); `keys` identify users for sampling.
-/// `feature_names` are the column names (for descriptions), `raw_means(c)` gives cluster means in
-/// original units (for descriptions) — passed as a closure so this module stays unit-free.
+/// Fits the tiering on scaled rows `x` (`dims` columns); `keys` identify users for sampling;
+/// `feature_names` are the column names the archetypes are judged by. Descriptions are left
+/// empty: they need original units, which the caller has (see `identity::describe`).
 pub fn fit(
     x: &[f64],
     dims: usize,
@@ -257,7 +307,10 @@ pub fn fit(
         Some(k) => k,
         None => {
             let sil_rows = keyed_sample(keys, p.silhouette_sample, seed ^ 0xA5A5);
-            let sil_data: Vec<f64> = sil_rows.iter().flat_map(|&i| x[i * dims..(i + 1) * dims].iter().copied()).collect();
+            let sil_data: Vec<f64> = sil_rows
+                .iter()
+                .flat_map(|&i| x[i * dims..(i + 1) * dims].iter().copied())
+                .collect();
             // Candidate k are fitted on a smaller sample: the ranking by silhouette is stable.
             let cand_rows = keyed_sample(keys, p.fit_sample.min(30_000), seed ^ 0x5A5A);
             let cand = gather(x, dims, &cand_rows);
@@ -285,7 +338,11 @@ pub fn fit(
     if let Some(prev) = previous {
         let pk = prev.identities.len();
         if pk > 0 && prev.centroids.len() == pk * dims {
-            let (small, large, new_is_rows) = if k <= pk { (k, pk, true) } else { (pk, k, false) };
+            let (small, large, new_is_rows) = if k <= pk {
+                (k, pk, true)
+            } else {
+                (pk, k, false)
+            };
             let mut cost = Matrix::new(small, large, 0i64);
             for r in 0..small {
                 for c in 0..large {
@@ -308,11 +365,17 @@ pub fn fit(
     }
     // Then name the rest from the archetype catalogue, skipping ids already taken.
     let taken: Vec<String> = identities.iter().flatten().map(|t| t.id.clone()).collect();
-    let free: Vec<&Archetype> = identity::CATALOGUE.iter().filter(|a| !taken.iter().any(|t| t == a.id)).collect();
+    let free: Vec<&Archetype> = identity::CATALOGUE
+        .iter()
+        .filter(|a| !taken.iter().any(|t| t == a.id))
+        .collect();
     let unnamed: Vec<usize> = (0..k).filter(|&c| identities[c].is_none()).collect();
     if !unnamed.is_empty() {
         let names: Vec<usize> = identity::assign_archetypes(
-            &unnamed.iter().map(|&c| &centroids[c * dims..(c + 1) * dims]).collect::<Vec<_>>(),
+            &unnamed
+                .iter()
+                .map(|&c| &centroids[c * dims..(c + 1) * dims])
+                .collect::<Vec<_>>(),
             feature_names,
             &free,
         );
@@ -332,8 +395,19 @@ pub fn fit(
             identities[c] = Some(id);
         }
     }
-    let tiers: Vec<TierIdentity> = identities.into_iter().map(|t| t.unwrap_or_else(|| identity::generic(0))).collect();
-    Ok((TierModel { centroids, dims, tiers, inertia }, report))
+    let tiers: Vec<TierIdentity> = identities
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|| identity::generic(0)))
+        .collect();
+    Ok((
+        TierModel {
+            centroids,
+            dims,
+            tiers,
+            inertia,
+        },
+        report,
+    ))
 }
 
 #[cfg(test)]
@@ -343,14 +417,19 @@ mod tests {
     use rand_xoshiro::Xoshiro256PlusPlus;
 
     fn blobs(n: usize, seed: u64) -> (Vec<f64>, Vec<usize>) {
-        let centers = [[0.0, 0.0, 0.0], [5.0, 5.0, 0.0], [0.0, 5.0, 5.0], [5.0, 0.0, 5.0]];
+        let centers = [
+            [0.0, 0.0, 0.0],
+            [5.0, 5.0, 0.0],
+            [0.0, 5.0, 5.0],
+            [5.0, 0.0, 5.0],
+        ];
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut x = Vec::new();
         let mut truth = Vec::new();
         for i in 0..n {
             let c = i % 4;
-            for j in 0..3 {
-                x.push(centers[c][j] + rng.gen_range(-1.0..1.0));
+            for v in centers[c] {
+                x.push(v + rng.gen_range(-1.0..1.0));
             }
             truth.push(c);
         }
@@ -362,7 +441,20 @@ mod tests {
         let (x, truth) = blobs(2000, 1);
         let keys: Vec<u64> = (0..2000).collect();
         let names = ["a", "b", "c"];
-        let (model, report) = fit(&x, 3, &keys, &names, TierParams { k_min: 2, k_max: 7, ..Default::default() }, 5, None).unwrap();
+        let (model, report) = fit(
+            &x,
+            3,
+            &keys,
+            &names,
+            TierParams {
+                k_min: 2,
+                k_max: 7,
+                ..Default::default()
+            },
+            5,
+            None,
+        )
+        .unwrap();
         assert_eq!(report.k, 4, "scores {:?}", report.k_scores);
         let labels: Vec<usize> = x.chunks(3).map(|r| model.assign(r)).collect();
         assert!(crate::model::metrics::adjusted_rand_index(&labels, &truth) > 0.95);
@@ -376,7 +468,10 @@ mod tests {
     fn reshuffled_rows_give_the_same_tiers() {
         let (x, _) = blobs(1200, 2);
         let keys: Vec<u64> = (0..1200).map(|i| mix64(i as u64)).collect();
-        let p = TierParams { k: Some(4), ..Default::default() };
+        let p = TierParams {
+            k: Some(4),
+            ..Default::default()
+        };
         let names = ["a", "b", "c"];
         let (m1, _) = fit(&x, 3, &keys, &names, p, 9, None).unwrap();
         // Reverse the rows (and their keys).
@@ -385,7 +480,10 @@ mod tests {
         let (m2, _) = fit(&xr, 3, &kr, &names, p, 9, None).unwrap();
         for (i, row) in x.chunks(3).enumerate() {
             let j = 1199 - i;
-            assert_eq!(m1.tiers[m1.assign(row)].id, m2.tiers[m2.assign(&xr[j * 3..j * 3 + 3])].id);
+            assert_eq!(
+                m1.tiers[m1.assign(row)].id,
+                m2.tiers[m2.assign(&xr[j * 3..j * 3 + 3])].id
+            );
         }
     }
 
@@ -394,10 +492,16 @@ mod tests {
         let (x, _) = blobs(1200, 3);
         let keys: Vec<u64> = (0..1200).collect();
         let names = ["a", "b", "c"];
-        let p = TierParams { k: Some(4), ..Default::default() };
+        let p = TierParams {
+            k: Some(4),
+            ..Default::default()
+        };
         let (m1, _) = fit(&x, 3, &keys, &names, p, 1, None).unwrap();
         // A different seed permutes clusters; matching must map them back onto m1's ids.
-        let prev = PreviousTiers { identities: &m1.tiers, centroids: m1.centroids.clone() };
+        let prev = PreviousTiers {
+            identities: &m1.tiers,
+            centroids: m1.centroids.clone(),
+        };
         let (m2, report) = fit(&x, 3, &keys, &names, p, 77, Some(&prev)).unwrap();
         assert!(report.inherited_from.iter().all(|i| i.is_some()));
         for row in x.chunks(3) {
@@ -407,7 +511,18 @@ mod tests {
 
     #[test]
     fn bad_params_are_refused() {
-        assert!(TierParams { k: Some(1), ..Default::default() }.check().is_err());
-        assert!(TierParams { k_min: 6, k_max: 4, ..Default::default() }.check().is_err());
+        assert!(TierParams {
+            k: Some(1),
+            ..Default::default()
+        }
+        .check()
+        .is_err());
+        assert!(TierParams {
+            k_min: 6,
+            k_max: 4,
+            ..Default::default()
+        }
+        .check()
+        .is_err());
     }
 }

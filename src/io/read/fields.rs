@@ -1,0 +1,390 @@
+//! What both formats share: the known columns, header resolution, and the field parsers.
+//!
+//! Field parsers take the raw bytes of one field and answer with a value or a [`Cause`] (a
+//! one-byte code); the format readers attach file, line and column only when a row is bad, so
+//! the good-row path allocates nothing.
+
+use super::time::{self, TimeError};
+use crate::features::{hash_str, EventKind, Timestamp};
+
+/// A column of the data contract (events and users tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Col {
+    UserId,
+    Ts,
+    Kind,
+    Amount,
+    WatchSeconds,
+    RoomId,
+    Category,
+    RegisteredAt,
+    Persona,
+}
+
+impl Col {
+    const COUNT: usize = 9;
+
+    /// The contract's name (headers match it case-insensitively).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Col::UserId => "user_id",
+            Col::Ts => "ts",
+            Col::Kind => "kind",
+            Col::Amount => "amount",
+            Col::WatchSeconds => "watch_seconds",
+            Col::RoomId => "room_id",
+            Col::Category => "category",
+            Col::RegisteredAt => "registered_at",
+            Col::Persona => "persona",
+        }
+    }
+}
+
+/// Which of the two tables a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TableKind {
+    Events,
+    Users,
+}
+
+impl TableKind {
+    pub(crate) fn required(self) -> &'static [Col] {
+        match self {
+            TableKind::Events => &[Col::UserId, Col::Ts, Col::Kind],
+            TableKind::Users => &[Col::UserId, Col::RegisteredAt],
+        }
+    }
+
+    pub(crate) fn optional(self) -> &'static [Col] {
+        match self {
+            TableKind::Events => &[Col::Amount, Col::WatchSeconds, Col::RoomId, Col::Category],
+            TableKind::Users => &[Col::Persona],
+        }
+    }
+}
+
+/// A header that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// A required column is not in the header.
+    Missing(Col),
+    /// A known column appears twice (0-based positions).
+    Duplicate {
+        col: Col,
+        first: usize,
+        second: usize,
+    },
+}
+
+/// Where each known column sits in a file (0-based), if it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    at: [Option<usize>; Col::COUNT],
+    /// Number of columns in the header.
+    pub(crate) width: usize,
+}
+
+impl Layout {
+    /// Matches header names to the table's columns: case-insensitive, surrounding whitespace
+    /// ignored, unknown names ignored.
+    pub(crate) fn resolve<S: AsRef<str>>(
+        header: &[S],
+        table: TableKind,
+    ) -> Result<Layout, HeaderError> {
+        let mut at = [None; Col::COUNT];
+        for (i, name) in header.iter().enumerate() {
+            let name = name.as_ref().trim();
+            let known = table
+                .required()
+                .iter()
+                .chain(table.optional())
+                .find(|c| c.name().eq_ignore_ascii_case(name));
+            if let Some(&col) = known {
+                if let Some(first) = at[col as usize] {
+                    return Err(HeaderError::Duplicate {
+                        col,
+                        first,
+                        second: i,
+                    });
+                }
+                at[col as usize] = Some(i);
+            }
+        }
+        let layout = Layout {
+            at,
+            width: header.len(),
+        };
+        for &col in table.required() {
+            layout.required(col)?;
+        }
+        Ok(layout)
+    }
+
+    pub(crate) fn get(&self, col: Col) -> Option<usize> {
+        self.at[col as usize]
+    }
+
+    pub(crate) fn required(&self, col: Col) -> Result<usize, HeaderError> {
+        self.get(col).ok_or(HeaderError::Missing(col))
+    }
+
+    /// The columns that are present, in file order.
+    pub(crate) fn present(&self) -> Vec<(usize, Col)> {
+        let all = [
+            Col::UserId,
+            Col::Ts,
+            Col::Kind,
+            Col::Amount,
+            Col::WatchSeconds,
+            Col::RoomId,
+            Col::Category,
+            Col::RegisteredAt,
+            Col::Persona,
+        ];
+        let mut v: Vec<(usize, Col)> = all
+            .iter()
+            .filter_map(|&c| self.get(c).map(|i| (i, c)))
+            .collect();
+        v.sort_unstable_by_key(|&(i, _)| i);
+        v
+    }
+}
+
+/// Why one field of a row was refused (the reader adds where).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    Timestamp,
+    NegativeAmount,
+    MissingAmount,
+    NonFiniteAmount,
+    BadAmount,
+    BadWatchSeconds,
+    UnknownKind,
+    EmptyUserId,
+    InvalidUtf8,
+    DuplicateUser,
+}
+
+/// A bad row: which field and why, or a row of the wrong width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Field { col: Col, cause: Cause },
+    FieldCount { found: usize },
+}
+
+impl Fault {
+    pub(crate) fn at(col: Col) -> impl Fn(Cause) -> Fault {
+        move |cause| Fault::Field { col, cause }
+    }
+}
+
+#[inline]
+pub(crate) fn utf8(b: &[u8]) -> Result<&str, Cause> {
+    std::str::from_utf8(b).map_err(|_| Cause::InvalidUtf8)
+}
+
+/// A user id: any non-blank UTF-8 text, kept as written.
+#[inline]
+pub(crate) fn user_id(b: &[u8]) -> Result<&str, Cause> {
+    let s = utf8(b)?;
+    if s.trim().is_empty() {
+        return Err(Cause::EmptyUserId);
+    }
+    Ok(s)
+}
+
+#[inline]
+pub(crate) fn timestamp(b: &[u8]) -> Result<Timestamp, Cause> {
+    time::parse_timestamp(b).map_err(|e| match e {
+        TimeError::Unparseable => Cause::Timestamp,
+        TimeError::InvalidUtf8 => Cause::InvalidUtf8,
+    })
+}
+
+/// An optional timestamp (users' `registered_at`): blank is `None`.
+#[inline]
+pub(crate) fn optional_timestamp(b: &[u8]) -> Result<Option<Timestamp>, Cause> {
+    if b.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    timestamp(b).map(Some)
+}
+
+#[inline]
+pub(crate) fn kind(b: &[u8]) -> Result<EventKind, Cause> {
+    utf8(b)?
+        .parse::<EventKind>()
+        .map_err(|_| Cause::UnknownKind)
+}
+
+/// An amount field as text: blank is `None`; otherwise a decimal (range checked by
+/// [`check_amount`]).
+#[inline]
+pub(crate) fn amount_text(b: &[u8]) -> Result<Option<f64>, Cause> {
+    let b = b.trim_ascii();
+    if b.is_empty() {
+        return Ok(None);
+    }
+    utf8(b)?
+        .parse::<f64>()
+        .map(Some)
+        .map_err(|_| Cause::BadAmount)
+}
+
+/// The contract's rules for an amount: orders need one; any amount given is finite (also as the
+/// table's f32) and ≥ 0. Other kinds keep what they carry (a gift's value, say); the feature
+/// code only sums order amounts.
+#[inline]
+pub(crate) fn check_amount(kind: EventKind, v: Option<f64>) -> Result<f64, Cause> {
+    match v {
+        None if kind == EventKind::Order => Err(Cause::MissingAmount),
+        None => Ok(0.0),
+        Some(v) if !v.is_finite() || !(v as f32).is_finite() => Err(Cause::NonFiniteAmount),
+        Some(v) if v < 0.0 => Err(Cause::NegativeAmount),
+        // `+ 0.0` turns -0 into 0.
+        Some(v) => Ok(v + 0.0),
+    }
+}
+
+/// A watch time as text: blank is 0; otherwise decimal digits that fit in 32 bits.
+#[inline]
+pub(crate) fn watch_text(b: &[u8]) -> Result<u32, Cause> {
+    let b = b.trim_ascii();
+    let digits = b.strip_prefix(b"+").unwrap_or(b);
+    if b.is_empty() {
+        return Ok(0);
+    }
+    if digits.is_empty() || digits.len() > 10 {
+        return Err(Cause::BadWatchSeconds);
+    }
+    let mut n: u64 = 0;
+    for &c in digits {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(Cause::BadWatchSeconds);
+        }
+        n = n * 10 + u64::from(d);
+    }
+    u32::try_from(n).map_err(|_| Cause::BadWatchSeconds)
+}
+
+/// A watch time given as an integer.
+#[inline]
+pub(crate) fn check_watch(v: i128) -> Result<u32, Cause> {
+    u32::try_from(v).map_err(|_| Cause::BadWatchSeconds)
+}
+
+/// A room or category: hashed, blank is 0.
+#[inline]
+pub(crate) fn hashed(b: &[u8]) -> Result<u32, Cause> {
+    Ok(hash_str(utf8(b)?))
+}
+
+/// A persona (users table): blank is `None`.
+#[inline]
+pub(crate) fn persona(b: &[u8]) -> Result<Option<&str>, Cause> {
+    let s = utf8(b)?.trim();
+    Ok((!s.is_empty()).then_some(s))
+}
+
+/// At most 64 characters of a field, for messages.
+pub(crate) fn shown(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    match s.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_resolve_case_insensitively_in_any_order() {
+        let l = Layout::resolve(
+            &["extra", " KIND", "Ts", "user_id", "Amount"],
+            TableKind::Events,
+        )
+        .unwrap();
+        assert_eq!(
+            (l.get(Col::UserId), l.get(Col::Ts), l.get(Col::Kind)),
+            (Some(3), Some(2), Some(1))
+        );
+        assert_eq!(l.get(Col::Amount), Some(4));
+        assert_eq!(l.get(Col::RoomId), None);
+        assert_eq!(l.width, 5);
+        assert_eq!(
+            Layout::resolve(&["user_id", "kind"], TableKind::Events),
+            Err(HeaderError::Missing(Col::Ts))
+        );
+        assert_eq!(
+            Layout::resolve(&["user_id", "ts", "kind", "TS"], TableKind::Events),
+            Err(HeaderError::Duplicate {
+                col: Col::Ts,
+                first: 1,
+                second: 3
+            })
+        );
+    }
+
+    #[test]
+    fn amounts_follow_the_contract() {
+        use EventKind::*;
+        assert_eq!(
+            check_amount(Order, amount_text(b"12.50").unwrap()),
+            Ok(12.5)
+        );
+        assert_eq!(
+            check_amount(Order, amount_text(b"").unwrap()),
+            Err(Cause::MissingAmount)
+        );
+        assert_eq!(check_amount(View, amount_text(b" ").unwrap()), Ok(0.0));
+        assert_eq!(check_amount(Gift, amount_text(b"3").unwrap()), Ok(3.0));
+        assert_eq!(
+            check_amount(Order, amount_text(b"-1").unwrap()),
+            Err(Cause::NegativeAmount)
+        );
+        assert_eq!(
+            check_amount(Order, amount_text(b"-0").unwrap()).map(f64::to_bits),
+            Ok(0)
+        );
+        for s in ["NaN", "inf", "-inf", "1e300"] {
+            assert_eq!(
+                check_amount(Order, amount_text(s.as_bytes()).unwrap()),
+                Err(Cause::NonFiniteAmount),
+                "{s}"
+            );
+        }
+        assert_eq!(amount_text(b"12,5"), Err(Cause::BadAmount));
+        assert_eq!(amount_text(b"\xff"), Err(Cause::InvalidUtf8));
+    }
+
+    #[test]
+    fn watch_seconds_are_non_negative_32_bit_integers() {
+        assert_eq!(watch_text(b""), Ok(0));
+        assert_eq!(watch_text(b" 42 "), Ok(42));
+        assert_eq!(watch_text(b"4294967295"), Ok(u32::MAX));
+        for bad in ["-1", "4294967296", "1.5", "+", "x", "99999999999"] {
+            assert_eq!(
+                watch_text(bad.as_bytes()),
+                Err(Cause::BadWatchSeconds),
+                "{bad}"
+            );
+        }
+        assert_eq!(check_watch(-1), Err(Cause::BadWatchSeconds));
+        assert_eq!(check_watch(7), Ok(7));
+    }
+
+    #[test]
+    fn user_ids_must_not_be_blank_and_long_values_are_truncated() {
+        assert_eq!(user_id(b"u1"), Ok("u1"));
+        assert_eq!(user_id(b"  "), Err(Cause::EmptyUserId));
+        assert_eq!(user_id(b"\xc3"), Err(Cause::InvalidUtf8));
+        let long = "é".repeat(100);
+        let s = shown(long.as_bytes());
+        assert_eq!(s.chars().count(), 65);
+        assert!(s.ends_with('…'));
+        assert_eq!(shown(b"short"), "short");
+    }
+}

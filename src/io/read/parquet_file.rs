@@ -1,0 +1,706 @@
+//! Parquet: columns by name, the types the data contract allows in each (checked up front, so a
+//! wrong type is one clear error naming the column rather than a bad value per row).
+//!
+//! Accepted types: text columns as Utf8, LargeUtf8, Utf8View, the Binary variants (checked as
+//! UTF-8) or a dictionary of those; `ts` / `registered_at` also as Timestamp (any unit, any time
+//! zone: the values are UTC), Date32 or Date64; `amount` also as any float, integer or decimal
+//! (32/64/128); `watch_seconds` also as any integer. An all-null column (type Null) is accepted
+//! anywhere and reads as empty.
+
+use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
+use super::{reserve_events, Budget, Cell, LastUser, ReadError, RowRef, UsersSink};
+use crate::features::{Event, EventKind, EventTable, Timestamp, DAY};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Date64Type, Decimal128Type, Decimal32Type, Decimal64Type, Float32Type, Float64Type,
+    Int16Type, Int32Type, Int64Type, Int8Type, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow_array::{
+    Array, ArrowPrimitiveType, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray,
+    RecordBatch, StringArray, StringViewArray,
+};
+use arrow_schema::{DataType, TimeUnit};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use sha2::Sha256;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Rows per decoded batch.
+const BATCH_ROWS: usize = 1 << 16;
+
+// ---------------------------------------------------------------------------------------------
+// Fingerprint: a second thread streams the file through the hasher while this one decodes.
+
+fn hash_file(path: &Path, mut hasher: Sha256, stop: &AtomicBool) -> io::Result<Sha256> {
+    use sha2::Digest;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    while !stop.load(Ordering::Relaxed) {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher)
+}
+
+/// Runs `read` while another thread feeds the file's bytes to `hasher`.
+fn with_fingerprint<T>(
+    path: &Path,
+    hasher: &mut Sha256,
+    read: impl FnOnce() -> Result<T, ReadError>,
+) -> Result<T, ReadError> {
+    let state = std::mem::take(hasher);
+    let stop = AtomicBool::new(false);
+    let stop_ref = &stop;
+    std::thread::scope(|s| {
+        let job = s.spawn(move || hash_file(path, state, stop_ref));
+        let out = read();
+        if out.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let hashed = job
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the fingerprint thread panicked")));
+        let value = out?;
+        *hasher = hashed.map_err(|e| super::io_error(path, e))?;
+        Ok(value)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Types
+
+fn is_text(dt: &DataType) -> bool {
+    use DataType::*;
+    match dt {
+        Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView => true,
+        Dictionary(_, v) => matches!(
+            **v,
+            Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView
+        ),
+        _ => false,
+    }
+}
+
+fn accepts(col: Col, dt: &DataType) -> bool {
+    use DataType::*;
+    if *dt == Null || is_text(dt) {
+        return true;
+    }
+    match col {
+        Col::Ts | Col::RegisteredAt => matches!(dt, Timestamp(_, _) | Date32 | Date64),
+        Col::Amount => {
+            matches!(
+                dt,
+                Float32 | Float64 | Decimal32(_, _) | Decimal64(_, _) | Decimal128(_, _)
+            ) || dt.is_integer()
+        }
+        Col::WatchSeconds => dt.is_integer(),
+        _ => false,
+    }
+}
+
+fn expected(col: Col) -> &'static str {
+    match col {
+        Col::Ts | Col::RegisteredAt => "a string (RFC 3339 or YYYY-MM-DD), a Timestamp or a Date32",
+        Col::Amount => "a decimal: Float32, Float64, an integer, Decimal128, or a string",
+        Col::WatchSeconds => "an integer (or a string of digits)",
+        _ => "a string (Utf8, LargeUtf8 or Utf8View)",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column accessors over one batch
+
+/// A text column.
+enum Text<'a> {
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    Utf8View(&'a StringViewArray),
+    Binary(&'a BinaryArray),
+    LargeBinary(&'a LargeBinaryArray),
+    BinaryView(&'a BinaryViewArray),
+    Dict {
+        array: &'a dyn Array,
+        keys: Vec<usize>,
+        values: Box<Text<'a>>,
+        n_values: usize,
+    },
+    Null,
+}
+
+impl<'a> Text<'a> {
+    fn new(a: &'a dyn Array) -> Option<Text<'a>> {
+        Some(match a.data_type() {
+            DataType::Utf8 => Text::Utf8(a.as_string_opt::<i32>()?),
+            DataType::LargeUtf8 => Text::LargeUtf8(a.as_string_opt::<i64>()?),
+            DataType::Utf8View => Text::Utf8View(a.as_string_view_opt()?),
+            DataType::Binary => Text::Binary(a.as_binary_opt::<i32>()?),
+            DataType::LargeBinary => Text::LargeBinary(a.as_binary_opt::<i64>()?),
+            DataType::BinaryView => Text::BinaryView(a.as_binary_view_opt()?),
+            DataType::Dictionary(_, _) => {
+                let d = a.as_any_dictionary_opt()?;
+                let values = d.values().as_ref();
+                let inner = Text::new(values)?;
+                if matches!(inner, Text::Dict { .. }) {
+                    return None;
+                }
+                Text::Dict {
+                    array: a,
+                    keys: d.normalized_keys(),
+                    values: Box::new(inner),
+                    n_values: values.len(),
+                }
+            }
+            DataType::Null => Text::Null,
+            _ => return None,
+        })
+    }
+
+    /// The bytes of row `i`; `None` when null.
+    #[inline]
+    fn get(&self, i: usize) -> Option<&'a [u8]> {
+        match self {
+            Text::Utf8(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            Text::LargeUtf8(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            Text::Utf8View(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            Text::Binary(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Text::LargeBinary(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Text::BinaryView(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Text::Dict {
+                array,
+                keys,
+                values,
+                n_values,
+            } => {
+                if array.is_null(i) {
+                    return None;
+                }
+                let k = *keys.get(i)?;
+                if k >= *n_values {
+                    return None;
+                }
+                values.get(k)
+            }
+            Text::Null => None,
+        }
+    }
+
+    /// Row `i`, empty when null.
+    #[inline]
+    fn bytes(&self, i: usize) -> &'a [u8] {
+        self.get(i).unwrap_or_default()
+    }
+}
+
+fn prim<T: ArrowPrimitiveType>(a: &dyn Array) -> Option<&[T::Native]> {
+    Some(a.as_primitive_opt::<T>()?.values())
+}
+
+/// A time column.
+enum Times<'a> {
+    Text(Text<'a>),
+    /// Timestamps and Date64: `per_second` ticks per second.
+    Ticks {
+        values: &'a [i64],
+        array: &'a dyn Array,
+        per_second: i64,
+    },
+    Days {
+        values: &'a [i32],
+        array: &'a dyn Array,
+    },
+}
+
+impl<'a> Times<'a> {
+    fn new(a: &'a dyn Array) -> Option<Times<'a>> {
+        let ticks = |values, per_second| Times::Ticks {
+            values,
+            array: a,
+            per_second,
+        };
+        Some(match a.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => ticks(prim::<TimestampSecondType>(a)?, 1),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                ticks(prim::<TimestampMillisecondType>(a)?, 1_000)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                ticks(prim::<TimestampMicrosecondType>(a)?, 1_000_000)
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                ticks(prim::<TimestampNanosecondType>(a)?, 1_000_000_000)
+            }
+            DataType::Date64 => ticks(prim::<Date64Type>(a)?, 1_000),
+            DataType::Date32 => Times::Days {
+                values: prim::<Date32Type>(a)?,
+                array: a,
+            },
+            _ => Times::Text(Text::new(a)?),
+        })
+    }
+
+    /// Row `i`; `None` when null or blank.
+    #[inline]
+    fn get(&self, i: usize) -> Result<Option<Timestamp>, Cause> {
+        match self {
+            Times::Text(t) => fields::optional_timestamp(t.bytes(i)),
+            Times::Ticks {
+                values,
+                array,
+                per_second,
+            } => Ok((!array.is_null(i)).then(|| values[i].div_euclid(*per_second))),
+            Times::Days { values, array } => {
+                Ok((!array.is_null(i)).then(|| i64::from(values[i]) * DAY))
+            }
+        }
+    }
+
+    fn show(&self, i: usize) -> String {
+        match self {
+            Times::Text(t) => fields::shown(t.bytes(i)),
+            Times::Ticks {
+                values, per_second, ..
+            } => format!("{} ticks of 1/{per_second} s", values[i]),
+            Times::Days { values, .. } => format!("{} days", values[i]),
+        }
+    }
+}
+
+/// The values of a numeric column.
+enum NumValues<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    D32(&'a [i32], i8),
+    D64(&'a [i64], i8),
+    D128(&'a [i128], i8),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(v) => v as f64,
+            Num::Float(v) => v,
+        }
+    }
+}
+
+fn unscale(v: i128, scale: i8) -> Num {
+    Num::Float(v as f64 / 10f64.powi(i32::from(scale)))
+}
+
+impl NumValues<'_> {
+    #[inline]
+    fn get(&self, i: usize) -> Num {
+        match self {
+            NumValues::F32(v) => Num::Float(f64::from(v[i])),
+            NumValues::F64(v) => Num::Float(v[i]),
+            NumValues::I8(v) => Num::Int(i128::from(v[i])),
+            NumValues::I16(v) => Num::Int(i128::from(v[i])),
+            NumValues::I32(v) => Num::Int(i128::from(v[i])),
+            NumValues::I64(v) => Num::Int(i128::from(v[i])),
+            NumValues::U8(v) => Num::Int(i128::from(v[i])),
+            NumValues::U16(v) => Num::Int(i128::from(v[i])),
+            NumValues::U32(v) => Num::Int(i128::from(v[i])),
+            NumValues::U64(v) => Num::Int(i128::from(v[i])),
+            NumValues::D32(v, s) => unscale(i128::from(v[i]), *s),
+            NumValues::D64(v, s) => unscale(i128::from(v[i]), *s),
+            NumValues::D128(v, s) => unscale(v[i], *s),
+        }
+    }
+}
+
+/// A numeric column (amount, watch_seconds), or text to parse like CSV.
+enum Nums<'a> {
+    Text(Text<'a>),
+    Values {
+        values: NumValues<'a>,
+        array: &'a dyn Array,
+    },
+}
+
+impl<'a> Nums<'a> {
+    fn new(a: &'a dyn Array) -> Option<Nums<'a>> {
+        let values = match a.data_type() {
+            DataType::Float32 => NumValues::F32(prim::<Float32Type>(a)?),
+            DataType::Float64 => NumValues::F64(prim::<Float64Type>(a)?),
+            DataType::Int8 => NumValues::I8(prim::<Int8Type>(a)?),
+            DataType::Int16 => NumValues::I16(prim::<Int16Type>(a)?),
+            DataType::Int32 => NumValues::I32(prim::<Int32Type>(a)?),
+            DataType::Int64 => NumValues::I64(prim::<Int64Type>(a)?),
+            DataType::UInt8 => NumValues::U8(prim::<UInt8Type>(a)?),
+            DataType::UInt16 => NumValues::U16(prim::<UInt16Type>(a)?),
+            DataType::UInt32 => NumValues::U32(prim::<UInt32Type>(a)?),
+            DataType::UInt64 => NumValues::U64(prim::<UInt64Type>(a)?),
+            DataType::Decimal32(_, s) => NumValues::D32(prim::<Decimal32Type>(a)?, *s),
+            DataType::Decimal64(_, s) => NumValues::D64(prim::<Decimal64Type>(a)?, *s),
+            DataType::Decimal128(_, s) => NumValues::D128(prim::<Decimal128Type>(a)?, *s),
+            _ => return Some(Nums::Text(Text::new(a)?)),
+        };
+        Some(Nums::Values { values, array: a })
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<Num> {
+        match self {
+            Nums::Text(_) => None,
+            Nums::Values { values, array } => (!array.is_null(i)).then(|| values.get(i)),
+        }
+    }
+
+    #[inline]
+    fn amount(&self, i: usize, kind: EventKind) -> Result<f64, Cause> {
+        let v = match self {
+            Nums::Text(t) => fields::amount_text(t.bytes(i))?,
+            Nums::Values { .. } => self.get(i).map(Num::as_f64),
+        };
+        fields::check_amount(kind, v)
+    }
+
+    #[inline]
+    fn watch(&self, i: usize) -> Result<u32, Cause> {
+        match self {
+            Nums::Text(t) => fields::watch_text(t.bytes(i)),
+            Nums::Values { .. } => match self.get(i) {
+                None => Ok(0),
+                Some(Num::Int(v)) => fields::check_watch(v),
+                Some(Num::Float(_)) => Err(Cause::BadWatchSeconds),
+            },
+        }
+    }
+
+    fn show(&self, i: usize) -> String {
+        match self {
+            Nums::Text(t) => fields::shown(t.bytes(i)),
+            Nums::Values { .. } => match self.get(i) {
+                None => String::new(),
+                Some(Num::Int(v)) => v.to_string(),
+                Some(Num::Float(v)) => v.to_string(),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// An open file: the batch reader, where the known columns are in the file, and where they are
+/// in each (projected) batch.
+struct Opened {
+    reader: ParquetRecordBatchReader,
+    layout: Layout,
+    /// Known columns present, in file order: (position in the file, column); a batch holds them
+    /// in this order.
+    present: Vec<(usize, Col)>,
+    rows: u64,
+}
+
+impl Opened {
+    /// The position of `col` in a batch.
+    fn batch_pos(&self, col: Col) -> Option<usize> {
+        self.present.iter().position(|&(_, c)| c == col)
+    }
+
+    fn wrong_type(&self, path: &Path, batch: &RecordBatch, col: Col) -> ReadError {
+        let found = self.batch_pos(col).map_or_else(
+            || "nothing".to_string(),
+            |p| batch.column(p).data_type().to_string(),
+        );
+        ReadError::WrongType {
+            path: path.to_path_buf(),
+            column: col.name(),
+            index: self.layout.get(col).map_or(0, |i| i + 1),
+            found,
+            expected: expected(col),
+        }
+    }
+
+    fn column<'b, T>(
+        &self,
+        path: &Path,
+        batch: &'b RecordBatch,
+        col: Col,
+        new: impl Fn(&'b dyn Array) -> Option<T>,
+    ) -> Result<Option<T>, ReadError> {
+        match self.batch_pos(col) {
+            None => Ok(None),
+            Some(p) => new(batch.column(p).as_ref())
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(path, batch, col)),
+        }
+    }
+
+    fn required<'b, T>(
+        &self,
+        path: &Path,
+        batch: &'b RecordBatch,
+        col: Col,
+        new: impl Fn(&'b dyn Array) -> Option<T>,
+    ) -> Result<T, ReadError> {
+        self.column(path, batch, col, new)?
+            .ok_or_else(|| self.wrong_type(path, batch, col))
+    }
+
+    fn cell(&self, path: &Path, row: u64, col: Col) -> Cell {
+        Cell {
+            file: path.to_path_buf(),
+            row: RowRef::Row(row),
+            column: self.layout.get(col).map(|i| i + 1),
+            name: col.name(),
+        }
+    }
+}
+
+fn open(path: &Path, table: TableKind) -> Result<Opened, ReadError> {
+    let parquet_error = |source| ReadError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|e| super::io_error(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+    let schema = builder.schema().clone();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let layout =
+        Layout::resolve(&header, table).map_err(|e| ReadError::header(e, path, None, &header))?;
+    let present = layout.present();
+    for &(i, col) in &present {
+        let dt = schema.field(i).data_type();
+        if !accepts(col, dt) {
+            return Err(ReadError::WrongType {
+                path: path.to_path_buf(),
+                column: col.name(),
+                index: i + 1,
+                found: dt.to_string(),
+                expected: expected(col),
+            });
+        }
+    }
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), present.iter().map(|&(i, _)| i));
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(parquet_error)?;
+    Ok(Opened {
+        reader,
+        layout,
+        present,
+        rows,
+    })
+}
+
+/// The events columns of one batch.
+struct EventBatch<'a> {
+    user: Text<'a>,
+    ts: Times<'a>,
+    kind: Text<'a>,
+    amount: Option<Nums<'a>>,
+    watch: Option<Nums<'a>>,
+    room: Option<Text<'a>>,
+    category: Option<Text<'a>>,
+}
+
+impl<'a> EventBatch<'a> {
+    fn new(o: &Opened, path: &Path, b: &'a RecordBatch) -> Result<EventBatch<'a>, ReadError> {
+        Ok(EventBatch {
+            user: o.required(path, b, Col::UserId, Text::new)?,
+            ts: o.required(path, b, Col::Ts, Times::new)?,
+            kind: o.required(path, b, Col::Kind, Text::new)?,
+            amount: o.column(path, b, Col::Amount, Nums::new)?,
+            watch: o.column(path, b, Col::WatchSeconds, Nums::new)?,
+            room: o.column(path, b, Col::RoomId, Text::new)?,
+            category: o.column(path, b, Col::Category, Text::new)?,
+        })
+    }
+
+    /// The value of `col` at row `i`, for a message.
+    #[cold]
+    fn show(&self, col: Col, i: usize) -> String {
+        let text = |t: &Option<Text<'_>>| {
+            t.as_ref()
+                .map_or_else(String::new, |t| fields::shown(t.bytes(i)))
+        };
+        let nums = |n: &Option<Nums<'_>>| n.as_ref().map_or_else(String::new, |n| n.show(i));
+        match col {
+            Col::UserId => fields::shown(self.user.bytes(i)),
+            Col::Ts => self.ts.show(i),
+            Col::Kind => fields::shown(self.kind.bytes(i)),
+            Col::Amount => nums(&self.amount),
+            Col::WatchSeconds => nums(&self.watch),
+            Col::RoomId => text(&self.room),
+            Col::Category => text(&self.category),
+            Col::RegisteredAt | Col::Persona => String::new(),
+        }
+    }
+
+    /// Row `i` into the table; nothing is added (not even the user) if the row is bad.
+    #[inline]
+    fn push(&self, i: usize, table: &mut EventTable, last: &mut LastUser) -> Result<(), Fault> {
+        let user_bytes = self.user.bytes(i);
+        let known = last.get(user_bytes);
+        let user = match known {
+            Some(_) => None,
+            None => Some(fields::user_id(user_bytes).map_err(Fault::at(Col::UserId))?),
+        };
+        let ts = self
+            .ts
+            .get(i)
+            .and_then(|t| t.ok_or(Cause::Timestamp))
+            .map_err(Fault::at(Col::Ts))?;
+        let kind = fields::kind(self.kind.bytes(i)).map_err(Fault::at(Col::Kind))?;
+        let amount = match &self.amount {
+            Some(a) => a.amount(i, kind),
+            None => fields::check_amount(kind, None),
+        }
+        .map_err(Fault::at(Col::Amount))?;
+        let watch_seconds = match &self.watch {
+            Some(w) => w.watch(i).map_err(Fault::at(Col::WatchSeconds))?,
+            None => 0,
+        };
+        let room = match &self.room {
+            Some(t) => fields::hashed(t.bytes(i)).map_err(Fault::at(Col::RoomId))?,
+            None => 0,
+        };
+        let category = match &self.category {
+            Some(t) => fields::hashed(t.bytes(i)).map_err(Fault::at(Col::Category))?,
+            None => 0,
+        };
+        let u = match (known, user) {
+            (Some(u), _) => u,
+            (None, Some(id)) => last.intern(id, table),
+            // `user` is Some whenever `known` is None.
+            (None, None) => {
+                return Err(Fault::Field {
+                    col: Col::UserId,
+                    cause: Cause::EmptyUserId,
+                })
+            }
+        };
+        table.push(
+            u,
+            Event {
+                ts,
+                kind,
+                amount,
+                watch_seconds,
+                room,
+                category,
+            },
+        );
+        Ok(())
+    }
+}
+
+pub(super) fn read_events(
+    path: &Path,
+    table: &mut EventTable,
+    budget: &mut Budget,
+    hasher: &mut Sha256,
+) -> Result<(), ReadError> {
+    with_fingerprint(path, hasher, || {
+        let mut o = open(path, TableKind::Events)?;
+        table.columns.watch_seconds = o.layout.get(Col::WatchSeconds).is_some();
+        table.columns.room_id = o.layout.get(Col::RoomId).is_some();
+        table.columns.category = o.layout.get(Col::Category).is_some();
+        reserve_events(table, usize::try_from(o.rows).unwrap_or(0));
+        let mut last = LastUser::default();
+        let mut done: u64 = 0;
+        while let Some(batch) = o.reader.next() {
+            let batch = batch.map_err(|source| ReadError::Arrow {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let cols = EventBatch::new(&o, path, &batch)?;
+            for i in 0..batch.num_rows() {
+                if let Err(fault) = cols.push(i, table, &mut last) {
+                    let row = done + i as u64 + 1;
+                    let e = match fault {
+                        Fault::Field { col, cause } => ReadError::field(
+                            cause,
+                            o.cell(path, row, col),
+                            cols.show(col, i).as_bytes(),
+                        ),
+                        // Parquet rows always have every column.
+                        Fault::FieldCount { .. } => ReadError::field(
+                            Cause::EmptyUserId,
+                            o.cell(path, row, Col::UserId),
+                            b"",
+                        ),
+                    };
+                    budget.absorb(e)?;
+                }
+            }
+            done += batch.num_rows() as u64;
+        }
+        Ok(())
+    })
+}
+
+pub(super) fn read_users(
+    path: &Path,
+    table: &mut EventTable,
+    budget: &mut Budget,
+    hasher: &mut Sha256,
+) -> Result<Option<Vec<Option<String>>>, ReadError> {
+    with_fingerprint(path, hasher, || {
+        let mut o = open(path, TableKind::Users)?;
+        let mut sink = UsersSink::new(table, o.layout.get(Col::Persona).is_some());
+        let mut done: u64 = 0;
+        while let Some(batch) = o.reader.next() {
+            let batch = batch.map_err(|source| ReadError::Arrow {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let user = o.required(path, &batch, Col::UserId, Text::new)?;
+            let registered = o.required(path, &batch, Col::RegisteredAt, Times::new)?;
+            let persona = o.column(path, &batch, Col::Persona, Text::new)?;
+            for i in 0..batch.num_rows() {
+                let row = (|| {
+                    let id = fields::user_id(user.bytes(i)).map_err(Fault::at(Col::UserId))?;
+                    let at = registered.get(i).map_err(Fault::at(Col::RegisteredAt))?;
+                    let p = match &persona {
+                        Some(t) => fields::persona(t.bytes(i)).map_err(Fault::at(Col::Persona))?,
+                        None => None,
+                    };
+                    sink.add(id, at, p).map_err(Fault::at(Col::UserId))
+                })();
+                if let Err(Fault::Field { col, cause }) = row {
+                    let raw = match col {
+                        Col::RegisteredAt => registered.show(i),
+                        Col::Persona => persona
+                            .as_ref()
+                            .map_or_else(String::new, |t| fields::shown(t.bytes(i))),
+                        _ => fields::shown(user.bytes(i)),
+                    };
+                    budget.absorb(ReadError::field(
+                        cause,
+                        o.cell(path, done + i as u64 + 1, col),
+                        raw.as_bytes(),
+                    ))?;
+                }
+            }
+            done += batch.num_rows() as u64;
+        }
+        Ok(sink.finish())
+    })
+}

@@ -1,0 +1,318 @@
+//! Reader internals: fingerprints, line numbers, capacity estimates, Parquet types. The
+//! bad-input contract (one test per error) is in `tests/bad_input.rs`.
+
+use super::*;
+use crate::features::{hash_str, EventKind, DAY};
+use arrow_array::builder::{Decimal128Builder, StringDictionaryBuilder};
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    ArrayRef, BooleanArray, Date32Array, Float32Array, Int64Array, LargeStringArray, RecordBatch,
+    StringArray, StringViewArray, TimestampMillisecondArray, UInt16Array,
+};
+use parquet::arrow::ArrowWriter;
+use std::sync::Arc;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    let batch =
+        RecordBatch::try_from_iter(columns.into_iter().map(|(n, a)| (n.to_string(), a))).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn read(path: &Path) -> Result<Dataset, ReadError> {
+    read_dataset(path, &ReadOptions::default())
+}
+
+#[test]
+fn fingerprint_is_the_sha256_of_the_files_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = "user_id,ts,kind,amount\nu1,2026-05-01,order,3\n";
+    let users = "user_id,registered_at\nu1,2026-01-01\n";
+    write(dir.path(), "events.csv", events);
+    write(dir.path(), "users.csv", users);
+    let d = read(dir.path()).unwrap();
+    let expected = hex::encode(Sha256::digest(format!("{events}{users}").as_bytes()));
+    assert_eq!(d.report.fingerprint, expected);
+    assert_eq!(
+        d.report.files,
+        vec![dir.path().join("events.csv"), dir.path().join("users.csv")]
+    );
+
+    // The same bytes as Parquet hash the same way (the file's own bytes).
+    let pq = dir.path().join("one.parquet");
+    write_parquet(
+        &pq,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["u1"])) as ArrayRef,
+            ),
+            ("ts", Arc::new(StringArray::from(vec!["2026-05-01"]))),
+            ("kind", Arc::new(StringArray::from(vec!["view"]))),
+        ],
+    );
+    let d = read(&pq).unwrap();
+    assert_eq!(
+        d.report.fingerprint,
+        hex::encode(Sha256::digest(std::fs::read(&pq).unwrap()))
+    );
+}
+
+#[test]
+fn line_numbers_count_physical_lines_across_quoted_newlines_and_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "e.csv",
+        "user_id,ts,kind,category\nu1,2026-05-01,view,\"two\nlines\"\n\nu2,2026-05-01,nope,x\n",
+    );
+    let err = read(&p).unwrap_err().to_string();
+    assert!(err.contains("e.csv:5:3 (column kind)"), "{err}");
+}
+
+#[test]
+fn many_rows_of_interleaved_users_are_interned_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("user_id,ts,kind,amount,watch_seconds,room_id,category\n");
+    let n = 10_000;
+    for i in 0..n {
+        let u = if i % 7 < 4 { i / 50 } else { i % 13 };
+        text.push_str(&format!(
+            "u{u},2026-05-01T00:00:{:02}Z,{},{}.5,{},room_{},cat\n",
+            i % 60,
+            if i % 3 == 0 { "order" } else { "view" },
+            i % 100,
+            i % 9,
+            i % 4
+        ));
+    }
+    let p = write(dir.path(), "e.csv", &text);
+    let d = read(&p).unwrap();
+    let t = &d.events;
+    assert_eq!(t.len(), n);
+    assert_eq!(d.report.rows, n as u64);
+    assert!(t.ts.capacity() >= n);
+    for i in 0..n {
+        let u = if i % 7 < 4 { i / 50 } else { i % 13 };
+        assert_eq!(t.user_ids[t.user[i] as usize], format!("u{u}"));
+        assert_eq!(t.room[i], hash_str(&format!("room_{}", i % 4)));
+        assert_eq!(t.watch_seconds[i], (i % 9) as u32);
+    }
+    assert_eq!(t.index.len(), t.n_users());
+    assert_eq!(t.category[0], hash_str("cat"));
+    assert!(
+        t.columns.watch_seconds
+            && t.columns.room_id
+            && t.columns.category
+            && !t.columns.users_table
+    );
+}
+
+#[test]
+fn bad_rows_add_no_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "e.csv",
+        "user_id,ts,kind\nu1,2026-05-01,view\nghost,never,view\n",
+    );
+    let d = read_dataset(&p, &ReadOptions { max_bad_rows: 1 }).unwrap();
+    assert_eq!(d.events.user_ids, vec!["u1".to_string()]);
+    assert_eq!(d.report.bad_rows, 1);
+}
+
+#[test]
+fn parquet_accepts_the_contracts_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("events.parquet");
+    let mut kinds = StringDictionaryBuilder::<Int32Type>::new();
+    for k in ["order", "view", "order"] {
+        kinds.append_value(k);
+    }
+    let amount = Decimal128Builder::new()
+        .with_precision_and_scale(10, 2)
+        .unwrap();
+    let mut amount = amount;
+    amount.append_value(1250);
+    amount.append_null();
+    amount.append_value(5);
+    write_parquet(
+        &p,
+        vec![
+            (
+                "USER_ID",
+                Arc::new(LargeStringArray::from(vec!["a", "b", "a"])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(
+                    TimestampMillisecondArray::from(vec![1_500, -1, 86_400_000])
+                        .with_timezone("+08:00"),
+                ),
+            ),
+            ("kind", Arc::new(kinds.finish())),
+            ("amount", Arc::new(amount.finish())),
+            (
+                "watch_seconds",
+                Arc::new(UInt16Array::from(vec![None, Some(30), None])),
+            ),
+            (
+                "room_id",
+                Arc::new(StringViewArray::from(vec![Some("r1"), None, Some("")])),
+            ),
+            (
+                "ignored",
+                Arc::new(BooleanArray::from(vec![true, false, true])),
+            ),
+        ],
+    );
+    let d = read(&p).unwrap();
+    let t = &d.events;
+    assert_eq!(t.ts, vec![1, -1, DAY]);
+    assert_eq!(
+        t.kind,
+        vec![EventKind::Order, EventKind::View, EventKind::Order]
+    );
+    assert_eq!(t.amount, vec![12.5, 0.0, 0.05]);
+    assert_eq!(t.watch_seconds, vec![0, 30, 0]);
+    assert_eq!(t.room, vec![hash_str("r1"), 0, 0]);
+    assert_eq!(t.user, vec![0, 1, 0]);
+    assert!(t.columns.watch_seconds && t.columns.room_id && !t.columns.category);
+
+    let users = dir.path().join("users.parquet");
+    write_parquet(
+        &users,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["b", "c"])) as ArrayRef,
+            ),
+            (
+                "registered_at",
+                Arc::new(Date32Array::from(vec![Some(2), None])),
+            ),
+            (
+                "persona",
+                Arc::new(StringArray::from(vec![Some("fan"), None])),
+            ),
+        ],
+    );
+    let d = read(dir.path()).unwrap();
+    assert_eq!(d.events.user_ids, vec!["a", "b", "c"]);
+    assert_eq!(d.events.registered_at, vec![None, Some(2 * DAY), None]);
+    assert_eq!(
+        d.report.personas,
+        Some(vec![None, Some("fan".to_string()), None])
+    );
+    assert!(d.events.columns.users_table);
+}
+
+#[test]
+fn parquet_row_errors_name_the_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("events.parquet");
+    write_parquet(
+        &p,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(StringArray::from(vec!["2026-05-01", "2026-05-01"])),
+            ),
+            ("kind", Arc::new(StringArray::from(vec!["order", "order"]))),
+            ("amount", Arc::new(Float32Array::from(vec![1.0, -2.0]))),
+        ],
+    );
+    let err = read(&p).unwrap_err();
+    assert!(matches!(err, ReadError::NegativeAmount { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("events.parquet:row 2:4 (column amount)") && msg.contains("\"-2\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn parquet_wrong_types_name_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("events.parquet");
+    write_parquet(
+        &p,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
+            ),
+            ("ts", Arc::new(Float32Array::from(vec![1.0]))),
+            ("kind", Arc::new(StringArray::from(vec!["order"]))),
+        ],
+    );
+    let err = read(&p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::WrongType {
+                column: "ts",
+                index: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Float32"), "{err}");
+
+    write_parquet(
+        &p,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
+            ),
+            ("ts", Arc::new(StringArray::from(vec!["2026-05-01"]))),
+            ("kind", Arc::new(StringArray::from(vec!["view"]))),
+            ("watch_seconds", Arc::new(Float32Array::from(vec![1.5]))),
+        ],
+    );
+    let err = read(&p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::WrongType {
+                column: "watch_seconds",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    write_parquet(
+        &p,
+        vec![
+            ("user_id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("ts", Arc::new(StringArray::from(vec!["2026-05-01"]))),
+            ("kind", Arc::new(StringArray::from(vec!["view"]))),
+        ],
+    );
+    let err = read(&p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::WrongType {
+                column: "user_id",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

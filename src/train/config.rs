@@ -1,0 +1,180 @@
+//! Training configuration: `training/train.toml`, documented in `training/README.md`.
+
+use crate::features::{ChurnDefinition, LifecycleThresholds};
+use crate::model::churn::BoostingParams;
+use crate::model::tiers::TierParams;
+use crate::model::RiskThresholds;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seeds every random choice (samples, k-means, boosting).
+    pub seed: u64,
+    /// Label window: churned = nothing that counts in the `horizon_days` after the snapshot.
+    pub horizon_days: u32,
+    pub churn_definition: ChurnDefinition,
+    pub tiers: TierParams,
+    pub churn: ChurnConfig,
+    pub risk: RiskThresholds,
+    pub lifecycle: LifecycleThresholds,
+    pub quality: QualityConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChurnConfig {
+    /// Share of users (chosen by a hash of their id) held out to pick the model and fit the
+    /// calibration.
+    pub validation_fraction: f64,
+    /// Rows the logistic baseline is fitted on (smartcore's L-BFGS is slow beyond ~100k).
+    pub logistic_sample: usize,
+    pub logistic_l2: f64,
+    /// Rows the boosted trees are fitted on.
+    pub boosting_sample: usize,
+    pub boosting: BoostingParams,
+}
+
+/// When to warn that the numbers cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    pub min_users: usize,
+    pub min_churners: usize,
+    pub min_non_churners: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 42,
+            horizon_days: 30,
+            churn_definition: ChurnDefinition::NoOrder,
+            tiers: TierParams::default(),
+            churn: ChurnConfig::default(),
+            risk: RiskThresholds::default(),
+            lifecycle: LifecycleThresholds::default(),
+            quality: QualityConfig::default(),
+        }
+    }
+}
+
+impl Default for ChurnConfig {
+    fn default() -> Self {
+        ChurnConfig {
+            validation_fraction: 0.2,
+            logistic_sample: 100_000,
+            logistic_l2: 1e-4,
+            boosting_sample: 400_000,
+            boosting: BoostingParams::default(),
+        }
+    }
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            min_users: 500,
+            min_churners: 50,
+            min_non_churners: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: p,
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.horizon_days == 0 || self.horizon_days > 365 {
+            return Err(ConfigError::Invalid(format!(
+                "horizon_days must be in 1..=365, got {}",
+                self.horizon_days
+            )));
+        }
+        self.tiers
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.churn
+            .boosting
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let v = self.churn.validation_fraction;
+        if !(0.05..=0.5).contains(&v) {
+            return Err(ConfigError::Invalid(format!(
+                "churn.validation_fraction must be in [0.05, 0.5], got {v}"
+            )));
+        }
+        if self.churn.logistic_sample < 100 || self.churn.boosting_sample < 100 {
+            return Err(ConfigError::Invalid(
+                "churn.logistic_sample and churn.boosting_sample must be >= 100".into(),
+            ));
+        }
+        if !self.risk.is_valid() {
+            return Err(ConfigError::Invalid(
+                "risk thresholds need 0 < medium < high < 1".into(),
+            ));
+        }
+        if !self.lifecycle.is_valid() {
+            return Err(ConfigError::Invalid(
+                "lifecycle thresholds need positive values and silent < at_risk < churned".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_in_config_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("training/train.toml");
+        let cfg = TrainConfig::load(&path).unwrap();
+        assert_eq!(cfg, TrainConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<TrainConfig>("horizon_dayz = 3").is_err());
+        let cfg = TrainConfig {
+            horizon_days: 0,
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_err());
+        let cfg = TrainConfig {
+            risk: RiskThresholds {
+                medium: 0.8,
+                high: 0.5,
+            },
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}

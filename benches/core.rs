@@ -87,6 +87,7 @@ fn benches(c: &mut Criterion) {
             as_of: None,
             config: &cfg,
             previous: None,
+            keep_eval_sets: false,
             version: "bench".into(),
             created_at: String::new(),
         },

@@ -69,7 +69,17 @@ fn generate_train_score_end_to_end_on_generated_data() {
     let data = dir.path().join("data");
     let models = dir.path().join("models");
     generate(&data, 3000, 7);
-    let out = train(&data, &models, &["--k", "6"]);
+    let export = dir.path().join("eval");
+    let out = train(
+        &data,
+        &models,
+        &[
+            "--k",
+            "6",
+            "--export-eval",
+            export.to_str().expect("utf-8 path"),
+        ],
+    );
     assert!(out.contains("made current"), "{out}");
     assert!(
         out.contains("out of time"),
@@ -98,6 +108,32 @@ fn generate_train_score_end_to_end_on_generated_data() {
     assert!(bundle.dir.join("scores.parquet").exists());
     let report = std::fs::read_to_string(bundle.dir.join("report.html")).expect("report");
     assert!(report.contains("<svg") && report.contains(&m.tiers[0].name_zh));
+
+    // The exported evaluation rows are exactly the ones the metrics were computed on.
+    let mut test = csv::Reader::from_path(export.join("test.csv")).expect("test.csv");
+    let header = test.headers().expect("header").clone();
+    assert_eq!(&header[1], "churned");
+    assert_eq!(header.len(), 2 + m.features.len() + 1);
+    let rows: Vec<csv::StringRecord> = test.records().map(|r| r.expect("row")).collect();
+    let chosen = m
+        .metrics
+        .models
+        .iter()
+        .find(|x| x.name == m.metrics.chosen_model)
+        .expect("chosen");
+    assert_eq!(rows.len() as u64, chosen.metrics.n);
+    let probs: Vec<f64> = rows
+        .iter()
+        .map(|r| r[header.len() - 1].parse().expect("p"))
+        .collect();
+    let labels: Vec<bool> = rows.iter().map(|r| &r[1] == "1").collect();
+    let auc = tiering::model::metrics::roc_auc(&probs, &labels);
+    assert!(
+        (auc - chosen.metrics.roc_auc).abs() < 1e-6,
+        "{auc} vs {}",
+        chosen.metrics.roc_auc
+    );
+    assert!(export.join("train.csv").exists() && export.join("meta.json").exists());
 
     let scores = dir.path().join("scores.csv");
     let out = run(bin()

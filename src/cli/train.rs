@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// Tolerate up to N malformed rows (skipped and counted) instead of failing on the first.
     #[arg(long, default_value_t = 0)]
     pub max_bad_rows: usize,
+    /// Also write the exact churn training and evaluation rows (train.csv, test.csv, meta.json)
+    /// to this directory, so other tools can be compared on identical features and holdout.
+    #[arg(long)]
+    pub export_eval: Option<PathBuf>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -137,6 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         as_of,
         config: &cfg,
         previous: previous.as_ref().map(|(b, s)| (b, s)),
+        keep_eval_sets: args.export_eval.is_some(),
         version,
         created_at: created.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     };
@@ -146,6 +151,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     bar.set_message("writing the bundle");
     let dir = train::write_bundle(&store, &trained)
         .with_context(|| format!("writing the bundle under {}", args.models.display()))?;
+    if let (Some(dir), Some(sets)) = (&args.export_eval, &trained.eval_sets) {
+        bar.set_message("exporting evaluation sets");
+        export_eval(dir, sets, &table.user_ids, &trained.manifest)
+            .with_context(|| format!("exporting evaluation sets to {}", dir.display()))?;
+    }
     bar.finish_and_clear();
 
     let m = &trained.manifest;
@@ -229,5 +239,73 @@ pub fn run(args: TrainArgs) -> Result<()> {
     println!("stages: {}", stages.join(", "));
     println!("report: {}", dir.join(tiering::bundle::REPORT).display());
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Writes `train.csv` and `test.csv` (user_id, churned, transformed features[, tiering's
+/// probability]) and `meta.json` (snapshots, horizon, feature names and transforms).
+fn export_eval(
+    dir: &std::path::Path,
+    sets: &train::pipeline::EvalSets,
+    user_ids: &[String],
+    manifest: &tiering::bundle::Manifest,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let d = sets.feature_names.len();
+    let write =
+        |name: &str, users: &[usize], x: &[f64], y: &[bool], probs: Option<&[f64]>| -> Result<()> {
+            let path = dir.join(name);
+            let mut w = csv::Writer::from_path(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut header = vec!["user_id".to_string(), "churned".to_string()];
+            header.extend(sets.feature_names.iter().cloned());
+            if probs.is_some() {
+                header.push("tiering_probability".into());
+            }
+            w.write_record(&header)?;
+            let mut rec: Vec<String> = Vec::with_capacity(d + 3);
+            for (i, &u) in users.iter().enumerate() {
+                rec.clear();
+                rec.push(user_ids[u].clone());
+                rec.push(u8::from(y[i]).to_string());
+                rec.extend(x[i * d..(i + 1) * d].iter().map(|v| format!("{v:.9}")));
+                if let Some(p) = probs {
+                    rec.push(format!("{:.9}", p[i]));
+                }
+                w.write_record(&rec)?;
+            }
+            w.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(())
+        };
+    write(
+        "train.csv",
+        &sets.train_users,
+        &sets.train_x,
+        &sets.train_y,
+        None,
+    )?;
+    write(
+        "test.csv",
+        &sets.test_users,
+        &sets.test_x,
+        &sets.test_y,
+        Some(&sets.test_probability),
+    )?;
+    let meta = serde_json::json!({
+        "version": manifest.version,
+        "as_of": manifest.as_of,
+        "horizon_days": manifest.horizon_days,
+        "churn_definition": manifest.churn_definition,
+        "train_snapshot": rfc3339(sets.train_snapshot),
+        "test_snapshot": rfc3339(sets.test_snapshot),
+        "evaluation": manifest.metrics.evaluation,
+        "chosen_model": manifest.metrics.chosen_model,
+        "features": manifest.features,
+        "note": "features are transformed (log1p except trend) but not standardised; churned = 1",
+    });
+    let path = dir.join("meta.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

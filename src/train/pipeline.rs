@@ -61,6 +61,9 @@ pub struct TrainInput<'a> {
     pub config: &'a TrainConfig,
     /// The bundle that is current, with its state, for stable tier ids and the transition matrix.
     pub previous: Option<(&'a Bundle, &'a Snapshot)>,
+    /// Keep the evaluation sets (features, labels, probabilities) in the result, for comparing
+    /// other tools on identical rows (`tiering train --export-eval`).
+    pub keep_eval_sets: bool,
     /// Version id and creation time to stamp on the result.
     pub version: String,
     pub created_at: String,
@@ -74,6 +77,25 @@ pub struct Trained {
     /// Per user index, as of `as_of`.
     pub scores: Vec<Score>,
     pub timings: Vec<(String, f64)>,
+    /// Present when `keep_eval_sets` was asked for.
+    pub eval_sets: Option<EvalSets>,
+}
+
+/// The exact rows the churn models were fitted and evaluated on: transformed (pre-scaling)
+/// features, labels, and the chosen model's calibrated probabilities on the test rows.
+#[derive(Debug, Clone, Default)]
+pub struct EvalSets {
+    pub feature_names: Vec<String>,
+    pub train_snapshot: Timestamp,
+    pub test_snapshot: Timestamp,
+    /// User indices, row-major features (`feature_names.len()` columns), labels (true = churned).
+    pub train_users: Vec<usize>,
+    pub train_x: Vec<f64>,
+    pub train_y: Vec<bool>,
+    pub test_users: Vec<usize>,
+    pub test_x: Vec<f64>,
+    pub test_y: Vec<bool>,
+    pub test_probability: Vec<f64>,
 }
 
 /// 64-bit FNV-1a of a user id: the key for order-independent sampling and splits.
@@ -345,6 +367,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     let mut model_metrics: Vec<ModelMetrics> = Vec::new();
     let mut rocs: Vec<Vec<(f64, f64)>> = Vec::new();
     let (eval_probs, eval_labels, evaluation, chosen_kind);
+    let mut eval_sets = None;
     if let Some(aggs_a) = &aggs_a {
         let (rows_a, y_a) = label_snapshot(table, aggs_a, snap_a, h, cfg);
         if rows_a.is_empty() {
@@ -382,6 +405,20 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
             }
         }
         chosen_kind = fitted.chosen;
+        if input.keep_eval_sets {
+            eval_sets = Some(EvalSets {
+                feature_names: feature_set.names(),
+                train_snapshot: snap_a,
+                test_snapshot: snap_b,
+                train_users: rows_a.clone(),
+                train_x: x_a.clone(),
+                train_y: y_a.clone(),
+                test_users: rows_b.clone(),
+                test_x: x_b.clone(),
+                test_y: y_b.clone(),
+                test_probability: probs_chosen.clone(),
+            });
+        }
         eval_probs = probs_chosen;
         eval_labels = y_b.clone();
         evaluation = format!(
@@ -418,6 +455,24 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
             }
         }
         chosen_kind = fitted.chosen;
+        if input.keep_eval_sets {
+            let in_test: std::collections::HashSet<usize> =
+                fitted.test_rows.iter().copied().collect();
+            let train_rows: Vec<usize> =
+                (0..rows_b.len()).filter(|i| !in_test.contains(i)).collect();
+            eval_sets = Some(EvalSets {
+                feature_names: feature_set.names(),
+                train_snapshot: snap_b,
+                test_snapshot: snap_b,
+                train_users: train_rows.iter().map(|&i| rows_b[i]).collect(),
+                train_x: gather(&x_b, d, &train_rows),
+                train_y: train_rows.iter().map(|&i| y_b[i]).collect(),
+                test_users: fitted.test_rows.iter().map(|&i| rows_b[i]).collect(),
+                test_x: gather(&x_b, d, &fitted.test_rows),
+                test_y: y_test.clone(),
+                test_probability: probs_chosen.clone(),
+            });
+        }
         eval_probs = probs_chosen;
         eval_labels = y_test;
         evaluation = format!(
@@ -805,6 +860,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         snapshot,
         scores,
         timings,
+        eval_sets,
     })
 }
 
@@ -880,6 +936,7 @@ mod tests {
             as_of: None,
             config: &cfg,
             previous: None,
+            keep_eval_sets: true,
             version: "v1".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
         };
@@ -903,6 +960,10 @@ mod tests {
             );
         }
         assert!(m.evaluation.starts_with("out of time"));
+        let ev = t.eval_sets.as_ref().expect("eval sets kept");
+        assert_eq!(ev.test_y.len(), m.models[0].metrics.n as usize);
+        assert_eq!(ev.test_x.len(), ev.test_y.len() * ev.feature_names.len());
+        assert!(ev.train_snapshot < ev.test_snapshot);
         assert!(
             m.models.iter().all(|x| x.metrics.roc_auc > 0.7),
             "{:?}",

@@ -494,3 +494,31 @@ fn small_data_trains_but_says_plainly_that_the_numbers_cannot_be_trusted() {
         "warning shown in the report"
     );
 }
+
+#[test]
+fn quickstart_generates_trains_and_is_idempotent() {
+    let dir = tmp();
+    let demo = dir.path().join("demo");
+    let args = [
+        "quickstart",
+        "--users",
+        "1500",
+        "--days",
+        "120",
+        "--no-serve",
+        "--dir",
+    ];
+    let out = run(bin().args(args).arg(&demo));
+    assert!(out.contains("== training"), "{out}");
+    let v1 = BundleStore::new(demo.join("models"))
+        .current()
+        .expect("current")
+        .expect("trained");
+    let out = run(bin().args(args).arg(&demo));
+    assert!(out.contains("== reusing the current bundle"), "{out}");
+    let v2 = BundleStore::new(demo.join("models"))
+        .current()
+        .expect("current")
+        .expect("trained");
+    assert_eq!(v1, v2, "a second run reuses the bundle");
+}

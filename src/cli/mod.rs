@@ -3,6 +3,7 @@
 mod client;
 mod generate;
 mod models;
+mod quickstart;
 mod score;
 mod serve;
 mod train;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: generate a demo platform, train on it, serve it (see README).
+    Quickstart(quickstart::QuickstartArgs),
     /// Write a seeded synthetic live-commerce data set (events + users).
     Generate(generate::GenerateArgs),
     /// Train tiers and the churn model on an events table; write a versioned bundle + report.
@@ -44,6 +47,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Quickstart(args) => quickstart::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Train(args) => train::run(args),
         Command::Score(args) => score::run(args),

@@ -234,7 +234,7 @@ impl CsvSink {
 }
 
 enum Sink {
-    Csv(CsvSink),
+    Csv(Box<CsvSink>),
     Parquet(Box<ParquetSink>),
 }
 
@@ -274,7 +274,7 @@ impl ScoreWriter {
         let sink = if parquet {
             ParquetSink::new(file).map(|s| Sink::Parquet(Box::new(s)))
         } else {
-            CsvSink::new(file).map(Sink::Csv)
+            CsvSink::new(file).map(|s| Sink::Csv(Box::new(s)))
         };
         // On failure `writer` drops and removes the temporary file.
         let mut writer = ScoreWriter {
@@ -353,7 +353,11 @@ mod tests {
     fn row(i: usize, user: &str) -> ScoreRow<'_> {
         ScoreRow {
             user_id: user,
-            tier_id: if i % 2 == 0 { "core_fans" } else { "dormant" },
+            tier_id: if i.is_multiple_of(2) {
+                "core_fans"
+            } else {
+                "dormant"
+            },
             tier_name: "Core fans, \"loyal\"",
             churn_probability: i as f64 / 1000.0 + 0.000_000_4,
             risk_level: "low",

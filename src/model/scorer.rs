@@ -5,7 +5,7 @@
 //! the stack (there are at most `Feature::ALL.len()` features).
 
 use super::calibration::Platt;
-use super::churn::ChurnModel;
+use super::churn::{ChurnModel, BLOCK};
 use super::tiers::TierModel;
 use crate::features::{
     Feature, FeatureSet, LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds,
@@ -231,16 +231,21 @@ impl Scorer {
         let mut x = [0.0; MAX_FEATURES];
         let mut contrib = [0.0; MAX_FEATURES];
         self.row(a, t, &mut raw[..d], &mut x[..d]);
-        let tier = self.tiers.assign(&x[..d]) as u16;
         let raw_score = self.churn.score_explained(&x[..d], &mut contrib[..d]);
+        self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score)
+    }
+
+    /// Everything after the churn model's raw score: tier, calibration, rules, top factors.
+    #[inline]
+    fn finish(&self, raw: &[f64], x: &[f64], contrib: &[f64], raw_score: f64) -> Score {
+        let tier = self.tiers.assign(x) as u16;
         let p = self.calibration.probability(raw_score);
-        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(&raw[..d]);
+        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw);
 
         // Top factors: largest contributions toward churn, by insertion into a 3-slot list.
         let mut factors = [Factor::default(); TOP_FACTORS];
         let mut n = 0usize;
-        for j in 0..d {
-            let c = contrib[j];
+        for (j, &c) in contrib.iter().enumerate() {
             let mut pos = n;
             while pos > 0 && f64::from(factors[pos - 1].contribution) < c {
                 pos -= 1;
@@ -268,14 +273,38 @@ impl Scorer {
         }
     }
 
-    /// Scores many users as of `t` on all cores.
+    /// Scores many users as of `t` on all cores, [`BLOCK`] users at a time through the churn
+    /// model (same results as [`Scorer::score`] user by user).
     pub fn score_batch(&self, users: &[UserAggregate], t: Timestamp, out: &mut [Score]) {
+        let d = self.features.len();
         users
             .par_chunks(4096)
             .zip(out.par_chunks_mut(4096))
             .for_each(|(us, os)| {
-                for (u, o) in us.iter().zip(os.iter_mut()) {
-                    *o = self.score(u, t);
+                let mut raw = [0.0; BLOCK * MAX_FEATURES];
+                let mut x = [0.0; BLOCK * MAX_FEATURES];
+                let mut contrib = [0.0; BLOCK * MAX_FEATURES];
+                let mut raw_scores = [0.0; BLOCK];
+                for (ub, ob) in us.chunks(BLOCK).zip(os.chunks_mut(BLOCK)) {
+                    let n = ub.len();
+                    for (r, a) in ub.iter().enumerate() {
+                        self.row(
+                            a,
+                            t,
+                            &mut raw[r * d..(r + 1) * d],
+                            &mut x[r * d..(r + 1) * d],
+                        );
+                    }
+                    self.churn.score_explained_block(
+                        &x[..n * d],
+                        d,
+                        &mut contrib[..n * d],
+                        &mut raw_scores[..n],
+                    );
+                    for (r, o) in ob.iter_mut().enumerate() {
+                        let (lo, hi) = (r * d, (r + 1) * d);
+                        *o = self.finish(&raw[lo..hi], &x[lo..hi], &contrib[lo..hi], raw_scores[r]);
+                    }
                 }
             });
     }

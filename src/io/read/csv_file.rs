@@ -2,7 +2,7 @@
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
 use super::{
-    reserve_events, Budget, Cell, Delimiter, LastUser, Location, ReadError, RowRef, UsersSink,
+    reserve_events, Budget, Cell, Delimiter, Location, ReadError, RowRef, UserIndex, UsersSink,
 };
 use crate::features::{Event, EventKind, EventTable};
 use csv::ByteRecord;
@@ -218,14 +218,14 @@ fn event_row(
     rec: &ByteRecord,
     c: &EventCols,
     table: &mut EventTable,
-    last: &mut LastUser,
+    users: &mut UserIndex,
 ) -> Result<(), Fault> {
     if rec.len() != c.width {
         return Err(Fault::FieldCount { found: rec.len() });
     }
     let field = |i: usize| rec.get(i).unwrap_or_default();
     let user_bytes = field(c.user);
-    let known = last.get(user_bytes);
+    let known = users.get(user_bytes);
     let user = match known {
         Some(_) => None,
         None => Some(fields::user_id(user_bytes).map_err(Fault::at(Col::UserId))?),
@@ -252,7 +252,7 @@ fn event_row(
     };
     let u = match (known, user) {
         (Some(u), _) => u,
-        (None, Some(id)) => last.intern(id, table),
+        (None, Some(id)) => users.intern(id, table),
         // `user` is Some whenever `known` is None.
         (None, None) => {
             return Err(Fault::Field {
@@ -304,7 +304,7 @@ pub(super) fn read_events(
     table.columns.category = cols.category.is_some();
 
     let mut rec = ByteRecord::new();
-    let mut last = LastUser::default();
+    let mut users = UserIndex::default();
     let mut rows: u64 = 0;
     let mut sample_start = None;
     while o
@@ -323,7 +323,7 @@ pub(super) fn read_events(
                 reserve_events(table, usize::try_from(left + left / 16).unwrap_or(0));
             }
         }
-        if let Err(fault) = event_row(&rec, &cols, table, &mut last) {
+        if let Err(fault) = event_row(&rec, &cols, table, &mut users) {
             budget.absorb(row_error(path, &o, &rec, fault))?;
         }
     }

@@ -8,7 +8,7 @@
 //! anywhere and reads as empty.
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
-use super::{reserve_events, Budget, Cell, LastUser, ReadError, RowRef, UsersSink};
+use super::{reserve_events, Budget, Cell, Location, ReadError, RowRef, UserIndex, UsersSink};
 use crate::features::{Event, EventKind, EventTable, Timestamp, DAY};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -555,9 +555,9 @@ impl<'a> EventBatch<'a> {
 
     /// Row `i` into the table; nothing is added (not even the user) if the row is bad.
     #[inline]
-    fn push(&self, i: usize, table: &mut EventTable, last: &mut LastUser) -> Result<(), Fault> {
+    fn push(&self, i: usize, table: &mut EventTable, users: &mut UserIndex) -> Result<(), Fault> {
         let user_bytes = self.user.bytes(i);
-        let known = last.get(user_bytes);
+        let known = users.get(user_bytes);
         let user = match known {
             Some(_) => None,
             None => Some(fields::user_id(user_bytes).map_err(Fault::at(Col::UserId))?),
@@ -587,7 +587,7 @@ impl<'a> EventBatch<'a> {
         };
         let u = match (known, user) {
             (Some(u), _) => u,
-            (None, Some(id)) => last.intern(id, table),
+            (None, Some(id)) => users.intern(id, table),
             // `user` is Some whenever `known` is None.
             (None, None) => {
                 return Err(Fault::Field {
@@ -623,7 +623,7 @@ pub(super) fn read_events(
         table.columns.room_id = o.layout.get(Col::RoomId).is_some();
         table.columns.category = o.layout.get(Col::Category).is_some();
         reserve_events(table, usize::try_from(o.rows).unwrap_or(0));
-        let mut last = LastUser::default();
+        let mut users = UserIndex::default();
         let mut done: u64 = 0;
         while let Some(batch) = o.reader.next() {
             let batch = batch.map_err(|source| ReadError::Arrow {
@@ -632,7 +632,7 @@ pub(super) fn read_events(
             })?;
             let cols = EventBatch::new(&o, path, &batch)?;
             for i in 0..batch.num_rows() {
-                if let Err(fault) = cols.push(i, table, &mut last) {
+                if let Err(fault) = cols.push(i, table, &mut users) {
                     let row = done + i as u64 + 1;
                     let e = match fault {
                         Fault::Field { col, cause } => ReadError::field(
@@ -640,12 +640,16 @@ pub(super) fn read_events(
                             o.cell(path, row, col),
                             cols.show(col, i).as_bytes(),
                         ),
-                        // Parquet rows always have every column.
-                        Fault::FieldCount { .. } => ReadError::field(
-                            Cause::EmptyUserId,
-                            o.cell(path, row, Col::UserId),
-                            b"",
-                        ),
+                        // Parquet rows always have every column; kept for completeness.
+                        Fault::FieldCount { found } => ReadError::FieldCount {
+                            at: Location {
+                                file: path.to_path_buf(),
+                                row: Some(RowRef::Row(row)),
+                            },
+                            expected: o.layout.width,
+                            found,
+                            column: String::new(),
+                        },
                     };
                     budget.absorb(e)?;
                 }

@@ -1,11 +1,11 @@
 //! Models: pure code over feature matrices. No I/O, no proto types.
 //!
-//! - [`metrics`]: ROC-AUC, PR-AUC, Brier, log loss, lift, calibration tables, ARI.
-//! - [`calibration`]: Platt scaling.
-//! - [`churn`]: the churn classifiers (logistic baseline, boosted trees) in scoring form.
-//! - [`tiers`]: k-means tiers, k selection, identity matching across retrains.
-//! - [`identity`]: the catalogue of business identities and how centroids are judged.
-//! - [`scorer`]: the [`Scorer`] used offline and by the server: tier, probability, reasons.
+//! - [`metrics`] — ROC-AUC, PR-AUC, Brier, log loss, lift, calibration tables, ARI.
+//! - [`calibration`] — Platt scaling.
+//! - [`churn`] — the churn classifiers (logistic baseline, boosted trees) in scoring form.
+//! - [`tiers`] — k-means tiers, k selection, identity matching across retrains.
+//! - [`identity`] — the catalogue of business identities and how centroids are judged.
+//! - [`scorer`] — the [`Scorer`] used offline and by the server: tier, probability, reasons.
 
 pub mod calibration;
 pub mod churn;

@@ -1,8 +1,8 @@
 //! Training: snapshots, labels, model selection, out-of-time evaluation, and the report.
 //!
-//! - [`config`]: `training/train.toml`.
-//! - [`pipeline`]: the pure pipeline, events table in, fitted scorer + manifest + report out.
-//! - [`report`]: the HTML report renderer.
+//! - [`config`] — `training/train.toml`.
+//! - [`pipeline`] — the pure pipeline, events table in, fitted scorer + manifest + report out.
+//! - [`report`] — the HTML report renderer.
 //! - [`write_bundle`] (here): the edge that writes a trained result as a bundle and makes it
 //!   current.
 

@@ -1,8 +1,94 @@
-//! `tiering serve`: placeholder, being written.
+//! `tiering serve`: tiers and churn probabilities over gRPC from `MODELS/CURRENT`.
+//!
+//! Configuration is layered: defaults → `--config FILE` (TOML, see
+//! `tiering::serve::config`) → `TIERING__*` environment variables → these flags.
+//! SIGINT/SIGTERM shut down gracefully (drain, then a final state snapshot); SIGHUP reloads the
+//! model.
 
-#[derive(clap::Args)]
-pub struct ServeArgs {}
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tiering::serve::ServeConfig;
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Model bundles directory; MODELS/CURRENT names the live bundle and is watched for changes.
+    #[arg(long, value_name = "MODELS")]
+    pub models: Option<PathBuf>,
+    /// gRPC listen address (default 127.0.0.1:50051; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Per-user state directory (snapshot + event log). Default: `state` beside MODELS.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// TOML configuration file (every field of `ServeConfig`; flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Pin the clock (RFC 3339 or YYYY-MM-DD, UTC), e.g. to serve historic data.
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServeConfig::load(args.config.as_deref(), std::env::vars())
+        .context("loading the configuration")?;
+    if let Some(m) = args.models {
+        config.models = m;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
+    }
+    if let Some(s) = args.state {
+        config.state_dir = Some(s);
+    }
+    if let Some(n) = args.now {
+        config.now = Some(n);
+    }
+    config.validate().context("checking the configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        eprintln!(
+            "tiering: gRPC on {addr} (state in {}); try `grpcurl -plaintext {addr} list`",
+            config.state_dir().display()
+        );
+        tiering::serve::run(config, listener, shutdown_signal())
+            .await
+            .context("serving")
+    })
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

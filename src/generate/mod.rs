@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`persona`]: the seven latent personas (ground truth) and the behaviour each draws from.
+//! - [`persona`] — the seven latent personas (ground truth) and the behaviour each draws from.
 //! - `world`: the shared calendar (weekdays, platform sale days), live rooms and their categories.
 //! - this module: [`GenerateParams`] → [`GenerateParams::check`] → [`ValidParams`], and
 //!   [`generate`], which simulates users one at a time and hands each, with its events, to a sink.

@@ -1,0 +1,248 @@
+//! The live model: loaded and checked off the request path, swapped in atomically.
+//!
+//! A [`Loader`] polls `MODELS/CURRENT` (and checks at once on SIGHUP). A changed version is
+//! loaded on a blocking thread, verified (checksums, shapes, a smoke score), and only then
+//! swapped in; readers holding the old model finish with it. A bundle that fails is logged,
+//! counted, and refused until CURRENT changes again (or SIGHUP asks for a retry) while the old
+//! model keeps serving. The first model loaded also seeds an empty state from its snapshot.
+
+use super::error::ServeError;
+use super::metrics::Metrics;
+use super::wal::EventLog;
+use crate::bundle::{Bundle, BundleStore, Manifest, Snapshot};
+use crate::features::{Event, EventKind, UserAggregate, DAY};
+use crate::model::Scorer;
+use arc_swap::ArcSwapOption;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// A bundle ready to serve.
+#[derive(Debug)]
+pub struct LiveModel {
+    pub version: String,
+    pub manifest: Manifest,
+    pub scorer: Scorer,
+    /// Tier id → index into `scorer.tiers.tiers`.
+    pub tier_index: HashMap<String, u16>,
+}
+
+impl LiveModel {
+    /// Checks what the bundle store does not: consistent ids, and that scoring works.
+    pub fn from_bundle(bundle: Bundle) -> Result<Self, ServeError> {
+        let refuse = |m: String| ServeError::CorruptState {
+            path: bundle.dir.clone(),
+            message: m,
+        };
+        let version = bundle.manifest.version.clone();
+        if bundle.dir.file_name().and_then(|n| n.to_str()) != Some(version.as_str()) {
+            return Err(refuse(format!(
+                "the manifest names version {version:?}, not its directory"
+            )));
+        }
+        let scorer = bundle.scorer;
+        let mut tier_index = HashMap::new();
+        for (i, t) in scorer.tiers.tiers.iter().enumerate() {
+            if t.id.is_empty() || tier_index.insert(t.id.clone(), i as u16).is_some() {
+                return Err(refuse(format!("tier id {:?} is empty or repeated", t.id)));
+            }
+        }
+        let t = bundle.manifest.as_of_ts;
+        let mut buyer = UserAggregate::default();
+        buyer.apply(&Event {
+            ts: t - DAY,
+            kind: EventKind::Order,
+            amount: 10.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        });
+        for agg in [UserAggregate::default(), buyer] {
+            let s = scorer.score(&agg, t);
+            if !(0.0..=1.0).contains(&s.churn_probability)
+                || usize::from(s.tier) >= scorer.tiers.k()
+            {
+                return Err(refuse(format!(
+                    "smoke test failed: probability {} / tier {} from a plain user",
+                    s.churn_probability, s.tier
+                )));
+            }
+        }
+        Ok(LiveModel {
+            version,
+            manifest: bundle.manifest,
+            scorer,
+            tier_index,
+        })
+    }
+}
+
+/// The slot readers take the live model from (lock-free).
+#[derive(Default)]
+pub struct ModelSlot(ArcSwapOption<LiveModel>);
+
+impl ModelSlot {
+    pub fn get(&self) -> Result<Arc<LiveModel>, ServeError> {
+        self.0.load_full().ok_or(ServeError::NoModel)
+    }
+
+    /// Runs `f` on the live model without touching its reference count (the hot path: no
+    /// shared cache line is written, so concurrent readers do not slow each other down).
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&LiveModel) -> Result<R, ServeError>,
+    ) -> Result<R, ServeError> {
+        match self.0.load().as_ref() {
+            Some(m) => f(m),
+            None => Err(ServeError::NoModel),
+        }
+    }
+
+    pub fn version(&self) -> Option<String> {
+        self.0.load().as_ref().map(|m| m.version.clone())
+    }
+
+    pub fn set(&self, model: LiveModel) {
+        self.0.store(Some(Arc::new(model)));
+    }
+}
+
+/// Name the health service reports our service under.
+pub const SERVICE_NAME: &str = "tiering.v1.Tiering";
+
+/// Watches `MODELS/CURRENT` and swaps models in.
+pub struct Loader {
+    pub store: BundleStore,
+    pub slot: Arc<ModelSlot>,
+    pub log: Arc<EventLog>,
+    pub health: HealthReporter,
+    pub metrics: Arc<Metrics>,
+    /// The last version refused, not retried until CURRENT changes or a forced check.
+    refused: Option<String>,
+    /// The last CURRENT read error, logged once.
+    last_error: Option<String>,
+}
+
+impl Loader {
+    pub fn new(
+        store: BundleStore,
+        slot: Arc<ModelSlot>,
+        log: Arc<EventLog>,
+        health: HealthReporter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Loader {
+            store,
+            slot,
+            log,
+            health,
+            metrics,
+            refused: None,
+            last_error: None,
+        }
+    }
+
+    /// Loads CURRENT if it names a version other than the live one. `forced`: retry a refused one.
+    pub async fn check(&mut self, forced: bool) {
+        let store = self.store.clone();
+        let current = match tokio::task::spawn_blocking(move || store.current()).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return self.read_error(e.to_string()),
+            Err(e) => return self.read_error(e.to_string()),
+        };
+        self.last_error = None;
+        let Some(version) = current else { return };
+        let live = self.slot.version();
+        if live.as_deref() == Some(version.as_str())
+            || (!forced && self.refused.as_deref() == Some(version.as_str()))
+        {
+            return;
+        }
+        match self.load(&version).await {
+            Ok(model) => {
+                self.refused = None;
+                self.slot.set(model);
+                self.metrics.model_loaded(&version);
+                self.health
+                    .set_service_status("", ServingStatus::Serving)
+                    .await;
+                self.health
+                    .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                    .await;
+                tracing::info!(
+                    version,
+                    previous = live.as_deref().unwrap_or("none"),
+                    "model is live"
+                );
+            }
+            Err(e) => {
+                self.refused = Some(version.clone());
+                self.metrics.model_refused();
+                tracing::error!(
+                    version,
+                    error = %e,
+                    still_serving = live.as_deref().unwrap_or("nothing"),
+                    "refusing model bundle"
+                );
+            }
+        }
+    }
+
+    fn read_error(&mut self, e: String) {
+        if self.last_error.as_deref() != Some(e.as_str()) {
+            tracing::error!(error = %e, "cannot read MODELS/CURRENT");
+            self.last_error = Some(e);
+        }
+    }
+
+    async fn load(&self, version: &str) -> Result<LiveModel, ServeError> {
+        let store = self.store.clone();
+        let v = version.to_string();
+        let need_seed = !self.log.is_seeded();
+        let (model, snapshot): (LiveModel, Option<Snapshot>) =
+            tokio::task::spawn_blocking(move || {
+                let bundle = store.load(&v)?;
+                let snapshot = if need_seed {
+                    Some(bundle.load_snapshot()?)
+                } else {
+                    None
+                };
+                Ok::<_, ServeError>((LiveModel::from_bundle(bundle)?, snapshot))
+            })
+            .await
+            .map_err(|e| ServeError::Internal(format!("model loading task: {e}")))??;
+        if let Some(snapshot) = snapshot {
+            let users = snapshot.user_ids.len();
+            self.log.seed(version.to_string(), snapshot).await?;
+            tracing::info!(
+                version,
+                users,
+                "seeded the user state from the bundle's snapshot"
+            );
+        }
+        Ok(model)
+    }
+
+    /// Checks now, then every `poll` and on each `reload` signal, until `stop` fires.
+    pub async fn watch(
+        mut self,
+        poll: Duration,
+        mut reload: tokio::sync::mpsc::Receiver<()>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut forced = false;
+        loop {
+            self.check(forced).await;
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => forced = false,
+                Some(()) = reload.recv() => {
+                    tracing::info!("reload requested");
+                    forced = true;
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The `tiering.v1.Tiering` handlers. Each is thin: check the deadline, validate and convert the
+//! request ([`super::convert`]), call domain code (the user table, the scorer, the event log,
+//! the at-risk scan), convert the answer, and record metrics.
+
+use super::admission::RequestDeadline;
+use super::at_risk;
+use super::config::Clock;
+use super::convert::{self, EventRules, PageLimits};
+use super::error::ServeError;
+use super::metrics::{Metrics, Rpc};
+use super::model::ModelSlot;
+use super::proto;
+use super::store::UserStore;
+use super::wal::EventLog;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Request limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_batch_size: usize,
+    pub max_events_per_request: usize,
+    pub page: PageLimits,
+    /// Seconds an event may lie in the future.
+    pub future_tolerance: i64,
+}
+
+/// Shared by every handler.
+pub struct Context {
+    pub limits: Limits,
+    pub clock: Clock,
+    pub model: Arc<ModelSlot>,
+    pub store: Arc<UserStore>,
+    pub log: Arc<EventLog>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+pub struct TieringService {
+    ctx: Arc<Context>,
+}
+
+impl TieringService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        TieringService { ctx }
+    }
+
+    fn finish<T>(
+        &self,
+        rpc: Rpc,
+        started: Instant,
+        r: Result<T, ServeError>,
+    ) -> Result<Response<T>, Status> {
+        self.ctx.metrics.observe(
+            rpc,
+            started.elapsed(),
+            r.as_ref().err().map(ServeError::code),
+        );
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    fn rules<'a>(&self, only_user: Option<&'a str>) -> EventRules<'a> {
+        EventRules {
+            now: self.ctx.clock.now(),
+            future_tolerance: self.ctx.limits.future_tolerance,
+            only_user,
+        }
+    }
+}
+
+fn deadline<T>(req: &Request<T>) -> Result<RequestDeadline, ServeError> {
+    let d = req
+        .extensions()
+        .get::<RequestDeadline>()
+        .copied()
+        .unwrap_or(RequestDeadline(None));
+    if d.passed() {
+        return Err(ServeError::DeadlineExceeded);
+    }
+    Ok(d)
+}
+
+/// Sets a flag when dropped: tells a blocking scan that nobody waits for it any more.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+type UserTierStream = tokio_stream::Iter<std::vec::IntoIter<Result<proto::UserTier, Status>>>;
+
+#[tonic::async_trait]
+impl proto::tiering_server::Tiering for TieringService {
+    async fn get_user_tier(
+        &self,
+        req: Request<proto::GetUserTierRequest>,
+    ) -> Result<Response<proto::UserTier>, Status> {
+        let started = Instant::now();
+        let r = deadline(&req).and_then(|_| {
+            let id = convert::user_id("user_id", &req.get_ref().user_id)?;
+            self.ctx.model.with(|model| {
+                let now = self.ctx.clock.now();
+                let agg = self
+                    .ctx
+                    .store
+                    .get(id)
+                    .ok_or_else(|| ServeError::UserNotFound(id.to_string()))?;
+                Ok(convert::user_tier(
+                    id,
+                    &model.scorer.score(&agg, now),
+                    model,
+                    now,
+                ))
+            })
+        });
+        self.finish(Rpc::GetUserTier, started, r)
+    }
+
+    async fn batch_get_user_tiers(
+        &self,
+        req: Request<proto::BatchGetUserTiersRequest>,
+    ) -> Result<Response<proto::BatchGetUserTiersResponse>, Status> {
+        let started = Instant::now();
+        let r = deadline(&req).and_then(|_| {
+            let ids = &req.get_ref().user_ids;
+            convert::within_limit("user_ids", ids.len(), self.ctx.limits.max_batch_size)?;
+            for (i, id) in ids.iter().enumerate() {
+                convert::user_id(&format!("user_ids[{i}]"), id)?;
+            }
+            self.ctx.model.with(|model| {
+                let now = self.ctx.clock.now();
+                let mut out = proto::BatchGetUserTiersResponse::default();
+                for id in ids {
+                    match self.ctx.store.get(id) {
+                        Some(agg) => out.users.push(convert::user_tier(
+                            id,
+                            &model.scorer.score(&agg, now),
+                            model,
+                            now,
+                        )),
+                        None => out.not_found.push(id.clone()),
+                    }
+                }
+                Ok(out)
+            })
+        });
+        self.finish(Rpc::BatchGetUserTiers, started, r)
+    }
+
+    async fn score_user(
+        &self,
+        req: Request<proto::ScoreUserRequest>,
+    ) -> Result<Response<proto::UserTier>, Status> {
+        let started = Instant::now();
+        let r = deadline(&req).and_then(|_| {
+            let body = req.get_ref();
+            let now = self.ctx.clock.now();
+            let agg = convert::score_user(
+                body,
+                self.ctx.limits.max_events_per_request,
+                now,
+                self.ctx.limits.future_tolerance,
+            )?;
+            let model = self.ctx.model.get()?;
+            Ok(convert::user_tier(
+                &body.user_id,
+                &model.scorer.score(&agg, now),
+                &model,
+                now,
+            ))
+        });
+        self.finish(Rpc::ScoreUser, started, r)
+    }
+
+    async fn record_events(
+        &self,
+        req: Request<proto::RecordEventsRequest>,
+    ) -> Result<Response<proto::RecordEventsResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let dl = deadline(&req)?;
+            let events = convert::record_events(
+                req.get_ref(),
+                self.ctx.limits.max_events_per_request,
+                self.rules(None),
+            )?;
+            self.ctx.model.get()?;
+            // Last look before the point of no return.
+            if dl.passed() {
+                return Err(ServeError::DeadlineExceeded);
+            }
+            let applied = self.ctx.log.append(events).await?;
+            Ok(proto::RecordEventsResponse {
+                accepted: applied.accepted,
+                new_users: applied.new_users,
+            })
+        }
+        .await;
+        self.finish(Rpc::RecordEvents, started, r)
+    }
+
+    type ListAtRiskUsersStream = UserTierStream;
+
+    async fn list_at_risk_users(
+        &self,
+        req: Request<proto::ListAtRiskUsersRequest>,
+    ) -> Result<Response<Self::ListAtRiskUsersStream>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let dl = deadline(&req)?;
+            let model = self.ctx.model.get()?;
+            let q = convert::at_risk_query(
+                req.get_ref(),
+                &model,
+                self.ctx.limits.page,
+                self.ctx.clock.now(),
+            )?;
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let _guard = CancelOnDrop(cancelled.clone());
+            let (store, scan_model, query) = (self.ctx.store.clone(), model.clone(), q.clone());
+            let page = tokio::task::spawn_blocking(move || {
+                let stop = || cancelled.load(Ordering::Relaxed) || dl.passed();
+                at_risk::scan(&store, &scan_model.scorer, &query, &stop)
+            })
+            .await
+            .map_err(|e| ServeError::Internal(format!("at-risk scan: {e}")))??;
+            let mut out: Vec<proto::UserTier> = page
+                .users
+                .iter()
+                .map(|(id, s)| convert::user_tier(id, s, &model, q.as_of))
+                .collect();
+            if page.more {
+                if let Some(last) = out.last_mut() {
+                    last.next_page_token = convert::next_page_token(
+                        &q,
+                        &model,
+                        (&last.user_id, last.churn_probability),
+                    );
+                }
+            }
+            Ok(tokio_stream::iter(
+                out.into_iter().map(Ok).collect::<Vec<_>>(),
+            ))
+        }
+        .await;
+        self.finish(Rpc::ListAtRiskUsers, started, r)
+    }
+
+    async fn get_model_info(
+        &self,
+        req: Request<proto::GetModelInfoRequest>,
+    ) -> Result<Response<proto::ModelInfo>, Status> {
+        let started = Instant::now();
+        let r = deadline(&req).and_then(|_| {
+            let model = self.ctx.model.get()?;
+            Ok(convert::model_info(&model, self.ctx.store.len()))
+        });
+        self.finish(Rpc::GetModelInfo, started, r)
+    }
+}

@@ -1,8 +1,182 @@
-//! `tiering models`: placeholder, being written.
+//! `tiering models`: list, promote or roll back the bundles of a models directory.
+//!
+//! `promote` and `rollback` verify the target bundle (checksums, model, state) before they move
+//! `MODELS/CURRENT`; a running server notices the change within its poll interval (or at once on
+//! SIGHUP) and keeps serving the old model if the new one fails to load.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use tiering::bundle::{BundleStore, Manifest, VersionInfo, MANIFEST};
+use unicode_width::UnicodeWidthStr;
 
 #[derive(clap::Args)]
-pub struct ModelsArgs {}
+pub struct ModelsArgs {
+    /// The models directory (bundles, CURRENT, HISTORY).
+    #[arg(long, global = true, default_value = "models", value_name = "DIR")]
+    pub models: PathBuf,
+    #[command(subcommand)]
+    pub action: Action,
+}
 
-pub fn run(_args: ModelsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// Every bundle, oldest first: version, creation time, model, quality, the CURRENT one
+    /// marked, and why a bundle does not load.
+    List,
+    /// Verify bundle VERSION and make it current.
+    Promote {
+        /// The version id (a directory name under MODELS).
+        version: String,
+    },
+    /// Make the version that was current before the current one current again.
+    Rollback,
+}
+
+pub fn run(args: ModelsArgs) -> Result<()> {
+    let store = BundleStore::new(&args.models);
+    match args.action {
+        Action::List => list(&store),
+        Action::Promote { version } => {
+            let before = store.current().ok().flatten();
+            let bundle = store
+                .promote(&version)
+                .with_context(|| format!("promoting {version} in {}", store.root.display()))?;
+            println!(
+                "{} is now current (was {}); a running server switches within its poll interval, \
+                 or at once on SIGHUP",
+                bundle.version(),
+                before.as_deref().unwrap_or("none")
+            );
+            Ok(())
+        }
+        Action::Rollback => {
+            let before = store.current().ok().flatten();
+            let bundle = store
+                .rollback()
+                .with_context(|| format!("rolling back in {}", store.root.display()))?;
+            println!(
+                "rolled back from {} to {}",
+                before.as_deref().unwrap_or("none"),
+                bundle.version()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// One row of the listing; `-` where the bundle does not say.
+struct Row {
+    version: String,
+    created_at: String,
+    as_of: String,
+    model: String,
+    roc_auc: String,
+    users: String,
+    status: String,
+}
+
+/// Details from a bundle's manifest (already verified by `BundleStore::list`).
+fn row(root: &Path, v: &VersionInfo) -> Row {
+    let manifest: Option<Manifest> = if v.problem.is_none() {
+        std::fs::read(root.join(&v.version).join(MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    } else {
+        None
+    };
+    let dash = || "-".to_string();
+    let m = manifest.as_ref();
+    let chosen = m.and_then(|m| {
+        m.metrics
+            .models
+            .iter()
+            .find(|x| x.name == m.metrics.chosen_model)
+    });
+    let status = match (&v.problem, v.current) {
+        (Some(p), true) => format!("CURRENT, BROKEN: {p}"),
+        (Some(p), false) => format!("BROKEN: {p}"),
+        (None, true) => "CURRENT".to_string(),
+        (None, false) => String::new(),
+    };
+    Row {
+        version: v.version.clone(),
+        created_at: v.created_at.clone().unwrap_or_else(dash),
+        as_of: m.map_or_else(dash, |m| m.as_of.clone()),
+        model: m.map_or_else(dash, |m| m.metrics.chosen_model.clone()),
+        roc_auc: chosen.map_or_else(dash, |c| format!("{:.4}", c.metrics.roc_auc)),
+        users: m.map_or_else(dash, |m| m.data.users.to_string()),
+        status,
+    }
+}
+
+fn list(store: &BundleStore) -> Result<()> {
+    let root = &store.root;
+    let current = store
+        .current()
+        .with_context(|| format!("reading {}/CURRENT", root.display()))?;
+    let versions = store
+        .list()
+        .with_context(|| format!("listing bundles in {}", root.display()))?;
+    if versions.is_empty() {
+        println!(
+            "no bundles in {} (train one with `tiering train --models {}`)",
+            root.display(),
+            root.display()
+        );
+        return Ok(());
+    }
+    let rows: Vec<Row> = versions.iter().map(|v| row(root, v)).collect();
+    let header = [
+        "VERSION",
+        "CREATED_AT",
+        "AS_OF",
+        "MODEL",
+        "ROC_AUC",
+        "USERS",
+        "STATUS",
+    ];
+    let cells = |r: &Row| -> [String; 7] {
+        [
+            r.version.clone(),
+            r.created_at.clone(),
+            r.as_of.clone(),
+            r.model.clone(),
+            r.roc_auc.clone(),
+            r.users.clone(),
+            r.status.clone(),
+        ]
+    };
+    let table: Vec<[String; 7]> = rows.iter().map(cells).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
+    for r in &table {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.width());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(c);
+            if i + 1 < cells.len() {
+                s.push_str(&" ".repeat(widths[i].saturating_sub(c.width()) + 2));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(&header);
+    for r in &table {
+        let c: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(&c);
+    }
+    match current {
+        None => println!("no bundle is current: `tiering models promote VERSION`"),
+        Some(c) if !versions.iter().any(|v| v.version == c) => {
+            println!(
+                "warning: CURRENT names {c}, which is not a bundle in {}",
+                root.display()
+            )
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }

@@ -1,0 +1,940 @@
+//! gRPC load benchmark: `tiering serve`'s server holding 1,000,000 users, against a trivial tonic
+//! "echo" server (the ceiling of tonic plus this load generator on this machine), in one run.
+//!
+//! Run: `cargo bench --bench grpc_load` (about two minutes). The table goes to stdout and to
+//! `target/grpc_load.md`. `GRPC_LOAD_USERS` and `GRPC_LOAD_SECS` shrink the run while developing
+//! (`GRPC_LOAD_USERS=100000 GRPC_LOAD_SECS=1 cargo bench --profile dev --bench grpc_load`).
+//!
+//! # Setup (honest state)
+//! 1. The real binary generates 20,000 users × 180 days and trains a bundle (`tiering generate`,
+//!    `tiering train`): the scorer, tiers and calibration the server uses.
+//! 2. The same seeded generator simulates 1,000,000 *distinct* users in process and folds each
+//!    user's own events into a `UserAggregate` (as `tiering serve` does with recorded events).
+//!    They are written with the trained scorer as a new bundle whose `state.bin` holds all of
+//!    them, and promoted. The server seeds its user table from that bundle exactly as in
+//!    production; the benchmark checks `GetModelInfo.users_held` is 1,000,000 before measuring.
+//! 3. Our server runs in process (`tiering::serve::run`, 127.0.0.1:0, clock pinned to the end of
+//!    the history) on its own tokio runtime; the echo server (a `Tiering` implementation whose
+//!    `GetUserTier` returns a constant, real `UserTier` captured from our server, and whose
+//!    `BatchGetUserTiers` returns that user once per id: the same response bytes, no work) runs
+//!    on the same runtime. Tonic's defaults apply to the echo (TCP_NODELAY on).
+//!
+//! # Load
+//! Closed loop: `c` tasks on a separate client runtime, spread over up to 4 HTTP/2 connections,
+//! each sending its next request as soon as the previous answer arrives; random known user ids
+//! (uniform over the million). A warm-up, then a fixed window; every latency goes into an
+//! HdrHistogram (3 significant digits). Scenarios: GetUserTier at c = 1, 16, 64;
+//! BatchGetUserTiers of 100 and 1,000 ids at c = 4; and, ours only, ListAtRiskUsers (a page of
+//! 100 over the full million, min probability 0.5) at c = 1.
+//!
+//! # Memory
+//! Measured on `tiering serve` subprocesses (the release binary), so the figure is the server's
+//! alone: VmRSS once health says SERVING, and VmHWM (the peak, which includes the deserialised
+//! bundle snapshot while the table is seeded), for the 20,000-user bundle and the 1,000,000-user
+//! one; the difference over the extra users gives bytes per user.
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tiering::bundle::{BundleStore, Snapshot};
+use tiering::features::{hash_str, UserAggregate};
+use tiering::generate::{generate, room_id, user_id, GenerateParams, CATEGORIES};
+use tiering::serve::proto::tiering_client::TieringClient;
+use tiering::serve::proto::tiering_server::{Tiering, TieringServer};
+use tiering::serve::proto::{self, UserTier};
+use tiering::serve::ServeConfig;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tiering");
+/// The generated history ends with this day; the servers' clock is pinned to its end.
+const END_DATE: &str = "2026-06-30";
+const NOW: &str = "2026-07-01T00:00:00Z";
+const NOW_TS: i64 = 1_782_864_000;
+const TRAIN_USERS: u64 = 20_000;
+const DAYS: u32 = 180;
+const MAX_CONNECTIONS: usize = 4;
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+const BUNDLE: &str = "bench-1m";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` runs this without `--bench`: do nothing then.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("grpc_load: run with `cargo bench --bench grpc_load`");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("grpc_load failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}={v:?}: {e}"))?),
+        Err(_) => Ok(default),
+    }
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[grpc_load] {}", msg.as_ref());
+}
+
+fn run() -> Result<()> {
+    let users = env_u64("GRPC_LOAD_USERS", 1_000_000)?;
+    let secs = env_u64("GRPC_LOAD_SECS", 3)?;
+    if users < TRAIN_USERS {
+        return Err(format!("GRPC_LOAD_USERS must be at least {TRAIN_USERS}").into());
+    }
+    let started = Instant::now();
+    let tmp_root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&tmp_root)?;
+    let work = tempfile::Builder::new()
+        .prefix("grpc_load-")
+        .tempdir_in(&tmp_root)?;
+    let dir = work.path();
+
+    // 1. Train on a small generated set with the real binary.
+    let t = Instant::now();
+    let data = dir.join("data");
+    let small_models = dir.join("models-20k");
+    tiering_cmd(&[
+        "generate",
+        "--users",
+        &TRAIN_USERS.to_string(),
+        "--days",
+        &DAYS.to_string(),
+        "--seed",
+        "42",
+        "--end",
+        END_DATE,
+        "--out",
+        path_str(&data)?,
+    ])?;
+    tiering_cmd(&[
+        "train",
+        "--data",
+        path_str(&data)?,
+        "--models",
+        path_str(&small_models)?,
+        "--seed",
+        "42",
+    ])?;
+    log(format!(
+        "trained on {TRAIN_USERS} users in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    // 2. A bundle with `users` distinct simulated users and the trained scorer.
+    let t = Instant::now();
+    let big_models = dir.join("models-big");
+    let (events, bundle_bytes) = write_big_bundle(&small_models, &big_models, users)?;
+    log(format!(
+        "simulated {users} users ({events} events) and wrote their bundle ({:.0} MB state) in {:.1} s",
+        bundle_bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    ));
+
+    // 3. Memory of the real server process, small and big.
+    let t = Instant::now();
+    let mem_small = measure_subprocess(&small_models, &dir.join("state-mem-small"))?;
+    let mem_big = measure_subprocess(&big_models, &dir.join("state-mem-big"))?;
+    log(format!(
+        "server RSS: {:.0} MB with {} users, {:.0} MB with {} users ({:.1} s)",
+        mem_small.rss_kb as f64 / 1024.0,
+        mem_small.users,
+        mem_big.rss_kb as f64 / 1024.0,
+        mem_big.users,
+        t.elapsed().as_secs_f64()
+    ));
+
+    // 4. Our server and the echo server, in process.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()?;
+    let config = ServeConfig {
+        models: big_models.clone(),
+        state_dir: Some(dir.join("state")),
+        now: Some(NOW.into()),
+        wal_fsync: false,
+        ..ServeConfig::default()
+    };
+    let t = Instant::now();
+    let (ours_addr, ours_stop, ours_task) = server_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tiering::serve::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Ok::<_, BoxError>((addr, tx, task))
+    })?;
+    client_rt.block_on(wait_serving(ours_addr, Duration::from_secs(300)))?;
+    let (held, sample, model) = client_rt.block_on(async {
+        let mut c = client(ours_addr).await?;
+        let info = c
+            .get_model_info(proto::GetModelInfoRequest {})
+            .await?
+            .into_inner();
+        let sample = c
+            .get_user_tier(proto::GetUserTierRequest {
+                user_id: user_id(0),
+            })
+            .await?
+            .into_inner();
+        let model = format!(
+            "{} ({} tiers, horizon {} days)",
+            info.chosen_model,
+            info.tiers.len(),
+            info.horizon_days
+        );
+        Ok::<_, BoxError>((info.users_held, sample, model))
+    })?;
+    if held != users {
+        return Err(format!("the server holds {held} users, expected {users}").into());
+    }
+    log(format!(
+        "in-process server ready with {held} users in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let (echo_addr, echo_stop, echo_task) = server_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let svc = TieringServer::new(Echo { user: sample })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                }),
+        );
+        Ok::<_, BoxError>((addr, tx, task))
+    })?;
+
+    // 5. Load.
+    let warmup = Duration::from_millis(750);
+    let window = Duration::from_secs(secs);
+    let scenarios = [
+        Scenario::new("GetUserTier", Call::Get, 1),
+        Scenario::new("GetUserTier", Call::Get, 16),
+        Scenario::new("GetUserTier", Call::Get, 64),
+        Scenario::new("BatchGetUserTiers ×100", Call::Batch(100), 4),
+        Scenario::new("BatchGetUserTiers ×1000", Call::Batch(1000), 4),
+        Scenario::new("ListAtRiskUsers (limit 100)", Call::AtRisk, 1),
+    ];
+    let mut results = Vec::new();
+    for s in &scenarios {
+        let ours = client_rt.block_on(load(ours_addr, s, users, warmup, window))?;
+        log(format!(
+            "{} c={} ours: {}",
+            s.name,
+            s.concurrency,
+            ours.brief()
+        ));
+        let echo = if matches!(s.call, Call::AtRisk) {
+            None
+        } else {
+            let e = client_rt.block_on(load(echo_addr, s, users, warmup, window))?;
+            log(format!(
+                "{} c={} echo: {}",
+                s.name,
+                s.concurrency,
+                e.brief()
+            ));
+            Some(e)
+        };
+        results.push((s, ours, echo));
+    }
+
+    // 6. Stop everything.
+    let _ = ours_stop.send(());
+    let _ = echo_stop.send(());
+    server_rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(60), ours_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), echo_task).await;
+    });
+    drop(client_rt);
+    drop(server_rt);
+
+    let run = RunInfo {
+        model,
+        users,
+        secs,
+        warmup,
+        elapsed: started.elapsed(),
+    };
+    let report = report(&results, &run, &mem_small, &mem_big);
+    println!("{report}");
+    let out = tmp_root
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| tmp_root.clone())
+        .join("grpc_load.md");
+    std::fs::write(&out, &report)?;
+    log(format!("written to {}", out.display()));
+    Ok(())
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()).into())
+}
+
+/// Runs the real binary to completion.
+fn tiering_cmd(args: &[&str]) -> Result<()> {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "`tiering {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Simulates `users` users and writes them with the small bundle's scorer as bundle
+/// [`BUNDLE`], made current. Returns (events folded, state.bin bytes).
+fn write_big_bundle(small: &Path, big: &Path, users: u64) -> Result<(u64, u64)> {
+    let trained = BundleStore::new(small).load_current()?;
+    let end = NOW_TS;
+    let params = GenerateParams::new(end)
+        .users(users)
+        .days(DAYS)
+        .seed(7)
+        .check()?;
+    let mut user_ids = Vec::with_capacity(users as usize);
+    let mut aggregates = Vec::with_capacity(users as usize);
+    let category_hash: Vec<u32> = CATEGORIES.iter().map(|c| hash_str(c)).collect();
+    let mut room_hash: Vec<u32> = Vec::new();
+    let summary = generate(&params, |user, events| {
+        let mut agg = UserAggregate::with_registration(Some(user.registered_at));
+        for e in events {
+            let r = e.room as usize;
+            if r >= room_hash.len() {
+                room_hash.extend((room_hash.len()..=r).map(|i| hash_str(&room_id(i as u32))));
+            }
+            let mut ev = e.to_event_unhashed();
+            ev.room = room_hash[r];
+            ev.category = category_hash[usize::from(e.category)];
+            agg.apply(&ev);
+        }
+        user_ids.push(user.user_id());
+        aggregates.push(agg);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let summary = match summary {
+        Ok(s) => s,
+        Err(never) => match never {},
+    };
+    let snapshot = Snapshot {
+        as_of: end,
+        user_ids,
+        aggregates,
+    };
+    let mut manifest = trained.manifest.clone();
+    manifest.version = BUNDLE.to_string();
+    manifest.previous_version = Some(trained.manifest.version.clone());
+    manifest.data.users = users;
+    manifest.data.events = summary.events;
+    let store = BundleStore::new(big);
+    let dir = store
+        .begin(BUNDLE)?
+        .commit(manifest, &trained.scorer, &snapshot)?;
+    drop(snapshot);
+    store.promote(BUNDLE)?;
+    let bytes = std::fs::metadata(dir.join(tiering::bundle::STATE))?.len();
+    Ok((summary.events, bytes))
+}
+
+/// The generator's event with room and category left for the caller to hash (cached above;
+/// `GeneratedEvent::to_event` formats and hashes the room name for every event).
+trait Unhashed {
+    fn to_event_unhashed(&self) -> tiering::features::Event;
+}
+
+impl Unhashed for tiering::generate::GeneratedEvent {
+    fn to_event_unhashed(&self) -> tiering::features::Event {
+        tiering::features::Event {
+            ts: self.ts,
+            kind: self.kind,
+            amount: self.amount().unwrap_or(0.0),
+            watch_seconds: self.watch().unwrap_or(0),
+            room: 0,
+            category: 0,
+        }
+    }
+}
+
+/// What `/proc/PID/status` said about a serving `tiering serve`.
+struct Memory {
+    users: u64,
+    rss_kb: u64,
+    hwm_kb: u64,
+    ready_secs: f64,
+}
+
+/// Kills the child when dropped (every error path included).
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tiering serve` on `models`, waits for SERVING, reads its memory, stops it.
+fn measure_subprocess(models: &Path, state: &Path) -> Result<Memory> {
+    let log_path = state.with_extension("log");
+    let started = Instant::now();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--models",
+            path_str(models)?,
+            "--state",
+            path_str(state)?,
+            "--listen",
+            "127.0.0.1:0",
+            "--now",
+            NOW,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let mut child = Reaper(child);
+    let pid = child.0.id();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(addr) = text.lines().find_map(|l| {
+            l.strip_prefix("tiering: gRPC on ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        }) {
+            break addr;
+        }
+        if let Some(status) = child.0.try_wait()? {
+            return Err(format!("tiering serve exited with {status}: {text}").into());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("tiering serve did not report its address".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let users = rt.block_on(async {
+        wait_serving(addr, Duration::from_secs(300)).await?;
+        let info = client(addr)
+            .await?
+            .get_model_info(proto::GetModelInfoRequest {})
+            .await?
+            .into_inner();
+        Ok::<_, BoxError>(info.users_held)
+    })?;
+    // Close our connection before the stop: a graceful shutdown waits for connections to go,
+    // and nobody would poll this runtime to answer the server's GOAWAY ping.
+    drop(rt);
+    let ready_secs = started.elapsed().as_secs_f64();
+    // Let the post-seed snapshot write settle before reading the resident size.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status").into())
+    };
+    let memory = Memory {
+        users,
+        rss_kb: field("VmRSS:")?,
+        hwm_kb: field("VmHWM:")?,
+        ready_secs,
+    };
+    // SIGTERM: a graceful stop (the Reaper kills it if that hangs).
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && child.0.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(memory)
+}
+
+async fn client(addr: SocketAddr) -> Result<TieringClient<Channel>> {
+    Ok(TieringClient::new(channel(addr).await?)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+async fn channel(addr: SocketAddr) -> Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+async fn wait_serving(addr: SocketAddr, limit: Duration) -> Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(ch) = channel(addr).await {
+            let req = HealthCheckRequest {
+                service: "tiering.v1.Tiering".into(),
+            };
+            if let Ok(r) = HealthClient::new(ch).check(req).await {
+                if r.into_inner().status == ServingStatus::Serving as i32 {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{addr} was not SERVING within {limit:?}").into())
+}
+
+/// The ceiling: the same service shape, no work.
+struct Echo {
+    user: UserTier,
+}
+
+#[tonic::async_trait]
+impl Tiering for Echo {
+    async fn get_user_tier(
+        &self,
+        _req: Request<proto::GetUserTierRequest>,
+    ) -> Result<Response<UserTier>, Status> {
+        Ok(Response::new(self.user.clone()))
+    }
+
+    async fn batch_get_user_tiers(
+        &self,
+        req: Request<proto::BatchGetUserTiersRequest>,
+    ) -> Result<Response<proto::BatchGetUserTiersResponse>, Status> {
+        let n = req.get_ref().user_ids.len();
+        Ok(Response::new(proto::BatchGetUserTiersResponse {
+            users: vec![self.user.clone(); n],
+            not_found: vec![],
+        }))
+    }
+
+    async fn score_user(
+        &self,
+        _req: Request<proto::ScoreUserRequest>,
+    ) -> Result<Response<UserTier>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn record_events(
+        &self,
+        _req: Request<proto::RecordEventsRequest>,
+    ) -> Result<Response<proto::RecordEventsResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    type ListAtRiskUsersStream = tokio_stream::Empty<Result<UserTier, Status>>;
+
+    async fn list_at_risk_users(
+        &self,
+        _req: Request<proto::ListAtRiskUsersRequest>,
+    ) -> Result<Response<Self::ListAtRiskUsersStream>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn get_model_info(
+        &self,
+        _req: Request<proto::GetModelInfoRequest>,
+    ) -> Result<Response<proto::ModelInfo>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Get,
+    Batch(usize),
+    AtRisk,
+}
+
+struct Scenario {
+    name: &'static str,
+    call: Call,
+    concurrency: usize,
+}
+
+impl Scenario {
+    fn new(name: &'static str, call: Call, concurrency: usize) -> Self {
+        Scenario {
+            name,
+            call,
+            concurrency,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.concurrency.min(MAX_CONNECTIONS)
+    }
+}
+
+/// One scenario against one server.
+struct Outcome {
+    requests: u64,
+    /// Users answered (1 per GetUserTier, the batch size, the page size).
+    items: u64,
+    errors: u64,
+    first_error: Option<String>,
+    secs: f64,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+
+    fn items_per_sec(&self) -> f64 {
+        self.items as f64 / self.secs
+    }
+
+    fn brief(&self) -> String {
+        format!(
+            "{:.0} req/s, {:.0} users/s, p50 {:.0} µs, p99 {:.0} µs, {} errors{}",
+            self.rps(),
+            self.items_per_sec(),
+            self.p50_us,
+            self.p99_us,
+            self.errors,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// Closed-loop load: `concurrency` tasks, each sending its next request when the previous one
+/// is answered; only requests started after the warm-up are counted.
+async fn load(
+    addr: SocketAddr,
+    s: &Scenario,
+    users: u64,
+    warmup: Duration,
+    window: Duration,
+) -> Result<Outcome> {
+    let mut channels = Vec::new();
+    for _ in 0..s.connections() {
+        channels.push(channel(addr).await?);
+    }
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + window;
+    let mut tasks = Vec::new();
+    for w in 0..s.concurrency {
+        let mut c = TieringClient::new(channels[w % channels.len()].clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let call = s.call;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x5eed + w as u64);
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+            let (mut requests, mut items, mut errors) = (0u64, 0u64, 0u64);
+            let mut first_error = None;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let r: Result<u64, Status> = match call {
+                    Call::Get => c
+                        .get_user_tier(proto::GetUserTierRequest {
+                            user_id: user_id(rng.gen_range(0..users)),
+                        })
+                        .await
+                        .map(|_| 1),
+                    Call::Batch(n) => c
+                        .batch_get_user_tiers(proto::BatchGetUserTiersRequest {
+                            user_ids: (0..n).map(|_| user_id(rng.gen_range(0..users))).collect(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().users.len() as u64),
+                    Call::AtRisk => match c
+                        .list_at_risk_users(proto::ListAtRiskUsersRequest {
+                            min_churn_probability: 0.5,
+                            limit: 100,
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            let mut stream = r.into_inner();
+                            let mut n = 0u64;
+                            loop {
+                                match stream.message().await {
+                                    Ok(Some(_)) => n += 1,
+                                    Ok(None) => break Ok(n),
+                                    Err(e) => break Err(e),
+                                }
+                            }
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                if t0 < measure_from {
+                    continue;
+                }
+                let us = t0.elapsed().as_micros() as u64;
+                match r {
+                    Ok(n) => {
+                        requests += 1;
+                        items += n;
+                        hist.saturating_record(us.max(1));
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
+                    }
+                }
+            }
+            Ok::<_, String>((hist, requests, items, errors, first_error))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut out = Outcome {
+        requests: 0,
+        items: 0,
+        errors: 0,
+        first_error: None,
+        secs: 0.0,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        max_us: 0.0,
+    };
+    for t in tasks {
+        let (h, requests, items, errors, first_error) = t.await??;
+        hist.add(&h)?;
+        out.requests += requests;
+        out.items += items;
+        out.errors += errors;
+        if out.first_error.is_none() {
+            out.first_error = first_error;
+        }
+    }
+    // The window closes when the last task finishes its last request.
+    out.secs = measure_from.elapsed().as_secs_f64();
+    out.p50_us = hist.value_at_quantile(0.50) as f64;
+    out.p99_us = hist.value_at_quantile(0.99) as f64;
+    out.max_us = hist.max() as f64;
+    Ok(out)
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e4 {
+        format!("{:.1} k", x / 1e3)
+    } else if x >= 10.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn machine() -> String {
+    let cmd = |c: &str, args: &[&str]| {
+        Command::new(c)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or_default();
+    format!(
+        "{} CPUs ({cpu}), {mem_gb:.0} GiB RAM, {}",
+        cmd("nproc", &[]),
+        cmd("rustc", &["--version"])
+    )
+}
+
+/// How the run was made, for the report's header.
+struct RunInfo {
+    model: String,
+    users: u64,
+    secs: u64,
+    warmup: Duration,
+    elapsed: Duration,
+}
+
+fn report(
+    results: &[(&Scenario, Outcome, Option<Outcome>)],
+    run: &RunInfo,
+    small: &Memory,
+    big: &Memory,
+) -> String {
+    let RunInfo {
+        model,
+        users,
+        secs,
+        warmup,
+        elapsed,
+    } = run;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## gRPC load: {users} users held, in-process server vs tonic echo ceiling\n"
+    );
+    let _ = writeln!(
+        s,
+        "`cargo bench --bench grpc_load`; {secs} s per scenario after a {} ms warm-up, closed loop, \
+         up to {MAX_CONNECTIONS} HTTP/2 connections, random known users; served model: {model}; \
+         {}; whole run {:.0} s.\n",
+        warmup.as_millis(),
+        machine(),
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | c | server | req/s | users/s | p50 | p99 | max | errors | ours / ceiling (req/s) |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (sc, ours, echo) in results {
+        let ratio = echo
+            .as_ref()
+            .map(|e| format!("{:.2}", ours.rps() / e.rps().max(1e-9)))
+            .unwrap_or_else(|| "n/a".into());
+        let row = |who: &str, o: &Outcome, ratio: &str| {
+            format!(
+                "| {} | {} | {who} | {} | {} | {} | {} | {} | {} | {ratio} |",
+                sc.name,
+                sc.concurrency,
+                fmt_rate(o.rps()),
+                fmt_rate(o.items_per_sec()),
+                fmt_us(o.p50_us),
+                fmt_us(o.p99_us),
+                fmt_us(o.max_us),
+                o.errors
+            )
+        };
+        let _ = writeln!(s, "{}", row("tiering", ours, &ratio));
+        if let Some(e) = echo {
+            let _ = writeln!(s, "{}", row("echo", e, ""));
+        }
+    }
+    let _ = writeln!(s);
+    // Targets.
+    let get16 = results
+        .iter()
+        .find(|(sc, _, _)| matches!(sc.call, Call::Get) && sc.concurrency == 16);
+    if let Some((_, ours, _)) = get16 {
+        let _ = writeln!(
+            s,
+            "- Target p99 < 1 ms for GetUserTier at c = 16: p99 {} → **{}**.",
+            fmt_us(ours.p99_us),
+            if ours.p99_us < 1000.0 {
+                "met"
+            } else {
+                "not met"
+            }
+        );
+    }
+    for (sc, ours, echo) in results {
+        if let Some(e) = echo {
+            let r = ours.rps() / e.rps().max(1e-9);
+            let _ = writeln!(
+                s,
+                "- Target throughput ≥ 0.7 × ceiling, {} c = {}: {:.2} → **{}**.",
+                sc.name,
+                sc.concurrency,
+                r,
+                if r >= 0.7 { "met" } else { "not met" }
+            );
+        }
+    }
+    let _ = writeln!(s);
+    let per_user = (big.rss_kb as f64 - small.rss_kb as f64) * 1024.0
+        / (big.users as f64 - small.users as f64).max(1.0);
+    let _ = writeln!(
+        s,
+        "Server memory (`tiering serve` subprocess, /proc/PID/status once SERVING): \
+         {} users: RSS {:.0} MiB (peak {:.0} MiB), ready in {:.1} s; {} users: RSS {:.0} MiB \
+         (peak {:.0} MiB, while the bundle snapshot is deserialised next to the table), ready in \
+         {:.1} s; ≈ {:.0} bytes per additional user.",
+        small.users,
+        small.rss_kb as f64 / 1024.0,
+        small.hwm_kb as f64 / 1024.0,
+        small.ready_secs,
+        big.users,
+        big.rss_kb as f64 / 1024.0,
+        big.hwm_kb as f64 / 1024.0,
+        big.ready_secs,
+        per_user
+    );
+    s
+}

@@ -1,0 +1,702 @@
+//! The client commands end to end: `tiering at-risk`, `tiering user` and `tiering models`, run as
+//! subprocesses of the real binary against a real server started in this process on
+//! 127.0.0.1:0, with bundles trained by the real binary on a small generated data set.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tiering::serve::{ServeConfig, ServeError};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tiering");
+/// The generated history ends at the end of 2026-06-30; the server's clock is pinned there.
+const END: &str = "2026-06-30";
+const NOW: &str = "2026-07-01T00:00:00Z";
+const USERS: usize = 2000;
+/// Every subprocess is bounded.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a finished `tiering` subprocess said.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args`, killing it after [`STEP_TIMEOUT`].
+fn tiering(dir: &Path, args: &[&str]) -> Run {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Files, not pipes: nothing can block on a full pipe while we poll.
+    let (out_path, err_path) = (
+        dir.join(format!("run-{n}.out")),
+        dir.join(format!("run-{n}.err")),
+    );
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("TIERING_SERVER")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("the tiering binary starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > STEP_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`tiering {}` did not finish within {STEP_TIMEOUT:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let run = Run {
+        ok: status.success(),
+        stdout: std::fs::read_to_string(&out_path).unwrap(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+    };
+    let _ = std::fs::remove_file(out_path);
+    let _ = std::fs::remove_file(err_path);
+    run
+}
+
+/// Runs and expects success.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let r = tiering(dir, args);
+    assert!(
+        r.ok,
+        "`tiering {}` failed:\n{}\n{}",
+        args.join(" "),
+        r.stdout,
+        r.stderr
+    );
+    r.stdout
+}
+
+/// Runs and expects failure; returns stderr.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let r = tiering(dir, args);
+    assert!(
+        !r.ok,
+        "`tiering {}` should have failed:\n{}",
+        args.join(" "),
+        r.stdout
+    );
+    r.stderr
+}
+
+/// A temporary directory with a generated data set.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let ws = Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let users = USERS.to_string();
+        let data = ws.data();
+        ok(
+            ws.path(),
+            &[
+                "generate",
+                "--users",
+                &users,
+                "--days",
+                "150",
+                "--seed",
+                "1",
+                "--end",
+                END,
+                "--out",
+                path_str(&data),
+            ],
+        );
+        ws
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    /// Trains a bundle into `models` with the real binary; returns its version.
+    fn train(&self, models: &Path) -> String {
+        let before = versions(models);
+        ok(
+            self.path(),
+            &[
+                "train",
+                "--data",
+                path_str(&self.data()),
+                "--models",
+                path_str(models),
+                "--seed",
+                "7",
+            ],
+        );
+        let mut new: Vec<String> = versions(models)
+            .into_iter()
+            .filter(|v| !before.contains(v))
+            .collect();
+        assert_eq!(new.len(), 1, "one new bundle");
+        new.remove(0)
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn versions(models: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(models) else {
+        return vec![];
+    };
+    let mut v: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A trained bundle served in this process.
+struct Served {
+    ws: Workspace,
+    addr: SocketAddr,
+    runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Served {
+    fn start() -> Self {
+        let ws = Workspace::new();
+        let models = ws.path().join("models");
+        ws.train(&models);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = ServeConfig {
+            models,
+            state_dir: Some(ws.path().join("state")),
+            now: Some(NOW.into()),
+            model_poll_ms: 50,
+            ..ServeConfig::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr, task) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let task = tokio::spawn(tiering::serve::run(config, listener, async {
+                let _ = rx.await;
+            }));
+            (addr, task)
+        });
+        let served = Served {
+            ws,
+            addr,
+            runtime,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        served.wait_until_serving();
+        served
+    }
+
+    fn wait_until_serving(&self) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let url = self.url();
+        self.runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < deadline, "the server never became ready");
+                if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                {
+                    let req = HealthCheckRequest {
+                        service: "tiering.v1.Tiering".into(),
+                    };
+                    if let Ok(r) = HealthClient::new(ch).check(req).await {
+                        if r.into_inner().status == ServingStatus::Serving as i32 {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn dir(&self) -> &Path {
+        self.ws.path()
+    }
+
+    /// `tiering at-risk --server URL ARGS...`, expecting success.
+    fn at_risk(&self, args: &[&str]) -> String {
+        let url = self.url();
+        let mut all = vec!["at-risk", "--server", url.as_str()];
+        all.extend_from_slice(args);
+        ok(self.dir(), &all)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let r = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await });
+            if !std::thread::panicking() {
+                let r = r.expect("the server stops within 20 s");
+                r.expect("the server task ends")
+                    .expect("the server shuts down cleanly");
+            }
+        }
+    }
+}
+
+/// One parsed CSV row.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    user_id: String,
+    p: f64,
+    percentile: f64,
+    tier: String,
+    lifecycle: String,
+    fields: HashMap<String, String>,
+}
+
+const HEADER: &str = "user_id,churn_probability,risk_level,risk_percentile,tier_id,tier_name,\
+                      tier_name_zh,lifecycle_stage,rfm_segment,reasons,playbook";
+
+fn parse_csv(text: &str) -> Vec<Row> {
+    assert_eq!(text.lines().next(), Some(HEADER), "CSV header");
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            let fields: HashMap<String, String> = header
+                .iter()
+                .cloned()
+                .zip(rec.iter().map(str::to_string))
+                .collect();
+            Row {
+                user_id: fields["user_id"].clone(),
+                p: fields["churn_probability"].parse().unwrap(),
+                percentile: fields["risk_percentile"].parse().unwrap(),
+                tier: fields["tier_id"].clone(),
+                lifecycle: fields["lifecycle_stage"].clone(),
+                fields,
+            }
+        })
+        .collect()
+}
+
+fn assert_sorted_by_risk(rows: &[Row]) {
+    // The CSV rounds to 6 decimals, so ties there may be broken by digits it does not show.
+    for w in rows.windows(2) {
+        assert!(
+            w[0].p >= w[1].p,
+            "not sorted by risk: {:?} then {:?}",
+            (&w[0].user_id, w[0].p),
+            (&w[1].user_id, w[1].p)
+        );
+    }
+}
+
+fn ids(rows: &[Row]) -> Vec<&str> {
+    rows.iter().map(|r| r.user_id.as_str()).collect()
+}
+
+/// The most common value of a column among `rows`.
+fn most_common<'a>(rows: &'a [Row], f: impl Fn(&'a Row) -> &'a str) -> &'a str {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for r in rows {
+        *counts.entry(f(r)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(k, n)| (*n, std::cmp::Reverse(*k)))
+        .map(|(k, _)| k)
+        .expect("rows")
+}
+
+#[test]
+fn at_risk_csv_is_sorted_by_risk_and_respects_filters_pages_and_limit() {
+    let s = Served::start();
+    let all = parse_csv(&s.at_risk(&["--min-probability", "0.3"]));
+    assert!(
+        all.len() > 100 && all.len() < USERS,
+        "{} of {USERS} users at >= 0.3",
+        all.len()
+    );
+    assert_sorted_by_risk(&all);
+    assert!(all.iter().all(|r| r.p >= 0.3));
+    let row = &all[0].fields;
+    assert!(["low", "medium", "high"].contains(&row["risk_level"].as_str()));
+    assert!(all.iter().all(|r| (0.0..=100.0).contains(&r.percentile)));
+    assert!(!row["tier_name"].is_empty() && !row["tier_name_zh"].is_empty());
+    assert!(!row["rfm_segment"].is_empty());
+    // reasons: `feature=+0.42 (value)` joined by `; `; playbook joined by ` | `.
+    let first_reason = row["reasons"].split("; ").next().unwrap();
+    let (feature, rest) = first_reason.split_once('=').expect("feature=contribution");
+    assert!(!feature.is_empty());
+    assert!(rest.starts_with('+') || rest.starts_with('-'), "{rest}");
+    assert!(rest.ends_with(')') && rest.contains(" ("), "{rest}");
+    assert!(!row["playbook"].is_empty());
+
+    // Small pages give the same list: the client follows next_page_token to the end.
+    let paged = parse_csv(&s.at_risk(&["--min-probability", "0.3", "--page-size", "37"]));
+    assert_eq!(ids(&paged), ids(&all));
+
+    // --limit: the riskiest N, across pages too.
+    let top = parse_csv(&s.at_risk(&[
+        "--min-probability",
+        "0.3",
+        "--limit",
+        "50",
+        "--page-size",
+        "16",
+    ]));
+    assert_eq!(ids(&top), ids(&all[..50]));
+
+    // A higher threshold is a prefix of the list.
+    let high = parse_csv(&s.at_risk(&["--min-probability", "0.8"]));
+    assert!(high.iter().all(|r| r.p >= 0.8));
+    assert_eq!(ids(&high), ids(&all[..high.len()]));
+
+    // --tier: only that tier, every one of its users.
+    let tier = most_common(&all, |r| r.tier.as_str()).to_string();
+    let in_tier = parse_csv(&s.at_risk(&["--min-probability", "0.3", "--tier", &tier]));
+    let expected: Vec<&str> = all
+        .iter()
+        .filter(|r| r.tier == tier)
+        .map(|r| r.user_id.as_str())
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(ids(&in_tier), expected);
+
+    // --lifecycle, repeated: either stage.
+    let stage = most_common(&all, |r| r.lifecycle.as_str()).to_string();
+    let stages = parse_csv(&s.at_risk(&[
+        "--min-probability",
+        "0.3",
+        "--lifecycle",
+        &stage,
+        "--lifecycle",
+        "new",
+    ]));
+    let expected: Vec<&str> = all
+        .iter()
+        .filter(|r| r.lifecycle == stage || r.lifecycle == "new")
+        .map(|r| r.user_id.as_str())
+        .collect();
+    assert_eq!(ids(&stages), expected);
+    assert_sorted_by_risk(&stages);
+
+    // --out writes the same bytes as stdout, atomically (no temporary file left behind).
+    let out_dir = s.dir().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("at-risk.csv");
+    let printed = s.at_risk(&["--min-probability", "0.8"]);
+    let quiet = s.at_risk(&["--min-probability", "0.8", "--out", path_str(&out)]);
+    assert!(quiet.is_empty(), "nothing on stdout with --out");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), printed);
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+}
+
+#[test]
+fn at_risk_json_and_table_formats_carry_the_same_sorted_users() {
+    let s = Served::start();
+    let csv_rows = parse_csv(&s.at_risk(&["--min-probability", "0.5", "--limit", "40"]));
+    assert_eq!(csv_rows.len(), 40);
+
+    let json: serde_json::Value = serde_json::from_str(&s.at_risk(&[
+        "--min-probability",
+        "0.5",
+        "--limit",
+        "40",
+        "--format",
+        "json",
+    ]))
+    .expect("--format json is one JSON array");
+    let arr = json.as_array().expect("an array");
+    assert_eq!(arr.len(), 40);
+    // Full precision: highest probability first, ties by user id.
+    for w in arr.windows(2) {
+        let key = |v: &serde_json::Value| {
+            (
+                v["churn_probability"].as_f64().unwrap(),
+                v["user_id"].as_str().unwrap().to_string(),
+            )
+        };
+        let ((p0, u0), (p1, u1)) = (key(&w[0]), key(&w[1]));
+        assert!(p0 > p1 || (p0 == p1 && u0 < u1), "{u0} {p0} then {u1} {p1}");
+    }
+    for (j, c) in arr.iter().zip(&csv_rows) {
+        assert_eq!(j["user_id"], c.user_id.as_str());
+        let p = j["churn_probability"].as_f64().unwrap();
+        assert!((p - c.p).abs() < 1e-6);
+        assert_eq!(j["tier_id"], c.tier.as_str());
+        assert_eq!(j["lifecycle_stage"], c.lifecycle.as_str());
+        assert!(j["reasons"][0]["feature"].is_string());
+        assert!(j["reasons"][0]["contribution"].is_number());
+        assert!(j["playbook"][0].is_string());
+        assert!(j["model_version"].as_str().is_some_and(|v| !v.is_empty()));
+        assert_eq!(j["as_of"], NOW);
+    }
+
+    let jsonl = s.at_risk(&[
+        "--min-probability",
+        "0.5",
+        "--limit",
+        "40",
+        "--format",
+        "jsonl",
+    ]);
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.as_slice(), arr.as_slice());
+
+    let table = s.at_risk(&[
+        "--min-probability",
+        "0.5",
+        "--limit",
+        "40",
+        "--format",
+        "table",
+    ]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 41, "a header and 40 users");
+    assert!(lines[0].starts_with("USER_ID") && lines[0].contains("CHURN"));
+    for (line, c) in lines[1..].iter().zip(&csv_rows) {
+        assert!(line.starts_with(&c.user_id), "{line}");
+        assert!(line.contains(&format!("{:.4}", c.p)), "{line}");
+        assert!(line.contains(&c.tier), "{line}");
+    }
+    // Aligned: the probability column ends at the same place on every line.
+    let end_of_p = |l: &str| {
+        let start = l.find(char::is_whitespace).unwrap();
+        let rest = &l[start..];
+        let trimmed = rest.trim_start();
+        start + (rest.len() - trimmed.len()) + trimmed.find(char::is_whitespace).unwrap()
+    };
+    let first = end_of_p(lines[1]);
+    assert!(lines[1..].iter().all(|l| end_of_p(l) == first));
+}
+
+#[test]
+fn at_risk_shows_grpc_errors_with_their_code_and_unreachable_servers_by_url() {
+    let s = Served::start();
+    let url = s.url();
+    let e = fails(
+        s.dir(),
+        &["at-risk", "--server", &url, "--min-probability", "1.5"],
+    );
+    assert!(e.contains("INVALID_ARGUMENT: min_churn_probability"), "{e}");
+    let e = fails(
+        s.dir(),
+        &[
+            "at-risk",
+            "--server",
+            &url,
+            "--min-probability",
+            "0.5",
+            "--tier",
+            "no_such_tier",
+        ],
+    );
+    assert!(e.contains("INVALID_ARGUMENT: tier_ids[0]"), "{e}");
+    let e = fails(
+        s.dir(),
+        &[
+            "at-risk",
+            "--server",
+            &url,
+            "--min-probability",
+            "0.5",
+            "--lifecycle",
+            "zombie",
+        ],
+    );
+    assert!(e.contains("INVALID_ARGUMENT: lifecycle_stages[0]"), "{e}");
+
+    // Nothing listens on a port we just closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead_url = format!("http://{dead}");
+    let e = fails(
+        s.dir(),
+        &["at-risk", "--server", &dead_url, "--min-probability", "0.5"],
+    );
+    assert!(e.contains(&dead_url), "the URL is named: {e}");
+    assert!(e.to_lowercase().contains("connect"), "{e}");
+    // A failed run with --out leaves no file behind.
+    let out = s.dir().join("never.csv");
+    fails(
+        s.dir(),
+        &[
+            "at-risk",
+            "--server",
+            &url,
+            "--min-probability",
+            "2",
+            "--out",
+            path_str(&out),
+        ],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn user_prints_every_field_and_an_unknown_user_fails_with_not_found() {
+    let s = Served::start();
+    let url = s.url();
+    let top = parse_csv(&s.at_risk(&["--min-probability", "0.0", "--limit", "1"]));
+    let want = &top[0];
+
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        s.dir(),
+        &["user", &want.user_id, "--server", &url, "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(json["user_id"], want.user_id.as_str());
+    assert!((json["churn_probability"].as_f64().unwrap() - want.p).abs() < 1e-6);
+    assert_eq!(json["tier_id"], want.tier.as_str());
+    assert_eq!(json["lifecycle_stage"], want.lifecycle.as_str());
+    assert_eq!(json["as_of"], NOW);
+
+    let table = ok(s.dir(), &["user", &want.user_id, "--server", &url]);
+    for field in [
+        "user_id",
+        "tier_id",
+        "tier_name",
+        "tier_name_zh",
+        "churn_probability",
+        "risk_level",
+        "risk_percentile",
+        "rfm_segment",
+        "lifecycle_stage",
+        "top_factors",
+        "recommended_actions",
+        "model_version",
+        "as_of",
+    ] {
+        assert!(
+            table.lines().any(|l| l.starts_with(field)),
+            "{field} missing:\n{table}"
+        );
+    }
+    assert!(table.contains(&want.user_id) && table.contains(&want.tier));
+    assert!(table.contains(&format!("{:.4}", want.p)));
+
+    let r = tiering(s.dir(), &["user", "no-such-user", "--server", &url]);
+    assert!(!r.ok, "an unknown user exits non-zero");
+    assert!(r.stdout.is_empty());
+    assert!(r.stderr.contains("NOT_FOUND"), "{}", r.stderr);
+    assert!(r.stderr.contains("no-such-user"), "{}", r.stderr);
+}
+
+#[test]
+fn models_list_promote_and_rollback_move_current_and_show_broken_bundles() {
+    let ws = Workspace::new();
+    let models = ws.path().join("models");
+    let m = path_str(&models);
+    let first = ws.train(&models);
+    // Version ids start with the creation second: make the second one sort after the first.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = ws.train(&models);
+    assert!(first < second);
+
+    let current_line = |list: &str| -> String {
+        let lines: Vec<&str> = list.lines().filter(|l| l.contains("CURRENT")).collect();
+        assert_eq!(lines.len(), 1, "exactly one CURRENT:\n{list}");
+        lines[0].split_whitespace().next().unwrap().to_string()
+    };
+    let list = ok(ws.path(), &["models", "--models", m, "list"]);
+    assert!(
+        list.lines().next().unwrap().starts_with("VERSION"),
+        "{list}"
+    );
+    assert!(list.contains(&first) && list.contains(&second));
+    assert!(
+        list.find(&first) < list.find(&second),
+        "oldest first:\n{list}"
+    );
+    assert_eq!(
+        current_line(&list),
+        second,
+        "training made the new one current"
+    );
+
+    let out = ok(ws.path(), &["models", "--models", m, "promote", &first]);
+    assert!(out.contains(&first), "{out}");
+    // --models after the subcommand works too.
+    let list = ok(ws.path(), &["models", "list", "--models", m]);
+    assert_eq!(current_line(&list), first);
+
+    let out = ok(ws.path(), &["models", "--models", m, "rollback"]);
+    assert!(out.contains(&format!("from {first} to {second}")), "{out}");
+    assert_eq!(
+        current_line(&ok(ws.path(), &["models", "--models", m, "list"])),
+        second
+    );
+
+    // Unknown versions are refused, CURRENT untouched.
+    let e = fails(ws.path(), &["models", "--models", m, "promote", "v-nope"]);
+    assert!(e.contains("v-nope"), "{e}");
+
+    // A damaged bundle is listed with the reason, and cannot be promoted.
+    let broken = models.join(&first).join("model.json");
+    let mut bytes = std::fs::read(&broken).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&broken, bytes).unwrap();
+    let list = ok(ws.path(), &["models", "--models", m, "list"]);
+    let line = list.lines().find(|l| l.starts_with(&first)).unwrap();
+    assert!(
+        line.contains("BROKEN") && line.contains("checksum"),
+        "{line}"
+    );
+    assert_eq!(current_line(&list), second);
+    let e = fails(ws.path(), &["models", "--models", m, "promote", &first]);
+    assert!(e.contains("checksum"), "{e}");
+    let e = fails(ws.path(), &["models", "--models", m, "rollback"]);
+    assert!(e.contains("rolling back"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(models.join("CURRENT"))
+            .unwrap()
+            .trim(),
+        second
+    );
+}

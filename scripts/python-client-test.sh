@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tiering-python.XXXXXX")
 SERVER_PID=""
@@ -43,7 +44,7 @@ trap 'exit 143' TERM
 step() { echo "== $*"; }
 
 # 1. Python environment.
-VENV=${TIERING_PY_VENV:-$ROOT/target/python-venv}
+VENV=${TIERING_PY_VENV:-$TARGET_DIR/python-venv}
 REQ=examples/python/requirements.txt
 if [[ ! -x "$VENV/bin/python" ]]; then
     step "creating the venv $VENV"
@@ -60,7 +61,7 @@ BIN=${TIERING_BIN:-}
 if [[ -z "$BIN" ]]; then
     step "cargo build (dev profile)"
     cargo build --quiet --locked --bin tiering
-    BIN=$ROOT/target/debug/tiering
+    BIN=$TARGET_DIR/debug/tiering
 fi
 [[ -x "$BIN" ]] || { echo "no tiering binary at $BIN" >&2; exit 1; }
 

@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// TOML configuration file (every field of `ServeConfig`; flags override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Pin the clock (RFC 3339 or YYYY-MM-DD, UTC), e.g. to serve historic data.
+    /// Pin the clock (RFC 3339, or YYYY-MM-DD = the end of that day, UTC), e.g. to serve historic
+    /// data.
     #[arg(long, value_name = "TIME")]
     pub now: Option<String>,
 }

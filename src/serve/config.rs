@@ -111,14 +111,16 @@ impl Clock {
     }
 }
 
-/// Parses RFC 3339 (`2024-06-01T08:00:00Z`) or a date (`2024-06-01`, midnight UTC).
+/// Parses RFC 3339 (`2024-06-01T08:00:00Z`) or a bare date (`2024-06-01`), which means the *end*
+/// of that day (the next midnight, UTC), as `train --as-of` and `generate --end` read it, so
+/// `--now` set to a data set's last date sees that date's events as past.
 pub fn parse_time(s: &str) -> Option<Timestamp> {
     let s = s.trim();
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp());
     }
     let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
-    Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
+    Some(d.succ_opt()?.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
 }
 
 impl ServeConfig {
@@ -366,7 +368,11 @@ mod tests {
 
     #[test]
     fn times_parse_as_rfc3339_or_dates() {
-        assert_eq!(parse_time("1970-01-02"), Some(86_400));
+        assert_eq!(
+            parse_time("1970-01-01"),
+            Some(86_400),
+            "a bare date is the end of that day"
+        );
         assert_eq!(parse_time("1970-01-01T00:01:00Z"), Some(60));
         assert_eq!(parse_time("1970-01-01T08:00:00+08:00"), Some(0));
         assert_eq!(parse_time("01/02/1970"), None);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tiering::bundle::BundleStore;
 use tiering::features::build_aggregates;
 use tiering::io::read::{read_dataset, ReadOptions};
-use tiering::io::write::{ScoreRow, ScoreWriter};
+use tiering::io::write::ScoreWriter;
 use tiering::model::Score;
 
 #[derive(clap::Args)]
@@ -73,21 +73,15 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut factors = String::new();
     for (u, s) in scores.iter().enumerate() {
-        let tier = &scorer.tiers.tiers[usize::from(s.tier)];
         factors.clear();
         factors.push_str(&scorer.format_factors(s));
         writer
-            .write(&ScoreRow {
-                user_id: &table.user_ids[u],
-                tier_id: &tier.id,
-                tier_name: &tier.name_en,
-                churn_probability: s.churn_probability,
-                risk_level: s.risk_level.id(),
-                risk_percentile: s.risk_percentile,
-                rfm_segment: s.rfm_segment.id(),
-                lifecycle_stage: s.lifecycle_stage.id(),
-                top_factors: &factors,
-            })
+            .write(&tiering::train::score_row(
+                scorer,
+                &table.user_ids[u],
+                s,
+                &factors,
+            ))
             .with_context(|| format!("writing {}", args.out.display()))?;
     }
     let rows = writer

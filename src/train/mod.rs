@@ -15,6 +15,7 @@ pub use pipeline::{fit, rfc3339, user_key, TrainError, TrainInput, Trained};
 
 use crate::bundle::{BundleError, BundleStore, REPORT, SCORES};
 use crate::io::write::{ScoreRow, ScoreWriter, WriteError};
+use crate::model::{Score, Scorer};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,28 @@ pub fn version_id(
     )
 }
 
+/// The output row of one scored user (`tiering score`, the bundle's `scores.parquet`).
+/// `factors` is `scorer.format_factors(score)`, passed in so callers can reuse its buffer.
+pub fn score_row<'a>(
+    scorer: &'a Scorer,
+    user_id: &'a str,
+    s: &Score,
+    factors: &'a str,
+) -> ScoreRow<'a> {
+    let tier = &scorer.tiers.tiers[usize::from(s.tier)];
+    ScoreRow {
+        user_id,
+        tier_id: &tier.id,
+        tier_name: &tier.name_en,
+        churn_probability: s.churn_probability,
+        risk_level: s.risk_level.id(),
+        risk_percentile: s.risk_percentile,
+        rfm_segment: s.rfm_segment.id(),
+        lifecycle_stage: s.lifecycle_stage.id(),
+        top_factors: factors,
+    }
+}
+
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
 /// into place, validates it by loading it back, and only then makes it current.
 pub fn write_bundle(store: &BundleStore, trained: &Trained) -> Result<PathBuf, WriteBundleError> {
@@ -63,19 +86,13 @@ pub fn write_bundle(store: &BundleStore, trained: &Trained) -> Result<PathBuf, W
     let scorer = &trained.scorer;
     let mut writer = ScoreWriter::create(&pending.path(SCORES))?;
     for (u, s) in trained.scores.iter().enumerate() {
-        let tier = &scorer.tiers.tiers[usize::from(s.tier)];
         let factors = scorer.format_factors(s);
-        writer.write(&ScoreRow {
-            user_id: &trained.snapshot.user_ids[u],
-            tier_id: &tier.id,
-            tier_name: &tier.name_en,
-            churn_probability: s.churn_probability,
-            risk_level: s.risk_level.id(),
-            risk_percentile: s.risk_percentile,
-            rfm_segment: s.rfm_segment.id(),
-            lifecycle_stage: s.lifecycle_stage.id(),
-            top_factors: &factors,
-        })?;
+        writer.write(&score_row(
+            scorer,
+            &trained.snapshot.user_ids[u],
+            s,
+            &factors,
+        ))?;
     }
     writer.finish()?;
     let report_path = pending.path(REPORT);

@@ -256,6 +256,32 @@ fn fit_candidates(
     })
 }
 
+/// Metrics and ROC curve of every candidate on scaled rows `xs`; returns the chosen one's
+/// probabilities.
+fn evaluate_candidates(
+    fitted: &Fitted,
+    xs: &[f64],
+    d: usize,
+    y: &[bool],
+    model_metrics: &mut Vec<ModelMetrics>,
+    rocs: &mut Vec<Vec<(f64, f64)>>,
+) -> Vec<f64> {
+    let mut chosen = Vec::new();
+    for (i, c) in fitted.candidates.iter().enumerate() {
+        let p = c.probabilities(xs, d);
+        model_metrics.push(ModelMetrics {
+            name: c.model.name().into(),
+            metrics: metrics::evaluate(&p, y),
+            fit_seconds: c.fit_seconds,
+        });
+        rocs.push(metrics::roc_curve(&p, y, 200));
+        if i == fitted.chosen {
+            chosen = p;
+        }
+    }
+    chosen
+}
+
 fn label_snapshot(
     table: &EventTable,
     aggs: &[UserAggregate],
@@ -391,19 +417,8 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         let mut xs_b = x_b.clone();
         xs_b.par_chunks_mut(d)
             .for_each(|r| fitted.scaler.transform_in_place(r));
-        let mut probs_chosen = Vec::new();
-        for (i, c) in fitted.candidates.iter().enumerate() {
-            let p = c.probabilities(&xs_b, d);
-            model_metrics.push(ModelMetrics {
-                name: c.model.name().into(),
-                metrics: metrics::evaluate(&p, &y_b),
-                fit_seconds: c.fit_seconds,
-            });
-            rocs.push(metrics::roc_curve(&p, &y_b, 200));
-            if i == fitted.chosen {
-                probs_chosen = p;
-            }
-        }
+        let probs_chosen =
+            evaluate_candidates(&fitted, &xs_b, d, &y_b, &mut model_metrics, &mut rocs);
         chosen_kind = fitted.chosen;
         if input.keep_eval_sets {
             eval_sets = Some(EvalSets {
@@ -441,19 +456,8 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         let fitted = fit_candidates(&x_b, d, &y_b, &keys_b, cfg, seed, 0.2)?;
         let xs_test = gather(&fitted.scaled, d, &fitted.test_rows);
         let y_test: Vec<bool> = fitted.test_rows.iter().map(|&i| y_b[i]).collect();
-        let mut probs_chosen = Vec::new();
-        for (i, c) in fitted.candidates.iter().enumerate() {
-            let p = c.probabilities(&xs_test, d);
-            model_metrics.push(ModelMetrics {
-                name: c.model.name().into(),
-                metrics: metrics::evaluate(&p, &y_test),
-                fit_seconds: c.fit_seconds,
-            });
-            rocs.push(metrics::roc_curve(&p, &y_test, 200));
-            if i == fitted.chosen {
-                probs_chosen = p;
-            }
-        }
+        let probs_chosen =
+            evaluate_candidates(&fitted, &xs_test, d, &y_test, &mut model_metrics, &mut rocs);
         chosen_kind = fitted.chosen;
         if input.keep_eval_sets {
             let in_test: std::collections::HashSet<usize> =

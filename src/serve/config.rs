@@ -327,7 +327,8 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.max_batch_size, 20);
         assert!(!cfg.wal_fsync);
-        assert_eq!(cfg.clock().unwrap(), Clock::Fixed(1_717_200_000));
+        // A bare date is the end of that day: 2024-06-02T00:00:00Z.
+        assert_eq!(cfg.clock().unwrap(), Clock::Fixed(1_717_286_400));
         assert_eq!(cfg.state_dir(), PathBuf::from("/state"));
     }
 

@@ -93,7 +93,12 @@ export OMP_WAIT_POLICY=PASSIVE
 
 log "cargo build --release"
 cargo build --release --locked --quiet
-rm -rf "$work" && mkdir -p "$work"
+# The scratch directory is emptied: refuse one that this script did not make.
+if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && [ ! -e "$work/.compare-work" ]; then
+  echo "$work exists and was not made by bench/compare.sh; choose another --work" >&2
+  exit 2
+fi
+rm -rf "$work" && mkdir -p "$work" && touch "$work/.compare-work"
 # A private copy: a concurrent `cargo build` must not swap the binary in the middle of the run.
 cp "$root/target/release/tiering" "$work/tiering"
 bin="$work/tiering"

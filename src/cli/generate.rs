@@ -1,10 +1,10 @@
 //! `tiering generate`: write a seeded synthetic live-commerce data set (events + users tables).
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate};
+use chrono::DateTime;
 use std::path::PathBuf;
 use std::time::Instant;
-use tiering::features::{Timestamp, DAY};
+use tiering::features::Timestamp;
 use tiering::generate::{generate, GenerateParams, Persona};
 use tiering::io::generated::{GeneratedFormat, GeneratedWriteError, GeneratedWriter};
 use tracing::info;
@@ -50,16 +50,7 @@ pub struct GenerateArgs {
 
 /// `YYYY-MM-DD` means the end of that day (the next midnight, UTC); otherwise RFC 3339.
 fn parse_end(s: &str) -> Result<Timestamp, String> {
-    let s = s.trim();
-    if let Ok(date) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let midnight = date.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp());
-        return midnight
-            .map(|t| t + DAY)
-            .ok_or_else(|| format!("{s:?} is not a usable date"));
-    }
-    DateTime::parse_from_rfc3339(s)
-        .map(|d| d.timestamp())
-        .map_err(|e| format!("{s:?} is neither YYYY-MM-DD nor an RFC 3339 time ({e})"))
+    super::parse_time(s).map_err(|e| e.to_string())
 }
 
 fn progress_bar(users: u64) -> indicatif::ProgressBar {

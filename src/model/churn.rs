@@ -166,12 +166,7 @@ impl Forest {
             return Err(ChurnError::SingleClass(rows));
         }
         // forust wants column-major.
-        let mut colmajor = vec![0.0; rows * cols];
-        for (i, row) in x.chunks_exact(cols).enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                colmajor[j * rows + i] = *v;
-            }
-        }
+        let colmajor = column_major(x, cols);
         let matrix = Matrix::new(&colmajor, rows, cols);
         let labels: Vec<f64> = y.iter().map(|&l| f64::from(u8::from(l))).collect();
         let weights = vec![1.0; rows];
@@ -397,6 +392,18 @@ impl Forest {
     }
 }
 
+/// Row-major `x` with `cols` columns, transposed to the column-major layout forust reads.
+fn column_major(x: &[f64], cols: usize) -> Vec<f64> {
+    let rows = x.len() / cols.max(1);
+    let mut out = vec![0.0; rows * cols];
+    for (i, row) in x.chunks_exact(cols.max(1)).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            out[j * rows + i] = *v;
+        }
+    }
+    out
+}
+
 /// Rows scored together by the block paths.
 pub const BLOCK: usize = 8;
 
@@ -581,12 +588,7 @@ mod tests {
     fn the_perfect_tree_layout_predicts_exactly_like_forust() {
         let (x, y) = data(3000, 5);
         let rows = y.len();
-        let mut colmajor = vec![0.0; rows * 3];
-        for (i, row) in x.chunks_exact(3).enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                colmajor[j * rows + i] = *v;
-            }
-        }
+        let colmajor = column_major(&x, 3);
         let labels: Vec<f64> = y.iter().map(|&l| f64::from(u8::from(l))).collect();
         let mut booster = GradientBooster::default()
             .set_iterations(30)

@@ -1,13 +1,11 @@
-//! Churn classifiers over scaled feature rows: a logistic-regression baseline (smartcore) and
+//! Churn classifiers over scaled feature rows: a logistic-regression baseline (Newton's method,
+//! [`super::logistic`]) and
 //! gradient-boosted trees (forust-ml), both exported to small serialisable forms that score one
 //! row with no allocation and explain it (per-feature contributions in log-odds).
 
 use forust_ml::data::Matrix;
 use forust_ml::GradientBooster;
 use serde::{Deserialize, Serialize};
-use smartcore::linalg::basic::arrays::Array;
-use smartcore::linalg::basic::matrix::DenseMatrix;
-use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChurnError {
@@ -86,30 +84,29 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
-    /// Fits with smartcore's L-BFGS on row-major `x` (`cols` columns) and labels.
+    /// Fits on row-major `x` (`cols` columns) and labels by Newton's method; the objective is
+    /// smartcore's (log loss summed over rows + ½·l2·‖w‖², bias unpenalised).
     pub fn fit(x: &[f64], cols: usize, y: &[bool], l2: f64) -> Result<Self, ChurnError> {
         let rows = y.len();
         if rows == 0 {
             return Err(ChurnError::Empty);
         }
+        if x.len() != rows * cols {
+            return Err(ChurnError::Param(format!(
+                "{} values for {rows} rows of {cols} columns",
+                x.len()
+            )));
+        }
         let pos = y.iter().filter(|&&l| l).count();
         if pos == 0 || pos == rows {
             return Err(ChurnError::SingleClass(rows));
         }
-        let m = DenseMatrix::new(rows, cols, x.to_vec(), false)
+        let fit = super::logistic::fit(x, cols, y, l2)
             .map_err(|e| ChurnError::Logistic(e.to_string()))?;
-        let labels: Vec<i32> = y.iter().map(|&l| i32::from(l)).collect();
-        let params = LogisticRegressionParameters::default().with_alpha(l2);
-        let lr = LogisticRegression::fit(&m, &labels, params)
-            .map_err(|e| ChurnError::Logistic(e.to_string()))?;
-        // Binary case: classes are sorted, so the modelled class (index 1) is label 1 = churned.
-        let coef = lr.coefficients();
-        let weights: Vec<f64> = (0..cols).map(|j| *coef.get((0, j))).collect();
-        let bias = *lr.intercept().get((0, 0));
-        if weights.iter().any(|w| !w.is_finite()) || !bias.is_finite() {
-            return Err(ChurnError::Logistic("non-finite coefficients".into()));
-        }
-        Ok(LinearModel { weights, bias })
+        Ok(LinearModel {
+            weights: fit.weights,
+            bias: fit.bias,
+        })
     }
 
     #[inline]

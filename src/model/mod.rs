@@ -3,6 +3,7 @@
 //! - [`metrics`] — ROC-AUC, PR-AUC, Brier, log loss, lift, calibration tables, ARI.
 //! - [`calibration`] — Platt scaling.
 //! - [`churn`] — the churn classifiers (logistic baseline, boosted trees) in scoring form.
+//! - [`logistic`] — the logistic baseline's solver (Newton's method).
 //! - [`tiers`] — k-means tiers, k selection, identity matching across retrains.
 //! - [`identity`] — the catalogue of business identities and how centroids are judged.
 //! - [`scorer`] — the [`Scorer`] used offline and by the server: tier, probability, reasons.
@@ -10,6 +11,7 @@
 pub mod calibration;
 pub mod churn;
 pub mod identity;
+pub mod logistic;
 pub mod metrics;
 pub mod scorer;
 pub mod tiers;

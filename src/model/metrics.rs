@@ -2,6 +2,7 @@
 //!
 //! Labels are `true` for the positive class (churned).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The metric set every churn model is reported with.
@@ -17,87 +18,89 @@ pub struct BinaryMetrics {
     pub lift_top_decile: f64,
 }
 
-/// Indices sorted by score, highest first (ties broken by index for determinism).
-fn order_desc(scores: &[f64]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    idx
+/// (score, label) pairs sorted by score, highest first, ties in input order: the one sort every
+/// ranking metric below is read from. Sorted on all cores; the key is total, so the order is
+/// deterministic.
+fn ranked(scores: &[f64], labels: &[bool]) -> Vec<(f64, bool)> {
+    let mut v: Vec<(f64, u32, bool)> = scores
+        .iter()
+        .zip(labels)
+        .enumerate()
+        .map(|(i, (&s, &l))| (s, i as u32, l))
+        .collect();
+    v.par_sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    v.into_iter().map(|(s, _, l)| (s, l)).collect()
 }
 
-/// ROC-AUC by the rank statistic, with ties counted half. NaN when one class is absent.
-pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let (mut rank_sum, mut pos) = (0.0f64, 0u64);
+/// Tie groups of a ranking: (positives, negatives) per run of equal scores, highest first.
+fn tie_groups(r: &[(f64, bool)]) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    // Yields (end index exclusive, positives, negatives) of each group.
     let mut i = 0;
-    while i < idx.len() {
+    std::iter::from_fn(move || {
+        if i >= r.len() {
+            return None;
+        }
+        let (mut pos, mut neg) = (0, 0);
         let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+        while j < r.len() && r[j].0 == r[i].0 {
+            if r[j].1 {
+                pos += 1;
+            } else {
+                neg += 1;
+            }
             j += 1;
         }
-        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            if labels[k] {
-                rank_sum += avg_rank;
-                pos += 1;
-            }
-        }
-        i = j + 1;
-    }
-    let neg = idx.len() as u64 - pos;
+        i = j;
+        Some((j, pos, neg))
+    })
+}
+
+fn roc_auc_ranked(r: &[(f64, bool)]) -> f64 {
+    let pos = r.iter().filter(|x| x.1).count();
+    let neg = r.len() - pos;
     if pos == 0 || neg == 0 {
         return f64::NAN;
     }
-    let p = pos as f64;
-    (rank_sum - p * (p + 1.0) / 2.0) / (p * neg as f64)
+    // Mann-Whitney U: each positive beats the negatives ranked below it, ties count half.
+    let (mut u, mut neg_seen) = (0.0f64, 0usize);
+    for (_, p, n) in tie_groups(r) {
+        neg_seen += n;
+        u += p as f64 * ((neg - neg_seen) as f64 + 0.5 * n as f64);
+    }
+    u / (pos as f64 * neg as f64)
 }
 
-/// Average precision (area under the precision-recall curve, step-wise).
-pub fn pr_auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let total_pos = labels.iter().filter(|&&l| l).count();
+fn pr_auc_ranked(r: &[(f64, bool)]) -> f64 {
+    let total_pos = r.iter().filter(|x| x.1).count();
     if total_pos == 0 {
         return f64::NAN;
     }
-    let idx = order_desc(scores);
+    // Tied scores are one threshold.
     let (mut tp, mut ap) = (0usize, 0.0);
-    let mut i = 0;
-    while i < idx.len() {
-        // Treat tied scores as one threshold.
-        let mut j = i;
-        let mut tp_group = 0;
-        while j < idx.len() && scores[idx[j]] == scores[idx[i]] {
-            if labels[idx[j]] {
-                tp_group += 1;
-            }
-            j += 1;
-        }
-        tp += tp_group;
-        let precision = tp as f64 / j as f64;
-        ap += precision * tp_group as f64 / total_pos as f64;
-        i = j;
+    for (end, p, _) in tie_groups(r) {
+        tp += p;
+        ap += (tp as f64 / end as f64) * p as f64 / total_pos as f64;
     }
     ap
 }
 
-/// ROC curve points (fpr, tpr), thinned to at most `max_points`.
-pub fn roc_curve(scores: &[f64], labels: &[bool], max_points: usize) -> Vec<(f64, f64)> {
-    let pos = labels.iter().filter(|&&l| l).count() as f64;
-    let neg = labels.len() as f64 - pos;
+fn roc_curve_ranked(r: &[(f64, bool)], max_points: usize) -> Vec<(f64, f64)> {
+    let pos = r.iter().filter(|x| x.1).count() as f64;
+    let neg = r.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {
         return vec![(0.0, 0.0), (1.0, 1.0)];
     }
-    let idx = order_desc(scores);
     let mut pts = vec![(0.0, 0.0)];
     let (mut tp, mut fp) = (0.0, 0.0);
-    let step = (idx.len() / max_points.max(2)).max(1);
-    for (n, &k) in idx.iter().enumerate() {
-        if labels[k] {
+    let step = (r.len() / max_points.max(2)).max(1);
+    for (n, &(s, l)) in r.iter().enumerate() {
+        if l {
             tp += 1.0;
         } else {
             fp += 1.0;
         }
-        let last_of_tie = n + 1 == idx.len() || scores[idx[n + 1]] != scores[k];
-        if last_of_tie && (n % step == 0 || n + 1 == idx.len()) {
+        let last_of_tie = n + 1 == r.len() || r[n + 1].0 != s;
+        if last_of_tie && (n % step == 0 || n + 1 == r.len()) {
             pts.push((fp / neg, tp / pos));
         }
     }
@@ -105,6 +108,32 @@ pub fn roc_curve(scores: &[f64], labels: &[bool], max_points: usize) -> Vec<(f64
         pts.push((1.0, 1.0));
     }
     pts
+}
+
+fn lift_ranked(r: &[(f64, bool)]) -> f64 {
+    let n = r.len();
+    let pos = r.iter().filter(|x| x.1).count();
+    if n == 0 || pos == 0 {
+        return f64::NAN;
+    }
+    let top = (n / 10).max(1);
+    let top_pos = r[..top].iter().filter(|x| x.1).count();
+    (top_pos as f64 / top as f64) / (pos as f64 / n as f64)
+}
+
+/// ROC-AUC (the Mann-Whitney statistic, ties counted half). NaN when one class is absent.
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
+    roc_auc_ranked(&ranked(scores, labels))
+}
+
+/// Average precision (area under the precision-recall curve, step-wise).
+pub fn pr_auc(scores: &[f64], labels: &[bool]) -> f64 {
+    pr_auc_ranked(&ranked(scores, labels))
+}
+
+/// ROC curve points (fpr, tpr), thinned to at most `max_points`.
+pub fn roc_curve(scores: &[f64], labels: &[bool], max_points: usize) -> Vec<(f64, f64)> {
+    roc_curve_ranked(&ranked(scores, labels), max_points)
 }
 
 pub fn brier(probs: &[f64], labels: &[bool]) -> f64 {
@@ -134,28 +163,32 @@ pub fn log_loss(probs: &[f64], labels: &[bool]) -> f64 {
         / n
 }
 
+/// Positive rate in the top 10% of scores (ties in input order) over the overall rate.
 pub fn lift_top_decile(scores: &[f64], labels: &[bool]) -> f64 {
-    let n = labels.len();
-    let pos = labels.iter().filter(|&&l| l).count();
-    if n == 0 || pos == 0 {
-        return f64::NAN;
-    }
-    let idx = order_desc(scores);
-    let top = (n / 10).max(1);
-    let top_pos = idx[..top].iter().filter(|&&k| labels[k]).count();
-    (top_pos as f64 / top as f64) / (pos as f64 / n as f64)
+    lift_ranked(&ranked(scores, labels))
 }
 
 pub fn evaluate(probs: &[f64], labels: &[bool]) -> BinaryMetrics {
-    BinaryMetrics {
+    evaluate_with_curve(probs, labels, 2).0
+}
+
+/// [`evaluate`] and [`roc_curve`] from a single sort.
+pub fn evaluate_with_curve(
+    probs: &[f64],
+    labels: &[bool],
+    max_points: usize,
+) -> (BinaryMetrics, Vec<(f64, f64)>) {
+    let r = ranked(probs, labels);
+    let m = BinaryMetrics {
         n: labels.len() as u64,
         positives: labels.iter().filter(|&&l| l).count() as u64,
-        roc_auc: roc_auc(probs, labels),
-        pr_auc: pr_auc(probs, labels),
+        roc_auc: roc_auc_ranked(&r),
+        pr_auc: pr_auc_ranked(&r),
         brier: brier(probs, labels),
         log_loss: log_loss(probs, labels),
-        lift_top_decile: lift_top_decile(probs, labels),
-    }
+        lift_top_decile: lift_ranked(&r),
+    };
+    (m, roc_curve_ranked(&r, max_points))
 }
 
 /// One bin of a reliability table.
@@ -260,6 +293,65 @@ mod tests {
             }
         }
         assert!((roc_auc(&s, &l) - num / den).abs() < 1e-12);
+    }
+
+    /// Brute-force references on seeded random data with many ties.
+    #[test]
+    fn ranking_metrics_match_brute_force_references_with_ties() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(9);
+        for _ in 0..20 {
+            let n = rng.gen_range(2..300);
+            let s: Vec<f64> = (0..n)
+                .map(|_| f64::from(rng.gen_range(0..12u8)) / 10.0)
+                .collect();
+            let l: Vec<bool> = s
+                .iter()
+                .map(|&v| rng.gen::<f64>() < v.min(0.9) + 0.05)
+                .collect();
+            let pos = l.iter().filter(|&&x| x).count();
+            if pos == 0 || pos == n {
+                continue;
+            }
+            let (mut num, mut den) = (0.0, 0.0);
+            for i in 0..n {
+                for j in 0..n {
+                    if l[i] && !l[j] {
+                        den += 1.0;
+                        num += match s[i].total_cmp(&s[j]) {
+                            std::cmp::Ordering::Greater => 1.0,
+                            std::cmp::Ordering::Equal => 0.5,
+                            std::cmp::Ordering::Less => 0.0,
+                        };
+                    }
+                }
+            }
+            let (m, curve) = evaluate_with_curve(&s, &l, 1000);
+            assert!((m.roc_auc - num / den).abs() < 1e-12);
+            // Average precision: over each distinct threshold, precision there times the
+            // recall it adds.
+            let mut thresholds: Vec<f64> = s.clone();
+            thresholds.sort_by(|a, b| b.total_cmp(a));
+            thresholds.dedup();
+            let (mut ap, mut prev_tp) = (0.0, 0usize);
+            for &t in &thresholds {
+                let sel: Vec<usize> = (0..n).filter(|&i| s[i] >= t).collect();
+                let tp = sel.iter().filter(|&&i| l[i]).count();
+                ap += (tp as f64 / sel.len() as f64) * (tp - prev_tp) as f64 / pos as f64;
+                prev_tp = tp;
+            }
+            assert!((m.pr_auc - ap).abs() < 1e-12, "{} vs {ap}", m.pr_auc);
+            // The curve has one point per distinct threshold (all kept at 1000 points), and
+            // the trapezoid under it is the AUC.
+            assert_eq!(curve.len(), thresholds.len() + 1);
+            let area: f64 = curve
+                .windows(2)
+                .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+                .sum();
+            assert!((area - m.roc_auc).abs() < 1e-9, "{area} vs {}", m.roc_auc);
+            assert_eq!(m.roc_auc, roc_auc(&s, &l));
+            assert_eq!(m.pr_auc, pr_auc(&s, &l));
+        }
     }
 
     #[test]

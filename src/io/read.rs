@@ -491,6 +491,15 @@ fn resolve_inputs(path: &Path) -> Result<Inputs, ReadError> {
 /// Columns are matched by header name, in any order, case-insensitively; unknown columns are
 /// ignored. Up to `opts.max_bad_rows` bad rows are skipped and counted in the report.
 pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Dataset, ReadError> {
+    read_dataset_with(path, opts, csv_file::Split::auto())
+}
+
+/// [`read_dataset`], with CSV events files split for parsing as `split` says.
+fn read_dataset_with(
+    path: &Path,
+    opts: &ReadOptions,
+    split: csv_file::Split,
+) -> Result<Dataset, ReadError> {
     let started = std::time::Instant::now();
     let inputs = resolve_inputs(path)?;
     let mut table = EventTable::default();
@@ -499,7 +508,9 @@ pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Dataset, ReadErro
 
     let (events_path, format) = &inputs.events;
     match format {
-        Format::Csv => csv_file::read_events(events_path, &mut table, &mut budget, &mut hasher)?,
+        Format::Csv => {
+            csv_file::read_events(events_path, &mut table, &mut budget, &mut hasher, split)?;
+        }
         Format::Parquet => {
             parquet_file::read_events(events_path, &mut table, &mut budget, &mut hasher)?
         }

@@ -135,6 +135,22 @@ fn generate_train_score_end_to_end_on_generated_data() {
     );
     assert!(export.join("train.csv").exists() && export.join("meta.json").exists());
 
+    // tiers.csv: the standardised rows k-means clustered, each with the tier the bundle gives
+    // it (its nearest centroid), and as many rows per tier as the manifest reports.
+    let mut tiers_csv = csv::Reader::from_path(export.join("tiers.csv")).expect("tiers.csv");
+    let d = m.features.len();
+    assert_eq!(tiers_csv.headers().expect("header").len(), 2 + d);
+    let mut per_tier = vec![0u64; m.tiers.len()];
+    for r in tiers_csv.records() {
+        let r = r.expect("row");
+        let tier: usize = r[1].parse().expect("tier");
+        let x: Vec<f64> = (0..d).map(|j| r[2 + j].parse().expect("x")).collect();
+        assert_eq!(bundle.scorer.tiers.assign(&x), tier, "user {}", &r[0]);
+        per_tier[tier] += 1;
+    }
+    let reported: Vec<u64> = m.tiers.iter().map(|t| t.users).collect();
+    assert_eq!(per_tier, reported);
+
     let scores = dir.path().join("scores.csv");
     let out = run(bin()
         .args(["score", "--models"])

@@ -20,6 +20,7 @@
 
 use crate::features::{Timestamp, UserAggregate};
 use crate::model::Scorer;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -197,10 +198,17 @@ impl PendingBundle {
     /// renames the directory into place. Returns the final directory.
     pub fn commit(
         self,
-        mut manifest: Manifest,
+        manifest: Manifest,
         scorer: &Scorer,
         snapshot: &Snapshot,
     ) -> Result<PathBuf, BundleError> {
+        self.write_payload(scorer, snapshot)?;
+        self.seal(manifest)
+    }
+
+    /// Writes `model.json` and `state.bin` (the model and the users' state) into the pending
+    /// directory. Takes `&self` so callers can write other files alongside at the same time.
+    pub fn write_payload(&self, scorer: &Scorer, snapshot: &Snapshot) -> Result<(), BundleError> {
         let model_path = self.tmp.join(MODEL);
         let json = serde_json::to_vec_pretty(scorer).map_err(|e| BundleError::Corrupt {
             path: model_path.clone(),
@@ -215,17 +223,24 @@ impl PendingBundle {
             message: e.to_string(),
         })?;
         fs::write(&state_path, bytes).map_err(io_err(&state_path))?;
+        Ok(())
+    }
 
-        let mut files = BTreeMap::new();
+    /// Checksums every file written so far into the manifest, writes it, and renames the
+    /// directory into place.
+    pub fn seal(self, mut manifest: Manifest) -> Result<PathBuf, BundleError> {
+        let mut entries = Vec::new();
         for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
             let entry = entry.map_err(io_err(&self.tmp))?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if name == MANIFEST || name == MANIFEST_SUM {
-                continue;
+            if name != MANIFEST && name != MANIFEST_SUM {
+                entries.push((name, entry.path()));
             }
-            files.insert(name, sha256_file(&entry.path())?);
         }
-        manifest.files = files;
+        manifest.files = entries
+            .into_par_iter()
+            .map(|(name, path)| sha256_file(&path).map(|sum| (name, sum)))
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
         manifest.format_version = FORMAT_VERSION;
         let mpath = self.tmp.join(MANIFEST);
         let mjson = serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Corrupt {

@@ -71,19 +71,8 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     bar.set_message("writing");
     let mut writer = ScoreWriter::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut factors = String::new();
-    for (u, s) in scores.iter().enumerate() {
-        factors.clear();
-        factors.push_str(&scorer.format_factors(s));
-        writer
-            .write(&tiering::train::score_row(
-                scorer,
-                &table.user_ids[u],
-                s,
-                &factors,
-            ))
-            .with_context(|| format!("writing {}", args.out.display()))?;
-    }
+    tiering::train::write_scores(&mut writer, scorer, &table.user_ids, &scores)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let rows = writer
         .finish()
         .with_context(|| format!("finishing {}", args.out.display()))?;

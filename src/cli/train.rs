@@ -149,8 +149,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let trained =
         train::fit(input, &mut |stage| bar.set_message(stage.to_string())).context("training")?;
     bar.set_message("writing the bundle");
+    let write_started = std::time::Instant::now();
     let dir = train::write_bundle(&store, &trained)
         .with_context(|| format!("writing the bundle under {}", args.models.display()))?;
+    let write_secs = write_started.elapsed().as_secs_f64();
     if let (Some(dir), Some(sets)) = (&args.export_eval, &trained.eval_sets) {
         bar.set_message("exporting evaluation sets");
         export_eval(dir, sets, &table.user_ids, &trained.manifest)
@@ -236,6 +238,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .iter()
             .map(|(name, secs)| format!("{name} {secs:.2} s")),
     );
+    stages.push(format!("bundle write {write_secs:.2} s"));
     println!("stages: {}", stages.join(", "));
     println!("report: {}", dir.join(tiering::bundle::REPORT).display());
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
@@ -243,7 +246,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// Writes `train.csv` and `test.csv` (user_id, churned, transformed features[, tiering's
-/// probability]) and `meta.json` (snapshots, horizon, feature names and transforms).
+/// probability]), `tiers.csv` (user_id, tier, standardised features: the rows k-means
+/// clustered) and `meta.json` (snapshots, horizon, feature names and transforms).
 fn export_eval(
     dir: &std::path::Path,
     sets: &train::pipeline::EvalSets,
@@ -292,6 +296,26 @@ fn export_eval(
         &sets.test_y,
         Some(&sets.test_probability),
     )?;
+    let path = dir.join("tiers.csv");
+    let mut w =
+        csv::Writer::from_path(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut header = vec!["user_id".to_string(), "tier".to_string()];
+    header.extend(sets.feature_names.iter().cloned());
+    w.write_record(&header)?;
+    let mut rec: Vec<String> = Vec::with_capacity(d + 2);
+    for (i, &u) in sets.tier_users.iter().enumerate() {
+        rec.clear();
+        rec.push(user_ids[u].clone());
+        rec.push(sets.tier[i].to_string());
+        rec.extend(
+            sets.tier_x[i * d..(i + 1) * d]
+                .iter()
+                .map(|v| format!("{v:.9}")),
+        );
+        w.write_record(&rec)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     let meta = serde_json::json!({
         "version": manifest.version,
         "as_of": manifest.as_of,
@@ -302,7 +326,7 @@ fn export_eval(
         "evaluation": manifest.metrics.evaluation,
         "chosen_model": manifest.metrics.chosen_model,
         "features": manifest.features,
-        "note": "features are transformed (log1p except trend) but not standardised; churned = 1",
+        "note": "train.csv/test.csv: features transformed (log1p except trend), not standardised; churned = 1. tiers.csv: the users known at as_of, standardised with model.json's scaler as k-means saw them, and each one's tier (index into model.json's tiers)",
     });
     let path = dir.join("meta.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&meta)?)

@@ -6,9 +6,14 @@
 use super::aggregate::UserAggregate;
 use super::event::{EventKind, Timestamp};
 use super::table::EventTable;
+use rayon::prelude::*;
 
 /// Per-user aggregates from events strictly before each time in `times`, in one pass.
 /// `out[s][u]` is user `u` as of `times[s]`.
+///
+/// Users are split into contiguous ranges, one per core; each core sweeps the whole table in
+/// order and applies only its own users' events, so every user still sees its events in file
+/// order and the result does not depend on the number of cores.
 pub fn build_aggregates(table: &EventTable, times: &[Timestamp]) -> Vec<Vec<UserAggregate>> {
     let base: Vec<UserAggregate> = table
         .registered_at
@@ -16,19 +21,40 @@ pub fn build_aggregates(table: &EventTable, times: &[Timestamp]) -> Vec<Vec<User
         .map(|r| UserAggregate::with_registration(*r))
         .collect();
     let mut out: Vec<Vec<UserAggregate>> = times.iter().map(|_| base.clone()).collect();
-    for i in 0..table.len() {
-        let ts = table.ts[i];
-        if times.iter().all(|&t| ts >= t) {
-            continue;
-        }
-        let e = table.event(i);
-        let u = table.user[i] as usize;
-        for (s, &t) in times.iter().enumerate() {
-            if ts < t {
-                out[s][u].apply(&e);
-            }
+    drop(base);
+    let n = table.n_users();
+    let shards = rayon::current_num_threads().clamp(1, 64);
+    let per = n.div_ceil(shards).max(1);
+    // shard k owns users [k * per, (k + 1) * per) of every snapshot.
+    let mut owned: Vec<Vec<&mut [UserAggregate]>> = (0..n.div_ceil(per))
+        .map(|_| Vec::with_capacity(times.len()))
+        .collect();
+    for snap in &mut out {
+        for (k, part) in snap.chunks_mut(per).enumerate() {
+            owned[k].push(part);
         }
     }
+    let latest = times.iter().copied().max().unwrap_or(Timestamp::MIN);
+    owned
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(k, mut parts)| {
+            let lo = k * per;
+            let hi = lo + per;
+            for i in 0..table.len() {
+                let u = table.user[i] as usize;
+                let ts = table.ts[i];
+                if u < lo || u >= hi || ts >= latest {
+                    continue;
+                }
+                let e = table.event(i);
+                for (part, &t) in parts.iter_mut().zip(times) {
+                    if ts < t {
+                        part[u - lo].apply(&e);
+                    }
+                }
+            }
+        });
     out
 }
 

@@ -11,6 +11,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -116,8 +117,20 @@ struct ParquetSink {
 impl ParquetSink {
     fn new(file: File) -> Result<Self, WriteCause> {
         let schema = schema();
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+        // Dictionary encoding pays for the low-cardinality labels; on the per-user unique
+        // columns it only costs a hash per value before falling back to plain encoding.
+        let unique = [
+            "user_id",
+            "churn_probability",
+            "risk_percentile",
+            "top_factors",
+        ];
+        let props = unique
+            .into_iter()
+            .fold(
+                WriterProperties::builder().set_compression(Compression::SNAPPY),
+                |b, c| b.set_column_dictionary_enabled(ColumnPath::from(c), false),
+            )
             .build();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
         Ok(ParquetSink {

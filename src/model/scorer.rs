@@ -223,6 +223,25 @@ impl Scorer {
         (rfm, stage)
     }
 
+    /// Tier, RFM segment and lifecycle stage of one user as of `t`: what [`Scorer::score`]
+    /// gives without running the churn model.
+    #[inline]
+    pub fn placement(&self, a: &UserAggregate, t: Timestamp) -> (u16, RfmSegment, LifecycleStage) {
+        let d = self.features.len();
+        let mut raw = [0.0; MAX_FEATURES];
+        let mut x = [0.0; MAX_FEATURES];
+        self.row(a, t, &mut raw[..d], &mut x[..d]);
+        let (rfm, stage) = self.segment_and_stage(&raw[..d]);
+        (self.tiers.assign(&x[..d]) as u16, rfm, stage)
+    }
+
+    /// Recomputes `risk_percentile` of scores made before the quantile table was set.
+    pub fn refresh_percentiles(&self, scores: &mut [Score]) {
+        scores
+            .par_iter_mut()
+            .for_each(|s| s.risk_percentile = self.percentile(s.churn_probability));
+    }
+
     /// Scores one user as of `t`. Allocation-free.
     #[inline]
     pub fn score(&self, a: &UserAggregate, t: Timestamp) -> Score {

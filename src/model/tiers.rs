@@ -13,6 +13,7 @@ use ndarray::Array2;
 use pathfinding::prelude::{kuhn_munkres_min, Matrix};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256Plus;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -202,24 +203,32 @@ fn kmeans(
         });
     }
     let ds = DatasetBase::from(data.clone());
+    let dims = data.ncols();
+    // The runs are independent (each seeded by its index): fit them on all cores, then keep
+    // the lowest inertia, the earliest run on a tie, as a sequential loop would.
+    let runs: Vec<(Vec<f64>, f64)> = (0..p.n_runs)
+        .into_par_iter()
+        .map(|run| {
+            let rng = Xoshiro256Plus::seed_from_u64(mix64(
+                seed ^ (run as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A),
+            ));
+            let model = KMeans::params_with_rng(k, rng)
+                .n_runs(1)
+                .max_n_iterations(p.max_iterations)
+                .tolerance(1e-5)
+                .fit(&ds)
+                .map_err(|e| TierError::KMeans(e.to_string()))?;
+            let cents: Vec<f64> = model.centroids().iter().copied().collect();
+            let inertia: f64 = data
+                .rows()
+                .into_iter()
+                .map(|r| nearest(&cents, dims, r.as_slice().unwrap_or(&[])).1)
+                .sum();
+            Ok((cents, inertia))
+        })
+        .collect::<Result<_, TierError>>()?;
     let mut best: Option<(Vec<f64>, f64)> = None;
-    for run in 0..p.n_runs {
-        let rng = Xoshiro256Plus::seed_from_u64(mix64(
-            seed ^ (run as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A),
-        ));
-        let model = KMeans::params_with_rng(k, rng)
-            .n_runs(1)
-            .max_n_iterations(p.max_iterations)
-            .tolerance(1e-5)
-            .fit(&ds)
-            .map_err(|e| TierError::KMeans(e.to_string()))?;
-        let cents: Vec<f64> = model.centroids().iter().copied().collect();
-        let dims = data.ncols();
-        let inertia: f64 = data
-            .rows()
-            .into_iter()
-            .map(|r| nearest(&cents, dims, r.as_slice().unwrap_or(&[])).1)
-            .sum();
+    for (cents, inertia) in runs {
         if best.as_ref().is_none_or(|(_, b)| inertia < *b) {
             best = Some((cents, inertia));
         }

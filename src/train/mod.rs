@@ -78,31 +78,60 @@ pub fn score_row<'a>(
     }
 }
 
+/// Writes every user's score through `writer`, row `u` named `user_ids[u]`. The reasons text
+/// is formatted on all cores, a block of rows at a time, ahead of the (sequential) writer.
+pub fn write_scores(
+    writer: &mut ScoreWriter,
+    scorer: &Scorer,
+    user_ids: &[String],
+    scores: &[Score],
+) -> Result<(), WriteError> {
+    use rayon::prelude::*;
+    const ROWS: usize = 1 << 15;
+    for (block, (ids, ss)) in user_ids.chunks(ROWS).zip(scores.chunks(ROWS)).enumerate() {
+        let factors: Vec<String> = ss.par_iter().map(|s| scorer.format_factors(s)).collect();
+        for ((id, s), f) in ids.iter().zip(ss).zip(&factors) {
+            writer.write(&score_row(scorer, id, s, f))?;
+        }
+        tracing::trace!(block, "scores written");
+    }
+    Ok(())
+}
+
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
 /// into place, validates it by loading it back, and only then makes it current.
 pub fn write_bundle(store: &BundleStore, trained: &Trained) -> Result<PathBuf, WriteBundleError> {
     let version = trained.manifest.version.clone();
     let pending = store.begin(&version)?;
     let scorer = &trained.scorer;
-    let mut writer = ScoreWriter::create(&pending.path(SCORES))?;
-    for (u, s) in trained.scores.iter().enumerate() {
-        let factors = scorer.format_factors(s);
-        writer.write(&score_row(
-            scorer,
-            &trained.snapshot.user_ids[u],
-            s,
-            &factors,
-        ))?;
-    }
-    writer.finish()?;
     let report_path = pending.path(REPORT);
-    std::fs::write(&report_path, report::render(&trained.report)).map_err(|source| {
-        WriteBundleError::Report {
-            path: report_path.clone(),
-            source,
-        }
+    // The scores table, the report and the model + state are independent files: write them
+    // side by side, then checksum them all into the manifest.
+    let (scores, (report, payload)) = rayon::join(
+        || -> Result<(), WriteError> {
+            let mut writer = ScoreWriter::create(&pending.path(SCORES))?;
+            write_scores(
+                &mut writer,
+                scorer,
+                &trained.snapshot.user_ids,
+                &trained.scores,
+            )?;
+            writer.finish().map(|_| ())
+        },
+        || {
+            rayon::join(
+                || std::fs::write(&report_path, report::render(&trained.report)),
+                || pending.write_payload(scorer, &trained.snapshot),
+            )
+        },
+    );
+    scores?;
+    report.map_err(|source| WriteBundleError::Report {
+        path: report_path.clone(),
+        source,
     })?;
-    let dir = pending.commit(trained.manifest.clone(), scorer, &trained.snapshot)?;
+    payload?;
+    let dir = pending.seal(trained.manifest.clone())?;
     store.promote(&version)?;
     Ok(dir)
 }

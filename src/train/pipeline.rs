@@ -96,6 +96,11 @@ pub struct EvalSets {
     pub test_x: Vec<f64>,
     pub test_y: Vec<bool>,
     pub test_probability: Vec<f64>,
+    /// The rows the tiers were clustered on (users known at as_of), *standardised* as k-means
+    /// saw them, and each row's tier (index into the bundle's tiers).
+    pub tier_users: Vec<usize>,
+    pub tier_x: Vec<f64>,
+    pub tier: Vec<u16>,
 }
 
 /// 64-bit FNV-1a of a user id: the key for order-independent sampling and splits.
@@ -135,6 +140,9 @@ fn gather(x: &[f64], d: usize, rows: &[usize]) -> Vec<f64> {
         .collect()
 }
 
+/// Every candidate, in the order the evaluation compares them.
+const BOTH: [Kind; 2] = [Kind::Logistic, Kind::Boosted];
+
 /// A fitted candidate model with its calibration and held-out validation AUC.
 struct Candidate {
     model: ChurnModel,
@@ -153,7 +161,7 @@ impl Candidate {
 
 struct Fitted {
     scaler: StandardScaler,
-    /// [logistic, boosted]
+    /// One per fitted [`Kind`], in the order asked for.
     candidates: Vec<Candidate>,
     /// Index of the candidate with the best validation AUC.
     chosen: usize,
@@ -164,7 +172,16 @@ struct Fitted {
     val_rows: Vec<usize>,
 }
 
-/// Splits rows by a keyed hash into (fit, validation, test) and fits both candidates.
+/// The candidate churn models, in [`Fitted::candidates`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Logistic,
+    Boosted,
+}
+
+/// Splits rows by a keyed hash into (fit, validation, test) and fits the candidates of `kinds`
+/// (in that order).
+#[allow(clippy::too_many_arguments)]
 fn fit_candidates(
     x: &[f64],
     d: usize,
@@ -173,6 +190,7 @@ fn fit_candidates(
     cfg: &TrainConfig,
     seed: u64,
     test_fraction: f64,
+    kinds: &[Kind],
 ) -> Result<Fitted, TrainError> {
     let scaler = StandardScaler::fit(x, d);
     let mut scaled = x.to_vec();
@@ -196,35 +214,40 @@ fn fit_candidates(
     let x_val = gather(&scaled, d, &val_rows);
 
     let mut candidates = Vec::new();
-    // Logistic baseline on a sample.
-    let started = Instant::now();
-    let lr_rows: Vec<usize> = keyed_sample(&fit_keys, cfg.churn.logistic_sample, seed ^ 1)
-        .into_iter()
-        .map(|j| fit_rows[j])
-        .collect();
-    let lr_y: Vec<bool> = lr_rows.iter().map(|&i| y[i]).collect();
-    let lr = LinearModel::fit(
-        &gather(&scaled, d, &lr_rows),
-        d,
-        &lr_y,
-        cfg.churn.logistic_l2,
-    )?;
-    candidates.push((ChurnModel::Logistic(lr), started.elapsed().as_secs_f64()));
-    // Boosted trees.
-    let started = Instant::now();
-    let gb_rows: Vec<usize> = keyed_sample(&fit_keys, cfg.churn.boosting_sample, seed ^ 2)
-        .into_iter()
-        .map(|j| fit_rows[j])
-        .collect();
-    let gb_y: Vec<bool> = gb_rows.iter().map(|&i| y[i]).collect();
-    let forest = Forest::fit(
-        &gather(&scaled, d, &gb_rows),
-        d,
-        &gb_y,
-        cfg.churn.boosting,
-        seed,
-    )?;
-    candidates.push((ChurnModel::Boosted(forest), started.elapsed().as_secs_f64()));
+    for &kind in kinds {
+        let started = Instant::now();
+        let model = match kind {
+            // Logistic baseline on a sample.
+            Kind::Logistic => {
+                let rows: Vec<usize> = keyed_sample(&fit_keys, cfg.churn.logistic_sample, seed ^ 1)
+                    .into_iter()
+                    .map(|j| fit_rows[j])
+                    .collect();
+                let ys: Vec<bool> = rows.iter().map(|&i| y[i]).collect();
+                ChurnModel::Logistic(LinearModel::fit(
+                    &gather(&scaled, d, &rows),
+                    d,
+                    &ys,
+                    cfg.churn.logistic_l2,
+                )?)
+            }
+            Kind::Boosted => {
+                let rows: Vec<usize> = keyed_sample(&fit_keys, cfg.churn.boosting_sample, seed ^ 2)
+                    .into_iter()
+                    .map(|j| fit_rows[j])
+                    .collect();
+                let ys: Vec<bool> = rows.iter().map(|&i| y[i]).collect();
+                ChurnModel::Boosted(Forest::fit(
+                    &gather(&scaled, d, &rows),
+                    d,
+                    &ys,
+                    cfg.churn.boosting,
+                    seed,
+                )?)
+            }
+        };
+        candidates.push((model, started.elapsed().as_secs_f64()));
+    }
 
     let candidates: Vec<Candidate> = candidates
         .into_iter()
@@ -240,12 +263,14 @@ fn fit_candidates(
             }
         })
         .collect();
-    // Best validation AUC; NaN (one class in validation) never wins, ties go to the simpler model.
-    let chosen = if candidates[1].val_auc > candidates[0].val_auc {
-        1
-    } else {
-        0
-    };
+    // Best validation AUC; NaN (one class in validation) never wins, ties go to the simpler
+    // model (the earlier one).
+    let mut chosen = 0;
+    for (i, c) in candidates.iter().enumerate().skip(1) {
+        if c.val_auc > candidates[chosen].val_auc {
+            chosen = i;
+        }
+    }
     Ok(Fitted {
         scaler,
         candidates,
@@ -269,12 +294,13 @@ fn evaluate_candidates(
     let mut chosen = Vec::new();
     for (i, c) in fitted.candidates.iter().enumerate() {
         let p = c.probabilities(xs, d);
+        let (m, roc) = metrics::evaluate_with_curve(&p, y, 200);
         model_metrics.push(ModelMetrics {
             name: c.model.name().into(),
-            metrics: metrics::evaluate(&p, y),
+            metrics: m,
             fit_seconds: c.fit_seconds,
         });
-        rocs.push(metrics::roc_curve(&p, y, 200));
+        rocs.push(roc);
         if i == fitted.chosen {
             chosen = p;
         }
@@ -413,7 +439,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         );
         let x_a = feature_rows(aggs_a, &rows_a, &feature_set, snap_a);
         let keys_a: Vec<u64> = rows_a.iter().map(|&u| keys[u]).collect();
-        let fitted = fit_candidates(&x_a, d, &y_a, &keys_a, cfg, seed, 0.0)?;
+        let fitted = fit_candidates(&x_a, d, &y_a, &keys_a, cfg, seed, 0.0, &BOTH)?;
         let mut xs_b = x_b.clone();
         xs_b.par_chunks_mut(d)
             .for_each(|r| fitted.scaler.transform_in_place(r));
@@ -432,6 +458,9 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
                 test_x: x_b.clone(),
                 test_y: y_b.clone(),
                 test_probability: probs_chosen.clone(),
+                tier_users: Vec::new(),
+                tier_x: Vec::new(),
+                tier: Vec::new(),
             });
         }
         eval_probs = probs_chosen;
@@ -453,7 +482,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
             cfg,
             &mut warnings,
         );
-        let fitted = fit_candidates(&x_b, d, &y_b, &keys_b, cfg, seed, 0.2)?;
+        let fitted = fit_candidates(&x_b, d, &y_b, &keys_b, cfg, seed, 0.2, &BOTH)?;
         let xs_test = gather(&fitted.scaled, d, &fitted.test_rows);
         let y_test: Vec<bool> = fitted.test_rows.iter().map(|&i| y_b[i]).collect();
         let probs_chosen =
@@ -475,6 +504,9 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
                 test_x: gather(&x_b, d, &fitted.test_rows),
                 test_y: y_test.clone(),
                 test_probability: probs_chosen.clone(),
+                tier_users: Vec::new(),
+                tier_x: Vec::new(),
+                tier: Vec::new(),
             });
         }
         eval_probs = probs_chosen;
@@ -487,10 +519,10 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     }
     lap("evaluation", &mut timings);
 
-    // The served model: refit on snapshot B with the chosen kind.
+    // The served model: refit on snapshot B, the chosen kind only.
     progress("refitting the served model on the latest labelled snapshot");
-    let final_fit = fit_candidates(&x_b, d, &y_b, &keys_b, cfg, seed, 0.0)?;
-    let final_candidate = &final_fit.candidates[chosen_kind];
+    let final_fit = fit_candidates(&x_b, d, &y_b, &keys_b, cfg, seed, 0.0, &[BOTH[chosen_kind]])?;
+    let final_candidate = &final_fit.candidates[final_fit.chosen];
     let scaler = final_fit.scaler.clone();
     lap("final churn fit", &mut timings);
 
@@ -553,7 +585,12 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         .map(|&u| scores[u].churn_probability)
         .collect();
     scorer.risk_quantiles = quantiles(&known_probs);
-    scorer.score_batch(&aggs_now, as_of, &mut scores);
+    scorer.refresh_percentiles(&mut scores);
+    if let Some(sets) = eval_sets.as_mut() {
+        sets.tier = users_now.iter().map(|&u| scores[u].tier).collect();
+        sets.tier_users = users_now.clone();
+        sets.tier_x = std::mem::take(&mut x_now);
+    }
     lap("scoring", &mut timings);
 
     // Tier profiles (original units) and descriptions.
@@ -581,21 +618,22 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     scorer.tiers = tier_model.clone();
 
     // Observed churn on snapshot B per tier, segment, lifecycle stage.
-    let mut raw_b = vec![0.0; d];
     let mut by_tier = vec![(0u64, 0u64); k];
     let mut by_seg: BTreeMap<RfmSegment, (u64, u64)> = BTreeMap::new();
     let mut by_stage: BTreeMap<LifecycleStage, (u64, u64)> = BTreeMap::new();
-    for (&u, &churned) in rows_b.iter().zip(&y_b) {
-        let s = scorer.score(&aggs_b[u], snap_b);
-        feature_set.raw_into(&aggs_b[u], snap_b, &mut raw_b);
+    let placed: Vec<(u16, RfmSegment, LifecycleStage)> = rows_b
+        .par_iter()
+        .map(|&u| scorer.placement(&aggs_b[u], snap_b))
+        .collect();
+    for (&(tier, segment, stage), &churned) in placed.iter().zip(&y_b) {
         let c = u64::from(churned);
-        let t = &mut by_tier[usize::from(s.tier)];
+        let t = &mut by_tier[usize::from(tier)];
         t.0 += 1;
         t.1 += c;
-        let e = by_seg.entry(s.rfm_segment).or_default();
+        let e = by_seg.entry(segment).or_default();
         e.0 += 1;
         e.1 += c;
-        let e = by_stage.entry(s.lifecycle_stage).or_default();
+        let e = by_stage.entry(stage).or_default();
         e.0 += 1;
         e.1 += c;
     }
@@ -631,7 +669,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
             let Some(&u) = table.index.get(id) else {
                 continue;
             };
-            let before = usize::from(pb.scorer.score(agg, ps.as_of).tier);
+            let before = usize::from(pb.scorer.placement(agg, ps.as_of).0);
             let after = usize::from(scores[u as usize].tier);
             counts[before][after] += 1;
             compared += 1;

@@ -4,7 +4,9 @@
 //! file in blocks cut after their last `\n`, counts their lines and feeds the fingerprint;
 //! workers parse blocks into compact rows (or the finished errors of bad rows); the calling
 //! thread takes the blocks strictly in file order, interns users, fills the table and counts bad
-//! rows. Without quotes every `\n` ends a record, so a block parses exactly as the same bytes do
+//! rows. A quote-free block is split at its commas and newlines directly (one SIMD pass), which
+//! is what the csv crate does with such bytes; the header block, lone `\r`s and very wide
+//! tables go through the csv crate. Without quotes every `\n` ends a record, so a block parses exactly as the same bytes do
 //! in the middle of one reader. From the first block holding a `"` (or a line longer than a
 //! block) on, the rest of the file is read by one reader, as it always was, so quoted fields
 //! with commas or newlines stay exact. The users table is read by one reader.
@@ -223,13 +225,60 @@ fn open<R: Read>(
     })
 }
 
+/// A record's fields: from the csv crate, or from [`Plain`] splitting a quote-free line.
+trait Record {
+    fn width(&self) -> usize;
+    fn field(&self, i: usize) -> Option<&[u8]>;
+}
+
+impl Record for ByteRecord {
+    #[inline]
+    fn width(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn field(&self, i: usize) -> Option<&[u8]> {
+        self.get(i)
+    }
+}
+
+/// Fields a quote-free line is split into directly (wider tables go through the csv crate).
+const PLAIN_FIELDS: usize = 32;
+
+/// A quote-free line without its terminator, split at its commas: field `i` ends at `ends[i]`
+/// and (but the first) starts after `ends[i - 1]`. `width` counts every field, also those past
+/// [`PLAIN_FIELDS`] (which [`Record::field`] does not give).
+struct Plain<'a> {
+    text: &'a [u8],
+    ends: &'a [u32; PLAIN_FIELDS],
+    width: usize,
+}
+
+impl Record for Plain<'_> {
+    #[inline]
+    fn width(&self) -> usize {
+        self.width
+    }
+    #[inline]
+    fn field(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.width || i >= PLAIN_FIELDS {
+            return None;
+        }
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize + 1,
+        };
+        self.text.get(start..self.ends[i] as usize)
+    }
+}
+
 /// The error for a bad row on physical line `line`: where, and the offending value.
 #[cold]
 fn row_error(
     path: &Path,
     layout: &Layout,
     header: &[String],
-    rec: &ByteRecord,
+    rec: &impl Record,
     fault: Fault,
     line: u64,
 ) -> ReadError {
@@ -253,7 +302,7 @@ fn row_error(
         }
         Fault::Field { col, cause } => {
             let index = layout.get(col);
-            let raw = index.and_then(|i| rec.get(i)).unwrap_or_default();
+            let raw = index.and_then(|i| rec.field(i)).unwrap_or_default();
             let at = Cell {
                 file: path.to_path_buf(),
                 row: RowRef::Line(line),
@@ -307,8 +356,8 @@ impl EventCols {
 /// The fields of an events row after the user id (the width was checked), in the order they are
 /// checked.
 #[inline]
-fn event_fields(rec: &ByteRecord, c: &EventCols) -> Result<Event, Fault> {
-    let field = |i: usize| rec.get(i).unwrap_or_default();
+fn event_fields(rec: &impl Record, c: &EventCols) -> Result<Event, Fault> {
+    let field = |i: usize| rec.field(i).unwrap_or_default();
     let ts = fields::timestamp(field(c.ts)).map_err(Fault::at(Col::Ts))?;
     let kind = fields::kind(field(c.kind)).map_err(Fault::at(Col::Kind))?;
     let amount = match c.amount {
@@ -377,15 +426,15 @@ fn event_row(
 /// so a bad row fails on the same field (an id the index knows is valid, so validating ids the
 /// index may know changes no outcome).
 #[inline]
-fn parse_row<'r>(
-    rec: &'r ByteRecord,
+fn parse_row<'r, R: Record>(
+    rec: &'r R,
     c: &EventCols,
     last: &[u8],
 ) -> Result<(Option<&'r str>, Event), Fault> {
-    if rec.len() != c.width {
-        return Err(Fault::FieldCount { found: rec.len() });
+    if rec.width() != c.width {
+        return Err(Fault::FieldCount { found: rec.width() });
     }
-    let raw = rec.get(c.user).unwrap_or_default();
+    let raw = rec.field(c.user).unwrap_or_default();
     let id = if !last.is_empty() && raw == last {
         None
     } else {
@@ -579,10 +628,14 @@ enum Piece {
 
 /// A parsed block: good rows (their events in the columns of `part`, with no users; user ids
 /// concatenated in `ids`, row `i`'s ending at `id_ends[i]`, a run of one user's rows sharing
-/// one copy) and the errors of bad rows, both in file order.
+/// one copy) and the errors of bad rows, both in file order. The consumer hands it back to the
+/// worker that filled it, which refills it: its columns are allocated once per worker.
+#[derive(Default)]
 struct Parsed {
     ids: String,
     id_ends: Vec<usize>,
+    /// Where the last good row's id starts in `ids`.
+    last: usize,
     part: EventTable,
     bad: Vec<ReadError>,
     /// Rows read (good and bad).
@@ -591,6 +644,70 @@ struct Parsed {
     end_byte: u64,
     /// An error that ended the block (after `bad`).
     fatal: Option<ReadError>,
+}
+
+impl Parsed {
+    /// Empty, keeping the allocations; every column of `part` named, so none can be missed.
+    fn clear(&mut self) {
+        let EventTable {
+            user_ids,
+            index,
+            registered_at,
+            user,
+            ts,
+            kind,
+            amount,
+            watch_seconds,
+            room,
+            category,
+            columns: _,
+        } = &mut self.part;
+        user_ids.clear();
+        index.clear();
+        registered_at.clear();
+        user.clear();
+        ts.clear();
+        kind.clear();
+        amount.clear();
+        watch_seconds.clear();
+        room.clear();
+        category.clear();
+        self.ids.clear();
+        self.id_ends.clear();
+        self.last = 0;
+        self.bad.clear();
+        self.rows = 0;
+        self.end_byte = 0;
+        self.fatal = None;
+    }
+
+    /// One row: its event and user id, or the error naming physical line `line()`.
+    #[inline]
+    fn take(&mut self, shape: &Shape<'_>, rec: &impl Record, line: impl FnOnce() -> u64) {
+        self.rows += 1;
+        let last = self.ids.as_bytes().get(self.last..).unwrap_or_default();
+        match parse_row(rec, &shape.cols, last) {
+            Ok((id, event)) => {
+                if let Some(id) = id {
+                    self.last = self.ids.len();
+                    self.ids.push_str(id);
+                }
+                self.id_ends.push(self.ids.len());
+                self.part.push(0, event);
+            }
+            Err(fault) => {
+                let line = line();
+                self.bad.push(row_error(
+                    shape.path,
+                    &shape.layout,
+                    &shape.header,
+                    rec,
+                    fault,
+                    line,
+                ));
+            }
+        }
+    }
 }
 
 /// What a worker sends on, in file order.
@@ -615,18 +732,21 @@ fn split_and_parse(
         let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
         let mut to = Vec::with_capacity(workers);
         let mut from = Vec::with_capacity(workers);
+        let mut back = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (tx, rx) = mpsc::sync_channel::<Piece>(1);
             let (out_tx, out_rx) = mpsc::sync_channel::<Out>(1);
+            let (back_tx, back_rx) = mpsc::channel::<Box<Parsed>>();
             let spare = spare_tx.clone();
-            s.spawn(move || work(shape, &rx, &out_tx, &spare));
+            s.spawn(move || work(shape, &rx, &out_tx, &spare, &back_rx));
             to.push(tx);
             from.push(out_rx);
+            back.push(back_tx);
         }
         drop(spare_tx);
         let path = shape.path;
         let splitter = s.spawn(move || split_file(path, start, block, &to, &spare_rx));
-        consume(shape, from, splitter, table, budget, size)
+        consume(shape, from, &back, splitter, table, budget, size)
     })
 }
 
@@ -723,15 +843,23 @@ fn split_file(
     hasher
 }
 
-/// A worker: parses blocks, passes anything else on, returns spent buffers to the splitter.
-fn work(shape: &Shape<'_>, rx: &Receiver<Piece>, tx: &SyncSender<Out>, spare: &Sender<Vec<u8>>) {
+/// A worker: parses blocks (into the consumer's spent [`Parsed`] when there is one), passes
+/// anything else on, returns spent buffers to the splitter.
+fn work(
+    shape: &Shape<'_>,
+    rx: &Receiver<Piece>,
+    tx: &SyncSender<Out>,
+    spare: &Sender<Vec<u8>>,
+    back: &Receiver<Box<Parsed>>,
+) {
     while let Ok(piece) = rx.recv() {
         let out = match piece {
             Piece::Block(b) => {
-                let parsed = parse_block(shape, &b);
+                let mut parsed = back.try_recv().unwrap_or_default();
+                parse_block(shape, &b, &mut parsed);
                 // The splitter may be gone; the buffer is then simply dropped.
                 let _ = spare.send(b.buf);
-                Out::Parsed(Box::new(parsed))
+                Out::Parsed(parsed)
             }
             Piece::Rest(r) => Out::Rest(r),
             Piece::Failed(e) => Out::Failed(e),
@@ -769,21 +897,136 @@ impl Lines {
     }
 }
 
-/// Parses one block into its good rows and the errors of its bad rows.
-fn parse_block(shape: &Shape<'_>, b: &Block) -> Parsed {
-    let data = &b.buf[..b.end];
+/// Parses one block into `out` (emptied first): its good rows and the errors of its bad rows.
+fn parse_block(shape: &Shape<'_>, b: &Block, out: &mut Parsed) {
+    out.clear();
     let expected_rows = (b.end - b.start) / 48 + 16;
-    let mut part = EventTable::default();
-    reserve_events(&mut part, expected_rows);
-    let mut out = Parsed {
-        ids: String::with_capacity(expected_rows * 4),
-        id_ends: Vec::with_capacity(expected_rows),
-        part,
-        bad: Vec::new(),
-        rows: 0,
-        end_byte: b.byte + (b.end - b.start) as u64,
-        fatal: None,
+    reserve_events(&mut out.part, expected_rows);
+    out.ids.reserve(expected_rows * 4);
+    out.id_ends.reserve(expected_rows);
+    out.end_byte = b.byte + (b.end - b.start) as u64;
+    let body = &b.buf[b.start..b.end];
+    let plain = !b.header
+        && shape.cols.width <= PLAIN_FIELDS
+        && u32::try_from(body.len()).is_ok()
+        && only_crlf(body);
+    if plain {
+        parse_plain(shape, body, b.line, out);
+    } else {
+        parse_with_reader(shape, b, out);
+    }
+}
+
+/// Every `\r` in `body` is followed by `\n`: then, without quotes, records are exactly the
+/// lines between `\n`s less a trailing `\r` (the csv crate also ends a record at a lone `\r`).
+fn only_crlf(body: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', body).all(|i| body.get(i + 1) == Some(&b'\n'))
+}
+
+/// The bytes of `w` equal to `c`, as the high bit of each byte (exact, unlike the usual
+/// zero-byte test: no borrow runs between bytes).
+#[inline]
+fn bytes_equal(w: u64, c: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ (u64::from(c) * 0x0101_0101_0101_0101);
+    !(((x & LOW7) + LOW7) | x | LOW7)
+}
+
+/// The state of [`parse_plain`] between delimiters.
+struct PlainLines {
+    /// Where the current line starts in the body.
+    start: usize,
+    /// Its commas so far (the first [`PLAIN_FIELDS`] at `ends`, relative to `start`).
+    commas: usize,
+    ends: [u32; PLAIN_FIELDS],
+    /// The physical line of the current line.
+    line: u64,
+}
+
+impl PlainLines {
+    /// A `,` or `\n` at `i`.
+    #[inline]
+    fn delimiter(&mut self, shape: &Shape<'_>, body: &[u8], i: usize, out: &mut Parsed) {
+        if body[i] == b',' {
+            if self.commas < PLAIN_FIELDS {
+                // Offsets fit in u32: the caller checked the block's length.
+                self.ends[self.commas] = (i - self.start) as u32;
+            }
+            self.commas += 1;
+        } else {
+            let text = &body[self.start..i];
+            plain_record(shape, text, &mut self.ends, self.commas, self.line, out);
+            self.line += 1;
+            self.start = i + 1;
+            self.commas = 0;
+        }
+    }
+}
+
+/// Parses a quote-free block with no lone `\r` (see [`only_crlf`]) as the csv crate would:
+/// blank lines are skipped, a line is a record. Commas and newlines are found eight bytes at a
+/// time. `line` is the physical line of `body[0]`.
+fn parse_plain(shape: &Shape<'_>, body: &[u8], line: u64, out: &mut Parsed) {
+    let mut p = PlainLines {
+        start: 0,
+        commas: 0,
+        ends: [0; PLAIN_FIELDS],
+        line,
     };
+    let mut chunks = body.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let w = u64::from_le_bytes(bytes);
+        let mut hits = bytes_equal(w, b',') | bytes_equal(w, b'\n');
+        while hits != 0 {
+            let i = at + (hits.trailing_zeros() / 8) as usize;
+            hits &= hits - 1;
+            p.delimiter(shape, body, i, out);
+        }
+        at += 8;
+    }
+    for i in at..body.len() {
+        if body[i] == b',' || body[i] == b'\n' {
+            p.delimiter(shape, body, i, out);
+        }
+    }
+    if p.start < body.len() {
+        let text = &body[p.start..];
+        plain_record(shape, text, &mut p.ends, p.commas, p.line, out);
+    }
+}
+
+/// One line of [`parse_plain`] (its terminator excluded), its first `commas` commas at `ends`.
+#[inline]
+fn plain_record(
+    shape: &Shape<'_>,
+    text: &[u8],
+    ends: &mut [u32; PLAIN_FIELDS],
+    commas: usize,
+    line: u64,
+    out: &mut Parsed,
+) {
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.is_empty() {
+        return;
+    }
+    if commas < PLAIN_FIELDS {
+        ends[commas] = text.len() as u32;
+    }
+    let rec = Plain {
+        text,
+        ends,
+        width: commas + 1,
+    };
+    out.take(shape, &rec, || line);
+}
+
+/// Parses a block with the csv crate (the header block, lone `\r`s, very wide tables).
+fn parse_with_reader(shape: &Shape<'_>, b: &Block, out: &mut Parsed) {
+    let data = &b.buf[..b.end];
     let mut lines = Lines {
         at: b.start,
         line: b.line,
@@ -791,8 +1034,6 @@ fn parse_block(shape: &Shape<'_>, b: &Block) -> Parsed {
     let mut rdr = builder().buffer_capacity(1 << 16).from_reader(data);
     let mut rec = ByteRecord::new();
     let mut header = b.header;
-    // Where the last good row's id starts in `out.ids`.
-    let mut last = 0;
     loop {
         match rdr.read_byte_record(&mut rec) {
             Ok(true) => {}
@@ -806,31 +1047,8 @@ fn parse_block(shape: &Shape<'_>, b: &Block) -> Parsed {
             header = false;
             continue;
         }
-        out.rows += 1;
-        let last_id = out.ids.as_bytes().get(last..).unwrap_or_default();
-        match parse_row(&rec, &shape.cols, last_id) {
-            Ok((id, event)) => {
-                if let Some(id) = id {
-                    last = out.ids.len();
-                    out.ids.push_str(id);
-                }
-                out.id_ends.push(out.ids.len());
-                out.part.push(0, event);
-            }
-            Err(fault) => {
-                let line = lines.of(data, rec.position());
-                out.bad.push(row_error(
-                    shape.path,
-                    &shape.layout,
-                    &shape.header,
-                    &rec,
-                    fault,
-                    line,
-                ));
-            }
-        }
+        out.take(shape, &rec, || lines.of(data, rec.position()));
     }
-    out
 }
 
 /// The hasher back from the splitter (which has finished or is finishing).
@@ -845,6 +1063,7 @@ fn join(splitter: ScopedJoinHandle<'_, Sha256>) -> Sha256 {
 fn consume(
     shape: &Shape<'_>,
     from: Vec<Receiver<Out>>,
+    back: &[Sender<Box<Parsed>>],
     splitter: ScopedJoinHandle<'_, Sha256>,
     table: &mut EventTable,
     budget: &mut Budget,
@@ -861,8 +1080,8 @@ fn consume(
         let Ok(out) = from[seq % from.len()].recv() else {
             break;
         };
-        let p = match out {
-            Out::Parsed(p) => *p,
+        let mut p = match out {
+            Out::Parsed(p) => p,
             Out::Failed(e) => return Err(e),
             Out::Rest(rest) => {
                 let mut hasher = join(splitter);
@@ -887,10 +1106,10 @@ fn consume(
                 return Ok((hasher, split_bytes));
             }
         };
-        for e in p.bad {
+        for e in p.bad.drain(..) {
             budget.absorb(e)?;
         }
-        if let Some(e) = p.fatal {
+        if let Some(e) = p.fatal.take() {
             return Err(e);
         }
         rows += p.rows;
@@ -916,13 +1135,13 @@ fn consume(
             room,
             category,
             columns: _,
-        } = p.part;
-        table.ts.extend_from_slice(&ts);
-        table.kind.extend_from_slice(&kind);
-        table.amount.extend_from_slice(&amount);
-        table.watch_seconds.extend_from_slice(&watch_seconds);
-        table.room.extend_from_slice(&room);
-        table.category.extend_from_slice(&category);
+        } = &p.part;
+        table.ts.extend_from_slice(ts);
+        table.kind.extend_from_slice(kind);
+        table.amount.extend_from_slice(amount);
+        table.watch_seconds.extend_from_slice(watch_seconds);
+        table.room.extend_from_slice(room);
+        table.category.extend_from_slice(category);
         let mut from_id = 0;
         let mut u = 0;
         for &end in &p.id_ends {
@@ -937,6 +1156,8 @@ fn consume(
             }
             table.user.push(u);
         }
+        // Back to the worker that filled it; gone only if that worker stopped.
+        let _ = back[seq % back.len()].send(p);
     }
     Ok((join(splitter), split_bytes))
 }

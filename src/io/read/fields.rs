@@ -212,6 +212,15 @@ pub(crate) fn optional_timestamp(b: &[u8]) -> Result<Option<Timestamp>, Cause> {
 
 #[inline]
 pub(crate) fn kind(b: &[u8]) -> Result<EventKind, Cause> {
+    // The kinds are ASCII: compare the bytes; anything else (Unicode spaces around a kind, bad
+    // UTF-8, an unknown kind) takes the full path, which decides as it always did.
+    let t = b.trim_ascii();
+    if let Some(k) = EventKind::ALL
+        .into_iter()
+        .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(t))
+    {
+        return Ok(k);
+    }
     utf8(b)?
         .parse::<EventKind>()
         .map_err(|_| Cause::UnknownKind)
@@ -277,6 +286,9 @@ pub(crate) fn check_watch(v: i128) -> Result<u32, Cause> {
 /// A room or category: hashed, blank is 0.
 #[inline]
 pub(crate) fn hashed(b: &[u8]) -> Result<u32, Cause> {
+    if b.is_empty() {
+        return Ok(0);
+    }
     Ok(hash_str(utf8(b)?))
 }
 
@@ -299,6 +311,32 @@ pub(crate) fn shown(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_read_from_bytes_as_from_text() {
+        let cases: [&[u8]; 12] = [
+            b"view",
+            b"ORDER",
+            b" Like ",
+            b"\tshare",
+            "\u{3000}gift".as_bytes(),
+            b"follow\r",
+            b"views",
+            b"",
+            b"  ",
+            b"vi\xffew",
+            b"comment\xff",
+            "\u{a0}comment\u{a0}".as_bytes(),
+        ];
+        for b in cases {
+            let full = utf8(b).and_then(|s| s.parse::<EventKind>().map_err(|_| Cause::UnknownKind));
+            assert_eq!(kind(b), full, "{:?}", String::from_utf8_lossy(b));
+        }
+        assert_eq!(kind(b" Like "), Ok(EventKind::Like));
+        assert_eq!(kind("\u{3000}gift".as_bytes()), Ok(EventKind::Gift));
+        assert_eq!(kind(b"views"), Err(Cause::UnknownKind));
+        assert_eq!(kind(b"vi\xffew"), Err(Cause::InvalidUtf8));
+    }
 
     #[test]
     fn headers_resolve_case_insensitively_in_any_order() {

@@ -340,9 +340,44 @@ impl Scorer {
                 .features
                 .get(usize::from(f.feature))
                 .map_or("?", |f| f.name());
-            out.push_str(&format!("{name}={:+.3} ({:.4})", f.contribution, f.value));
+            out.push_str(name);
+            out.push('=');
+            push_fixed(&mut out, f.contribution, 3, true);
+            out.push_str(" (");
+            push_fixed(&mut out, f.value, 4, false);
+            out.push(')');
         }
         out
+    }
+}
+
+/// Appends `v` with `decimals` digits after the point (with a `+` on non-negative values when
+/// `plus`), exactly as `{:.N}` / `{:+.N}` writes it, without the general float formatter (whose
+/// exact mode falls back to bignum arithmetic): an f32 times 10^decimals (decimals ≤ 4) is exact
+/// in an f64, and ties go to even as std's do.
+pub(crate) fn push_fixed(out: &mut String, v: f32, decimals: u32, plus: bool) {
+    use std::fmt::Write;
+    let scale = 10u64.pow(decimals.min(4));
+    let m = (f64::from(v).abs() * scale as f64).round_ties_even();
+    // NaN, infinities and values past 2^53 (none fit an f32 times 10^4 exactly there): std.
+    if decimals > 4 || m.is_nan() || m >= 9.0e15 {
+        let p = decimals as usize;
+        let _ = if plus {
+            write!(out, "{v:+.p$}")
+        } else {
+            write!(out, "{v:.p$}")
+        };
+        return;
+    }
+    let m = m as u64;
+    if v.is_sign_negative() {
+        out.push('-');
+    } else if plus {
+        out.push('+');
+    }
+    let _ = write!(out, "{}", m / scale);
+    if decimals > 0 {
+        let _ = write!(out, ".{:0w$}", m % scale, w = decimals as usize);
     }
 }
 
@@ -359,6 +394,60 @@ pub fn quantiles(probs: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_point_text_is_what_std_writes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut values: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            2.5,
+            -2.5,
+            0.125,
+            0.0625,
+            0.03125,
+            -0.00015,
+            0.00005,
+            1e-9,
+            -1e-9,
+            9.99995,
+            123456.78,
+            -98765.43,
+            3.0e7,
+            1.0e12,
+            3.4e38,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            f32::EPSILON,
+        ];
+        for _ in 0..200_000 {
+            let v = match rng.gen_range(0..3) {
+                0 => f32::from_bits(rng.gen()),
+                1 => rng.gen_range(-50.0f32..50.0),
+                // Exact ties at 3 and 4 decimals: k / 2^n.
+                _ => {
+                    rng.gen_range(-100_000i32..100_000) as f32 / (1 << rng.gen_range(0..12)) as f32
+                }
+            };
+            values.push(v);
+        }
+        for v in values {
+            for d in 0..=5u32 {
+                let p = d as usize;
+                let mut s = String::new();
+                push_fixed(&mut s, v, d, false);
+                assert_eq!(s, format!("{v:.p$}"), "{v:e} .{d}");
+                s.clear();
+                push_fixed(&mut s, v, d, true);
+                assert_eq!(s, format!("{v:+.p$}"), "{v:e} +.{d}");
+            }
+        }
+    }
     use crate::features::{Event, EventKind, DAY};
     use crate::model::churn::LinearModel;
     use crate::model::tiers::TierIdentity;

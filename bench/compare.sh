@@ -100,7 +100,7 @@ if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && [ ! -e "$work/.compare-work" ]
 fi
 rm -rf "$work" && mkdir -p "$work" && touch "$work/.compare-work"
 # A private copy: a concurrent `cargo build` must not swap the binary in the middle of the run.
-cp "$root/target/release/tiering" "$work/tiering"
+cp "${CARGO_TARGET_DIR:-$root/target}/release/tiering" "$work/tiering"
 bin="$work/tiering"
 cd "$work"
 "$py" "$root/bench/python/report.py" env --json env.json --users "$users" --repeats "$repeats" \

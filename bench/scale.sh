@@ -19,8 +19,8 @@ done
 if [ ! -x /usr/bin/time ]; then
   apt-get update -qq && apt-get install -y -qq time >/dev/null
 fi
-cargo build --release --quiet
-bin=target/release/tiering
+cargo build --release --locked --quiet
+bin="${CARGO_TARGET_DIR:-target}/release/tiering"
 rm -rf "$work" && mkdir -p "$work"
 
 step() { # name, then the command

@@ -18,13 +18,14 @@ not in BG/NBD's model: they get the share of non-buyers at A who churned (from t
 before B, no test label used). Both the all-users figure and the buyers-only figure (with every
 other method on the same buyers) are reported.
 
-Clustering: the test rows' features standardised with tiering's served scaler (model.json; it was
-fitted on exactly these rows), tiering's tier = nearest tiering centroid (what its scorer does),
-vs scikit-learn KMeans with the same k fitted on these rows. Silhouette on one 5,000-row sample
-(the same rows for both), inertia (mean squared distance to the assigned centroid) on all rows,
-and the adjusted Rand index against the generator's personas. Note tiering's centroids were fitted
-on the population as of as_of (H days later), so on these rows they are out of sample while
-scikit-learn's are in sample.
+Clustering: tiers.csv, the rows tiering's k-means clustered (every user known at as_of, standardised
+with the served scaler, exactly as k-means saw them) and each row's tier in the bundle. tiering's
+inertia is measured with its bundle's centroids (model.json); scikit-learn KMeans (k-means++, 3
+inits like tiering's 3 runs, 200 iterations) is fitted on the same rows with the same k, so both
+are in sample (tiering fits its centroids on a keyed 200,000-row sample of these rows, then
+assigns every row; scikit-learn fits on all of them). Silhouette on one 5,000-row sample (the same
+rows for both), inertia (mean squared distance to the assigned centroid) on all rows, and the
+adjusted Rand index against the generator's personas.
 """
 
 from __future__ import annotations
@@ -166,23 +167,32 @@ def bgnbd(data_dir: str, snapshot: int, horizon_days: int, check_users: int = 20
     return pd.Series(np.asarray(p_churn, dtype=float), index=summary.index), info
 
 
-def clustering(test: pd.DataFrame, feats: list[str], model_json: dict, personas, seed: int, sample: int):
-    sc = model_json["scaler"]
-    x = (test[feats].to_numpy() - np.asarray(sc["mean"])) / np.asarray(sc["std"])
+def clustering(eval_dir: str, feats: list[str], model_json: dict, personas, seed: int, sample: int):
+    rows = pd.read_csv(os.path.join(eval_dir, "tiers.csv"), dtype={"user_id": str}).set_index("user_id")
+    x = rows[feats].to_numpy()
     tiers = model_json["tiers"]
     k, d = len(tiers["tiers"]), tiers["dims"]
+    if d != len(feats):
+        raise SystemExit(f"model.json has {d} tier dimensions, tiers.csv {len(feats)} features")
     cent = np.asarray(tiers["centroids"]).reshape(k, d)
 
-    def assign(c):
-        d2 = ((x[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
-        lab = d2.argmin(axis=1)
-        return lab, float(d2[np.arange(len(x)), lab].mean())
+    def sq_dist(c):  # rows x k, one centroid at a time (bounded memory at 1M rows)
+        return np.stack([((x - c[j]) ** 2).sum(axis=1) for j in range(len(c))], axis=1)
 
+    t_lab = rows["tier"].to_numpy()
+    d_t = sq_dist(cent)
+    # The export is the bundle's assignment: check it is the nearest centroid (9-decimal rounding
+    # may flip a row sitting on a boundary, nothing more).
+    mismatch = int((d_t.argmin(axis=1) != t_lab).sum())
+    if mismatch > max(1, len(x) // 10000):
+        raise SystemExit(f"tiers.csv: {mismatch} rows are not at their tier's nearest centroid")
+    t_inertia = float(d_t[np.arange(len(x)), t_lab].mean())
     started = time.perf_counter()
     km = KMeans(n_clusters=k, n_init=3, max_iter=200, random_state=seed).fit(x)
     km_secs = time.perf_counter() - started
-    t_lab, t_inertia = assign(cent)
-    s_lab, s_inertia = assign(km.cluster_centers_)
+    d_s = sq_dist(km.cluster_centers_)
+    s_lab = d_s.argmin(axis=1)
+    s_inertia = float(d_s[np.arange(len(x)), s_lab].mean())
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(x), size=min(sample, len(x)), replace=False)
     out = {
@@ -191,9 +201,10 @@ def clustering(test: pd.DataFrame, feats: list[str], model_json: dict, personas,
         "silhouette_sample": int(len(idx)),
         "ari_between": float(adjusted_rand_score(t_lab, s_lab)),
         "sklearn_fit_secs": round(km_secs, 3),
+        "nearest_centroid_mismatches": mismatch,
         "methods": {},
     }
-    p = personas.reindex(test.index) if personas is not None else None
+    p = personas.reindex(rows.index) if personas is not None else None
     for name, lab, inertia in (("tiering", t_lab, t_inertia), ("sklearn_kmeans", s_lab, s_inertia)):
         m = {
             "silhouette": float(silhouette_score(x[idx], lab[idx])),
@@ -267,7 +278,7 @@ def main() -> int:
         u = pd.read_csv(users_csv)
         if "persona" in u.columns:
             personas = u.set_index("user_id")["persona"]
-    clus = clustering(test, feats, model_json, personas, args.seed, args.silhouette_sample)
+    clus = clustering(args.eval, feats, model_json, personas, args.seed, args.silhouette_sample)
     out = {
         "meta": {
             k: meta[k]

@@ -226,12 +226,12 @@ def cluster_section(q: dict) -> list[str]:
     rep = q["tiering_clustering_reported"]
     L = ["### Tiers (k-means quality, k = %d)" % c["k"], ""]
     L.append(
-        f"On the {fmt_int(c['rows'])} test rows, standardised with tiering's served scaler (fitted on exactly these rows). "
-        "tiering: its bundle's centroids (fitted on the population as of as_of, so out of sample here), each row "
-        f"assigned to the nearest; scikit-learn KMeans (k-means++, 3 inits, 200 iterations) fitted on these rows "
-        f"(in sample). Silhouette on the same {fmt_int(c['silhouette_sample'])}-row sample for both; inertia = mean "
-        "squared distance to the assigned centroid over all rows (lower is better); ARI against the generator's personas "
-        "(higher is better)."
+        f"On the {fmt_int(c['rows'])} rows tiering clustered (every user known at as_of, standardised with its served "
+        "scaler, exported as tiers.csv by `--export-eval`), both in sample: tiering's tiers as its bundle assigns them, "
+        "with its centroids (fitted on a keyed 200,000-row sample, then every row assigned to the nearest); "
+        "scikit-learn KMeans (k-means++, 3 inits like tiering's 3 runs, 200 iterations) fitted on all these rows. "
+        f"Silhouette on the same {fmt_int(c['silhouette_sample'])}-row sample for both; inertia = mean squared distance "
+        "to the assigned centroid over all rows (lower is better); ARI against the generator's personas (higher is better)."
     )
     L.append("")
     L.append("| method | silhouette | inertia per row | ARI vs personas | tier sizes |")

@@ -215,7 +215,10 @@ fn kmeans(
             let model = KMeans::params_with_rng(k, rng)
                 .n_runs(1)
                 .max_n_iterations(p.max_iterations)
-                .tolerance(1e-5)
+                // linfa stops when the centroids move less than this (Euclidean, all of them
+                // together); 1e-2 is scikit-learn's default stop (squared shift <= 1e-4 times
+                // the mean feature variance, 1 on these standardised rows).
+                .tolerance(1e-2)
                 .fit(&ds)
                 .map_err(|e| TierError::KMeans(e.to_string()))?;
             let cents: Vec<f64> = model.centroids().iter().copied().collect();

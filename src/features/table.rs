@@ -39,16 +39,74 @@ pub struct EventTable {
 
 impl EventTable {
     pub fn with_capacity(events: usize) -> Self {
-        EventTable {
-            user: Vec::with_capacity(events),
-            ts: Vec::with_capacity(events),
-            kind: Vec::with_capacity(events),
-            amount: Vec::with_capacity(events),
-            watch_seconds: Vec::with_capacity(events),
-            room: Vec::with_capacity(events),
-            category: Vec::with_capacity(events),
-            ..Default::default()
-        }
+        let mut t = EventTable::default();
+        t.reserve(events);
+        t
+    }
+
+    /// Room for `events` more events in every event column.
+    pub fn reserve(&mut self, events: usize) {
+        self.user.reserve(events);
+        self.ts.reserve(events);
+        self.kind.reserve(events);
+        self.amount.reserve(events);
+        self.watch_seconds.reserve(events);
+        self.room.reserve(events);
+        self.category.reserve(events);
+    }
+
+    /// Empties the table (users and events), keeping its allocations. Every field is named, so
+    /// a new column cannot be missed.
+    pub fn clear(&mut self) {
+        let EventTable {
+            user_ids,
+            index,
+            registered_at,
+            user,
+            ts,
+            kind,
+            amount,
+            watch_seconds,
+            room,
+            category,
+            columns,
+        } = self;
+        user_ids.clear();
+        index.clear();
+        registered_at.clear();
+        user.clear();
+        ts.clear();
+        kind.clear();
+        amount.clear();
+        watch_seconds.clear();
+        room.clear();
+        category.clear();
+        *columns = ColumnsPresent::default();
+    }
+
+    /// Appends `other`'s events without their users: `other`'s user indexes mean nothing here,
+    /// so the caller pushes one `user` per appended event. Every field is named, so a new column
+    /// cannot be missed.
+    pub fn extend_events(&mut self, other: &EventTable) {
+        let EventTable {
+            user_ids: _,
+            index: _,
+            registered_at: _,
+            user: _,
+            ts,
+            kind,
+            amount,
+            watch_seconds,
+            room,
+            category,
+            columns: _,
+        } = other;
+        self.ts.extend_from_slice(ts);
+        self.kind.extend_from_slice(kind);
+        self.amount.extend_from_slice(amount);
+        self.watch_seconds.extend_from_slice(watch_seconds);
+        self.room.extend_from_slice(room);
+        self.category.extend_from_slice(category);
     }
 
     /// The dense index of `user_id`, creating the user on first sight.

@@ -561,17 +561,6 @@ pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
     time::parse_timestamp(text.as_bytes()).ok()
 }
 
-/// Reserves room for about `rows` more events.
-fn reserve_events(table: &mut EventTable, rows: usize) {
-    table.user.reserve(rows);
-    table.ts.reserve(rows);
-    table.kind.reserve(rows);
-    table.amount.reserve(rows);
-    table.watch_seconds.reserve(rows);
-    table.room.reserve(rows);
-    table.category.reserve(rows);
-}
-
 /// A user id of at most [`ShortId::CAP`] bytes, stored inline (zero-padded, the length in the
 /// last byte): a lookup in [`UserIndex`] touches one hash-table bucket and no string on the heap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

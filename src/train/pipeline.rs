@@ -213,37 +213,29 @@ fn fit_candidates(
     let y_val: Vec<bool> = val_rows.iter().map(|&i| y[i]).collect();
     let x_val = gather(&scaled, d, &val_rows);
 
+    // A keyed sample of the fit rows (scaled) and their labels.
+    let sample = |n: usize, salt: u64| -> (Vec<f64>, Vec<bool>) {
+        let rows: Vec<usize> = keyed_sample(&fit_keys, n, seed ^ salt)
+            .into_iter()
+            .map(|j| fit_rows[j])
+            .collect();
+        (
+            gather(&scaled, d, &rows),
+            rows.iter().map(|&i| y[i]).collect(),
+        )
+    };
     let mut candidates = Vec::new();
     for &kind in kinds {
         let started = Instant::now();
         let model = match kind {
             // Logistic baseline on a sample.
             Kind::Logistic => {
-                let rows: Vec<usize> = keyed_sample(&fit_keys, cfg.churn.logistic_sample, seed ^ 1)
-                    .into_iter()
-                    .map(|j| fit_rows[j])
-                    .collect();
-                let ys: Vec<bool> = rows.iter().map(|&i| y[i]).collect();
-                ChurnModel::Logistic(LinearModel::fit(
-                    &gather(&scaled, d, &rows),
-                    d,
-                    &ys,
-                    cfg.churn.logistic_l2,
-                )?)
+                let (xs, ys) = sample(cfg.churn.logistic_sample, 1);
+                ChurnModel::Logistic(LinearModel::fit(&xs, d, &ys, cfg.churn.logistic_l2)?)
             }
             Kind::Boosted => {
-                let rows: Vec<usize> = keyed_sample(&fit_keys, cfg.churn.boosting_sample, seed ^ 2)
-                    .into_iter()
-                    .map(|j| fit_rows[j])
-                    .collect();
-                let ys: Vec<bool> = rows.iter().map(|&i| y[i]).collect();
-                ChurnModel::Boosted(Forest::fit(
-                    &gather(&scaled, d, &rows),
-                    d,
-                    &ys,
-                    cfg.churn.boosting,
-                    seed,
-                )?)
+                let (xs, ys) = sample(cfg.churn.boosting_sample, 2);
+                ChurnModel::Boosted(Forest::fit(&xs, d, &ys, cfg.churn.boosting, seed)?)
             }
         };
         candidates.push((model, started.elapsed().as_secs_f64()));

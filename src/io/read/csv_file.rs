@@ -12,9 +12,7 @@
 //! with commas or newlines stay exact. The users table is read by one reader.
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
-use super::{
-    reserve_events, Budget, Cell, Delimiter, Location, ReadError, RowRef, UserIndex, UsersSink,
-};
+use super::{Budget, Cell, Delimiter, Location, ReadError, RowRef, UserIndex, UsersSink};
 use crate::features::{Event, EventKind, EventTable};
 use csv::ByteRecord;
 use sha2::{Digest, Sha256};
@@ -485,7 +483,7 @@ fn events_sequential<R: Read>(
             if let (Some(start), Some(p)) = (sample_start, rec.position()) {
                 let per_row = (p.byte().saturating_sub(start) / (SAMPLE_ROWS - 1)).max(1);
                 let left = size.saturating_sub(o.origin.byte + p.byte()) / per_row;
-                reserve_events(table, usize::try_from(left + left / 16).unwrap_or(0));
+                table.reserve(usize::try_from(left + left / 16).unwrap_or(0));
             }
         }
         if let Err(fault) = event_row(&rec, &shape.cols, table, users) {
@@ -647,31 +645,9 @@ struct Parsed {
 }
 
 impl Parsed {
-    /// Empty, keeping the allocations; every column of `part` named, so none can be missed.
+    /// Empty, keeping the allocations.
     fn clear(&mut self) {
-        let EventTable {
-            user_ids,
-            index,
-            registered_at,
-            user,
-            ts,
-            kind,
-            amount,
-            watch_seconds,
-            room,
-            category,
-            columns: _,
-        } = &mut self.part;
-        user_ids.clear();
-        index.clear();
-        registered_at.clear();
-        user.clear();
-        ts.clear();
-        kind.clear();
-        amount.clear();
-        watch_seconds.clear();
-        room.clear();
-        category.clear();
+        self.part.clear();
         self.ids.clear();
         self.id_ends.clear();
         self.last = 0;
@@ -901,7 +877,7 @@ impl Lines {
 fn parse_block(shape: &Shape<'_>, b: &Block, out: &mut Parsed) {
     out.clear();
     let expected_rows = (b.end - b.start) / 48 + 16;
-    reserve_events(&mut out.part, expected_rows);
+    out.part.reserve(expected_rows);
     out.ids.reserve(expected_rows * 4);
     out.id_ends.reserve(expected_rows);
     out.end_byte = b.byte + (b.end - b.start) as u64;
@@ -1119,29 +1095,10 @@ fn consume(
             reserved = true;
             let per_row = (p.end_byte / rows).max(1);
             let left = size.saturating_sub(p.end_byte) / per_row;
-            reserve_events(table, usize::try_from(left + left / 16).unwrap_or(0));
+            table.reserve(usize::try_from(left + left / 16).unwrap_or(0));
         }
-        // The block's columns as `EventTable::push` filled them (every field named, so a new
-        // column cannot be missed), then the users.
-        let EventTable {
-            user_ids: _,
-            index: _,
-            registered_at: _,
-            user: _,
-            ts,
-            kind,
-            amount,
-            watch_seconds,
-            room,
-            category,
-            columns: _,
-        } = &p.part;
-        table.ts.extend_from_slice(ts);
-        table.kind.extend_from_slice(kind);
-        table.amount.extend_from_slice(amount);
-        table.watch_seconds.extend_from_slice(watch_seconds);
-        table.room.extend_from_slice(room);
-        table.category.extend_from_slice(category);
+        // The block's events, then their users.
+        table.extend_events(&p.part);
         let mut from_id = 0;
         let mut u = 0;
         for &end in &p.id_ends {

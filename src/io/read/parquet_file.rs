@@ -8,7 +8,7 @@
 //! anywhere and reads as empty.
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
-use super::{reserve_events, Budget, Cell, Location, ReadError, RowRef, UserIndex, UsersSink};
+use super::{Budget, Cell, Location, ReadError, RowRef, UserIndex, UsersSink};
 use crate::features::{Event, EventKind, EventTable, Timestamp, DAY};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -622,7 +622,7 @@ pub(super) fn read_events(
         table.columns.watch_seconds = o.layout.get(Col::WatchSeconds).is_some();
         table.columns.room_id = o.layout.get(Col::RoomId).is_some();
         table.columns.category = o.layout.get(Col::Category).is_some();
-        reserve_events(table, usize::try_from(o.rows).unwrap_or(0));
+        table.reserve(usize::try_from(o.rows).unwrap_or(0));
         let mut users = UserIndex::default();
         let mut done: u64 = 0;
         while let Some(batch) = o.reader.next() {

@@ -458,3 +458,49 @@ fn bytes_equal_marks_exactly_the_matching_bytes() {
         }
     }
 }
+
+#[test]
+fn wide_tables_and_rows_with_many_fields_read_as_with_one_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 columns, more than the direct splitter takes: its blocks go through the csv crate.
+    let extra: Vec<String> = (0..33).map(|i| format!("x{i}")).collect();
+    let mut text = format!("{HEADER},{}\n", extra.join(","));
+    for u in 0..300 {
+        text.push_str(&format!(
+            "u{},2026-05-{:02},view,,{u},r{},c{}\n",
+            u % 40,
+            u % 28 + 1,
+            u % 7,
+            ",".repeat(33)
+        ));
+    }
+    let path = write(dir.path(), "events.csv", &text);
+    let (expected, covered) = assert_splits_agree(&path, &[300, 1000, 4096], 0);
+    let expected = expected.unwrap();
+    assert_eq!(expected.ts.len(), 300);
+    assert_eq!(expected.watch_seconds[299], 299);
+    assert!(
+        covered.iter().all(|&b| b == text.len() as u64),
+        "{covered:?}"
+    );
+
+    // A 7-column file with one row of 40 fields: counted past the splitter's 32, named exactly.
+    let (mut text, _) = generated(31, 200, 0);
+    let line = text.matches('\n').count() as u64 + 1;
+    text.push_str(&format!("u1,2026-05-01,view{}\n", ",".repeat(37)));
+    text.push_str("u1,2026-05-02,view,,,,\n");
+    let path = write(dir.path(), "events.csv", &text);
+    let (expected, covered) = assert_splits_agree(&path, &TINY, 1);
+    let expected = expected.unwrap();
+    assert_eq!(expected.bad, 1);
+    let place = format!("events.csv:{line}: expected 7 fields as in the header, found 40");
+    assert!(
+        expected.samples[0].contains(&place),
+        "{:?}",
+        expected.samples
+    );
+    assert!(
+        covered[6..].iter().all(|&b| b == text.len() as u64),
+        "{covered:?}"
+    );
+}

@@ -1,8 +1,9 @@
 //! End-to-end tests of the gRPC server: a real server on 127.0.0.1:0, the generated client.
 
-mod common;
-
-use common::{publish, publish_corrupt, user, Dirs, ServerProcess, TestServer, AS_OF, NOW, USERS};
+use crate::helpers::{
+    self as common, publish, publish_corrupt, user, Dirs, ServerProcess, TestServer, AS_OF, NOW,
+    USERS,
+};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

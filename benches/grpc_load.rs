@@ -417,11 +417,16 @@ impl Bench<'_> {
     ) -> Result<Vec<(&'s Scenario, Outcome, Option<Outcome>)>> {
         let mut results = Vec::new();
         for s in scenarios {
-            let before = self.rt.block_on(ours.group_commits())?;
+            let writes = matches!(s.call, Call::Record(_));
+            let before = if writes {
+                Some(self.rt.block_on(ours.group_commits())?)
+            } else {
+                None
+            };
             let mut o =
                 self.rt
                     .block_on(load(ours.addr, s, self.users, self.warmup, self.window))?;
-            if matches!(s.call, Call::Record(_)) {
+            if let Some(before) = before {
                 let after = self.rt.block_on(ours.group_commits())?;
                 o.per_commit = Some((after.0 - before.0) / (after.1 - before.1).max(1.0));
             }

@@ -1,7 +1,7 @@
 //! gRPC load benchmark: `tiering serve`'s server holding 1,000,000 users, against a trivial tonic
 //! "echo" server (the ceiling of tonic plus this load generator on this machine), in one run.
 //!
-//! Run: `cargo bench --bench grpc_load` (about two minutes). The table goes to stdout and to
+//! Run: `cargo bench --bench grpc_load` (about three minutes). The table goes to stdout and to
 //! `target/grpc_load.md`. `GRPC_LOAD_USERS` and `GRPC_LOAD_SECS` shrink the run while developing
 //! (`GRPC_LOAD_USERS=100000 GRPC_LOAD_SECS=1 cargo bench --profile dev --bench grpc_load`).
 //!
@@ -25,7 +25,23 @@
 //! (uniform over the million). A warm-up, then a fixed window; every latency goes into an
 //! HdrHistogram (3 significant digits). Scenarios: GetUserTier at c = 1, 16, 64;
 //! BatchGetUserTiers of 100 and 1,000 ids at c = 4; and, ours only, ListAtRiskUsers (a page of
-//! 100 over the full million, min probability 0.5) at c = 1.
+//! 100 and of 1,000 over the full million, min probability 0.5) at c = 1.
+//!
+//! # Durability
+//! RecordEvents (a `like` by a random known user a minute before the clock), 1 event per request
+//! at c = 1, 16, 64 and 100 per request at c = 16, first against our server with the write-ahead
+//! log's fsync off (`wal_fsync = false`, as for every read scenario). Then the server stops
+//! gracefully (drain, final state snapshot; timed), restarts from that state directory with
+//! fsync on (the production default; timed to SERVING) and the same writes run again: the
+//! difference is the cost of durability. For each write scenario the server's
+//! `tiering_wal_group_requests` histogram (read from its `/metrics` before and after) gives the
+//! requests per group commit (one fsync each when fsync is on). There is no echo ceiling for
+//! writes.
+//!
+//! # User table
+//! The table alone, in this process: `UserStore::get` (as the server holds users) over the
+//! simulated users from 1 and 2 threads for 1 s each, against a plain `HashMap` read without a
+//! lock (the ceiling on this machine): do readers slow each other down?
 //!
 //! # Memory
 //! Measured on `tiering serve` subprocesses (the release binary), so the figure is the server's
@@ -47,6 +63,7 @@ use tiering::generate::{generate, room_id, user_id, GenerateParams, CATEGORIES};
 use tiering::serve::proto::tiering_client::TieringClient;
 use tiering::serve::proto::tiering_server::{Tiering, TieringServer};
 use tiering::serve::proto::{self, UserTier};
+use tiering::serve::store::UserStore;
 use tiering::serve::ServeConfig;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -104,6 +121,124 @@ fn run() -> Result<()> {
     let dir = work.path();
 
     // 1. Train on a small generated set with the real binary.
+    let small_models = train_small(dir)?;
+
+    // 2. A bundle with `users` distinct simulated users and the trained scorer.
+    let t = Instant::now();
+    let big_models = dir.join("models-big");
+    let (snapshot, events, bundle_bytes) = write_big_bundle(&small_models, &big_models, users)?;
+    log(format!(
+        "simulated {users} users ({events} events) and wrote their bundle ({:.0} MB state) in {:.1} s",
+        bundle_bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    ));
+
+    // 3. The user table alone, on those users.
+    let table = measure_table(&snapshot)?;
+    drop(snapshot);
+    for r in &table {
+        log(r.describe());
+    }
+
+    // 4. Memory of the real server process, small and big.
+    let (mem_small, mem_big) = measure_memory(dir, &small_models, &big_models)?;
+
+    // 5. Our server (fsync off) and the echo server, in process.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()?;
+    let config = ServeConfig {
+        models: big_models.clone(),
+        state_dir: Some(dir.join("state")),
+        now: Some(NOW.into()),
+        wal_fsync: false,
+        ..ServeConfig::default()
+    };
+    let t = Instant::now();
+    let ours = server_rt.block_on(Ours::start(config.clone()))?;
+    client_rt.block_on(wait_serving(ours.addr, Duration::from_secs(300)))?;
+    let (held, sample, model) = client_rt.block_on(describe_live(ours.addr))?;
+    if held != users {
+        return Err(format!("the server holds {held} users, expected {users}").into());
+    }
+    let ready_secs = t.elapsed().as_secs_f64();
+    log(format!(
+        "in-process server ready with {held} users in {ready_secs:.1} s"
+    ));
+    let echo = server_rt.block_on(Echo::start(sample))?;
+
+    // 6. Load: reads and writes, the log not fsynced.
+    let warmup = Duration::from_millis(750);
+    let bench = Bench {
+        rt: &client_rt,
+        users,
+        warmup,
+        window: Duration::from_secs(secs),
+    };
+    let scenarios = [
+        Scenario::new("GetUserTier", Call::Get, 1),
+        Scenario::new("GetUserTier", Call::Get, 16),
+        Scenario::new("GetUserTier", Call::Get, 64),
+        Scenario::new("BatchGetUserTiers ×100", Call::Batch(100), 4),
+        Scenario::new("BatchGetUserTiers ×1000", Call::Batch(1000), 4),
+        Scenario::new("ListAtRiskUsers (limit 100)", Call::AtRisk(100), 1),
+        Scenario::new("ListAtRiskUsers (limit 1000)", Call::AtRisk(1000), 1),
+        Scenario::new("RecordEvents ×1", Call::Record(1), 1),
+        Scenario::new("RecordEvents ×1", Call::Record(1), 16),
+        Scenario::new("RecordEvents ×1", Call::Record(1), 64),
+        Scenario::new("RecordEvents ×100", Call::Record(100), 16),
+    ];
+    let mut results = bench.run(&scenarios, &ours, echo.addr)?;
+
+    // 7. Durability: a graceful stop, a restart from the state directory with fsync on, and the
+    // same writes again.
+    let (ours, stop_secs, restart_secs) = restart_with_fsync(&server_rt, &client_rt, ours, config)?;
+    let durable: Vec<Scenario> = scenarios
+        .iter()
+        .filter(|s| matches!(s.call, Call::Record(_)))
+        .map(|s| Scenario { fsync: true, ..*s })
+        .collect();
+    results.extend(bench.run(&durable, &ours, echo.addr)?);
+
+    // 8. Stop everything.
+    server_rt.block_on(async {
+        let _ = ours.stop().await;
+        echo.stop().await;
+    });
+    drop(client_rt);
+    drop(server_rt);
+
+    let run = RunInfo {
+        model,
+        users,
+        secs,
+        warmup,
+        elapsed: started.elapsed(),
+        ready_secs,
+        stop_secs,
+        restart_secs,
+    };
+    let report = report(&results, &run, &mem_small, &mem_big, &table);
+    println!("{report}");
+    let out = tmp_root
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| tmp_root.clone())
+        .join("grpc_load.md");
+    std::fs::write(&out, &report)?;
+    log(format!("written to {}", out.display()));
+    Ok(())
+}
+
+/// Generates [`TRAIN_USERS`] users and trains a bundle on them with the real binary; returns
+/// the models directory.
+fn train_small(dir: &Path) -> Result<PathBuf> {
     let t = Instant::now();
     let data = dir.join("data");
     let small_models = dir.join("models-20k");
@@ -133,21 +268,14 @@ fn run() -> Result<()> {
         "trained on {TRAIN_USERS} users in {:.1} s",
         t.elapsed().as_secs_f64()
     ));
+    Ok(small_models)
+}
 
-    // 2. A bundle with `users` distinct simulated users and the trained scorer.
+/// The resident memory of `tiering serve` subprocesses on the small and the big bundle.
+fn measure_memory(dir: &Path, small_models: &Path, big_models: &Path) -> Result<(Memory, Memory)> {
     let t = Instant::now();
-    let big_models = dir.join("models-big");
-    let (events, bundle_bytes) = write_big_bundle(&small_models, &big_models, users)?;
-    log(format!(
-        "simulated {users} users ({events} events) and wrote their bundle ({:.0} MB state) in {:.1} s",
-        bundle_bytes as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    ));
-
-    // 3. Memory of the real server process, small and big.
-    let t = Instant::now();
-    let mem_small = measure_subprocess(&small_models, &dir.join("state-mem-small"))?;
-    let mem_big = measure_subprocess(&big_models, &dir.join("state-mem-big"))?;
+    let mem_small = measure_subprocess(small_models, &dir.join("state-mem-small"))?;
+    let mem_big = measure_subprocess(big_models, &dir.join("state-mem-big"))?;
     log(format!(
         "server RSS: {:.0} MB with {} users, {:.0} MB with {} users ({:.1} s)",
         mem_small.rss_kb as f64 / 1024.0,
@@ -156,143 +284,255 @@ fn run() -> Result<()> {
         mem_big.users,
         t.elapsed().as_secs_f64()
     ));
+    Ok((mem_small, mem_big))
+}
 
-    // 4. Our server and the echo server, in process.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("server")
-        .enable_all()
-        .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client")
-        .enable_all()
-        .build()?;
-    let config = ServeConfig {
-        models: big_models.clone(),
-        state_dir: Some(dir.join("state")),
-        now: Some(NOW.into()),
-        wal_fsync: false,
-        ..ServeConfig::default()
-    };
-    let t = Instant::now();
-    let (ours_addr, ours_stop, ours_task) = server_rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(tiering::serve::run(config, listener, async {
-            let _ = rx.await;
-        }));
-        Ok::<_, BoxError>((addr, tx, task))
-    })?;
-    client_rt.block_on(wait_serving(ours_addr, Duration::from_secs(300)))?;
-    let (held, sample, model) = client_rt.block_on(async {
-        let mut c = client(ours_addr).await?;
-        let info = c
-            .get_model_info(proto::GetModelInfoRequest {})
-            .await?
-            .into_inner();
-        let sample = c
-            .get_user_tier(proto::GetUserTierRequest {
-                user_id: user_id(0),
-            })
-            .await?
-            .into_inner();
-        let model = format!(
-            "{} ({} tiers, horizon {} days)",
-            info.chosen_model,
-            info.tiers.len(),
-            info.horizon_days
-        );
-        Ok::<_, BoxError>((info.users_held, sample, model))
-    })?;
-    if held != users {
-        return Err(format!("the server holds {held} users, expected {users}").into());
-    }
+/// The live model as our server describes it: (users held, `user_id(0)`'s answer, a line
+/// naming the model).
+async fn describe_live(addr: SocketAddr) -> Result<(u64, UserTier, String)> {
+    let mut c = client(addr).await?;
+    let info = c
+        .get_model_info(proto::GetModelInfoRequest {})
+        .await?
+        .into_inner();
+    let sample = c
+        .get_user_tier(proto::GetUserTierRequest {
+            user_id: user_id(0),
+        })
+        .await?
+        .into_inner();
+    let model = format!(
+        "{} ({} tiers, horizon {} days)",
+        info.chosen_model,
+        info.tiers.len(),
+        info.horizon_days
+    );
+    Ok((info.users_held, sample, model))
+}
+
+/// Stops our server gracefully and restarts it from its state directory with the log fsynced;
+/// returns the new server, the seconds the stop took and the seconds to SERVING again.
+fn restart_with_fsync(
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    ours: Ours,
+    config: ServeConfig,
+) -> Result<(Ours, f64, f64)> {
+    let stop_secs = server_rt.block_on(ours.stop())?;
     log(format!(
-        "in-process server ready with {held} users in {:.1} s",
-        t.elapsed().as_secs_f64()
+        "graceful stop with final snapshot: {stop_secs:.2} s"
     ));
-    let (echo_addr, echo_stop, echo_task) = server_rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let svc = TieringServer::new(Echo { user: sample })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                }),
-        );
-        Ok::<_, BoxError>((addr, tx, task))
-    })?;
+    let t = Instant::now();
+    let ours = server_rt.block_on(Ours::start(ServeConfig {
+        wal_fsync: true,
+        ..config
+    }))?;
+    client_rt.block_on(wait_serving(ours.addr, Duration::from_secs(300)))?;
+    let restart_secs = t.elapsed().as_secs_f64();
+    log(format!(
+        "restart from the state snapshot, fsync on: {restart_secs:.2} s"
+    ));
+    Ok((ours, stop_secs, restart_secs))
+}
 
-    // 5. Load.
-    let warmup = Duration::from_millis(750);
-    let window = Duration::from_secs(secs);
-    let scenarios = [
-        Scenario::new("GetUserTier", Call::Get, 1),
-        Scenario::new("GetUserTier", Call::Get, 16),
-        Scenario::new("GetUserTier", Call::Get, 64),
-        Scenario::new("BatchGetUserTiers ×100", Call::Batch(100), 4),
-        Scenario::new("BatchGetUserTiers ×1000", Call::Batch(1000), 4),
-        Scenario::new("ListAtRiskUsers (limit 100)", Call::AtRisk, 1),
-    ];
-    let mut results = Vec::new();
-    for s in &scenarios {
-        let ours = client_rt.block_on(load(ours_addr, s, users, warmup, window))?;
-        log(format!(
-            "{} c={} ours: {}",
-            s.name,
-            s.concurrency,
-            ours.brief()
+/// Our server, running in process on the runtime that started it, with its metrics endpoint.
+struct Ours {
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tiering::serve::ServeError>>,
+}
+
+impl Ours {
+    /// Binds 127.0.0.1:0 for gRPC and for metrics and spawns the server.
+    async fn start(config: ServeConfig) -> Result<Ours> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, metrics_addr) = (listener.local_addr()?, metrics.local_addr()?);
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tiering::serve::run_with_metrics(
+            config,
+            listener,
+            Some(metrics),
+            async {
+                let _ = rx.await;
+            },
         ));
-        let echo = if matches!(s.call, Call::AtRisk) {
-            None
-        } else {
-            let e = client_rt.block_on(load(echo_addr, s, users, warmup, window))?;
+        Ok(Ours {
+            addr,
+            metrics_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// A graceful stop (drain, final state snapshot); returns the seconds it took.
+    async fn stop(self) -> Result<f64> {
+        let t = Instant::now();
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(120), self.task)
+            .await
+            .map_err(|_| "our server did not stop within 120 s")???;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    /// The `tiering_wal_group_requests` histogram's sum and count from GET /metrics: requests
+    /// committed to the log, and group commits.
+    async fn group_commits(&self) -> Result<(f64, f64)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        let value = |name: &str| -> Result<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| format!("no {name} in /metrics").into())
+        };
+        Ok((
+            value("tiering_wal_group_requests_sum")?,
+            value("tiering_wal_group_requests_count")?,
+        ))
+    }
+}
+
+/// How every scenario is run: on the client runtime, over `users` known users.
+struct Bench<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    users: u64,
+    warmup: Duration,
+    window: Duration,
+}
+
+impl Bench<'_> {
+    /// Runs each scenario against our server, and against the echo server where it is a
+    /// ceiling; for writes, also reads the requests per group commit from our metrics.
+    fn run<'s>(
+        &self,
+        scenarios: &'s [Scenario],
+        ours: &Ours,
+        echo: SocketAddr,
+    ) -> Result<Vec<(&'s Scenario, Outcome, Option<Outcome>)>> {
+        let mut results = Vec::new();
+        for s in scenarios {
+            let writes = matches!(s.call, Call::Record(_));
+            let before = if writes {
+                Some(self.rt.block_on(ours.group_commits())?)
+            } else {
+                None
+            };
+            let mut o =
+                self.rt
+                    .block_on(load(ours.addr, s, self.users, self.warmup, self.window))?;
+            if let Some(before) = before {
+                let after = self.rt.block_on(ours.group_commits())?;
+                o.per_commit = Some((after.0 - before.0) / (after.1 - before.1).max(1.0));
+            }
             log(format!(
-                "{} c={} echo: {}",
+                "{} c={} {}: {}",
                 s.name,
                 s.concurrency,
-                e.brief()
+                s.server(),
+                o.brief()
             ));
-            Some(e)
-        };
-        results.push((s, ours, echo));
+            let e = if s.has_ceiling() {
+                let e = self
+                    .rt
+                    .block_on(load(echo, s, self.users, self.warmup, self.window))?;
+                log(format!(
+                    "{} c={} echo: {}",
+                    s.name,
+                    s.concurrency,
+                    e.brief()
+                ));
+                Some(e)
+            } else {
+                None
+            };
+            results.push((s, o, e));
+        }
+        Ok(results)
     }
+}
 
-    // 6. Stop everything.
-    let _ = ours_stop.send(());
-    let _ = echo_stop.send(());
-    server_rt.block_on(async {
-        let _ = tokio::time::timeout(Duration::from_secs(60), ours_task).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), echo_task).await;
-    });
-    drop(client_rt);
-    drop(server_rt);
+/// Lookups per second on the user table alone.
+struct TableRate {
+    /// `UserStore::get`, or a plain `HashMap::get` without a lock.
+    locked: bool,
+    shards: usize,
+    threads: usize,
+    per_sec: f64,
+}
 
-    let run = RunInfo {
-        model,
-        users,
-        secs,
-        warmup,
-        elapsed: started.elapsed(),
-    };
-    let report = report(&results, &run, &mem_small, &mem_big);
-    println!("{report}");
-    let out = tmp_root
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| tmp_root.clone())
-        .join("grpc_load.md");
-    std::fs::write(&out, &report)?;
-    log(format!("written to {}", out.display()));
-    Ok(())
+impl TableRate {
+    fn describe(&self) -> String {
+        let what = if self.locked {
+            format!("UserStore::get ({} RwLock shards)", self.shards)
+        } else {
+            "HashMap::get, no lock (ceiling)".to_string()
+        };
+        format!(
+            "{what}, {} thread(s): {:.2} M lookups/s",
+            self.threads,
+            self.per_sec / 1e6
+        )
+    }
+}
+
+/// The user table as the server holds it against a plain `HashMap` read without any lock: do
+/// readers slow each other down? Each lookup copies the aggregate out, as GetUserTier does.
+fn measure_table(snapshot: &Snapshot) -> Result<Vec<TableRate>> {
+    let shards = ServeConfig::default().shards;
+    let store = UserStore::new(shards);
+    let mut plain = std::collections::HashMap::with_capacity(snapshot.user_ids.len());
+    for (id, a) in snapshot.user_ids.iter().zip(&snapshot.aggregates) {
+        store.insert(id, *a);
+        plain.insert(id.as_str(), *a);
+    }
+    let ids = &snapshot.user_ids;
+    let mut out = Vec::new();
+    for locked in [true, false] {
+        for threads in [1, 2] {
+            let t = Instant::now();
+            let total = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|k| {
+                        let (store, plain) = (&store, &plain);
+                        scope.spawn(move || {
+                            let (mut hits, mut i) = (0u64, k * 7919);
+                            while t.elapsed() < Duration::from_secs(1) {
+                                for _ in 0..1000 {
+                                    let id = &ids[i % ids.len()];
+                                    let hit = if locked {
+                                        std::hint::black_box(store.get(id)).is_some()
+                                    } else {
+                                        std::hint::black_box(plain.get(id.as_str()).copied())
+                                            .is_some()
+                                    };
+                                    hits += u64::from(hit);
+                                    i += 104_729;
+                                }
+                            }
+                            hits
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| "a lookup thread panicked"))
+                    .sum::<Result<u64, _>>()
+            })?;
+            out.push(TableRate {
+                locked,
+                shards,
+                threads,
+                per_sec: total as f64 / t.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn path_str(p: &Path) -> Result<&str> {
@@ -319,8 +559,8 @@ fn tiering_cmd(args: &[&str]) -> Result<()> {
 }
 
 /// Simulates `users` users and writes them with the small bundle's scorer as bundle
-/// [`BUNDLE`], made current. Returns (events folded, state.bin bytes).
-fn write_big_bundle(small: &Path, big: &Path, users: u64) -> Result<(u64, u64)> {
+/// [`BUNDLE`], made current. Returns (the users' snapshot, events folded, state.bin bytes).
+fn write_big_bundle(small: &Path, big: &Path, users: u64) -> Result<(Snapshot, u64, u64)> {
     let trained = BundleStore::new(small).load_current()?;
     let end = NOW_TS;
     let params = GenerateParams::new(end)
@@ -366,10 +606,9 @@ fn write_big_bundle(small: &Path, big: &Path, users: u64) -> Result<(u64, u64)> 
     let dir = store
         .begin(BUNDLE)?
         .commit(manifest, &trained.scorer, &snapshot)?;
-    drop(snapshot);
     store.promote(BUNDLE)?;
     let bytes = std::fs::metadata(dir.join(tiering::bundle::STATE))?.len();
-    Ok((summary.events, bytes))
+    Ok((snapshot, summary.events, bytes))
 }
 
 /// The generator's event with room and category left for the caller to hash (cached above;
@@ -532,6 +771,42 @@ struct Echo {
     user: UserTier,
 }
 
+/// The echo server, running in process on the runtime that started it.
+struct EchoServer {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Echo {
+    /// Serves `user` as every answer on 127.0.0.1:0, with tonic's defaults (TCP_NODELAY on).
+    async fn start(user: UserTier) -> Result<EchoServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let svc = TieringServer::new(Echo { user })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                }),
+        );
+        Ok(EchoServer { addr, stop, task })
+    }
+}
+
+impl EchoServer {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
 #[tonic::async_trait]
 impl Tiering for Echo {
     async fn get_user_tier(
@@ -583,17 +858,24 @@ impl Tiering for Echo {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Call {
     Get,
+    /// BatchGetUserTiers of this many ids.
     Batch(usize),
-    AtRisk,
+    /// ListAtRiskUsers, one page of this size.
+    AtRisk(u32),
+    /// RecordEvents of this many events.
+    Record(usize),
 }
 
+#[derive(Clone, Copy)]
 struct Scenario {
     name: &'static str,
     call: Call,
     concurrency: usize,
+    /// Run against our server with the write-ahead log fsynced (a label: the server decides).
+    fsync: bool,
 }
 
 impl Scenario {
@@ -602,6 +884,21 @@ impl Scenario {
             name,
             call,
             concurrency,
+            fsync: false,
+        }
+    }
+
+    /// Whether the echo server is a ceiling for this call (it does no work for reads only).
+    fn has_ceiling(&self) -> bool {
+        matches!(self.call, Call::Get | Call::Batch(_))
+    }
+
+    /// Our server, as the report's "server" column names it.
+    fn server(&self) -> &'static str {
+        if self.fsync {
+            "tiering, fsync"
+        } else {
+            "tiering"
         }
     }
 
@@ -613,7 +910,7 @@ impl Scenario {
 /// One scenario against one server.
 struct Outcome {
     requests: u64,
-    /// Users answered (1 per GetUserTier, the batch size, the page size).
+    /// Users answered (1 per GetUserTier, the batch size, the page size), or events accepted.
     items: u64,
     errors: u64,
     first_error: Option<String>,
@@ -621,6 +918,8 @@ struct Outcome {
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    /// RecordEvents requests per group commit of the log, over the scenario.
+    per_commit: Option<f64>,
 }
 
 impl Outcome {
@@ -634,12 +933,15 @@ impl Outcome {
 
     fn brief(&self) -> String {
         format!(
-            "{:.0} req/s, {:.0} users/s, p50 {:.0} µs, p99 {:.0} µs, {} errors{}",
+            "{:.0} req/s, {:.0} items/s, p50 {:.0} µs, p99 {:.0} µs, {} errors{}{}",
             self.rps(),
             self.items_per_sec(),
             self.p50_us,
             self.p99_us,
             self.errors,
+            self.per_commit
+                .map(|g| format!(", {g:.1} requests per group commit"))
+                .unwrap_or_default(),
             self.first_error
                 .as_deref()
                 .map(|e| format!(" (first: {e})"))
@@ -694,10 +996,10 @@ async fn load(
                         })
                         .await
                         .map(|r| r.into_inner().users.len() as u64),
-                    Call::AtRisk => match c
+                    Call::AtRisk(limit) => match c
                         .list_at_risk_users(proto::ListAtRiskUsersRequest {
                             min_churn_probability: 0.5,
-                            limit: 100,
+                            limit,
                             ..Default::default()
                         })
                         .await
@@ -715,6 +1017,19 @@ async fn load(
                         }
                         Err(e) => Err(e),
                     },
+                    Call::Record(n) => c
+                        .record_events(proto::RecordEventsRequest {
+                            events: (0..n)
+                                .map(|_| {
+                                    like(
+                                        user_id(rng.gen_range(0..users)),
+                                        NOW_TS - 60 - rng.gen_range(0..1000),
+                                    )
+                                })
+                                .collect(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().accepted),
                 };
                 if t0 < measure_from {
                     continue;
@@ -746,6 +1061,7 @@ async fn load(
         p50_us: 0.0,
         p99_us: 0.0,
         max_us: 0.0,
+        per_commit: None,
     };
     for t in tasks {
         let (h, requests, items, errors, first_error) = t.await??;
@@ -763,6 +1079,19 @@ async fn load(
     out.p99_us = hist.value_at_quantile(0.99) as f64;
     out.max_us = hist.max() as f64;
     Ok(out)
+}
+
+/// A `like` by `user` at `ts`: the lightest event RecordEvents takes.
+fn like(user: String, ts: i64) -> proto::Event {
+    proto::Event {
+        user_id: user,
+        ts: Some(prost_types::Timestamp {
+            seconds: ts,
+            nanos: 0,
+        }),
+        kind: "like".into(),
+        ..Default::default()
+    }
 }
 
 fn fmt_us(us: f64) -> String {
@@ -827,6 +1156,12 @@ struct RunInfo {
     secs: u64,
     warmup: Duration,
     elapsed: Duration,
+    /// Our server's first start, from the bundle, to SERVING.
+    ready_secs: f64,
+    /// The graceful stop (drain, final state snapshot) before the durability runs.
+    stop_secs: f64,
+    /// The restart from that state snapshot, fsync on, to SERVING.
+    restart_secs: f64,
 }
 
 fn report(
@@ -834,6 +1169,7 @@ fn report(
     run: &RunInfo,
     small: &Memory,
     big: &Memory,
+    table: &[TableRate],
 ) -> String {
     let RunInfo {
         model,
@@ -841,6 +1177,7 @@ fn report(
         secs,
         warmup,
         elapsed,
+        ..
     } = run;
     let mut s = String::new();
     let _ = writeln!(
@@ -858,7 +1195,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| scenario | c | server | req/s | users/s | p50 | p99 | max | errors | ours / ceiling (req/s) |"
+        "| scenario | c | server | req/s | users or events/s | p50 | p99 | max | errors | ours / ceiling (req/s) |"
     );
     let _ = writeln!(
         s,
@@ -882,7 +1219,7 @@ fn report(
                 o.errors
             )
         };
-        let _ = writeln!(s, "{}", row("tiering", ours, &ratio));
+        let _ = writeln!(s, "{}", row(sc.server(), ours, &ratio));
         if let Some(e) = echo {
             let _ = writeln!(s, "{}", row("echo", e, ""));
         }
@@ -918,6 +1255,14 @@ fn report(
         }
     }
     let _ = writeln!(s);
+    durability(&mut s, results, run);
+    let _ = writeln!(s);
+    let rates: Vec<String> = table.iter().map(TableRate::describe).collect();
+    let _ = writeln!(
+        s,
+        "User table alone (this process, {users} users, 1 s each): {}.\n",
+        rates.join("; ")
+    );
     let per_user = (big.rss_kb as f64 - small.rss_kb as f64) * 1024.0
         / (big.users as f64 - small.users as f64).max(1.0);
     let _ = writeln!(
@@ -937,4 +1282,38 @@ fn report(
         per_user
     );
     s
+}
+
+/// The report's durability paragraph: each RecordEvents scenario with fsync against the same
+/// scenario without, and the stop/restart times.
+fn durability(s: &mut String, results: &[(&Scenario, Outcome, Option<Outcome>)], run: &RunInfo) {
+    let _ = writeln!(
+        s,
+        "Durability: first start from the bundle to SERVING {:.1} s; graceful stop with the final \
+         state snapshot {:.2} s; restart from that snapshot (fsync on) to SERVING {:.1} s.\n",
+        run.ready_secs, run.stop_secs, run.restart_secs
+    );
+    for (sc, synced, _) in results.iter().filter(|(sc, _, _)| sc.fsync) {
+        let unsynced = results
+            .iter()
+            .find(|(o, _, _)| !o.fsync && o.call == sc.call && o.concurrency == sc.concurrency);
+        let Some((_, unsynced, _)) = unsynced else {
+            continue;
+        };
+        let per_commit = |o: &Outcome| o.per_commit.map_or("n/a".into(), |g| format!("{g:.1}"));
+        let _ = writeln!(
+            s,
+            "- {} c = {}: {} events/s with fsync, {} without ({:.2}×); p99 {} vs {}; requests \
+             per group commit {} vs {}.",
+            sc.name,
+            sc.concurrency,
+            fmt_rate(synced.items_per_sec()),
+            fmt_rate(unsynced.items_per_sec()),
+            synced.items_per_sec() / unsynced.items_per_sec().max(1e-9),
+            fmt_us(synced.p99_us),
+            fmt_us(unsynced.p99_us),
+            per_commit(synced),
+            per_commit(unsynced)
+        );
+    }
 }

@@ -1,8 +1,6 @@
 //! Fixtures for the gRPC tests: small model bundles built with the public API only, and a real
 //! server on 127.0.0.1:0 that a test starts, stops gracefully, or kills.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

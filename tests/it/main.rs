@@ -1,0 +1,8 @@
+//! The integration tests, one binary with a module per area; the shared fixtures live in
+//! [`helpers`].
+
+mod bad_input;
+mod cli_clients;
+mod grpc_server;
+mod helpers;
+mod train_e2e;

@@ -1,6 +1,7 @@
 //! The integration tests, one binary with a module per area; the shared fixtures live in
 //! [`helpers`].
 
+mod architecture;
 mod bad_input;
 mod cli_clients;
 mod grpc_server;

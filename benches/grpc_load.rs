@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 use tiering::bundle::{BundleStore, Snapshot};
 use tiering::features::{hash_str, UserAggregate};
 use tiering::generate::{generate, room_id, user_id, GenerateParams, CATEGORIES};
-use tiering::serve::proto::tiering_client::TieringClient;
-use tiering::serve::proto::tiering_server::{Tiering, TieringServer};
-use tiering::serve::proto::{self, UserTier};
+use tiering::pb::tiering_client::TieringClient;
+use tiering::pb::tiering_server::{Tiering, TieringServer};
+use tiering::pb::{self as proto, UserTier};
 use tiering::serve::ServeConfig;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -173,7 +173,8 @@ fn run() -> Result<()> {
         now: Some(NOW.into()),
         wal_fsync: false,
         ..ServeConfig::default()
-    };
+    }
+    .check()?;
     let t = Instant::now();
     let (ours_addr, ours_stop, ours_task) = server_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

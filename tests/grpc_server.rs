@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tiering::features::{Timestamp, DAY};
-use tiering::serve::proto::{
-    self, BatchGetUserTiersRequest, GetModelInfoRequest, GetUserTierRequest,
+use tiering::pb::{
+    self as proto, BatchGetUserTiersRequest, GetModelInfoRequest, GetUserTierRequest,
     ListAtRiskUsersRequest, RecordEventsRequest, ScoreUserRequest, UserTier,
 };
 use tiering::serve::ServeConfig;
@@ -1253,7 +1253,7 @@ async fn measure_latency_throughput_and_durability_cost() {
     {
         // The user table alone: do readers slow each other down? Compared with a plain HashMap
         // read without any lock (the ceiling on this machine).
-        let store = Arc::new(tiering::serve::store::UserStore::new(64));
+        let store = Arc::new(tiering::serve::state::embedded::store::UserStore::new(64));
         let snap = common::snapshot_of(n);
         let mut plain = std::collections::HashMap::new();
         for (id, a) in snap.user_ids.iter().zip(&snap.aggregates) {

@@ -313,11 +313,6 @@ impl ValidServeConfig {
     pub(crate) fn model_poll(&self) -> Duration {
         Duration::from_millis(self.config.model_poll_ms)
     }
-
-    /// The checked configuration, as plain data again.
-    pub fn into_inner(self) -> ServeConfig {
-        self.config
-    }
 }
 
 impl Deref for ValidServeConfig {

@@ -215,10 +215,50 @@ pub enum StateError {
     /// Another running server holds the state directory's lock.
     #[error("{path}: the state directory is in use by another running server")]
     Locked { path: PathBuf },
-    /// The state directory holds something we cannot trust (a CRC failure mid-log, a bad
-    /// snapshot, a log without a snapshot, a missing segment).
-    #[error("{path}: corrupt server state: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    /// A log record that cannot be trusted, with acknowledged events possibly after it
+    /// (`what`: empty record, checksum mismatch in the middle of the log).
+    #[error("{path}: corrupt server state: at byte {offset}: {what}")]
+    DamagedRecord {
+        path: PathBuf,
+        offset: usize,
+        what: &'static str,
+    },
+    /// A record cut short (or zero-filled) in a segment that is not the last: not a crash's torn
+    /// tail, because later segments follow it.
+    #[error(
+        "{path}: corrupt server state: at byte {offset}: {what} in a segment that is not the last"
+    )]
+    TornMidLog {
+        path: PathBuf,
+        offset: usize,
+        what: &'static str,
+    },
+    #[error("{path}: corrupt server state: at byte {offset}: undecodable record: {source}")]
+    UndecodableRecord {
+        path: PathBuf,
+        offset: usize,
+        source: postcard::Error,
+    },
+    /// The log segments after the snapshot are not consecutive.
+    #[error("{path}: corrupt server state: log segment {expected} is missing")]
+    MissingSegment { path: PathBuf, expected: u64 },
+    /// Log segments with events but no snapshot to apply them to.
+    #[error("{path}: corrupt server state: an event log without state.bin: restore the snapshot or remove the state directory")]
+    LogWithoutSnapshot { path: PathBuf },
+    /// `state.bin` fails a check (`what`: bad header, checksum mismatch).
+    #[error("{path}: corrupt server state: {what}")]
+    BadSnapshot { path: PathBuf, what: &'static str },
+    #[error("{path}: corrupt server state: {payload} payload bytes, header says {header}")]
+    SnapshotLength {
+        path: PathBuf,
+        payload: usize,
+        header: u64,
+    },
+    #[error("{path}: corrupt server state: undecodable: {source}")]
+    UndecodableSnapshot {
+        path: PathBuf,
+        source: postcard::Error,
+    },
     /// Events arrived before any model seeded the state.
     #[error(
         "event log unavailable: no model is loaded yet (the server is starting, or MODELS/CURRENT names no valid bundle)"

@@ -142,9 +142,9 @@ pub fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateE
     for (i, (gen, path)) in live.iter().enumerate() {
         let expected = wal_gen + i as u64;
         if *gen != expected {
-            return Err(StateError::Corrupt {
+            return Err(StateError::MissingSegment {
                 path: path.clone(),
-                message: format!("log segment {expected} is missing"),
+                expected,
             });
         }
         let bytes = fs::read(path).map_err(StateError::io(path))?;
@@ -222,10 +222,7 @@ fn live_segments(
         for (_, path) in &live {
             let len = fs::metadata(path).map_err(StateError::io(path))?.len();
             if len > 0 {
-                return Err(StateError::Corrupt {
-                    path: path.clone(),
-                    message: format!("an event log without {SNAPSHOT}: restore the snapshot or remove the state directory"),
-                });
+                return Err(StateError::LogWithoutSnapshot { path: path.clone() });
             }
             fs::remove_file(path).map_err(StateError::io(path))?;
         }

@@ -2,18 +2,18 @@
 //! local write-ahead log and snapshots in one state directory.
 //!
 //! - [`store`] — the sharded in-memory user table.
-//! - [`wal`] — the write-ahead log: record format, the log thread, the handle.
-//! - [`snapshot`] — the `state.bin` format.
-//! - [`dir`] — the state directory: layout, lock, segments, recovery at start.
+//! - `wal` — the write-ahead log: record format, the log thread, the handle.
+//! - `snapshot` — the `state.bin` format.
+//! - `dir` — the state directory: layout, lock, segments, recovery at start.
 //!
 //! Reads go straight to the table (a shard's read lock for the time of a hash lookup and a
 //! copy), so [`EmbeddedState`]'s read futures are complete when returned; writes go through the
 //! log thread, which is the table's only writer.
 
-pub mod dir;
-pub mod snapshot;
+mod dir;
+mod snapshot;
 pub mod store;
-pub mod wal;
+mod wal;
 
 pub use dir::{Recovery, SNAPSHOT};
 pub use wal::{EventLog, LogOptions};

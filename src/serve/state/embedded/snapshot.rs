@@ -51,12 +51,12 @@ pub fn encode_snapshot(
 }
 
 pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateError> {
-    let corrupt = |m: String| StateError::Corrupt {
+    let bad = |what| StateError::BadSnapshot {
         path: path.to_path_buf(),
-        message: m,
+        what,
     };
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-        return Err(corrupt("not a tiering state snapshot (bad header)".into()));
+        return Err(bad("not a tiering state snapshot (bad header)"));
     }
     let mut len8 = [0u8; 8];
     len8.copy_from_slice(&bytes[8..16]);
@@ -64,13 +64,17 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateErr
     let crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
     let payload = &bytes[HEADER..];
     if payload.len() as u64 != len {
-        return Err(corrupt(format!(
-            "{} payload bytes, header says {len}",
-            payload.len()
-        )));
+        return Err(StateError::SnapshotLength {
+            path: path.to_path_buf(),
+            payload: payload.len(),
+            header: len,
+        });
     }
     if crc32fast::hash(payload) != crc {
-        return Err(corrupt("checksum mismatch".into()));
+        return Err(bad("checksum mismatch"));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(format!("undecodable: {e}")))
+    postcard::from_bytes(payload).map_err(|source| StateError::UndecodableSnapshot {
+        path: path.to_path_buf(),
+        source,
+    })
 }

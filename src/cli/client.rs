@@ -12,6 +12,7 @@
 //! half-written list. Writing to a closed pipe (`| head`) ends quietly.
 
 use super::client_output::{as_of_text, sort_by_risk, write_user_table, write_users, JsonUser};
+
 pub use super::client_output::{ListFormat, UserFormat};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Largest response accepted from the server (a page of 10,000 users is a few MB).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Where the server is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
@@ -195,6 +197,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     parts.join(": ")
 }
+
 /// A gRPC status, shown as `CODE: message`.
 #[derive(Debug)]
 pub struct RpcError {
@@ -348,6 +351,7 @@ async fn fetch_pages(
         token = next;
     }
 }
+
 /// A file written under a temporary name beside its target and renamed into place by
 /// [`AtomicFile::commit`]; dropped uncommitted, the temporary file is removed.
 struct AtomicFile {
@@ -408,6 +412,7 @@ impl Drop for AtomicFile {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

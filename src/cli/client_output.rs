@@ -47,11 +47,13 @@ pub enum UserFormat {
     Table,
     Json,
 }
+
 /// An `f32` the server computed, widened without the noise digits (`0.331199`, not
 /// `0.3311994969844818`).
 fn f32_clean(x: f64) -> f64 {
     (x as f32).to_string().parse().unwrap_or(x)
 }
+
 /// Highest churn probability first, then user id ascending (the server's order).
 pub fn sort_by_risk(users: &mut [proto::UserTier]) {
     users.sort_by(|a, b| {

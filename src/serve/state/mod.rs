@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //!
-//! - this module: the trait, [`StateBackend`] (the backend chosen once at start), the event and
-//!   outcome types, and [`StateError`].
+//! - this module: the trait, the event and outcome types, and [`StateError`].
+//! - `backend` — [`StateBackend`], the backend chosen once at start (an enum over the
+//!   implementations).
 //! - [`embedded`] — the default: a sharded in-memory map, a local write-ahead log with group
 //!   commit, and snapshots, all in one state directory.
 //!
@@ -28,7 +29,10 @@
 //! each part's users are borrowed for the time of the visit, so a ranking keeps only what it
 //! selects. A network backend would fetch its parts from the blocking thread.
 
+mod backend;
 pub mod embedded;
+
+pub use backend::StateBackend;
 
 use crate::bundle::Snapshot;
 use crate::features::{Event, EventKind, Timestamp, UserAggregate};
@@ -123,85 +127,6 @@ pub trait UserState: Send + Sync {
 
     /// A final checkpoint, then no more writes.
     fn shutdown(&self) -> impl Future<Output = Result<(), StateError>> + Send;
-}
-
-/// The backend chosen at start; static dispatch to its implementation.
-pub enum StateBackend {
-    Embedded(embedded::EmbeddedState),
-}
-
-impl UserState for StateBackend {
-    #[inline]
-    fn get(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<UserAggregate>, StateError>> + Send {
-        match self {
-            StateBackend::Embedded(s) => s.get(id),
-        }
-    }
-
-    fn get_many(
-        &self,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Option<UserAggregate>>, StateError>> + Send {
-        match self {
-            StateBackend::Embedded(s) => s.get_many(ids),
-        }
-    }
-
-    fn apply(
-        &self,
-        events: Vec<UserEvent>,
-    ) -> impl Future<Output = Result<Applied, StateError>> + Send {
-        match self {
-            StateBackend::Embedded(s) => s.apply(events),
-        }
-    }
-
-    fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
-    where
-        T: Send,
-        F: Fn(&mut dyn Iterator<Item = (&str, &UserAggregate)>) -> T + Sync,
-    {
-        match self {
-            StateBackend::Embedded(s) => s.scan(visit),
-        }
-    }
-
-    fn users(&self) -> usize {
-        match self {
-            StateBackend::Embedded(s) => s.users(),
-        }
-    }
-
-    fn is_seeded(&self) -> bool {
-        match self {
-            StateBackend::Embedded(s) => s.is_seeded(),
-        }
-    }
-
-    fn seed(
-        &self,
-        version: String,
-        snapshot: Snapshot,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        match self {
-            StateBackend::Embedded(s) => s.seed(version, snapshot),
-        }
-    }
-
-    fn checkpoint(&self) -> impl Future<Output = Result<bool, StateError>> + Send {
-        match self {
-            StateBackend::Embedded(s) => s.checkpoint(),
-        }
-    }
-
-    fn shutdown(&self) -> impl Future<Output = Result<(), StateError>> + Send {
-        match self {
-            StateBackend::Embedded(s) => s.shutdown(),
-        }
-    }
 }
 
 /// Why the user state could not be opened, read or written.

@@ -2,9 +2,9 @@
 //! local write-ahead log and snapshots in one state directory.
 //!
 //! - [`store`] — the sharded in-memory user table.
-//! - `wal` — the write-ahead log: record format, the log thread, the handle.
+//! - `wal` — the write-ahead log: record format, recovery at start, the log thread, the handle.
 //! - `snapshot` — the `state.bin` format.
-//! - `dir` — the state directory: layout, lock, segments, recovery at start.
+//! - `dir` — the state directory: layout, lock, segments, writing a snapshot.
 //!
 //! Reads go straight to the table (a shard's read lock for the time of a hash lookup and a
 //! copy), so [`EmbeddedState`]'s read futures are complete when returned; writes go through the
@@ -15,7 +15,8 @@ mod snapshot;
 pub mod store;
 mod wal;
 
-pub use dir::{Recovery, SNAPSHOT};
+pub use dir::SNAPSHOT;
+pub use wal::replay::Recovery;
 pub use wal::{EventLog, LogOptions};
 
 use super::{Applied, StateError, UserEvent, UserState};

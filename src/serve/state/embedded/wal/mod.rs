@@ -1,8 +1,9 @@
 //! Durability of recorded events: a write-ahead log with group commit, in segments of the state
 //! directory ([`super::dir`]), and snapshots ([`super::snapshot`]) that truncate it.
 //!
-//! - [`record`] — the record format, and replaying a segment.
-//! - [`writer`] — the log thread, the only writer of the user table.
+//! - [`record`] — the record format, and reading a segment back.
+//! - [`replay`] — recovery at start: snapshot, then the log after it.
+//! - `writer` — the log thread, the only writer of the user table.
 //! - this module — [`EventLog`], the handle the rest of the server holds.
 //!
 //! One thread owns the log and is the only writer of the user table: it takes every append
@@ -22,14 +23,15 @@
 //! until a restart replays it, because the kernel may have dropped the unsynced pages.
 
 pub mod record;
+pub mod replay;
 mod writer;
 
-use super::dir::{recover, Recovery};
 use super::store::UserStore;
 use crate::bundle::Snapshot;
 use crate::serve::metrics::Metrics;
 use crate::serve::state::{Applied, StateError, UserEvent};
 use record::encode_record;
+use replay::{recover, Recovery};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

@@ -16,7 +16,7 @@
 //!
 //! # Why an enum over backends, and futures without boxes
 //!
-//! The GetUserTier path is sub-microsecond, so a read must not allocate. The trait's methods
+//! The GetUserTier path is sub-microsecond, so a read must not box a future. The trait's methods
 //! return `impl Future` (no `async_trait`, so no boxed future per call), and the server holds
 //! the backend as the enum [`StateBackend`] rather than `dyn UserState`, so every call is
 //! statically dispatched. The embedded backend answers reads synchronously and returns an

@@ -60,10 +60,10 @@ use std::time::{Duration, Instant};
 use tiering::bundle::{BundleStore, Snapshot};
 use tiering::features::{hash_str, UserAggregate};
 use tiering::generate::{generate, room_id, user_id, GenerateParams, CATEGORIES};
-use tiering::serve::proto::tiering_client::TieringClient;
-use tiering::serve::proto::tiering_server::{Tiering, TieringServer};
-use tiering::serve::proto::{self, UserTier};
-use tiering::serve::store::UserStore;
+use tiering::pb::tiering_client::TieringClient;
+use tiering::pb::tiering_server::{Tiering, TieringServer};
+use tiering::pb::{self as proto, UserTier};
+use tiering::serve::state::embedded::store::UserStore;
 use tiering::serve::ServeConfig;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -351,7 +351,7 @@ impl Ours {
         let (addr, metrics_addr) = (listener.local_addr()?, metrics.local_addr()?);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(tiering::serve::run_with_metrics(
-            config,
+            config.check()?,
             listener,
             Some(metrics),
             async {

@@ -1,69 +1,30 @@
 //! `tiering at-risk` and `tiering user`: clients of a running server, for retention teams and for
-//! looking one user up.
+//! looking one user up. This file is the RPC side (flags, connecting, paging, errors, the output
+//! file); how the users are written is [`super::client_output`].
 //!
 //! `at-risk` calls `ListAtRiskUsers` page by page (following `next_page_token`) until `--limit`
 //! users or the end of the list, then writes them sorted by churn probability, highest first
-//! (ties by user id). Formats (`--format`):
-//!
-//! - `csv` (default): a header, then one row per user with the columns of [`COLUMNS`]; `reasons`
-//!   is the top factors as `feature=+0.42 (value)` joined by `; `, `playbook` the tier's actions
-//!   joined by ` | `.
-//! - `json`: one JSON array of objects, one object per line. Keys as the CSV columns, but
-//!   `reasons` is an array of `{feature, contribution, value}` and `playbook` an array of
-//!   strings; plus `model_version` and `as_of` (RFC 3339).
-//! - `jsonl`: the same objects as JSON Lines (one per line, no array), for streaming tools.
-//! - `table`: aligned columns for a terminal (CJK-width aware).
+//! (ties by user id), in the `--format` chosen (csv, json, jsonl, table).
 //!
 //! Errors: a gRPC status prints as `CODE: message` (`INVALID_ARGUMENT: min_churn_probability:
 //! must be in [0, 1], got 1.5`); a server that cannot be reached is named by its URL. `--out`
 //! writes a temporary file beside the target and renames it into place, so readers never see a
 //! half-written list. Writing to a closed pipe (`| head`) ends quietly.
 
+use super::client_output::{as_of_text, sort_by_risk, write_user_table, write_users, JsonUser};
+
+pub use super::client_output::{ListFormat, UserFormat};
 use anyhow::{Context, Result};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tiering::serve::proto::{self, tiering_client::TieringClient};
+use tiering::pb::{self as proto, tiering_client::TieringClient};
 use tonic::transport::{Channel, Endpoint};
-use unicode_width::UnicodeWidthStr;
-
-/// The CSV header (and the keys of the JSON objects).
-pub const COLUMNS: [&str; 11] = [
-    "user_id",
-    "churn_probability",
-    "risk_level",
-    "risk_percentile",
-    "tier_id",
-    "tier_name",
-    "tier_name_zh",
-    "lifecycle_stage",
-    "rfm_segment",
-    "reasons",
-    "playbook",
-];
 
 /// Largest response accepted from the server (a page of 10,000 users is a few MB).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ListFormat {
-    Csv,
-    /// A JSON array, one object per line.
-    Json,
-    /// JSON Lines: one object per line.
-    Jsonl,
-    /// Aligned columns for a terminal.
-    Table,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UserFormat {
-    Table,
-    Json,
-}
 
 /// Where the server is.
 #[derive(Debug, Clone, clap::Args)]
@@ -237,12 +198,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// An `f32` the server computed, widened without the noise digits (`0.331199`, not
-/// `0.3311994969844818`).
-fn f32_clean(x: f64) -> f64 {
-    (x as f32).to_string().parse().unwrap_or(x)
-}
-
 /// A gRPC status, shown as `CODE: message`.
 #[derive(Debug)]
 pub struct RpcError {
@@ -397,270 +352,6 @@ async fn fetch_pages(
     }
 }
 
-/// Highest churn probability first, then user id ascending (the server's order).
-pub fn sort_by_risk(users: &mut [proto::UserTier]) {
-    users.sort_by(|a, b| {
-        b.churn_probability
-            .total_cmp(&a.churn_probability)
-            .then_with(|| a.user_id.cmp(&b.user_id))
-    });
-}
-
-/// `recency_days=+0.42 (81.04); ...`
-pub fn reasons_text(factors: &[proto::Factor]) -> String {
-    factors
-        .iter()
-        .map(|f| {
-            format!(
-                "{}={:+.2} ({})",
-                f.feature,
-                f.contribution,
-                value_text(f.value)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A feature value without noise: `81.04`, `5`, `0.5`.
-fn value_text(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let s = format!("{v:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".to_string()
-    } else {
-        s.to_string()
-    }
-}
-
-fn as_of_text(ts: Option<&prost_types::Timestamp>) -> String {
-    ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct JsonFactor<'a> {
-    feature: &'a str,
-    contribution: f64,
-    value: f64,
-}
-
-/// One user as JSON (`at-risk --format json|jsonl`, `user --format json`).
-#[derive(Serialize)]
-struct JsonUser<'a> {
-    user_id: &'a str,
-    churn_probability: f64,
-    risk_level: &'a str,
-    risk_percentile: f64,
-    tier_id: &'a str,
-    tier_name: &'a str,
-    tier_name_zh: &'a str,
-    lifecycle_stage: &'a str,
-    rfm_segment: &'a str,
-    reasons: Vec<JsonFactor<'a>>,
-    playbook: &'a [String],
-    model_version: &'a str,
-    as_of: String,
-}
-
-impl<'a> From<&'a proto::UserTier> for JsonUser<'a> {
-    fn from(u: &'a proto::UserTier) -> Self {
-        JsonUser {
-            user_id: &u.user_id,
-            churn_probability: u.churn_probability,
-            risk_level: &u.risk_level,
-            risk_percentile: u.risk_percentile,
-            tier_id: &u.tier_id,
-            tier_name: &u.tier_name,
-            tier_name_zh: &u.tier_name_zh,
-            lifecycle_stage: &u.lifecycle_stage,
-            rfm_segment: &u.rfm_segment,
-            reasons: u
-                .top_factors
-                .iter()
-                .map(|f| JsonFactor {
-                    feature: &f.feature,
-                    contribution: f32_clean(f.contribution),
-                    value: f32_clean(f.value),
-                })
-                .collect(),
-            playbook: &u.recommended_actions,
-            model_version: &u.model_version,
-            as_of: as_of_text(u.as_of.as_ref()),
-        }
-    }
-}
-
-/// Writes the list in `format`.
-pub fn write_users(
-    out: &mut dyn Write,
-    users: &[proto::UserTier],
-    format: ListFormat,
-) -> io::Result<()> {
-    match format {
-        ListFormat::Csv => write_csv(out, users),
-        ListFormat::Json => {
-            out.write_all(b"[")?;
-            for (i, u) in users.iter().enumerate() {
-                out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut *out, &JsonUser::from(u))?;
-            }
-            out.write_all(b"\n]\n")
-        }
-        ListFormat::Jsonl => {
-            for u in users {
-                serde_json::to_writer(&mut *out, &JsonUser::from(u))?;
-                out.write_all(b"\n")?;
-            }
-            Ok(())
-        }
-        ListFormat::Table => write_table(out, users),
-    }
-}
-
-fn csv_row(u: &proto::UserTier) -> [String; 11] {
-    [
-        u.user_id.clone(),
-        format!("{:.6}", u.churn_probability),
-        u.risk_level.clone(),
-        format!("{:.2}", u.risk_percentile),
-        u.tier_id.clone(),
-        u.tier_name.clone(),
-        u.tier_name_zh.clone(),
-        u.lifecycle_stage.clone(),
-        u.rfm_segment.clone(),
-        reasons_text(&u.top_factors),
-        u.recommended_actions.join(" | "),
-    ]
-}
-
-fn write_csv(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
-    w.write_record(COLUMNS)?;
-    for u in users {
-        w.write_record(csv_row(u))?;
-    }
-    w.flush()
-}
-
-/// Aligned columns; numbers right-aligned, the last column unpadded.
-fn write_table(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()> {
-    let header = [
-        "USER_ID",
-        "CHURN",
-        "RISK",
-        "PCTILE",
-        "TIER",
-        "TIER_NAME",
-        "中文",
-        "LIFECYCLE",
-        "RFM",
-        "REASONS",
-        "PLAYBOOK",
-    ];
-    let right = [
-        false, true, false, true, false, false, false, false, false, false, false,
-    ];
-    let rows: Vec<[String; 11]> = users
-        .iter()
-        .map(|u| {
-            let mut r = csv_row(u);
-            r[1] = format!("{:.4}", u.churn_probability);
-            r[3] = format!("{:.1}", u.risk_percentile);
-            r
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(cell.width());
-        }
-    }
-    let mut line = |cells: &[&str]| -> io::Result<()> {
-        let mut s = String::new();
-        let last = cells.len() - 1;
-        for (i, cell) in cells.iter().enumerate() {
-            if i == last {
-                s.push_str(cell);
-                break;
-            }
-            let pad = " ".repeat(widths[i].saturating_sub(cell.width()));
-            if right[i] {
-                s.push_str(&pad);
-                s.push_str(cell);
-            } else {
-                s.push_str(cell);
-                s.push_str(&pad);
-            }
-            s.push_str("  ");
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(&header)?;
-    for r in &rows {
-        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
-        line(&cells)?;
-    }
-    Ok(())
-}
-
-/// Every field of one user, one per line.
-fn write_user_table(out: &mut dyn Write, u: &proto::UserTier) -> io::Result<()> {
-    const W: usize = 20;
-    let plain = [
-        ("user_id", u.user_id.clone()),
-        ("tier_id", u.tier_id.clone()),
-        ("tier_name", u.tier_name.clone()),
-        ("tier_name_zh", u.tier_name_zh.clone()),
-        ("churn_probability", format!("{:.4}", u.churn_probability)),
-        ("risk_level", u.risk_level.clone()),
-        (
-            "risk_percentile",
-            format!(
-                "{:.1} (share of users at or below this risk)",
-                u.risk_percentile
-            ),
-        ),
-        ("rfm_segment", u.rfm_segment.clone()),
-        ("lifecycle_stage", u.lifecycle_stage.clone()),
-    ];
-    for (k, v) in plain {
-        writeln!(out, "{k:<W$} {v}")?;
-    }
-    let fw = u
-        .top_factors
-        .iter()
-        .map(|f| f.feature.width())
-        .max()
-        .unwrap_or(0);
-    if u.top_factors.is_empty() {
-        writeln!(out, "{:<W$} -", "top_factors")?;
-    }
-    for (i, f) in u.top_factors.iter().enumerate() {
-        let key = if i == 0 { "top_factors" } else { "" };
-        writeln!(
-            out,
-            "{key:<W$} {:<fw$}  {:+.3} log-odds  (value {})",
-            f.feature,
-            f.contribution,
-            value_text(f.value)
-        )?;
-    }
-    if u.recommended_actions.is_empty() {
-        writeln!(out, "{:<W$} -", "recommended_actions")?;
-    }
-    for (i, a) in u.recommended_actions.iter().enumerate() {
-        let key = if i == 0 { "recommended_actions" } else { "" };
-        writeln!(out, "{key:<W$} - {a}")?;
-    }
-    writeln!(out, "{:<W$} {}", "model_version", u.model_version)?;
-    writeln!(out, "{:<W$} {}", "as_of", as_of_text(u.as_of.as_ref()))
-}
-
 /// A file written under a temporary name beside its target and renamed into place by
 /// [`AtomicFile::commit`]; dropped uncommitted, the temporary file is removed.
 struct AtomicFile {
@@ -725,99 +416,6 @@ impl Drop for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(id: &str, p: f64) -> proto::UserTier {
-        proto::UserTier {
-            user_id: id.into(),
-            churn_probability: p,
-            tier_id: "core_fans".into(),
-            tier_name: "Core fans".into(),
-            tier_name_zh: "核心铁粉".into(),
-            top_factors: vec![
-                proto::Factor {
-                    feature: "recency_days".into(),
-                    contribution: 0.4213,
-                    value: 81.0416,
-                },
-                proto::Factor {
-                    feature: "orders".into(),
-                    contribution: -0.1,
-                    value: 5.0,
-                },
-            ],
-            recommended_actions: vec!["exclusive community".into(), "co-streaming".into()],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn reasons_read_as_feature_signed_contribution_and_value() {
-        assert_eq!(
-            reasons_text(&user("a", 0.5).top_factors),
-            "recency_days=+0.42 (81.04); orders=-0.10 (5)"
-        );
-        assert_eq!(value_text(0.5), "0.5");
-        assert_eq!(value_text(-0.001), "0");
-    }
-
-    #[test]
-    fn users_sort_by_probability_then_id() {
-        let mut v = vec![user("b", 0.5), user("c", 0.9), user("a", 0.5)];
-        sort_by_risk(&mut v);
-        let ids: Vec<&str> = v.iter().map(|u| u.user_id.as_str()).collect();
-        assert_eq!(ids, ["c", "a", "b"]);
-    }
-
-    #[test]
-    fn csv_has_the_header_and_joined_reasons_and_playbook() {
-        let mut out = Vec::new();
-        write_users(&mut out, &[user("a", 0.75)], ListFormat::Csv).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let mut lines = text.lines();
-        assert_eq!(lines.next(), Some(COLUMNS.join(",").as_str()));
-        let row = lines.next().unwrap();
-        assert!(row.starts_with("a,0.750000,"), "{row}");
-        assert!(row.contains("exclusive community | co-streaming"), "{row}");
-    }
-
-    #[test]
-    fn json_is_an_array_and_jsonl_one_object_per_line() {
-        let users = [user("a", 0.75), user("b", 0.5)];
-        let mut out = Vec::new();
-        write_users(&mut out, &users, ListFormat::Json).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v.as_array().map(Vec::len), Some(2));
-        assert_eq!(v[0]["reasons"][0]["feature"], "recency_days");
-        let mut out = Vec::new();
-        write_users(&mut out, &[], ListFormat::Json).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v.as_array().map(Vec::len), Some(0));
-        let mut out = Vec::new();
-        write_users(&mut out, &users, ListFormat::Jsonl).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.lines().count(), 2);
-        for line in text.lines() {
-            serde_json::from_str::<serde_json::Value>(line).unwrap();
-        }
-    }
-
-    #[test]
-    fn table_columns_line_up_with_wide_characters() {
-        let mut out = Vec::new();
-        write_users(
-            &mut out,
-            &[user("a", 0.75), user("bbbbbb", 0.5)],
-            ListFormat::Table,
-        )
-        .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3);
-        let col = |l: &str| l[..l.find("core_fans").unwrap_or(l.len())].width();
-        assert_eq!(col(lines[1]), col(lines[2]));
-        let zh = |l: &str| l[..l.find("核心铁粉").unwrap_or(0)].width();
-        assert_eq!(zh(lines[1]), zh(lines[2]));
-    }
 
     #[test]
     fn server_urls_default_to_http() {

@@ -1,6 +1,7 @@
 //! Command-line front end. Each subcommand parses its flags, calls the library, and reports.
 
 mod client;
+mod client_output;
 mod generate;
 mod models;
 mod quickstart;

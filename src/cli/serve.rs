@@ -51,7 +51,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.now {
         config.now = Some(n);
     }
-    config.validate().context("checking the configuration")?;
+    let config = config.check().context("checking the configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

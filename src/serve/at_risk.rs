@@ -1,19 +1,19 @@
 //! The at-risk list: every user scored as of one time, filtered, ordered by churn probability
 //! (highest first, ties by user id), one page at a time.
 //!
-//! Each shard is scored on the rayon pool and keeps only its best `limit + 1` candidates after
+//! The state is visited through [`UserState::scan`], part by part (the embedded backend's shards,
+//! in parallel on the rayon pool); each part keeps only its best `limit + 1` candidates after
 //! the cursor (`select_nth_unstable`, linear time), so a page over a million users costs one
 //! scoring pass and no sort of everyone. The page token pins the as-of time and the model, and
 //! carries the last (probability, user) returned; the next page continues strictly after it, so
 //! pagination returns every matching user once, in order, as long as the model and the users'
 //! events stay the same (a user whose events arrive mid-pagination may move).
 
-use super::convert::{MAX_SECONDS, MIN_SECONDS};
-use super::error::ServeError;
-use super::store::UserStore;
+use super::error::RequestError;
+use super::state::UserState;
 use crate::features::{LifecycleStage, Timestamp};
 use crate::model::{Score, Scorer};
-use rayon::prelude::*;
+use crate::pb::{MAX_SECONDS, MIN_SECONDS};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
@@ -107,56 +107,24 @@ fn keep_best<T>(v: &mut Vec<T>, k: usize, key: impl Fn(&T) -> (f64, &str)) {
     }
 }
 
-/// Scores every user as of `q.as_of` and returns the page. Gives up with DEADLINE_EXCEEDED
-/// when `should_stop` says so (checked between shards: the deadline passed, or the caller left).
+/// Scores every user as of `q.as_of` and returns the page. Blocking. Gives up with
+/// DEADLINE_EXCEEDED when `should_stop` says so (checked before each part of the state: the
+/// deadline passed, or the caller left).
 pub fn scan(
-    store: &UserStore,
+    state: &impl UserState,
     scorer: &Scorer,
     q: &AtRiskQuery,
     should_stop: &(dyn Fn() -> bool + Sync),
-) -> Result<Page, ServeError> {
+) -> Result<Page, RequestError> {
     let want = q.limit.saturating_add(1);
-    let after = q.after.as_ref().map(|(p, u)| (*p, u.as_str()));
-    let per_shard: Vec<Result<Vec<(String, Score)>, ServeError>> = (0..store.shard_count())
-        .into_par_iter()
-        .map(|i| {
-            if should_stop() {
-                return Err(ServeError::DeadlineExceeded);
-            }
-            let shard = store.shard(i);
-            let mut cands: Vec<(&str, Score)> = Vec::new();
-            for (id, agg) in shard.iter() {
-                let s = scorer.score(agg, q.as_of);
-                let p = s.churn_probability;
-                if p < q.min_probability {
-                    continue;
-                }
-                if let Some(after) = after {
-                    if rank((p, id), after) != Ordering::Greater {
-                        continue;
-                    }
-                }
-                if let Some(t) = &q.tiers {
-                    if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
-                        continue;
-                    }
-                }
-                if let Some(st) = &q.stages {
-                    if !st[s.lifecycle_stage as usize] {
-                        continue;
-                    }
-                }
-                cands.push((id, s));
-            }
-            keep_best(&mut cands, want, |(id, s)| (s.churn_probability, id));
-            Ok(cands
-                .into_iter()
-                .map(|(id, s)| (id.to_string(), s))
-                .collect())
-        })
-        .collect();
+    let per_part = state.scan(|users| {
+        if should_stop() {
+            return Err(RequestError::DeadlineExceeded);
+        }
+        Ok(best_of_part(users, scorer, q, want))
+    })?;
     let mut all = Vec::new();
-    for r in per_shard {
+    for r in per_part {
         all.extend(r?);
     }
     keep_best(&mut all, want, |(id, s)| (s.churn_probability, id.as_str()));
@@ -164,6 +132,45 @@ pub fn scan(
     let more = all.len() > q.limit;
     all.truncate(q.limit);
     Ok(Page { users: all, more })
+}
+
+/// One part's best `want` users that match the query, after the cursor.
+fn best_of_part(
+    users: &mut dyn Iterator<Item = (&str, &crate::features::UserAggregate)>,
+    scorer: &Scorer,
+    q: &AtRiskQuery,
+    want: usize,
+) -> Vec<(String, Score)> {
+    let after = q.after.as_ref().map(|(p, u)| (*p, u.as_str()));
+    let mut cands: Vec<(&str, Score)> = Vec::new();
+    for (id, agg) in users {
+        let s = scorer.score(agg, q.as_of);
+        let p = s.churn_probability;
+        if p < q.min_probability {
+            continue;
+        }
+        if let Some(after) = after {
+            if rank((p, id), after) != Ordering::Greater {
+                continue;
+            }
+        }
+        if let Some(t) = &q.tiers {
+            if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
+                continue;
+            }
+        }
+        if let Some(st) = &q.stages {
+            if !st[s.lifecycle_stage as usize] {
+                continue;
+            }
+        }
+        cands.push((id, s));
+    }
+    keep_best(&mut cands, want, |(id, s)| (s.churn_probability, id));
+    cands
+        .into_iter()
+        .map(|(id, s)| (id.to_string(), s))
+        .collect()
 }
 
 #[cfg(test)]

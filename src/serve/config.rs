@@ -14,13 +14,59 @@
 //! Environment: `TIERING__MAX_BATCH_SIZE=500` sets `max_batch_size`; a double underscore nests
 //! (`TIERING__A__B` is `a.b`). A value is read as the type of the field's default (integer,
 //! boolean), else as a string; unknown names are refused like unknown keys in the file.
+//!
+//! [`ServeConfig::check`] validates every field once and returns a [`ValidServeConfig`] (with the
+//! clock already parsed); [`super::run`] accepts only that. Errors are [`ConfigError`], one
+//! variant per cause, naming the field or variable.
 
-use super::error::ServeError;
 use crate::features::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// The defaults could not be turned into a table (a bug, not a user error).
+    #[error("invalid configuration: defaults: {0}")]
+    Defaults(#[source] toml::ser::Error),
+    #[error("invalid configuration: {key}: empty key segment")]
+    EmptyKeySegment { key: String },
+    /// An environment value does not parse as the type of the field it sets.
+    #[error("invalid configuration: {key}: expected {expected}, got {raw:?}")]
+    EnvType {
+        key: String,
+        expected: &'static str,
+        raw: String,
+    },
+    /// An environment variable nests below a field that is not a table.
+    #[error("invalid configuration: {key}: {segment} is not a table")]
+    NotATable { key: String, segment: String },
+    /// Unknown keys, or values of the wrong type, after layering.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[source] toml::de::Error),
+    /// A field outside its accepted range; `rule` says what is accepted.
+    #[error("invalid configuration: {field} must be {rule}, got {got}")]
+    OutOfRange {
+        field: &'static str,
+        rule: String,
+        got: String,
+    },
+    #[error("invalid configuration: now: {0:?} is neither RFC 3339 nor YYYY-MM-DD")]
+    BadNow(String),
+}
 
 /// Prefix of the environment variables that override the configuration file.
 pub const ENV_PREFIX: &str = "TIERING__";
@@ -128,85 +174,111 @@ impl ServeConfig {
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ServeError> {
+    ) -> Result<Self, ConfigError> {
         let mut table = toml::Table::new();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(ServeError::io(path))?;
-            let parsed: toml::Table = toml::from_str(&text)
-                .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let parsed: toml::Table =
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             merge(&mut table, parsed);
         }
         // The defaults tell each variable's type: `TIERING__MODELS=2024` stays a path.
-        let defaults = toml::Table::try_from(ServeConfig::default())
-            .map_err(|e| ServeError::Config(format!("defaults: {e}")))?;
+        let defaults =
+            toml::Table::try_from(ServeConfig::default()).map_err(ConfigError::Defaults)?;
         for (key, value) in env {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             if path.iter().any(String::is_empty) {
-                return Err(ServeError::Config(format!("{key}: empty key segment")));
+                return Err(ConfigError::EmptyKeySegment { key });
             }
-            let typed = env_value(lookup(&defaults, &path), &value)
-                .map_err(|m| ServeError::Config(format!("{key}: {m}")))?;
-            set_path(&mut table, &path, typed)
-                .map_err(|m| ServeError::Config(format!("{key}: {m}")))?;
+            let typed = env_value(lookup(&defaults, &path), &value).map_err(|expected| {
+                ConfigError::EnvType {
+                    key: key.clone(),
+                    expected,
+                    raw: value.clone(),
+                }
+            })?;
+            set_path(&mut table, &path, typed).map_err(|segment| ConfigError::NotATable {
+                key: key.clone(),
+                segment,
+            })?;
         }
-        ServeConfig::deserialize(toml::Value::Table(table))
-            .map_err(|e| ServeError::Config(e.to_string()))
+        ServeConfig::deserialize(toml::Value::Table(table)).map_err(ConfigError::Invalid)
     }
 
-    /// Checks every field; the message names the field and the accepted range.
-    pub fn validate(&self) -> Result<(), ServeError> {
-        let bad = |m: String| Err(ServeError::Config(m));
+    /// Checks every field once; the error names the field and the accepted range.
+    pub fn check(self) -> Result<ValidServeConfig, ConfigError> {
+        fn out_of_range(
+            field: &'static str,
+            rule: impl Into<String>,
+            got: impl ToString,
+        ) -> Result<(), ConfigError> {
+            Err(ConfigError::OutOfRange {
+                field,
+                rule: rule.into(),
+                got: got.to_string(),
+            })
+        }
         if self.max_batch_size == 0 {
-            return bad("max_batch_size must be at least 1".into());
+            out_of_range("max_batch_size", "at least 1", self.max_batch_size)?;
         }
         if self.max_events_per_request == 0 {
-            return bad("max_events_per_request must be at least 1".into());
+            out_of_range(
+                "max_events_per_request",
+                "at least 1",
+                self.max_events_per_request,
+            )?;
         }
         if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
-            return bad(format!(
-                "default_page_size must be in 1..=max_page_size ({}), got {}",
-                self.max_page_size, self.default_page_size
-            ));
+            out_of_range(
+                "default_page_size",
+                format!("in 1..=max_page_size ({})", self.max_page_size),
+                self.default_page_size,
+            )?;
         }
         if self.max_message_bytes < 4096 || self.max_message_bytes > (1 << 30) {
-            return bad(format!(
-                "max_message_bytes must be in 4096..=1073741824, got {}",
-                self.max_message_bytes
-            ));
+            out_of_range(
+                "max_message_bytes",
+                "in 4096..=1073741824",
+                self.max_message_bytes,
+            )?;
         }
         if self.max_concurrent_requests == 0 {
-            return bad("max_concurrent_requests must be at least 1".into());
+            out_of_range(
+                "max_concurrent_requests",
+                "at least 1",
+                self.max_concurrent_requests,
+            )?;
         }
         if self.model_poll_ms < 10 {
-            return bad(format!(
-                "model_poll_ms must be at least 10, got {}",
-                self.model_poll_ms
-            ));
+            out_of_range("model_poll_ms", "at least 10", self.model_poll_ms)?;
         }
         if self.snapshot_interval_secs == 0 {
-            return bad("snapshot_interval_secs must be at least 1".into());
+            out_of_range(
+                "snapshot_interval_secs",
+                "at least 1",
+                self.snapshot_interval_secs,
+            )?;
         }
         if !self.shards.is_power_of_two() || self.shards > 4096 {
-            return bad(format!(
-                "shards must be a power of two in 1..=4096, got {}",
-                self.shards
-            ));
+            out_of_range("shards", "a power of two in 1..=4096", self.shards)?;
         }
-        self.clock()?;
-        Ok(())
-    }
-
-    /// The clock: pinned by `now`, else the wall clock.
-    pub fn clock(&self) -> Result<Clock, ServeError> {
-        match &self.now {
-            None => Ok(Clock::Wall),
-            Some(s) => parse_time(s).map(Clock::Fixed).ok_or_else(|| {
-                ServeError::Config(format!("now: {s:?} is neither RFC 3339 nor YYYY-MM-DD"))
-            }),
-        }
+        let clock = match &self.now {
+            None => Clock::Wall,
+            Some(s) => Clock::Fixed(parse_time(s).ok_or_else(|| ConfigError::BadNow(s.clone()))?),
+        };
+        Ok(ValidServeConfig {
+            config: self,
+            clock,
+        })
     }
 
     /// `state_dir`, or by default a `state` directory beside the models directory.
@@ -222,9 +294,32 @@ impl ServeConfig {
             None => self.models.join("..").join("state"),
         }
     }
+}
+
+/// A [`ServeConfig`] that passed [`ServeConfig::check`]: every field in range and the clock
+/// parsed. Read its fields through `Deref`; it cannot be changed or built any other way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidServeConfig {
+    config: ServeConfig,
+    clock: Clock,
+}
+
+impl ValidServeConfig {
+    /// The clock: pinned by `now`, else the wall clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
 
     pub(crate) fn model_poll(&self) -> Duration {
-        Duration::from_millis(self.model_poll_ms)
+        Duration::from_millis(self.config.model_poll_ms)
+    }
+}
+
+impl Deref for ValidServeConfig {
+    type Target = ServeConfig;
+
+    fn deref(&self) -> &ServeConfig {
+        &self.config
     }
 }
 
@@ -238,21 +333,19 @@ fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value
 }
 
 /// An environment value, typed like the default it replaces (strings when there is none).
-fn env_value(default: Option<&toml::Value>, raw: &str) -> Result<toml::Value, String> {
+/// The error is what was expected.
+fn env_value(default: Option<&toml::Value>, raw: &str) -> Result<toml::Value, &'static str> {
     let t = raw.trim();
     match default {
         Some(toml::Value::Integer(_)) => t
             .parse()
             .map(toml::Value::Integer)
-            .map_err(|_| format!("expected an integer, got {raw:?}")),
-        Some(toml::Value::Float(_)) => t
-            .parse()
-            .map(toml::Value::Float)
-            .map_err(|_| format!("expected a number, got {raw:?}")),
+            .map_err(|_| "an integer"),
+        Some(toml::Value::Float(_)) => t.parse().map(toml::Value::Float).map_err(|_| "a number"),
         Some(toml::Value::Boolean(_)) => t
             .parse()
             .map(toml::Value::Boolean)
-            .map_err(|_| format!("expected true or false, got {raw:?}")),
+            .map_err(|_| "true or false"),
         _ => Ok(toml::Value::String(raw.to_string())),
     }
 }
@@ -268,9 +361,11 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
+/// The error names the segment that is not a table.
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
     match path {
-        [] => Err("empty key".into()),
+        // `load` refuses empty segments before it gets here; there is nothing to set.
+        [] => Ok(()),
         [last] => {
             table.insert(last.clone(), value);
             Ok(())
@@ -281,7 +376,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(t) => set_path(t, rest, value),
-                _ => Err(format!("{first} is not a table")),
+                _ => Err(first.clone()),
             }
         }
     }
@@ -300,7 +395,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        ServeConfig::default().validate().unwrap();
+        ServeConfig::default().check().unwrap();
         assert_eq!(
             ServeConfig::load(None, env(&[])).unwrap(),
             ServeConfig::default()
@@ -328,8 +423,8 @@ mod tests {
         assert_eq!(cfg.max_batch_size, 20);
         assert!(!cfg.wal_fsync);
         // A bare date is the end of that day: 2024-06-02T00:00:00Z.
-        assert_eq!(cfg.clock().unwrap(), Clock::Fixed(1_717_286_400));
         assert_eq!(cfg.state_dir(), PathBuf::from("/state"));
+        assert_eq!(cfg.check().unwrap().clock(), Clock::Fixed(1_717_286_400));
     }
 
     #[test]
@@ -356,7 +451,7 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg
-            .validate()
+            .check()
             .unwrap_err()
             .to_string()
             .contains("default_page_size"));
@@ -364,7 +459,7 @@ mod tests {
             now: Some("yesterday".into()),
             ..Default::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("now"));
+        assert!(matches!(cfg.check(), Err(ConfigError::BadNow(_))));
     }
 
     #[test]

@@ -2,29 +2,25 @@
 //! either gets well-formed domain values or an INVALID_ARGUMENT naming the field.
 
 use super::at_risk::{fnv64, AtRiskQuery, PageToken};
-use super::error::ServeError;
-use super::model::LiveModel;
-use super::proto;
-use super::wal::LoggedEvent;
+use super::error::RequestError;
+use super::slot::LiveModel;
+use super::state::UserEvent;
 use crate::features::{hash_str, EventKind, LifecycleStage, Timestamp, Transform, UserAggregate};
 use crate::model::Score;
+use crate::pb::{self as proto, MAX_SECONDS, MIN_SECONDS};
 
 /// Longest user id accepted.
 pub const MAX_USER_ID_BYTES: usize = 256;
 /// Largest order value accepted: far above any real order, far below where sums lose meaning.
 pub const MAX_AMOUNT: f64 = 1e12;
-/// Proto timestamps are defined for years 0001..=9999; every time we compute with stays in
-/// this range, so differences of times cannot overflow.
-pub const MIN_SECONDS: i64 = -62_135_596_800;
-pub const MAX_SECONDS: i64 = 253_402_300_799;
 
 /// A user id: non-empty, at most [`MAX_USER_ID_BYTES`].
-pub fn user_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ServeError> {
+pub fn user_id<'a>(field: &str, id: &'a str) -> Result<&'a str, RequestError> {
     if id.is_empty() {
-        return Err(ServeError::invalid(field, "must not be empty"));
+        return Err(RequestError::invalid(field, "must not be empty"));
     }
     if id.len() > MAX_USER_ID_BYTES {
-        return Err(ServeError::invalid(
+        return Err(RequestError::invalid(
             field,
             format!("longer than {MAX_USER_ID_BYTES} bytes"),
         ));
@@ -33,9 +29,9 @@ pub fn user_id<'a>(field: &str, id: &'a str) -> Result<&'a str, ServeError> {
 }
 
 /// Count check for repeated fields.
-pub fn within_limit(field: &'static str, count: usize, limit: usize) -> Result<(), ServeError> {
+pub fn within_limit(field: &'static str, count: usize, limit: usize) -> Result<(), RequestError> {
     if count > limit {
-        return Err(ServeError::TooMany {
+        return Err(RequestError::TooMany {
             field,
             count,
             limit,
@@ -45,15 +41,15 @@ pub fn within_limit(field: &'static str, count: usize, limit: usize) -> Result<(
 }
 
 /// A proto timestamp as Unix seconds (sub-second part dropped).
-pub fn timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<Timestamp, ServeError> {
+pub fn timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<Timestamp, RequestError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(ServeError::invalid(
+        return Err(RequestError::invalid(
             format!("{field}.nanos"),
             "must be in 0..1000000000",
         ));
     }
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
-        return Err(ServeError::invalid(field, "outside years 0001..=9999"));
+        return Err(RequestError::invalid(field, "outside years 0001..=9999"));
     }
     Ok(ts.seconds)
 }
@@ -64,11 +60,11 @@ fn past_time(
     ts: Option<&prost_types::Timestamp>,
     now: Timestamp,
     tolerance: i64,
-) -> Result<Timestamp, ServeError> {
-    let ts = ts.ok_or_else(|| ServeError::invalid(field, "is required"))?;
+) -> Result<Timestamp, RequestError> {
+    let ts = ts.ok_or_else(|| RequestError::invalid(field, "is required"))?;
     let t = timestamp(field, ts)?;
     if t > now.saturating_add(tolerance) {
-        return Err(ServeError::invalid(
+        return Err(RequestError::invalid(
             field,
             format!(
                 "{} is in the future (now is {}, tolerance {tolerance} s)",
@@ -101,12 +97,12 @@ pub struct EventRules<'a> {
 }
 
 /// Validates and converts `events[i]`.
-pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<LoggedEvent, ServeError> {
+pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<UserEvent, RequestError> {
     let f = |name: &str| format!("events[{i}].{name}");
     let user = match rules.only_user {
         Some(only) => {
             if !e.user_id.is_empty() && e.user_id != only {
-                return Err(ServeError::invalid(
+                return Err(RequestError::invalid(
                     f("user_id"),
                     format!("{:?} is not the scored user {only:?}", e.user_id),
                 ));
@@ -119,16 +115,16 @@ pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<Logged
         .kind
         .parse()
         .map_err(|err: crate::features::event::UnknownKind| {
-            ServeError::invalid(f("kind"), err.to_string())
+            RequestError::invalid(f("kind"), err.to_string())
         })?;
     let ts = past_time(&f("ts"), e.ts.as_ref(), rules.now, rules.future_tolerance)?;
     if !e.amount.is_finite() || !(0.0..=MAX_AMOUNT).contains(&e.amount) {
-        return Err(ServeError::invalid(
+        return Err(RequestError::invalid(
             f("amount"),
             format!("must be a number in [0, {MAX_AMOUNT:e}], got {}", e.amount),
         ));
     }
-    Ok(LoggedEvent {
+    Ok(UserEvent {
         user_id: user,
         ts,
         kind,
@@ -148,7 +144,7 @@ pub fn record_events(
     req: &proto::RecordEventsRequest,
     limit: usize,
     rules: EventRules<'_>,
-) -> Result<Vec<LoggedEvent>, ServeError> {
+) -> Result<Vec<UserEvent>, RequestError> {
     within_limit("events", req.events.len(), limit)?;
     req.events
         .iter()
@@ -163,14 +159,14 @@ pub fn score_user(
     limit: usize,
     now: Timestamp,
     tolerance: i64,
-) -> Result<UserAggregate, ServeError> {
+) -> Result<UserAggregate, RequestError> {
     within_limit("events", req.events.len(), limit)?;
     let registered = match &req.registered_at {
         Some(r) => Some(past_time("registered_at", Some(r), now, tolerance)?),
         None => None,
     };
     if req.events.is_empty() && registered.is_none() {
-        return Err(ServeError::invalid(
+        return Err(RequestError::invalid(
             "events",
             "give at least one event or registered_at",
         ));
@@ -296,10 +292,10 @@ pub fn at_risk_query(
     model: &LiveModel,
     limits: PageLimits,
     now: Timestamp,
-) -> Result<AtRiskQuery, ServeError> {
+) -> Result<AtRiskQuery, RequestError> {
     let p = req.min_churn_probability;
     if !p.is_finite() || !(0.0..=1.0).contains(&p) {
-        return Err(ServeError::invalid(
+        return Err(RequestError::invalid(
             "min_churn_probability",
             format!("must be in [0, 1], got {p}"),
         ));
@@ -317,7 +313,7 @@ pub fn at_risk_query(
                     .iter()
                     .map(|t| t.id.as_str())
                     .collect();
-                return Err(ServeError::invalid(
+                return Err(RequestError::invalid(
                     format!("tier_ids[{i}]"),
                     format!(
                         "unknown tier {id:?} (this model's tiers: {})",
@@ -335,7 +331,7 @@ pub fn at_risk_query(
         let mut mask = [false; LifecycleStage::ALL.len()];
         for (i, s) in req.lifecycle_stages.iter().enumerate() {
             let stage = LifecycleStage::from_id(s).ok_or_else(|| {
-                ServeError::invalid(
+                RequestError::invalid(
                     format!("lifecycle_stages[{i}]"),
                     format!(
                         "unknown stage {s:?} (new, mature_active, silent, about_to_churn, churned)"
@@ -364,19 +360,19 @@ pub fn at_risk_query(
         (now, None)
     } else {
         let t = PageToken::decode(&req.page_token).ok_or_else(|| {
-            ServeError::invalid(
+            RequestError::invalid(
                 "page_token",
                 "malformed page token (pass next_page_token back unchanged)",
             )
         })?;
         if t.filter_hash != filter_hash {
-            return Err(ServeError::invalid(
+            return Err(RequestError::invalid(
                 "page_token",
                 "the token was issued for other filters (keep min_churn_probability, tier_ids and lifecycle_stages unchanged while paging)",
             ));
         }
         if t.model_hash != model_hash {
-            return Err(ServeError::ModelChanged(model.version.clone()));
+            return Err(RequestError::ModelChanged(model.version.clone()));
         }
         (t.as_of, Some((t.last_probability, t.last_user)))
     };

@@ -1,12 +1,22 @@
-//! The serving error type, and the one table that maps it to gRPC status codes.
+//! The server's two error types, kept apart because they go to different places:
+//!
+//! - [`RequestError`]: why one request failed. It becomes a gRPC status through the one table
+//!   below ([`RequestError::code`], `From<RequestError> for tonic::Status`); INVALID_ARGUMENT
+//!   messages start with the request field's path.
+//! - [`ServeError`]: why the server could not start or stopped badly (configuration, the state
+//!   directory, listeners, the transport). It is returned by [`super::run`], never sent to a
+//!   client.
+//!
+//! Storage failures have their own type, [`StateError`] (in [`super::state`]); a request that
+//! meets one reports INTERNAL, a start-up that meets one stops.
 
-use crate::bundle::BundleError;
-use std::path::PathBuf;
+use super::config::ConfigError;
+use super::state::StateError;
+use std::net::SocketAddr;
 
-/// Everything that can go wrong while serving: request errors (mapped to gRPC codes by the
-/// `From<ServeError> for tonic::Status` table below) and start-up / storage errors.
+/// Why a request failed; one variant per gRPC answer's cause.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub enum RequestError {
     /// A request field is wrong; `field` is its path in the request (`events[2].ts`).
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
@@ -30,69 +40,70 @@ pub enum ServeError {
         "page_token: the model changed to {0} during pagination; start again from the first page"
     )]
     ModelChanged(String),
-    /// The write-ahead log cannot accept writes (a failed write or fsync leaves its state unknown).
-    #[error("event log unavailable: {0}")]
-    LogUnavailable(String),
-
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The user state could not answer or accept the request.
     #[error(transparent)]
-    Bundle(#[from] BundleError),
-    /// The state directory holds something we cannot trust (a CRC failure mid-log, a bad
-    /// snapshot, a log without a snapshot).
-    #[error("{path}: corrupt server state: {message}")]
-    CorruptState { path: PathBuf, message: String },
-    #[error("gRPC transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("internal error: {0}")]
-    Internal(String),
+    State(#[from] StateError),
+    /// The blocking task that ran the at-risk scan died (a panic).
+    #[error("internal error: at-risk scan: {0}")]
+    ScanTask(#[source] tokio::task::JoinError),
 }
 
-impl ServeError {
+impl RequestError {
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ServeError::InvalidArgument {
+        RequestError::InvalidArgument {
             field: field.into(),
             message: message.into(),
         }
-    }
-
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ServeError {
-        let path = path.into();
-        move |source| ServeError::Io { path, source }
     }
 
     /// The gRPC code this error is reported with.
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            ServeError::InvalidArgument { .. } => Code::InvalidArgument,
-            ServeError::UserNotFound(_) => Code::NotFound,
-            ServeError::NoModel => Code::Unavailable,
-            ServeError::TooMany { .. } => Code::ResourceExhausted,
-            ServeError::DeadlineExceeded => Code::DeadlineExceeded,
-            ServeError::ModelChanged(_) => Code::Aborted,
-            ServeError::LogUnavailable(_)
-            | ServeError::Config(_)
-            | ServeError::Io { .. }
-            | ServeError::Bundle(_)
-            | ServeError::CorruptState { .. }
-            | ServeError::Transport(_)
-            | ServeError::Internal(_) => Code::Internal,
+            RequestError::InvalidArgument { .. } => Code::InvalidArgument,
+            RequestError::UserNotFound(_) => Code::NotFound,
+            RequestError::NoModel => Code::Unavailable,
+            RequestError::TooMany { .. } => Code::ResourceExhausted,
+            RequestError::DeadlineExceeded => Code::DeadlineExceeded,
+            RequestError::ModelChanged(_) => Code::Aborted,
+            RequestError::State(_) | RequestError::ScanTask(_) => Code::Internal,
         }
     }
 }
 
-impl From<ServeError> for tonic::Status {
-    fn from(e: ServeError) -> Self {
+impl From<RequestError> for tonic::Status {
+    fn from(e: RequestError) -> Self {
         let code = e.code();
         if code == tonic::Code::Internal {
             tracing::error!(error = %e, "internal error answering a request");
         }
         tonic::Status::new(code, e.to_string())
     }
+}
+
+/// Why the server could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Opening, replaying or snapshotting the state failed (including [`StateError::Locked`]:
+    /// another server holds the state directory).
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("metrics_listen {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the gRPC listener: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The blocking task that opened the state died (a panic).
+    #[error("opening the state: {0}")]
+    OpenTask(#[source] tokio::task::JoinError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }

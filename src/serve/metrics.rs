@@ -2,7 +2,6 @@
 //!
 //! Each server has its own registry (several servers can live in one process, as in tests).
 
-use super::error::ServeError;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus::{
@@ -71,19 +70,14 @@ pub struct Metrics {
     wal_sync_seconds: Histogram,
 }
 
-fn err(e: prometheus::Error) -> ServeError {
-    ServeError::Internal(format!("metrics: {e}"))
-}
-
 impl Metrics {
-    pub fn new() -> Result<Self, ServeError> {
+    pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).map_err(err);
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
         let requests = IntCounterVec::new(
             Opts::new("tiering_requests_total", "gRPC requests, by RPC"),
             &["rpc"],
-        )
-        .map_err(err)?;
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "tiering_request_duration_seconds",
@@ -94,41 +88,34 @@ impl Metrics {
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             &["rpc"],
-        )
-        .map_err(err)?;
+        )?;
         let errors = IntCounterVec::new(
             Opts::new(
                 "tiering_request_errors_total",
                 "gRPC errors, by RPC and status code",
             ),
             &["rpc", "code"],
-        )
-        .map_err(err)?;
+        )?;
         let model_info = IntGaugeVec::new(
             Opts::new("tiering_model_info", "1 for the live model version"),
             &["version"],
-        )
-        .map_err(err)?;
+        )?;
         let model_reloads = IntCounterVec::new(
             Opts::new(
                 "tiering_model_reloads_total",
                 "Model loads, by outcome (loaded, refused)",
             ),
             &["outcome"],
-        )
-        .map_err(err)?;
-        let users_held =
-            IntGauge::new("tiering_users_held", "Users in the live state").map_err(err)?;
+        )?;
+        let users_held = IntGauge::new("tiering_users_held", "Users in the live state")?;
         let events_ingested = IntCounter::new(
             "tiering_events_ingested_total",
             "Events made durable and applied",
-        )
-        .map_err(err)?;
+        )?;
         let wal_commits = IntCounter::new(
             "tiering_wal_commits_total",
             "Group commits (one fsync each)",
-        )
-        .map_err(err)?;
+        )?;
         let wal_group = Histogram::with_opts(
             HistogramOpts::new(
                 "tiering_wal_group_requests",
@@ -137,8 +124,7 @@ impl Metrics {
             .buckets(vec![
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
             ]),
-        )
-        .map_err(err)?;
+        )?;
         let wal_sync_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "tiering_wal_commit_seconds",
@@ -147,8 +133,7 @@ impl Metrics {
             .buckets(vec![
                 0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
             ]),
-        )
-        .map_err(err)?;
+        )?;
         reg(Box::new(requests.clone()))?;
         reg(Box::new(latency.clone()))?;
         reg(Box::new(errors.clone()))?;

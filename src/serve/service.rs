@@ -1,17 +1,16 @@
 //! The `tiering.v1.Tiering` handlers. Each is thin: check the deadline, validate and convert the
-//! request ([`super::convert`]), call domain code (the user table, the scorer, the event log,
+//! request ([`super::convert`]), call domain code (the user state through its trait, the scorer,
 //! the at-risk scan), convert the answer, and record metrics.
 
 use super::admission::RequestDeadline;
 use super::at_risk;
 use super::config::Clock;
 use super::convert::{self, EventRules, PageLimits};
-use super::error::ServeError;
+use super::error::RequestError;
 use super::metrics::{Metrics, Rpc};
-use super::model::ModelSlot;
-use super::proto;
-use super::store::UserStore;
-use super::wal::EventLog;
+use super::slot::ModelSlot;
+use super::state::{StateBackend, UserState};
+use crate::pb as proto;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,8 +31,7 @@ pub struct Context {
     pub limits: Limits,
     pub clock: Clock,
     pub model: Arc<ModelSlot>,
-    pub store: Arc<UserStore>,
-    pub log: Arc<EventLog>,
+    pub state: Arc<StateBackend>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -51,12 +49,12 @@ impl TieringService {
         &self,
         rpc: Rpc,
         started: Instant,
-        r: Result<T, ServeError>,
+        r: Result<T, RequestError>,
     ) -> Result<Response<T>, Status> {
         self.ctx.metrics.observe(
             rpc,
             started.elapsed(),
-            r.as_ref().err().map(ServeError::code),
+            r.as_ref().err().map(RequestError::code),
         );
         r.map(Response::new).map_err(Status::from)
     }
@@ -70,14 +68,14 @@ impl TieringService {
     }
 }
 
-fn deadline<T>(req: &Request<T>) -> Result<RequestDeadline, ServeError> {
+fn deadline<T>(req: &Request<T>) -> Result<RequestDeadline, RequestError> {
     let d = req
         .extensions()
         .get::<RequestDeadline>()
         .copied()
         .unwrap_or(RequestDeadline(None));
     if d.passed() {
-        return Err(ServeError::DeadlineExceeded);
+        return Err(RequestError::DeadlineExceeded);
     }
     Ok(d)
 }
@@ -100,15 +98,15 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::GetUserTierRequest>,
     ) -> Result<Response<proto::UserTier>, Status> {
         let started = Instant::now();
-        let r = deadline(&req).and_then(|_| {
+        let r = async {
+            deadline(&req)?;
             let id = convert::user_id("user_id", &req.get_ref().user_id)?;
+            // The embedded state answers at once (a completed future); the model is checked
+            // first, so a server without one answers UNAVAILABLE whatever the user.
+            let found = self.ctx.state.get(id).await;
             self.ctx.model.with(|model| {
                 let now = self.ctx.clock.now();
-                let agg = self
-                    .ctx
-                    .store
-                    .get(id)
-                    .ok_or_else(|| ServeError::UserNotFound(id.to_string()))?;
+                let agg = found?.ok_or_else(|| RequestError::UserNotFound(id.to_string()))?;
                 Ok(convert::user_tier(
                     id,
                     &model.scorer.score(&agg, now),
@@ -116,7 +114,8 @@ impl proto::tiering_server::Tiering for TieringService {
                     now,
                 ))
             })
-        });
+        }
+        .await;
         self.finish(Rpc::GetUserTier, started, r)
     }
 
@@ -125,17 +124,19 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::BatchGetUserTiersRequest>,
     ) -> Result<Response<proto::BatchGetUserTiersResponse>, Status> {
         let started = Instant::now();
-        let r = deadline(&req).and_then(|_| {
+        let r = async {
+            deadline(&req)?;
             let ids = &req.get_ref().user_ids;
             convert::within_limit("user_ids", ids.len(), self.ctx.limits.max_batch_size)?;
             for (i, id) in ids.iter().enumerate() {
                 convert::user_id(&format!("user_ids[{i}]"), id)?;
             }
+            let found = self.ctx.state.get_many(ids).await;
             self.ctx.model.with(|model| {
                 let now = self.ctx.clock.now();
                 let mut out = proto::BatchGetUserTiersResponse::default();
-                for id in ids {
-                    match self.ctx.store.get(id) {
+                for (id, agg) in ids.iter().zip(found?) {
+                    match agg {
                         Some(agg) => out.users.push(convert::user_tier(
                             id,
                             &model.scorer.score(&agg, now),
@@ -147,7 +148,8 @@ impl proto::tiering_server::Tiering for TieringService {
                 }
                 Ok(out)
             })
-        });
+        }
+        .await;
         self.finish(Rpc::BatchGetUserTiers, started, r)
     }
 
@@ -191,9 +193,9 @@ impl proto::tiering_server::Tiering for TieringService {
             self.ctx.model.get()?;
             // Last look before the point of no return.
             if dl.passed() {
-                return Err(ServeError::DeadlineExceeded);
+                return Err(RequestError::DeadlineExceeded);
             }
-            let applied = self.ctx.log.append(events).await?;
+            let applied = self.ctx.state.apply(events).await?;
             Ok(proto::RecordEventsResponse {
                 accepted: applied.accepted,
                 new_users: applied.new_users,
@@ -221,13 +223,13 @@ impl proto::tiering_server::Tiering for TieringService {
             )?;
             let cancelled = Arc::new(AtomicBool::new(false));
             let _guard = CancelOnDrop(cancelled.clone());
-            let (store, scan_model, query) = (self.ctx.store.clone(), model.clone(), q.clone());
+            let (state, scan_model, query) = (self.ctx.state.clone(), model.clone(), q.clone());
             let page = tokio::task::spawn_blocking(move || {
                 let stop = || cancelled.load(Ordering::Relaxed) || dl.passed();
-                at_risk::scan(&store, &scan_model.scorer, &query, &stop)
+                at_risk::scan(&*state, &scan_model.scorer, &query, &stop)
             })
             .await
-            .map_err(|e| ServeError::Internal(format!("at-risk scan: {e}")))??;
+            .map_err(RequestError::ScanTask)??;
             let mut out: Vec<proto::UserTier> = page
                 .users
                 .iter()
@@ -257,7 +259,7 @@ impl proto::tiering_server::Tiering for TieringService {
         let started = Instant::now();
         let r = deadline(&req).and_then(|_| {
             let model = self.ctx.model.get()?;
-            Ok(convert::model_info(&model, self.ctx.store.len()))
+            Ok(convert::model_info(&model, self.ctx.state.users()))
         });
         self.finish(Rpc::GetModelInfo, started, r)
     }

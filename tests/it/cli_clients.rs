@@ -198,7 +198,9 @@ impl Served {
             now: Some(NOW.into()),
             model_poll_ms: 50,
             ..ServeConfig::default()
-        };
+        }
+        .check()
+        .unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr, task) = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

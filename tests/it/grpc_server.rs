@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tiering::features::{Timestamp, DAY};
-use tiering::serve::proto::{
-    self, BatchGetUserTiersRequest, GetModelInfoRequest, GetUserTierRequest,
+use tiering::pb::{
+    self as proto, BatchGetUserTiersRequest, GetModelInfoRequest, GetUserTierRequest,
     ListAtRiskUsersRequest, RecordEventsRequest, ScoreUserRequest, UserTier,
 };
 use tiering::serve::ServeConfig;

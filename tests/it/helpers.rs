@@ -16,7 +16,7 @@ use tiering::model::metrics::BinaryMetrics;
 use tiering::model::scorer::quantiles;
 use tiering::model::tiers::{TierIdentity, TierModel};
 use tiering::model::{RiskThresholds, Scorer};
-use tiering::serve::proto::tiering_client::TieringClient;
+use tiering::pb::tiering_client::TieringClient;
 use tiering::serve::{ServeConfig, ServeError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -276,7 +276,7 @@ impl TestServer {
                 metrics.local_addr().unwrap(),
             );
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let cfg = config.clone();
+            let cfg = config.clone().check().unwrap();
             let task = tokio::spawn(async move {
                 tiering::serve::run_with_metrics(cfg, listener, Some(metrics), async {
                     let _ = rx.await;
@@ -374,7 +374,7 @@ pub async fn start_error(config: ServeConfig) -> ServeError {
     for _ in 0..100 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let run = tiering::serve::run_with_metrics(
-            config.clone(),
+            config.clone().check().unwrap(),
             listener,
             None,
             std::future::pending(),

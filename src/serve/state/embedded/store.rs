@@ -1,4 +1,5 @@
-//! The in-memory user table: per-user raw aggregates, sharded behind reader-writer locks.
+//! The embedded backend's in-memory user table: per-user raw aggregates, sharded behind
+//! reader-writer locks.
 //!
 //! Reads (every GetUserTier) take one shard's read lock for the time of a hash lookup and a
 //! 128-byte copy, so they never wait for each other; the only writer is the event log's thread,

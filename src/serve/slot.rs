@@ -1,23 +1,49 @@
-//! The live model: loaded and checked off the request path, swapped in atomically.
+//! The live model slot: bundles loaded and checked off the request path, swapped in atomically.
 //!
 //! A [`Loader`] polls `MODELS/CURRENT` (and checks at once on SIGHUP). A changed version is
 //! loaded on a blocking thread, verified (checksums, shapes, a smoke score), and only then
 //! swapped in; readers holding the old model finish with it. A bundle that fails is logged,
 //! counted, and refused until CURRENT changes again (or SIGHUP asks for a retry) while the old
 //! model keeps serving. The first model loaded also seeds an empty state from its snapshot.
+//! Why a bundle was refused is a [`ModelError`].
 
-use super::error::ServeError;
+use super::error::RequestError;
 use super::metrics::Metrics;
-use super::wal::EventLog;
-use crate::bundle::{Bundle, BundleStore, Manifest, Snapshot};
+use super::state::{StateBackend, StateError, UserState};
+use crate::bundle::{Bundle, BundleError, BundleStore, Manifest, Snapshot};
 use crate::features::{Event, EventKind, UserAggregate, DAY};
 use crate::model::Scorer;
 use arc_swap::ArcSwapOption;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+
+/// Why a bundle was not made live (it is logged and counted; the old model keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{dir}: the manifest names version {version:?}, not its directory")]
+    VersionMismatch { dir: PathBuf, version: String },
+    #[error("{dir}: tier id {id:?} is empty or repeated")]
+    BadTierId { dir: PathBuf, id: String },
+    /// Scoring a plain user gave an impossible answer.
+    #[error("{dir}: smoke test failed: probability {probability} / tier {tier} from a plain user")]
+    SmokeTest {
+        dir: PathBuf,
+        probability: f64,
+        tier: u16,
+    },
+    /// Seeding the user state from the bundle's snapshot failed.
+    #[error(transparent)]
+    Seed(#[from] StateError),
+    /// The blocking task that loaded the bundle died (a panic).
+    #[error("model loading task: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
 
 /// A bundle ready to serve.
 #[derive(Debug)]
@@ -31,22 +57,22 @@ pub struct LiveModel {
 
 impl LiveModel {
     /// Checks what the bundle store does not: consistent ids, and that scoring works.
-    pub fn from_bundle(bundle: Bundle) -> Result<Self, ServeError> {
-        let refuse = |m: String| ServeError::CorruptState {
-            path: bundle.dir.clone(),
-            message: m,
-        };
+    pub fn from_bundle(bundle: Bundle) -> Result<Self, ModelError> {
         let version = bundle.manifest.version.clone();
         if bundle.dir.file_name().and_then(|n| n.to_str()) != Some(version.as_str()) {
-            return Err(refuse(format!(
-                "the manifest names version {version:?}, not its directory"
-            )));
+            return Err(ModelError::VersionMismatch {
+                dir: bundle.dir,
+                version,
+            });
         }
         let scorer = bundle.scorer;
         let mut tier_index = HashMap::new();
         for (i, t) in scorer.tiers.tiers.iter().enumerate() {
             if t.id.is_empty() || tier_index.insert(t.id.clone(), i as u16).is_some() {
-                return Err(refuse(format!("tier id {:?} is empty or repeated", t.id)));
+                return Err(ModelError::BadTierId {
+                    dir: bundle.dir,
+                    id: t.id.clone(),
+                });
             }
         }
         let t = bundle.manifest.as_of_ts;
@@ -64,10 +90,11 @@ impl LiveModel {
             if !(0.0..=1.0).contains(&s.churn_probability)
                 || usize::from(s.tier) >= scorer.tiers.k()
             {
-                return Err(refuse(format!(
-                    "smoke test failed: probability {} / tier {} from a plain user",
-                    s.churn_probability, s.tier
-                )));
+                return Err(ModelError::SmokeTest {
+                    dir: bundle.dir,
+                    probability: s.churn_probability,
+                    tier: s.tier,
+                });
             }
         }
         Ok(LiveModel {
@@ -84,19 +111,19 @@ impl LiveModel {
 pub struct ModelSlot(ArcSwapOption<LiveModel>);
 
 impl ModelSlot {
-    pub fn get(&self) -> Result<Arc<LiveModel>, ServeError> {
-        self.0.load_full().ok_or(ServeError::NoModel)
+    pub fn get(&self) -> Result<Arc<LiveModel>, RequestError> {
+        self.0.load_full().ok_or(RequestError::NoModel)
     }
 
     /// Runs `f` on the live model without touching its reference count (the hot path: no
     /// shared cache line is written, so concurrent readers do not slow each other down).
     pub fn with<R>(
         &self,
-        f: impl FnOnce(&LiveModel) -> Result<R, ServeError>,
-    ) -> Result<R, ServeError> {
+        f: impl FnOnce(&LiveModel) -> Result<R, RequestError>,
+    ) -> Result<R, RequestError> {
         match self.0.load().as_ref() {
             Some(m) => f(m),
-            None => Err(ServeError::NoModel),
+            None => Err(RequestError::NoModel),
         }
     }
 
@@ -116,7 +143,8 @@ pub const SERVICE_NAME: &str = "tiering.v1.Tiering";
 pub struct Loader {
     pub store: BundleStore,
     pub slot: Arc<ModelSlot>,
-    pub log: Arc<EventLog>,
+    /// The user state, seeded from the first model's snapshot.
+    pub state: Arc<StateBackend>,
     pub health: HealthReporter,
     pub metrics: Arc<Metrics>,
     /// The last version refused, not retried until CURRENT changes or a forced check.
@@ -129,14 +157,14 @@ impl Loader {
     pub fn new(
         store: BundleStore,
         slot: Arc<ModelSlot>,
-        log: Arc<EventLog>,
+        state: Arc<StateBackend>,
         health: HealthReporter,
         metrics: Arc<Metrics>,
     ) -> Self {
         Loader {
             store,
             slot,
-            log,
+            state,
             health,
             metrics,
             refused: None,
@@ -197,10 +225,10 @@ impl Loader {
         }
     }
 
-    async fn load(&self, version: &str) -> Result<LiveModel, ServeError> {
+    async fn load(&self, version: &str) -> Result<LiveModel, ModelError> {
         let store = self.store.clone();
         let v = version.to_string();
-        let need_seed = !self.log.is_seeded();
+        let need_seed = !self.state.is_seeded();
         let (model, snapshot): (LiveModel, Option<Snapshot>) =
             tokio::task::spawn_blocking(move || {
                 let bundle = store.load(&v)?;
@@ -209,13 +237,13 @@ impl Loader {
                 } else {
                     None
                 };
-                Ok::<_, ServeError>((LiveModel::from_bundle(bundle)?, snapshot))
+                Ok::<_, ModelError>((LiveModel::from_bundle(bundle)?, snapshot))
             })
             .await
-            .map_err(|e| ServeError::Internal(format!("model loading task: {e}")))??;
+            .map_err(ModelError::Task)??;
         if let Some(snapshot) = snapshot {
             let users = snapshot.user_ids.len();
-            self.log.seed(version.to_string(), snapshot).await?;
+            self.state.seed(version.to_string(), snapshot).await?;
             tracing::info!(
                 version,
                 users,

@@ -1,0 +1,102 @@
+//! The state directory: its names, its lock, its log segments, and writing a snapshot into it.
+//! Reading it back at start is [`super::wal::replay`].
+//!
+//! ```text
+//! STATE_DIR/
+//!   LOCK                 flock(2)ed by the running server: two servers never share a state dir
+//!   state.bin            the latest snapshot: every user's aggregate, and the first log segment
+//!                        it does not cover (`wal_gen`)
+//!   wal-<gen>.log        log segments, replayed in order from `wal_gen` on start
+//! ```
+
+use crate::serve::state::StateError;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The snapshot's file name.
+pub const SNAPSHOT: &str = "state.bin";
+const LOCK: &str = "LOCK";
+
+pub fn segment_name(gen: u64) -> String {
+    format!("wal-{gen:016}.log")
+}
+
+fn parse_segment(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+/// Log segments in the directory, oldest first.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StateError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(StateError::io(dir))? {
+        let entry = entry.map_err(StateError::io(dir))?;
+        if let Some(gen) = entry.file_name().to_str().and_then(parse_segment) {
+            out.push((gen, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StateError::io(dir))
+}
+
+/// Takes the directory's lock (`LOCK`, flock(2)): [`StateError::Locked`] while another
+/// running server holds it.
+pub fn lock_dir(dir: &Path) -> Result<File, StateError> {
+    let path = dir.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(StateError::io(&path))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(StateError::Locked { path });
+        }
+    }
+    Ok(file)
+}
+
+/// Opens (creating) segment `gen` for appending, and makes its directory entry durable.
+pub fn open_segment(dir: &Path, gen: u64) -> Result<File, StateError> {
+    let path = dir.join(segment_name(gen));
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(StateError::io(&path))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Writes `state.bin` atomically and deletes the segments it covers.
+pub fn write_snapshot(dir: &Path, bytes: &[u8], covers_below: u64) -> Result<(), StateError> {
+    let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
+    {
+        let mut f = File::create(&tmp).map_err(StateError::io(&tmp))?;
+        f.write_all(bytes).map_err(StateError::io(&tmp))?;
+        f.sync_all().map_err(StateError::io(&tmp))?;
+    }
+    let path = dir.join(SNAPSHOT);
+    fs::rename(&tmp, &path).map_err(StateError::io(&path))?;
+    sync_dir(dir)?;
+    for (gen, seg) in segments(dir)? {
+        if gen < covers_below {
+            fs::remove_file(&seg).map_err(StateError::io(&seg))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The embedded state backend (the default): every user's aggregate in memory, made durable by a
+//! local write-ahead log and snapshots in one state directory.
+//!
+//! - [`store`] — the sharded in-memory user table.
+//! - `wal` — the write-ahead log: record format, recovery at start, the log thread, the handle.
+//! - `snapshot` — the `state.bin` format.
+//! - `dir` — the state directory: layout, lock, segments, writing a snapshot.
+//!
+//! Reads go straight to the table (a shard's read lock for the time of a hash lookup and a
+//! copy), so [`EmbeddedState`]'s read futures are complete when returned; writes go through the
+//! log thread, which is the table's only writer.
+
+mod dir;
+mod snapshot;
+pub mod store;
+mod wal;
+
+pub use dir::SNAPSHOT;
+pub use wal::replay::Recovery;
+pub use wal::{EventLog, LogOptions};
+
+use super::{Applied, StateError, UserEvent, UserState};
+use crate::bundle::Snapshot;
+use crate::features::UserAggregate;
+use crate::serve::metrics::Metrics;
+use rayon::prelude::*;
+use std::future::{ready, Future};
+use std::path::Path;
+use std::sync::Arc;
+use store::UserStore;
+
+/// The in-memory table and the log that is its only writer.
+pub struct EmbeddedState {
+    store: Arc<UserStore>,
+    log: EventLog,
+}
+
+impl EmbeddedState {
+    /// Locks `dir`, loads its snapshot, replays its log into a table of `shards` lock shards,
+    /// and starts the log thread. Blocking.
+    pub fn open(
+        dir: &Path,
+        shards: usize,
+        opts: LogOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(EmbeddedState, Recovery), StateError> {
+        let store = Arc::new(UserStore::new(shards));
+        let (log, recovery) = EventLog::open(dir, store.clone(), opts, metrics)?;
+        Ok((EmbeddedState { store, log }, recovery))
+    }
+}
+
+impl UserState for EmbeddedState {
+    #[inline]
+    fn get(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<UserAggregate>, StateError>> + Send {
+        ready(Ok(self.store.get(id)))
+    }
+
+    fn get_many(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<UserAggregate>>, StateError>> + Send {
+        ready(Ok(ids.iter().map(|id| self.store.get(id)).collect()))
+    }
+
+    fn apply(
+        &self,
+        events: Vec<UserEvent>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send {
+        self.log.append(events)
+    }
+
+    /// One part per shard, visited in parallel on the rayon pool under the shard's read lock.
+    fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
+    where
+        T: Send,
+        F: Fn(&mut dyn Iterator<Item = (&str, &UserAggregate)>) -> T + Sync,
+    {
+        Ok((0..self.store.shard_count())
+            .into_par_iter()
+            .map(|i| {
+                let shard = self.store.shard(i);
+                let mut users = shard.iter().map(|(id, agg)| (&**id, agg));
+                visit(&mut users)
+            })
+            .collect())
+    }
+
+    fn users(&self) -> usize {
+        self.store.len()
+    }
+
+    fn is_seeded(&self) -> bool {
+        self.log.is_seeded()
+    }
+
+    fn seed(
+        &self,
+        version: String,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        self.log.seed(version, snapshot)
+    }
+
+    fn checkpoint(&self) -> impl Future<Output = Result<bool, StateError>> + Send {
+        self.log.checkpoint()
+    }
+
+    fn shutdown(&self) -> impl Future<Output = Result<(), StateError>> + Send {
+        self.log.shutdown()
+    }
+}

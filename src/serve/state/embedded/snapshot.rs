@@ -1,0 +1,80 @@
+//! The `state.bin` format: `b"TIERST01" | u64 LE length | u32 LE crc32(payload) | payload`, the
+//! payload (postcard) being the bundle version the state was seeded from, the first log segment
+//! the snapshot does not cover, and every user's aggregate.
+
+use super::store::{UserStore, UsersSeq};
+use crate::features::UserAggregate;
+use crate::serve::state::StateError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"TIERST01";
+/// Magic, length and checksum.
+const HEADER: usize = 20;
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    seeded_from: &'a str,
+    wal_gen: u64,
+    users: UsersSeq<'a>,
+}
+
+/// A decoded `state.bin`.
+#[derive(Deserialize)]
+pub struct SnapshotIn {
+    pub seeded_from: String,
+    /// The first log segment this snapshot does not cover.
+    pub wal_gen: u64,
+    pub users: Vec<(String, UserAggregate)>,
+}
+
+/// Serialises the whole table as of now (read guards on every shard for the time of it).
+pub fn encode_snapshot(
+    seeded_from: &str,
+    wal_gen: u64,
+    store: &UserStore,
+) -> Result<Vec<u8>, StateError> {
+    let guards = store.all_shards();
+    let payload = postcard::to_stdvec(&SnapshotOut {
+        seeded_from,
+        wal_gen,
+        users: UsersSeq(&guards),
+    })
+    .map_err(StateError::EncodeSnapshot)?;
+    drop(guards);
+    let mut out = Vec::with_capacity(payload.len() + HEADER);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateError> {
+    let bad = |what| StateError::BadSnapshot {
+        path: path.to_path_buf(),
+        what,
+    };
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(bad("not a tiering state snapshot (bad header)"));
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&bytes[8..16]);
+    let len = u64::from_le_bytes(len8);
+    let crc = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    let payload = &bytes[HEADER..];
+    if payload.len() as u64 != len {
+        return Err(StateError::SnapshotLength {
+            path: path.to_path_buf(),
+            payload: payload.len(),
+            header: len,
+        });
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    postcard::from_bytes(payload).map_err(|source| StateError::UndecodableSnapshot {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,225 @@
+//! The user state behind one small trait, [`UserState`]: get one user, get many, apply a batch
+//! of events, scan every user for rankings, plus the lifecycle the server drives (seed from a
+//! bundle, checkpoint, shut down). Handlers, the at-risk scan and the model loader talk to the
+//! trait only, never to a backend's internals.
+//!
+//! # Layout
+//!
+//! - this module: the trait, the event and outcome types, and [`StateError`].
+//! - `backend` — [`StateBackend`], the backend chosen once at start (an enum over the
+//!   implementations).
+//! - [`embedded`] — the default: a sharded in-memory map, a local write-ahead log with group
+//!   commit, and snapshots, all in one state directory.
+//!
+//! A shared backend (Redis) will sit beside `embedded` as a module of its own and a variant of
+//! [`StateBackend`].
+//!
+//! # Why an enum over backends, and futures without boxes
+//!
+//! The GetUserTier path is sub-microsecond, so a read must not box a future. The trait's methods
+//! return `impl Future` (no `async_trait`, so no boxed future per call), and the server holds
+//! the backend as the enum [`StateBackend`] rather than `dyn UserState`, so every call is
+//! statically dispatched. The embedded backend answers reads synchronously and returns an
+//! already-completed future (`std::future::ready`): awaiting it costs a branch. A network
+//! backend returns a real future from the same methods, and every method is fallible
+//! (`Result<_, StateError>`) because a network call can fail.
+//!
+//! [`UserState::scan`] is blocking (call it from a blocking thread, as the at-risk handler does)
+//! and visits the users in parts (the embedded backend's shards, in parallel on the rayon pool);
+//! each part's users are borrowed for the time of the visit, so a ranking keeps only what it
+//! selects. A network backend would fetch its parts from the blocking thread.
+
+mod backend;
+pub mod embedded;
+
+pub use backend::StateBackend;
+
+use crate::bundle::Snapshot;
+use crate::features::{Event, EventKind, Timestamp, UserAggregate};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One event for one user, validated, with room and category already hashed.
+///
+/// The embedded backend writes it to its log as is (postcard), so its serde layout is part of
+/// the on-disk format: do not change it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserEvent {
+    pub user_id: String,
+    pub ts: Timestamp,
+    pub kind: EventKind,
+    pub amount: f64,
+    pub watch_seconds: u32,
+    pub room: u32,
+    pub category: u32,
+}
+
+impl UserEvent {
+    /// The event without its user, as the aggregates take it.
+    pub fn event(&self) -> Event {
+        Event {
+            ts: self.ts,
+            kind: self.kind,
+            amount: self.amount,
+            watch_seconds: self.watch_seconds,
+            room: self.room,
+            category: self.category,
+        }
+    }
+}
+
+/// The outcome of one acknowledged batch of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub accepted: u64,
+    pub new_users: u64,
+}
+
+/// The user state: what the server reads and writes per user. See the module docs for why the
+/// methods return `impl Future` and why the server holds a [`StateBackend`].
+pub trait UserState: Send + Sync {
+    /// One user's aggregate; `None` for a user the state does not hold.
+    fn get(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<UserAggregate>, StateError>> + Send;
+
+    /// Many users at once: one entry per id, in the order of `ids`.
+    fn get_many(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<UserAggregate>>, StateError>> + Send;
+
+    /// Makes `events` durable and folds them into the users' aggregates (creating users), in
+    /// order; returns once both are done.
+    fn apply(
+        &self,
+        events: Vec<UserEvent>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send;
+
+    /// Visits every user, part by part (possibly in parallel): `visit` gets one part's users and
+    /// returns what it keeps of them; the results come back one per part. Blocking: call it
+    /// from a blocking thread.
+    fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
+    where
+        T: Send,
+        F: Fn(&mut dyn Iterator<Item = (&str, &UserAggregate)>) -> T + Sync;
+
+    /// Users held.
+    fn users(&self) -> usize;
+
+    /// True once the state holds a seed (a bundle's snapshot, or a previous run's state).
+    fn is_seeded(&self) -> bool;
+
+    /// Seeds an empty state from a bundle's snapshot (`version` names the bundle); a state
+    /// that is already seeded is left as it is.
+    fn seed(
+        &self,
+        version: String,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
+
+    /// Makes the state's changes since the last checkpoint durable in compact form (the
+    /// embedded backend: a snapshot, which truncates the log); true if there was anything to do.
+    fn checkpoint(&self) -> impl Future<Output = Result<bool, StateError>> + Send;
+
+    /// A final checkpoint, then no more writes.
+    fn shutdown(&self) -> impl Future<Output = Result<(), StateError>> + Send;
+}
+
+/// Why the user state could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another running server holds the state directory's lock.
+    #[error("{path}: the state directory is in use by another running server")]
+    Locked { path: PathBuf },
+    /// A log record that cannot be trusted, with acknowledged events possibly after it
+    /// (`what`: empty record, checksum mismatch in the middle of the log).
+    #[error("{path}: corrupt server state: at byte {offset}: {what}")]
+    DamagedRecord {
+        path: PathBuf,
+        offset: usize,
+        what: &'static str,
+    },
+    /// A record cut short (or zero-filled) in a segment that is not the last: not a crash's torn
+    /// tail, because later segments follow it.
+    #[error(
+        "{path}: corrupt server state: at byte {offset}: {what} in a segment that is not the last"
+    )]
+    TornMidLog {
+        path: PathBuf,
+        offset: usize,
+        what: &'static str,
+    },
+    #[error("{path}: corrupt server state: at byte {offset}: undecodable record: {source}")]
+    UndecodableRecord {
+        path: PathBuf,
+        offset: usize,
+        source: postcard::Error,
+    },
+    /// The log segments after the snapshot are not consecutive.
+    #[error("{path}: corrupt server state: log segment {expected} is missing")]
+    MissingSegment { path: PathBuf, expected: u64 },
+    /// Log segments with events but no snapshot to apply them to.
+    #[error("{path}: corrupt server state: an event log without state.bin: restore the snapshot or remove the state directory")]
+    LogWithoutSnapshot { path: PathBuf },
+    /// `state.bin` fails a check (`what`: bad header, checksum mismatch).
+    #[error("{path}: corrupt server state: {what}")]
+    BadSnapshot { path: PathBuf, what: &'static str },
+    #[error("{path}: corrupt server state: {payload} payload bytes, header says {header}")]
+    SnapshotLength {
+        path: PathBuf,
+        payload: usize,
+        header: u64,
+    },
+    #[error("{path}: corrupt server state: undecodable: {source}")]
+    UndecodableSnapshot {
+        path: PathBuf,
+        source: postcard::Error,
+    },
+    /// Events arrived before any model seeded the state.
+    #[error(
+        "event log unavailable: no model is loaded yet (the server is starting, or MODELS/CURRENT names no valid bundle)"
+    )]
+    NotSeeded,
+    /// A log write or fsync failed: the segment's state is unknown, so nothing more is accepted
+    /// (and no snapshot taken) until a restart replays the log.
+    #[error(
+        "event log unavailable: {}: write failed: {source}; restart the server to replay the log",
+        path.display()
+    )]
+    Poisoned {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    /// The thread that owns the log has stopped.
+    #[error("event log unavailable: the event log thread has stopped")]
+    Stopped,
+    #[error("internal error: encoding events: {0}")]
+    EncodeRecord(#[source] postcard::Error),
+    #[error("internal error: log record too large")]
+    RecordTooLarge,
+    #[error("internal error: encoding the state snapshot: {0}")]
+    EncodeSnapshot(#[source] postcard::Error),
+    #[error("internal error: starting the {thread} thread: {source}")]
+    Spawn {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    #[error("internal error: the snapshot thread panicked")]
+    SnapshotPanicked,
+}
+
+impl StateError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StateError {
+        let path = path.into();
+        move |source| StateError::Io { path, source }
+    }
+}

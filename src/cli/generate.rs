@@ -87,7 +87,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             bar.inc(unreported);
             unreported = 0;
         }
-        Ok::<(), GeneratedWriteError>(())
+        Ok::<(), WriteError>(())
     })
     .context("writing the generated tables")?;
     bar.finish_and_clear();

@@ -9,7 +9,7 @@
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
 use super::{Budget, Cell, Location, ReadError, RowRef, UserIndex, UsersSink};
-use crate::features::{Event, EventKind, EventTable, Timestamp, DAY};
+use crate::features::{EventKind, EventTable, Timestamp, DAY};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Date32Type, Date64Type, Decimal128Type, Decimal32Type, Decimal64Type, Float32Type, Float64Type,
@@ -556,59 +556,50 @@ impl<'a> EventBatch<'a> {
     /// Row `i` into the table; nothing is added (not even the user) if the row is bad.
     #[inline]
     fn push(&self, i: usize, table: &mut EventTable, users: &mut UserIndex) -> Result<(), Fault> {
-        let user_bytes = self.user.bytes(i);
-        let known = users.get(user_bytes);
-        let user = match known {
-            Some(_) => None,
-            None => Some(fields::user_id(user_bytes).map_err(Fault::at(Col::UserId))?),
-        };
-        let ts = self
-            .ts
-            .get(i)
-            .and_then(|t| t.ok_or(Cause::Timestamp))
-            .map_err(Fault::at(Col::Ts))?;
-        let kind = fields::kind(self.kind.bytes(i)).map_err(Fault::at(Col::Kind))?;
-        let amount = match &self.amount {
-            Some(a) => a.amount(i, kind),
+        users.push_event(table, self.user.bytes(i), &ParquetEvent { batch: self, i })
+    }
+}
+
+/// Row `i` of a batch after the user id, for [`fields::event`].
+struct ParquetEvent<'b, 'a> {
+    batch: &'b EventBatch<'a>,
+    i: usize,
+}
+
+impl fields::EventFields for ParquetEvent<'_, '_> {
+    #[inline]
+    fn ts(&self) -> Result<Timestamp, Cause> {
+        self.batch.ts.get(self.i)?.ok_or(Cause::Timestamp)
+    }
+    #[inline]
+    fn kind(&self) -> Result<EventKind, Cause> {
+        fields::kind(self.batch.kind.bytes(self.i))
+    }
+    #[inline]
+    fn amount(&self, kind: EventKind) -> Result<f64, Cause> {
+        match &self.batch.amount {
+            Some(a) => a.amount(self.i, kind),
             None => fields::check_amount(kind, None),
         }
-        .map_err(Fault::at(Col::Amount))?;
-        let watch_seconds = match &self.watch {
-            Some(w) => w.watch(i).map_err(Fault::at(Col::WatchSeconds))?,
-            None => 0,
-        };
-        let room = match &self.room {
-            Some(t) => fields::hashed(t.bytes(i)).map_err(Fault::at(Col::RoomId))?,
-            None => 0,
-        };
-        let category = match &self.category {
-            Some(t) => fields::hashed(t.bytes(i)).map_err(Fault::at(Col::Category))?,
-            None => 0,
-        };
-        let u = match (known, user) {
-            (Some(u), _) => u,
-            (None, Some(id)) => users.intern(id, table),
-            // `user` is Some whenever `known` is None.
-            (None, None) => {
-                return Err(Fault::Field {
-                    col: Col::UserId,
-                    cause: Cause::EmptyUserId,
-                })
-            }
-        };
-        table.push(
-            u,
-            Event {
-                ts,
-                kind,
-                amount,
-                watch_seconds,
-                room,
-                category,
-            },
-        );
-        Ok(())
     }
+    #[inline]
+    fn watch_seconds(&self) -> Result<u32, Cause> {
+        self.batch.watch.as_ref().map_or(Ok(0), |w| w.watch(self.i))
+    }
+    #[inline]
+    fn room(&self) -> Result<u32, Cause> {
+        hashed_or_zero(self.batch.room.as_ref(), self.i)
+    }
+    #[inline]
+    fn category(&self) -> Result<u32, Cause> {
+        hashed_or_zero(self.batch.category.as_ref(), self.i)
+    }
+}
+
+/// A room or category column's hash at row `i`; 0 when the file has no such column.
+#[inline]
+fn hashed_or_zero(column: Option<&Text<'_>>, i: usize) -> Result<u32, Cause> {
+    column.map_or(Ok(0), |t| fields::hashed(t.bytes(i)))
 }
 
 pub(super) fn read_events(

@@ -331,10 +331,49 @@ pub fn users_schema() -> SchemaRef {
     ]))
 }
 
-/// The events table as Parquet (snappy, row groups of [`ROW_GROUP_ROWS`]).
-pub struct EventsParquetWriter<W: Write + Send> {
+/// The Arrow writer of one Parquet table and the rows its column builders hold: both table
+/// writers append to their builders, then hand the finished columns over here.
+struct Batches<W: Write + Send> {
     writer: ArrowWriter<W>,
     schema: SchemaRef,
+    /// Rows in the builders, not yet written.
+    rows: usize,
+}
+
+impl<W: Write + Send> Batches<W> {
+    fn new(inner: W, schema: SchemaRef) -> Result<Self, WriteCause> {
+        let writer = ArrowWriter::try_new(inner, schema.clone(), Some(parquet_props()))?;
+        Ok(Batches {
+            writer,
+            schema,
+            rows: 0,
+        })
+    }
+
+    /// Counts a row appended to the builders; true when they hold a full batch.
+    #[inline]
+    fn added(&mut self) -> bool {
+        self.rows += 1;
+        self.rows == BATCH_ROWS
+    }
+
+    /// Writes the builders' finished columns as one batch.
+    fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), WriteCause> {
+        self.rows = 0;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.writer.write(&batch)?;
+        Ok(())
+    }
+
+    /// Writes the footer; hands back the underlying writer.
+    fn finish(self) -> Result<W, WriteCause> {
+        Ok(self.writer.into_inner()?)
+    }
+}
+
+/// The events table as Parquet (snappy, row groups of [`ROW_GROUP_ROWS`]).
+pub struct EventsParquetWriter<W: Write + Send> {
+    batches: Batches<W>,
     user_id: StringBuilder,
     ts: StringBuilder,
     kind: StringBuilder,
@@ -342,17 +381,13 @@ pub struct EventsParquetWriter<W: Write + Send> {
     watch: Int64Builder,
     room: StringBuilder,
     category: StringBuilder,
-    rows: usize,
     f: RowFields,
 }
 
 impl<W: Write + Send> EventsParquetWriter<W> {
     pub fn new(inner: W) -> Result<Self, WriteCause> {
-        let schema = events_schema();
-        let writer = ArrowWriter::try_new(inner, schema.clone(), Some(parquet_props()))?;
         Ok(EventsParquetWriter {
-            writer,
-            schema,
+            batches: Batches::new(inner, events_schema())?,
             user_id: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8),
             ts: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 20),
             kind: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 5),
@@ -360,7 +395,6 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             watch: Int64Builder::with_capacity(BATCH_ROWS),
             room: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 9),
             category: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 6),
-            rows: 0,
             f: RowFields::new(),
         })
     }
@@ -381,8 +415,7 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             self.room
                 .append_value(f.room.set_id(b"room_", u64::from(e.room), 4).as_str());
             self.category.append_value(e.category_name());
-            self.rows += 1;
-            if self.rows == BATCH_ROWS {
+            if self.batches.added() {
                 self.flush_batch()?;
             }
         }
@@ -390,10 +423,10 @@ impl<W: Write + Send> EventsParquetWriter<W> {
     }
 
     fn flush_batch(&mut self) -> Result<(), WriteCause> {
-        if self.rows == 0 {
+        if self.batches.rows == 0 {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
+        self.batches.write(vec![
             Arc::new(self.user_id.finish()),
             Arc::new(self.ts.finish()),
             Arc::new(self.kind.finish()),
@@ -401,42 +434,32 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             Arc::new(self.watch.finish()),
             Arc::new(self.room.finish()),
             Arc::new(self.category.finish()),
-        ];
-        self.rows = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.writer.write(&batch)?;
-        Ok(())
+        ])
     }
 
     /// Write the last batch and the footer; hand back the underlying writer.
     pub fn finish(mut self) -> Result<W, WriteCause> {
         self.flush_batch()?;
-        Ok(self.writer.into_inner()?)
+        self.batches.finish()
     }
 }
 
 /// The users table as Parquet.
 pub struct UsersParquetWriter<W: Write + Send> {
-    writer: ArrowWriter<W>,
-    schema: SchemaRef,
+    batches: Batches<W>,
     user_id: StringBuilder,
     registered_at: StringBuilder,
     persona: StringBuilder,
-    rows: usize,
     f: RowFields,
 }
 
 impl<W: Write + Send> UsersParquetWriter<W> {
     pub fn new(inner: W) -> Result<Self, WriteCause> {
-        let schema = users_schema();
-        let writer = ArrowWriter::try_new(inner, schema.clone(), Some(parquet_props()))?;
         Ok(UsersParquetWriter {
-            writer,
-            schema,
+            batches: Batches::new(inner, users_schema())?,
             user_id: StringBuilder::new(),
             registered_at: StringBuilder::new(),
             persona: StringBuilder::new(),
-            rows: 0,
             f: RowFields::new(),
         })
     }
@@ -447,31 +470,27 @@ impl<W: Write + Send> UsersParquetWriter<W> {
         self.registered_at
             .append_value(self.f.ts.format(user.registered_at));
         self.persona.append_value(user.persona.as_str());
-        self.rows += 1;
-        if self.rows == BATCH_ROWS {
+        if self.batches.added() {
             self.flush_batch()?;
         }
         Ok(())
     }
 
     fn flush_batch(&mut self) -> Result<(), WriteCause> {
-        if self.rows == 0 {
+        if self.batches.rows == 0 {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
+        self.batches.write(vec![
             Arc::new(self.user_id.finish()),
             Arc::new(self.registered_at.finish()),
             Arc::new(self.persona.finish()),
-        ];
-        self.rows = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.writer.write(&batch)?;
-        Ok(())
+        ])
     }
 
+    /// Write the last batch and the footer; hand back the underlying writer.
     pub fn finish(mut self) -> Result<W, WriteCause> {
         self.flush_batch()?;
-        Ok(self.writer.into_inner()?)
+        self.batches.finish()
     }
 }
 

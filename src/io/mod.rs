@@ -2,8 +2,8 @@
 //!
 //! - [`read`] — the events (and optional users) table from CSV or Parquet into an
 //!   [`crate::features::EventTable`], with errors naming file, line and column.
-//! - [`write`] — the table writers' shared errors, and scored users to CSV or Parquet (chosen by
-//!   the output's extension).
+//! - [`write`](mod@write) — the table writers' shared errors, and scored users to CSV or
+//!   Parquet (chosen by the output's extension).
 //! - [`atomic`] — one atomic file write (temporary file, sync, rename, sync the directory), for
 //!   every file the project writes whole.
 //!

@@ -1,12 +1,12 @@
 //! `tiering generate`: write a seeded synthetic live-commerce data set (events + users tables).
 
 use anyhow::Context;
-use chrono::DateTime;
 use std::path::PathBuf;
 use std::time::Instant;
-use tiering::features::Timestamp;
+use tiering::features::{format_rfc3339, parse_instant, Timestamp};
+use tiering::generate::writer::{GeneratedFormat, GeneratedWriter};
 use tiering::generate::{generate, GenerateParams, Persona};
-use tiering::io::generated::{GeneratedFormat, GeneratedWriteError, GeneratedWriter};
+use tiering::io::write::WriteError;
 use tracing::info;
 
 /// Output format of the generated tables.
@@ -50,7 +50,7 @@ pub struct GenerateArgs {
 
 /// `YYYY-MM-DD` means the end of that day (the next midnight, UTC); otherwise RFC 3339.
 fn parse_end(s: &str) -> Result<Timestamp, String> {
-    super::parse_time(s).map_err(|e| e.to_string())
+    parse_instant(s).map_err(|e| e.to_string())
 }
 
 fn progress_bar(users: u64) -> indicatif::ProgressBar {
@@ -72,9 +72,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     .check()
     .context("invalid generate parameters")?;
-    let end_text = DateTime::from_timestamp(end, 0)
-        .map(|d| d.to_rfc3339())
-        .unwrap_or_default();
+    let end_text = format_rfc3339(end);
     info!(users = args.users, days = args.days, seed = args.seed, end = %end_text, format = ?args.format,
         out = %args.out.display(), "generating synthetic live-commerce data");
 
@@ -89,7 +87,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             bar.inc(unreported);
             unreported = 0;
         }
-        Ok::<(), GeneratedWriteError>(())
+        Ok::<(), WriteError>(())
     })
     .context("writing the generated tables")?;
     bar.finish_and_clear();

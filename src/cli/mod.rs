@@ -89,21 +89,9 @@ pub fn spinner(message: &str) -> ProgressBar {
 }
 
 /// A time argument: RFC 3339, or a bare YYYY-MM-DD meaning the *end* of that day (UTC), so that
-/// events on that date count as known.
+/// events on that date count as known ([`tiering::features::parse_instant`]).
 pub fn parse_time(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim();
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let next = d
-            .succ_opt()
-            .ok_or_else(|| anyhow::anyhow!("date {s} is out of range"))?;
-        return Ok(next
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp())
-            .unwrap_or_default());
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp())
-        .map_err(|e| anyhow::anyhow!("{s:?} is neither RFC 3339 nor YYYY-MM-DD: {e}"))
+    Ok(tiering::features::parse_instant(s)?)
 }
 
 #[cfg(test)]

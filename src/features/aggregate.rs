@@ -1,9 +1,21 @@
 //! Per-user aggregates: everything the features need, in ~120 bytes a user.
 //!
-//! Applying events is order-independent, so the training sweep (events in file order) and the
-//! server (events as they arrive, possibly late) build the same state. Features are then read
-//! off the aggregate *as of* any time at or after the last applied event, which is what lets a
-//! quiet user's recency grow without new data.
+//! Applying events is order-independent in every field but two, so the training sweep (events
+//! in file order) and the server (events as they arrive, possibly late) build nearly the same
+//! state:
+//! - independent of order: the times (`first_seen`, `last_order`, `last_activity`), the counts
+//!   (`orders`, `views`, `comments`, `likes`, `shares`, `follows`, `gifts`), `watch_seconds`
+//!   (saturating sums of non-negative values), the room and category sketches (bitwise or), and
+//!   the weekly trend counts (`week_anchor`, `weekly`: the latest week and the counts of the
+//!   weeks before it);
+//! - `spend` is a floating-point sum, equal up to rounding in the last bits;
+//! - `order_days` counts distinct order days exactly only when orders arrive in day order. An
+//!   order counts a new day unless its day is the latest order day seen so far, so an order that
+//!   arrives after a later day's order counts its day again even if that day was counted before:
+//!   out of order, `order_days` can over-count (never under-count), and is at most `orders`.
+//!
+//! Features are then read off the aggregate *as of* any time at or after the last applied event,
+//! which is what lets a quiet user's recency grow without new data.
 
 use super::event::{Event, EventKind, Timestamp, DAY};
 
@@ -26,9 +38,11 @@ pub struct UserAggregate {
     /// Latest event of any kind, `NONE` before any.
     pub last_activity: Timestamp,
     pub orders: u32,
-    /// Distinct days with an order: the "order days" of the RFM frequency.
+    /// Days with an order: the "order days" of the RFM frequency. Exactly the distinct days when
+    /// orders were applied in day order; an order applied after a later day's order counts its
+    /// day again (see the module docs).
     pub order_days: u32,
-    /// Day index (ts / DAY) of the latest order day counted in `order_days`.
+    /// Day index (ts / DAY) of the latest order day seen (the largest, whatever the order).
     last_order_day: i64,
     pub spend: f64,
     pub views: u32,
@@ -115,7 +129,9 @@ impl UserAggregate {
         }
     }
 
-    /// Folds one event in. Order-independent: any order of the same events gives the same state.
+    /// Folds one event in. Any order of the same events gives the same state except for
+    /// `spend` (float rounding) and `order_days` (exact only for orders in day order; see the
+    /// module docs).
     pub fn apply(&mut self, e: &Event) {
         if self.first_seen == Self::NONE || e.ts < self.first_seen {
             self.first_seen = e.ts;
@@ -281,5 +297,20 @@ mod tests {
         a.apply(&ev(t0 + DAY + 5, EventKind::Order, 10.0));
         assert_eq!(a.orders, 3);
         assert_eq!(a.order_days, 2);
+    }
+
+    /// What the docs say `order_days` does out of order: a late order on an earlier, already
+    /// counted day counts that day again; on the latest order day it does not.
+    #[test]
+    fn order_days_over_count_late_orders_on_earlier_days() {
+        let t0 = 1_700_006_400; // a midnight
+        let mut a = UserAggregate::default();
+        a.apply(&ev(t0 + 100, EventKind::Order, 10.0));
+        a.apply(&ev(t0 + DAY + 5, EventKind::Order, 10.0));
+        a.apply(&ev(t0 + DAY + 50, EventKind::Order, 10.0));
+        assert_eq!(a.order_days, 2);
+        a.apply(&ev(t0 + 200, EventKind::Order, 10.0));
+        assert_eq!(a.orders, 4);
+        assert_eq!(a.order_days, 3);
     }
 }

@@ -1,10 +1,12 @@
 //! The event vocabulary of the data contract, in the form the pure code works with.
 //!
 //! Strings (user ids, rooms, categories) are resolved at the I/O edge: the feature code sees a
-//! dense user index and stable 32-bit hashes, which keeps the hot loops allocation-free.
+//! dense user index and stable 32-bit hashes ([`hash_str`]), which keeps the hot loops allocation-free.
 
 use std::fmt;
 use std::str::FromStr;
+
+pub use super::hash::hash_str;
 
 /// Seconds since the Unix epoch, UTC. Every time in the pure code is one of these.
 pub type Timestamp = i64;
@@ -91,26 +93,6 @@ pub struct Event {
     pub category: u32,
 }
 
-/// Stable 32-bit FNV-1a hash of a string; 0 is reserved for "absent" (an empty string).
-///
-/// Stable across runs and machines, unlike std's randomly keyed hasher, because sketches built
-/// from it are stored in the server state.
-pub fn hash_str(s: &str) -> u32 {
-    if s.is_empty() {
-        return 0;
-    }
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    if h == 0 {
-        1
-    } else {
-        h
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,13 +102,5 @@ mod tests {
         assert_eq!("Order".parse::<EventKind>(), Ok(EventKind::Order));
         assert_eq!(" view ".parse::<EventKind>(), Ok(EventKind::View));
         assert!("purchase".parse::<EventKind>().is_err());
-    }
-
-    #[test]
-    fn hash_str_reserves_zero_for_absent() {
-        assert_eq!(hash_str(""), 0);
-        assert_ne!(hash_str("room-1"), 0);
-        assert_eq!(hash_str("room-1"), hash_str("room-1"));
-        assert_ne!(hash_str("room-1"), hash_str("room-2"));
     }
 }

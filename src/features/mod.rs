@@ -1,6 +1,9 @@
 //! Features: pure code over arrays, importing nothing else of ours.
 //!
-//! - [`event`] — the data contract's vocabulary (`EventKind`, `Event`, stable string hashes).
+//! - [`event`] — the data contract's vocabulary (`EventKind`, `Event`).
+//! - [`time`] — times from flags and config ([`parse_instant`]) and the one written form
+//!   ([`format_rfc3339`]).
+//! - [`hash`] — stable FNV-1a hashes ([`fnv1a64`], [`hash_str`]) for keys that outlive a process.
 //! - [`table`] — the columnar events table the readers fill.
 //! - [`aggregate`] — per-user aggregates, the state the server keeps current.
 //! - [`vector`] — point-in-time feature vectors read off an aggregate as of a time.
@@ -10,16 +13,20 @@
 
 pub mod aggregate;
 pub mod event;
+pub mod hash;
 pub mod scaler;
 pub mod segments;
 pub mod snapshot;
 pub mod table;
+pub mod time;
 pub mod vector;
 
 pub use aggregate::UserAggregate;
-pub use event::{hash_str, Event, EventKind, Timestamp, DAY};
+pub use event::{Event, EventKind, Timestamp, DAY};
+pub use hash::{fnv1a64, hash_str};
 pub use scaler::StandardScaler;
 pub use segments::{LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds};
 pub use snapshot::{active_in_window, build_aggregates, known_at, ChurnDefinition};
 pub use table::{ColumnsPresent, EventTable};
+pub use time::{format_rfc3339, parse_instant, TimeParseError};
 pub use vector::{Feature, FeatureSet, Transform};

@@ -6,9 +6,11 @@
 //! - `world`: the shared calendar (weekdays, platform sale days), live rooms and their categories.
 //! - this module: [`GenerateParams`] → [`GenerateParams::check`] → [`ValidParams`], and
 //!   [`generate`], which simulates users one at a time and hands each, with its events, to a sink.
+//! - [`writer`] — the streaming CSV and Parquet writers of the events and users tables (the only
+//!   file I/O here; it uses [`crate::io`]'s atomic file and write errors).
 //!
-//! Pure code: no file I/O (the writers live in [`crate::io::generated`]). Memory is constant in
-//! the number of users: only the current user's events are held.
+//! The simulation is pure code. Memory is constant in the number of users: only the current
+//! user's events are held.
 //!
 //! # The simulation
 //!
@@ -26,12 +28,13 @@
 
 pub mod persona;
 mod world;
+pub mod writer;
 
 pub use persona::{Persona, UnknownPersona};
 pub use world::{civil_from_days, weekday};
 
 use crate::features::{hash_str, ColumnsPresent, Event, EventKind, EventTable, Timestamp, DAY};
-use persona::{persona_for, spec, Registration};
+use persona::{persona_for, spec, Registration, Spec};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -426,6 +429,47 @@ struct Traits {
     interactions: [(EventKind, Pois); 4],
 }
 
+impl Traits {
+    /// The user's fixed draws, in this order: activity, engagement, propensity to buy, spend,
+    /// watch time, hazard noise, then the loyal rooms.
+    fn draw(world: &World, s: &Spec, rng: &mut Xoshiro256PlusPlus) -> Traits {
+        let rate = lognormal(rng, s.rate_sigma);
+        let engagement = lognormal(rng, 0.4);
+        let buy = lognormal(rng, 0.4);
+        let spend = lognormal(rng, 0.3);
+        let watch = lognormal(rng, 0.35);
+        let noise = lognormal(rng, 0.5);
+        // Engaged, frequent, high-spend users stay; the rest leave sooner.
+        let hazard = s.hazard
+            * rate.powf(-0.8)
+            * buy.powf(-0.4)
+            * spend.powf(-0.3)
+            * engagement.powf(-0.3)
+            * noise;
+        let n_loyal = rng.gen_range(s.loyal_rooms.0..=s.loyal_rooms.1).clamp(1, 8) as usize;
+        let mut loyal = [0u32; 8];
+        for r in loyal.iter_mut().take(n_loyal) {
+            *r = world.sample_room(rng);
+        }
+        Traits {
+            rate,
+            engagement,
+            buy,
+            spend,
+            watch,
+            hazard,
+            loyal,
+            n_loyal,
+            interactions: [
+                (EventKind::Comment, Pois::new(s.comments * engagement)),
+                (EventKind::Like, Pois::new(s.likes * engagement)),
+                (EventKind::Share, Pois::new(s.shares * engagement)),
+                (EventKind::Gift, Pois::new(s.gifts * engagement * spend)),
+            ],
+        }
+    }
+}
+
 fn simulate(world: &World, seed: u64, index: u64, out: &mut Vec<GeneratedEvent>) -> GeneratedUser {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, index));
     let persona = persona_for(rng.gen());
@@ -440,40 +484,7 @@ fn simulate(world: &World, seed: u64, index: u64, out: &mut Vec<GeneratedEvent>)
     };
     let registered_at = uniform_time(&mut rng, lo, hi);
 
-    let rate = lognormal(&mut rng, s.rate_sigma);
-    let engagement = lognormal(&mut rng, 0.4);
-    let buy = lognormal(&mut rng, 0.4);
-    let spend = lognormal(&mut rng, 0.3);
-    let watch = lognormal(&mut rng, 0.35);
-    let noise = lognormal(&mut rng, 0.5);
-    // Engaged, frequent, high-spend users stay; the rest leave sooner.
-    let hazard = s.hazard
-        * rate.powf(-0.8)
-        * buy.powf(-0.4)
-        * spend.powf(-0.3)
-        * engagement.powf(-0.3)
-        * noise;
-    let n_loyal = rng.gen_range(s.loyal_rooms.0..=s.loyal_rooms.1).clamp(1, 8) as usize;
-    let mut loyal = [0u32; 8];
-    for r in loyal.iter_mut().take(n_loyal) {
-        *r = world.sample_room(&mut rng);
-    }
-    let t = Traits {
-        rate,
-        engagement,
-        buy,
-        spend,
-        watch,
-        hazard,
-        loyal,
-        n_loyal,
-        interactions: [
-            (EventKind::Comment, Pois::new(s.comments * engagement)),
-            (EventKind::Like, Pois::new(s.likes * engagement)),
-            (EventKind::Share, Pois::new(s.shares * engagement)),
-            (EventKind::Gift, Pois::new(s.gifts * engagement * spend)),
-        ],
-    };
+    let t = Traits::draw(world, s, &mut rng);
 
     // Persona-specific shape over time.
     let active_from = registered_at.max(start);

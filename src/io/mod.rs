@@ -2,9 +2,14 @@
 //!
 //! - [`read`] — the events (and optional users) table from CSV or Parquet into an
 //!   [`crate::features::EventTable`], with errors naming file, line and column.
-//! - [`write`] — scored users to CSV or Parquet (chosen by the output's extension).
-//! - [`generated`] — streaming writers for `tiering generate` (events and users tables).
+//! - [`write`](mod@write) — the table writers' shared errors, and scored users to CSV or
+//!   Parquet (chosen by the output's extension).
+//! - [`atomic`] — one atomic file write (temporary file, sync, rename, sync the directory), for
+//!   every file the project writes whole.
+//!
+//! The generator's writers live with the generator (`crate::generate::writer`); `io` imports
+//! nothing above `features`.
 
-pub mod generated;
+pub mod atomic;
 pub mod read;
 pub mod write;

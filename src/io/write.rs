@@ -1,8 +1,10 @@
-//! Scored users out: CSV or Parquet, chosen by the output's extension.
+//! Tables out: the write errors every table writer shares, and scored users as CSV or Parquet,
+//! chosen by the output's extension.
 //!
-//! Rows go to `<path>.tmp`, which [`ScoreWriter::finish`] renames to `path`: a reader never sees
+//! Rows go to an [`AtomicFile`] that [`ScoreWriter::finish`] puts in place: a reader never sees
 //! a half-written file under the final name, and a writer dropped before `finish` (an error
-//! upstream) removes its temporary file.
+//! upstream) removes its temporary file. The generator's writers
+//! (`crate::generate::writer`) report through the same [`WriteError`].
 
 use arrow_array::builder::{Float64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
@@ -13,10 +15,11 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use super::atomic::{AtomicError, AtomicFile};
 
 /// Columns of the scores table, in this order in both formats.
 pub const SCORE_COLUMNS: [&str; 9] = [
@@ -50,7 +53,8 @@ pub struct ScoreRow<'a> {
     pub top_factors: &'a str,
 }
 
-/// What went wrong underneath a [`WriteError::Write`].
+/// What went wrong underneath a [`WriteError::Write`]: the table writer's own failure, before
+/// it is tied to a file.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteCause {
     #[error(transparent)]
@@ -63,13 +67,13 @@ pub enum WriteCause {
     Arrow(#[from] ArrowError),
 }
 
-/// A failure writing scored users, naming the file.
+/// A failure writing a table (scored users, the generated tables), naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("{}: unsupported output type {ext:?} (expected .csv or .parquet)", .path.display())]
     UnsupportedExtension { path: PathBuf, ext: String },
-    #[error("cannot create {}", .path.display())]
-    Create {
+    #[error("cannot create output directory {}", .path.display())]
+    CreateDir {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -80,13 +84,19 @@ pub enum WriteError {
         #[source]
         source: WriteCause,
     },
-    #[error("cannot move {} into place as {}", .from.display(), .to.display())]
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// Creating the temporary file, or putting it in place.
+    #[error(transparent)]
+    Atomic(#[from] AtomicError),
+}
+
+impl WriteError {
+    /// Ties a table writer's failure to the file it was writing.
+    pub fn write(path: &Path) -> impl Fn(WriteCause) -> WriteError + '_ {
+        move |source| WriteError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 fn schema() -> SchemaRef {
@@ -107,7 +117,7 @@ fn schema() -> SchemaRef {
 
 /// Column builders for the rows not yet flushed.
 struct ParquetSink {
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<AtomicFile>,
     schema: SchemaRef,
     text: [StringBuilder; 7],
     numbers: [Float64Builder; 2],
@@ -115,7 +125,7 @@ struct ParquetSink {
 }
 
 impl ParquetSink {
-    fn new(file: File) -> Result<Self, WriteCause> {
+    fn new(file: AtomicFile) -> Result<Self, WriteCause> {
         let schema = schema();
         // Dictionary encoding pays for the low-cardinality labels; on the per-user unique
         // columns it only costs a hash per value before falling back to plain encoding.
@@ -186,23 +196,22 @@ impl ParquetSink {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(), WriteCause> {
+    /// Writes the last rows and the footer; the file, to be committed.
+    fn finish(mut self) -> Result<AtomicFile, WriteCause> {
         self.flush()?;
-        let file = self.writer.into_inner()?;
-        file.sync_all()?;
-        Ok(())
+        Ok(self.writer.into_inner()?)
     }
 }
 
 /// CSV with a reused formatting buffer for the numbers.
 struct CsvSink {
-    wtr: csv::Writer<BufWriter<File>>,
+    wtr: csv::Writer<BufWriter<AtomicFile>>,
     churn: String,
     percentile: String,
 }
 
 impl CsvSink {
-    fn new(file: File) -> Result<Self, WriteCause> {
+    fn new(file: AtomicFile) -> Result<Self, WriteCause> {
         let mut wtr =
             csv::WriterBuilder::new().from_writer(BufWriter::with_capacity(1 << 18, file));
         wtr.write_record(SCORE_COLUMNS)?;
@@ -233,16 +242,15 @@ impl CsvSink {
         Ok(())
     }
 
-    fn finish(self) -> Result<(), WriteCause> {
-        let file = self
+    /// Flushes the buffers; the file, to be committed.
+    fn finish(self) -> Result<AtomicFile, WriteCause> {
+        let buffered = self
             .wtr
             .into_inner()
             .map_err(|e| WriteCause::Io(e.into_error()))?;
-        let file = file
+        buffered
             .into_inner()
-            .map_err(|e| WriteCause::Io(e.into_error()))?;
-        file.sync_all()?;
-        Ok(())
+            .map_err(|e| WriteCause::Io(e.into_error()))
     }
 }
 
@@ -251,17 +259,15 @@ enum Sink {
     Parquet(Box<ParquetSink>),
 }
 
-/// Writes scored users to `path` (`.csv` or `.parquet`) through `<path>.tmp`.
+/// Writes scored users to `path` (`.csv` or `.parquet`) through an [`AtomicFile`].
 pub struct ScoreWriter {
     path: PathBuf,
-    tmp: PathBuf,
-    /// `None` once finished (so `Drop` knows not to remove anything).
-    sink: Option<Sink>,
+    sink: Sink,
     rows: u64,
 }
 
 impl ScoreWriter {
-    /// Creates `<path>.tmp`; the format follows `path`'s extension (`.csv` or `.parquet`).
+    /// Creates the temporary file; the format follows `path`'s extension (`.csv` or `.parquet`).
     pub fn create(path: &Path) -> Result<Self, WriteError> {
         let ext = path
             .extension()
@@ -277,30 +283,19 @@ impl ScoreWriter {
                 })
             }
         };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|source| WriteError::Create {
-            path: tmp.clone(),
-            source,
-        })?;
+        // On failure the file drops and removes its temporary.
+        let file = AtomicFile::create(path)?;
         let sink = if parquet {
             ParquetSink::new(file).map(|s| Sink::Parquet(Box::new(s)))
         } else {
             CsvSink::new(file).map(|s| Sink::Csv(Box::new(s)))
-        };
-        // On failure `writer` drops and removes the temporary file.
-        let mut writer = ScoreWriter {
+        }
+        .map_err(WriteError::write(path))?;
+        Ok(ScoreWriter {
             path: path.to_path_buf(),
-            tmp,
-            sink: None,
+            sink,
             rows: 0,
-        };
-        writer.sink = Some(sink.map_err(|source| WriteError::Write {
-            path: writer.tmp.clone(),
-            source,
-        })?);
-        Ok(writer)
+        })
     }
 
     /// The final path.
@@ -309,50 +304,24 @@ impl ScoreWriter {
     }
 
     pub fn write(&mut self, row: &ScoreRow<'_>) -> Result<(), WriteError> {
-        let result = match &mut self.sink {
-            Some(Sink::Csv(s)) => s.write(row),
-            Some(Sink::Parquet(s)) => s.write(row),
-            None => Ok(()),
-        };
-        result.map_err(|source| WriteError::Write {
-            path: self.tmp.clone(),
-            source,
-        })?;
+        match &mut self.sink {
+            Sink::Csv(s) => s.write(row),
+            Sink::Parquet(s) => s.write(row),
+        }
+        .map_err(WriteError::write(&self.path))?;
         self.rows += 1;
         Ok(())
     }
 
-    /// Flushes, closes and renames the file into place; the number of rows written.
-    pub fn finish(mut self) -> Result<u64, WriteError> {
-        let result = match self.sink.take() {
-            Some(Sink::Csv(s)) => s.finish(),
-            Some(Sink::Parquet(s)) => s.finish(),
-            None => Ok(()),
-        };
-        if let Err(source) = result {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(WriteError::Write {
-                path: self.tmp.clone(),
-                source,
-            });
+    /// Flushes, closes and puts the file in place; the number of rows written.
+    pub fn finish(self) -> Result<u64, WriteError> {
+        let file = match self.sink {
+            Sink::Csv(s) => s.finish(),
+            Sink::Parquet(s) => s.finish(),
         }
-        if let Err(source) = std::fs::rename(&self.tmp, &self.path) {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(WriteError::Rename {
-                from: self.tmp.clone(),
-                to: self.path.clone(),
-                source,
-            });
-        }
+        .map_err(WriteError::write(&self.path))?;
+        file.commit()?;
         Ok(self.rows)
-    }
-}
-
-impl Drop for ScoreWriter {
-    fn drop(&mut self) {
-        if self.sink.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
@@ -392,7 +361,11 @@ mod tests {
         }
         assert!(!path.exists(), "nothing under the final name before finish");
         assert_eq!(w.finish().unwrap(), 3);
-        assert!(!dir.path().join("scores.csv.tmp").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary remains"
+        );
 
         let mut rdr = csv::Reader::from_path(&path).unwrap();
         assert_eq!(
@@ -424,7 +397,8 @@ mod tests {
         }
         assert_eq!(w.finish().unwrap(), n as u64);
 
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
         assert_eq!(reader.metadata().file_metadata().num_rows(), n as i64);
         let names: Vec<String> = reader
             .schema()

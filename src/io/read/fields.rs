@@ -5,7 +5,7 @@
 //! the good-row path allocates nothing.
 
 use super::time::{self, TimeError};
-use crate::features::{hash_str, EventKind, Timestamp};
+use crate::features::{hash_str, Event, EventKind, Timestamp};
 
 /// A column of the data contract (events and users tables).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +176,38 @@ impl Fault {
     pub(crate) fn at(col: Col) -> impl Fn(Cause) -> Fault {
         move |cause| Fault::Field { col, cause }
     }
+}
+
+/// The fields of one events row after the user id, as a format reader finds them (CSV text,
+/// Parquet columns of any accepted type): each checked, or the [`Cause`] it is refused for.
+pub(crate) trait EventFields {
+    fn ts(&self) -> Result<Timestamp, Cause>;
+    fn kind(&self) -> Result<EventKind, Cause>;
+    /// The amount, checked against the row's kind ([`check_amount`]).
+    fn amount(&self, kind: EventKind) -> Result<f64, Cause>;
+    fn watch_seconds(&self) -> Result<u32, Cause>;
+    fn room(&self) -> Result<u32, Cause>;
+    fn category(&self) -> Result<u32, Cause>;
+}
+
+/// An events row's event. The fields are checked in the contract's column order, so a bad row
+/// fails on the same field whichever format (and parser) reads it.
+#[inline]
+pub(crate) fn event(row: &impl EventFields) -> Result<Event, Fault> {
+    let ts = row.ts().map_err(Fault::at(Col::Ts))?;
+    let kind = row.kind().map_err(Fault::at(Col::Kind))?;
+    let amount = row.amount(kind).map_err(Fault::at(Col::Amount))?;
+    let watch_seconds = row.watch_seconds().map_err(Fault::at(Col::WatchSeconds))?;
+    let room = row.room().map_err(Fault::at(Col::RoomId))?;
+    let category = row.category().map_err(Fault::at(Col::Category))?;
+    Ok(Event {
+        ts,
+        kind,
+        amount,
+        watch_seconds,
+        room,
+        category,
+    })
 }
 
 #[inline]

@@ -316,23 +316,3 @@ fn parquet_wrong_types_name_the_column() {
         "{err}"
     );
 }
-
-#[test]
-fn the_user_index_agrees_with_intern_for_short_long_and_padded_ids() {
-    let mut ids: Vec<String> = (0..40).map(|n| "x".repeat(n)).collect();
-    ids.extend(["a", "a\0", "a\0\0", "é", "u0000001", "u0000002"].map(String::from));
-    ids.extend((0..2000).map(|i| format!("user-{i}")));
-    let mut table = EventTable::default();
-    let mut index = UserIndex::default();
-    for round in 0..2 {
-        for id in &ids {
-            let i = match index.get(id.as_bytes()) {
-                Some(i) => i,
-                None => index.intern(id, &mut table),
-            };
-            assert_eq!(table.user_ids[i as usize], *id, "round {round}");
-        }
-    }
-    assert_eq!(table.n_users(), ids.len());
-    assert!(index.get(b"never seen").is_none());
-}

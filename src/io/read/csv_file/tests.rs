@@ -435,31 +435,6 @@ fn random_text_reads_the_same_however_it_is_split() {
 }
 
 #[test]
-fn bytes_equal_marks_exactly_the_matching_bytes() {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(61);
-    let picks = [b',', b'\n', b'\r', 0, 0x80, 0xff, b'-', b'+', 0x2b, 0x2d];
-    for _ in 0..20_000 {
-        // Words built mostly from bytes next to the delimiters, where borrows would show.
-        let bytes: [u8; 8] = std::array::from_fn(|_| {
-            if rng.gen_bool(0.5) {
-                picks[rng.gen_range(0..picks.len())]
-            } else {
-                rng.gen()
-            }
-        });
-        let w = u64::from_le_bytes(bytes);
-        for c in [b',', b'\n'] {
-            let expected = bytes
-                .iter()
-                .enumerate()
-                .filter(|&(_, &b)| b == c)
-                .fold(0u64, |m, (i, _)| m | 0x80 << (8 * i));
-            assert_eq!(bytes_equal(w, c), expected, "{bytes:?} {c}");
-        }
-    }
-}
-
-#[test]
 fn wide_tables_and_rows_with_many_fields_read_as_with_one_reader() {
     let dir = tempfile::tempdir().unwrap();
     // 40 columns, more than the direct splitter takes: its blocks go through the csv crate.

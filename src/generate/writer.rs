@@ -1,23 +1,24 @@
 //! Streaming writers for `tiering generate`: the events and users tables, CSV or Parquet.
 //!
-//! Rows arrive one user at a time ([`crate::generate::generate`]'s sink) and leave through a
-//! buffer, so memory stays flat however many users are written. Fields are formatted by hand
-//! into stack buffers (timestamps, amounts, ids): no allocation per row.
+//! Rows arrive one user at a time ([`super::generate`]'s sink) and leave through a buffer, so
+//! memory stays flat however many users are written. Fields are formatted by hand into stack
+//! buffers (timestamps, amounts, ids): no allocation per row.
 //!
-//! [`GeneratedWriter`] writes both tables into a directory under hidden temporary names and
-//! renames them into place in [`GeneratedWriter::finish`]; a run that is killed or fails leaves no
-//! half-written file under a final name (a failed or dropped writer also removes its temporaries).
+//! [`GeneratedWriter`] writes both tables into a directory through
+//! [`AtomicFile`]s and puts them in place in [`GeneratedWriter::finish`]; a run that is killed or
+//! fails leaves no half-written file under a final name (a failed or dropped writer also removes
+//! its temporaries). Failures are the table writers' [`WriteError`], naming the file.
 
+use super::{civil_from_days, GeneratedEvent, GeneratedUser, CATEGORIES};
 use crate::features::{EventKind, Timestamp, DAY};
-use crate::generate::{civil_from_days, GeneratedEvent, GeneratedUser, CATEGORIES};
+use crate::io::atomic::AtomicFile;
+use crate::io::write::{WriteCause, WriteError};
 use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,39 +60,6 @@ impl GeneratedFormat {
             GeneratedFormat::Parquet => "parquet",
         }
     }
-}
-
-/// A failure of one table writer, before it is tied to a file.
-#[derive(Debug, thiserror::Error)]
-pub enum TableWriteError {
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Csv(#[from] csv::Error),
-    #[error(transparent)]
-    Parquet(#[from] ParquetError),
-    #[error(transparent)]
-    Arrow(#[from] ArrowError),
-}
-
-/// A failure writing the generated tables, naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum GeneratedWriteError {
-    #[error("cannot create output directory {path}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot create {path}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        source: TableWriteError,
-    },
-    #[error("cannot move {from} into place as {to}")]
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-        source: io::Error,
-    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,7 +215,7 @@ pub struct EventsCsvWriter<W: Write> {
 }
 
 impl<W: Write> EventsCsvWriter<W> {
-    pub fn new(inner: W) -> Result<Self, TableWriteError> {
+    pub fn new(inner: W) -> Result<Self, WriteCause> {
         let mut wtr = csv_writer(inner);
         wtr.write_record(EVENT_COLUMNS)?;
         Ok(EventsCsvWriter {
@@ -261,7 +229,7 @@ impl<W: Write> EventsCsvWriter<W> {
         &mut self,
         user: &GeneratedUser,
         events: &[GeneratedEvent],
-    ) -> Result<(), TableWriteError> {
+    ) -> Result<(), WriteCause> {
         let f = &mut self.f;
         f.set_user(user);
         for e in events {
@@ -290,10 +258,10 @@ impl<W: Write> EventsCsvWriter<W> {
     }
 
     /// Flush and hand back the underlying writer.
-    pub fn finish(self) -> Result<W, TableWriteError> {
+    pub fn finish(self) -> Result<W, WriteCause> {
         self.wtr
             .into_inner()
-            .map_err(|e| TableWriteError::Io(e.into_error()))
+            .map_err(|e| WriteCause::Io(e.into_error()))
     }
 }
 
@@ -304,7 +272,7 @@ pub struct UsersCsvWriter<W: Write> {
 }
 
 impl<W: Write> UsersCsvWriter<W> {
-    pub fn new(inner: W) -> Result<Self, TableWriteError> {
+    pub fn new(inner: W) -> Result<Self, WriteCause> {
         let mut wtr = csv_writer(inner);
         wtr.write_record(USER_COLUMNS)?;
         Ok(UsersCsvWriter {
@@ -313,7 +281,7 @@ impl<W: Write> UsersCsvWriter<W> {
         })
     }
 
-    pub fn write_user(&mut self, user: &GeneratedUser) -> Result<(), TableWriteError> {
+    pub fn write_user(&mut self, user: &GeneratedUser) -> Result<(), WriteCause> {
         self.f.set_user(user);
         self.wtr.write_record([
             self.f.user.as_bytes(),
@@ -323,10 +291,10 @@ impl<W: Write> UsersCsvWriter<W> {
         Ok(())
     }
 
-    pub fn finish(self) -> Result<W, TableWriteError> {
+    pub fn finish(self) -> Result<W, WriteCause> {
         self.wtr
             .into_inner()
-            .map_err(|e| TableWriteError::Io(e.into_error()))
+            .map_err(|e| WriteCause::Io(e.into_error()))
     }
 }
 
@@ -363,10 +331,49 @@ pub fn users_schema() -> SchemaRef {
     ]))
 }
 
-/// The events table as Parquet (snappy, row groups of [`ROW_GROUP_ROWS`]).
-pub struct EventsParquetWriter<W: Write + Send> {
+/// The Arrow writer of one Parquet table and the rows its column builders hold: both table
+/// writers append to their builders, then hand the finished columns over here.
+struct Batches<W: Write + Send> {
     writer: ArrowWriter<W>,
     schema: SchemaRef,
+    /// Rows in the builders, not yet written.
+    rows: usize,
+}
+
+impl<W: Write + Send> Batches<W> {
+    fn new(inner: W, schema: SchemaRef) -> Result<Self, WriteCause> {
+        let writer = ArrowWriter::try_new(inner, schema.clone(), Some(parquet_props()))?;
+        Ok(Batches {
+            writer,
+            schema,
+            rows: 0,
+        })
+    }
+
+    /// Counts a row appended to the builders; true when they hold a full batch.
+    #[inline]
+    fn added(&mut self) -> bool {
+        self.rows += 1;
+        self.rows == BATCH_ROWS
+    }
+
+    /// Writes the builders' finished columns as one batch.
+    fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), WriteCause> {
+        self.rows = 0;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.writer.write(&batch)?;
+        Ok(())
+    }
+
+    /// Writes the footer; hands back the underlying writer.
+    fn finish(self) -> Result<W, WriteCause> {
+        Ok(self.writer.into_inner()?)
+    }
+}
+
+/// The events table as Parquet (snappy, row groups of [`ROW_GROUP_ROWS`]).
+pub struct EventsParquetWriter<W: Write + Send> {
+    batches: Batches<W>,
     user_id: StringBuilder,
     ts: StringBuilder,
     kind: StringBuilder,
@@ -374,17 +381,13 @@ pub struct EventsParquetWriter<W: Write + Send> {
     watch: Int64Builder,
     room: StringBuilder,
     category: StringBuilder,
-    rows: usize,
     f: RowFields,
 }
 
 impl<W: Write + Send> EventsParquetWriter<W> {
-    pub fn new(inner: W) -> Result<Self, TableWriteError> {
-        let schema = events_schema();
-        let writer = ArrowWriter::try_new(inner, schema.clone(), Some(parquet_props()))?;
+    pub fn new(inner: W) -> Result<Self, WriteCause> {
         Ok(EventsParquetWriter {
-            writer,
-            schema,
+            batches: Batches::new(inner, events_schema())?,
             user_id: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8),
             ts: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 20),
             kind: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 5),
@@ -392,7 +395,6 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             watch: Int64Builder::with_capacity(BATCH_ROWS),
             room: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 9),
             category: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 6),
-            rows: 0,
             f: RowFields::new(),
         })
     }
@@ -401,7 +403,7 @@ impl<W: Write + Send> EventsParquetWriter<W> {
         &mut self,
         user: &GeneratedUser,
         events: &[GeneratedEvent],
-    ) -> Result<(), TableWriteError> {
+    ) -> Result<(), WriteCause> {
         self.f.set_user(user);
         for e in events {
             let f = &mut self.f;
@@ -413,19 +415,18 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             self.room
                 .append_value(f.room.set_id(b"room_", u64::from(e.room), 4).as_str());
             self.category.append_value(e.category_name());
-            self.rows += 1;
-            if self.rows == BATCH_ROWS {
+            if self.batches.added() {
                 self.flush_batch()?;
             }
         }
         Ok(())
     }
 
-    fn flush_batch(&mut self) -> Result<(), TableWriteError> {
-        if self.rows == 0 {
+    fn flush_batch(&mut self) -> Result<(), WriteCause> {
+        if self.batches.rows == 0 {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
+        self.batches.write(vec![
             Arc::new(self.user_id.finish()),
             Arc::new(self.ts.finish()),
             Arc::new(self.kind.finish()),
@@ -433,147 +434,78 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             Arc::new(self.watch.finish()),
             Arc::new(self.room.finish()),
             Arc::new(self.category.finish()),
-        ];
-        self.rows = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.writer.write(&batch)?;
-        Ok(())
+        ])
     }
 
     /// Write the last batch and the footer; hand back the underlying writer.
-    pub fn finish(mut self) -> Result<W, TableWriteError> {
+    pub fn finish(mut self) -> Result<W, WriteCause> {
         self.flush_batch()?;
-        Ok(self.writer.into_inner()?)
+        self.batches.finish()
     }
 }
 
 /// The users table as Parquet.
 pub struct UsersParquetWriter<W: Write + Send> {
-    writer: ArrowWriter<W>,
-    schema: SchemaRef,
+    batches: Batches<W>,
     user_id: StringBuilder,
     registered_at: StringBuilder,
     persona: StringBuilder,
-    rows: usize,
     f: RowFields,
 }
 
 impl<W: Write + Send> UsersParquetWriter<W> {
-    pub fn new(inner: W) -> Result<Self, TableWriteError> {
-        let schema = users_schema();
-        let writer = ArrowWriter::try_new(inner, schema.clone(), Some(parquet_props()))?;
+    pub fn new(inner: W) -> Result<Self, WriteCause> {
         Ok(UsersParquetWriter {
-            writer,
-            schema,
+            batches: Batches::new(inner, users_schema())?,
             user_id: StringBuilder::new(),
             registered_at: StringBuilder::new(),
             persona: StringBuilder::new(),
-            rows: 0,
             f: RowFields::new(),
         })
     }
 
-    pub fn write_user(&mut self, user: &GeneratedUser) -> Result<(), TableWriteError> {
+    pub fn write_user(&mut self, user: &GeneratedUser) -> Result<(), WriteCause> {
         self.f.set_user(user);
         self.user_id.append_value(self.f.user.as_str());
         self.registered_at
             .append_value(self.f.ts.format(user.registered_at));
         self.persona.append_value(user.persona.as_str());
-        self.rows += 1;
-        if self.rows == BATCH_ROWS {
+        if self.batches.added() {
             self.flush_batch()?;
         }
         Ok(())
     }
 
-    fn flush_batch(&mut self) -> Result<(), TableWriteError> {
-        if self.rows == 0 {
+    fn flush_batch(&mut self) -> Result<(), WriteCause> {
+        if self.batches.rows == 0 {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
+        self.batches.write(vec![
             Arc::new(self.user_id.finish()),
             Arc::new(self.registered_at.finish()),
             Arc::new(self.persona.finish()),
-        ];
-        self.rows = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        self.writer.write(&batch)?;
-        Ok(())
+        ])
     }
 
-    pub fn finish(mut self) -> Result<W, TableWriteError> {
+    /// Write the last batch and the footer; hand back the underlying writer.
+    pub fn finish(mut self) -> Result<W, WriteCause> {
         self.flush_batch()?;
-        Ok(self.writer.into_inner()?)
+        self.batches.finish()
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Both tables into a directory, atomically
 
-/// A file being written under a temporary name; removed on drop unless renamed into place.
-struct Pending {
-    tmp: PathBuf,
-    path: PathBuf,
-    done: bool,
-}
-
-impl Pending {
-    fn new(dir: &Path, name: &str) -> Self {
-        Pending {
-            tmp: dir.join(format!(".{name}.tmp-{}", std::process::id())),
-            path: dir.join(name),
-            done: false,
-        }
-    }
-
-    fn create(&self) -> Result<File, GeneratedWriteError> {
-        File::create(&self.tmp).map_err(|source| GeneratedWriteError::Create {
-            path: self.tmp.clone(),
-            source,
-        })
-    }
-
-    fn write_err(&self) -> impl Fn(TableWriteError) -> GeneratedWriteError + '_ {
-        move |source| GeneratedWriteError::Write {
-            path: self.tmp.clone(),
-            source,
-        }
-    }
-
-    /// Make the data durable, then give it its final name.
-    fn persist(&mut self, file: File) -> Result<(), GeneratedWriteError> {
-        file.sync_all().map_err(|e| GeneratedWriteError::Write {
-            path: self.tmp.clone(),
-            source: e.into(),
-        })?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| GeneratedWriteError::Rename {
-            from: self.tmp.clone(),
-            to: self.path.clone(),
-            source,
-        })?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 enum Tables {
     // Boxed: both variants are a kilobyte or more of buffers and builders.
     Csv {
-        events: Box<EventsCsvWriter<File>>,
-        users: Box<UsersCsvWriter<File>>,
+        events: Box<EventsCsvWriter<AtomicFile>>,
+        users: Box<UsersCsvWriter<AtomicFile>>,
     },
     Parquet {
-        events: Box<EventsParquetWriter<io::BufWriter<File>>>,
-        users: Box<UsersParquetWriter<io::BufWriter<File>>>,
+        events: Box<EventsParquetWriter<io::BufWriter<AtomicFile>>>,
+        users: Box<UsersParquetWriter<io::BufWriter<AtomicFile>>>,
     },
 }
 
@@ -587,41 +519,50 @@ pub struct GeneratedPaths {
 /// Writes `events.<ext>` and `users.<ext>` into a directory (created if missing), user by user.
 pub struct GeneratedWriter {
     tables: Tables,
-    events: Pending,
-    users: Pending,
+    paths: GeneratedPaths,
+}
+
+/// The file a buffered Parquet writer wrote to.
+fn unbuffer(w: io::BufWriter<AtomicFile>) -> Result<AtomicFile, WriteCause> {
+    w.into_inner().map_err(|e| WriteCause::Io(e.into_error()))
 }
 
 impl GeneratedWriter {
-    pub fn create(dir: &Path, format: GeneratedFormat) -> Result<Self, GeneratedWriteError> {
-        std::fs::create_dir_all(dir).map_err(|source| GeneratedWriteError::CreateDir {
+    pub fn create(dir: &Path, format: GeneratedFormat) -> Result<Self, WriteError> {
+        std::fs::create_dir_all(dir).map_err(|source| WriteError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let ext = format.extension();
-        let events = Pending::new(dir, &format!("events.{ext}"));
-        let users = Pending::new(dir, &format!("users.{ext}"));
-        let (ef, uf) = (events.create()?, users.create()?);
+        let paths = GeneratedPaths {
+            events: dir.join(format!("events.{ext}")),
+            users: dir.join(format!("users.{ext}")),
+        };
+        let (ef, uf) = (
+            AtomicFile::create(&paths.events)?,
+            AtomicFile::create(&paths.users)?,
+        );
+        let (on_events, on_users) = (
+            WriteError::write(&paths.events),
+            WriteError::write(&paths.users),
+        );
         let tables = match format {
             GeneratedFormat::Csv => Tables::Csv {
-                events: Box::new(EventsCsvWriter::new(ef).map_err(events.write_err())?),
-                users: Box::new(UsersCsvWriter::new(uf).map_err(users.write_err())?),
+                events: Box::new(EventsCsvWriter::new(ef).map_err(on_events)?),
+                users: Box::new(UsersCsvWriter::new(uf).map_err(on_users)?),
             },
             GeneratedFormat::Parquet => Tables::Parquet {
                 events: Box::new(
                     EventsParquetWriter::new(io::BufWriter::with_capacity(CSV_BUFFER, ef))
-                        .map_err(events.write_err())?,
+                        .map_err(on_events)?,
                 ),
                 users: Box::new(
                     UsersParquetWriter::new(io::BufWriter::with_capacity(CSV_BUFFER, uf))
-                        .map_err(users.write_err())?,
+                        .map_err(on_users)?,
                 ),
             },
         };
-        Ok(GeneratedWriter {
-            tables,
-            events,
-            users,
-        })
+        Ok(GeneratedWriter { tables, paths })
     }
 
     /// One user's row and event rows.
@@ -629,62 +570,56 @@ impl GeneratedWriter {
         &mut self,
         user: &GeneratedUser,
         events: &[GeneratedEvent],
-    ) -> Result<(), GeneratedWriteError> {
+    ) -> Result<(), WriteError> {
+        let on_events = WriteError::write(&self.paths.events);
+        let on_users = WriteError::write(&self.paths.users);
         match &mut self.tables {
             Tables::Csv {
                 events: ew,
                 users: uw,
             } => {
-                ew.write_user(user, events)
-                    .map_err(self.events.write_err())?;
-                uw.write_user(user).map_err(self.users.write_err())?;
+                ew.write_user(user, events).map_err(on_events)?;
+                uw.write_user(user).map_err(on_users)?;
             }
             Tables::Parquet {
                 events: ew,
                 users: uw,
             } => {
-                ew.write_user(user, events)
-                    .map_err(self.events.write_err())?;
-                uw.write_user(user).map_err(self.users.write_err())?;
+                ew.write_user(user, events).map_err(on_events)?;
+                uw.write_user(user).map_err(on_users)?;
             }
         }
         Ok(())
     }
 
-    /// Flush both tables and rename them into place.
-    pub fn finish(mut self) -> Result<GeneratedPaths, GeneratedWriteError> {
+    /// Flush both tables and put them in place.
+    pub fn finish(self) -> Result<GeneratedPaths, WriteError> {
+        let on_events = WriteError::write(&self.paths.events);
+        let on_users = WriteError::write(&self.paths.users);
         let (ef, uf) = match self.tables {
             Tables::Csv { events, users } => (
-                events.finish().map_err(self.events.write_err())?,
-                users.finish().map_err(self.users.write_err())?,
+                events.finish().map_err(on_events)?,
+                users.finish().map_err(on_users)?,
             ),
-            Tables::Parquet { events, users } => {
-                let ew = events.finish().map_err(self.events.write_err())?;
-                let uw = users.finish().map_err(self.users.write_err())?;
-                let into_file = |w: io::BufWriter<File>, p: &Pending| {
-                    w.into_inner().map_err(|e| GeneratedWriteError::Write {
-                        path: p.tmp.clone(),
-                        source: TableWriteError::Io(e.into_error()),
-                    })
-                };
-                (into_file(ew, &self.events)?, into_file(uw, &self.users)?)
-            }
+            Tables::Parquet { events, users } => (
+                events.finish().and_then(unbuffer).map_err(on_events)?,
+                users.finish().and_then(unbuffer).map_err(on_users)?,
+            ),
         };
-        self.events.persist(ef)?;
-        self.users.persist(uf)?;
-        Ok(GeneratedPaths {
-            events: self.events.path.clone(),
-            users: self.users.path.clone(),
-        })
+        ef.commit()?;
+        uf.commit()?;
+        Ok(self.paths)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::format_rfc3339;
     use crate::generate::{generate, GenerateParams, Persona, ValidParams};
     use arrow_array::{Array, Float64Array, Int64Array, StringArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::fs::File;
 
     /// 2026-05-01T00:00:00Z.
     const END: Timestamp = 1_777_593_600;
@@ -725,7 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_format_like_chrono() {
+    fn timestamps_format_as_the_project_writes_them() {
         let mut f = TsFormatter::default();
         for ts in [
             0,
@@ -737,10 +672,7 @@ mod tests {
             1_777_649_696,
             253_402_300_799,
         ] {
-            let want = chrono::DateTime::from_timestamp(ts, 0)
-                .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_default();
-            assert_eq!(f.format(ts), want);
+            assert_eq!(f.format(ts), format_rfc3339(ts));
         }
     }
 

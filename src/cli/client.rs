@@ -16,10 +16,10 @@ use super::client_output::{as_of_text, sort_by_risk, write_user_table, write_use
 pub use super::client_output::{ListFormat, UserFormat};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
+use tiering::io::atomic::AtomicFile;
 use tiering::pb::{self as proto, tiering_client::TieringClient};
 use tonic::transport::{Channel, Endpoint};
 
@@ -90,11 +90,14 @@ pub fn run_at_risk(args: AtRiskArgs) -> Result<()> {
     let (users, pages) = runtime.block_on(fetch_at_risk(&args, &url))?;
     let result = match &args.out {
         Some(path) => {
-            let mut file = AtomicFile::create(path)
-                .with_context(|| format!("creating a temporary file for {}", path.display()))?;
-            write_users(&mut file, &users, args.format)
-                .and_then(|()| file.commit())
-                .with_context(|| format!("writing {}", path.display()))
+            let mut out = BufWriter::new(AtomicFile::create(path)?);
+            write_users(&mut out, &users, args.format)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("writing {}", path.display()))?;
+            file.commit().map_err(anyhow::Error::from)
         }
         None => {
             let stdout = io::stdout();
@@ -352,67 +355,6 @@ async fn fetch_pages(
     }
 }
 
-/// A file written under a temporary name beside its target and renamed into place by
-/// [`AtomicFile::commit`]; dropped uncommitted, the temporary file is removed.
-struct AtomicFile {
-    tmp: PathBuf,
-    target: PathBuf,
-    file: Option<BufWriter<File>>,
-}
-
-impl AtomicFile {
-    fn create(target: &Path) -> io::Result<Self> {
-        let name = target
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = target.with_file_name(tmp_name);
-        let file = File::create(&tmp)?;
-        Ok(AtomicFile {
-            tmp,
-            target: target.to_path_buf(),
-            file: Some(BufWriter::new(file)),
-        })
-    }
-
-    fn commit(&mut self) -> io::Result<()> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("already committed"))?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.target)
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.file {
-            Some(f) => f.write(buf),
-            None => Err(io::Error::other("already committed")),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,22 +363,5 @@ mod tests {
     fn server_urls_default_to_http() {
         assert_eq!(server_url("127.0.0.1:5"), "http://127.0.0.1:5");
         assert_eq!(server_url("https://x:5/"), "https://x:5");
-    }
-
-    #[test]
-    fn an_uncommitted_atomic_file_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("out.csv");
-        {
-            let mut f = AtomicFile::create(&target).unwrap();
-            f.write_all(b"partial").unwrap();
-        }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let mut f = AtomicFile::create(&target).unwrap();
-        f.write_all(b"whole").unwrap();
-        f.commit().unwrap();
-        drop(f);
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "whole");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

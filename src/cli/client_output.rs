@@ -94,8 +94,7 @@ fn value_text(v: f64) -> String {
 }
 
 pub fn as_of_text(ts: Option<&prost_types::Timestamp>) -> String {
-    ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    ts.map(|t| tiering::features::time::format_rfc3339(t.seconds))
         .unwrap_or_default()
 }
 

@@ -40,16 +40,6 @@ pub struct Page {
     pub more: bool,
 }
 
-/// Stable 64-bit FNV-1a, for token fingerprints (must not change between processes).
-pub fn fnv64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// What a page token carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PageToken {

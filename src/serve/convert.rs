@@ -1,10 +1,12 @@
 //! Proto ⇄ domain, in one place. Requests are validated while they are converted, so a handler
 //! either gets well-formed domain values or an INVALID_ARGUMENT naming the field.
 
-use super::at_risk::{fnv64, AtRiskQuery, PageToken};
+use super::at_risk::{AtRiskQuery, PageToken};
 use super::error::RequestError;
 use super::slot::LiveModel;
 use super::state::UserEvent;
+use crate::features::hash::fnv1a64;
+use crate::features::time::format_rfc3339;
 use crate::features::{hash_str, EventKind, LifecycleStage, Timestamp, Transform, UserAggregate};
 use crate::model::Score;
 use crate::pb::{self as proto, MAX_SECONDS, MIN_SECONDS};
@@ -68,8 +70,8 @@ fn past_time(
             field,
             format!(
                 "{} is in the future (now is {}, tolerance {tolerance} s)",
-                rfc3339(t),
-                rfc3339(now)
+                format_rfc3339(t),
+                format_rfc3339(now)
             ),
         ));
     }
@@ -81,10 +83,6 @@ pub fn to_timestamp(t: Timestamp) -> prost_types::Timestamp {
         seconds: t,
         nanos: 0,
     }
-}
-
-pub fn rfc3339(t: Timestamp) -> String {
-    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }
 
 /// Validation context for events.
@@ -353,9 +351,9 @@ pub fn at_risk_query(
         let mut st = req.lifecycle_stages.clone();
         st.sort();
         st.dedup();
-        fnv64(format!("{}|{}|{}", p.to_bits(), tier_ids.join(","), st.join(",")).as_bytes())
+        fnv1a64(format!("{}|{}|{}", p.to_bits(), tier_ids.join(","), st.join(",")).as_bytes())
     };
-    let model_hash = fnv64(model.version.as_bytes());
+    let model_hash = fnv1a64(model.version.as_bytes());
     let (as_of, after) = if req.page_token.is_empty() {
         (now, None)
     } else {
@@ -394,7 +392,7 @@ pub fn next_page_token(q: &AtRiskQuery, model: &LiveModel, last: (&str, f64)) ->
         last_probability: last.1,
         last_user: last.0.to_string(),
         filter_hash: q.filter_hash,
-        model_hash: fnv64(model.version.as_bytes()),
+        model_hash: fnv1a64(model.version.as_bytes()),
     }
     .encode()
 }

@@ -26,5 +26,6 @@ pub mod features;
 pub mod generate;
 pub mod io;
 pub mod model;
+pub mod score;
 pub mod serve;
 pub mod train;

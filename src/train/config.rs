@@ -212,7 +212,19 @@ mod tests {
             horizon_days: 0,
             ..Default::default()
         };
-        assert!(cfg.check().is_err());
+        assert!(matches!(cfg.check(), Err(ConfigError::Horizon(0))));
+        let mut cfg = TrainConfig::default();
+        cfg.tiers.k = Some(1);
+        assert!(matches!(
+            cfg.check(),
+            Err(ConfigError::Tiers(TierError::K { k: 1, .. }))
+        ));
+        let mut cfg = TrainConfig::default();
+        cfg.churn.boosting.max_depth = 0;
+        assert!(matches!(
+            cfg.check(),
+            Err(ConfigError::Boosting(ChurnError::MaxDepth(0)))
+        ));
         let cfg = TrainConfig {
             risk: RiskThresholds {
                 medium: 0.8,

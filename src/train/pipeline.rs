@@ -13,7 +13,7 @@
 //! as of `as_of`. With less history than that needs, evaluation falls back to held-out users of
 //! B, and the output says so.
 //!
-//! [`fit`] runs the named stages of [`super::stages`] in order: windows and snapshots, labels,
+//! [`fit`] runs the named stages of `super::stages` in order: windows and snapshots, labels,
 //! evaluation, final fit, tiers, scoring, profiles, summary (manifest and report data).
 
 use super::config::ValidTrainParams;
@@ -291,6 +291,18 @@ mod tests {
         };
         let t = fit(input, &mut |_| {}).unwrap();
         (table, t)
+    }
+
+    #[test]
+    fn churn_errors_say_which_cause_it_was() {
+        let one = TrainError::from(ChurnError::SingleClass(12));
+        assert!(matches!(one, TrainError::OneClass { rows: 12 }));
+        assert!(one.to_string().contains("only one class"), "{one}");
+        let param = TrainError::from(ChurnError::Trees(0));
+        assert!(matches!(param, TrainError::Churn(ChurnError::Trees(0))));
+        assert!(!param.to_string().contains("one class"), "{param}");
+        let source = std::error::Error::source(&param).map(|e| e.to_string());
+        assert!(source.is_some_and(|s| s.contains("trees must be in 1..=5000")));
     }
 
     #[test]

@@ -235,6 +235,9 @@ pub fn generic(n: usize) -> TierIdentity {
     }
 }
 
+/// Archetype scores are assigned as integers (the assignment solver wants them): in millionths.
+const COST_SCALE: f64 = 1e6;
+
 /// For each centroid, the index into `free` of its archetype (`None` when there are more
 /// centroids than archetypes and this one got none). Maximises the total score.
 pub fn assign_archetypes(
@@ -247,8 +250,9 @@ pub fn assign_archetypes(
     if n == 0 || m == 0 {
         return out;
     }
-    let score =
-        |c: usize, a: usize| -> i64 { (-free[a].score(centroids[c], features) * 1e6) as i64 };
+    let score = |c: usize, a: usize| -> i64 {
+        (-free[a].score(centroids[c], features) * COST_SCALE) as i64
+    };
     if n <= m {
         let mut cost = Matrix::new(n, m, 0i64);
         for c in 0..n {

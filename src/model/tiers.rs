@@ -102,6 +102,11 @@ const CANDIDATE_SALT: u64 = 0x5A5A;
 /// is scikit-learn's default stop (squared shift <= 1e-4 times the mean feature variance, 1 on
 /// these standardised rows).
 const KMEANS_TOLERANCE: f64 = 1e-2;
+/// Odd multiplier spreading the k-means runs' seeds (run `r` is seeded from `(r + 1) * STEP`).
+const RUN_SEED_STEP: u64 = 0x51_7CC1_B727_220A;
+/// Centroid distances are matched as integers (the assignment solver wants them): in
+/// millionths.
+const COST_SCALE: f64 = 1e6;
 
 impl TierParams {
     pub fn check(self) -> Result<ValidTierParams, TierError> {
@@ -260,7 +265,7 @@ fn kmeans(
         .into_par_iter()
         .map(|run| {
             let rng = Xoshiro256Plus::seed_from_u64(mix64(
-                seed ^ (run as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A),
+                seed ^ (run as u64 + 1).wrapping_mul(RUN_SEED_STEP),
             ));
             let model = KMeans::params_with_rng(k, rng)
                 .n_runs(1)
@@ -443,7 +448,7 @@ fn inherit(
                 .zip(&prev.centroids[pi * dims..(pi + 1) * dims])
                 .map(|(a, b)| (a - b) * (a - b))
                 .sum();
-            cost[(r, c)] = (d.sqrt() * 1e6) as i64;
+            cost[(r, c)] = (d.sqrt() * COST_SCALE) as i64;
         }
     }
     let (_, assignment) = kuhn_munkres_min(&cost);

@@ -93,7 +93,7 @@ fn benches(c: &mut Criterion) {
             previous: None,
             keep_eval_sets: false,
             version: "bench".into(),
-            created_at: String::new(),
+            created_at: 0,
         },
         &mut |_| {},
     )

@@ -168,7 +168,7 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
         previous: previous.as_ref().map(|(b, s)| (b, s)),
         keep_eval_sets: job.export_eval.is_some(),
         version,
-        created_at: rfc3339(created.timestamp()),
+        created_at: created.timestamp(),
     };
     progress.stage("training");
     let trained = pipeline::fit(input, &mut |stage| progress.stage(stage))?;

@@ -70,9 +70,9 @@ pub struct TrainInput<'a> {
     /// Keep the evaluation sets (features, labels, probabilities) in the result, for comparing
     /// other tools on identical rows (`tiering train --export-eval`).
     pub keep_eval_sets: bool,
-    /// Version id and creation time to stamp on the result.
+    /// Version id and creation time (Unix seconds) to stamp on the result.
     pub version: String,
-    pub created_at: String,
+    pub created_at: Timestamp,
 }
 
 pub struct Trained {
@@ -287,7 +287,7 @@ mod tests {
             previous: None,
             keep_eval_sets: true,
             version: "v1".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
+            created_at: 1_767_225_600, // 2026-01-01T00:00:00Z
         };
         let t = fit(input, &mut |_| {}).unwrap();
         (table, t)

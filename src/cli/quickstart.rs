@@ -81,7 +81,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
             tiering::train::run(job, &mut |stage: &str| bar.set_message(stage.to_string()))
                 .context("training the demo model")?;
         bar.finish_and_clear();
-        train::print_outcome(&outcome, 0);
+        train::print_outcome(&outcome);
     } else {
         println!("== reusing the current bundle in {}", models.display());
     }

@@ -4,7 +4,7 @@ use super::{parse_time, spinner};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tiering::features::ChurnDefinition;
-use tiering::io::read::ReadOptions;
+use tiering::io::read::{ReadOptions, ReadReport};
 use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
 
 /// `--churn-definition`: what counts as churn.
@@ -97,12 +97,40 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
     })
 }
 
+/// Shows the stages on a spinner and skipped rows as soon as the data is read.
+struct Spinner {
+    bar: indicatif::ProgressBar,
+    max_bad_rows: usize,
+}
+
+impl train::Progress for Spinner {
+    fn stage(&mut self, name: &str) {
+        self.bar.set_message(name.to_string());
+    }
+
+    fn data_read(&mut self, rep: &ReadReport) {
+        if rep.bad_rows > 0 {
+            self.bar.suspend(|| {
+                eprintln!(
+                    "skipped {} malformed rows (--max-bad-rows {}); first: {}",
+                    rep.bad_rows,
+                    self.max_bad_rows,
+                    rep.bad_row_samples.first().map_or("", |s| s.as_str())
+                )
+            });
+        }
+    }
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let job = job(&args)?;
-    let bar = spinner("reading events");
-    let outcome = train::run(job, &mut |stage: &str| bar.set_message(stage.to_string()))?;
-    bar.finish_and_clear();
-    print_outcome(&outcome, args.max_bad_rows);
+    let mut progress = Spinner {
+        bar: spinner("reading events"),
+        max_bad_rows: args.max_bad_rows,
+    };
+    let outcome = train::run(job, &mut progress)?;
+    progress.bar.finish_and_clear();
+    print_outcome(&outcome);
     // The tables (gigabytes at a million users) are freed off this thread: unmapping them page
     // by page takes ~0.5 s that no caller waits on (the process may exit before it ends).
     std::thread::spawn(move || drop(outcome));
@@ -110,15 +138,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// The summary printed after a run: data, evaluation, models, tiers, warnings, timings.
-pub fn print_outcome(outcome: &TrainOutcome, max_bad_rows: usize) {
-    let rep = &outcome.dataset.report;
-    if rep.bad_rows > 0 {
-        eprintln!(
-            "skipped {} malformed rows (--max-bad-rows {max_bad_rows}); first: {}",
-            rep.bad_rows,
-            rep.bad_row_samples.first().map_or("", |s| s.as_str())
-        );
-    }
+pub fn print_outcome(outcome: &TrainOutcome) {
     let m = &outcome.trained.manifest;
     let dir = &outcome.bundle_dir;
     println!(

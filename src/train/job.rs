@@ -9,7 +9,7 @@ use super::{version_id, write_bundle, WriteBundleError};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::{Bundle, BundleStore, Snapshot};
 use crate::features::Timestamp;
-use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions};
+use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions, ReadReport};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,10 +42,13 @@ impl TrainJob {
     }
 }
 
-/// The stages of a run a caller can show as they start.
+/// What a caller can show while a run goes on.
 pub trait Progress {
     /// A stage (reading, a pipeline stage, writing, exporting) starts.
     fn stage(&mut self, name: &str);
+
+    /// The data has been read (before training starts): e.g. to report skipped rows at once.
+    fn data_read(&mut self, _report: &ReadReport) {}
 }
 
 impl<F: FnMut(&str)> Progress for F {
@@ -148,6 +151,7 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     })?;
     let read = started.elapsed().as_secs_f64();
     let (table, rep) = (&dataset.events, &dataset.report);
+    progress.data_read(rep);
     tracing::info!(
         rows = rep.rows,
         users = table.n_users(),

@@ -47,7 +47,6 @@ fn benches(c: &mut Criterion) {
         .map(|a| a.last_order < as_of - 30 * DAY)
         .collect();
     let keys: Vec<u64> = (0..aggs.len() as u64).collect();
-    let names: Vec<&str> = fs.features.iter().map(|f| f.name()).collect();
 
     let mut g = c.benchmark_group("fit");
     g.sample_size(10);
@@ -58,12 +57,14 @@ fn benches(c: &mut Criterion) {
                 &x,
                 d,
                 &keys,
-                &names,
+                &fs.features,
                 TierParams {
                     k: Some(6),
                     n_runs: 1,
                     ..Default::default()
-                },
+                }
+                .check()
+                .expect("valid tier params"),
                 1,
                 None,
             )
@@ -73,12 +74,15 @@ fn benches(c: &mut Criterion) {
     g.bench_function("logistic_20k", |b| {
         b.iter(|| LinearModel::fit(&x, d, &y, 1e-4).expect("fit"))
     });
+    let boosting = BoostingParams::default()
+        .check()
+        .expect("valid boosting params");
     g.bench_function("boosting_100_trees_20k", |b| {
-        b.iter(|| Forest::fit(&x, d, &y, BoostingParams::default(), 1).expect("fit"))
+        b.iter(|| Forest::fit(&x, d, &y, boosting, 1).expect("fit"))
     });
     g.finish();
 
-    let cfg = TrainConfig::default();
+    let cfg = TrainConfig::default().check().expect("valid config");
     let trained = train::fit(
         TrainInput {
             table: &table,
@@ -89,7 +93,7 @@ fn benches(c: &mut Criterion) {
             previous: None,
             keep_eval_sets: false,
             version: "bench".into(),
-            created_at: String::new(),
+            created_at: 0,
         },
         &mut |_| {},
     )

@@ -2,21 +2,35 @@
 //!
 //! # Layout
 //!
-//! Dependencies point down this list; nothing points up.
+//! Lowest layer first; a module imports only modules of a lower layer, never one beside or above
+//! it (`tests/it/architecture.rs` checks this, and that no two sibling modules import each other).
 //!
-//! - [`features`] — pure code over arrays. The event vocabulary, the columnar events table, the
-//!   per-user aggregates the server keeps current, point-in-time feature vectors, the scaler, and
-//!   the rule-based views (RFM segments, lifecycle stages). Imports nothing of ours.
-//! - [`model`] — pure code over feature matrices. K-means tiers with stable business identities,
-//!   the churn classifiers (logistic baseline, gradient boosting), calibration, metrics, and the
-//!   [`model::Scorer`] that both `tiering score` and the server call per user.
-//! - [`train`] — the training pipeline (snapshots, labels, model selection, out-of-time evaluation)
-//!   and the HTML report. Uses `features` and `model`.
-//! - [`bundle`] — the versioned model bundle on disk: manifest, checksum, atomic write, `CURRENT`.
-//! - [`io`] — readers (CSV, Parquet) that turn files into an [`features::EventTable`] with errors
-//!   that name file, line and column, and writers for scored users.
-//! - [`generate`] — a seeded synthetic live-commerce platform for demos, tests and benchmarks.
-//! - [`serve`] — the gRPC service. Proto types stop at its edge.
+//! 1. Pure code, importing nothing of ours:
+//!    - [`features`] — pure code over arrays. The event vocabulary, the columnar events table,
+//!      the per-user aggregates the server keeps current, point-in-time feature vectors, the
+//!      scaler, the rule-based views (RFM segments, lifecycle stages), and the small shared
+//!      facts: [`features::hash`] (FNV-1a keys) and [`features::time`] (the times people write
+//!      and the one form the project writes).
+//!    - [`pb`] — the code generated from `proto/tiering/v1/tiering.proto`, shared by the server
+//!      and the CLI clients.
+//! 2. On top of `features`:
+//!    - [`model`] — pure code over feature matrices. K-means tiers with stable business
+//!      identities, the churn classifiers (logistic baseline, gradient boosting), calibration,
+//!      metrics, and the [`model::Scorer`] that both `tiering score` and the server call per user.
+//!    - [`io`] — files in and out at the edge: CSV/Parquet readers that turn files into an
+//!      [`features::EventTable`] with errors naming file, line and column, the scored-user
+//!      writers, and [`io::atomic`] (the one atomic file write).
+//! 3. On top of those:
+//!    - [`bundle`] — the versioned model bundle on disk: manifest, checksums, `CURRENT`/`HISTORY`.
+//!    - [`generate`] — a seeded synthetic live-commerce platform, and its writer.
+//! 4. [`score`] — offline scoring: one row per user, written through `io`.
+//! 5. The two applications:
+//!    - [`train`] — [`train::run`] (a [`train::TrainJob`] in, a bundle out): the pipeline as
+//!      named stages (windows, evaluate, candidates, tiers, scoring, summary) and the HTML
+//!      report, drawn from the manifest.
+//!    - [`serve`] — the gRPC service: thin handlers over the user state (a
+//!      [`serve::state::UserState`] backend: `embedded` today) and the live model slot. Proto
+//!      types stop at its edge (`serve::convert`).
 //!
 //! The `tiering` binary (`src/main.rs`, `src/cli/`) sits on top; it is the only place `anyhow`
 //! is used.
@@ -27,5 +41,6 @@ pub mod generate;
 pub mod io;
 pub mod model;
 pub mod pb;
+pub mod score;
 pub mod serve;
 pub mod train;

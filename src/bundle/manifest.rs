@@ -2,6 +2,7 @@
 
 use crate::features::{ChurnDefinition, ColumnsPresent, Transform};
 use crate::model::metrics::{BinaryMetrics, CalibrationRow};
+use crate::model::Scorer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -32,6 +33,67 @@ pub struct Manifest {
     pub warnings: Vec<String>,
     /// sha256 of every file in the bundle but the manifest itself.
     pub files: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// A manifest with a version and creation time (RFC 3339) and nothing else: no data, no
+    /// features, no tiers, default metrics. Fill in the fields a use needs.
+    pub fn new(version: impl Into<String>, created_at: impl Into<String>) -> Manifest {
+        Manifest {
+            format_version: crate::bundle::FORMAT_VERSION,
+            version: version.into(),
+            created_at: created_at.into(),
+            previous_version: None,
+            data: DataInfo::default(),
+            params: serde_json::Value::Null,
+            as_of: String::new(),
+            as_of_ts: 0,
+            horizon_days: 0,
+            churn_definition: ChurnDefinition::NoOrder,
+            features: Vec::new(),
+            features_left_out: Vec::new(),
+            tiers: Vec::new(),
+            metrics: Metrics::default(),
+            warnings: Vec::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// [`Manifest::new`] describing `scorer`: its features with their scaling, its tiers (no
+    /// users counted, no profiles) and its churn model as the chosen one. The scoring time
+    /// (`as_of`, `as_of_ts`) is left for the caller.
+    pub fn for_scorer(
+        version: impl Into<String>,
+        created_at: impl Into<String>,
+        scorer: &Scorer,
+    ) -> Manifest {
+        let mut m = Manifest::new(version, created_at);
+        m.features = (scorer.features.features.iter().enumerate())
+            .map(|(j, f)| FeatureSpec {
+                name: f.name().into(),
+                transform: f.transform(),
+                mean: scorer.scaler.mean.get(j).copied().unwrap_or_default(),
+                std: scorer.scaler.std.get(j).copied().unwrap_or(1.0),
+            })
+            .collect();
+        m.tiers = (scorer.tiers.tiers.iter())
+            .map(|t| TierEntry {
+                id: t.id.clone(),
+                name_en: t.name_en.clone(),
+                name_zh: t.name_zh.clone(),
+                description: t.description.clone(),
+                playbook: t.playbook.clone(),
+                users: 0,
+                share: 0.0,
+                churn_rate: None,
+                mean_churn_probability: 0.0,
+                profile: BTreeMap::new(),
+            })
+            .collect();
+        m.metrics.chosen_model = scorer.churn.name().into();
+        m.metrics.k = scorer.tiers.k();
+        m
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

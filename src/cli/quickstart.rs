@@ -1,11 +1,12 @@
 //! `tiering quickstart`: the main job. Generates a demo platform, trains on it, and serves it.
 //! Re-running reuses what is already there (use `--fresh` to start over).
 
-use super::{generate, serve, train};
+use super::{generate, serve, spinner, train};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tiering::bundle::BundleStore;
+use tiering::train::{TrainConfig, TrainJob};
 
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
@@ -68,19 +69,19 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         .is_none()
     {
         println!("== training into {}", models.display());
-        train::run(train::TrainArgs {
-            data: data.clone(),
-            models: models.clone(),
-            as_of: None,
-            horizon_days: None,
-            config: None,
-            seed: Some(args.seed),
-            k: None,
-            churn_definition: None,
-            max_bad_rows: 0,
-            export_eval: None,
-        })
-        .context("training the demo model")?;
+        let params = TrainConfig {
+            seed: args.seed,
+            ..TrainConfig::default()
+        }
+        .check()
+        .context("checking the training configuration")?;
+        let job = TrainJob::new(data.clone(), models.clone(), params);
+        let bar = spinner("reading events");
+        let outcome =
+            tiering::train::run(job, &mut |stage: &str| bar.set_message(stage.to_string()))
+                .context("training the demo model")?;
+        bar.finish_and_clear();
+        train::print_outcome(&outcome);
     } else {
         println!("== reusing the current bundle in {}", models.display());
     }

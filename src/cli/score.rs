@@ -71,7 +71,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     bar.set_message("writing");
     let mut writer = ScoreWriter::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    tiering::train::write_scores(&mut writer, scorer, &table.user_ids, &scores)
+    tiering::score::write_scores(&mut writer, scorer, &table.user_ids, &scores)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let rows = writer
         .finish()

@@ -3,11 +3,28 @@
 use super::{parse_time, spinner};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use tiering::bundle::manifest::DataInfo;
-use tiering::bundle::BundleStore;
 use tiering::features::ChurnDefinition;
-use tiering::io::read::{read_dataset, ReadOptions};
-use tiering::train::{self, rfc3339, TrainConfig, TrainInput};
+use tiering::io::read::{ReadOptions, ReadReport};
+use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
+
+/// `--churn-definition`: what counts as churn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ChurnDefinitionArg {
+    /// No order in the horizon.
+    NoOrder,
+    /// No activity at all in the horizon.
+    NoActivity,
+}
+
+impl From<ChurnDefinitionArg> for ChurnDefinition {
+    fn from(d: ChurnDefinitionArg) -> Self {
+        match d {
+            ChurnDefinitionArg::NoOrder => ChurnDefinition::NoOrder,
+            ChurnDefinitionArg::NoActivity => ChurnDefinition::NoActivity,
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -33,8 +50,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub k: Option<usize>,
     /// What counts as churn: no order (default) or no activity at all in the horizon.
-    #[arg(long, value_parser = ["no_order", "no_activity"])]
-    pub churn_definition: Option<String>,
+    #[arg(long, value_enum)]
+    pub churn_definition: Option<ChurnDefinitionArg>,
     /// Tolerate up to N malformed rows (skipped and counted) instead of failing on the first.
     #[arg(long, default_value_t = 0)]
     pub max_bad_rows: usize,
@@ -44,7 +61,8 @@ pub struct TrainArgs {
     pub export_eval: Option<PathBuf>,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+/// The job the flags describe: the config file (or defaults), overridden by flags, checked.
+fn job(args: &TrainArgs) -> Result<TrainJob> {
     let mut cfg = match &args.config {
         Some(p) => TrainConfig::load(p)
             .with_context(|| format!("loading the training config {}", p.display()))?,
@@ -59,108 +77,70 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.k.is_some() {
         cfg.tiers.k = args.k;
     }
-    if let Some(d) = &args.churn_definition {
-        cfg.churn_definition = if d == "no_activity" {
-            ChurnDefinition::NoActivity
-        } else {
-            ChurnDefinition::NoOrder
-        };
+    if let Some(d) = args.churn_definition {
+        cfg.churn_definition = d.into();
     }
-    cfg.validate()
-        .context("checking the training configuration")?;
+    let params = cfg.check().context("checking the training configuration")?;
     let as_of = args
         .as_of
         .as_deref()
         .map(parse_time)
         .transpose()
         .context("parsing --as-of")?;
-
-    let started = std::time::Instant::now();
-    let bar = spinner("reading events");
-    let read_started = std::time::Instant::now();
-    let dataset = read_dataset(
-        &args.data,
-        &ReadOptions {
+    Ok(TrainJob {
+        as_of,
+        read: ReadOptions {
             max_bad_rows: args.max_bad_rows,
         },
-    )
-    .with_context(|| format!("reading {}", args.data.display()))?;
-    let read_secs = read_started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    let table = &dataset.events;
-    let rep = &dataset.report;
-    tracing::info!(
-        rows = rep.rows,
-        users = table.n_users(),
-        bad_rows = rep.bad_rows,
-        "read events"
-    );
-    if rep.bad_rows > 0 {
-        eprintln!(
-            "skipped {} malformed rows (--max-bad-rows {}); first: {}",
-            rep.bad_rows,
-            args.max_bad_rows,
-            rep.bad_row_samples.first().map_or("", |s| s.as_str())
-        );
+        export_eval: args.export_eval.clone(),
+        ..TrainJob::new(args.data.clone(), args.models.clone(), params)
+    })
+}
+
+/// Shows the stages on a spinner and skipped rows as soon as the data is read.
+struct Spinner {
+    bar: indicatif::ProgressBar,
+    max_bad_rows: usize,
+}
+
+impl train::Progress for Spinner {
+    fn stage(&mut self, name: &str) {
+        self.bar.set_message(name.to_string());
     }
 
-    let store = BundleStore::new(&args.models);
-    let previous = match store.current() {
-        Ok(Some(v)) => match store
-            .load(&v)
-            .and_then(|b| b.load_snapshot().map(|s| (b, s)))
-        {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!("the current bundle {v} does not load ({e}); tier ids will not be matched to it");
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!("cannot read MODELS/CURRENT ({e}); training without a previous bundle");
-            None
+    fn data_read(&mut self, rep: &ReadReport) {
+        if rep.bad_rows > 0 {
+            self.bar.suspend(|| {
+                eprintln!(
+                    "skipped {} malformed rows (--max-bad-rows {}); first: {}",
+                    rep.bad_rows,
+                    self.max_bad_rows,
+                    rep.bad_row_samples.first().map_or("", |s| s.as_str())
+                )
+            });
         }
-    };
-    let created = chrono::Utc::now();
-    let data = DataInfo {
-        fingerprint: rep.fingerprint.clone(),
-        files: rep.files.iter().map(|f| f.display().to_string()).collect(),
-        events: table.len() as u64,
-        users: table.n_users() as u64,
-        first_event: table.min_ts().map(rfc3339).unwrap_or_default(),
-        last_event: table.max_ts().map(rfc3339).unwrap_or_default(),
-        bad_rows_skipped: rep.bad_rows,
-        columns: table.columns,
-    };
-    let version = train::version_id(created, &rep.fingerprint, &cfg, as_of);
-    let input = TrainInput {
-        table,
-        personas: rep.personas.as_deref(),
-        data,
-        as_of,
-        config: &cfg,
-        previous: previous.as_ref().map(|(b, s)| (b, s)),
-        keep_eval_sets: args.export_eval.is_some(),
-        version,
-        created_at: created.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    };
-    let bar = spinner("training");
-    let trained =
-        train::fit(input, &mut |stage| bar.set_message(stage.to_string())).context("training")?;
-    bar.set_message("writing the bundle");
-    let write_started = std::time::Instant::now();
-    let dir = train::write_bundle(&store, &trained)
-        .with_context(|| format!("writing the bundle under {}", args.models.display()))?;
-    let write_secs = write_started.elapsed().as_secs_f64();
-    if let (Some(dir), Some(sets)) = (&args.export_eval, &trained.eval_sets) {
-        bar.set_message("exporting evaluation sets");
-        export_eval(dir, sets, &table.user_ids, &trained.manifest)
-            .with_context(|| format!("exporting evaluation sets to {}", dir.display()))?;
     }
-    bar.finish_and_clear();
+}
 
-    let m = &trained.manifest;
+pub fn run(args: TrainArgs) -> Result<()> {
+    let job = job(&args)?;
+    let mut progress = Spinner {
+        bar: spinner("reading events"),
+        max_bad_rows: args.max_bad_rows,
+    };
+    let outcome = train::run(job, &mut progress)?;
+    progress.bar.finish_and_clear();
+    print_outcome(&outcome);
+    // The tables (gigabytes at a million users) are freed off this thread: unmapping them page
+    // by page takes ~0.5 s that no caller waits on (the process may exit before it ends).
+    std::thread::spawn(move || drop(outcome));
+    Ok(())
+}
+
+/// The summary printed after a run: data, evaluation, models, tiers, warnings, timings.
+pub fn print_outcome(outcome: &TrainOutcome) {
+    let m = &outcome.trained.manifest;
+    let dir = &outcome.bundle_dir;
     println!(
         "bundle {} written to {} and made current",
         m.version,
@@ -171,6 +151,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
         m.data.events, m.data.users, m.data.first_event, m.data.last_event, m.as_of
     );
     println!("evaluation: {}", m.metrics.evaluation);
+    print_models(m);
+    print_tiers(m);
+    for w in &m.warnings {
+        println!("WARNING: {w}");
+    }
+    let t = &outcome.timings;
+    let mut stages = vec![format!(
+        "read {:.2} s ({:.2} M events/s)",
+        t.read,
+        outcome.dataset.events.len() as f64 / t.read.max(1e-9) / 1e6
+    )];
+    stages.extend(
+        t.stages
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.2} s")),
+    );
+    stages.push(format!("bundle write {:.2} s", t.write));
+    println!("stages: {}", stages.join(", "));
+    println!("report: {}", dir.join(tiering::bundle::REPORT).display());
+    println!("done in {:.1} s", t.total);
+}
+
+fn print_models(m: &tiering::bundle::Manifest) {
     println!(
         "{:<22} {:>8} {:>8} {:>8} {:>9} {:>6}",
         "model", "ROC-AUC", "PR-AUC", "Brier", "log loss", "lift"
@@ -191,6 +194,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             mm.metrics.lift_top_decile
         );
     }
+}
+
+fn print_tiers(m: &tiering::bundle::Manifest) {
     let ari = m
         .metrics
         .tier_ari
@@ -225,114 +231,4 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .collect();
         println!("features left out: {}", names.join(", "));
     }
-    for w in &m.warnings {
-        println!("WARNING: {w}");
-    }
-    let mut stages = vec![format!(
-        "read {read_secs:.2} s ({:.2} M events/s)",
-        table.len() as f64 / read_secs.max(1e-9) / 1e6
-    )];
-    stages.extend(
-        trained
-            .timings
-            .iter()
-            .map(|(name, secs)| format!("{name} {secs:.2} s")),
-    );
-    stages.push(format!("bundle write {write_secs:.2} s"));
-    println!("stages: {}", stages.join(", "));
-    println!("report: {}", dir.join(tiering::bundle::REPORT).display());
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
-    // The tables (gigabytes at a million users) are freed off this thread: unmapping them page
-    // by page takes ~0.5 s that no caller waits on (the process may exit before it ends).
-    std::thread::spawn(move || drop((dataset, trained, previous)));
-    Ok(())
-}
-
-/// Writes `train.csv` and `test.csv` (user_id, churned, transformed features[, tiering's
-/// probability]), `tiers.csv` (user_id, tier, standardised features: the rows k-means
-/// clustered) and `meta.json` (snapshots, horizon, feature names and transforms).
-fn export_eval(
-    dir: &std::path::Path,
-    sets: &train::pipeline::EvalSets,
-    user_ids: &[String],
-    manifest: &tiering::bundle::Manifest,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let d = sets.feature_names.len();
-    let write =
-        |name: &str, users: &[usize], x: &[f64], y: &[bool], probs: Option<&[f64]>| -> Result<()> {
-            let path = dir.join(name);
-            let mut w = csv::Writer::from_path(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            let mut header = vec!["user_id".to_string(), "churned".to_string()];
-            header.extend(sets.feature_names.iter().cloned());
-            if probs.is_some() {
-                header.push("tiering_probability".into());
-            }
-            w.write_record(&header)?;
-            let mut rec: Vec<String> = Vec::with_capacity(d + 3);
-            for (i, &u) in users.iter().enumerate() {
-                rec.clear();
-                rec.push(user_ids[u].clone());
-                rec.push(u8::from(y[i]).to_string());
-                rec.extend(x[i * d..(i + 1) * d].iter().map(|v| format!("{v:.9}")));
-                if let Some(p) = probs {
-                    rec.push(format!("{:.9}", p[i]));
-                }
-                w.write_record(&rec)?;
-            }
-            w.flush()
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(())
-        };
-    write(
-        "train.csv",
-        &sets.train_users,
-        &sets.train_x,
-        &sets.train_y,
-        None,
-    )?;
-    write(
-        "test.csv",
-        &sets.test_users,
-        &sets.test_x,
-        &sets.test_y,
-        Some(&sets.test_probability),
-    )?;
-    let path = dir.join("tiers.csv");
-    let mut w =
-        csv::Writer::from_path(&path).with_context(|| format!("creating {}", path.display()))?;
-    let mut header = vec!["user_id".to_string(), "tier".to_string()];
-    header.extend(sets.feature_names.iter().cloned());
-    w.write_record(&header)?;
-    let mut rec: Vec<String> = Vec::with_capacity(d + 2);
-    for (i, &u) in sets.tier_users.iter().enumerate() {
-        rec.clear();
-        rec.push(user_ids[u].clone());
-        rec.push(sets.tier[i].to_string());
-        rec.extend(
-            sets.tier_x[i * d..(i + 1) * d]
-                .iter()
-                .map(|v| format!("{v:.9}")),
-        );
-        w.write_record(&rec)?;
-    }
-    w.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    let meta = serde_json::json!({
-        "version": manifest.version,
-        "as_of": manifest.as_of,
-        "horizon_days": manifest.horizon_days,
-        "churn_definition": manifest.churn_definition,
-        "train_snapshot": rfc3339(sets.train_snapshot),
-        "test_snapshot": rfc3339(sets.test_snapshot),
-        "evaluation": manifest.metrics.evaluation,
-        "chosen_model": manifest.metrics.chosen_model,
-        "features": manifest.features,
-        "note": "train.csv/test.csv: features transformed (log1p except trend), not standardised; churned = 1. tiers.csv: the users known at as_of, standardised with model.json's scaler as k-means saw them, and each one's tier (index into model.json's tiers)",
-    });
-    let path = dir.join("meta.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&meta)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

@@ -7,21 +7,42 @@ use forust_ml::data::Matrix;
 use forust_ml::GradientBooster;
 use serde::{Deserialize, Serialize};
 
+/// Why a churn model cannot be fitted, or its parameters are refused: one variant per cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ChurnError {
     #[error("training set is empty")]
     Empty,
     #[error("training labels have a single class ({0} rows): no classifier can be fitted")]
     SingleClass(usize),
+    #[error("{values} feature values for {rows} rows of {cols} columns")]
+    Shape {
+        values: usize,
+        rows: usize,
+        cols: usize,
+    },
     #[error("logistic regression failed: {0}")]
-    Logistic(String),
+    Logistic(#[from] super::logistic::LogisticError),
     #[error("gradient boosting failed: {0}")]
     Boosting(String),
-    #[error("invalid parameter: {0}")]
-    Param(String),
+    #[error("invalid boosting parameter: trees must be in 1..=5000, got {0}")]
+    Trees(usize),
+    #[error("invalid boosting parameter: learning_rate must be in (0, 1], got {0}")]
+    LearningRate(f32),
+    #[error("invalid boosting parameter: max_depth must be in 1..=16, got {0}")]
+    MaxDepth(usize),
+    #[error("invalid boosting parameter: subsample must be in (0, 1], got {0}")]
+    Subsample(f32),
 }
 
-/// Hyperparameters of the boosted trees; `check()` validates them (linfa style).
+impl ChurnError {
+    /// True when the error is about the labels (one class), not the parameters or the solver.
+    pub fn is_single_class(&self) -> bool {
+        matches!(self, ChurnError::SingleClass(_))
+    }
+}
+
+/// Hyperparameters of the boosted trees; `check()` turns them into [`ValidBoostingParams`]
+/// (linfa style), the only form [`Forest::fit`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoostingParams {
@@ -44,33 +65,32 @@ impl Default for BoostingParams {
     }
 }
 
+/// [`BoostingParams`] that passed [`BoostingParams::check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidBoostingParams(BoostingParams);
+
+impl std::ops::Deref for ValidBoostingParams {
+    type Target = BoostingParams;
+    fn deref(&self) -> &BoostingParams {
+        &self.0
+    }
+}
+
 impl BoostingParams {
-    pub fn check(self) -> Result<Self, ChurnError> {
+    pub fn check(self) -> Result<ValidBoostingParams, ChurnError> {
         if self.trees == 0 || self.trees > 5000 {
-            return Err(ChurnError::Param(format!(
-                "trees must be in 1..=5000, got {}",
-                self.trees
-            )));
+            return Err(ChurnError::Trees(self.trees));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return Err(ChurnError::Param(format!(
-                "learning_rate must be in (0, 1], got {}",
-                self.learning_rate
-            )));
+            return Err(ChurnError::LearningRate(self.learning_rate));
         }
         if self.max_depth == 0 || self.max_depth > 16 {
-            return Err(ChurnError::Param(format!(
-                "max_depth must be in 1..=16, got {}",
-                self.max_depth
-            )));
+            return Err(ChurnError::MaxDepth(self.max_depth));
         }
         if !(self.subsample > 0.0 && self.subsample <= 1.0) {
-            return Err(ChurnError::Param(format!(
-                "subsample must be in (0, 1], got {}",
-                self.subsample
-            )));
+            return Err(ChurnError::Subsample(self.subsample));
         }
-        Ok(self)
+        Ok(ValidBoostingParams(self))
     }
 }
 
@@ -84,6 +104,11 @@ pub struct LinearModel {
 }
 
 impl LinearModel {
+    /// A model from its weights (one per scaled feature) and bias, in log-odds.
+    pub fn new(weights: Vec<f64>, bias: f64) -> LinearModel {
+        LinearModel { weights, bias }
+    }
+
     /// Fits on row-major `x` (`cols` columns) and labels by Newton's method; the objective is
     /// smartcore's (log loss summed over rows + ½·l2·‖w‖², bias unpenalised).
     pub fn fit(x: &[f64], cols: usize, y: &[bool], l2: f64) -> Result<Self, ChurnError> {
@@ -92,17 +117,17 @@ impl LinearModel {
             return Err(ChurnError::Empty);
         }
         if x.len() != rows * cols {
-            return Err(ChurnError::Param(format!(
-                "{} values for {rows} rows of {cols} columns",
-                x.len()
-            )));
+            return Err(ChurnError::Shape {
+                values: x.len(),
+                rows,
+                cols,
+            });
         }
         let pos = y.iter().filter(|&&l| l).count();
         if pos == 0 || pos == rows {
             return Err(ChurnError::SingleClass(rows));
         }
-        let fit = super::logistic::fit(x, cols, y, l2)
-            .map_err(|e| ChurnError::Logistic(e.to_string()))?;
+        let fit = super::logistic::fit(x, cols, y, l2)?;
         Ok(LinearModel {
             weights: fit.weights,
             bias: fit.bias,
@@ -150,10 +175,9 @@ impl Forest {
         x: &[f64],
         cols: usize,
         y: &[bool],
-        p: BoostingParams,
+        p: ValidBoostingParams,
         seed: u64,
     ) -> Result<Self, ChurnError> {
-        let p = p.check()?;
         let rows = y.len();
         if rows == 0 {
             return Err(ChurnError::Empty);
@@ -517,7 +541,9 @@ mod tests {
             BoostingParams {
                 trees: 60,
                 ..Default::default()
-            },
+            }
+            .check()
+            .unwrap(),
             7,
         )
         .unwrap();
@@ -552,7 +578,14 @@ mod tests {
             LinearModel::fit(&x, 3, &[true, true], 0.0),
             Err(ChurnError::SingleClass(2))
         ));
-        assert!(Forest::fit(&x, 3, &[false, false], BoostingParams::default(), 1).is_err());
+        assert!(Forest::fit(
+            &x,
+            3,
+            &[false, false],
+            BoostingParams::default().check().unwrap(),
+            1
+        )
+        .is_err());
     }
 
     #[test]
@@ -565,7 +598,9 @@ mod tests {
             BoostingParams {
                 trees: 3,
                 ..Default::default()
-            },
+            }
+            .check()
+            .unwrap(),
             1,
         )
         .unwrap();

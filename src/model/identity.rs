@@ -2,17 +2,49 @@
 //! against them.
 //!
 //! Each archetype scores a centroid (in scaled space, so 0 is the population average and 1 a
-//! standard deviation) with signed weights on named features; features the model lacks count 0.
+//! standard deviation) with signed weights on [`Feature`]s; features the model lacks count 0.
 //! Clusters get archetypes by minimum-cost assignment, so two clusters never share an identity.
+//!
+//! [`TierIdentity`] (what callers see instead of a cluster index) lives here; `tiers` uses this
+//! module, never the other way round.
 
-use super::tiers::TierIdentity;
+use crate::features::Feature;
 use pathfinding::prelude::{kuhn_munkres_min, Matrix};
+use serde::{Deserialize, Serialize};
+
+/// A tier's business identity: what callers see instead of a cluster index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierIdentity {
+    pub id: String,
+    pub name_en: String,
+    pub name_zh: String,
+    pub description: String,
+    pub playbook: Vec<String>,
+}
+
+impl TierIdentity {
+    /// An identity with an empty description (training writes one from the tier's profile).
+    pub fn new(
+        id: impl Into<String>,
+        name_en: impl Into<String>,
+        name_zh: impl Into<String>,
+        playbook: Vec<String>,
+    ) -> TierIdentity {
+        TierIdentity {
+            id: id.into(),
+            name_en: name_en.into(),
+            name_zh: name_zh.into(),
+            description: String::new(),
+            playbook,
+        }
+    }
+}
 
 pub struct Archetype {
     pub id: &'static str,
     pub name_en: &'static str,
     pub name_zh: &'static str,
-    pub weights: &'static [(&'static str, f64)],
+    pub weights: &'static [(Feature, f64)],
     pub playbook: &'static [&'static str],
 }
 
@@ -27,10 +59,16 @@ impl Archetype {
         }
     }
 
-    pub fn score(&self, centroid: &[f64], names: &[&str]) -> f64 {
+    /// The weighted sum over the features the model has (`features`, in column order).
+    pub fn score(&self, centroid: &[f64], features: &[Feature]) -> f64 {
         self.weights
             .iter()
-            .filter_map(|(f, w)| names.iter().position(|n| n == f).map(|j| w * centroid[j]))
+            .filter_map(|(f, w)| {
+                features
+                    .iter()
+                    .position(|g| g == f)
+                    .map(|j| w * centroid[j])
+            })
             .sum()
     }
 }
@@ -41,14 +79,14 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Core fans",
         name_zh: "核心铁粉",
         weights: &[
-            ("monetary_total", 1.0),
-            ("frequency", 1.0),
-            ("comments", 0.5),
-            ("likes", 0.3),
-            ("shares", 0.3),
-            ("watch_minutes", 0.3),
-            ("recency_days", -0.7),
-            ("days_since_activity", -0.5),
+            (Feature::MonetaryTotal, 1.0),
+            (Feature::Frequency, 1.0),
+            (Feature::Comments, 0.5),
+            (Feature::Likes, 0.3),
+            (Feature::Shares, 0.3),
+            (Feature::WatchMinutes, 0.3),
+            (Feature::RecencyDays, -0.7),
+            (Feature::DaysSinceActivity, -0.5),
         ],
         playbook: &[
             "Exclusive fan community and early access to drops",
@@ -61,11 +99,11 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Active regulars",
         name_zh: "活跃常客",
         weights: &[
-            ("recency_days", -0.8),
-            ("days_since_activity", -0.8),
-            ("frequency", 0.5),
-            ("monetary_total", 0.3),
-            ("tenure_days", 0.3),
+            (Feature::RecencyDays, -0.8),
+            (Feature::DaysSinceActivity, -0.8),
+            (Feature::Frequency, 0.5),
+            (Feature::MonetaryTotal, 0.3),
+            (Feature::TenureDays, 0.3),
         ],
         playbook: &[
             "Membership points and tier upgrades",
@@ -78,9 +116,9 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Potential new customers",
         name_zh: "潜力新客",
         weights: &[
-            ("tenure_days", -1.5),
-            ("frequency", -0.3),
-            ("days_since_activity", -0.5),
+            (Feature::TenureDays, -1.5),
+            (Feature::Frequency, -0.3),
+            (Feature::DaysSinceActivity, -0.5),
         ],
         playbook: &[
             "Guided first order with a new-user coupon",
@@ -93,9 +131,9 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Bargain hunters",
         name_zh: "价格敏感客",
         weights: &[
-            ("frequency", 1.5),
-            ("monetary_avg", -1.0),
-            ("sessions", -0.3),
+            (Feature::Frequency, 1.5),
+            (Feature::MonetaryAvg, -1.0),
+            (Feature::Sessions, -0.3),
         ],
         playbook: &[
             "Bundle deals and spend-threshold discounts (满减)",
@@ -108,12 +146,12 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Silent onlookers",
         name_zh: "沉默围观者",
         weights: &[
-            ("sessions", 0.8),
-            ("watch_minutes", 0.8),
-            ("comments", -0.7),
-            ("likes", -0.4),
-            ("frequency", -0.6),
-            ("monetary_total", -0.4),
+            (Feature::Sessions, 0.8),
+            (Feature::WatchMinutes, 0.8),
+            (Feature::Comments, -0.7),
+            (Feature::Likes, -0.4),
+            (Feature::Frequency, -0.6),
+            (Feature::MonetaryTotal, -0.4),
         ],
         playbook: &[
             "Low-friction interactions: polls and lucky draws",
@@ -126,9 +164,9 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Drifting away",
         name_zh: "渐行渐远",
         weights: &[
-            ("trend", -1.5),
-            ("days_since_activity", 0.4),
-            ("frequency", 0.3),
+            (Feature::Trend, -1.5),
+            (Feature::DaysSinceActivity, 0.4),
+            (Feature::Frequency, 0.3),
         ],
         playbook: &[
             "Win-back coupon before they go quiet",
@@ -141,10 +179,10 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Dormant",
         name_zh: "沉睡用户",
         weights: &[
-            ("days_since_activity", 1.2),
-            ("recency_days", 0.8),
-            ("trend", -0.3),
-            ("sessions", -0.3),
+            (Feature::DaysSinceActivity, 1.2),
+            (Feature::RecencyDays, 0.8),
+            (Feature::Trend, -0.3),
+            (Feature::Sessions, -0.3),
         ],
         playbook: &[
             "Reactivation campaign with a strong incentive",
@@ -157,10 +195,10 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Deeply engaged fans",
         name_zh: "深度互动粉",
         weights: &[
-            ("comments", 1.0),
-            ("likes", 0.8),
-            ("shares", 0.8),
-            ("monetary_total", -0.8),
+            (Feature::Comments, 1.0),
+            (Feature::Likes, 0.8),
+            (Feature::Shares, 0.8),
+            (Feature::MonetaryTotal, -0.8),
         ],
         playbook: &[
             "Convert engagement: host shout-outs with product links",
@@ -173,10 +211,10 @@ pub const CATALOGUE: &[Archetype] = &[
         name_en: "Content browsers",
         name_zh: "内容浏览者",
         weights: &[
-            ("rooms", 1.0),
-            ("categories", 1.0),
-            ("sessions", 0.5),
-            ("frequency", -0.5),
+            (Feature::Rooms, 1.0),
+            (Feature::Categories, 1.0),
+            (Feature::Sessions, 0.5),
+            (Feature::Frequency, -0.5),
         ],
         playbook: &[
             "Personalised room recommendations across categories",
@@ -197,15 +235,24 @@ pub fn generic(n: usize) -> TierIdentity {
     }
 }
 
-/// For each centroid, the index into `free` of its archetype (`usize::MAX` when there are more
+/// Archetype scores are assigned as integers (the assignment solver wants them): in millionths.
+const COST_SCALE: f64 = 1e6;
+
+/// For each centroid, the index into `free` of its archetype (`None` when there are more
 /// centroids than archetypes and this one got none). Maximises the total score.
-pub fn assign_archetypes(centroids: &[&[f64]], names: &[&str], free: &[&Archetype]) -> Vec<usize> {
+pub fn assign_archetypes(
+    centroids: &[&[f64]],
+    features: &[Feature],
+    free: &[&Archetype],
+) -> Vec<Option<usize>> {
     let (n, m) = (centroids.len(), free.len());
-    let mut out = vec![usize::MAX; n];
+    let mut out = vec![None; n];
     if n == 0 || m == 0 {
         return out;
     }
-    let score = |c: usize, a: usize| -> i64 { (-free[a].score(centroids[c], names) * 1e6) as i64 };
+    let score = |c: usize, a: usize| -> i64 {
+        (-free[a].score(centroids[c], features) * COST_SCALE) as i64
+    };
     if n <= m {
         let mut cost = Matrix::new(n, m, 0i64);
         for c in 0..n {
@@ -214,7 +261,9 @@ pub fn assign_archetypes(centroids: &[&[f64]], names: &[&str], free: &[&Archetyp
             }
         }
         let (_, assign) = kuhn_munkres_min(&cost);
-        out.copy_from_slice(&assign);
+        for (slot, a) in out.iter_mut().zip(assign) {
+            *slot = Some(a);
+        }
     } else {
         let mut cost = Matrix::new(m, n, 0i64);
         for a in 0..m {
@@ -224,43 +273,42 @@ pub fn assign_archetypes(centroids: &[&[f64]], names: &[&str], free: &[&Archetyp
         }
         let (_, assign) = kuhn_munkres_min(&cost);
         for (a, &c) in assign.iter().enumerate() {
-            out[c] = a;
+            out[c] = Some(a);
         }
     }
     out
 }
 
 /// Human label and formatting for a feature value in original units.
-fn phrase(feature: &str, value: f64) -> String {
+fn phrase(feature: Feature, value: f64) -> String {
     match feature {
-        "recency_days" => format!("last order {value:.0} days ago"),
-        "frequency" => format!("{value:.1} orders"),
-        "monetary_total" => format!("{value:.0} total spend"),
-        "monetary_avg" => format!("{value:.0} per order"),
-        "tenure_days" => format!("{value:.0} days tenure"),
-        "days_since_activity" => format!("last seen {value:.0} days ago"),
-        "watch_minutes" => format!("{value:.0} min watched"),
-        "sessions" => format!("{value:.0} live sessions"),
-        "comments" => format!("{value:.0} comments"),
-        "likes" => format!("{value:.0} likes"),
-        "shares" => format!("{value:.1} shares"),
-        "rooms" => format!("{value:.1} rooms"),
-        "categories" => format!("{value:.1} categories"),
-        "trend" => {
+        Feature::RecencyDays => format!("last order {value:.0} days ago"),
+        Feature::Frequency => format!("{value:.1} orders"),
+        Feature::MonetaryTotal => format!("{value:.0} total spend"),
+        Feature::MonetaryAvg => format!("{value:.0} per order"),
+        Feature::TenureDays => format!("{value:.0} days tenure"),
+        Feature::DaysSinceActivity => format!("last seen {value:.0} days ago"),
+        Feature::WatchMinutes => format!("{value:.0} min watched"),
+        Feature::Sessions => format!("{value:.0} live sessions"),
+        Feature::Comments => format!("{value:.0} comments"),
+        Feature::Likes => format!("{value:.0} likes"),
+        Feature::Shares => format!("{value:.1} shares"),
+        Feature::Rooms => format!("{value:.1} rooms"),
+        Feature::Categories => format!("{value:.1} categories"),
+        Feature::Trend => {
             if value < 0.0 {
                 format!("activity falling ({value:+.2} log-ratio)")
             } else {
                 format!("activity rising ({value:+.2} log-ratio)")
             }
         }
-        other => format!("{other} {value:.2}"),
     }
 }
 
 /// One line describing a cluster: its three most distinctive features, high or low, with the
 /// cluster's mean in original units.
-pub fn describe(names: &[&str], centroid_scaled: &[f64], raw_means: &[f64]) -> String {
-    let mut order: Vec<usize> = (0..names.len()).collect();
+pub fn describe(features: &[Feature], centroid_scaled: &[f64], raw_means: &[f64]) -> String {
+    let mut order: Vec<usize> = (0..features.len()).collect();
     order.sort_by(|&a, &b| {
         centroid_scaled[b]
             .abs()
@@ -275,8 +323,8 @@ pub fn describe(names: &[&str], centroid_scaled: &[f64], raw_means: &[f64]) -> S
             } else {
                 "low"
             };
-            let f = names[j].replace('_', " ");
-            format!("{level} {f} ({})", phrase(names[j], raw_means[j]))
+            let f = features[j].name().replace('_', " ");
+            format!("{level} {f} ({})", phrase(features[j], raw_means[j]))
         })
         .collect();
     let mut s = parts.join(", ");
@@ -293,13 +341,13 @@ mod tests {
     #[test]
     fn archetypes_go_to_the_centroids_that_fit_them() {
         let names = [
-            "recency_days",
-            "frequency",
-            "monetary_total",
-            "monetary_avg",
-            "tenure_days",
-            "days_since_activity",
-            "trend",
+            Feature::RecencyDays,
+            Feature::Frequency,
+            Feature::MonetaryTotal,
+            Feature::MonetaryAvg,
+            Feature::TenureDays,
+            Feature::DaysSinceActivity,
+            Feature::Trend,
         ];
         // core-fan-like, brand-new, dormant
         let core = [-1.0, 2.0, 2.0, 0.5, 0.5, -1.0, 0.0];
@@ -307,20 +355,20 @@ mod tests {
         let dormant = [2.0, -0.5, -0.3, 0.0, 0.5, 2.0, -0.5];
         let free: Vec<&Archetype> = CATALOGUE.iter().collect();
         let a = assign_archetypes(&[&core, &newbie, &dormant], &names, &free);
-        assert_eq!(free[a[0]].id, "core_fans");
-        assert_eq!(free[a[1]].id, "potential_new");
-        assert_eq!(free[a[2]].id, "dormant");
+        assert_eq!(free[a[0].unwrap()].id, "core_fans");
+        assert_eq!(free[a[1].unwrap()].id, "potential_new");
+        assert_eq!(free[a[2].unwrap()].id, "dormant");
     }
 
     #[test]
     fn non_buyers_are_not_bargain_hunters() {
         let names = [
-            "frequency",
-            "monetary_avg",
-            "sessions",
-            "watch_minutes",
-            "comments",
-            "monetary_total",
+            Feature::Frequency,
+            Feature::MonetaryAvg,
+            Feature::Sessions,
+            Feature::WatchMinutes,
+            Feature::Comments,
+            Feature::MonetaryTotal,
         ];
         // Never ordered (frequency and average value far below the mean), watches a lot.
         let watcher = [-1.5, -1.5, 1.0, 1.0, -0.5, -1.2];
@@ -331,23 +379,27 @@ mod tests {
             .filter(|a| ["bargain_hunters", "silent_onlookers"].contains(&a.id))
             .collect();
         let a = assign_archetypes(&[&watcher, &hunter], &names, &free);
-        assert_eq!(free[a[0]].id, "silent_onlookers");
-        assert_eq!(free[a[1]].id, "bargain_hunters");
+        assert_eq!(free[a[0].unwrap()].id, "silent_onlookers");
+        assert_eq!(free[a[1].unwrap()].id, "bargain_hunters");
     }
 
     #[test]
     fn more_centroids_than_archetypes_leaves_some_unnamed() {
-        let names = ["frequency"];
+        let names = [Feature::Frequency];
         let free: Vec<&Archetype> = CATALOGUE.iter().take(2).collect();
         let c: Vec<[f64; 1]> = (0..4).map(|i| [i as f64]).collect();
         let refs: Vec<&[f64]> = c.iter().map(|x| &x[..]).collect();
         let a = assign_archetypes(&refs, &names, &free);
-        assert_eq!(a.iter().filter(|&&x| x == usize::MAX).count(), 2);
+        assert_eq!(a.iter().filter(|x| x.is_none()).count(), 2);
     }
 
     #[test]
     fn descriptions_name_the_most_distinctive_features() {
-        let d = describe(&["frequency", "recency_days"], &[2.5, -0.1], &[12.0, 3.0]);
+        let d = describe(
+            &[Feature::Frequency, Feature::RecencyDays],
+            &[2.5, -0.1],
+            &[12.0, 3.0],
+        );
         assert!(d.starts_with("High frequency (12.0 orders)"), "{d}");
     }
 

@@ -4,8 +4,11 @@
 //! - [`calibration`] — Platt scaling.
 //! - [`churn`] — the churn classifiers (logistic baseline, boosted trees) in scoring form.
 //! - [`logistic`] — the logistic baseline's solver (Newton's method).
-//! - [`tiers`] — k-means tiers, k selection, identity matching across retrains.
-//! - [`identity`] — the catalogue of business identities and how centroids are judged.
+//! - [`tiers`] — k-means tiers, k selection, identity matching across retrains. Uses
+//!   `identity`.
+//! - [`identity`] — [`identity::TierIdentity`], the catalogue of business identities and how
+//!   centroids are judged (weights on [`crate::features::Feature`]s). Imports nothing of
+//!   `tiers`.
 //! - [`scorer`] — the [`Scorer`] used offline and by the server: tier, probability, reasons.
 
 pub mod calibration;

@@ -145,6 +145,32 @@ pub struct Scorer {
 }
 
 impl Scorer {
+    /// A scorer from its fitted parts, with an empty quantile table: fill
+    /// [`Scorer::risk_quantiles`] with [`quantiles`] of a scored population, as training does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        features: FeatureSet,
+        scaler: StandardScaler,
+        tiers: TierModel,
+        churn: ChurnModel,
+        calibration: Platt,
+        risk: RiskThresholds,
+        rfm: Option<RfmThresholds>,
+        lifecycle: LifecycleThresholds,
+    ) -> Scorer {
+        Scorer {
+            features,
+            scaler,
+            tiers,
+            churn,
+            calibration,
+            risk,
+            risk_quantiles: Vec::new(),
+            rfm,
+            lifecycle,
+        }
+    }
+
     /// Checks every shape a tampered or mismatched bundle could get wrong, so that scoring
     /// cannot index out of bounds.
     pub fn validate(&self) -> Result<(), ScorerError> {

@@ -6,7 +6,9 @@
 //! previous bundle's tiers (ids stay stable across retrains) and then against a catalogue of
 //! archetypes judged from the centroid (core fans, active regulars, ...).
 
+pub use super::identity::TierIdentity;
 use super::identity::{self, Archetype};
+use crate::features::Feature;
 use linfa::prelude::*;
 use linfa_clustering::KMeans;
 use ndarray::Array2;
@@ -16,17 +18,33 @@ use rand_xoshiro::Xoshiro256Plus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// Why tier parameters are refused or a tiering cannot be fitted: one variant per cause.
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
-    #[error("invalid tier parameter: {0}")]
-    Param(String),
+    #[error("invalid tier parameter: k must be in 2..={max}, got {k}")]
+    K { k: usize, max: usize },
+    #[error("invalid tier parameter: need 2 <= k_min <= k_max <= {max}, got {k_min}..={k_max}")]
+    KRange {
+        k_min: usize,
+        k_max: usize,
+        max: usize,
+    },
+    #[error("invalid tier parameter: fit_sample must be >= 100, got {0}")]
+    FitSample(usize),
+    #[error("invalid tier parameter: silhouette_sample must be >= 50, got {0}")]
+    SilhouetteSample(usize),
+    #[error("invalid tier parameter: n_runs must be >= 1")]
+    NoRuns,
+    #[error("invalid tier parameter: max_iterations must be >= 1")]
+    NoIterations,
     #[error("not enough users to cluster: {rows} rows for k = {k}")]
     TooFewRows { rows: usize, k: usize },
     #[error("k-means failed: {0}")]
-    KMeans(String),
+    KMeans(#[from] linfa_clustering::KMeansError),
 }
 
-/// K-means hyperparameters (`check()` validates them, linfa style).
+/// K-means hyperparameters; `check()` turns them into [`ValidTierParams`] (linfa style), the
+/// only form [`fit`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierParams {
@@ -58,43 +76,67 @@ impl Default for TierParams {
     }
 }
 
-impl TierParams {
-    pub fn check(self) -> Result<Self, TierError> {
-        let max_k = identity::CATALOGUE.len() + 4;
-        if let Some(k) = self.k {
-            if !(2..=max_k).contains(&k) {
-                return Err(TierError::Param(format!(
-                    "k must be in 2..={max_k}, got {k}"
-                )));
-            }
-        }
-        if self.k_min < 2 || self.k_min > self.k_max || self.k_max > max_k {
-            return Err(TierError::Param(format!(
-                "need 2 <= k_min <= k_max <= {max_k}, got {}..={}",
-                self.k_min, self.k_max
-            )));
-        }
-        if self.fit_sample < 100
-            || self.silhouette_sample < 50
-            || self.n_runs == 0
-            || self.max_iterations == 0
-        {
-            return Err(TierError::Param(
-                "fit_sample >= 100, silhouette_sample >= 50, n_runs >= 1 and max_iterations >= 1 are required".into(),
-            ));
-        }
-        Ok(self)
+/// [`TierParams`] that passed [`TierParams::check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidTierParams(TierParams);
+
+impl std::ops::Deref for ValidTierParams {
+    type Target = TierParams;
+    fn deref(&self) -> &TierParams {
+        &self.0
     }
 }
 
-/// A tier's business identity: what callers see instead of a cluster index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TierIdentity {
-    pub id: String,
-    pub name_en: String,
-    pub name_zh: String,
-    pub description: String,
-    pub playbook: Vec<String>,
+/// The largest k: one per archetype, plus a few generic segments.
+pub fn max_k() -> usize {
+    identity::CATALOGUE.len() + 4
+}
+
+/// Candidate k are fitted on a sample of at most this many rows: the ranking by silhouette is
+/// stable well below the full fit sample.
+const CANDIDATE_SAMPLE: usize = 30_000;
+/// Salts of the silhouette and candidate samples (against the fit sample's plain seed).
+const SILHOUETTE_SALT: u64 = 0xA5A5;
+const CANDIDATE_SALT: u64 = 0x5A5A;
+/// linfa stops when the centroids move less than this (Euclidean, all of them together); 1e-2
+/// is scikit-learn's default stop (squared shift <= 1e-4 times the mean feature variance, 1 on
+/// these standardised rows).
+const KMEANS_TOLERANCE: f64 = 1e-2;
+/// Odd multiplier spreading the k-means runs' seeds (run `r` is seeded from `(r + 1) * STEP`).
+const RUN_SEED_STEP: u64 = 0x51_7CC1_B727_220A;
+/// Centroid distances are matched as integers (the assignment solver wants them): in
+/// millionths.
+const COST_SCALE: f64 = 1e6;
+
+impl TierParams {
+    pub fn check(self) -> Result<ValidTierParams, TierError> {
+        let max = max_k();
+        if let Some(k) = self.k {
+            if !(2..=max).contains(&k) {
+                return Err(TierError::K { k, max });
+            }
+        }
+        if self.k_min < 2 || self.k_min > self.k_max || self.k_max > max {
+            return Err(TierError::KRange {
+                k_min: self.k_min,
+                k_max: self.k_max,
+                max,
+            });
+        }
+        if self.fit_sample < 100 {
+            return Err(TierError::FitSample(self.fit_sample));
+        }
+        if self.silhouette_sample < 50 {
+            return Err(TierError::SilhouetteSample(self.silhouette_sample));
+        }
+        if self.n_runs == 0 {
+            return Err(TierError::NoRuns);
+        }
+        if self.max_iterations == 0 {
+            return Err(TierError::NoIterations);
+        }
+        Ok(ValidTierParams(self))
+    }
 }
 
 /// The fitted tiering: centroids in scaled space, and one identity per centroid.
@@ -109,6 +151,17 @@ pub struct TierModel {
 }
 
 impl TierModel {
+    /// Tiers from row-major centroids (`identities.len()` × `dims`, in the scaled feature space)
+    /// and one identity per centroid; the inertia is 0 (not measured).
+    pub fn new(centroids: Vec<f64>, dims: usize, identities: Vec<TierIdentity>) -> TierModel {
+        TierModel {
+            centroids,
+            dims,
+            tiers: identities,
+            inertia: 0.0,
+        }
+    }
+
     pub fn k(&self) -> usize {
         self.tiers.len()
     }
@@ -189,11 +242,13 @@ fn gather(x: &[f64], dims: usize, rows: &[usize]) -> Array2<f64> {
     a
 }
 
-/// Best-of-`n_runs` k-means on `data`; returns row-major centroids and the inertia.
+/// Best-of-`n_runs` k-means on `data` (`n_runs` >= 1); returns row-major centroids and the
+/// inertia.
 fn kmeans(
     data: &Array2<f64>,
     k: usize,
-    p: &TierParams,
+    n_runs: usize,
+    max_iterations: u64,
     seed: u64,
 ) -> Result<(Vec<f64>, f64), TierError> {
     if data.nrows() < k {
@@ -206,21 +261,17 @@ fn kmeans(
     let dims = data.ncols();
     // The runs are independent (each seeded by its index): fit them on all cores, then keep
     // the lowest inertia, the earliest run on a tie, as a sequential loop would.
-    let runs: Vec<(Vec<f64>, f64)> = (0..p.n_runs)
+    let runs: Vec<(Vec<f64>, f64)> = (0..n_runs)
         .into_par_iter()
         .map(|run| {
             let rng = Xoshiro256Plus::seed_from_u64(mix64(
-                seed ^ (run as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A),
+                seed ^ (run as u64 + 1).wrapping_mul(RUN_SEED_STEP),
             ));
             let model = KMeans::params_with_rng(k, rng)
                 .n_runs(1)
-                .max_n_iterations(p.max_iterations)
-                // linfa stops when the centroids move less than this (Euclidean, all of them
-                // together); 1e-2 is scikit-learn's default stop (squared shift <= 1e-4 times
-                // the mean feature variance, 1 on these standardised rows).
-                .tolerance(1e-2)
-                .fit(&ds)
-                .map_err(|e| TierError::KMeans(e.to_string()))?;
+                .max_n_iterations(max_iterations)
+                .tolerance(KMEANS_TOLERANCE)
+                .fit(&ds)?;
             let cents: Vec<f64> = model.centroids().iter().copied().collect();
             let inertia: f64 = data
                 .rows()
@@ -236,7 +287,7 @@ fn kmeans(
             best = Some((cents, inertia));
         }
     }
-    best.ok_or_else(|| TierError::KMeans("no run".into()))
+    best.ok_or(TierError::NoRuns)
 }
 
 /// Mean silhouette of `rows` (row-major, `dims`) under `centroids`' assignment.
@@ -299,18 +350,17 @@ pub struct PreviousTiers<'a> {
 }
 
 /// Fits the tiering on scaled rows `x` (`dims` columns); `keys` identify users for sampling;
-/// `feature_names` are the column names the archetypes are judged by. Descriptions are left
+/// `features` are the columns, which the archetypes are judged by. Descriptions are left
 /// empty: they need original units, which the caller has (see `identity::describe`).
 pub fn fit(
     x: &[f64],
     dims: usize,
     keys: &[u64],
-    feature_names: &[&str],
-    params: TierParams,
+    features: &[Feature],
+    p: ValidTierParams,
     seed: u64,
     previous: Option<&PreviousTiers>,
 ) -> Result<(TierModel, TierFitReport), TierError> {
-    let p = params.check()?;
     let rows = keys.len();
     let sample_rows = keyed_sample(keys, p.fit_sample, seed);
     let sample = gather(x, dims, &sample_rows);
@@ -318,17 +368,20 @@ pub fn fit(
     let k = match p.k {
         Some(k) => k,
         None => {
-            let sil_rows = keyed_sample(keys, p.silhouette_sample, seed ^ 0xA5A5);
+            let sil_rows = keyed_sample(keys, p.silhouette_sample, seed ^ SILHOUETTE_SALT);
             let sil_data: Vec<f64> = sil_rows
                 .iter()
                 .flat_map(|&i| x[i * dims..(i + 1) * dims].iter().copied())
                 .collect();
-            // Candidate k are fitted on a smaller sample: the ranking by silhouette is stable.
-            let cand_rows = keyed_sample(keys, p.fit_sample.min(30_000), seed ^ 0x5A5A);
+            let cand_rows = keyed_sample(
+                keys,
+                p.fit_sample.min(CANDIDATE_SAMPLE),
+                seed ^ CANDIDATE_SALT,
+            );
             let cand = gather(x, dims, &cand_rows);
             let mut best = (p.k_min, f64::NEG_INFINITY);
             for k in p.k_min..=p.k_max.min(cand.nrows()) {
-                let (cents, _) = kmeans(&cand, k, &TierParams { n_runs: 1, ..p }, seed)?;
+                let (cents, _) = kmeans(&cand, k, 1, p.max_iterations, seed)?;
                 let s = silhouette(&sil_data, dims, &cents);
                 report.k_scores.push((k, s));
                 if s > best.1 {
@@ -341,72 +394,14 @@ pub fn fit(
     if rows < k {
         return Err(TierError::TooFewRows { rows, k });
     }
-    let (centroids, inertia) = kmeans(&sample, k, &p, seed)?;
+    let (centroids, inertia) = kmeans(&sample, k, p.n_runs, p.max_iterations, seed)?;
     report.k = k;
 
-    // Identities: first inherit from the previous bundle by minimum total centroid distance.
-    let mut identities: Vec<Option<TierIdentity>> = vec![None; k];
-    report.inherited_from = vec![None; k];
-    if let Some(prev) = previous {
-        let pk = prev.identities.len();
-        if pk > 0 && prev.centroids.len() == pk * dims {
-            let (small, large, new_is_rows) = if k <= pk {
-                (k, pk, true)
-            } else {
-                (pk, k, false)
-            };
-            let mut cost = Matrix::new(small, large, 0i64);
-            for r in 0..small {
-                for c in 0..large {
-                    let (ni, pi) = if new_is_rows { (r, c) } else { (c, r) };
-                    let d: f64 = centroids[ni * dims..(ni + 1) * dims]
-                        .iter()
-                        .zip(&prev.centroids[pi * dims..(pi + 1) * dims])
-                        .map(|(a, b)| (a - b) * (a - b))
-                        .sum();
-                    cost[(r, c)] = (d.sqrt() * 1e6) as i64;
-                }
-            }
-            let (_, assignment) = kuhn_munkres_min(&cost);
-            for (r, &c) in assignment.iter().enumerate() {
-                let (ni, pi) = if new_is_rows { (r, c) } else { (c, r) };
-                identities[ni] = Some(prev.identities[pi].clone());
-                report.inherited_from[ni] = Some(pi);
-            }
-        }
-    }
-    // Then name the rest from the archetype catalogue, skipping ids already taken.
-    let taken: Vec<String> = identities.iter().flatten().map(|t| t.id.clone()).collect();
-    let free: Vec<&Archetype> = identity::CATALOGUE
-        .iter()
-        .filter(|a| !taken.iter().any(|t| t == a.id))
-        .collect();
-    let unnamed: Vec<usize> = (0..k).filter(|&c| identities[c].is_none()).collect();
-    if !unnamed.is_empty() {
-        let names: Vec<usize> = identity::assign_archetypes(
-            &unnamed
-                .iter()
-                .map(|&c| &centroids[c * dims..(c + 1) * dims])
-                .collect::<Vec<_>>(),
-            feature_names,
-            &free,
-        );
-        let mut generic = 1;
-        for (slot, &c) in unnamed.iter().enumerate() {
-            let id = match free.get(names[slot]) {
-                Some(a) if names[slot] != usize::MAX => a.identity(),
-                _ => {
-                    while taken.iter().any(|t| *t == format!("segment_{generic}")) {
-                        generic += 1;
-                    }
-                    let t = identity::generic(generic);
-                    generic += 1;
-                    t
-                }
-            };
-            identities[c] = Some(id);
-        }
-    }
+    // Identities: first inherit from the previous bundle by minimum total centroid distance,
+    // then name the rest from the archetype catalogue.
+    let (mut identities, inherited_from) = inherit(&centroids, dims, k, previous);
+    report.inherited_from = inherited_from;
+    name_from_catalogue(&mut identities, &centroids, dims, features);
     let tiers: Vec<TierIdentity> = identities
         .into_iter()
         .map(|t| t.unwrap_or_else(|| identity::generic(0)))
@@ -420,6 +415,93 @@ pub fn fit(
         },
         report,
     ))
+}
+
+/// The previous tiers' identities given to the new clusters by minimum total centroid
+/// distance, and for each new cluster the index of the previous tier it inherited from.
+fn inherit(
+    centroids: &[f64],
+    dims: usize,
+    k: usize,
+    previous: Option<&PreviousTiers>,
+) -> (Vec<Option<TierIdentity>>, Vec<Option<usize>>) {
+    let mut identities: Vec<Option<TierIdentity>> = vec![None; k];
+    let mut inherited_from = vec![None; k];
+    let Some(prev) = previous else {
+        return (identities, inherited_from);
+    };
+    let pk = prev.identities.len();
+    if pk == 0 || prev.centroids.len() != pk * dims {
+        return (identities, inherited_from);
+    }
+    let (small, large, new_is_rows) = if k <= pk {
+        (k, pk, true)
+    } else {
+        (pk, k, false)
+    };
+    let mut cost = Matrix::new(small, large, 0i64);
+    for r in 0..small {
+        for c in 0..large {
+            let (ni, pi) = if new_is_rows { (r, c) } else { (c, r) };
+            let d: f64 = centroids[ni * dims..(ni + 1) * dims]
+                .iter()
+                .zip(&prev.centroids[pi * dims..(pi + 1) * dims])
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
+            cost[(r, c)] = (d.sqrt() * COST_SCALE) as i64;
+        }
+    }
+    let (_, assignment) = kuhn_munkres_min(&cost);
+    for (r, &c) in assignment.iter().enumerate() {
+        let (ni, pi) = if new_is_rows { (r, c) } else { (c, r) };
+        identities[ni] = Some(prev.identities[pi].clone());
+        inherited_from[ni] = Some(pi);
+    }
+    (identities, inherited_from)
+}
+
+/// Names the clusters without an identity from the archetype catalogue, skipping ids already
+/// taken; clusters beyond the catalogue become generic segments.
+fn name_from_catalogue(
+    identities: &mut [Option<TierIdentity>],
+    centroids: &[f64],
+    dims: usize,
+    features: &[Feature],
+) {
+    let taken: Vec<String> = identities.iter().flatten().map(|t| t.id.clone()).collect();
+    let free: Vec<&Archetype> = identity::CATALOGUE
+        .iter()
+        .filter(|a| !taken.iter().any(|t| t == a.id))
+        .collect();
+    let unnamed: Vec<usize> = (0..identities.len())
+        .filter(|&c| identities[c].is_none())
+        .collect();
+    if unnamed.is_empty() {
+        return;
+    }
+    let names: Vec<Option<usize>> = identity::assign_archetypes(
+        &unnamed
+            .iter()
+            .map(|&c| &centroids[c * dims..(c + 1) * dims])
+            .collect::<Vec<_>>(),
+        features,
+        &free,
+    );
+    let mut generic = 1;
+    for (slot, &c) in unnamed.iter().enumerate() {
+        let id = match names[slot].and_then(|a| free.get(a)) {
+            Some(a) => a.identity(),
+            None => {
+                while taken.iter().any(|t| *t == format!("segment_{generic}")) {
+                    generic += 1;
+                }
+                let t = identity::generic(generic);
+                generic += 1;
+                t
+            }
+        };
+        identities[c] = Some(id);
+    }
 }
 
 #[cfg(test)]
@@ -452,7 +534,7 @@ mod tests {
     fn silhouette_picks_the_true_number_of_blobs() {
         let (x, truth) = blobs(2000, 1);
         let keys: Vec<u64> = (0..2000).collect();
-        let names = ["a", "b", "c"];
+        let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
         let (model, report) = fit(
             &x,
             3,
@@ -462,7 +544,9 @@ mod tests {
                 k_min: 2,
                 k_max: 7,
                 ..Default::default()
-            },
+            }
+            .check()
+            .unwrap(),
             5,
             None,
         )
@@ -483,8 +567,10 @@ mod tests {
         let p = TierParams {
             k: Some(4),
             ..Default::default()
-        };
-        let names = ["a", "b", "c"];
+        }
+        .check()
+        .unwrap();
+        let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
         let (m1, _) = fit(&x, 3, &keys, &names, p, 9, None).unwrap();
         // Reverse the rows (and their keys).
         let xr: Vec<f64> = x.chunks(3).rev().flatten().copied().collect();
@@ -503,11 +589,13 @@ mod tests {
     fn a_retrain_inherits_previous_ids_by_centroid() {
         let (x, _) = blobs(1200, 3);
         let keys: Vec<u64> = (0..1200).collect();
-        let names = ["a", "b", "c"];
+        let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
         let p = TierParams {
             k: Some(4),
             ..Default::default()
-        };
+        }
+        .check()
+        .unwrap();
         let (m1, _) = fit(&x, 3, &keys, &names, p, 1, None).unwrap();
         // A different seed permutes clusters; matching must map them back onto m1's ids.
         let prev = PreviousTiers {

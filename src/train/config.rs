@@ -1,23 +1,73 @@
 //! Training configuration: `training/train.toml`, documented in `training/README.md`.
+//!
+//! Linfa style: a [`TrainConfig`] is what was written (file, defaults, flags);
+//! [`TrainConfig::check`] validates it once and returns [`ValidTrainParams`], the only form the
+//! pipeline accepts.
 
 use crate::features::{ChurnDefinition, LifecycleThresholds};
-use crate::model::churn::BoostingParams;
-use crate::model::tiers::TierParams;
+use crate::model::churn::{BoostingParams, ChurnError, ValidBoostingParams};
+use crate::model::tiers::{TierError, TierParams, ValidTierParams};
 use crate::model::RiskThresholds;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+/// Why a configuration cannot be read or is refused: one variant per cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{}: cannot read", path.display())]
     Io {
-        path: String,
+        path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    #[error("{}: not a valid training configuration", path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: horizon_days must be in 1..=365, got {0}")]
+    Horizon(u32),
+    #[error(transparent)]
+    Tiers(TierError),
+    #[error(transparent)]
+    Boosting(ChurnError),
+    #[error("invalid configuration: churn.validation_fraction must be in [0.05, 0.5], got {0}")]
+    ValidationFraction(f64),
+    #[error("invalid configuration: churn.logistic_sample and churn.boosting_sample must be >= 100, got {logistic} and {boosting}")]
+    Samples { logistic: usize, boosting: usize },
+    #[error("invalid configuration: risk thresholds need 0 < medium < high < 1, got medium {medium} and high {high}")]
+    Risk { medium: f64, high: f64 },
+    #[error("invalid configuration: lifecycle thresholds need positive values and silent < at_risk < churned")]
+    Lifecycle,
+}
+
+/// A [`TrainConfig`] that passed [`TrainConfig::check`], with its validated parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTrainParams {
+    config: TrainConfig,
+    tiers: ValidTierParams,
+    boosting: ValidBoostingParams,
+}
+
+impl ValidTrainParams {
+    /// The configuration as written (it goes into the manifest).
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    pub fn tiers(&self) -> ValidTierParams {
+        self.tiers
+    }
+
+    pub fn boosting(&self) -> ValidBoostingParams {
+        self.boosting
+    }
+}
+
+impl std::ops::Deref for ValidTrainParams {
+    type Target = TrainConfig;
+    fn deref(&self) -> &TrainConfig {
+        &self.config
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,56 +148,48 @@ impl Default for QualityConfig {
 }
 
 impl TrainConfig {
+    /// Parses a TOML file; [`TrainConfig::check`] validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: p.clone(),
+            path: path.to_path_buf(),
             source,
         })?;
-        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: p,
-            message: e.to_string(),
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn check(self) -> Result<ValidTrainParams, ConfigError> {
         if self.horizon_days == 0 || self.horizon_days > 365 {
-            return Err(ConfigError::Invalid(format!(
-                "horizon_days must be in 1..=365, got {}",
-                self.horizon_days
-            )));
+            return Err(ConfigError::Horizon(self.horizon_days));
         }
-        self.tiers
-            .check()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        self.churn
-            .boosting
-            .check()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let tiers = self.tiers.check().map_err(ConfigError::Tiers)?;
+        let boosting = self.churn.boosting.check().map_err(ConfigError::Boosting)?;
         let v = self.churn.validation_fraction;
         if !(0.05..=0.5).contains(&v) {
-            return Err(ConfigError::Invalid(format!(
-                "churn.validation_fraction must be in [0.05, 0.5], got {v}"
-            )));
+            return Err(ConfigError::ValidationFraction(v));
         }
         if self.churn.logistic_sample < 100 || self.churn.boosting_sample < 100 {
-            return Err(ConfigError::Invalid(
-                "churn.logistic_sample and churn.boosting_sample must be >= 100".into(),
-            ));
+            return Err(ConfigError::Samples {
+                logistic: self.churn.logistic_sample,
+                boosting: self.churn.boosting_sample,
+            });
         }
         if !self.risk.is_valid() {
-            return Err(ConfigError::Invalid(
-                "risk thresholds need 0 < medium < high < 1".into(),
-            ));
+            return Err(ConfigError::Risk {
+                medium: self.risk.medium,
+                high: self.risk.high,
+            });
         }
         if !self.lifecycle.is_valid() {
-            return Err(ConfigError::Invalid(
-                "lifecycle thresholds need positive values and silent < at_risk < churned".into(),
-            ));
+            return Err(ConfigError::Lifecycle);
         }
-        Ok(())
+        Ok(ValidTrainParams {
+            config: self,
+            tiers,
+            boosting,
+        })
     }
 }
 
@@ -160,6 +202,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("training/train.toml");
         let cfg = TrainConfig::load(&path).unwrap();
         assert_eq!(cfg, TrainConfig::default());
+        cfg.check().unwrap();
     }
 
     #[test]
@@ -169,7 +212,19 @@ mod tests {
             horizon_days: 0,
             ..Default::default()
         };
-        assert!(cfg.validate().is_err());
+        assert!(matches!(cfg.check(), Err(ConfigError::Horizon(0))));
+        let mut cfg = TrainConfig::default();
+        cfg.tiers.k = Some(1);
+        assert!(matches!(
+            cfg.check(),
+            Err(ConfigError::Tiers(TierError::K { k: 1, .. }))
+        ));
+        let mut cfg = TrainConfig::default();
+        cfg.churn.boosting.max_depth = 0;
+        assert!(matches!(
+            cfg.check(),
+            Err(ConfigError::Boosting(ChurnError::MaxDepth(0)))
+        ));
         let cfg = TrainConfig {
             risk: RiskThresholds {
                 medium: 0.8,
@@ -177,6 +232,6 @@ mod tests {
             },
             ..Default::default()
         };
-        assert!(cfg.validate().is_err());
+        assert!(cfg.check().is_err());
     }
 }

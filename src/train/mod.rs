@@ -1,21 +1,30 @@
 //! Training: snapshots, labels, model selection, out-of-time evaluation, and the report.
 //!
-//! - [`config`] — `training/train.toml`.
-//! - [`pipeline`] — the pure pipeline, events table in, fitted scorer + manifest + report out.
+//! - [`run`] ([`job`]) — the library entry point: a [`TrainJob`] in (data, models directory,
+//!   validated parameters), a written, current bundle out. The CLI and the tests call it.
+//! - [`config`] — `training/train.toml`; [`TrainConfig::check`] gives [`ValidTrainParams`].
+//! - [`pipeline`] — the pure pipeline, events table in, fitted scorer + manifest + report out,
+//!   run as the named stages of `stages` (windows, evaluate, final fit, tiers, scoring,
+//!   profiles, summary).
 //! - [`report`] — the HTML report renderer.
+//! - [`export`] — `--export-eval`: the evaluation rows as CSV.
 //! - [`write_bundle`] (here): the edge that writes a trained result as a bundle and makes it
-//!   current.
+//!   current. Its scores table is written by [`crate::score`].
 
 pub mod config;
+pub mod export;
+pub mod job;
 pub mod pipeline;
 pub mod report;
+mod stages;
 
-pub use config::TrainConfig;
+pub use config::{ConfigError, TrainConfig, ValidTrainParams};
+pub use job::{run, Progress, RunError, RunTimings, TrainJob, TrainOutcome};
 pub use pipeline::{fit, rfc3339, user_key, TrainError, TrainInput, Trained};
 
 use crate::bundle::{BundleError, BundleStore, REPORT, SCORES};
-use crate::io::write::{ScoreRow, ScoreWriter, WriteError};
-use crate::model::{Score, Scorer};
+use crate::io::write::{ScoreWriter, WriteError};
+use crate::score::write_scores;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,48 +65,6 @@ pub fn version_id(
     )
 }
 
-/// The output row of one scored user (`tiering score`, the bundle's `scores.parquet`).
-/// `factors` is `scorer.format_factors(score)`, passed in so callers can reuse its buffer.
-pub fn score_row<'a>(
-    scorer: &'a Scorer,
-    user_id: &'a str,
-    s: &Score,
-    factors: &'a str,
-) -> ScoreRow<'a> {
-    let tier = &scorer.tiers.tiers[usize::from(s.tier)];
-    ScoreRow {
-        user_id,
-        tier_id: &tier.id,
-        tier_name: &tier.name_en,
-        churn_probability: s.churn_probability,
-        risk_level: s.risk_level.id(),
-        risk_percentile: s.risk_percentile,
-        rfm_segment: s.rfm_segment.id(),
-        lifecycle_stage: s.lifecycle_stage.id(),
-        top_factors: factors,
-    }
-}
-
-/// Writes every user's score through `writer`, row `u` named `user_ids[u]`. The reasons text
-/// is formatted on all cores, a block of rows at a time, ahead of the (sequential) writer.
-pub fn write_scores(
-    writer: &mut ScoreWriter,
-    scorer: &Scorer,
-    user_ids: &[String],
-    scores: &[Score],
-) -> Result<(), WriteError> {
-    use rayon::prelude::*;
-    const ROWS: usize = 1 << 15;
-    for (block, (ids, ss)) in user_ids.chunks(ROWS).zip(scores.chunks(ROWS)).enumerate() {
-        let factors: Vec<String> = ss.par_iter().map(|s| scorer.format_factors(s)).collect();
-        for ((id, s), f) in ids.iter().zip(ss).zip(&factors) {
-            writer.write(&score_row(scorer, id, s, f))?;
-        }
-        tracing::trace!(block, "scores written");
-    }
-    Ok(())
-}
-
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
 /// into place, validates it by loading it back, and only then makes it current.
 pub fn write_bundle(store: &BundleStore, trained: &Trained) -> Result<PathBuf, WriteBundleError> {
@@ -120,7 +87,12 @@ pub fn write_bundle(store: &BundleStore, trained: &Trained) -> Result<PathBuf, W
         },
         || {
             rayon::join(
-                || std::fs::write(&report_path, report::render(&trained.report)),
+                || {
+                    std::fs::write(
+                        &report_path,
+                        report::render(&trained.manifest, &trained.report),
+                    )
+                },
                 || pending.write_payload(scorer, &trained.snapshot),
             )
         },

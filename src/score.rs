@@ -1,0 +1,54 @@
+//! Offline scoring rows and writers: a [`Scorer`]'s [`Score`]s as the output rows of
+//! `tiering score` and of the bundle's `scores.parquet`. The file formats are
+//! [`crate::io::write::ScoreWriter`]'s.
+
+use crate::io::write::{ScoreRow, ScoreWriter, WriteError};
+use crate::model::{Score, Scorer};
+
+/// Rows whose reasons text is formatted (on all cores) ahead of the sequential writer.
+const ROWS_PER_BLOCK: usize = 1 << 15;
+
+/// The output row of one scored user (`tiering score`, the bundle's `scores.parquet`).
+/// `factors` is `scorer.format_factors(score)`, passed in so callers can reuse its buffer.
+pub fn score_row<'a>(
+    scorer: &'a Scorer,
+    user_id: &'a str,
+    s: &Score,
+    factors: &'a str,
+) -> ScoreRow<'a> {
+    let tier = &scorer.tiers.tiers[usize::from(s.tier)];
+    ScoreRow {
+        user_id,
+        tier_id: &tier.id,
+        tier_name: &tier.name_en,
+        churn_probability: s.churn_probability,
+        risk_level: s.risk_level.id(),
+        risk_percentile: s.risk_percentile,
+        rfm_segment: s.rfm_segment.id(),
+        lifecycle_stage: s.lifecycle_stage.id(),
+        top_factors: factors,
+    }
+}
+
+/// Writes every user's score through `writer`, row `u` named `user_ids[u]`. The reasons text
+/// is formatted on all cores, a block of rows at a time, ahead of the (sequential) writer.
+pub fn write_scores(
+    writer: &mut ScoreWriter,
+    scorer: &Scorer,
+    user_ids: &[String],
+    scores: &[Score],
+) -> Result<(), WriteError> {
+    use rayon::prelude::*;
+    for (block, (ids, ss)) in user_ids
+        .chunks(ROWS_PER_BLOCK)
+        .zip(scores.chunks(ROWS_PER_BLOCK))
+        .enumerate()
+    {
+        let factors: Vec<String> = ss.par_iter().map(|s| scorer.format_factors(s)).collect();
+        for ((id, s), f) in ids.iter().zip(ss).zip(&factors) {
+            writer.write(&score_row(scorer, id, s, f))?;
+        }
+        tracing::trace!(block, "scores written");
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The pipeline's named stages, in the order [`super::pipeline::fit`] runs them. Each is a
+//! function with typed inputs and outputs:
+//!
+//! - [`windows`] — snapshot times (out of time or not), point-in-time aggregates, labels.
+//! - [`evaluate`] — fit the candidate churn models and measure them (both evaluation branches
+//!   share one evaluation set builder); [`candidates`] holds the split, fits and calibration.
+//! - final fit — [`candidates::final_fit`]: the chosen kind again, on the latest labelled
+//!   snapshot.
+//! - [`tiers`] — k-means tiers with identities matched to the previous bundle.
+//! - [`scoring`] — the served scorer, every user scored, tier profiles and descriptions.
+//! - [`summary`] — observed churn, ARI, transitions, importance; the manifest and report data.
+//!
+//! [`rows`] holds the feature-matrix helpers they share.
+
+pub(crate) mod candidates;
+pub(crate) mod evaluate;
+pub(crate) mod rows;
+pub(crate) mod scoring;
+pub(crate) mod summary;
+pub(crate) mod tiers;
+pub(crate) mod windows;

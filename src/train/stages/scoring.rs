@@ -1,0 +1,111 @@
+//! Stages 5 and 6: the served [`Scorer`] (RFM thresholds from snapshot B's buyers), everyone
+//! scored as of `as_of`, and the tier profiles (means in original units, descriptions).
+
+use super::candidates::Fitted;
+use super::rows::Labelled;
+use super::tiers::Tiering;
+use super::windows::{Snapshots, Windows};
+use crate::features::{Feature, RfmThresholds};
+use crate::model::identity;
+use crate::model::scorer::{quantiles, Score, Scorer};
+use crate::model::tiers::TierModel;
+
+/// Builds the served scorer from the final fit and the tiers, and scores every user as of
+/// `as_of`; the quantile table comes from the known users' probabilities.
+pub(crate) fn score_all(
+    w: &Windows,
+    snap: &Snapshots,
+    labelled_b: &Labelled,
+    final_fit: &Fitted,
+    tiers: &TierModel,
+    config: &super::super::config::TrainConfig,
+    users_now: &[usize],
+) -> (Scorer, Vec<Score>) {
+    // RFM thresholds from buyers at snapshot B (the population the model learned from).
+    let aggs_b = &snap.aggs_b;
+    let rfm = RfmThresholds::fit(
+        labelled_b
+            .users
+            .iter()
+            .filter(|&&u| aggs_b[u].orders > 0)
+            .map(|&u| {
+                let a = &aggs_b[u];
+                (
+                    Feature::RecencyDays.value(a, w.snap_b),
+                    f64::from(a.orders),
+                    a.spend,
+                )
+            }),
+    );
+    let chosen = final_fit.chosen();
+    let mut scorer = Scorer::from_parts(
+        snap.features.clone(),
+        final_fit.scaler.clone(),
+        tiers.clone(),
+        chosen.model.clone(),
+        chosen.platt,
+        config.risk,
+        rfm,
+        config.lifecycle,
+    );
+    let mut scores = vec![Score::default(); snap.aggs_now.len()];
+    scorer.score_batch(&snap.aggs_now, w.as_of, &mut scores);
+    let known_probs: Vec<f64> = users_now
+        .iter()
+        .map(|&u| scores[u].churn_probability)
+        .collect();
+    scorer.risk_quantiles = quantiles(&known_probs);
+    scorer.refresh_percentiles(&mut scores);
+    (scorer, scores)
+}
+
+/// Per tier: users, summed churn probability, and feature means in original units.
+pub(crate) struct Profiles {
+    pub counts: Vec<u64>,
+    pub prob_sums: Vec<f64>,
+    /// Row-major k × d.
+    pub means: Vec<f64>,
+}
+
+/// Profiles every tier over the users known at `as_of` and writes each tier's description
+/// into `scorer.tiers`.
+pub(crate) fn profiles(
+    w: &Windows,
+    snap: &Snapshots,
+    tiering: &Tiering,
+    scores: &[Score],
+    scorer: &mut Scorer,
+) -> Profiles {
+    let fs = &snap.features;
+    let d = fs.len();
+    let k = scorer.tiers.k();
+    let mut sums = vec![0.0; k * d];
+    let mut counts = vec![0u64; k];
+    let mut prob_sums = vec![0.0; k];
+    let mut raw = vec![0.0; d];
+    for &u in &tiering.users_now {
+        let t = usize::from(scores[u].tier);
+        fs.raw_into(&snap.aggs_now[u], w.as_of, &mut raw);
+        for j in 0..d {
+            sums[t * d + j] += raw[j];
+        }
+        counts[t] += 1;
+        prob_sums[t] += scores[u].churn_probability;
+    }
+    let means: Vec<f64> = (0..k * d)
+        .map(|i| sums[i] / counts[i / d].max(1) as f64)
+        .collect();
+    for c in 0..k {
+        let description = identity::describe(
+            &fs.features,
+            tiering.model.centroid(c),
+            &means[c * d..(c + 1) * d],
+        );
+        scorer.tiers.tiers[c].description = description;
+    }
+    Profiles {
+        counts,
+        prob_sums,
+        means,
+    }
+}

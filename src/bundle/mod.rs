@@ -19,6 +19,7 @@
 //! checksum, and fails with a message saying which.
 
 use crate::features::{Timestamp, UserAggregate};
+use crate::io::atomic::{write_atomic, AtomicError};
 use crate::model::Scorer;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,9 @@ pub enum BundleError {
     NoRollback(String),
     #[error("invalid version id {0:?}")]
     BadVersionId(String),
+    /// `CURRENT` or `HISTORY` could not be replaced atomically.
+    #[error(transparent)]
+    Atomic(#[from] AtomicError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -170,16 +174,6 @@ fn valid_version_id(v: &str) -> bool {
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !v.starts_with('.')
-}
-
-fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), BundleError> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(contents).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// A bundle being written: files go into a temporary directory until [`PendingBundle::commit`].

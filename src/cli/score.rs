@@ -80,7 +80,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     println!(
         "scored {rows} users with bundle {} as of {} in {:.3} s ({:.2} M users/s) -> {}",
         bundle.version(),
-        tiering::train::rfc3339(t),
+        tiering::features::time::format_rfc3339(t),
         secs,
         rows as f64 / secs.max(1e-9) / 1e6,
         args.out.display()

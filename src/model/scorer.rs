@@ -476,7 +476,7 @@ mod tests {
     }
     use crate::features::{Event, EventKind, DAY};
     use crate::model::churn::LinearModel;
-    use crate::model::tiers::TierIdentity;
+    use crate::model::identity::TierIdentity;
 
     pub(crate) fn toy_scorer() -> Scorer {
         let features = FeatureSet::all();

@@ -6,7 +6,7 @@
 //! previous bundle's tiers (ids stay stable across retrains) and then against a catalogue of
 //! archetypes judged from the centroid (core fans, active regulars, ...).
 
-pub use super::identity::TierIdentity;
+use super::identity::TierIdentity;
 use super::identity::{self, Archetype};
 use crate::features::Feature;
 use linfa::prelude::*;

@@ -1,8 +1,9 @@
 //! `--export-eval`: the exact rows the churn models were fitted and evaluated on, and the rows
 //! the tiers were clustered on, as CSV, so other tools can be compared on identical data.
 
-use super::pipeline::{rfc3339, EvalSets};
+use super::pipeline::EvalSets;
 use crate::bundle::Manifest;
+use crate::features::time::format_rfc3339;
 use std::path::{Path, PathBuf};
 
 /// Why an export failed: the file, and what went wrong.
@@ -115,8 +116,8 @@ pub fn export_eval(
         "as_of": manifest.as_of,
         "horizon_days": manifest.horizon_days,
         "churn_definition": manifest.churn_definition,
-        "train_snapshot": rfc3339(sets.train_snapshot),
-        "test_snapshot": rfc3339(sets.test_snapshot),
+        "train_snapshot": format_rfc3339(sets.train_snapshot),
+        "test_snapshot": format_rfc3339(sets.test_snapshot),
         "evaluation": manifest.metrics.evaluation,
         "chosen_model": manifest.metrics.chosen_model,
         "features": manifest.features,

@@ -4,10 +4,11 @@
 
 use super::config::ValidTrainParams;
 use super::export::{export_eval, ExportError};
-use super::pipeline::{self, rfc3339, TrainError, TrainInput, Trained};
+use super::pipeline::{self, TrainError, TrainInput, Trained};
 use super::{version_id, write_bundle, WriteBundleError};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::{Bundle, BundleStore, Snapshot};
+use crate::features::time::format_rfc3339;
 use crate::features::Timestamp;
 use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions, ReadReport};
 use std::path::PathBuf;
@@ -134,8 +135,8 @@ fn data_info(dataset: &Dataset) -> DataInfo {
         files: rep.files.iter().map(|f| f.display().to_string()).collect(),
         events: table.len() as u64,
         users: table.n_users() as u64,
-        first_event: table.min_ts().map(rfc3339).unwrap_or_default(),
-        last_event: table.max_ts().map(rfc3339).unwrap_or_default(),
+        first_event: table.min_ts().map(format_rfc3339).unwrap_or_default(),
+        last_event: table.max_ts().map(format_rfc3339).unwrap_or_default(),
         bad_rows_skipped: rep.bad_rows,
         columns: table.columns,
     }

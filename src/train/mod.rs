@@ -20,7 +20,7 @@ mod stages;
 
 pub use config::{ConfigError, TrainConfig, ValidTrainParams};
 pub use job::{run, Progress, RunError, RunTimings, TrainJob, TrainOutcome};
-pub use pipeline::{fit, rfc3339, user_key, TrainError, TrainInput, Trained};
+pub use pipeline::{fit, user_key, TrainError, TrainInput, Trained};
 
 use crate::bundle::{BundleError, BundleStore, REPORT, SCORES};
 use crate::io::write::{ScoreWriter, WriteError};

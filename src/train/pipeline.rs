@@ -22,6 +22,7 @@ use super::stages::{candidates, evaluate, scoring, summary, tiers, windows};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::manifest::Manifest;
 use crate::bundle::{Bundle, Snapshot};
+use crate::features::hash::fnv1a64;
 use crate::features::{EventTable, Timestamp};
 use crate::model::churn::ChurnError;
 use crate::model::scorer::{Score, Scorer};
@@ -110,21 +111,9 @@ pub struct EvalSets {
     pub tier: Vec<u16>,
 }
 
-/// 64-bit FNV-1a of a user id: the key for order-independent sampling and splits.
+/// The key for order-independent sampling and splits: 64-bit FNV-1a of the user id.
 pub fn user_key(id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-pub fn rfc3339(ts: Timestamp) -> String {
-    chrono::DateTime::from_timestamp(ts, 0).map_or_else(
-        || ts.to_string(),
-        |d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    )
+    fnv1a64(id.as_bytes())
 }
 
 /// Lap times of the named stages, in order.

@@ -4,17 +4,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tiering::bundle::manifest::{DataInfo, FeatureSpec, Metrics, ModelMetrics, TierEntry};
+use tiering::bundle::manifest::ModelMetrics;
 use tiering::bundle::{BundleStore, Manifest, Snapshot};
 use tiering::features::{
-    ChurnDefinition, Event, EventKind, FeatureSet, LifecycleThresholds, RfmThresholds,
-    StandardScaler, Timestamp, UserAggregate, DAY,
+    Event, EventKind, FeatureSet, LifecycleThresholds, RfmThresholds, StandardScaler, Timestamp,
+    UserAggregate, DAY,
 };
 use tiering::model::calibration::Platt;
 use tiering::model::churn::{ChurnModel, LinearModel};
+use tiering::model::identity::TierIdentity;
 use tiering::model::metrics::BinaryMetrics;
 use tiering::model::scorer::quantiles;
-use tiering::model::tiers::{TierIdentity, TierModel};
+use tiering::model::tiers::TierModel;
 use tiering::model::{RiskThresholds, Scorer};
 use tiering::pb::tiering_client::TieringClient;
 use tiering::serve::{ServeConfig, ServeError};
@@ -38,52 +39,47 @@ pub fn user(i: usize) -> String {
 pub fn scorer(recency_weight: f64) -> Scorer {
     let features = FeatureSet::all();
     let d = features.len();
-    let ident = |id: &str, en: &str, zh: &str, play: &[&str]| TierIdentity {
-        id: id.into(),
-        name_en: en.into(),
-        name_zh: zh.into(),
-        description: format!("{en} users"),
-        playbook: play.iter().map(|s| s.to_string()).collect(),
+    let ident = |id: &str, en: &str, zh: &str, play: &[&str]| {
+        let mut t = TierIdentity::new(id, en, zh, play.iter().map(|s| s.to_string()).collect());
+        t.description = format!("{en} users");
+        t
     };
     let mut centroids = vec![0.0; 2 * d];
     centroids[0] = 0.0; // recent: log1p(recency) near 1
     centroids[d] = 3.0; // lapsed: log1p(recency) near 4 (about 50 days)
     let mut weights = vec![0.0; d];
     weights[0] = recency_weight;
-    let scorer = Scorer {
+    let tiers = TierModel::new(
+        centroids,
+        d,
+        vec![
+            ident(
+                "active_regulars",
+                "Active regulars",
+                "活跃常客",
+                &["membership points", "flash sales"],
+            ),
+            ident("dormant", "Dormant", "沉睡用户", &["win-back coupon"]),
+        ],
+    );
+    let mut scorer = Scorer::from_parts(
         features,
-        scaler: StandardScaler {
+        StandardScaler {
             mean: vec![1.0; d],
             std: vec![1.0; d],
         },
-        tiers: TierModel {
-            centroids,
-            dims: d,
-            tiers: vec![
-                ident(
-                    "active_regulars",
-                    "Active regulars",
-                    "活跃常客",
-                    &["membership points", "flash sales"],
-                ),
-                ident("dormant", "Dormant", "沉睡用户", &["win-back coupon"]),
-            ],
-            inertia: 0.0,
-        },
-        churn: ChurnModel::Logistic(LinearModel {
-            weights,
-            bias: -1.0,
-        }),
-        calibration: Platt::default(),
-        risk: RiskThresholds::default(),
-        risk_quantiles: quantiles(&[0.1, 0.2, 0.5, 0.9]),
-        rfm: Some(RfmThresholds {
+        tiers,
+        ChurnModel::Logistic(LinearModel::new(weights, -1.0)),
+        Platt::default(),
+        RiskThresholds::default(),
+        Some(RfmThresholds {
             recency_days: 10.0,
             frequency: 1.0,
             monetary: 50.0,
         }),
-        lifecycle: LifecycleThresholds::default(),
-    };
+        LifecycleThresholds::default(),
+    );
+    scorer.risk_quantiles = quantiles(&[0.1, 0.2, 0.5, 0.9]);
     scorer.validate().expect("fixture scorer is valid");
     scorer
 }
@@ -125,69 +121,30 @@ pub fn snapshot_of(n: usize) -> Snapshot {
 }
 
 pub fn manifest(version: &str, scorer: &Scorer) -> Manifest {
-    Manifest {
-        format_version: tiering::bundle::FORMAT_VERSION,
-        version: version.into(),
-        created_at: "2024-05-31T12:00:00Z".into(),
-        previous_version: None,
-        data: DataInfo::default(),
-        params: serde_json::Value::Null,
-        as_of: "2024-05-31T00:00:00Z".into(),
-        as_of_ts: AS_OF,
-        horizon_days: 30,
-        churn_definition: ChurnDefinition::NoOrder,
-        features: scorer
-            .features
-            .features
-            .iter()
-            .enumerate()
-            .map(|(j, f)| FeatureSpec {
-                name: f.name().into(),
-                transform: f.transform(),
-                mean: scorer.scaler.mean[j],
-                std: scorer.scaler.std[j],
-            })
-            .collect(),
-        features_left_out: vec![],
-        tiers: scorer
-            .tiers
-            .tiers
-            .iter()
-            .map(|t| TierEntry {
-                id: t.id.clone(),
-                name_en: t.name_en.clone(),
-                name_zh: t.name_zh.clone(),
-                description: t.description.clone(),
-                playbook: t.playbook.clone(),
-                users: 100,
-                share: 0.5,
-                churn_rate: None,
-                mean_churn_probability: 0.5,
-                profile: Default::default(),
-            })
-            .collect(),
-        metrics: Metrics {
-            chosen_model: "logistic_regression".into(),
-            evaluation: "out of time".into(),
-            models: vec![ModelMetrics {
-                name: "logistic_regression".into(),
-                metrics: BinaryMetrics {
-                    n: 200,
-                    positives: 80,
-                    roc_auc: 0.8,
-                    pr_auc: 0.7,
-                    brier: 0.15,
-                    log_loss: 0.45,
-                    lift_top_decile: 2.0,
-                },
-                fit_seconds: 0.1,
-            }],
-            k: 2,
-            ..Default::default()
-        },
-        warnings: vec![],
-        files: Default::default(),
+    let mut m = Manifest::for_scorer(version, "2024-05-31T12:00:00Z", scorer);
+    m.as_of = "2024-05-31T00:00:00Z".into();
+    m.as_of_ts = AS_OF;
+    m.horizon_days = 30;
+    for t in &mut m.tiers {
+        t.users = 100;
+        t.share = 0.5;
+        t.mean_churn_probability = 0.5;
     }
+    m.metrics.evaluation = "out of time".into();
+    m.metrics.models = vec![ModelMetrics {
+        name: "logistic_regression".into(),
+        metrics: BinaryMetrics {
+            n: 200,
+            positives: 80,
+            roc_auc: 0.8,
+            pr_auc: 0.7,
+            brier: 0.15,
+            log_loss: 0.45,
+            lift_top_decile: 2.0,
+        },
+        fit_seconds: 0.1,
+    }];
+    m
 }
 
 /// Writes bundle `version` (recency weight `w`) and makes it current.

@@ -3,11 +3,12 @@
 //! end the same way: one evaluation set, one set of metrics, one [`EvalSets`] builder.
 
 use super::super::config::ValidTrainParams;
-use super::super::pipeline::{rfc3339, EvalSets, TrainError};
+use super::super::pipeline::{EvalSets, TrainError};
 use super::candidates::{evaluate_candidates, fit_candidates, Fitted, BOTH};
 use super::rows::{gather, scale_in_place, Labelled};
 use super::windows::{label_snapshot, Snapshots, Windows};
 use crate::bundle::manifest::ModelMetrics;
+use crate::features::time::format_rfc3339;
 use crate::features::{EventTable, Timestamp, UserAggregate};
 
 /// Share of snapshot B's users held out for an in-time evaluation.
@@ -75,17 +76,17 @@ pub(crate) fn evaluate(
     let description = match w.snap_a {
         Some(snap_a) => format!(
             "out of time: fitted on users known at {} (labels {} to {}), model chosen and calibrated on {:.0}% held-out users of that snapshot, evaluated on all {} users known at {} (labels to {})",
-            rfc3339(snap_a),
-            rfc3339(snap_a),
-            rfc3339(w.snap_b),
+            format_rfc3339(snap_a),
+            format_rfc3339(snap_a),
+            format_rfc3339(w.snap_b),
             params.churn.validation_fraction * 100.0,
             plan.test.y.len(),
-            rfc3339(w.snap_b),
-            rfc3339(w.as_of)
+            format_rfc3339(w.snap_b),
+            format_rfc3339(w.as_of)
         ),
         None => format!(
             "in time (history too short for out of time): fitted at {}, evaluated on {:.0}% held-out users of the same snapshot ({} users)",
-            rfc3339(w.snap_b),
+            format_rfc3339(w.snap_b),
             IN_TIME_TEST_FRACTION * 100.0,
             plan.test.y.len()
         ),
@@ -138,13 +139,13 @@ fn out_of_time(
         params.churn_definition,
     )?;
     class_warnings(
-        &format!("training snapshot {}", rfc3339(snap_a)),
+        &format!("training snapshot {}", format_rfc3339(snap_a)),
         &labelled_a.y,
         params,
         warnings,
     );
     class_warnings(
-        &format!("evaluation snapshot {}", rfc3339(w.snap_b)),
+        &format!("evaluation snapshot {}", format_rfc3339(w.snap_b)),
         &labelled_b.y,
         params,
         warnings,
@@ -193,7 +194,7 @@ fn in_time(
 ) -> Result<Plan, TrainError> {
     let d = snap.features.len();
     class_warnings(
-        &format!("training snapshot {}", rfc3339(w.snap_b)),
+        &format!("training snapshot {}", format_rfc3339(w.snap_b)),
         &labelled_b.y,
         params,
         warnings,

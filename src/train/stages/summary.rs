@@ -2,7 +2,7 @@
 //! personas, tier transitions, feature importance), summed up as the manifest and the report.
 
 use super::super::config::ValidTrainParams;
-use super::super::pipeline::{rfc3339, TrainInput};
+use super::super::pipeline::TrainInput;
 use super::super::report::{self, ReportExtras};
 use super::candidates::Fitted;
 use super::evaluate::Evaluation;
@@ -12,6 +12,7 @@ use super::tiers::Tiering;
 use super::windows::{Snapshots, Windows};
 use crate::bundle::manifest::{FeatureSpec, LeftOut, Manifest, Metrics, TierChanges, TierEntry};
 use crate::bundle::{Bundle, Snapshot};
+use crate::features::time::format_rfc3339;
 use crate::features::{EventTable, LifecycleStage, RfmSegment};
 use crate::model::metrics::{self, BinaryMetrics};
 use crate::model::scorer::{RiskLevel, Score, Scorer};
@@ -223,11 +224,11 @@ pub(crate) fn manifest(f: &Facts) -> Manifest {
     Manifest {
         format_version: crate::bundle::FORMAT_VERSION,
         version: input.version.clone(),
-        created_at: rfc3339(input.created_at),
+        created_at: format_rfc3339(input.created_at),
         previous_version: input.previous.map(|(b, _)| b.manifest.version.clone()),
         data: input.data.clone(),
         params: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
-        as_of: rfc3339(f.windows.as_of),
+        as_of: format_rfc3339(f.windows.as_of),
         as_of_ts: f.windows.as_of,
         horizon_days: cfg.horizon_days,
         churn_definition: cfg.churn_definition,

@@ -1,8 +1,9 @@
 //! Stage 1: the time windows (snapshot times, out of time or not), the point-in-time aggregates
 //! at each snapshot, and the labels of the latest labelled snapshot.
 
-use super::super::pipeline::{rfc3339, user_key, TrainError};
+use super::super::pipeline::{user_key, TrainError};
 use super::rows::{feature_rows, Labelled};
+use crate::features::time::format_rfc3339;
 use crate::features::{
     active_in_window, build_aggregates, known_at, ChurnDefinition, EventTable, Feature, FeatureSet,
     Timestamp, UserAggregate, DAY,
@@ -46,7 +47,7 @@ pub(crate) fn windows(
         let later = table.ts.iter().filter(|&&t| t >= as_of).count();
         warnings.push(format!(
             "{later} events at or after --as-of {} were ignored",
-            rfc3339(as_of)
+            format_rfc3339(as_of)
         ));
     }
     // Out of time needs snapshot A to carry at least one horizon of history.
@@ -112,7 +113,7 @@ pub(crate) fn label_snapshot(
     let active = active_in_window(table, t, t + horizon, definition);
     let users: Vec<usize> = (0..aggs.len()).filter(|&u| known_at(&aggs[u], t)).collect();
     if users.is_empty() {
-        return Err(TrainError::NoUsers(rfc3339(t)));
+        return Err(TrainError::NoUsers(format_rfc3339(t)));
     }
     let y: Vec<bool> = users.iter().map(|&u| !active[u]).collect();
     let x = feature_rows(aggs, &users, &snap.features, t);

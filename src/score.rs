@@ -10,7 +10,7 @@ const ROWS_PER_BLOCK: usize = 1 << 15;
 
 /// The output row of one scored user (`tiering score`, the bundle's `scores.parquet`).
 /// `factors` is `scorer.format_factors(score)`, passed in so callers can reuse its buffer.
-pub fn score_row<'a>(
+pub(crate) fn score_row<'a>(
     scorer: &'a Scorer,
     user_id: &'a str,
     s: &Score,

@@ -33,13 +33,13 @@ pub mod manifest;
 pub use manifest::Manifest;
 
 /// Bumped whenever the on-disk layout or the meaning of a field changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 pub const MANIFEST: &str = "manifest.json";
-pub const MANIFEST_SUM: &str = "manifest.sha256";
+pub(crate) const MANIFEST_SUM: &str = "manifest.sha256";
 pub const MODEL: &str = "model.json";
 pub const STATE: &str = "state.bin";
-pub const SCORES: &str = "scores.parquet";
+pub(crate) const SCORES: &str = "scores.parquet";
 pub const REPORT: &str = "report.html";
 const CURRENT: &str = "CURRENT";
 const HISTORY: &str = "HISTORY";
@@ -94,7 +94,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
 }
 
 /// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, BundleError> {
     let mut f = fs::File::open(path).map_err(io_err(path))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(io_err(path))?;
@@ -202,7 +202,11 @@ impl PendingBundle {
 
     /// Writes `model.json` and `state.bin` (the model and the users' state) into the pending
     /// directory. Takes `&self` so callers can write other files alongside at the same time.
-    pub fn write_payload(&self, scorer: &Scorer, snapshot: &Snapshot) -> Result<(), BundleError> {
+    pub(crate) fn write_payload(
+        &self,
+        scorer: &Scorer,
+        snapshot: &Snapshot,
+    ) -> Result<(), BundleError> {
         let model_path = self.tmp.join(MODEL);
         let json = serde_json::to_vec_pretty(scorer).map_err(|e| BundleError::Corrupt {
             path: model_path.clone(),
@@ -222,7 +226,7 @@ impl PendingBundle {
 
     /// Checksums every file written so far into the manifest, writes it, and renames the
     /// directory into place.
-    pub fn seal(self, mut manifest: Manifest) -> Result<PathBuf, BundleError> {
+    pub(crate) fn seal(self, mut manifest: Manifest) -> Result<PathBuf, BundleError> {
         let mut entries = Vec::new();
         for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
             let entry = entry.map_err(io_err(&self.tmp))?;

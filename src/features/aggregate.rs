@@ -20,9 +20,9 @@
 use super::event::{Event, EventKind, Timestamp, DAY};
 
 /// Weeks of activity history kept for the trend (recent window vs the one before).
-pub const TREND_WEEKS: usize = 8;
+pub(crate) const TREND_WEEKS: usize = 8;
 /// Weeks in one trend window: the trend compares the last 4 weeks with the 4 before.
-pub const TREND_WINDOW_WEEKS: usize = TREND_WEEKS / 2;
+pub(crate) const TREND_WINDOW_WEEKS: usize = TREND_WEEKS / 2;
 const WEEK: i64 = 7 * DAY;
 
 /// Accumulated activity of one user. Sentinels instead of `Option` keep it `Copy` and compact.
@@ -94,7 +94,7 @@ fn sketch_bit(hash: u32) -> u64 {
 }
 
 /// Linear-counting estimate of the distinct items recorded in a 64-bit sketch.
-pub fn sketch_estimate(sketch: u64) -> f64 {
+pub(crate) fn sketch_estimate(sketch: u64) -> f64 {
     let zeros = f64::from(sketch.count_zeros());
     if zeros == 0.0 {
         // Saturated: the estimate's ceiling (64 ln 64).
@@ -105,7 +105,7 @@ pub fn sketch_estimate(sketch: u64) -> f64 {
 
 impl UserAggregate {
     /// "No such time" sentinel.
-    pub const NONE: Timestamp = i64::MIN;
+    pub(crate) const NONE: Timestamp = i64::MIN;
 
     pub fn with_registration(registered_at: Option<Timestamp>) -> Self {
         UserAggregate {
@@ -115,12 +115,12 @@ impl UserAggregate {
     }
 
     /// True once any event was applied.
-    pub fn has_activity(&self) -> bool {
+    pub(crate) fn has_activity(&self) -> bool {
         self.last_activity != Self::NONE
     }
 
     /// Start of the user's tenure: registration, else first event.
-    pub fn tenure_start(&self) -> Option<Timestamp> {
+    pub(crate) fn tenure_start(&self) -> Option<Timestamp> {
         match (self.registered_at, self.first_seen) {
             (Self::NONE, Self::NONE) => None,
             (Self::NONE, f) => Some(f),
@@ -199,7 +199,7 @@ impl UserAggregate {
     }
 
     /// Events in the recent trend window and in the one before it, as of `t`.
-    pub fn trend_windows(&self, t: Timestamp) -> (u32, u32) {
+    pub(crate) fn trend_windows(&self, t: Timestamp) -> (u32, u32) {
         if self.week_anchor == i64::MIN {
             return (0, 0);
         }
@@ -216,11 +216,11 @@ impl UserAggregate {
         (recent, prior)
     }
 
-    pub fn distinct_rooms(&self) -> f64 {
+    pub(crate) fn distinct_rooms(&self) -> f64 {
         sketch_estimate(self.room_sketch)
     }
 
-    pub fn distinct_categories(&self) -> f64 {
+    pub(crate) fn distinct_categories(&self) -> f64 {
         sketch_estimate(self.category_sketch)
     }
 }

@@ -22,7 +22,7 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// 32-bit FNV-1a of `bytes`.
 #[inline]
-pub fn fnv1a32(bytes: &[u8]) -> u32 {
+pub(crate) fn fnv1a32(bytes: &[u8]) -> u32 {
     let mut h = FNV32_OFFSET;
     for &b in bytes {
         h ^= u32::from(b);

@@ -40,14 +40,14 @@ impl StandardScaler {
     }
 
     #[inline]
-    pub fn transform_in_place(&self, row: &mut [f64]) {
+    pub(crate) fn transform_in_place(&self, row: &mut [f64]) {
         for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
             *x = (*x - m) / s;
         }
     }
 
     #[inline]
-    pub fn inverse_in_place(&self, row: &mut [f64]) {
+    pub(crate) fn inverse_in_place(&self, row: &mut [f64]) {
         for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
             *x = *x * s + m;
         }

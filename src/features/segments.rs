@@ -79,7 +79,12 @@ impl RfmSegment {
         RfmSegment::NonBuyer,
     ];
 
-    pub fn classify(recency_days: f64, orders: f64, spend: f64, th: &RfmThresholds) -> RfmSegment {
+    pub(crate) fn classify(
+        recency_days: f64,
+        orders: f64,
+        spend: f64,
+        th: &RfmThresholds,
+    ) -> RfmSegment {
         if orders <= 0.0 {
             return RfmSegment::NonBuyer;
         }
@@ -154,7 +159,7 @@ impl Default for LifecycleThresholds {
 
 impl LifecycleThresholds {
     /// Thresholds must be positive and ordered silent < at_risk < churned.
-    pub fn is_valid(&self) -> bool {
+    pub(crate) fn is_valid(&self) -> bool {
         self.new_days > 0.0
             && self.silent_days > 0.0
             && self.silent_days < self.at_risk_days
@@ -182,7 +187,11 @@ impl LifecycleStage {
     ];
 
     /// Inactivity decides first (a quiet user is silent however new), then tenure.
-    pub fn classify(tenure_days: f64, days_since_activity: f64, th: &LifecycleThresholds) -> Self {
+    pub(crate) fn classify(
+        tenure_days: f64,
+        days_since_activity: f64,
+        th: &LifecycleThresholds,
+    ) -> Self {
         if days_since_activity > th.churned_days {
             LifecycleStage::Churned
         } else if days_since_activity > th.at_risk_days {
@@ -206,7 +215,7 @@ impl LifecycleStage {
         }
     }
 
-    pub fn from_id(s: &str) -> Option<Self> {
+    pub(crate) fn from_id(s: &str) -> Option<Self> {
         LifecycleStage::ALL.into_iter().find(|l| l.id() == s)
     }
 

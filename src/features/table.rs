@@ -45,7 +45,7 @@ impl EventTable {
     }
 
     /// Room for `events` more events in every event column.
-    pub fn reserve(&mut self, events: usize) {
+    pub(crate) fn reserve(&mut self, events: usize) {
         self.user.reserve(events);
         self.ts.reserve(events);
         self.kind.reserve(events);
@@ -87,7 +87,7 @@ impl EventTable {
     /// Appends `other`'s events without their users: `other`'s user indexes mean nothing here,
     /// so the caller pushes one `user` per appended event. Every field is named, so a new column
     /// cannot be missed.
-    pub fn extend_events(&mut self, other: &EventTable) {
+    pub(crate) fn extend_events(&mut self, other: &EventTable) {
         let EventTable {
             user_ids: _,
             index: _,
@@ -139,7 +139,7 @@ impl EventTable {
         self.ts.is_empty()
     }
 
-    pub fn n_users(&self) -> usize {
+    pub(crate) fn n_users(&self) -> usize {
         self.user_ids.len()
     }
 
@@ -160,12 +160,12 @@ impl EventTable {
     }
 
     /// Time of the first event, if any.
-    pub fn min_ts(&self) -> Option<Timestamp> {
+    pub(crate) fn min_ts(&self) -> Option<Timestamp> {
         self.ts.iter().copied().min()
     }
 
     /// Which kinds occur at all (a plain transaction log has only orders).
-    pub fn kinds_present(&self) -> [bool; EventKind::ALL.len()] {
+    pub(crate) fn kinds_present(&self) -> [bool; EventKind::ALL.len()] {
         let mut seen = [false; EventKind::ALL.len()];
         for k in &self.kind {
             seen[*k as usize] = true;

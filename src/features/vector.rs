@@ -184,7 +184,7 @@ impl FeatureSet {
     /// Behaviour counts need events of their kind; watch time needs the `watch_seconds` column;
     /// rooms and categories need their columns. A plain transaction log keeps the RFM, tenure,
     /// activity and trend features.
-    pub fn supported_by(
+    pub(crate) fn supported_by(
         columns: ColumnsPresent,
         kinds_present: &[bool; EventKind::ALL.len()],
     ) -> (FeatureSet, Vec<(Feature, &'static str)>) {

@@ -55,10 +55,10 @@ pub const CATEGORIES: [&str; 10] = [
 ];
 
 /// Largest history accepted (ten years): the per-user day loop is linear in it.
-pub const MAX_DAYS: u32 = 3650;
+pub(crate) const MAX_DAYS: u32 = 3650;
 
 /// Largest population accepted; user ids stay readable and the run stays in hours, not days.
-pub const MAX_USERS: u64 = 100_000_000;
+pub(crate) const MAX_USERS: u64 = 100_000_000;
 
 /// How far before the history long-standing users may have registered.
 const PRE_HISTORY: i64 = 365 * DAY;
@@ -233,7 +233,7 @@ impl GeneratedEvent {
         (self.kind == EventKind::View).then_some(self.watch_seconds)
     }
 
-    pub fn category_name(&self) -> &'static str {
+    pub(crate) fn category_name(&self) -> &'static str {
         CATEGORIES[usize::from(self.category)]
     }
 

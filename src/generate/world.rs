@@ -129,26 +129,26 @@ impl World {
         }
     }
 
-    pub fn n_rooms(&self) -> usize {
+    pub(crate) fn n_rooms(&self) -> usize {
         self.room_category.len()
     }
 
     /// A room by popularity.
-    pub fn sample_room(&self, rng: &mut Xoshiro256PlusPlus) -> u32 {
+    pub(crate) fn sample_room(&self, rng: &mut Xoshiro256PlusPlus) -> u32 {
         let u = rng.gen::<f64>();
         let i = self.room_cum.partition_point(|c| *c <= u);
         i.min(self.n_rooms() - 1) as u32
     }
 
     /// Seconds after midnight for a session start, following the hourly profile.
-    pub fn sample_time_of_day(&self, rng: &mut Xoshiro256PlusPlus) -> i64 {
+    pub(crate) fn sample_time_of_day(&self, rng: &mut Xoshiro256PlusPlus) -> i64 {
         let u = rng.gen::<f64>();
         let h = self.hour_cum.iter().position(|c| u < *c).unwrap_or(23) as i64;
         h * 3600 + rng.gen_range(0..3600)
     }
 
     /// Session multiplier of a calendar day (index from `first_day`) for a persona.
-    pub fn session_mult(&self, k: usize, spec: &Spec) -> f64 {
+    pub(crate) fn session_mult(&self, k: usize, spec: &Spec) -> f64 {
         self.day_mult[k] * (1.0 + (spec.sale_pull - 1.0) * self.day_sale[k])
     }
 }

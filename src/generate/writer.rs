@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Column names of the events table (the data contract's order).
-pub const EVENT_COLUMNS: [&str; 7] = [
+pub(crate) const EVENT_COLUMNS: [&str; 7] = [
     "user_id",
     "ts",
     "kind",
@@ -35,10 +35,10 @@ pub const EVENT_COLUMNS: [&str; 7] = [
 ];
 
 /// Column names of the users table. `persona` is ground truth, ignored by the readers.
-pub const USER_COLUMNS: [&str; 3] = ["user_id", "registered_at", "persona"];
+pub(crate) const USER_COLUMNS: [&str; 3] = ["user_id", "registered_at", "persona"];
 
 /// Rows per Parquet row group.
-pub const ROW_GROUP_ROWS: usize = 1 << 20;
+pub(crate) const ROW_GROUP_ROWS: usize = 1 << 20;
 
 /// Rows per Arrow batch handed to the Parquet writer (it assembles row groups from them).
 const BATCH_ROWS: usize = 1 << 16;
@@ -91,7 +91,7 @@ fn put_2(buf: &mut [u8], n: u32) {
 /// RFC 3339 UTC seconds (`2026-05-01T12:34:56Z`) without a date library or an allocation: the
 /// date part is recomputed only when the day changes (a user's events are sorted by time).
 #[derive(Debug, Clone)]
-pub struct TsFormatter {
+pub(crate) struct TsFormatter {
     day: i64,
     buf: [u8; 20],
 }
@@ -113,7 +113,7 @@ impl TsFormatter {
     }
 
     /// [`TsFormatter::format`] as bytes, for the CSV writer.
-    pub fn format_bytes(&mut self, ts: Timestamp) -> &[u8] {
+    pub(crate) fn format_bytes(&mut self, ts: Timestamp) -> &[u8] {
         let day = ts.div_euclid(DAY);
         let sod = ts.rem_euclid(DAY) as u32;
         if day != self.day {
@@ -209,7 +209,7 @@ fn csv_writer<W: Write>(inner: W) -> csv::Writer<W> {
 }
 
 /// The events table as CSV, header first.
-pub struct EventsCsvWriter<W: Write> {
+pub(crate) struct EventsCsvWriter<W: Write> {
     wtr: csv::Writer<W>,
     f: RowFields,
 }
@@ -266,7 +266,7 @@ impl<W: Write> EventsCsvWriter<W> {
 }
 
 /// The users table as CSV, header first.
-pub struct UsersCsvWriter<W: Write> {
+pub(crate) struct UsersCsvWriter<W: Write> {
     wtr: csv::Writer<W>,
     f: RowFields,
 }
@@ -310,7 +310,7 @@ fn parquet_props() -> WriterProperties {
 
 /// Arrow schema of the events table: text columns as Utf8 (`ts` is the same RFC 3339 text as the
 /// CSV), `amount` Float64 and `watch_seconds` Int64, both null where they do not apply.
-pub fn events_schema() -> SchemaRef {
+pub(crate) fn events_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("ts", DataType::Utf8, false),
@@ -323,7 +323,7 @@ pub fn events_schema() -> SchemaRef {
 }
 
 /// Arrow schema of the users table.
-pub fn users_schema() -> SchemaRef {
+pub(crate) fn users_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("registered_at", DataType::Utf8, false),
@@ -372,7 +372,7 @@ impl<W: Write + Send> Batches<W> {
 }
 
 /// The events table as Parquet (snappy, row groups of [`ROW_GROUP_ROWS`]).
-pub struct EventsParquetWriter<W: Write + Send> {
+pub(crate) struct EventsParquetWriter<W: Write + Send> {
     batches: Batches<W>,
     user_id: StringBuilder,
     ts: StringBuilder,
@@ -445,7 +445,7 @@ impl<W: Write + Send> EventsParquetWriter<W> {
 }
 
 /// The users table as Parquet.
-pub struct UsersParquetWriter<W: Write + Send> {
+pub(crate) struct UsersParquetWriter<W: Write + Send> {
     batches: Batches<W>,
     user_id: StringBuilder,
     registered_at: StringBuilder,

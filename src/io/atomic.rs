@@ -51,7 +51,7 @@ pub enum AtomicError {
 }
 
 /// Writes `bytes` to `path` atomically (see the module docs).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
     let mut file = AtomicFile::create(path)?;
     file.write_all(bytes).map_err(|source| AtomicError::Write {
         path: path.to_path_buf(),

@@ -68,7 +68,7 @@ pub struct ReadReport {
 }
 
 /// How many skipped-row messages [`ReadReport::bad_row_samples`] keeps.
-pub const MAX_BAD_ROW_SAMPLES: usize = 10;
+pub(crate) const MAX_BAD_ROW_SAMPLES: usize = 10;
 
 /// Counts bad rows against `max_bad_rows`, keeping the first messages.
 #[derive(Debug)]

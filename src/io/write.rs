@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::atomic::{AtomicError, AtomicFile};
 
 /// Columns of the scores table, in this order in both formats.
-pub const SCORE_COLUMNS: [&str; 9] = [
+pub(crate) const SCORE_COLUMNS: [&str; 9] = [
     "user_id",
     "tier_id",
     "tier_name",
@@ -35,7 +35,7 @@ pub const SCORE_COLUMNS: [&str; 9] = [
 ];
 
 /// Rows per Parquet record batch.
-pub const PARQUET_BATCH_ROWS: usize = 1 << 16;
+pub(crate) const PARQUET_BATCH_ROWS: usize = 1 << 16;
 
 /// One scored user.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,7 +19,7 @@ impl Default for Platt {
 }
 
 #[inline]
-pub fn sigmoid(z: f64) -> f64 {
+pub(crate) fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {
         1.0 / (1.0 + (-z).exp())
     } else {

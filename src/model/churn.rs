@@ -140,7 +140,7 @@ impl LinearModel {
     }
 
     #[inline]
-    pub fn score_explained(&self, x: &[f64], contrib: &mut [f64]) -> f64 {
+    pub(crate) fn score_explained(&self, x: &[f64], contrib: &mut [f64]) -> f64 {
         for ((c, w), v) in contrib.iter_mut().zip(&self.weights).zip(x) {
             *c = w * v;
         }
@@ -320,7 +320,7 @@ impl Forest {
     }
 
     #[inline]
-    pub fn score_explained(&self, x: &[f64], contrib: &mut [f64]) -> f64 {
+    pub(crate) fn score_explained(&self, x: &[f64], contrib: &mut [f64]) -> f64 {
         contrib.fill(0.0);
         let (ni, na) = (self.internal(), self.all());
         let mut s = self.base_score;
@@ -350,7 +350,7 @@ impl Forest {
     /// tree together lets the CPU overlap their dependent loads; results equal
     /// [`Forest::score_explained`] row by row.
     #[inline]
-    pub fn score_explained_block(
+    pub(crate) fn score_explained_block(
         &self,
         xs: &[f64],
         d: usize,
@@ -426,7 +426,7 @@ fn column_major(x: &[f64], cols: usize) -> Vec<f64> {
 }
 
 /// Rows scored together by the block paths.
-pub const BLOCK: usize = 8;
+pub(crate) const BLOCK: usize = 8;
 
 /// The fitted churn model, whichever kind won validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,7 +455,7 @@ impl ChurnModel {
 
     /// Raw log-odds, and each feature's contribution to it in `contrib`.
     #[inline]
-    pub fn score_explained(&self, x: &[f64], contrib: &mut [f64]) -> f64 {
+    pub(crate) fn score_explained(&self, x: &[f64], contrib: &mut [f64]) -> f64 {
         match self {
             ChurnModel::Logistic(m) => m.score_explained(x, contrib),
             ChurnModel::Boosted(m) => m.score_explained(x, contrib),
@@ -465,7 +465,7 @@ impl ChurnModel {
     /// Raw log-odds and contributions of up to [`BLOCK`] rows (see
     /// [`Forest::score_explained_block`]).
     #[inline]
-    pub fn score_explained_block(
+    pub(crate) fn score_explained_block(
         &self,
         xs: &[f64],
         d: usize,

@@ -40,7 +40,7 @@ impl TierIdentity {
     }
 }
 
-pub struct Archetype {
+pub(crate) struct Archetype {
     pub id: &'static str,
     pub name_en: &'static str,
     pub name_zh: &'static str,
@@ -73,7 +73,7 @@ impl Archetype {
     }
 }
 
-pub const CATALOGUE: &[Archetype] = &[
+pub(crate) const CATALOGUE: &[Archetype] = &[
     Archetype {
         id: "core_fans",
         name_en: "Core fans",
@@ -225,7 +225,7 @@ pub const CATALOGUE: &[Archetype] = &[
 ];
 
 /// A neutral identity for clusters beyond the catalogue.
-pub fn generic(n: usize) -> TierIdentity {
+pub(crate) fn generic(n: usize) -> TierIdentity {
     TierIdentity {
         id: format!("segment_{n}"),
         name_en: format!("Segment {n}"),
@@ -240,7 +240,7 @@ const COST_SCALE: f64 = 1e6;
 
 /// For each centroid, the index into `free` of its archetype (`None` when there are more
 /// centroids than archetypes and this one got none). Maximises the total score.
-pub fn assign_archetypes(
+pub(crate) fn assign_archetypes(
     centroids: &[&[f64]],
     features: &[Feature],
     free: &[&Archetype],

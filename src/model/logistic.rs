@@ -28,7 +28,7 @@ const CHUNK: usize = 8192;
 
 /// Fitted coefficients.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fit {
+pub(crate) struct Fit {
     pub weights: Vec<f64>,
     pub bias: f64,
     /// Newton steps taken.

@@ -173,7 +173,7 @@ pub fn evaluate(probs: &[f64], labels: &[bool]) -> BinaryMetrics {
 }
 
 /// [`evaluate`] and [`roc_curve`] from a single sort.
-pub fn evaluate_with_curve(
+pub(crate) fn evaluate_with_curve(
     probs: &[f64],
     labels: &[bool],
     max_points: usize,
@@ -202,7 +202,11 @@ pub struct CalibrationRow {
 }
 
 /// Reliability table over `bins` equal-width probability bins (empty bins omitted).
-pub fn calibration_table(probs: &[f64], labels: &[bool], bins: usize) -> Vec<CalibrationRow> {
+pub(crate) fn calibration_table(
+    probs: &[f64],
+    labels: &[bool],
+    bins: usize,
+) -> Vec<CalibrationRow> {
     let bins = bins.max(1);
     let mut sum_p = vec![0.0; bins];
     let mut sum_y = vec![0.0; bins];
@@ -226,7 +230,7 @@ pub fn calibration_table(probs: &[f64], labels: &[bool], bins: usize) -> Vec<Cal
 }
 
 /// Adjusted Rand index between two labelings of the same items.
-pub fn adjusted_rand_index(a: &[usize], b: &[usize]) -> f64 {
+pub(crate) fn adjusted_rand_index(a: &[usize], b: &[usize]) -> f64 {
     let n = a.len();
     if n < 2 {
         return f64::NAN;

@@ -14,7 +14,7 @@
 pub mod calibration;
 pub mod churn;
 pub mod identity;
-pub mod logistic;
+pub(crate) mod logistic;
 pub mod metrics;
 pub mod scorer;
 pub mod tiers;

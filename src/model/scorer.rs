@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 const MAX_FEATURES: usize = Feature::ALL.len();
 /// Reasons reported per user.
-pub const TOP_FACTORS: usize = 3;
+pub(crate) const TOP_FACTORS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -58,7 +58,7 @@ impl Default for RiskThresholds {
 }
 
 impl RiskThresholds {
-    pub fn is_valid(&self) -> bool {
+    pub(crate) fn is_valid(&self) -> bool {
         0.0 < self.medium && self.medium < self.high && self.high < 1.0
     }
 
@@ -252,7 +252,11 @@ impl Scorer {
     /// Tier, RFM segment and lifecycle stage of one user as of `t`: what [`Scorer::score`]
     /// gives without running the churn model.
     #[inline]
-    pub fn placement(&self, a: &UserAggregate, t: Timestamp) -> (u16, RfmSegment, LifecycleStage) {
+    pub(crate) fn placement(
+        &self,
+        a: &UserAggregate,
+        t: Timestamp,
+    ) -> (u16, RfmSegment, LifecycleStage) {
         let d = self.features.len();
         let mut raw = [0.0; MAX_FEATURES];
         let mut x = [0.0; MAX_FEATURES];
@@ -262,7 +266,7 @@ impl Scorer {
     }
 
     /// Recomputes `risk_percentile` of scores made before the quantile table was set.
-    pub fn refresh_percentiles(&self, scores: &mut [Score]) {
+    pub(crate) fn refresh_percentiles(&self, scores: &mut [Score]) {
         scores
             .par_iter_mut()
             .for_each(|s| s.risk_percentile = self.percentile(s.churn_probability));
@@ -355,7 +359,7 @@ impl Scorer {
     }
 
     /// "feature=+0.42 (value)" joined by "; " — the reasons as one text column.
-    pub fn format_factors(&self, s: &Score) -> String {
+    pub(crate) fn format_factors(&self, s: &Score) -> String {
         let mut out = String::new();
         for (i, f) in s.factors().iter().enumerate() {
             if i > 0 {

@@ -88,7 +88,7 @@ impl std::ops::Deref for ValidTierParams {
 }
 
 /// The largest k: one per archetype, plus a few generic segments.
-pub fn max_k() -> usize {
+pub(crate) fn max_k() -> usize {
     identity::CATALOGUE.len() + 4
 }
 
@@ -210,7 +210,7 @@ fn nearest(centroids: &[f64], dims: usize, x: &[f64]) -> (usize, f64) {
 }
 
 /// SplitMix64: a fixed, well-mixed hash for choosing sample rows by key.
-pub fn mix64(mut z: u64) -> u64 {
+pub(crate) fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -218,7 +218,7 @@ pub fn mix64(mut z: u64) -> u64 {
 }
 
 /// Up to `n` row indices chosen and ordered by the hash of their key: independent of row order.
-pub fn keyed_sample(keys: &[u64], n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn keyed_sample(keys: &[u64], n: usize, seed: u64) -> Vec<usize> {
     let mut idx: Vec<(u64, usize)> = keys
         .iter()
         .enumerate()

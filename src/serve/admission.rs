@@ -25,17 +25,17 @@ const MARGIN: Duration = Duration::from_micros(250);
 
 /// The instant after which a request's answer is useless to its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestDeadline(pub Option<Instant>);
+pub(crate) struct RequestDeadline(pub Option<Instant>);
 
 impl RequestDeadline {
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.0.is_some_and(|d| Instant::now() >= d)
     }
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n). Malformed values are ignored,
 /// as tonic does.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
         return None;
     }
@@ -53,7 +53,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 #[derive(Clone)]
-pub struct AdmissionLayer {
+pub(crate) struct AdmissionLayer {
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -79,7 +79,7 @@ impl<S> tower::Layer<S> for AdmissionLayer {
 }
 
 #[derive(Clone)]
-pub struct Admission<S> {
+pub(crate) struct Admission<S> {
     inner: S,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,

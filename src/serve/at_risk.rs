@@ -42,7 +42,7 @@ pub struct Page {
 
 /// What a page token carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PageToken {
+pub(crate) struct PageToken {
     pub as_of: Timestamp,
     pub last_probability: f64,
     pub last_user: String,
@@ -63,7 +63,7 @@ impl PageToken {
         hex::encode(bytes)
     }
 
-    pub fn decode(token: &str) -> Option<PageToken> {
+    pub(crate) fn decode(token: &str) -> Option<PageToken> {
         let bytes = hex::decode(token).ok()?;
         if bytes.len() < 5 || bytes[0] != TOKEN_VERSION {
             return None;

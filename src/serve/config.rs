@@ -70,7 +70,7 @@ pub enum ConfigError {
 }
 
 /// Prefix of the environment variables that override the configuration file.
-pub const ENV_PREFIX: &str = "TIERING__";
+pub(crate) const ENV_PREFIX: &str = "TIERING__";
 
 /// Everything `tiering serve` can be told. Each field says why it exists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

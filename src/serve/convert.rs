@@ -12,9 +12,9 @@ use crate::model::Score;
 use crate::pb::{self as proto, MAX_SECONDS, MIN_SECONDS};
 
 /// Longest user id accepted.
-pub const MAX_USER_ID_BYTES: usize = 256;
+pub(crate) const MAX_USER_ID_BYTES: usize = 256;
 /// Largest order value accepted: far above any real order, far below where sums lose meaning.
-pub const MAX_AMOUNT: f64 = 1e12;
+pub(crate) const MAX_AMOUNT: f64 = 1e12;
 
 /// A user id: non-empty, at most [`MAX_USER_ID_BYTES`].
 pub fn user_id<'a>(field: &str, id: &'a str) -> Result<&'a str, RequestError> {
@@ -31,7 +31,11 @@ pub fn user_id<'a>(field: &str, id: &'a str) -> Result<&'a str, RequestError> {
 }
 
 /// Count check for repeated fields.
-pub fn within_limit(field: &'static str, count: usize, limit: usize) -> Result<(), RequestError> {
+pub(crate) fn within_limit(
+    field: &'static str,
+    count: usize,
+    limit: usize,
+) -> Result<(), RequestError> {
     if count > limit {
         return Err(RequestError::TooMany {
             field,
@@ -78,7 +82,7 @@ fn past_time(
     Ok(t)
 }
 
-pub fn to_timestamp(t: Timestamp) -> prost_types::Timestamp {
+pub(crate) fn to_timestamp(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t,
         nanos: 0,
@@ -185,7 +189,12 @@ pub fn score_user(
 }
 
 /// A scored user, every field filled.
-pub fn user_tier(user_id: &str, s: &Score, model: &LiveModel, as_of: Timestamp) -> proto::UserTier {
+pub(crate) fn user_tier(
+    user_id: &str,
+    s: &Score,
+    model: &LiveModel,
+    as_of: Timestamp,
+) -> proto::UserTier {
     let scorer = &model.scorer;
     let tier = scorer.tiers.tiers.get(usize::from(s.tier));
     proto::UserTier {
@@ -220,7 +229,7 @@ pub fn user_tier(user_id: &str, s: &Score, model: &LiveModel, as_of: Timestamp) 
 }
 
 /// GetModelInfo, from the manifest.
-pub fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelInfo {
+pub(crate) fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelInfo {
     let m = &model.manifest;
     let created_at = chrono::DateTime::parse_from_rfc3339(&m.created_at)
         .ok()
@@ -285,7 +294,7 @@ pub struct PageLimits {
 }
 
 /// ListAtRiskUsers: filters resolved against the model, the page token checked.
-pub fn at_risk_query(
+pub(crate) fn at_risk_query(
     req: &proto::ListAtRiskUsersRequest,
     model: &LiveModel,
     limits: PageLimits,

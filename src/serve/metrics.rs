@@ -166,7 +166,7 @@ impl Metrics {
     }
 
     /// One finished request; `code` is `None` on success.
-    pub fn observe(&self, rpc: Rpc, elapsed: Duration, code: Option<tonic::Code>) {
+    pub(crate) fn observe(&self, rpc: Rpc, elapsed: Duration, code: Option<tonic::Code>) {
         if let Some(h) = self.rpcs.get(rpc as usize) {
             h.requests.inc();
             h.latency.observe(elapsed.as_secs_f64());
@@ -178,29 +178,29 @@ impl Metrics {
         }
     }
 
-    pub fn model_loaded(&self, version: &str) {
+    pub(crate) fn model_loaded(&self, version: &str) {
         self.model_info.reset();
         self.model_info.with_label_values(&[version]).set(1);
         self.model_reloads.with_label_values(&["loaded"]).inc();
     }
 
-    pub fn model_refused(&self) {
+    pub(crate) fn model_refused(&self) {
         self.model_reloads.with_label_values(&["refused"]).inc();
     }
 
-    pub fn events_ingested(&self, n: u64, users: usize) {
+    pub(crate) fn events_ingested(&self, n: u64, users: usize) {
         self.events_ingested.inc_by(n);
         self.users_held.set(users as i64);
     }
 
-    pub fn wal_commit(&self, requests: usize, elapsed: Duration) {
+    pub(crate) fn wal_commit(&self, requests: usize, elapsed: Duration) {
         self.wal_commits.inc();
         self.wal_group.observe(requests as f64);
         self.wal_sync_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "encoding metrics");

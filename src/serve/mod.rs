@@ -31,14 +31,14 @@
 //! `MODELS/CURRENT` changes or on SIGHUP. Shutdown: health goes NOT_SERVING, in-flight requests
 //! drain, background tasks stop, and a final snapshot is written.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod at_risk;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod metrics;
 pub mod service;
-pub mod slot;
+pub(crate) mod slot;
 pub mod state;
 
 pub use config::{Clock, ConfigError, ServeConfig, ValidServeConfig};

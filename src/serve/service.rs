@@ -36,7 +36,7 @@ pub struct Context {
 }
 
 #[derive(Clone)]
-pub struct TieringService {
+pub(crate) struct TieringService {
     ctx: Arc<Context>,
 }
 

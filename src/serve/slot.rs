@@ -23,7 +23,7 @@ use tonic_health::ServingStatus;
 
 /// Why a bundle was not made live (it is logged and counted; the old model keeps serving).
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub(crate) enum ModelError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("{dir}: the manifest names version {version:?}, not its directory")]
@@ -57,7 +57,7 @@ pub struct LiveModel {
 
 impl LiveModel {
     /// Checks what the bundle store does not: consistent ids, and that scoring works.
-    pub fn from_bundle(bundle: Bundle) -> Result<Self, ModelError> {
+    pub(crate) fn from_bundle(bundle: Bundle) -> Result<Self, ModelError> {
         let version = bundle.manifest.version.clone();
         if bundle.dir.file_name().and_then(|n| n.to_str()) != Some(version.as_str()) {
             return Err(ModelError::VersionMismatch {
@@ -137,10 +137,10 @@ impl ModelSlot {
 }
 
 /// Name the health service reports our service under.
-pub const SERVICE_NAME: &str = "tiering.v1.Tiering";
+pub(crate) const SERVICE_NAME: &str = "tiering.v1.Tiering";
 
 /// Watches `MODELS/CURRENT` and swaps models in.
-pub struct Loader {
+pub(crate) struct Loader {
     pub store: BundleStore,
     pub slot: Arc<ModelSlot>,
     /// The user state, seeded from the first model's snapshot.

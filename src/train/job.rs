@@ -107,7 +107,7 @@ pub enum RunError {
 
 /// The bundle that is current in `store`, with its state; `None` (with a warning in the log)
 /// when there is none or it does not load.
-pub fn previous_bundle(store: &BundleStore) -> Option<(Bundle, Snapshot)> {
+pub(crate) fn previous_bundle(store: &BundleStore) -> Option<(Bundle, Snapshot)> {
     match store.current() {
         Ok(Some(v)) => match store
             .load(&v)

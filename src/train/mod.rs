@@ -41,7 +41,7 @@ pub enum WriteBundleError {
 }
 
 /// A new version id: creation time (sortable) and a hash of what went in.
-pub fn version_id(
+pub(crate) fn version_id(
     created: chrono::DateTime<chrono::Utc>,
     fingerprint: &str,
     cfg: &TrainConfig,
@@ -67,7 +67,10 @@ pub fn version_id(
 
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
 /// into place, validates it by loading it back, and only then makes it current.
-pub fn write_bundle(store: &BundleStore, trained: &Trained) -> Result<PathBuf, WriteBundleError> {
+pub(crate) fn write_bundle(
+    store: &BundleStore,
+    trained: &Trained,
+) -> Result<PathBuf, WriteBundleError> {
     let version = trained.manifest.version.clone();
     let pending = store.begin(&version)?;
     let scorer = &trained.scorer;

@@ -79,7 +79,7 @@ const STYLE: &str = include_str!("style.css");
 ///
 /// Inline CSS and SVG only: no scripts, fonts, images or links to fetch, so the file can be
 /// mailed, archived with the bundle and printed. Every piece of text is escaped.
-pub fn render(m: &Manifest, x: &ReportExtras) -> String {
+pub(crate) fn render(m: &Manifest, x: &ReportExtras) -> String {
     let mut out = String::with_capacity(96 * 1024);
     let title = if m.version.trim().is_empty() {
         "Training report".to_string()

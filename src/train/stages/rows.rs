@@ -18,7 +18,7 @@ pub(crate) struct Labelled {
 
 impl Labelled {
     /// The rows `rows` (indices into this set), in that order.
-    pub fn subset(&self, rows: &[usize], d: usize) -> Labelled {
+    pub(crate) fn subset(&self, rows: &[usize], d: usize) -> Labelled {
         Labelled {
             users: rows.iter().map(|&i| self.users[i]).collect(),
             x: gather(&self.x, d, rows),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub const SNAPSHOT: &str = "state.bin";
 const LOCK: &str = "LOCK";
 
-pub fn segment_name(gen: u64) -> String {
+pub(crate) fn segment_name(gen: u64) -> String {
     format!("wal-{gen:016}.log")
 }
 
@@ -50,7 +50,7 @@ fn sync_dir(dir: &Path) -> Result<(), StateError> {
 
 /// Takes the directory's lock (`LOCK`, flock(2)): [`StateError::Locked`] while another
 /// running server holds it.
-pub fn lock_dir(dir: &Path) -> Result<File, StateError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
     let path = dir.join(LOCK);
     let file = OpenOptions::new()
         .create(true)
@@ -71,7 +71,7 @@ pub fn lock_dir(dir: &Path) -> Result<File, StateError> {
 }
 
 /// Opens (creating) segment `gen` for appending, and makes its directory entry durable.
-pub fn open_segment(dir: &Path, gen: u64) -> Result<File, StateError> {
+pub(crate) fn open_segment(dir: &Path, gen: u64) -> Result<File, StateError> {
     let path = dir.join(segment_name(gen));
     let file = OpenOptions::new()
         .create(true)
@@ -83,7 +83,11 @@ pub fn open_segment(dir: &Path, gen: u64) -> Result<File, StateError> {
 }
 
 /// Writes `state.bin` atomically and deletes the segments it covers.
-pub fn write_snapshot(dir: &Path, bytes: &[u8], covers_below: u64) -> Result<(), StateError> {
+pub(crate) fn write_snapshot(
+    dir: &Path,
+    bytes: &[u8],
+    covers_below: u64,
+) -> Result<(), StateError> {
     let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
     {
         let mut f = File::create(&tmp).map_err(StateError::io(&tmp))?;

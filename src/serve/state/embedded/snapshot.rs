@@ -21,7 +21,7 @@ struct SnapshotOut<'a> {
 
 /// A decoded `state.bin`.
 #[derive(Deserialize)]
-pub struct SnapshotIn {
+pub(crate) struct SnapshotIn {
     pub seeded_from: String,
     /// The first log segment this snapshot does not cover.
     pub wal_gen: u64,
@@ -29,7 +29,7 @@ pub struct SnapshotIn {
 }
 
 /// Serialises the whole table as of now (read guards on every shard for the time of it).
-pub fn encode_snapshot(
+pub(crate) fn encode_snapshot(
     seeded_from: &str,
     wal_gen: u64,
     store: &UserStore,
@@ -50,7 +50,7 @@ pub fn encode_snapshot(
     Ok(out)
 }
 
-pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateError> {
+pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateError> {
     let bad = |what| StateError::BadSnapshot {
         path: path.to_path_buf(),
         what,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One shard: user id → aggregate.
-pub type Shard = HashMap<Box<str>, UserAggregate>;
+pub(crate) type Shard = HashMap<Box<str>, UserAggregate>;
 
 pub struct UserStore {
     shards: Box<[RwLock<Shard>]>,
@@ -91,24 +91,24 @@ impl UserStore {
         true
     }
 
-    pub fn shard_count(&self) -> usize {
+    pub(crate) fn shard_count(&self) -> usize {
         self.shards.len()
     }
 
     /// Read access to shard `i` (for scans: each scan thread holds one shard at a time).
-    pub fn shard(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
+    pub(crate) fn shard(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
         self.read(i)
     }
 
     /// Read guards on every shard at once: a consistent view for snapshots. Only the event log's
     /// thread (the single writer) calls this, so it cannot deadlock against a writer.
-    pub fn all_shards(&self) -> Vec<RwLockReadGuard<'_, Shard>> {
+    pub(crate) fn all_shards(&self) -> Vec<RwLockReadGuard<'_, Shard>> {
         (0..self.shards.len()).map(|i| self.read(i)).collect()
     }
 }
 
 /// Serialises every user of a set of shard guards as one sequence of `(id, aggregate)`.
-pub struct UsersSeq<'a>(pub &'a [RwLockReadGuard<'a, Shard>]);
+pub(crate) struct UsersSeq<'a>(pub &'a [RwLockReadGuard<'a, Shard>]);
 
 impl serde::Serialize for UsersSeq<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

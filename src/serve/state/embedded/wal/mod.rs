@@ -101,7 +101,7 @@ impl EventLog {
     }
 
     /// True once the state holds a seed (a bundle's snapshot, or a previous run's state).
-    pub fn is_seeded(&self) -> bool {
+    pub(crate) fn is_seeded(&self) -> bool {
         self.seeded.load(Ordering::Acquire)
     }
 
@@ -139,7 +139,7 @@ impl EventLog {
     }
 
     /// Snapshots the state if events arrived since the last snapshot; true if it did.
-    pub async fn checkpoint(&self) -> Result<bool, StateError> {
+    pub(crate) async fn checkpoint(&self) -> Result<bool, StateError> {
         self.call(|reply| Command::Checkpoint { reply }).await
     }
 

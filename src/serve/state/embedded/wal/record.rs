@@ -14,7 +14,7 @@ pub const HEADER: usize = 8;
 const MAX_RECORD: usize = 1 << 30;
 
 /// One record holding `events`.
-pub fn encode_record(events: &[UserEvent]) -> Result<Vec<u8>, StateError> {
+pub(crate) fn encode_record(events: &[UserEvent]) -> Result<Vec<u8>, StateError> {
     let payload = postcard::to_stdvec(events).map_err(StateError::EncodeRecord)?;
     if payload.len() > MAX_RECORD {
         return Err(StateError::RecordTooLarge);
@@ -28,7 +28,7 @@ pub fn encode_record(events: &[UserEvent]) -> Result<Vec<u8>, StateError> {
 
 /// The result of reading one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentReplay {
+pub(crate) struct SegmentReplay {
     pub records: u64,
     pub events: u64,
     /// Bytes of whole, valid records from the start.
@@ -38,7 +38,7 @@ pub struct SegmentReplay {
 
 /// Decodes a segment's records in order, calling `apply` on each event. `last`: this is the
 /// newest segment, whose final record may be torn.
-pub fn replay_segment(
+pub(crate) fn replay_segment(
     path: &Path,
     bytes: &[u8],
     last: bool,

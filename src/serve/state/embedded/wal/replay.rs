@@ -26,7 +26,7 @@ pub struct Recovery {
 }
 
 /// Where appends continue after recovery.
-pub struct Tail {
+pub(crate) struct Tail {
     /// The lock on the directory, held for as long as the server runs.
     pub lock: File,
     /// The newest segment, opened for appending.
@@ -36,7 +36,7 @@ pub struct Tail {
 }
 
 /// Locks the directory, loads the snapshot into `store`, and replays the log after it.
-pub fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateError> {
+pub(crate) fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateError> {
     fs::create_dir_all(dir).map_err(StateError::io(dir))?;
     let lock = lock_dir(dir)?;
     let _ = fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));

@@ -19,6 +19,7 @@
 //! This module: [`read_events`] (which parser reads which part of a file), and what both
 //! parsers share: the columns of an events row, the checks of one row, and its error.
 
+mod parsed;
 mod plain;
 mod rows;
 mod split;

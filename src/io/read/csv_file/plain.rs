@@ -3,7 +3,7 @@
 //! copy). Used only where the bytes parse exactly as the csv crate would parse them: no `"`,
 //! every `\r` followed by `\n`, at most [`PLAIN_FIELDS`] columns in the header.
 
-use super::split::Parsed;
+use super::parsed::Parsed;
 use super::{Record, Shape};
 
 /// Fields a quote-free line is split into directly (wider tables go through the csv crate).

@@ -5,12 +5,12 @@
 //! Buffers go round: the splitter reuses the workers' spent block buffers, and each worker
 //! refills the [`Parsed`] the consumer hands back, so a run allocates per worker, not per block.
 
-use super::super::fields::{self, Col, Fault};
 use super::super::{Budget, ReadError, UserIndex};
+use super::parsed::Parsed;
 use super::plain::{only_crlf, parse_plain, PLAIN_FIELDS};
 use super::rows::{builder, csv_error, events_sequential, Hashing, Opened, Origin};
-use super::{event_fields, fill, row_error, EventCols, Record, Shape, Split, BUFFER, SAMPLE_ROWS};
-use crate::features::{Event, EventTable};
+use super::{fill, Shape, Split, BUFFER, SAMPLE_ROWS};
+use crate::features::EventTable;
 use csv::ByteRecord;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -18,28 +18,6 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::ScopedJoinHandle;
-
-/// One events row, parsed off the table's thread: the user id (validated, or `None` when it is
-/// `last`, the previous good row's) and the event. The checks run in the order of [`event_row`],
-/// so a bad row fails on the same field (an id the index knows is valid, so validating ids the
-/// index may know changes no outcome).
-#[inline]
-pub(super) fn parse_row<'r, R: Record>(
-    rec: &'r R,
-    c: &EventCols,
-    last: &[u8],
-) -> Result<(Option<&'r str>, Event), Fault> {
-    if rec.width() != c.width {
-        return Err(Fault::FieldCount { found: rec.width() });
-    }
-    let raw = rec.field(c.user).unwrap_or_default();
-    let id = if !last.is_empty() && raw == last {
-        None
-    } else {
-        Some(fields::user_id(raw).map_err(Fault::at(Col::UserId))?)
-    };
-    Ok((id, event_fields(rec, c)?))
-}
 
 /// `\n` bytes in `b`.
 pub(super) fn count_newlines(b: &[u8]) -> u64 {
@@ -87,73 +65,6 @@ pub(super) enum Piece {
     Block(Block),
     Rest(Rest),
     Failed(ReadError),
-}
-
-/// A parsed block: good rows (their events in the columns of `part`, with no users; user ids
-/// concatenated in `ids`, row `i`'s ending at `id_ends[i]`, a run of one user's rows sharing
-/// one copy) and the errors of bad rows, both in file order. The consumer hands it back to the
-/// worker that filled it, which refills it: its columns are allocated once per worker.
-#[derive(Default)]
-pub(super) struct Parsed {
-    ids: String,
-    id_ends: Vec<usize>,
-    /// Where the last good row's id starts in `ids`.
-    last: usize,
-    part: EventTable,
-    bad: Vec<ReadError>,
-    /// Rows read (good and bad).
-    rows: u64,
-    /// The file offset where the block ends.
-    end_byte: u64,
-    /// An error that ended the block (after `bad`).
-    fatal: Option<ReadError>,
-}
-
-impl Parsed {
-    /// Empty, keeping the allocations.
-    pub(super) fn clear(&mut self) {
-        self.part.clear();
-        self.ids.clear();
-        self.id_ends.clear();
-        self.last = 0;
-        self.bad.clear();
-        self.rows = 0;
-        self.end_byte = 0;
-        self.fatal = None;
-    }
-
-    /// One row: its event and user id, or the error naming physical line `line()`.
-    #[inline]
-    pub(super) fn take(
-        &mut self,
-        shape: &Shape<'_>,
-        rec: &impl Record,
-        line: impl FnOnce() -> u64,
-    ) {
-        self.rows += 1;
-        let last = self.ids.as_bytes().get(self.last..).unwrap_or_default();
-        match parse_row(rec, &shape.cols, last) {
-            Ok((id, event)) => {
-                if let Some(id) = id {
-                    self.last = self.ids.len();
-                    self.ids.push_str(id);
-                }
-                self.id_ends.push(self.ids.len());
-                self.part.push(0, event);
-            }
-            Err(fault) => {
-                let line = line();
-                self.bad.push(row_error(
-                    shape.path,
-                    &shape.layout,
-                    &shape.header,
-                    rec,
-                    fault,
-                    line,
-                ));
-            }
-        }
-    }
 }
 
 /// What a worker sends on, in file order.

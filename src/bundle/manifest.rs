@@ -1,6 +1,6 @@
 //! `manifest.json`: what a bundle is, where it came from, and how good it is.
 
-use crate::features::{ChurnDefinition, ColumnsPresent, Transform};
+use crate::features::{ChurnDefinition, ColumnsPresent, Timestamp, Transform};
 use crate::model::metrics::{BinaryMetrics, CalibrationRow};
 use crate::model::Scorer;
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,9 @@ pub struct Manifest {
     pub format_version: u32,
     /// Sortable id: `YYYYMMDDTHHMMSSZ-<hash>`.
     pub version: String,
-    /// RFC 3339.
-    pub created_at: String,
+    /// When the bundle was made (Unix seconds; RFC 3339 text in the file).
+    #[serde(with = "time_text")]
+    pub created_at: Timestamp,
     /// The bundle that was current when this one was trained (tier ids were matched to it).
     pub previous_version: Option<String>,
     pub data: DataInfo,
@@ -36,13 +37,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// A manifest with a version and creation time (RFC 3339) and nothing else: no data, no
+    /// A manifest with a version and creation time (Unix seconds) and nothing else: no data, no
     /// features, no tiers, default metrics. Fill in the fields a use needs.
-    pub fn new(version: impl Into<String>, created_at: impl Into<String>) -> Manifest {
+    pub fn new(version: impl Into<String>, created_at: Timestamp) -> Manifest {
         Manifest {
             format_version: crate::bundle::FORMAT_VERSION,
             version: version.into(),
-            created_at: created_at.into(),
+            created_at,
             previous_version: None,
             data: DataInfo::default(),
             params: serde_json::Value::Null,
@@ -64,7 +65,7 @@ impl Manifest {
     /// (`as_of`, `as_of_ts`) is left for the caller.
     pub fn for_scorer(
         version: impl Into<String>,
-        created_at: impl Into<String>,
+        created_at: Timestamp,
         scorer: &Scorer,
     ) -> Manifest {
         let mut m = Manifest::new(version, created_at);
@@ -103,8 +104,12 @@ pub struct DataInfo {
     pub files: Vec<String>,
     pub events: u64,
     pub users: u64,
-    pub first_event: String,
-    pub last_event: String,
+    /// The first and the last event's time (`None` for a table without events; RFC 3339 text,
+    /// or an empty string, in the file).
+    #[serde(with = "optional_time_text")]
+    pub first_event: Option<Timestamp>,
+    #[serde(with = "optional_time_text")]
+    pub last_event: Option<Timestamp>,
     pub bad_rows_skipped: u64,
     pub columns: ColumnsPresent,
 }
@@ -168,4 +173,82 @@ pub struct Metrics {
 pub struct TierChanges {
     pub compared: u64,
     pub changed: u64,
+}
+
+/// A time in the manifest: Unix seconds in memory, `2026-05-01T12:34:56Z` in the file (any RFC 3339
+/// offset is read).
+mod time_text {
+    use crate::features::time::format_rfc3339;
+    use crate::features::Timestamp;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ts: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339(*ts))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(D::Error::custom)
+    }
+
+    pub(super) fn parse(text: &str) -> Result<Timestamp, String> {
+        chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.timestamp())
+            .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))
+    }
+}
+
+/// An optional time in the manifest: `None` is the empty string in the file.
+mod optional_time_text {
+    use crate::features::time::format_rfc3339;
+    use crate::features::Timestamp;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        ts: &Option<Timestamp>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ts.map(format_rfc3339).unwrap_or_default())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        super::time_text::parse(&text)
+            .map(Some)
+            .map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_as_rfc3339_text_and_read_back_from_any_offset_or_empty() {
+        let mut m = Manifest::new("v1", 1_790_928_942);
+        m.data.first_event = Some(1_767_225_603);
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["created_at"], "2026-10-02T08:15:42Z");
+        assert_eq!(json["data"]["first_event"], "2026-01-01T00:00:03Z");
+        assert_eq!(json["data"]["last_event"], "", "no event: the empty string, as before");
+        let back: Manifest = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, m);
+
+        // Bundles written by earlier builds: an offset form, and empty event times.
+        let mut old = json;
+        old["created_at"] = "2026-10-02T16:15:42+08:00".into();
+        old["data"]["first_event"] = "".into();
+        let read: Manifest = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(read.created_at, 1_790_928_942);
+        assert_eq!(read.data.first_event, None);
+
+        old["created_at"] = "yesterday".into();
+        let err = serde_json::from_value::<Manifest>(old).unwrap_err();
+        assert!(err.to_string().contains("not an RFC 3339 time"), "{err}");
+    }
 }

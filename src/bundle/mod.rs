@@ -158,7 +158,7 @@ pub struct VersionInfo {
     pub version: String,
     pub current: bool,
     /// `None` when the bundle does not load (the reason is in `problem`).
-    pub created_at: Option<String>,
+    pub created_at: Option<Timestamp>,
     pub problem: Option<String>,
 }
 
@@ -502,7 +502,7 @@ impl BundleStore {
                 continue;
             }
             let (created_at, problem) = match self.load(&name) {
-                Ok(b) => (Some(b.manifest.created_at.clone()), None),
+                Ok(b) => (Some(b.manifest.created_at), None),
                 Err(e) => (None, Some(e.to_string())),
             };
             out.push(VersionInfo {

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tiering::bundle::{BundleStore, Manifest, VersionInfo, MANIFEST};
+use tiering::features::time::format_rfc3339;
 use unicode_width::UnicodeWidthStr;
 
 #[derive(clap::Args)]
@@ -100,7 +101,7 @@ fn row(root: &Path, v: &VersionInfo) -> Row {
     };
     Row {
         version: v.version.clone(),
-        created_at: v.created_at.clone().unwrap_or_else(dash),
+        created_at: v.created_at.map_or_else(dash, format_rfc3339),
         as_of: m.map_or_else(dash, |m| m.as_of.clone()),
         model: m.map_or_else(dash, |m| m.metrics.chosen_model.clone()),
         roc_auc: chosen.map_or_else(dash, |c| format!("{:.4}", c.metrics.roc_auc)),

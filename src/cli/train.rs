@@ -3,6 +3,7 @@
 use super::{parse_time, spinner};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use tiering::features::time::format_rfc3339;
 use tiering::features::ChurnDefinition;
 use tiering::io::read::{ReadOptions, ReadReport};
 use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
@@ -148,7 +149,13 @@ pub fn print_outcome(outcome: &TrainOutcome) {
     );
     println!(
         "data: {} events, {} users, {} to {}; scored as of {}",
-        m.data.events, m.data.users, m.data.first_event, m.data.last_event, m.as_of
+        m.data.events,
+        m.data.users,
+        m.data
+            .first_event
+            .map_or_else(|| "-".into(), format_rfc3339),
+        m.data.last_event.map_or_else(|| "-".into(), format_rfc3339),
+        m.as_of
     );
     println!("evaluation: {}", m.metrics.evaluation);
     print_models(m);

@@ -231,9 +231,7 @@ pub(crate) fn user_tier(
 /// GetModelInfo, from the manifest.
 pub(crate) fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelInfo {
     let m = &model.manifest;
-    let created_at = chrono::DateTime::parse_from_rfc3339(&m.created_at)
-        .ok()
-        .map(|d| to_timestamp(d.timestamp()));
+    let created_at = Some(to_timestamp(m.created_at));
     proto::ModelInfo {
         version: model.version.clone(),
         created_at,

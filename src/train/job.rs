@@ -8,7 +8,6 @@ use super::pipeline::{self, TrainError, TrainInput, Trained};
 use super::{version_id, write_bundle, WriteBundleError};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::{Bundle, BundleStore, Snapshot};
-use crate::features::time::format_rfc3339;
 use crate::features::Timestamp;
 use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions, ReadReport};
 use std::path::PathBuf;
@@ -135,8 +134,8 @@ fn data_info(dataset: &Dataset) -> DataInfo {
         files: rep.files.iter().map(|f| f.display().to_string()).collect(),
         events: table.len() as u64,
         users: table.n_users() as u64,
-        first_event: table.min_ts().map(format_rfc3339).unwrap_or_default(),
-        last_event: table.max_ts().map(format_rfc3339).unwrap_or_default(),
+        first_event: table.min_ts(),
+        last_event: table.max_ts(),
         bad_rows_skipped: rep.bad_rows,
         columns: table.columns,
     }

@@ -121,7 +121,7 @@ pub fn snapshot_of(n: usize) -> Snapshot {
 }
 
 pub fn manifest(version: &str, scorer: &Scorer) -> Manifest {
-    let mut m = Manifest::for_scorer(version, "2024-05-31T12:00:00Z", scorer);
+    let mut m = Manifest::for_scorer(version, AS_OF + 12 * 3600, scorer);
     m.as_of = "2024-05-31T00:00:00Z".into();
     m.as_of_ts = AS_OF;
     m.horizon_days = 30;

@@ -124,18 +124,6 @@ fn tier_label(t: &TierEntry) -> String {
     }
 }
 
-/// An RFC 3339 time (as the manifest stores it) as "2026-10-02 08:15 UTC"; anything else is
-/// shown as given.
-fn when(s: &str) -> String {
-    match chrono::DateTime::parse_from_rfc3339(s.trim()) {
-        Ok(t) => t
-            .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%d %H:%M UTC")
-            .to_string(),
-        Err(_) => text_or_dash(s),
-    }
-}
-
 /// A Unix time as "2026-10-02 08:15 UTC".
 fn when_ts(ts: Timestamp) -> String {
     match chrono::DateTime::from_timestamp(ts, 0) {
@@ -144,11 +132,11 @@ fn when_ts(ts: Timestamp) -> String {
     }
 }
 
-/// A time or date shown as its day: "2026-10-02".
-fn day(s: &str) -> String {
-    match chrono::DateTime::parse_from_rfc3339(s.trim()) {
-        Ok(t) => t.with_timezone(&chrono::Utc).format("%Y-%m-%d").to_string(),
-        Err(_) => text_or_dash(s),
+/// A time shown as its day: "2026-10-02" (a dash for none).
+fn day(ts: Option<Timestamp>) -> String {
+    match ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+        Some(t) => t.format("%Y-%m-%d").to_string(),
+        None => text_or_dash(""),
     }
 }
 

@@ -5,7 +5,7 @@ use super::fmt::{
     breakable, escape, feature_value, heat, int, num, pct, position, ratio, text_or_dash,
 };
 use super::svg::{bar_chart, line_chart, Bar, BarChart, Fmt, LineChart, Series, INK, PALETTE};
-use super::{day, risk_class, tier_color, tier_label, when, when_ts, Transitions};
+use super::{day, risk_class, tier_color, tier_label, when_ts, Transitions};
 use crate::bundle::manifest::{LeftOut, Manifest, Metrics, TierEntry};
 use crate::model::RiskThresholds;
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ pub(super) fn header(out: &mut String, m: &Manifest) {
          <dl class=\"facts\"><div><dt>Created</dt><dd>{}</dd></div><div><dt>Scored as of</dt><dd>{}</dd></div>\
          <div><dt>Churn horizon</dt><dd>{} days</dd></div><div><dt>Tiers</dt><dd>{}</dd></div></dl>\n",
         text_or_dash(&m.version),
-        when(&m.created_at),
+        when_ts(m.created_at),
         when_ts(m.as_of_ts),
         m.horizon_days,
         m.tiers.len()
@@ -36,8 +36,8 @@ pub(super) fn header(out: &mut String, m: &Manifest) {
         "<p class=\"datasum\">Data: <b>{}</b> events{sep}<b>{}</b> users{sep}{} → {}{sep}<b>{}</b> bad rows skipped{sep}fingerprint <code title=\"{}\">{}</code></p>\n",
         int(s.events),
         int(s.users),
-        day(&s.first_event),
-        day(&s.last_event),
+        day(s.first_event),
+        day(s.last_event),
         int(s.bad_rows_skipped),
         escape(&s.fingerprint),
         text_or_dash(&fp)

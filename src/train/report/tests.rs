@@ -205,15 +205,15 @@ fn sample() -> Sample {
         .collect::<Vec<Vec<u64>>>();
     let compared: u64 = counts.iter().flatten().sum();
     let stayed: u64 = (0..6).map(|i| counts[i][i]).sum();
-    let mut m = Manifest::new("2026-10-01T00-00-00Z-3f9c2a", "2026-10-02T08:15:42Z");
+    let mut m = Manifest::new("2026-10-01T00-00-00Z-3f9c2a", 1_790_928_942);
     m.as_of_ts = 1_790_812_800; // 2026-10-01T00:00:00Z
     m.as_of = "2026-10-01T00:00:00Z".to_string();
     m.horizon_days = 30;
     m.data = DataInfo {
         events: 4_812_331,
         users: total,
-        first_event: "2026-01-01T00:00:03Z".to_string(),
-        last_event: "2026-09-30T23:59:58Z".to_string(),
+        first_event: Some(1_767_225_603),
+        last_event: Some(1_790_812_798),
         fingerprint: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
             .to_string(),
         bad_rows_skipped: 17,
@@ -580,7 +580,7 @@ fn flat() -> Sample {
 /// Nothing at all: an empty manifest and no extras.
 fn empty() -> Sample {
     Sample {
-        m: Manifest::new("", ""),
+        m: Manifest::new("", 0),
         x: ReportExtras::default(),
     }
 }

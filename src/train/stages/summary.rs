@@ -224,7 +224,7 @@ pub(crate) fn manifest(f: &Facts) -> Manifest {
     Manifest {
         format_version: crate::bundle::FORMAT_VERSION,
         version: input.version.clone(),
-        created_at: format_rfc3339(input.created_at),
+        created_at: input.created_at,
         previous_version: input.previous.map(|(b, _)| b.manifest.version.clone()),
         data: input.data.clone(),
         params: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),

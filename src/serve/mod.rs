@@ -175,10 +175,20 @@ async fn open_state(
         state_dir = %state_dir.display(),
         users = recovery.users,
         replayed_events = recovery.replayed_events,
-        torn_tail = recovery.torn_tail,
+        torn_tail = recovery.torn_tail(),
+        unclean_stop = recovery.unclean_stop(),
         seeded_from = recovery.seeded_from.as_deref().unwrap_or("(not yet: the first model seeds it)"),
         "state loaded"
     );
+    for segment in &recovery.segments {
+        if segment.torn.is_some() {
+            tracing::warn!("event log: {segment}");
+        } else if segment.records > 0 {
+            tracing::warn!("event log: {segment}: the previous run stopped without its final snapshot (a crash or a kill); a cut at a record boundary would look the same, so compare with what clients were acknowledged if in doubt");
+        } else {
+            tracing::info!("event log: {segment}");
+        }
+    }
     let state = StateBackend::Embedded(state);
     metrics.events_ingested(0, state.users());
     Ok(state)

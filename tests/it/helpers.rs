@@ -482,3 +482,28 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `tiering ARGS…` to completion: (success, stdout + stderr).
+pub fn tiering_cli(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `tiering state ACTION --state DIR EXTRA…`.
+pub fn state_cli(action: &str, state: &Path, extra: &[&str]) -> (bool, String) {
+    use std::ffi::OsStr;
+    let mut args: Vec<&OsStr> = vec![OsStr::new("state"), OsStr::new(action)];
+    args.push(OsStr::new("--state"));
+    args.push(state.as_os_str());
+    args.extend(extra.iter().map(OsStr::new));
+    tiering_cli(&args)
+}

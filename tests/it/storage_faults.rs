@@ -1,0 +1,195 @@
+//! Storage faults (issue 9): damaged or disagreeing state files stop the start instead of
+//! silently dropping acknowledged events; `tiering state` checks, repairs, backs up and
+//! restores; nothing acknowledged is lost.
+
+use crate::helpers::{publish, state_cli, wal_segments, Dirs, TestServer, NOW};
+use std::future::Future;
+use std::time::Duration;
+use tiering::pb::{self as proto, BatchGetUserTiersRequest, RecordEventsRequest};
+use tiering::serve::ServeConfig;
+
+async fn bounded<F: Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(90), f)
+        .await
+        .expect("test finished within 90 s");
+}
+
+fn order(user_id: &str) -> proto::Event {
+    proto::Event {
+        user_id: user_id.into(),
+        ts: Some(prost_types::Timestamp {
+            seconds: NOW - 60,
+            nanos: 0,
+        }),
+        kind: "order".into(),
+        amount: 5.0,
+        ..Default::default()
+    }
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Starts a server, records `n` events one request each (users `prefix-i`), and returns it.
+async fn server_with_events(config: ServeConfig, prefix: &str, n: usize) -> TestServer {
+    let server = TestServer::start(config).await;
+    server.ready().await;
+    let mut client = server.client().await;
+    for id in ids(prefix, n) {
+        client
+            .record_events(RecordEventsRequest {
+                events: vec![order(&id)],
+            })
+            .await
+            .unwrap();
+    }
+    server
+}
+
+/// How many of `ids` the state holds, through a fresh server (stopped after).
+async fn held(config: ServeConfig, ids: Vec<String>) -> usize {
+    let server = TestServer::start(config).await;
+    server.ready().await;
+    let n = ids.len();
+    let r = server
+        .client()
+        .await
+        .batch_get_user_tiers(BatchGetUserTiersRequest { user_ids: ids })
+        .await
+        .unwrap()
+        .into_inner();
+    server.stop().await.unwrap();
+    n - r.not_found.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_length_byte_stops_the_start_and_repair_is_the_operators_choice() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = server_with_events(dirs.config(), "acked", 20).await;
+        server.kill().await;
+        let segs = wal_segments(&dirs.state());
+        assert_eq!(segs.len(), 1);
+        let mut log = std::fs::read(&segs[0]).unwrap();
+        log[3] ^= 0x40; // the high byte of the first record's length
+        std::fs::write(&segs[0], &log).unwrap();
+
+        let e = crate::helpers::start_error(dirs.config()).await.to_string();
+        let name = segs[0].file_name().unwrap().to_string_lossy().to_string();
+        assert!(e.contains(&name) && e.contains("at byte 0"), "{e}");
+        assert_eq!(
+            std::fs::read(&segs[0]).unwrap(),
+            log,
+            "the file is left as it was"
+        );
+        let (ok, out) = state_cli("check", &dirs.state(), &[]);
+        assert!(!ok && out.contains("at byte 0"), "{out}");
+
+        // The operator salvages: only the damaged record is dropped, the original is kept.
+        let (ok, out) = state_cli("repair", &dirs.state(), &["--salvage"]);
+        assert!(ok, "{out}");
+        let broken = format!("{}.broken", segs[0].display());
+        assert_eq!(std::fs::read(&broken).unwrap(), log);
+        assert_eq!(held(dirs.config(), ids("acked", 20)).await, 19);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_without_salvage_cuts_the_log_at_the_damage() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = server_with_events(dirs.config(), "acked", 10).await;
+        server.kill().await;
+        let segs = wal_segments(&dirs.state());
+        let mut log = std::fs::read(&segs[0]).unwrap();
+        let first = 8 + u32::from_le_bytes([log[0], log[1], log[2], log[3]]) as usize;
+        let second =
+            8 + u32::from_le_bytes([log[first], log[first + 1], log[first + 2], log[first + 3]])
+                as usize;
+        log[first + second + 9] ^= 0xff; // the third record's payload
+        std::fs::write(&segs[0], &log).unwrap();
+        let (ok, out) = state_cli("repair", &dirs.state(), &[]);
+        assert!(ok && out.contains(".broken"), "{out}");
+        assert_eq!(held(dirs.config(), ids("acked", 10)).await, 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_at_a_record_boundary_is_reported_by_check() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = server_with_events(dirs.config(), "acked", 3).await;
+        server.kill().await;
+        let segs = wal_segments(&dirs.state());
+        let log = std::fs::read(&segs[0]).unwrap();
+        let first = 8 + u32::from_le_bytes([log[0], log[1], log[2], log[3]]) as usize;
+        std::fs::write(&segs[0], &log[..first]).unwrap();
+        let (ok, out) = state_cli("check", &dirs.state(), &[]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("1 records (1 events)")
+                && out.contains("ending at a record boundary")
+                && out.contains("stopped without its final snapshot"),
+            "{out}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_snapshot_after_a_clean_stop_refuses_to_start() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = server_with_events(dirs.config(), "acked", 5).await;
+        server.stop().await.unwrap();
+        std::fs::remove_file(dirs.state().join("state.bin")).unwrap();
+        let e = crate::helpers::start_error(dirs.config()).await.to_string();
+        assert!(e.contains("state.bin is missing"), "{e}");
+        let (ok, out) = state_cli("check", &dirs.state(), &[]);
+        assert!(!ok && out.contains("state.bin is missing"), "{out}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_serving_restores_every_event_acknowledged_before_it() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = server_with_events(dirs.config(), "before", 10).await;
+        let backup = dirs.root.path().join("backup");
+        let (ok, out) = state_cli("backup", &dirs.state(), &["--to", backup.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let mut client = server.client().await;
+        client
+            .record_events(RecordEventsRequest {
+                events: vec![order("after")],
+            })
+            .await
+            .unwrap();
+        server.stop().await.unwrap();
+
+        let (ok, out) = state_cli(
+            "restore",
+            &dirs.state(),
+            &["--from", backup.to_str().unwrap()],
+        );
+        assert!(!ok && out.contains("--force"), "{out}");
+        let (ok, out) = state_cli(
+            "restore",
+            &dirs.state(),
+            &["--from", backup.to_str().unwrap(), "--force"],
+        );
+        assert!(ok, "{out}");
+        assert_eq!(held(dirs.config(), ids("before", 10)).await, 10);
+        assert_eq!(held(dirs.config(), vec!["after".into()]).await, 0);
+    })
+    .await;
+}

@@ -76,6 +76,9 @@ pub(super) struct Writer {
     pub seeded: Arc<AtomicBool>,
     pub opts: LogOptions,
     pub metrics: Arc<Metrics>,
+    /// The newest segment and how much of it the last `fdatasync` made durable (what a power
+    /// cut leaves of the log); read by the power-cut test harness.
+    pub durable: Arc<std::sync::Mutex<(u64, u64)>>,
     /// The snapshot being written in the background.
     pub pending: Option<JoinHandle<Result<(), StateError>>>,
     pub _lock: File,
@@ -175,6 +178,9 @@ impl Writer {
         }
         self.metrics.wal_commit(group.len(), started.elapsed());
         self.seg_bytes += total as u64;
+        if self.opts.fsync {
+            self.mark_durable();
+        }
         self.dirty = true;
         self.apply_and_acknowledge(group);
     }
@@ -218,6 +224,14 @@ impl Writer {
         Ok(())
     }
 
+    /// Records that segment `gen` is durable up to `seg_bytes` (before any acknowledgement).
+    fn mark_durable(&self) {
+        *self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (self.gen, self.seg_bytes);
+    }
+
     fn join_pending(&mut self) -> Result<(), StateError> {
         match self.pending.take() {
             None => Ok(()),
@@ -242,6 +256,7 @@ impl Writer {
         self.file = file;
         self.gen = next;
         self.seg_bytes = 0;
+        self.mark_durable();
         self.dirty = false;
         let dir = self.dir.clone();
         if wait {

@@ -29,7 +29,8 @@
 //! RPC UNAVAILABLE until the first model loads. The first model seeds an empty state from its
 //! snapshot; afterwards the state directory is the source of truth. Models are then swapped as
 //! `MODELS/CURRENT` changes or on SIGHUP. Shutdown: health goes NOT_SERVING, in-flight requests
-//! drain, background tasks stop, and a final snapshot is written.
+//! drain for at most `shutdown_grace_ms` (then the remaining connections are dropped),
+//! background tasks stop, and a final snapshot is written.
 
 pub mod admission;
 pub mod at_risk;
@@ -122,12 +123,14 @@ pub async fn run_with_metrics(
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
     let drain_health = health.clone();
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         set_health(&drain_health, ServingStatus::NotServing).await;
+        let _ = draining_tx.send(());
     };
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .layer(admission::AdmissionLayer::new(
             config.max_concurrent_requests,
             metrics.clone(),
@@ -139,8 +142,13 @@ pub async fn run_with_metrics(
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
-        )
-        .await;
+        );
+    let served = drain_within(
+        serve,
+        draining_rx,
+        Duration::from_millis(config.shutdown_grace_ms),
+    )
+    .await;
 
     let _ = stop_tx.send(true);
     background.join().await;
@@ -153,6 +161,31 @@ pub async fn run_with_metrics(
     }
     served?;
     Ok(flushed?)
+}
+
+/// Runs `serve` to its end, but once `draining` fires (the shutdown began) gives it only
+/// `grace` more: then it is dropped with whatever connections it still holds (a client that
+/// never sends its request body, or never reads its response, cannot hold the shutdown).
+async fn drain_within<E>(
+    serve: impl Future<Output = Result<(), E>>,
+    draining: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> Result<(), E> {
+    tokio::pin!(serve);
+    let deadline = async {
+        if draining.await.is_err() {
+            // The sender went with the signal future: serve has finished or will.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = &mut serve => r,
+        () = deadline => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace period over: dropping the connections still open");
+            Ok(())
+        }
+    }
 }
 
 /// Opens the configured state backend (blocking work, on a blocking thread) and logs what

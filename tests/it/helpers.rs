@@ -346,6 +346,14 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Graceful shutdown without a time limit of its own: the caller bounds it.
+    pub async fn stop_task(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+
     /// As close to `kill -9` as one process gets: the server future is dropped mid-flight, no
     /// drain, no snapshot.
     pub async fn kill(self) {

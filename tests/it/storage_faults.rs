@@ -193,3 +193,45 @@ async fn a_backup_taken_while_serving_restores_every_event_acknowledged_before_i
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_client_cannot_hold_the_shutdown_past_the_grace_period() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let config = ServeConfig {
+            shutdown_grace_ms: 300,
+            ..dirs.config()
+        };
+        let server = server_with_events(config.clone(), "acked", 5).await;
+        // A client that sends its request headers and never its body.
+        let mut grpc = tonic::client::Grpc::new(server.channel().await);
+        grpc.ready().await.unwrap();
+        let frozen = tokio::spawn(async move {
+            let body = tokio_stream::pending::<RecordEventsRequest>();
+            grpc.client_streaming::<_, RecordEventsRequest, proto::RecordEventsResponse, _>(
+                tonic::Request::new(body),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/tiering.v1.Tiering/RecordEvents",
+                ),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server.stop_task()).await;
+        let stopped = stopped.expect("the shutdown finished within 5 s of a 300 ms grace period");
+        assert!(stopped.is_ok(), "{stopped:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        frozen.abort();
+        assert!(dirs.state().join("state.bin").exists());
+        assert_eq!(
+            wal_segments(&dirs.state()).len(),
+            0,
+            "the final snapshot covers the log"
+        );
+        assert_eq!(held(config, ids("acked", 5)).await, 5);
+    })
+    .await;
+}

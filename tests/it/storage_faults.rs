@@ -235,3 +235,67 @@ async fn a_frozen_client_cannot_hold_the_shutdown_past_the_grace_period() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_live_bundle_falls_back_to_the_newest_valid_version_on_restart() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        publish(&dirs.models(), "v2", 2.0);
+        let server = server_with_events(dirs.config(), "acked", 3).await;
+        server.stop().await.unwrap();
+        let model = dirs.models().join("v2").join("model.json");
+        let mut bytes = std::fs::read(&model).unwrap();
+        bytes[30] ^= 0x5a;
+        std::fs::write(&model, bytes).unwrap();
+
+        let server = TestServer::start(dirs.config()).await;
+        server.ready().await;
+        let mut client = server.client().await;
+        let info = client
+            .get_model_info(proto::GetModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.version, "v1");
+        assert!(
+            info.warnings
+                .iter()
+                .any(|w| w.starts_with("fallback: v2 (named by MODELS/CURRENT) does not load")),
+            "{:?}",
+            info.warnings
+        );
+        let metrics = server.metrics().await;
+        assert!(
+            metrics.contains(r#"tiering_model_fallback{serving="v1",wanted="v2"} 1"#),
+            "{metrics}"
+        );
+        let r = client
+            .batch_get_user_tiers(BatchGetUserTiersRequest {
+                user_ids: ids("acked", 3),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.not_found.is_empty());
+        // A good CURRENT again: the fallback ends.
+        publish(&dirs.models(), "v3", 3.0);
+        let mut version = String::new();
+        for _ in 0..200 {
+            version = client
+                .get_model_info(proto::GetModelInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .version;
+            if version == "v3" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(version, "v3");
+        assert!(!server.metrics().await.contains("tiering_model_fallback{"));
+        server.stop().await.unwrap();
+    })
+    .await;
+}

@@ -101,6 +101,11 @@ pub async fn run_with_metrics(
 
     // Background tasks stop when `stop` fires, or when this future is dropped (its sender goes).
     let (stop_tx, stop_rx) = watch::channel(false);
+    let writes_health = tokio::spawn(report_writes_health(
+        state.clone(),
+        health.clone(),
+        stop_rx.clone(),
+    ));
     let background = Background::spawn(
         &config,
         Loader::new(
@@ -152,15 +157,49 @@ pub async fn run_with_metrics(
 
     let _ = stop_tx.send(true);
     background.join().await;
-    let flushed = state.shutdown().await;
-    match &flushed {
+    let _ = writes_health.await;
+    // A failed final snapshot (a full disk) loses nothing: the log keeps every acknowledged
+    // event and the next start replays it. So it is logged, and the exit stays clean.
+    match state.shutdown().await {
         Ok(()) => tracing::info!("final state snapshot written"),
         Err(e) => {
-            tracing::error!(error = %e, "final state snapshot failed (the event log keeps every event)")
+            tracing::error!(error = %e, "final state snapshot failed; nothing is lost: the event log keeps every acknowledged event and the next start replays it")
         }
     }
     served?;
-    Ok(flushed?)
+    Ok(())
+}
+
+/// Health name that reports whether writes (RecordEvents) are accepted: NOT_SERVING while the
+/// state refuses them (a full disk) or before the state is seeded; reads may still be served.
+pub const WRITES_HEALTH_NAME: &str = "tiering.v1.Tiering.RecordEvents";
+
+/// Keeps [`WRITES_HEALTH_NAME`] current until `stop` fires.
+async fn report_writes_health(
+    state: Arc<StateBackend>,
+    health: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let ok = state.is_seeded() && !state.refusing_writes();
+        if last != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(WRITES_HEALTH_NAME, status).await;
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    health
+        .set_service_status(WRITES_HEALTH_NAME, ServingStatus::NotServing)
+        .await;
 }
 
 /// Runs `serve` to its end, but once `draining` fires (the shutdown began) gives it only

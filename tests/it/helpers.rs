@@ -423,8 +423,22 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
+        Self::spawn_via(&[], dirs, env)
+    }
+
+    /// [`ServerProcess::spawn`], the binary run through `wrapper` (e.g. `nsenter -t PID -m --`).
+    pub fn spawn_via(wrapper: &[&str], dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+        let bin = env!("CARGO_BIN_EXE_tiering");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--now", "2024-06-01"])
             .arg("--models")
             .arg(dirs.models())

@@ -299,3 +299,175 @@ async fn a_tampered_live_bundle_falls_back_to_the_newest_valid_version_on_restar
     })
     .await;
 }
+
+/// A private mount namespace holding a small tmpfs on `dir`, kept alive by a `sleep` process;
+/// files in it are reached through `/proc/PID/root`. `None` where the test cannot get one
+/// (not root, no `unshare`), which fails the test in CI (`CI=true`).
+struct PrivateTmpfs {
+    holder: std::process::Child,
+}
+
+impl PrivateTmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<PrivateTmpfs> {
+        use std::io::{BufRead, BufReader};
+        std::fs::create_dir_all(dir).unwrap();
+        let script = format!(
+            "mount -t tmpfs -o size={size} tmpfs '{}' && echo mounted && exec sleep 600",
+            dir.display()
+        );
+        let mut holder = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        let mut out = BufReader::new(holder.stdout.take()?);
+        if out.read_line(&mut line).ok()? == 0 || line.trim() != "mounted" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            return None;
+        }
+        Some(PrivateTmpfs { holder })
+    }
+
+    fn pid(&self) -> String {
+        self.holder.id().to_string()
+    }
+
+    /// `path` as seen inside the namespace.
+    fn inside(&self, path: &std::path::Path) -> std::path::PathBuf {
+        std::path::Path::new("/proc")
+            .join(self.pid())
+            .join("root")
+            .join(path.strip_prefix("/").unwrap())
+    }
+}
+
+impl Drop for PrivateTmpfs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+async fn writes_health(channel: tonic::transport::Channel) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "tiering.v1.Tiering.RecordEvents".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_writes_resume_once_space_is_freed() {
+    use crate::helpers::ServerProcess;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let Some(tmpfs) = PrivateTmpfs::mount(&dirs.state(), "1m") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: this test needs root and unshare -m (a private mount namespace)"
+            );
+            eprintln!("skipped: no private mount namespace (needs root and unshare)");
+            return;
+        };
+        let pid = tmpfs.pid();
+        let via = ["nsenter", "-t", pid.as_str(), "-m", "--"];
+        let server = ServerProcess::spawn_via(&via, &dirs, &[]);
+        let mut client = server.client().await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut acked = Vec::new();
+        for id in ids("before", 5) {
+            client
+                .record_events(RecordEventsRequest {
+                    events: vec![order(&id)],
+                })
+                .await
+                .unwrap();
+            acked.push(id);
+        }
+        // Fill the tmpfs.
+        let filler = tmpfs.inside(&dirs.state().join("filler"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![7u8; 4096];
+            for _ in 0..10_000 {
+                if f.write_all(&chunk).and_then(|()| f.sync_all()).is_err() {
+                    break;
+                }
+            }
+        }
+        let big: Vec<proto::Event> = (0..200).map(|i| order(&format!("full-{i}"))).collect();
+        let e = client
+            .record_events(RecordEventsRequest {
+                events: big.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        // Reads go on; readiness for writes says NOT_SERVING.
+        let r = client
+            .batch_get_user_tiers(BatchGetUserTiersRequest {
+                user_ids: acked.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.not_found.is_empty());
+        let mut status = -1;
+        for _ in 0..50 {
+            status = writes_health(channel.clone()).await;
+            if status == ServingStatus::NotServing as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, ServingStatus::NotServing as i32);
+
+        // Space freed: readiness recovers by itself (no write needed), then writes succeed.
+        std::fs::remove_file(&filler).unwrap();
+        for _ in 0..100 {
+            status = writes_health(channel.clone()).await;
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, ServingStatus::Serving as i32);
+        client
+            .record_events(RecordEventsRequest {
+                events: vec![order("after")],
+            })
+            .await
+            .unwrap();
+        acked.push("after".into());
+
+        // SIGTERM: a clean exit, and nothing acknowledged lost across the restart.
+        let mut server = server;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+        let status = server.child.wait().unwrap();
+        assert!(status.success(), "exit after SIGTERM: {status}");
+        drop(server);
+        let server = ServerProcess::spawn_via(&via, &dirs, &[]);
+        let mut client = server.client().await;
+        let r = client
+            .batch_get_user_tiers(BatchGetUserTiersRequest { user_ids: acked })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.not_found.is_empty(), "lost: {:?}", r.not_found);
+    })
+    .await;
+}

@@ -110,6 +110,10 @@ pub trait UserState: Send + Sync {
     /// Users held.
     fn users(&self) -> usize;
 
+    /// True while the state refuses writes it could accept later (the embedded log's disk is
+    /// full); readiness reports it.
+    fn refusing_writes(&self) -> bool;
+
     /// True once the state holds a seed (a bundle's snapshot, or a previous run's state).
     fn is_seeded(&self) -> bool;
 
@@ -215,6 +219,20 @@ pub enum StateError {
     /// Snapshots kept replacing `state.bin` while a backup read the directory.
     #[error("{path}: the state kept changing under the backup (snapshots in a row); try again")]
     BackupRaced { path: PathBuf },
+    /// A log write failed for lack of space (ENOSPC, EDQUOT) and was rolled back: writes are
+    /// refused until space is free again; reads go on; nothing acknowledged is lost.
+    #[error("event log full: {}: {source}; writes are refused until space is freed (they resume by themselves), reads go on", path.display())]
+    LogFull {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    /// A log write or fsync failed for another reason and was rolled back: writes are refused
+    /// until one succeeds again.
+    #[error("event log unavailable: {}: write failed: {source}; writes are refused until the log can be written again", path.display())]
+    LogWriteFailed {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
     /// The thread that owns the log has stopped.
     #[error("event log unavailable: the event log thread has stopped")]
     Stopped,

@@ -95,6 +95,10 @@ impl UserState for EmbeddedState {
         self.store.len()
     }
 
+    fn refusing_writes(&self) -> bool {
+        self.log.refusing_writes()
+    }
+
     fn is_seeded(&self) -> bool {
         self.log.is_seeded()
     }

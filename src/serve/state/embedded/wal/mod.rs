@@ -19,8 +19,11 @@
 //!
 //! Cost: appends wait while the thread serialises a snapshot (about a second per million users
 //! in a debug build, every `snapshot_interval_secs` or `snapshot_wal_bytes`); reads never wait.
-//! A failed write or fsync poisons the log: nothing more is acknowledged (and no snapshot taken)
-//! until a restart replays it, because the kernel may have dropped the unsynced pages.
+//! A failed write or fsync (a full disk) is rolled back: the segment is cut back to its last
+//! synced length and synced, the failed group is refused (RESOURCE_EXHAUSTED for ENOSPC), and
+//! appends are refused until a write or a small space probe (every 500 ms) succeeds; then writes
+//! resume by themselves. Only if the roll-back itself fails is the log poisoned: nothing more is
+//! acknowledged until a restart replays it.
 
 pub mod record;
 pub mod replay;
@@ -53,6 +56,8 @@ pub struct LogOptions {
 pub struct EventLog {
     tx: mpsc::Sender<Command>,
     seeded: Arc<AtomicBool>,
+    /// See `Writer::refusing`.
+    refusing: Arc<AtomicBool>,
     /// See `Writer::durable`.
     #[cfg_attr(not(test), allow(dead_code))]
     durable: Arc<Mutex<(u64, u64)>>,
@@ -71,6 +76,7 @@ impl EventLog {
         let (recovery, tail) = recover(dir, &store)?;
         let seeded = Arc::new(AtomicBool::new(recovery.seeded_from.is_some()));
         let durable = Arc::new(Mutex::new((tail.gen, tail.seg_bytes)));
+        let refusing = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             dir: dir.to_path_buf(),
             store,
@@ -79,6 +85,7 @@ impl EventLog {
             seg_bytes: tail.seg_bytes,
             dirty: recovery.replayed_records > 0,
             poisoned: None,
+            refusing: refusing.clone(),
             seeded_from: recovery.seeded_from.clone(),
             seeded: seeded.clone(),
             opts,
@@ -99,6 +106,7 @@ impl EventLog {
             EventLog {
                 tx,
                 seeded,
+                refusing,
                 durable,
                 thread: Mutex::new(Some(thread)),
             },
@@ -111,6 +119,11 @@ impl EventLog {
     #[cfg(test)]
     fn durable_mark(&self) -> (u64, u64) {
         *self.durable.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True while a failed log write (disk full) makes the log refuse appends.
+    pub fn refusing_writes(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
     }
 
     /// True once the state holds a seed (a bundle's snapshot, or a previous run's state).

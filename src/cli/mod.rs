@@ -7,6 +7,7 @@ mod models;
 mod quickstart;
 mod score;
 mod serve;
+mod state;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Serve tiers and churn probabilities over gRPC from MODELS/CURRENT.
     Serve(serve::ServeArgs),
+    /// Check, repair, back up or restore a server's state directory.
+    State(state::StateArgs),
     /// List, promote or roll back model bundles.
     Models(models::ModelsArgs),
     /// Pull the at-risk list from a running server (CSV, JSON or a table).
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Models(args) => models::run(args),
+        Command::State(args) => state::run(args),
         Command::AtRisk(args) => client::run_at_risk(args),
         Command::User(args) => client::run_user(args),
     };

@@ -116,6 +116,10 @@ pub struct ServeConfig {
     pub wal_fsync: bool,
     /// Lock shards of the user table (a power of two); more shards, less write contention.
     pub shards: usize,
+    /// On SIGTERM / SIGINT, in-flight requests get this long (milliseconds) to finish; then the
+    /// remaining connections are dropped (a client that never sends its request body cannot
+    /// hold the shutdown), the final snapshot is written, and the server exits 0.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -138,6 +142,7 @@ impl Default for ServeConfig {
             snapshot_wal_bytes: 256 * 1024 * 1024,
             wal_fsync: true,
             shards: 64,
+            shutdown_grace_ms: 10_000,
         }
     }
 }

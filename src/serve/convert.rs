@@ -278,7 +278,17 @@ pub(crate) fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelIn
         chosen_model: m.metrics.chosen_model.clone(),
         horizon_days: m.horizon_days,
         evaluation: m.metrics.evaluation.clone(),
-        warnings: m.warnings.clone(),
+        warnings: m
+            .warnings
+            .iter()
+            .cloned()
+            .chain(model.fallback.as_ref().map(|f| {
+                format!(
+                    "fallback: {} (named by MODELS/CURRENT) does not load, so {} serves: {}",
+                    f.wanted, model.version, f.reason
+                )
+            }))
+            .collect(),
         users_held: users_held as u64,
         trained_as_of: Some(to_timestamp(m.as_of_ts)),
     }

@@ -66,6 +66,8 @@ impl RequestError {
             RequestError::TooMany { .. } => Code::ResourceExhausted,
             RequestError::DeadlineExceeded => Code::DeadlineExceeded,
             RequestError::ModelChanged(_) => Code::Aborted,
+            RequestError::State(StateError::LogFull { .. }) => Code::ResourceExhausted,
+            RequestError::State(StateError::LogWriteFailed { .. }) => Code::Unavailable,
             RequestError::State(_) | RequestError::ScanTask(_) => Code::Internal,
         }
     }

@@ -62,6 +62,8 @@ pub struct Metrics {
     rpcs: Vec<RpcHandles>,
     errors: IntCounterVec,
     model_info: IntGaugeVec,
+    /// 1 while a fallback serves because the wanted (CURRENT) bundle failed to load at start.
+    model_fallback: IntGaugeVec,
     model_reloads: IntCounterVec,
     users_held: IntGauge,
     events_ingested: IntCounter,
@@ -99,6 +101,13 @@ impl Metrics {
         let model_info = IntGaugeVec::new(
             Opts::new("tiering_model_info", "1 for the live model version"),
             &["version"],
+        )?;
+        let model_fallback = IntGaugeVec::new(
+            Opts::new(
+                "tiering_model_fallback",
+                "1 while an earlier version serves because the CURRENT one failed to load at start",
+            ),
+            &["wanted", "serving"],
         )?;
         let model_reloads = IntCounterVec::new(
             Opts::new(
@@ -138,6 +147,7 @@ impl Metrics {
         reg(Box::new(latency.clone()))?;
         reg(Box::new(errors.clone()))?;
         reg(Box::new(model_info.clone()))?;
+        reg(Box::new(model_fallback.clone()))?;
         reg(Box::new(model_reloads.clone()))?;
         reg(Box::new(users_held.clone()))?;
         reg(Box::new(events_ingested.clone()))?;
@@ -156,6 +166,7 @@ impl Metrics {
             rpcs,
             errors,
             model_info,
+            model_fallback,
             model_reloads,
             users_held,
             events_ingested,
@@ -184,7 +195,17 @@ impl Metrics {
         self.model_reloads.with_label_values(&["loaded"]).inc();
     }
 
-    pub(crate) fn model_refused(&self) {
+    /// `Some((wanted, serving))` while a fallback serves; `None` once CURRENT itself is live.
+    pub fn model_fallback(&self, fallback: Option<(&str, &str)>) {
+        self.model_fallback.reset();
+        if let Some((wanted, serving)) = fallback {
+            self.model_fallback
+                .with_label_values(&[wanted, serving])
+                .set(1);
+        }
+    }
+
+    pub fn model_refused(&self) {
         self.model_reloads.with_label_values(&["refused"]).inc();
     }
 

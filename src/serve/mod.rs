@@ -29,7 +29,8 @@
 //! RPC UNAVAILABLE until the first model loads. The first model seeds an empty state from its
 //! snapshot; afterwards the state directory is the source of truth. Models are then swapped as
 //! `MODELS/CURRENT` changes or on SIGHUP. Shutdown: health goes NOT_SERVING, in-flight requests
-//! drain, background tasks stop, and a final snapshot is written.
+//! drain for at most `shutdown_grace_ms` (then the remaining connections are dropped),
+//! background tasks stop, and a final snapshot is written.
 
 pub(crate) mod admission;
 pub mod at_risk;
@@ -100,6 +101,11 @@ pub async fn run_with_metrics(
 
     // Background tasks stop when `stop` fires, or when this future is dropped (its sender goes).
     let (stop_tx, stop_rx) = watch::channel(false);
+    let writes_health = tokio::spawn(report_writes_health(
+        state.clone(),
+        health.clone(),
+        stop_rx.clone(),
+    ));
     let background = Background::spawn(
         &config,
         Loader::new(
@@ -122,12 +128,14 @@ pub async fn run_with_metrics(
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
     let drain_health = health.clone();
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         set_health(&drain_health, ServingStatus::NotServing).await;
+        let _ = draining_tx.send(());
     };
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .layer(admission::AdmissionLayer::new(
             config.max_concurrent_requests,
             metrics.clone(),
@@ -139,20 +147,84 @@ pub async fn run_with_metrics(
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
-        )
-        .await;
+        );
+    let served = drain_within(
+        serve,
+        draining_rx,
+        Duration::from_millis(config.shutdown_grace_ms),
+    )
+    .await;
 
     let _ = stop_tx.send(true);
     background.join().await;
-    let flushed = state.shutdown().await;
-    match &flushed {
+    let _ = writes_health.await;
+    // A failed final snapshot (a full disk) loses nothing: the log keeps every acknowledged
+    // event and the next start replays it. So it is logged, and the exit stays clean.
+    match state.shutdown().await {
         Ok(()) => tracing::info!("final state snapshot written"),
         Err(e) => {
-            tracing::error!(error = %e, "final state snapshot failed (the event log keeps every event)")
+            tracing::error!(error = %e, "final state snapshot failed; nothing is lost: the event log keeps every acknowledged event and the next start replays it")
         }
     }
     served?;
-    Ok(flushed?)
+    Ok(())
+}
+
+/// Health name that reports whether writes (RecordEvents) are accepted: NOT_SERVING while the
+/// state refuses them (a full disk) or before the state is seeded; reads may still be served.
+pub const WRITES_HEALTH_NAME: &str = "tiering.v1.Tiering.RecordEvents";
+
+/// Keeps [`WRITES_HEALTH_NAME`] current until `stop` fires.
+async fn report_writes_health(
+    state: Arc<StateBackend>,
+    health: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let ok = state.is_seeded() && !state.refusing_writes();
+        if last != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(WRITES_HEALTH_NAME, status).await;
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    health
+        .set_service_status(WRITES_HEALTH_NAME, ServingStatus::NotServing)
+        .await;
+}
+
+/// Runs `serve` to its end, but once `draining` fires (the shutdown began) gives it only
+/// `grace` more: then it is dropped with whatever connections it still holds (a client that
+/// never sends its request body, or never reads its response, cannot hold the shutdown).
+async fn drain_within<E>(
+    serve: impl Future<Output = Result<(), E>>,
+    draining: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> Result<(), E> {
+    tokio::pin!(serve);
+    let deadline = async {
+        if draining.await.is_err() {
+            // The sender went with the signal future: serve has finished or will.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = &mut serve => r,
+        () = deadline => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace period over: dropping the connections still open");
+            Ok(())
+        }
+    }
 }
 
 /// Opens the configured state backend (blocking work, on a blocking thread) and logs what
@@ -175,10 +247,20 @@ async fn open_state(
         state_dir = %state_dir.display(),
         users = recovery.users,
         replayed_events = recovery.replayed_events,
-        torn_tail = recovery.torn_tail,
+        torn_tail = recovery.torn_tail(),
+        unclean_stop = recovery.unclean_stop(),
         seeded_from = recovery.seeded_from.as_deref().unwrap_or("(not yet: the first model seeds it)"),
         "state loaded"
     );
+    for segment in &recovery.segments {
+        if segment.torn.is_some() {
+            tracing::warn!("event log: {segment}");
+        } else if segment.records > 0 {
+            tracing::warn!("event log: {segment}: the previous run stopped without its final snapshot (a crash or a kill); a cut at a record boundary would look the same, so compare with what clients were acknowledged if in doubt");
+        } else {
+            tracing::info!("event log: {segment}");
+        }
+    }
     let state = StateBackend::Embedded(state);
     metrics.events_ingested(0, state.users());
     Ok(state)

@@ -45,10 +45,21 @@ pub(crate) enum ModelError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// Why an earlier version serves instead of the one `MODELS/CURRENT` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// The version CURRENT names.
+    pub wanted: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
 /// A bundle ready to serve.
 #[derive(Debug)]
 pub struct LiveModel {
     pub version: String,
+    /// Set when this model serves in place of CURRENT's (which failed to load at start).
+    pub fallback: Option<Fallback>,
     pub manifest: Manifest,
     pub scorer: Scorer,
     /// Tier id → index into `scorer.tiers.tiers`.
@@ -99,6 +110,7 @@ impl LiveModel {
         }
         Ok(LiveModel {
             version,
+            fallback: None,
             manifest: bundle.manifest,
             scorer,
             tier_index,
@@ -193,6 +205,7 @@ impl Loader {
                 self.refused = None;
                 self.slot.set(model);
                 self.metrics.model_loaded(&version);
+                self.metrics.model_fallback(None);
                 self.health
                     .set_service_status("", ServingStatus::Serving)
                     .await;
@@ -214,8 +227,53 @@ impl Loader {
                     still_serving = live.as_deref().unwrap_or("nothing"),
                     "refusing model bundle"
                 );
+                if live.is_none() {
+                    self.fall_back(&version, e.to_string()).await;
+                }
             }
         }
+    }
+
+    /// Nothing serves and CURRENT's bundle (`wanted`) failed: serve the newest version in
+    /// `MODELS/HISTORY` that loads, loudly (error log, `tiering_model_fallback` metric,
+    /// [`LiveModel::fallback`]). CURRENT is left as it is: an operator fixes or moves it.
+    async fn fall_back(&mut self, wanted: &str, reason: String) {
+        let history = std::fs::read_to_string(self.store.root.join("HISTORY")).unwrap_or_default();
+        let mut tried = vec![wanted.to_string()];
+        for candidate in history.lines().rev().map(str::trim) {
+            if candidate.is_empty() || tried.iter().any(|t| t == candidate) {
+                continue;
+            }
+            tried.push(candidate.to_string());
+            match self.load(candidate).await {
+                Ok(mut model) => {
+                    model.fallback = Some(Fallback {
+                        wanted: wanted.to_string(),
+                        reason: reason.clone(),
+                    });
+                    self.slot.set(model);
+                    self.metrics.model_loaded(candidate);
+                    self.metrics.model_fallback(Some((wanted, candidate)));
+                    self.health
+                        .set_service_status("", ServingStatus::Serving)
+                        .await;
+                    self.health
+                        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                        .await;
+                    tracing::error!(
+                        wanted,
+                        serving = candidate,
+                        reason,
+                        "FALLBACK: the current model bundle does not load; serving the newest valid earlier version from HISTORY until CURRENT changes (fix or promote a bundle, or send SIGHUP to retry)"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(version = candidate, error = %e, "fallback candidate does not load either");
+                }
+            }
+        }
+        tracing::error!(wanted, "no version in HISTORY loads: nothing to serve");
     }
 
     fn read_error(&mut self, e: String) {

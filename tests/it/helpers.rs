@@ -303,6 +303,14 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Graceful shutdown without a time limit of its own: the caller bounds it.
+    pub async fn stop_task(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+
     /// As close to `kill -9` as one process gets: the server future is dropped mid-flight, no
     /// drain, no snapshot.
     pub async fn kill(self) {
@@ -372,8 +380,22 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
+        Self::spawn_via(&[], dirs, env)
+    }
+
+    /// [`ServerProcess::spawn`], the binary run through `wrapper` (e.g. `nsenter -t PID -m --`).
+    pub fn spawn_via(wrapper: &[&str], dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+        let bin = env!("CARGO_BIN_EXE_tiering");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--now", "2024-06-01"])
             .arg("--models")
             .arg(dirs.models())
@@ -438,4 +460,29 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `tiering ARGS…` to completion: (success, stdout + stderr).
+pub fn tiering_cli(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `tiering state ACTION --state DIR EXTRA…`.
+pub fn state_cli(action: &str, state: &Path, extra: &[&str]) -> (bool, String) {
+    use std::ffi::OsStr;
+    let mut args: Vec<&OsStr> = vec![OsStr::new("state"), OsStr::new(action)];
+    args.push(OsStr::new("--state"));
+    args.push(state.as_os_str());
+    args.extend(extra.iter().map(OsStr::new));
+    tiering_cli(&args)
 }

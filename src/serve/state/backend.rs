@@ -57,6 +57,12 @@ impl UserState for StateBackend {
         }
     }
 
+    fn refusing_writes(&self) -> bool {
+        match self {
+            StateBackend::Embedded(s) => s.refusing_writes(),
+        }
+    }
+
     fn is_seeded(&self) -> bool {
         match self {
             StateBackend::Embedded(s) => s.is_seeded(),

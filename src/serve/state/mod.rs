@@ -110,6 +110,10 @@ pub trait UserState: Send + Sync {
     /// Users held.
     fn users(&self) -> usize;
 
+    /// True while the state refuses writes it could accept later (the embedded log's disk is
+    /// full); readiness reports it.
+    fn refusing_writes(&self) -> bool;
+
     /// True once the state holds a seed (a bundle's snapshot, or a previous run's state).
     fn is_seeded(&self) -> bool;
 
@@ -140,13 +144,15 @@ pub enum StateError {
     /// Another running server holds the state directory's lock.
     #[error("{path}: the state directory is in use by another running server")]
     Locked { path: PathBuf },
-    /// A log record that cannot be trusted, with acknowledged events possibly after it
-    /// (`what`: empty record, checksum mismatch in the middle of the log).
-    #[error("{path}: corrupt server state: at byte {offset}: {what}")]
+    /// A log record that cannot be trusted, with valid (acknowledged) records after it, so it
+    /// is not a crash's torn tail (`what`: empty record, checksum mismatch, a length past the
+    /// end of the file). The file is left as it is; `tiering state repair` can cut it.
+    #[error("{path}: corrupt server state: at byte {offset}: {what}, yet a valid record follows at byte {next_valid} (acknowledged events would be lost); the file is left untouched: inspect it with `tiering state check`, restore a backup, or cut it with `tiering state repair`")]
     DamagedRecord {
         path: PathBuf,
         offset: usize,
         what: &'static str,
+        next_valid: usize,
     },
     /// A record cut short (or zero-filled) in a segment that is not the last: not a crash's torn
     /// tail, because later segments follow it.
@@ -164,9 +170,14 @@ pub enum StateError {
         offset: usize,
         source: postcard::Error,
     },
-    /// The log segments after the snapshot are not consecutive.
-    #[error("{path}: corrupt server state: log segment {expected} is missing")]
+    /// The log segments after the snapshot are not consecutive, or the snapshot's first segment
+    /// is gone.
+    #[error("{path}: corrupt server state: log segment {expected} is missing (state.bin and the log disagree: restore both from one backup)")]
     MissingSegment { path: PathBuf, expected: u64 },
+    /// No `state.bin`, yet a log segment of a later generation proves a snapshot was written:
+    /// starting empty would silently drop every acknowledged event it held.
+    #[error("{path} is missing, but {segment} shows a snapshot was written (a previous run seeded and snapshotted this state): refusing to start from the bundle's snapshot, which would silently lose every event recorded since. Restore state.bin (`tiering state restore`), or move the state directory away to knowingly start over")]
+    SnapshotMissing { path: PathBuf, segment: PathBuf },
     /// Log segments with events but no snapshot to apply them to.
     #[error("{path}: corrupt server state: an event log without state.bin: restore the snapshot or remove the state directory")]
     LogWithoutSnapshot { path: PathBuf },
@@ -196,6 +207,29 @@ pub enum StateError {
         path.display()
     )]
     Poisoned {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    /// `tiering state repair` kept finding damage (it fixes one segment per pass).
+    #[error("{path}: repair did not converge; inspect the state directory by hand")]
+    RepairLoop { path: PathBuf },
+    /// A backup or restore target that already holds files.
+    #[error("{path}: already holds state files (restore: pass --force to move them aside)")]
+    TargetNotEmpty { path: PathBuf },
+    /// Snapshots kept replacing `state.bin` while a backup read the directory.
+    #[error("{path}: the state kept changing under the backup (snapshots in a row); try again")]
+    BackupRaced { path: PathBuf },
+    /// A log write failed for lack of space (ENOSPC, EDQUOT) and was rolled back: writes are
+    /// refused until space is free again; reads go on; nothing acknowledged is lost.
+    #[error("event log full: {}: {source}; writes are refused until space is freed (they resume by themselves), reads go on", path.display())]
+    LogFull {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    /// A log write or fsync failed for another reason and was rolled back: writes are refused
+    /// until one succeeds again.
+    #[error("event log unavailable: {}: write failed: {source}; writes are refused until the log can be written again", path.display())]
+    LogWriteFailed {
         path: PathBuf,
         source: Arc<std::io::Error>,
     },

@@ -89,10 +89,12 @@ pub(crate) fn write_snapshot(
     covers_below: u64,
 ) -> Result<(), StateError> {
     let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
-    {
-        let mut f = File::create(&tmp).map_err(StateError::io(&tmp))?;
-        f.write_all(bytes).map_err(StateError::io(&tmp))?;
-        f.sync_all().map_err(StateError::io(&tmp))?;
+    let written =
+        File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    if let Err(e) = written {
+        // Give the space back (a full disk): the old snapshot and its segments stay valid.
+        let _ = fs::remove_file(&tmp);
+        return Err(StateError::io(&tmp)(e));
     }
     let path = dir.join(SNAPSHOT);
     fs::rename(&tmp, &path).map_err(StateError::io(&path))?;

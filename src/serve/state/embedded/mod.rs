@@ -5,6 +5,7 @@
 //! - `wal` — the write-ahead log: record format, recovery at start, the log thread, the handle.
 //! - `snapshot` — the `state.bin` format.
 //! - `dir` — the state directory: layout, lock, segments, writing a snapshot.
+//! - [`tools`] — check, repair, backup and restore (`tiering state`).
 //!
 //! Reads go straight to the table (a shard's read lock for the time of a hash lookup and a
 //! copy), so [`EmbeddedState`]'s read futures are complete when returned; writes go through the
@@ -13,10 +14,11 @@
 mod dir;
 mod snapshot;
 pub mod store;
+pub mod tools;
 mod wal;
 
 pub use dir::SNAPSHOT;
-pub use wal::replay::Recovery;
+pub use wal::replay::{Recovery, SegmentReport};
 pub use wal::{EventLog, LogOptions};
 
 use super::{Applied, StateError, UserEvent, UserState};
@@ -91,6 +93,10 @@ impl UserState for EmbeddedState {
 
     fn users(&self) -> usize {
         self.store.len()
+    }
+
+    fn refusing_writes(&self) -> bool {
+        self.log.refusing_writes()
     }
 
     fn is_seeded(&self) -> bool {

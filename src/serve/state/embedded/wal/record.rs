@@ -1,9 +1,11 @@
 //! The log record format, and reading a segment back.
 //!
 //! A record is `u32 LE length | u32 LE crc32(payload) | payload`, the payload being one
-//! request's events (postcard). On replay, a record cut short at the very end of the last
-//! segment (a crash mid-write) is reported as a torn tail; a damaged record anywhere else is an
-//! error, because acknowledged events after it would be lost.
+//! request's events (postcard). On replay, bad bytes at the end of the last segment with no
+//! valid record after them (a crash mid-write) are reported as a torn tail; bad bytes followed by
+//! any valid record, or in a segment that is not the last, are an error naming the segment and
+//! the offset, because acknowledged events after them would be lost. A flipped bit in a length
+//! field therefore stops the start instead of hiding every record after it.
 
 use crate::serve::state::{StateError, UserEvent};
 use std::path::Path;
@@ -33,69 +35,87 @@ pub(crate) struct SegmentReplay {
     pub events: u64,
     /// Bytes of whole, valid records from the start.
     pub valid_len: u64,
-    pub torn: bool,
+    /// Why the bytes after `valid_len` were dropped as a torn tail (`None`: the segment ends at
+    /// a record boundary).
+    pub torn: Option<&'static str>,
+}
+
+/// Where the record at `off` ends, if it is whole and its checksum matches (its payload is not
+/// decoded).
+fn whole_record_at(bytes: &[u8], off: usize) -> Option<usize> {
+    let rest = bytes.get(off..)?;
+    let header = rest.get(..HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let payload = rest.get(HEADER..HEADER + len)?;
+    (crc32fast::hash(payload) == crc).then_some(off + HEADER + len)
+}
+
+/// The first offset after `from` where a whole, checksummed, decodable record starts: proof that
+/// the bytes at `from` are damage rather than a torn tail (a crash leaves nothing valid after
+/// its interrupted write).
+pub fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from + 1..bytes.len()).find(|&o| {
+        whole_record_at(bytes, o).is_some_and(|end| {
+            postcard::from_bytes::<Vec<UserEvent>>(&bytes[o + HEADER..end]).is_ok()
+        })
+    })
+}
+
+/// The byte ranges of every whole, checksummed, decodable record, skipping bad bytes between
+/// them (`tiering state repair --salvage`).
+pub fn valid_records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let decodes = |o: usize, end: usize| {
+        postcard::from_bytes::<Vec<UserEvent>>(&bytes[o + HEADER..end]).is_ok()
+    };
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < bytes.len() {
+        match whole_record_at(bytes, off).filter(|&end| decodes(off, end)) {
+            Some(end) => {
+                out.push(off..end);
+                off = end;
+            }
+            None => match next_valid_record(bytes, off) {
+                Some(next) => off = next,
+                None => break,
+            },
+        }
+    }
+    out
 }
 
 /// Decodes a segment's records in order, calling `apply` on each event. `last`: this is the
-/// newest segment, whose final record may be torn.
-pub(crate) fn replay_segment(
+/// newest segment, whose end may hold a torn write.
+///
+/// Errors: [`StateError::DamagedRecord`] for a bad record with valid records after it (in any
+/// segment), [`StateError::TornMidLog`] for a cut-short record in a segment that is not the
+/// last, [`StateError::UndecodableRecord`] for a checksummed record whose payload does not
+/// decode. Only a bad record with nothing valid after it, in the last segment, is a torn tail.
+pub fn replay_segment(
     path: &Path,
     bytes: &[u8],
     last: bool,
     mut apply: impl FnMut(UserEvent),
 ) -> Result<SegmentReplay, StateError> {
-    let damaged = |offset: usize, what: &'static str| StateError::DamagedRecord {
-        path: path.to_path_buf(),
-        offset,
-        what,
-    };
     let mut out = SegmentReplay {
         records: 0,
         events: 0,
         valid_len: 0,
-        torn: false,
+        torn: None,
     };
     let mut off = 0usize;
     while off < bytes.len() {
-        let rest = &bytes[off..];
-        let torn = |what: &'static str| -> Result<SegmentReplay, StateError> {
-            if last {
-                tracing::warn!(path = %path.display(), offset = off, "dropping a torn record at the end of the event log ({what}): a crash interrupted its write, so it was never acknowledged");
-                Ok(SegmentReplay { torn: true, ..out })
-            } else {
-                Err(StateError::TornMidLog {
-                    path: path.to_path_buf(),
-                    offset: off,
-                    what,
-                })
-            }
+        let Some(end) = whole_record_at(bytes, off) else {
+            return bad_tail(path, bytes, off, last).map(|what| SegmentReplay {
+                torn: Some(what),
+                ..out
+            });
         };
-        if rest.len() < HEADER {
-            return torn("incomplete record header");
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len == 0 {
-            // Never written by us: a zero-filled tail left by a crash, or damage.
-            if rest.iter().all(|&b| b == 0) {
-                return torn("zero-filled tail");
-            }
-            return Err(damaged(off, "empty record"));
-        }
-        if len > MAX_RECORD || len > rest.len() - HEADER {
-            return torn("record extends past the end of the file");
-        }
-        let payload = &rest[HEADER..HEADER + len];
-        let end = off + HEADER + len;
-        if crc32fast::hash(payload) != crc {
-            if end == bytes.len() {
-                return torn("checksum mismatch in the final record");
-            }
-            return Err(damaged(
-                off,
-                "checksum mismatch in the middle of the log (acknowledged events follow it)",
-            ));
-        }
+        let payload = &bytes[off + HEADER..end];
         let events: Vec<UserEvent> =
             postcard::from_bytes(payload).map_err(|source| StateError::UndecodableRecord {
                 path: path.to_path_buf(),
@@ -109,6 +129,45 @@ pub(crate) fn replay_segment(
         out.valid_len = off as u64;
     }
     Ok(out)
+}
+
+/// Judges the bytes from `off` on, where no whole record starts: a torn tail (returns what it
+/// looks like) only in the last segment and with no valid record after it.
+fn bad_tail(path: &Path, bytes: &[u8], off: usize, last: bool) -> Result<&'static str, StateError> {
+    let rest = &bytes[off..];
+    let what = if rest.len() < HEADER {
+        "incomplete record header"
+    } else if rest.iter().all(|&b| b == 0) {
+        "zero-filled tail"
+    } else {
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len == 0 {
+            "empty record"
+        } else if len > MAX_RECORD || len > rest.len() - HEADER {
+            "record extends past the end of the file"
+        } else {
+            "checksum mismatch"
+        }
+    };
+    if let Some(next_valid) = next_valid_record(bytes, off) {
+        return Err(StateError::DamagedRecord {
+            path: path.to_path_buf(),
+            offset: off,
+            what: match what {
+                "checksum mismatch" => "checksum mismatch in the middle of the log",
+                other => other,
+            },
+            next_valid,
+        });
+    }
+    if !last {
+        return Err(StateError::TornMidLog {
+            path: path.to_path_buf(),
+            offset: off,
+            what,
+        });
+    }
+    Ok(what)
 }
 
 #[cfg(test)]
@@ -199,7 +258,7 @@ pub(crate) mod tests {
         assert_eq!(seen, vec!["a", "b", "c"]);
         assert_eq!(
             (r.records, r.events, r.valid_len, r.torn),
-            (2, 3, bytes.len() as u64, false)
+            (2, 3, bytes.len() as u64, None)
         );
     }
 
@@ -210,18 +269,17 @@ pub(crate) mod tests {
         for cut in [first_len + 3, first_len + 9, bytes.len() - 1] {
             let mut seen = 0;
             let r = replay_segment(Path::new("x"), &bytes[..cut], true, |_| seen += 1).unwrap();
-            assert!(r.torn);
+            assert!(r.torn.is_some());
             assert_eq!((seen, r.valid_len), (1, first_len as u64));
             assert!(replay_segment(Path::new("x"), &bytes[..cut], false, |_| ()).is_err());
         }
         // A zero-filled tail (the file grew but the data never landed) is torn too.
         let mut zeros = bytes.clone();
         zeros.extend_from_slice(&[0u8; 64]);
-        assert!(
-            replay_segment(Path::new("x"), &zeros, true, |_| ())
-                .unwrap()
-                .torn
-        );
+        assert!(replay_segment(Path::new("x"), &zeros, true, |_| ())
+            .unwrap()
+            .torn
+            .is_some());
     }
 
     #[test]
@@ -234,10 +292,63 @@ pub(crate) mod tests {
         let mut bytes = log_of(&[vec![ev("a", 1)], vec![ev("b", 2)]]);
         let n = bytes.len();
         bytes[n - 1] ^= 0xff;
-        assert!(
-            replay_segment(Path::new("x"), &bytes, true, |_| ())
-                .unwrap()
-                .torn
-        );
+        assert!(replay_segment(Path::new("x"), &bytes, true, |_| ())
+            .unwrap()
+            .torn
+            .is_some());
+    }
+
+    #[test]
+    fn a_flipped_length_byte_followed_by_valid_records_is_damage_not_a_torn_tail() {
+        let records: Vec<Vec<UserEvent>> = (0..20).map(|i| vec![ev("u", i)]).collect();
+        let bytes = log_of(&records);
+        for at in [3usize, 2, 1] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x80;
+            let e = replay_segment(Path::new("wal-x"), &damaged, true, |_| ()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("wal-x") && text.contains("byte 0"), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, and valid logs with arbitrary damage: never a panic; every outcome
+        /// is replayed records, a torn tail (last segment only), or one of the documented
+        /// corruption errors naming the offset.
+        #[test]
+        fn the_record_reader_never_panics_and_reports_each_bad_input(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((0usize..4096, 1u8..=255), 0..4),
+            cut in 0usize..4096,
+            last in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = log_of(&[vec![ev("a", 1)], vec![ev("b", 2), ev("c", 3)], vec![ev("d", 4)]]);
+            for (at, x) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= x;
+            }
+            bytes.truncate(cut.max(1));
+            bytes.extend_from_slice(&noise);
+            for input in [&bytes[..], &noise[..]] {
+                match replay_segment(Path::new("x"), input, last, |_| ()) {
+                    Ok(r) => {
+                        proptest::prop_assert!(r.valid_len as usize <= input.len());
+                        proptest::prop_assert!(r.torn.is_none() || last);
+                        proptest::prop_assert_eq!(r.torn.is_none(), r.valid_len as usize == input.len());
+                    }
+                    Err(StateError::DamagedRecord { offset, next_valid, .. }) => {
+                        proptest::prop_assert!(offset < next_valid && next_valid < input.len());
+                    }
+                    Err(StateError::TornMidLog { offset, .. }) => {
+                        proptest::prop_assert!(!last && offset < input.len());
+                    }
+                    Err(StateError::UndecodableRecord { offset, .. }) => {
+                        proptest::prop_assert!(offset < input.len());
+                    }
+                    Err(e) => proptest::prop_assert!(false, "undocumented error {e}"),
+                }
+                let _ = valid_records(input);
+            }
+        }
     }
 }

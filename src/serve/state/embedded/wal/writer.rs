@@ -18,6 +18,11 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
+/// Bytes the space probe writes: a typical group commit.
+const PROBE_BYTES: usize = 64 * 1024;
+/// How often the space probe runs while writes are refused.
+pub(super) const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Most queued appends folded into one fsync.
 const MAX_GROUP: usize = 4096;
 
@@ -72,10 +77,16 @@ pub(super) struct Writer {
     /// Set when a write or fsync failed: the segment's state is unknown, so nothing more is
     /// acknowledged until a restart replays it.
     pub poisoned: Option<Poison>,
+    /// Set while a write failed and was rolled back (disk full): appends are refused until a
+    /// write or the space probe succeeds. Shared with [`super::EventLog::refusing_writes`].
+    pub refusing: Arc<AtomicBool>,
     pub seeded_from: Option<String>,
     pub seeded: Arc<AtomicBool>,
     pub opts: LogOptions,
     pub metrics: Arc<Metrics>,
+    /// The newest segment and how much of it the last `fdatasync` made durable (what a power
+    /// cut leaves of the log); read by the power-cut test harness.
+    pub durable: Arc<std::sync::Mutex<(u64, u64)>>,
     /// The snapshot being written in the background.
     pub pending: Option<JoinHandle<Result<(), StateError>>>,
     pub _lock: File,
@@ -87,9 +98,13 @@ impl Writer {
         loop {
             let cmd = match deferred.take() {
                 Some(c) => c,
-                None => match rx.recv() {
+                None => match rx.recv_timeout(PROBE_EVERY) {
                     Ok(c) => c,
-                    Err(_) => break, // every handle dropped: stop as a crash would
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.probe_space();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break, // as a crash would
                 },
             };
             match cmd {
@@ -164,17 +179,16 @@ impl Writer {
             }
         });
         if let Err(e) = written {
-            let p = Poison {
-                path: self.dir.join(segment_name(self.gen)),
-                source: Arc::new(e),
-            };
-            tracing::error!("{}", p.error());
-            fail(group, &|| p.error());
-            self.poisoned = Some(p);
+            let e = self.roll_back(e);
+            fail(group, &|| e());
             return;
         }
+        self.set_refusing(false);
         self.metrics.wal_commit(group.len(), started.elapsed());
         self.seg_bytes += total as u64;
+        if self.opts.fsync {
+            self.mark_durable();
+        }
         self.dirty = true;
         self.apply_and_acknowledge(group);
     }
@@ -218,6 +232,88 @@ impl Writer {
         Ok(())
     }
 
+    /// After a failed write or fsync: cuts the segment back to its last synced length and syncs
+    /// it. If that works the log is whole again and later appends are tried as usual (writes are
+    /// refused, not lost: `ENOSPC`/`EDQUOT` answer [`StateError::LogFull`], other errors
+    /// [`StateError::LogWriteFailed`], until a write or the space probe succeeds); if not, the
+    /// segment's state is unknown and the log is poisoned until a restart replays it. Returns
+    /// the error each append of the failed group gets.
+    fn roll_back(&mut self, e: std::io::Error) -> Box<dyn Fn() -> StateError> {
+        let path = self.dir.join(segment_name(self.gen));
+        let source = Arc::new(e);
+        let rolled = self
+            .file
+            .set_len(self.seg_bytes)
+            .and_then(|()| self.file.sync_data());
+        if let Err(again) = rolled {
+            let p = Poison {
+                path: path.clone(),
+                source: source.clone(),
+            };
+            tracing::error!(undo_error = %again, "{}", p.error());
+            self.poisoned = Some(p);
+            return Box::new(move || StateError::Poisoned {
+                path: path.clone(),
+                source: source.clone(),
+            });
+        }
+        if !self.refusing.load(Ordering::Relaxed) {
+            tracing::error!(path = %path.display(), error = %source, "event log write failed: refusing writes (reads go on) until the log can be written again; nothing acknowledged is lost");
+        }
+        self.set_refusing(true);
+        let full = matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        );
+        Box::new(move || {
+            if full {
+                StateError::LogFull {
+                    path: path.clone(),
+                    source: source.clone(),
+                }
+            } else {
+                StateError::LogWriteFailed {
+                    path: path.clone(),
+                    source: source.clone(),
+                }
+            }
+        })
+    }
+
+    fn set_refusing(&self, refusing: bool) {
+        if self.refusing.swap(refusing, Ordering::AcqRel) && !refusing {
+            tracing::warn!("event log writable again: accepting writes");
+        }
+    }
+
+    /// While writes are refused: writes and syncs a small probe file in the state directory; if
+    /// that works, writes are accepted again (so readiness recovers without waiting for a
+    /// client to retry).
+    pub fn probe_space(&self) {
+        if !self.refusing.load(Ordering::Relaxed) || self.poisoned.is_some() {
+            return;
+        }
+        let path = self.dir.join("space-probe.tmp");
+        let ok = File::create(&path)
+            .and_then(|mut f| {
+                f.write_all(&[0u8; PROBE_BYTES])?;
+                f.sync_data()
+            })
+            .is_ok();
+        let _ = std::fs::remove_file(&path);
+        if ok {
+            self.set_refusing(false);
+        }
+    }
+
+    /// Records that segment `gen` is durable up to `seg_bytes` (before any acknowledgement).
+    fn mark_durable(&self) {
+        *self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (self.gen, self.seg_bytes);
+    }
+
     fn join_pending(&mut self) -> Result<(), StateError> {
         match self.pending.take() {
             None => Ok(()),
@@ -242,6 +338,7 @@ impl Writer {
         self.file = file;
         self.gen = next;
         self.seg_bytes = 0;
+        self.mark_durable();
         self.dirty = false;
         let dir = self.dir.clone();
         if wait {

@@ -1,0 +1,114 @@
+//! `tiering state`: check, repair, back up and restore a server's state directory (the
+//! snapshot `state.bin` and the event log `wal-*.log`). See README "Operations / Storage".
+//!
+//! `check`, `repair` and `restore` take the directory's lock, so they refuse while a server
+//! runs on it; `backup` works while it runs.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use tiering::serve::state::embedded::tools::{self, Repaired};
+use tiering::serve::state::embedded::Recovery;
+
+#[derive(clap::Args)]
+pub struct StateArgs {
+    /// The state directory (the server's `--state`).
+    #[arg(long, global = true, default_value = "state", value_name = "DIR")]
+    pub state: PathBuf,
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// Replay the snapshot and the log without changing anything, and say what was found
+    /// (exit 1 if the server would refuse to start).
+    Check,
+    /// Cut a damaged log at its first bad byte (the file is first copied to `<file>.broken`),
+    /// and cut a torn tail; the events after the damage are lost unless --salvage.
+    Repair {
+        /// Keep every valid record after the damage too (drops only the bad bytes).
+        #[arg(long)]
+        salvage: bool,
+    },
+    /// Copy the state (consistently, also while a server runs) into DEST (absent or empty).
+    Backup {
+        #[arg(long, value_name = "DEST")]
+        to: PathBuf,
+    },
+    /// Check the backup in SRC and copy it into the state directory.
+    Restore {
+        #[arg(long, value_name = "SRC")]
+        from: PathBuf,
+        /// Move state already in the directory aside (to `replaced-<unix time>/`) instead of
+        /// refusing.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn run(args: StateArgs) -> Result<()> {
+    let dir = &args.state;
+    match args.action {
+        Action::Check => {
+            let r = tools::check(dir).with_context(|| {
+                format!(
+                    "checking {}: the server would refuse to start",
+                    dir.display()
+                )
+            })?;
+            print_recovery("ok", &r);
+        }
+        Action::Repair { salvage } => {
+            let (changed, r) = tools::repair(dir, salvage)
+                .with_context(|| format!("repairing {}", dir.display()))?;
+            for Repaired {
+                path,
+                broken_copy,
+                before,
+                after,
+            } in &changed
+            {
+                println!(
+                    "repaired {}: {before} -> {after} bytes (the original is kept as {})",
+                    path.display(),
+                    broken_copy.display()
+                );
+            }
+            if changed.is_empty() {
+                println!("no damaged record found");
+            }
+            print_recovery("now", &r);
+        }
+        Action::Backup { to } => {
+            let r = tools::backup(dir, &to)
+                .with_context(|| format!("backing up {} to {}", dir.display(), to.display()))?;
+            print_recovery(&format!("backup in {}", to.display()), &r);
+        }
+        Action::Restore { from, force } => {
+            let r = tools::restore(&from, dir, force)
+                .with_context(|| format!("restoring {} into {}", from.display(), dir.display()))?;
+            print_recovery(&format!("restored into {}", dir.display()), &r);
+        }
+    }
+    Ok(())
+}
+
+fn print_recovery(label: &str, r: &Recovery) {
+    println!(
+        "{label}: {} users, seeded from {}, {} events in {} records after the snapshot",
+        r.users,
+        r.seeded_from.as_deref().unwrap_or("(not yet seeded)"),
+        r.replayed_events,
+        r.replayed_records,
+    );
+    for s in &r.segments {
+        println!("  {s}");
+    }
+    if r.unclean_stop() {
+        println!(
+            "  the log after the snapshot is not empty: the last run stopped without its final \
+             snapshot (a crash, a kill, a power cut); a cut at a record boundary cannot be told \
+             from the log's true end"
+        );
+    }
+}

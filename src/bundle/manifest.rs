@@ -235,7 +235,10 @@ mod tests {
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["created_at"], "2026-10-02T08:15:42Z");
         assert_eq!(json["data"]["first_event"], "2026-01-01T00:00:03Z");
-        assert_eq!(json["data"]["last_event"], "", "no event: the empty string, as before");
+        assert_eq!(
+            json["data"]["last_event"], "",
+            "no event: the empty string, as before"
+        );
         let back: Manifest = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, m);
 

@@ -141,6 +141,9 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A snapshot, or a file `tiering state` rewrites, could not be replaced atomically.
+    #[error(transparent)]
+    Atomic(#[from] crate::io::atomic::AtomicError),
     /// Another running server holds the state directory's lock.
     #[error("{path}: the state directory is in use by another running server")]
     Locked { path: PathBuf },

@@ -9,9 +9,9 @@
 //!   wal-<gen>.log        log segments, replayed in order from `wal_gen` on start
 //! ```
 
+use crate::io::atomic::write_atomic;
 use crate::serve::state::StateError;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The snapshot's file name.
@@ -88,17 +88,9 @@ pub(crate) fn write_snapshot(
     bytes: &[u8],
     covers_below: u64,
 ) -> Result<(), StateError> {
-    let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
-    let written =
-        File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
-    if let Err(e) = written {
-        // Give the space back (a full disk): the old snapshot and its segments stay valid.
-        let _ = fs::remove_file(&tmp);
-        return Err(StateError::io(&tmp)(e));
-    }
-    let path = dir.join(SNAPSHOT);
-    fs::rename(&tmp, &path).map_err(StateError::io(&path))?;
-    sync_dir(dir)?;
+    // A failed write (a full disk) removes its temporary file and gives the space back: the old
+    // snapshot and its segments stay valid.
+    write_atomic(&dir.join(SNAPSHOT), bytes)?;
     for (gen, seg) in segments(dir)? {
         if gen < covers_below {
             fs::remove_file(&seg).map_err(StateError::io(&seg))?;

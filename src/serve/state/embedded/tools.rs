@@ -19,9 +19,10 @@ use super::snapshot::decode_snapshot;
 use super::store::UserStore;
 use super::wal::record::valid_records;
 use super::wal::replay::{read_state, Recovery};
+use crate::io::atomic::write_atomic;
 use crate::serve::state::StateError;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Attempts at a backup before giving up on snapshots that keep replacing `state.bin`.
@@ -81,7 +82,7 @@ pub fn repair(dir: &Path, salvage: bool) -> Result<(Vec<Repaired>, Recovery), St
         };
         let broken_copy = free_name(&path);
         fs::copy(&path, &broken_copy).map_err(StateError::io(&broken_copy))?;
-        write_synced(&path, &kept)?;
+        write_atomic(&path, &kept)?;
         done.push(Repaired {
             path,
             broken_copy,
@@ -104,22 +105,6 @@ fn free_name(path: &Path) -> PathBuf {
         n += 1;
     }
     candidate
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    {
-        let mut f = File::create(&tmp).map_err(StateError::io(&tmp))?;
-        f.write_all(bytes).map_err(StateError::io(&tmp))?;
-        f.sync_all().map_err(StateError::io(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(StateError::io(path))?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(StateError::io(parent))?;
-    }
-    Ok(())
 }
 
 /// Fails unless `dest` is absent or an empty directory, then creates it.
@@ -182,7 +167,7 @@ pub fn backup(dir: &Path, dest: &Path) -> Result<Recovery, StateError> {
         };
         empty_target(dest)?;
         for (name, bytes) in &files {
-            write_synced(&dest.join(name), bytes)?;
+            write_atomic(&dest.join(name), bytes)?;
         }
         let (recovery, _) = read_state(dest, &scratch_store(), true)?;
         return Ok(recovery);
@@ -224,9 +209,9 @@ pub fn restore(from: &Path, dir: &Path, force: bool) -> Result<Recovery, StateEr
     // refuses (segments past the first), instead of a state.bin without its log.
     for (gen, path) in segments(from)? {
         let bytes = fs::read(&path).map_err(StateError::io(&path))?;
-        write_synced(&dir.join(segment_name(gen)), &bytes)?;
+        write_atomic(&dir.join(segment_name(gen)), &bytes)?;
     }
     let snap = fs::read(from.join(SNAPSHOT)).map_err(StateError::io(from.join(SNAPSHOT)))?;
-    write_synced(&dir.join(SNAPSHOT), &snap)?;
+    write_atomic(&dir.join(SNAPSHOT), &snap)?;
     read_state(dir, &scratch_store(), true).map(|(r, _)| r)
 }

@@ -97,7 +97,7 @@ pub(crate) struct Tail {
 pub fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateError> {
     fs::create_dir_all(dir).map_err(StateError::io(dir))?;
     let lock = lock_dir(dir)?;
-    let _ = fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));
+    remove_unfinished_snapshots(dir);
     let (recovery, wal_gen) = read_state(dir, store, true)?;
     let (gen, seg_bytes) = match recovery.segments.last() {
         Some(s) => (wal_gen + recovery.segments.len() as u64 - 1, s.valid_len),
@@ -237,4 +237,18 @@ fn live_segments(
         }
     }
     Ok(Vec::new())
+}
+
+/// Removes the temporary files of snapshots a crash interrupted: `state.bin.tmp` (older builds)
+/// and `.state.bin.tmp-<pid>-<n>` (`io::atomic`). Best effort: a leftover is only wasted space.
+fn remove_unfinished_snapshots(dir: &Path) {
+    let _ = fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));
+    let prefix = format!(".{SNAPSHOT}.tmp-");
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }

@@ -42,13 +42,13 @@ second=$(cat "$WORK/models/CURRENT")
 
 "$BIN" score --models "$WORK/models" --data "$WORK/data" --as-of 2026-11-01 --out "$OUT/scores.csv" >/dev/null
 {
-    for v in "$first" "$second"; do
+    for pair in "first:$first" "retrain:$second"; do
         for f in model.json state.bin; do
-            echo "$(sha256sum < "$WORK/models/$v/$f" | cut -d' ' -f1)  ${v%%-*}-run/$f"
+            echo "$(sha256sum < "$WORK/models/${pair#*:}/$f" | cut -d' ' -f1)  ${pair%%:*}/$f"
         done
     done
     echo "$(sha256sum < "$OUT/scores.csv" | cut -d' ' -f1)  scores.csv"
-} | sed "s/${first%%-*}-run/first/; s/${second%%-*}-run/retrain/" > "$OUT/models.sha256"
+} > "$OUT/models.sha256"
 
 # The manifests' figures, without what differs by run (versions, times, timings, paths).
 for pair in "first:$first" "retrain:$second"; do

@@ -103,6 +103,16 @@ pub struct ServeConfig {
     /// Requests processed at once across all connections; further requests wait (and their
     /// deadlines keep running).
     pub max_concurrent_requests: usize,
+    /// ListAtRiskUsers answers being computed or streamed at once, server-wide; more are
+    /// RESOURCE_EXHAUSTED. Each holds at most `max_page_size` scores until its client reads
+    /// them or leaves.
+    pub max_open_at_risk_streams: usize,
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams_per_connection: u32,
+    /// Milliseconds a request's body may take to arrive after its headers (DEADLINE_EXCEEDED
+    /// after it). Requests waiting for their body do not count against
+    /// `max_concurrent_requests`.
+    pub request_body_timeout_ms: u64,
     /// How often `MODELS/CURRENT` is read for a change, in milliseconds (SIGHUP forces a check).
     pub model_poll_ms: u64,
     /// A state snapshot is written this often (seconds) when events arrived since the last one,
@@ -113,6 +123,10 @@ pub struct ServeConfig {
     /// fsync the write-ahead log before acknowledging events. Turning it off gives up the
     /// durability guarantee: only for benchmarks on throwaway state.
     pub wal_fsync: bool,
+    /// The page-token keys, one `ID HEX` per line, the first signing (see
+    /// [`super::page_token`]). Unset: the `TIERING_PAGE_TOKEN_KEYS` environment variable, else a
+    /// random key per process. The keys themselves are never a setting or a flag.
+    pub page_token_key_file: Option<PathBuf>,
     /// Lock shards of the user table (a power of two); more shards, less write contention.
     pub shards: usize,
 }
@@ -132,11 +146,15 @@ impl Default for ServeConfig {
             max_page_size: 10_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_concurrent_requests: 1024,
+            max_concurrent_streams_per_connection: 100,
+            max_open_at_risk_streams: 32,
+            request_body_timeout_ms: 10_000,
             model_poll_ms: 1000,
             snapshot_interval_secs: 300,
             snapshot_wal_bytes: 256 * 1024 * 1024,
             wal_fsync: true,
             shards: 64,
+            page_token_key_file: None,
         }
     }
 }
@@ -256,6 +274,27 @@ impl ServeConfig {
                 "max_concurrent_requests",
                 "at least 1",
                 self.max_concurrent_requests,
+            )?;
+        }
+        if self.max_open_at_risk_streams == 0 {
+            out_of_range(
+                "max_open_at_risk_streams",
+                "at least 1",
+                self.max_open_at_risk_streams,
+            )?;
+        }
+        if self.max_concurrent_streams_per_connection == 0 {
+            out_of_range(
+                "max_concurrent_streams_per_connection",
+                "at least 1",
+                self.max_concurrent_streams_per_connection,
+            )?;
+        }
+        if self.request_body_timeout_ms == 0 {
+            out_of_range(
+                "request_body_timeout_ms",
+                "at least 1",
+                self.request_body_timeout_ms,
             )?;
         }
         if self.model_poll_ms < 10 {

@@ -15,7 +15,8 @@
 //! - [`slot`] — the live model slot, bundle loading and validation, CURRENT watching, swaps.
 //! - [`at_risk`] — the at-risk scan (over any state backend) with top-k selection and page
 //!   tokens.
-//! - [`admission`] — deadlines and bounded concurrency (a tower layer).
+//! - [`page_token`] — HMAC-signed page tokens and their keys (file or environment).
+//! - [`admission`] — request ids, request bodies, deadlines and bounded concurrency (a tower layer).
 //! - [`metrics`] — Prometheus metrics and the `GET /metrics` endpoint.
 //! - [`error`] — [`RequestError`] with its one `From<RequestError> for tonic::Status` table, and
 //!   [`ServeError`] for start-up.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod metrics;
+pub mod page_token;
 pub mod service;
 pub mod slot;
 pub mod state;
@@ -86,6 +88,7 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::new()?);
+    let token_keys = Arc::new(load_token_keys(&config)?);
     let state = Arc::new(open_state(&config, metrics.clone()).await?);
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -113,11 +116,12 @@ pub async fn run_with_metrics(
         metrics_listener.map(|l| (l, metrics.clone())),
         stop_rx,
     );
-    let tiering = crate::pb::tiering_server::TieringServer::new(service::TieringService::new(
-        Arc::new(context(&config, slot, state.clone(), metrics.clone())),
-    ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let tiering =
+        crate::pb::tiering_server::TieringServer::new(service::TieringService::new(Arc::new(
+            context(&config, slot, state.clone(), metrics.clone(), token_keys),
+        )))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
@@ -128,8 +132,13 @@ pub async fn run_with_metrics(
         set_health(&drain_health, ServingStatus::NotServing).await;
     };
     let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams_per_connection)
         .layer(admission::AdmissionLayer::new(
-            config.max_concurrent_requests,
+            admission::AdmissionLimits {
+                max_concurrent: config.max_concurrent_requests,
+                body_timeout: Duration::from_millis(config.request_body_timeout_ms),
+                max_message_bytes: config.max_message_bytes,
+            },
             metrics.clone(),
         ))
         .add_service(health_service)
@@ -190,6 +199,7 @@ fn context(
     model: Arc<ModelSlot>,
     state: Arc<StateBackend>,
     metrics: Arc<metrics::Metrics>,
+    token_keys: Arc<page_token::TokenKeys>,
 ) -> service::Context {
     service::Context {
         limits: service::Limits {
@@ -202,10 +212,26 @@ fn context(
             future_tolerance: i64::try_from(config.future_tolerance_secs).unwrap_or(i64::MAX),
         },
         clock: config.clock(),
+        token_keys,
+        at_risk_streams: Arc::new(tokio::sync::Semaphore::new(config.max_open_at_risk_streams)),
         model,
         state,
         metrics,
     }
+}
+
+/// The page-token keys: `page_token_key_file`, else `TIERING_PAGE_TOKEN_KEYS`, else random.
+fn load_token_keys(config: &ValidServeConfig) -> Result<page_token::TokenKeys, ServeError> {
+    let env = std::env::var(page_token::KEYS_ENV).ok();
+    let (keys, source) = page_token::TokenKeys::load(config.page_token_key_file.as_deref(), env)?;
+    match source {
+        page_token::KeySource::Random => tracing::warn!(
+            "no page-token keys (page_token_key_file, {}): page tokens are valid on this process only",
+            page_token::KEYS_ENV
+        ),
+        source => tracing::info!(?source, signing_key = keys.signing_id(), "page-token keys loaded"),
+    }
+    Ok(keys)
 }
 
 /// Health of the whole server and of the Tiering service, set together.

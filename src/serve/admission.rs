@@ -9,6 +9,8 @@
 //!   slot, within `request_body_timeout` (DEADLINE_EXCEEDED after it) and `max_message_bytes`
 //!   (RESOURCE_EXHAUSTED above it): a client that sends headers and no body holds no slot and
 //!   is dropped after the timeout, so it cannot starve the others.
+//! - The request's connection counts as busy until its response body ends (see
+//!   [`super::connections`]: idle connections are closed).
 //! - A request tonic cannot decode (bad protobuf) is answered INVALID_ARGUMENT instead of
 //!   tonic's INTERNAL, logged, and counted in `tiering_decode_failures_total`.
 //! - The caller's `grpc-timeout` becomes a deadline stored in the request's extensions
@@ -22,6 +24,7 @@
 //! Our deadline fires a little before tonic's own `grpc-timeout` timer (which would answer
 //! CANCELLED), so callers see the standard DEADLINE_EXCEEDED.
 
+use super::connections::ConnInfo;
 use super::metrics::{Metrics, Rpc};
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
@@ -326,17 +329,18 @@ impl<S> Admission<S> {
     }
 }
 
-impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for Admission<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Admission<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -346,6 +350,8 @@ where
 
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         let started = Instant::now();
+        // The connection is busy (not idle) until the response body is done.
+        let busy = req.extensions().get::<ConnInfo>().map(ConnInfo::busy);
         let id = RequestId::of(&req);
         let rpc = Rpc::from_path(req.uri().path());
         let span = tracing::info_span!("request", id = %id.0, path = %req.uri().path());
@@ -389,7 +395,12 @@ where
                 },
             };
             tag_with_id(&mut resp, &id);
-            Ok(resp)
+            Ok(resp.map(|body| {
+                tonic::body::Body::new(body.map_frame(move |f| {
+                    let _ = &busy;
+                    f
+                }))
+            }))
         };
         Box::pin(fut.instrument(span))
     }

@@ -17,6 +17,8 @@
 //!   tokens.
 //! - [`page_token`] — HMAC-signed page tokens and their keys (file or environment).
 //! - [`admission`] — request ids, request bodies, deadlines and bounded concurrency (a tower layer).
+//! - [`connections`] — the accept loop: connection cap below the descriptor limit, accept
+//!   backoff, idle timeout.
 //! - [`metrics`] — Prometheus metrics and the `GET /metrics` endpoint.
 //! - [`error`] — [`RequestError`] with its one `From<RequestError> for tonic::Status` table, and
 //!   [`ServeError`] for start-up.
@@ -35,6 +37,7 @@
 pub mod admission;
 pub mod at_risk;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod error;
 pub mod metrics;
@@ -131,8 +134,17 @@ pub async fn run_with_metrics(
         tracing::info!("shutting down: draining in-flight requests");
         set_health(&drain_health, ServingStatus::NotServing).await;
     };
-    let served = tonic::transport::Server::builder()
+    let incoming = connections::incoming(listener, conn_limits(&config), metrics.clone());
+    let mut server = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams_per_connection)
+        .http2_keepalive_interval(secs(config.http2_keepalive_interval_secs))
+        .http2_keepalive_timeout(secs(config.http2_keepalive_timeout_secs));
+    if let Some(age) = secs(config.max_connection_age_secs) {
+        server = server
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_secs(config.max_connection_age_grace_secs));
+    }
+    let served = server
         .layer(admission::AdmissionLayer::new(
             admission::AdmissionLimits {
                 max_concurrent: config.max_concurrent_requests,
@@ -145,10 +157,7 @@ pub async fn run_with_metrics(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tiering)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        )
+        .serve_with_incoming_shutdown(incoming, signal)
         .await;
 
     let _ = stop_tx.send(true);
@@ -217,6 +226,29 @@ fn context(
         model,
         state,
         metrics,
+    }
+}
+
+/// `Some(n seconds)`, or `None` for 0 (off).
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+/// The listener's limits; the connection cap is derived from the descriptor limit and logged.
+fn conn_limits(config: &ValidServeConfig) -> connections::ConnLimits {
+    let nofile = connections::nofile_limit();
+    let max_connections =
+        connections::connection_cap(config.max_connections, nofile, config.fd_reserve);
+    tracing::info!(
+        max_connections,
+        fd_limit = ?nofile,
+        fd_reserve = config.fd_reserve,
+        "connection cap"
+    );
+    connections::ConnLimits {
+        max_connections,
+        idle_timeout: secs(config.connection_idle_timeout_secs),
+        tcp_keepalive: secs(config.tcp_keepalive_secs),
     }
 }
 

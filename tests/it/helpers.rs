@@ -413,10 +413,32 @@ pub struct ServerProcess {
     pub addr: String,
 }
 
+/// Extra ways to start a [`ServerProcess`].
+#[derive(Default)]
+pub struct SpawnOptions {
+    /// Run under `ulimit -n N` (a shell wrapper lowers RLIMIT_NOFILE before exec).
+    pub nofile: Option<u64>,
+    /// Collect the server's stderr lines here.
+    pub log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+}
+
 impl ServerProcess {
     pub fn spawn(dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::spawn_with(dirs, env, SpawnOptions::default())
+    }
+
+    pub fn spawn_with(dirs: &Dirs, env: &[(&str, &str)], opts: SpawnOptions) -> ServerProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+        let bin = env!("CARGO_BIN_EXE_tiering");
+        let mut cmd = match opts.nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--now", "2024-06-01"])
             .arg("--models")
             .arg(dirs.models())
@@ -440,7 +462,14 @@ impl ServerProcess {
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        let log = opts.log;
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(log) = &log {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
         ServerProcess { child, addr }
     }
 

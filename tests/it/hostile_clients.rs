@@ -3,7 +3,7 @@
 //! server's memory stays bounded; every loop is bounded in count and time.
 
 use crate::helpers::{
-    publish, publish_snapshot, snapshot_of, user, Dirs, ServerProcess, TestServer,
+    publish, publish_snapshot, snapshot_of, user, Dirs, ServerProcess, SpawnOptions, TestServer,
 };
 use hyper::body::Bytes;
 use prost::Message;
@@ -611,6 +611,177 @@ async fn at_risk_streams_nobody_reads_keep_server_memory_bounded() {
         }
         assert_eq!(ok, 8, "streams open again once the attacker left");
         let _ = SocketAddr::from(([127, 0, 0, 1], 0));
+    })
+    .await;
+}
+
+/// CPU time a process has used (user + system), in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_descriptor_limit_the_server_backs_off_keeps_serving_and_loads_models() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server = ServerProcess::spawn_with(
+            &dirs,
+            &[("TIERING__CONNECTION_IDLE_TIMEOUT_SECS", "2")],
+            SpawnOptions {
+                nofile: Some(256),
+                log: Some(log.clone()),
+            },
+        );
+        let pid = server.child.id();
+        let _ = server.client().await;
+        let addr = server.addr.clone();
+        // 300 connections that never send a byte: more than the 256 descriptors the server has.
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+        }
+        assert!(
+            held.len() >= 260,
+            "only {} connections opened: {:#?}",
+            held.len(),
+            log.lock().unwrap()
+        );
+        let before = cpu_ticks(pid);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let used = cpu_ticks(pid) - before;
+        // A new model during the attack: the watcher still has descriptors to open it.
+        publish(&dirs.models(), "v2", 2.0);
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(15))
+            .connect()
+            .await
+            .expect("a new client connects during the attack");
+        let mut client = proto::tiering_client::TieringClient::new(ch);
+        let mut version = String::new();
+        for _ in 0..150 {
+            let mut req = tonic::Request::new(proto::GetModelInfoRequest {});
+            req.set_timeout(Duration::from_secs(5));
+            if let Ok(info) = client.get_model_info(req).await {
+                version = info.into_inner().version;
+                if version == "v2" {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(version, "v2", "the model watcher loaded the new bundle");
+        let ok = normal_calls(&addr, 5).await;
+        let lines = log.lock().unwrap().clone();
+        let cap_lines = lines.iter().filter(|l| l.contains("connection cap reached")).count();
+        eprintln!(
+            "descriptor limit 256, {} connections: server used {used} ticks in 2 s, normal calls {ok}/5",
+            held.len()
+        );
+        assert!(used < 60, "the server spun: {used} ticks of CPU in 2 s");
+        assert_eq!(ok, 5, "normal calls during the attack");
+        assert_eq!(cap_lines, 1, "the cap is logged once: {lines:#?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("Too many open files")),
+            "{lines:#?}"
+        );
+        drop(held);
+    })
+    .await;
+}
+
+/// Reads from `s` until the peer closes it (EOF or error), for at most `limit`; whether it did.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_busy_ones_are_not() {
+    bounded(async {
+        let dirs = Dirs::new();
+        let config = ServeConfig {
+            connection_idle_timeout_secs: 1,
+            request_body_timeout_ms: 2500,
+            ..dirs.config()
+        };
+        let server = started(&dirs, config).await;
+        let addr = server.addr.to_string();
+        let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let t = Instant::now();
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        // A connection whose request waits for its body (2.5 s) outlives the 1 s idle timeout
+        // and gets the request's answer.
+        let attack = headers_only_streams(addr.clone(), 1).await;
+        assert_eq!(attack.opened, 1);
+        let (_, status) = attack.answers[0].clone().expect("answered");
+        assert_eq!(status.as_deref(), Some("4"));
+        assert_eq!(normal_calls(&addr, 3).await, 3);
+        server.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_connections_are_sent_away_and_silent_peers_are_dropped_by_keepalive() {
+    bounded(async {
+        let dirs = Dirs::new();
+        let config = ServeConfig {
+            connection_idle_timeout_secs: 0,
+            max_connection_age_secs: 1,
+            max_connection_age_grace_secs: 1,
+            http2_keepalive_interval_secs: 1,
+            http2_keepalive_timeout_secs: 1,
+            ..dirs.config()
+        };
+        let server = started(&dirs, config).await;
+        let addr = server.addr.to_string();
+        // Maximum age: an HTTP/2 client is sent GOAWAY and its connection ends.
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (_send, conn) = h2::client::handshake(tcp).await.unwrap();
+        let t = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+        assert!(ended.is_ok(), "the connection outlived its maximum age");
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        // Keepalive: a peer that completes the handshake, then never answers a PING, is dropped.
+        use tokio::io::AsyncWriteExt;
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        silent
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+        server.stop().await.unwrap();
     })
     .await;
 }

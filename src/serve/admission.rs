@@ -1,5 +1,18 @@
-//! Admission: deadlines and bounded concurrency, as one tower layer in front of every service.
+//! Admission: request ids, deadlines, request bodies and bounded concurrency, as one tower layer
+//! in front of every service.
 //!
+//! - Every request gets an id ([`RequestId`]): the caller's `x-request-id` metadata when it is
+//!   1 to 128 visible ASCII characters, else one made here. Every log line of the request is in
+//!   a `request` span carrying it, every answer carries it back as `x-request-id` metadata, and
+//!   every error answer also as a `google.rpc.RequestInfo` in its status details.
+//! - A `tiering.v1.Tiering` request's body is read in full *before* it may take a concurrency
+//!   slot, within `request_body_timeout` (DEADLINE_EXCEEDED after it) and `max_message_bytes`
+//!   (RESOURCE_EXHAUSTED above it): a client that sends headers and no body holds no slot and
+//!   is dropped after the timeout, so it cannot starve the others.
+//! - The request's connection counts as busy until its response body ends (see
+//!   [`super::connections`]: idle connections are closed).
+//! - A request tonic cannot decode (bad protobuf) is answered INVALID_ARGUMENT instead of
+//!   tonic's INTERNAL, logged, and counted in `tiering_decode_failures_total`.
 //! - The caller's `grpc-timeout` becomes a deadline stored in the request's extensions
 //!   ([`RequestDeadline`]), which handlers check before doing work that cannot be taken back.
 //! - A request whose deadline has already passed is answered DEADLINE_EXCEEDED and never reaches
@@ -11,7 +24,11 @@
 //! Our deadline fires a little before tonic's own `grpc-timeout` timer (which would answer
 //! CANCELLED), so callers see the standard DEADLINE_EXCEEDED.
 
+use super::connections::ConnInfo;
 use super::metrics::{Metrics, Rpc};
+use http_body_util::BodyExt;
+use hyper::body::Bytes;
+use prost::Message;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::codegen::http;
+use tracing::Instrument;
 
 /// How much earlier than the caller's deadline we give up (see the module docs).
 const MARGIN: Duration = Duration::from_micros(250);
@@ -52,16 +70,53 @@ pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Longest caller-given request id kept; longer or non-printable ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The id of one request, for logs and error details (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    /// The caller's `x-request-id` if usable, else a new random one.
+    pub fn of<B>(req: &http::Request<B>) -> RequestId {
+        let given = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=MAX_REQUEST_ID).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
+            });
+        match given {
+            Some(id) => RequestId(Arc::from(id)),
+            None => RequestId(Arc::from(format!("{:016x}", rand::random::<u64>()))),
+        }
+    }
+}
+
+/// Admission settings, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionLimits {
+    /// Requests processed at once across all connections.
+    pub max_concurrent: usize,
+    /// Longest wait for a request's body once its headers arrived.
+    pub body_timeout: Duration,
+    /// Largest request message (the gRPC frame header comes on top).
+    pub max_message_bytes: usize,
+}
+
 #[derive(Clone)]
 pub(crate) struct AdmissionLayer {
     slots: Arc<Semaphore>,
+    limits: AdmissionLimits,
     metrics: Arc<Metrics>,
 }
 
 impl AdmissionLayer {
-    pub fn new(max_concurrent: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: AdmissionLimits, metrics: Arc<Metrics>) -> Self {
         AdmissionLayer {
-            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            limits,
             metrics,
         }
     }
@@ -73,6 +128,7 @@ impl<S> tower::Layer<S> for AdmissionLayer {
         Admission {
             inner,
             slots: self.slots.clone(),
+            limits: self.limits,
             metrics: self.metrics.clone(),
         }
     }
@@ -82,43 +138,209 @@ impl<S> tower::Layer<S> for AdmissionLayer {
 pub(crate) struct Admission<S> {
     inner: S,
     slots: Arc<Semaphore>,
+    limits: AdmissionLimits,
     metrics: Arc<Metrics>,
 }
 
-/// tonic answers an oversized request with OUT_OF_RANGE; gRPC's convention for "message larger
-/// than the server accepts" is RESOURCE_EXHAUSTED, which is what clients retry logic expects.
-fn oversized_to_resource_exhausted<B>(resp: &mut http::Response<B>) -> bool {
-    let h = resp.headers_mut();
-    let oversized = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
-        && h.get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
-    if oversized {
-        h.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
-    oversized
+/// The gRPC status of a trailers-only answer (what every unary error and every refusal is).
+fn status_of<B>(resp: &http::Response<B>) -> Option<(i32, String)> {
+    let h = resp.headers();
+    let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    Some((code, message))
 }
 
-fn exceeded<B: Default>(metrics: &Metrics, path: &str, started: Instant) -> http::Response<B> {
-    if let Some(rpc) = Rpc::from_path(path) {
-        metrics.observe(rpc, started.elapsed(), Some(tonic::Code::DeadlineExceeded));
-    }
-    tonic::Status::deadline_exceeded("the request's deadline passed before it could be answered")
-        .into_http()
+/// Rewrites tonic's codes where gRPC's conventions differ, and counts decode failures:
+/// - an oversized message: tonic says OUT_OF_RANGE, clients expect RESOURCE_EXHAUSTED;
+/// - a message that is not valid protobuf: tonic says INTERNAL, but the fault is the caller's
+///   (INVALID_ARGUMENT, as the status-code guide allows for a malformed request).
+fn rewrite_status<B>(resp: &mut http::Response<B>, rpc: Rpc, metrics: &Metrics, started: Instant) {
+    let Some((code, message)) = status_of(resp) else {
+        return;
+    };
+    let new = if code == 11 && message.contains("message length too large") {
+        tonic::Code::ResourceExhausted
+    } else if code == 13 && message.starts_with("failed to decode Protobuf message") {
+        metrics.decode_failure(rpc);
+        tracing::warn!(error = %message, "undecodable request answered INVALID_ARGUMENT");
+        tonic::Code::InvalidArgument
+    } else {
+        return;
+    };
+    let value = http::HeaderValue::from(new as i32);
+    resp.headers_mut().insert("grpc-status", value);
+    metrics.observe(rpc, started.elapsed(), Some(new));
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Admission<S>
+/// google.rpc.Status, as sent in `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// google.rpc.RequestInfo.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RequestInfo {
+    #[prost(string, tag = "1")]
+    request_id: String,
+    #[prost(string, tag = "2")]
+    serving_data: String,
+}
+
+/// Every answer names its request id; an error's details carry it as a RequestInfo.
+fn tag_with_id<B>(resp: &mut http::Response<B>, id: &RequestId) {
+    if let Ok(v) = http::HeaderValue::from_str(&id.0) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let Some((code, message)) = status_of(resp) else {
+        return;
+    };
+    if code == 0 || resp.headers().contains_key("grpc-status-details-bin") {
+        return;
+    }
+    let info = RequestInfo {
+        request_id: id.0.to_string(),
+        serving_data: String::new(),
+    };
+    let status = RpcStatus {
+        code,
+        message,
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.RequestInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
+    if let Ok(v) = http::HeaderValue::from_str(&b64) {
+        resp.headers_mut().insert("grpc-status-details-bin", v);
+    }
+}
+
+fn refused<B: Default>(
+    metrics: &Metrics,
+    rpc: Option<Rpc>,
+    started: Instant,
+    status: tonic::Status,
+) -> http::Response<B> {
+    if let Some(rpc) = rpc {
+        metrics.observe(rpc, started.elapsed(), Some(status.code()));
+    }
+    status.into_http()
+}
+
+fn exceeded<B: Default>(
+    metrics: &Metrics,
+    rpc: Option<Rpc>,
+    started: Instant,
+) -> http::Response<B> {
+    let status = tonic::Status::deadline_exceeded(
+        "the request's deadline passed before it could be answered",
+    );
+    refused(metrics, rpc, started, status)
+}
+
+/// Why a request body was not read.
+enum BodyRefused {
+    TimedOut,
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads the whole body, at most `limit` bytes, within `timeout`.
+async fn read_body(
+    body: tonic::body::Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyRefused> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(BodyRefused::TimedOut),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
+        Ok(Err(e)) => Err(BodyRefused::Broken(e.to_string())),
+    }
+}
+
+impl<S> Admission<S> {
+    /// Reads the body, then waits for a slot, then runs the request; all under `deadline`'s
+    /// caller (see `call`).
+    async fn admit<ResBody>(
+        inner: &mut S,
+        slots: Arc<Semaphore>,
+        limits: AdmissionLimits,
+        metrics: &Metrics,
+        rpc: Rpc,
+        req: http::Request<tonic::body::Body>,
+        started: Instant,
+    ) -> Result<http::Response<ResBody>, S::Error>
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
+        ResBody: Default,
+    {
+        let (parts, body) = req.into_parts();
+        // The gRPC frame header (5 bytes) comes on top of the message.
+        let limit = limits.max_message_bytes.saturating_add(5);
+        let bytes = match read_body(body, limit, limits.body_timeout).await {
+            Ok(b) => b,
+            Err(why) => {
+                let status = match why {
+                    BodyRefused::TimedOut => {
+                        metrics.refused("body_timeout");
+                        tracing::warn!(timeout = ?limits.body_timeout, "request body did not arrive in time");
+                        tonic::Status::deadline_exceeded(format!(
+                            "the request body did not arrive within {} ms",
+                            limits.body_timeout.as_millis()
+                        ))
+                    }
+                    BodyRefused::TooLarge => {
+                        metrics.refused("too_large");
+                        tonic::Status::resource_exhausted(format!(
+                            "message length too large: the limit is {} bytes",
+                            limits.max_message_bytes
+                        ))
+                    }
+                    BodyRefused::Broken(e) => tonic::Status::cancelled(format!(
+                        "the request body was not received: {}",
+                        super::error::capped(&e)
+                    )),
+                };
+                return Ok(refused(metrics, Some(rpc), started, status));
+            }
+        };
+        let req = http::Request::from_parts(
+            parts,
+            tonic::body::Body::new(http_body_util::Full::new(bytes)),
+        );
+        // The semaphore is never closed.
+        let _slot = slots.acquire_owned().await.ok();
+        let mut resp = inner.call(req).await?;
+        rewrite_status(&mut resp, rpc, metrics, started);
+        Ok(resp)
+    }
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Admission<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -126,8 +348,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         let started = Instant::now();
+        // The connection is busy (not idle) until the response body is done.
+        let busy = req.extensions().get::<ConnInfo>().map(ConnInfo::busy);
+        let id = RequestId::of(&req);
+        let rpc = Rpc::from_path(req.uri().path());
+        let span = tracing::info_span!("request", id = %id.0, path = %req.uri().path());
         let timeout = req
             .headers()
             .get("grpc-timeout")
@@ -135,45 +362,47 @@ where
             .and_then(parse_grpc_timeout);
         let deadline = timeout.map(|t| started + t.saturating_sub(MARGIN));
         req.extensions_mut().insert(RequestDeadline(deadline));
-        let path = req.uri().path().to_string();
+        req.extensions_mut().insert(id.clone());
         let metrics = self.metrics.clone();
         if timeout.is_some_and(|t| t <= MARGIN) {
-            return Box::pin(async move { Ok(exceeded(&metrics, &path, started)) });
+            return Box::pin(async move {
+                let mut resp = exceeded(&metrics, rpc, started);
+                tag_with_id(&mut resp, &id);
+                Ok(resp)
+            });
         }
         // The instance that was polled ready serves this call; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let slots = self.slots.clone();
-        Box::pin(async move {
-            let (work_path, work_metrics) = (path.clone(), metrics.clone());
-            let work = async move {
-                // Only our RPCs take a slot: health checks and reflection must answer even
-                // when the server is saturated. (The semaphore is never closed.)
-                let _slot = match Rpc::from_path(&work_path) {
-                    Some(_) => slots.acquire_owned().await.ok(),
-                    None => None,
-                };
-                let mut resp = inner.call(req).await?;
-                if oversized_to_resource_exhausted(&mut resp) {
-                    if let Some(rpc) = Rpc::from_path(&work_path) {
-                        work_metrics.observe(
-                            rpc,
-                            started.elapsed(),
-                            Some(tonic::Code::ResourceExhausted),
-                        );
+        let (slots, limits) = (self.slots.clone(), self.limits);
+        let fut = async move {
+            let work = async {
+                match rpc {
+                    // Only our RPCs are buffered and take a slot: health checks and reflection
+                    // (a bidirectional stream) must answer even when the server is saturated.
+                    Some(rpc) => {
+                        Self::admit(&mut inner, slots, limits, &metrics, rpc, req, started).await
                     }
+                    None => inner.call(req).await,
                 }
-                Ok(resp)
             };
-            match deadline {
-                None => work.await,
+            let mut resp = match deadline {
+                None => work.await?,
                 Some(d) => tokio::select! {
                     biased;
-                    r = work => r,
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => Ok(exceeded(&metrics, &path, started)),
+                    r = work => r?,
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d)) => exceeded(&metrics, rpc, started),
                 },
-            }
-        })
+            };
+            tag_with_id(&mut resp, &id);
+            Ok(resp.map(|body| {
+                tonic::body::Body::new(body.map_frame(move |f| {
+                    let _ = &busy;
+                    f
+                }))
+            }))
+        };
+        Box::pin(fut.instrument(span))
     }
 }
 

@@ -4,7 +4,7 @@
 //! The state is visited through [`UserState::scan`], part by part (the embedded backend's shards,
 //! in parallel on the rayon pool); each part keeps only its best `limit + 1` candidates after
 //! the cursor (`select_nth_unstable`, linear time), so a page over a million users costs one
-//! scoring pass and no sort of everyone. The page token pins the as-of time and the model, and
+//! scoring pass and no sort of everyone. The page token ([`super::page_token`]) pins the as-of time and the model, and
 //! carries the last (probability, user) returned; the next page continues strictly after it, so
 //! pagination returns every matching user once, in order, as long as the model and the users'
 //! events stay the same (a user whose events arrive mid-pagination may move).
@@ -13,8 +13,6 @@ use super::error::RequestError;
 use super::state::UserState;
 use crate::features::{LifecycleStage, Timestamp};
 use crate::model::{Score, Scorer};
-use crate::pb::{MAX_SECONDS, MIN_SECONDS};
-use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 /// A validated ListAtRiskUsers request.
@@ -38,46 +36,6 @@ pub struct AtRiskQuery {
 pub struct Page {
     pub users: Vec<(String, Score)>,
     pub more: bool,
-}
-
-/// What a page token carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct PageToken {
-    pub as_of: Timestamp,
-    pub last_probability: f64,
-    pub last_user: String,
-    pub filter_hash: u64,
-    pub model_hash: u64,
-}
-
-const TOKEN_VERSION: u8 = 1;
-
-impl PageToken {
-    /// Hex of `version | postcard | crc32`: opaque to callers, checked on the way back.
-    pub fn encode(&self) -> String {
-        let mut bytes = vec![TOKEN_VERSION];
-        // Serialising plain numbers and a string cannot fail; an empty token would end paging.
-        bytes.extend(postcard::to_stdvec(self).unwrap_or_default());
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        hex::encode(bytes)
-    }
-
-    pub(crate) fn decode(token: &str) -> Option<PageToken> {
-        let bytes = hex::decode(token).ok()?;
-        if bytes.len() < 5 || bytes[0] != TOKEN_VERSION {
-            return None;
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != crc {
-            return None;
-        }
-        let t: PageToken = postcard::from_bytes(&body[1..]).ok()?;
-        let sane = t.last_probability.is_finite()
-            && (0.0..=1.0).contains(&t.last_probability)
-            && (MIN_SECONDS..=MAX_SECONDS).contains(&t.as_of);
-        sane.then_some(t)
-    }
 }
 
 /// Highest probability first, then user id ascending.
@@ -166,24 +124,6 @@ fn best_of_part(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_round_trip_and_reject_tampering() {
-        let t = PageToken {
-            as_of: 1_700_000_000,
-            last_probability: 0.75,
-            last_user: "u-9".into(),
-            filter_hash: 7,
-            model_hash: 9,
-        };
-        let s = t.encode();
-        assert_eq!(PageToken::decode(&s), Some(t));
-        let mut bad = s.clone().into_bytes();
-        bad[6] = if bad[6] == b'0' { b'1' } else { b'0' };
-        assert_eq!(PageToken::decode(std::str::from_utf8(&bad).unwrap()), None);
-        assert_eq!(PageToken::decode("not hex"), None);
-        assert_eq!(PageToken::decode(""), None);
-    }
 
     #[test]
     fn keep_best_selects_the_top_by_probability_then_id() {

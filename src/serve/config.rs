@@ -104,6 +104,16 @@ pub struct ServeConfig {
     /// Requests processed at once across all connections; further requests wait (and their
     /// deadlines keep running).
     pub max_concurrent_requests: usize,
+    /// ListAtRiskUsers answers being computed or streamed at once, server-wide; more are
+    /// RESOURCE_EXHAUSTED. Each holds at most `max_page_size` scores until its client reads
+    /// them or leaves.
+    pub max_open_at_risk_streams: usize,
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams_per_connection: u32,
+    /// Milliseconds a request's body may take to arrive after its headers (DEADLINE_EXCEEDED
+    /// after it). Requests waiting for their body do not count against
+    /// `max_concurrent_requests`.
+    pub request_body_timeout_ms: u64,
     /// How often `MODELS/CURRENT` is read for a change, in milliseconds (SIGHUP forces a check).
     pub model_poll_ms: u64,
     /// A state snapshot is written this often (seconds) when events arrived since the last one,
@@ -114,6 +124,29 @@ pub struct ServeConfig {
     /// fsync the write-ahead log before acknowledging events. Turning it off gives up the
     /// durability guarantee: only for benchmarks on throwaway state.
     pub wal_fsync: bool,
+    /// Seconds between HTTP/2 PINGs the server sends to check a connection is alive (0: off).
+    pub http2_keepalive_interval_secs: u64,
+    /// Seconds to wait for a PING's answer before closing the connection.
+    pub http2_keepalive_timeout_secs: u64,
+    /// TCP keepalive probes after this many seconds of silence (0: off).
+    pub tcp_keepalive_secs: u64,
+    /// A connection with no request in flight for this many seconds is closed (0: never).
+    pub connection_idle_timeout_secs: u64,
+    /// A connection older than this many seconds is asked to go away (HTTP/2 GOAWAY; clients
+    /// reconnect, which rebalances them across replicas). 0: never.
+    pub max_connection_age_secs: u64,
+    /// ... and closed this many seconds after that if its requests have not finished.
+    pub max_connection_age_grace_secs: u64,
+    /// Connections open at once; further clients wait in the listen backlog. 0: the
+    /// descriptor limit (`ulimit -n`) minus `fd_reserve`; a larger value is lowered to that.
+    pub max_connections: usize,
+    /// File descriptors kept out of the connection cap for the state directory, model bundles,
+    /// the metrics endpoint and logging.
+    pub fd_reserve: u64,
+    /// The page-token keys, one `ID HEX` per line, the first signing (see
+    /// [`super::page_token`]). Unset: the `TIERING_PAGE_TOKEN_KEYS` environment variable, else a
+    /// random key per process. The keys themselves are never a setting or a flag.
+    pub page_token_key_file: Option<PathBuf>,
     /// Lock shards of the user table (a power of two); more shards, less write contention.
     pub shards: usize,
     /// On SIGTERM / SIGINT, in-flight requests get this long (milliseconds) to finish; then the
@@ -137,12 +170,24 @@ impl Default for ServeConfig {
             max_page_size: 10_000,
             max_message_bytes: 16 * 1024 * 1024,
             max_concurrent_requests: 1024,
+            max_concurrent_streams_per_connection: 100,
+            max_open_at_risk_streams: 32,
+            request_body_timeout_ms: 10_000,
             model_poll_ms: 1000,
             snapshot_interval_secs: 300,
             snapshot_wal_bytes: 256 * 1024 * 1024,
             wal_fsync: true,
             shards: 64,
             shutdown_grace_ms: 10_000,
+            page_token_key_file: None,
+            http2_keepalive_interval_secs: 60,
+            http2_keepalive_timeout_secs: 20,
+            tcp_keepalive_secs: 60,
+            connection_idle_timeout_secs: 300,
+            max_connection_age_secs: 3600,
+            max_connection_age_grace_secs: 60,
+            max_connections: 0,
+            fd_reserve: 64,
         }
     }
 }
@@ -252,6 +297,14 @@ impl ServeConfig {
                 self.max_concurrent_requests,
             )?;
         }
+        self.check_transport()?;
+        if self.max_open_at_risk_streams == 0 {
+            out_of_range(
+                "max_open_at_risk_streams",
+                "at least 1",
+                self.max_open_at_risk_streams,
+            )?;
+        }
         if self.model_poll_ms < 10 {
             out_of_range("model_poll_ms", "at least 10", self.model_poll_ms)?;
         }
@@ -273,6 +326,42 @@ impl ServeConfig {
             config: self,
             clock,
         })
+    }
+
+    /// The transport's settings (part of [`ServeConfig::check`]).
+    fn check_transport(&self) -> Result<(), ConfigError> {
+        let out_of_range = |field: &'static str, rule: &str, got: u64| -> Result<(), ConfigError> {
+            Err(ConfigError::OutOfRange {
+                field,
+                rule: rule.to_string(),
+                got: got.to_string(),
+            })
+        };
+        if self.max_concurrent_streams_per_connection == 0 {
+            out_of_range(
+                "max_concurrent_streams_per_connection",
+                "at least 1",
+                u64::from(self.max_concurrent_streams_per_connection),
+            )?;
+        }
+        if self.request_body_timeout_ms == 0 {
+            out_of_range(
+                "request_body_timeout_ms",
+                "at least 1",
+                self.request_body_timeout_ms,
+            )?;
+        }
+        if self.http2_keepalive_interval_secs > 0 && self.http2_keepalive_timeout_secs == 0 {
+            return out_of_range(
+                "http2_keepalive_timeout_secs",
+                "at least 1 when http2_keepalive_interval_secs is set",
+                0,
+            );
+        }
+        if self.fd_reserve < 16 {
+            return out_of_range("fd_reserve", "at least 16", self.fd_reserve);
+        }
+        Ok(())
     }
 
     /// `state_dir`, or by default a `state` directory beside the models directory.

@@ -1,8 +1,9 @@
 //! Proto ⇄ domain, in one place. Requests are validated while they are converted, so a handler
 //! either gets well-formed domain values or an INVALID_ARGUMENT naming the field.
 
-use super::at_risk::{AtRiskQuery, PageToken};
-use super::error::RequestError;
+use super::at_risk::AtRiskQuery;
+use super::error::{quote, RequestError};
+use super::page_token::{PageToken, TokenKeys};
 use super::slot::LiveModel;
 use super::state::UserEvent;
 use crate::features::hash::fnv1a64;
@@ -106,19 +107,27 @@ pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<UserEv
             if !e.user_id.is_empty() && e.user_id != only {
                 return Err(RequestError::invalid(
                     f("user_id"),
-                    format!("{:?} is not the scored user {only:?}", e.user_id),
+                    format!(
+                        "{} is not the scored user {}",
+                        quote(&e.user_id),
+                        quote(only)
+                    ),
                 ));
             }
             only.to_string()
         }
         None => user_id(&f("user_id"), &e.user_id)?.to_string(),
     };
-    let kind: EventKind = e
-        .kind
-        .parse()
-        .map_err(|err: crate::features::event::UnknownKind| {
-            RequestError::invalid(f("kind"), err.to_string())
-        })?;
+    let kind: EventKind = e.kind.parse().map_err(|_| {
+        RequestError::invalid(
+            f("kind"),
+            format!(
+                "unknown event kind {} (expected one of {})",
+                quote(&e.kind),
+                EventKind::ALL.map(EventKind::as_str).join(", ")
+            ),
+        )
+    })?;
     let ts = past_time(&f("ts"), e.ts.as_ref(), rules.now, rules.future_tolerance)?;
     if !e.amount.is_finite() || !(0.0..=MAX_AMOUNT).contains(&e.amount) {
         return Err(RequestError::invalid(
@@ -307,6 +316,7 @@ pub(crate) fn at_risk_query(
     model: &LiveModel,
     limits: PageLimits,
     now: Timestamp,
+    keys: &TokenKeys,
 ) -> Result<AtRiskQuery, RequestError> {
     let p = req.min_churn_probability;
     if !p.is_finite() || !(0.0..=1.0).contains(&p) {
@@ -331,7 +341,8 @@ pub(crate) fn at_risk_query(
                 return Err(RequestError::invalid(
                     format!("tier_ids[{i}]"),
                     format!(
-                        "unknown tier {id:?} (this model's tiers: {})",
+                        "unknown tier {} (this model's tiers: {})",
+                        quote(id),
                         known.join(", ")
                     ),
                 ));
@@ -349,7 +360,8 @@ pub(crate) fn at_risk_query(
                 RequestError::invalid(
                     format!("lifecycle_stages[{i}]"),
                     format!(
-                        "unknown stage {s:?} (new, mature_active, silent, about_to_churn, churned)"
+                        "unknown stage {} (new, mature_active, silent, about_to_churn, churned)",
+                        quote(s)
                     ),
                 )
             })?;
@@ -374,12 +386,8 @@ pub(crate) fn at_risk_query(
     let (as_of, after) = if req.page_token.is_empty() {
         (now, None)
     } else {
-        let t = PageToken::decode(&req.page_token).ok_or_else(|| {
-            RequestError::invalid(
-                "page_token",
-                "malformed page token (pass next_page_token back unchanged)",
-            )
-        })?;
+        let t = PageToken::decode(&req.page_token, keys)
+            .map_err(|e| RequestError::invalid("page_token", e.to_string()))?;
         if t.filter_hash != filter_hash {
             return Err(RequestError::invalid(
                 "page_token",
@@ -403,7 +411,12 @@ pub(crate) fn at_risk_query(
 }
 
 /// The token that continues after `last` (the page's final user).
-pub fn next_page_token(q: &AtRiskQuery, model: &LiveModel, last: (&str, f64)) -> String {
+pub fn next_page_token(
+    q: &AtRiskQuery,
+    model: &LiveModel,
+    last: (&str, f64),
+    keys: &TokenKeys,
+) -> String {
     PageToken {
         as_of: q.as_of,
         last_probability: last.1,
@@ -411,5 +424,116 @@ pub fn next_page_token(q: &AtRiskQuery, model: &LiveModel, last: (&str, f64)) ->
         filter_hash: q.filter_hash,
         model_hash: fnv1a64(model.version.as_bytes()),
     }
-    .encode()
+    .encode(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: Timestamp = 1_717_200_000;
+
+    fn rules(only_user: Option<&str>) -> EventRules<'_> {
+        EventRules {
+            now: NOW,
+            future_tolerance: 300,
+            only_user,
+        }
+    }
+
+    fn any_event() -> impl Strategy<Value = proto::Event> {
+        (
+            prop_oneof![".{0,300}", Just(String::new()), "[a-z0-9-]{1,20}"],
+            prop_oneof![
+                ".{0,40}",
+                Just("order".to_string()),
+                Just(" VIEW ".to_string())
+            ],
+            proptest::option::of((any::<i64>(), any::<i32>())),
+            prop_oneof![any::<f64>(), 0.0f64..1e6],
+            any::<u32>(),
+            ".{0,20}",
+        )
+            .prop_map(
+                |(user_id, kind, ts, amount, watch_seconds, room)| proto::Event {
+                    user_id,
+                    kind,
+                    ts: ts.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                    amount,
+                    watch_seconds,
+                    room_id: room,
+                    ..Default::default()
+                },
+            )
+    }
+
+    /// The documented error: INVALID_ARGUMENT naming a field of `events[i]`, or the count limit;
+    /// and never a message that quotes more than the cap.
+    fn documented(e: &RequestError, i: Option<usize>) -> bool {
+        let short = e.to_string().len() <= 1024;
+        short
+            && match e {
+                RequestError::InvalidArgument { field, .. } => match i {
+                    Some(i) => field.starts_with(&format!("events[{i}].")),
+                    None => {
+                        field.starts_with("events[")
+                            || field == "events"
+                            || field == "user_id"
+                            || field.starts_with("registered_at")
+                    }
+                },
+                RequestError::TooMany { field, .. } => *field == "events",
+                _ => false,
+            }
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_converts_or_names_its_field(e in any_event()) {
+            match event(3, &e, rules(None)) {
+                Ok(ev) => {
+                    prop_assert!(!ev.user_id.is_empty() && ev.user_id.len() <= MAX_USER_ID_BYTES);
+                    prop_assert!(ev.ts <= NOW + 300 && ev.ts >= MIN_SECONDS);
+                    prop_assert!(ev.amount.is_finite() && (0.0..=MAX_AMOUNT).contains(&ev.amount));
+                }
+                Err(err) => prop_assert!(documented(&err, Some(3)), "{err}"),
+            }
+        }
+
+        #[test]
+        fn any_record_events_request_is_validated_whole(events in proptest::collection::vec(any_event(), 0..12)) {
+            let req = proto::RecordEventsRequest { events };
+            match record_events(&req, 8, rules(None)) {
+                Ok(v) => prop_assert_eq!(v.len(), req.events.len()),
+                Err(err) => prop_assert!(documented(&err, None), "{err}"),
+            }
+        }
+
+        #[test]
+        fn any_score_user_request_scores_or_names_its_field(
+            user in ".{0,300}",
+            events in proptest::collection::vec(any_event(), 0..6),
+            registered in proptest::option::of((any::<i64>(), any::<i32>())),
+        ) {
+            let req = proto::ScoreUserRequest {
+                user_id: user,
+                events,
+                registered_at: registered.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+            };
+            if let Err(err) = score_user(&req, 4, NOW, 300) {
+                prop_assert!(documented(&err, None), "{err}");
+            }
+        }
+
+        #[test]
+        fn any_timestamp_is_in_range_or_refused(seconds: i64, nanos: i32) {
+            let ts = prost_types::Timestamp { seconds, nanos };
+            match timestamp("t", &ts) {
+                Ok(t) => prop_assert!((MIN_SECONDS..=MAX_SECONDS).contains(&t)),
+                Err(RequestError::InvalidArgument { field, .. }) => prop_assert!(field.starts_with('t')),
+                Err(other) => prop_assert!(false, "{other}"),
+            }
+        }
+    }
 }

@@ -33,6 +33,9 @@ pub enum RequestError {
         count: usize,
         limit: usize,
     },
+    /// Every one of the `max_open_at_risk_streams` ListAtRiskUsers answers is in use.
+    #[error("too many ListAtRiskUsers answers are open at once on this server; read or cancel yours, or retry later")]
+    TooManyStreams,
     #[error("the request's deadline passed before it was processed")]
     DeadlineExceeded,
     /// The live model changed between two pages of one pagination (the scores moved).
@@ -63,7 +66,7 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => Code::InvalidArgument,
             RequestError::UserNotFound(_) => Code::NotFound,
             RequestError::NoModel => Code::Unavailable,
-            RequestError::TooMany { .. } => Code::ResourceExhausted,
+            RequestError::TooMany { .. } | RequestError::TooManyStreams => Code::ResourceExhausted,
             RequestError::DeadlineExceeded => Code::DeadlineExceeded,
             RequestError::ModelChanged(_) => Code::Aborted,
             RequestError::State(StateError::LogFull { .. }) => Code::ResourceExhausted,
@@ -73,13 +76,55 @@ impl RequestError {
     }
 }
 
+/// Most bytes of request text an error message quotes (see [`quote`]).
+pub const MAX_QUOTED_BYTES: usize = 64;
+/// Longest error message sent to a client: gRPC sends it in a header, and default clients refuse
+/// headers over 8 KiB (answering RESOURCE_EXHAUSTED instead of the real error).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `s` cut to at most `max` bytes (on a character boundary).
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Request text as an error message quotes it: Debug-quoted, at most [`MAX_QUOTED_BYTES`] of
+/// it, with the full length said when cut (`"kkkk…" (1048576 bytes)`).
+pub fn quote(s: &str) -> String {
+    let p = prefix(s, MAX_QUOTED_BYTES);
+    if p.len() == s.len() {
+        format!("{s:?}")
+    } else {
+        format!("{:?} ({} bytes)", format!("{p}…"), s.len())
+    }
+}
+
+/// A whole message cut to [`MAX_MESSAGE_BYTES`] (the last line of defence behind [`quote`]).
+pub fn capped(s: &str) -> String {
+    let p = prefix(s, MAX_MESSAGE_BYTES - 3);
+    if p.len() == s.len() {
+        s.to_string()
+    } else {
+        format!("{p}…")
+    }
+}
+
 impl From<RequestError> for tonic::Status {
     fn from(e: RequestError) -> Self {
         let code = e.code();
+        let message = capped(&e.to_string());
         if code == tonic::Code::Internal {
-            tracing::error!(error = %e, "internal error answering a request");
+            tracing::error!(error = %message, "internal error answering a request");
+        } else {
+            tracing::debug!(code = ?code, error = %message, "request refused");
         }
-        tonic::Status::new(code, e.to_string())
+        tonic::Status::new(code, message)
     }
 }
 
@@ -99,6 +144,9 @@ pub enum ServeError {
     },
     #[error("the gRPC listener: {0}")]
     Listener(#[source] std::io::Error),
+    /// The page-token key file or environment variable is unreadable or malformed.
+    #[error(transparent)]
+    PageTokenKeys(#[from] super::page_token::KeyError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("server reflection: {0}")]

@@ -70,6 +70,10 @@ pub struct Metrics {
     wal_commits: IntCounter,
     wal_group: Histogram,
     wal_sync_seconds: Histogram,
+    decode_failures: IntCounterVec,
+    refused: IntCounterVec,
+    at_risk_streams: IntGauge,
+    connections: IntGauge,
 }
 
 impl Metrics {
@@ -143,6 +147,29 @@ impl Metrics {
                 0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
             ]),
         )?;
+        let decode_failures = IntCounterVec::new(
+            Opts::new(
+                "tiering_decode_failures_total",
+                "Requests whose message is not valid protobuf (answered INVALID_ARGUMENT), by RPC",
+            ),
+            &["rpc"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "tiering_refused_total",
+                "Requests or connections refused by a protection limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        let at_risk_streams = IntGauge::new(
+            "tiering_at_risk_streams_open",
+            "ListAtRiskUsers answers still being streamed",
+        )?;
+        let connections = IntGauge::new("tiering_connections_open", "Open gRPC connections")?;
+        reg(Box::new(decode_failures.clone()))?;
+        reg(Box::new(refused.clone()))?;
+        reg(Box::new(at_risk_streams.clone()))?;
+        reg(Box::new(connections.clone()))?;
         reg(Box::new(requests.clone()))?;
         reg(Box::new(latency.clone()))?;
         reg(Box::new(errors.clone()))?;
@@ -173,6 +200,10 @@ impl Metrics {
             wal_commits,
             wal_group,
             wal_sync_seconds,
+            decode_failures,
+            refused,
+            at_risk_streams,
+            connections,
         })
     }
 
@@ -218,6 +249,27 @@ impl Metrics {
         self.wal_commits.inc();
         self.wal_group.observe(requests as f64);
         self.wal_sync_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A request tonic could not decode.
+    pub fn decode_failure(&self, rpc: Rpc) {
+        self.decode_failures.with_label_values(&[rpc.name()]).inc();
+    }
+
+    /// A request or connection refused by a limit (`body_timeout`, `too_large`,
+    /// `at_risk_streams`, `connections`, `accept_error`).
+    pub fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Open ListAtRiskUsers streams go up (`+1`) or down (`-1`).
+    pub fn at_risk_streams(&self, delta: i64) {
+        self.at_risk_streams.add(delta);
+    }
+
+    /// Open connections go up (`+1`) or down (`-1`).
+    pub fn connections(&self, delta: i64) {
+        self.connections.add(delta);
     }
 
     /// The text exposition format.

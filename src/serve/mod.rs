@@ -15,7 +15,10 @@
 //! - [`slot`] — the live model slot, bundle loading and validation, CURRENT watching, swaps.
 //! - [`at_risk`] — the at-risk scan (over any state backend) with top-k selection and page
 //!   tokens.
-//! - [`admission`] — deadlines and bounded concurrency (a tower layer).
+//! - [`page_token`] — HMAC-signed page tokens and their keys (file or environment).
+//! - [`admission`] — request ids, request bodies, deadlines and bounded concurrency (a tower layer).
+//! - [`connections`] — the accept loop: connection cap below the descriptor limit, accept
+//!   backoff, idle timeout.
 //! - [`metrics`] — Prometheus metrics and the `GET /metrics` endpoint.
 //! - [`error`] — [`RequestError`] with its one `From<RequestError> for tonic::Status` table, and
 //!   [`ServeError`] for start-up.
@@ -35,9 +38,11 @@
 pub(crate) mod admission;
 pub mod at_risk;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod error;
 pub mod metrics;
+pub mod page_token;
 pub mod service;
 pub(crate) mod slot;
 pub mod state;
@@ -87,6 +92,7 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::new()?);
+    let token_keys = Arc::new(load_token_keys(&config)?);
     let state = Arc::new(open_state(&config, metrics.clone()).await?);
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -119,11 +125,12 @@ pub async fn run_with_metrics(
         metrics_listener.map(|l| (l, metrics.clone())),
         stop_rx,
     );
-    let tiering = crate::pb::tiering_server::TieringServer::new(service::TieringService::new(
-        Arc::new(context(&config, slot, state.clone(), metrics.clone())),
-    ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let tiering =
+        crate::pb::tiering_server::TieringServer::new(service::TieringService::new(Arc::new(
+            context(&config, slot, state.clone(), metrics.clone(), token_keys),
+        )))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
@@ -135,19 +142,30 @@ pub async fn run_with_metrics(
         set_health(&drain_health, ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
     };
-    let serve = tonic::transport::Server::builder()
+    let incoming = connections::incoming(listener, conn_limits(&config), metrics.clone());
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams_per_connection)
+        .http2_keepalive_interval(secs(config.http2_keepalive_interval_secs))
+        .http2_keepalive_timeout(secs(config.http2_keepalive_timeout_secs));
+    if let Some(age) = secs(config.max_connection_age_secs) {
+        server = server
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_secs(config.max_connection_age_grace_secs));
+    }
+    let serve = server
         .layer(admission::AdmissionLayer::new(
-            config.max_concurrent_requests,
+            admission::AdmissionLimits {
+                max_concurrent: config.max_concurrent_requests,
+                body_timeout: Duration::from_millis(config.request_body_timeout_ms),
+                max_message_bytes: config.max_message_bytes,
+            },
             metrics.clone(),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tiering)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        );
+        .serve_with_incoming_shutdown(incoming, signal);
     let served = drain_within(
         serve,
         draining_rx,
@@ -272,6 +290,7 @@ fn context(
     model: Arc<ModelSlot>,
     state: Arc<StateBackend>,
     metrics: Arc<metrics::Metrics>,
+    token_keys: Arc<page_token::TokenKeys>,
 ) -> service::Context {
     service::Context {
         limits: service::Limits {
@@ -284,10 +303,49 @@ fn context(
             future_tolerance: i64::try_from(config.future_tolerance_secs).unwrap_or(i64::MAX),
         },
         clock: config.clock(),
+        token_keys,
+        at_risk_streams: Arc::new(tokio::sync::Semaphore::new(config.max_open_at_risk_streams)),
         model,
         state,
         metrics,
     }
+}
+
+/// `Some(n seconds)`, or `None` for 0 (off).
+fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+/// The listener's limits; the connection cap is derived from the descriptor limit and logged.
+fn conn_limits(config: &ValidServeConfig) -> connections::ConnLimits {
+    let nofile = connections::nofile_limit();
+    let max_connections =
+        connections::connection_cap(config.max_connections, nofile, config.fd_reserve);
+    tracing::info!(
+        max_connections,
+        fd_limit = ?nofile,
+        fd_reserve = config.fd_reserve,
+        "connection cap"
+    );
+    connections::ConnLimits {
+        max_connections,
+        idle_timeout: secs(config.connection_idle_timeout_secs),
+        tcp_keepalive: secs(config.tcp_keepalive_secs),
+    }
+}
+
+/// The page-token keys: `page_token_key_file`, else `TIERING_PAGE_TOKEN_KEYS`, else random.
+fn load_token_keys(config: &ValidServeConfig) -> Result<page_token::TokenKeys, ServeError> {
+    let env = std::env::var(page_token::KEYS_ENV).ok();
+    let (keys, source) = page_token::TokenKeys::load(config.page_token_key_file.as_deref(), env)?;
+    match source {
+        page_token::KeySource::Random => tracing::warn!(
+            "no page-token keys (page_token_key_file, {}): page tokens are valid on this process only",
+            page_token::KEYS_ENV
+        ),
+        source => tracing::info!(?source, signing_key = keys.signing_id(), "page-token keys loaded"),
+    }
+    Ok(keys)
 }
 
 /// Health of the whole server and of the Tiering service, set together.

@@ -8,12 +8,16 @@ use super::config::Clock;
 use super::convert::{self, EventRules, PageLimits};
 use super::error::RequestError;
 use super::metrics::{Metrics, Rpc};
-use super::slot::ModelSlot;
+use super::page_token::TokenKeys;
+use super::slot::{LiveModel, ModelSlot};
 use super::state::{StateBackend, UserState};
 use crate::pb as proto;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 /// Request limits, from the configuration.
@@ -33,6 +37,11 @@ pub struct Context {
     pub model: Arc<ModelSlot>,
     pub state: Arc<StateBackend>,
     pub metrics: Arc<Metrics>,
+    /// One permit per ListAtRiskUsers answer being computed or streamed
+    /// (`max_open_at_risk_streams`).
+    pub at_risk_streams: Arc<Semaphore>,
+    /// Signs and checks page tokens.
+    pub token_keys: Arc<TokenKeys>,
 }
 
 #[derive(Clone)]
@@ -89,7 +98,55 @@ impl Drop for CancelOnDrop {
     }
 }
 
-type UserTierStream = tokio_stream::Iter<std::vec::IntoIter<Result<proto::UserTier, Status>>>;
+/// A ListAtRiskUsers page, converted to messages one at a time as the transport asks for them
+/// (under HTTP/2 flow control): a client that does not read costs the page's scores (at most
+/// `max_page_size` of them), never the encoded messages. Holds one of the
+/// `max_open_at_risk_streams` permits until the answer ends or the client leaves (dropped).
+pub struct AtRiskStream {
+    users: std::vec::IntoIter<(String, crate::model::Score)>,
+    more: bool,
+    query: at_risk::AtRiskQuery,
+    model: Arc<LiveModel>,
+    keys: Arc<TokenKeys>,
+    metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl tokio_stream::Stream for AtRiskStream {
+    type Item = Result<proto::UserTier, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some((id, score)) = this.users.next() else {
+            return Poll::Ready(None);
+        };
+        let mut out = convert::user_tier(&id, &score, &this.model, this.query.as_of);
+        if this.more && this.users.len() == 0 {
+            out.next_page_token = convert::next_page_token(
+                &this.query,
+                &this.model,
+                (&out.user_id, out.churn_probability),
+                &this.keys,
+            );
+        }
+        Poll::Ready(Some(Ok(out)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.users.size_hint()
+    }
+}
+
+impl Drop for AtRiskStream {
+    fn drop(&mut self) {
+        self.metrics.at_risk_streams(-1);
+    }
+}
+
+type UserTierStream = AtRiskStream;
 
 #[tonic::async_trait]
 impl proto::tiering_server::Tiering for TieringService {
@@ -220,33 +277,43 @@ impl proto::tiering_server::Tiering for TieringService {
                 &model,
                 self.ctx.limits.page,
                 self.ctx.clock.now(),
+                &self.ctx.token_keys,
             )?;
+            let permit = self
+                .ctx
+                .at_risk_streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| {
+                    self.ctx.metrics.refused("at_risk_streams");
+                    RequestError::TooManyStreams
+                })?;
+            self.ctx.metrics.at_risk_streams(1);
+            let mut stream = AtRiskStream {
+                users: Vec::new().into_iter(),
+                more: false,
+                query: q,
+                model,
+                keys: self.ctx.token_keys.clone(),
+                metrics: self.ctx.metrics.clone(),
+                _permit: permit,
+            };
             let cancelled = Arc::new(AtomicBool::new(false));
             let _guard = CancelOnDrop(cancelled.clone());
-            let (state, scan_model, query) = (self.ctx.state.clone(), model.clone(), q.clone());
+            let (state, scan_model, query) = (
+                self.ctx.state.clone(),
+                stream.model.clone(),
+                stream.query.clone(),
+            );
             let page = tokio::task::spawn_blocking(move || {
                 let stop = || cancelled.load(Ordering::Relaxed) || dl.passed();
                 at_risk::scan(&*state, &scan_model.scorer, &query, &stop)
             })
             .await
             .map_err(RequestError::ScanTask)??;
-            let mut out: Vec<proto::UserTier> = page
-                .users
-                .iter()
-                .map(|(id, s)| convert::user_tier(id, s, &model, q.as_of))
-                .collect();
-            if page.more {
-                if let Some(last) = out.last_mut() {
-                    last.next_page_token = convert::next_page_token(
-                        &q,
-                        &model,
-                        (&last.user_id, last.churn_probability),
-                    );
-                }
-            }
-            Ok(tokio_stream::iter(
-                out.into_iter().map(Ok).collect::<Vec<_>>(),
-            ))
+            stream.users = page.users.into_iter();
+            stream.more = page.more;
+            Ok(stream)
         }
         .await;
         self.finish(Rpc::ListAtRiskUsers, started, r)

@@ -378,16 +378,44 @@ pub struct ServerProcess {
     pub addr: String,
 }
 
+/// Extra ways to start a [`ServerProcess`].
+#[derive(Default)]
+pub struct SpawnOptions {
+    /// Run under `ulimit -n N` (a shell wrapper lowers RLIMIT_NOFILE before exec).
+    pub nofile: Option<u64>,
+    /// Collect the server's stderr lines here.
+    pub log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    /// Run the binary through this command (e.g. `nsenter -t PID -m --`).
+    pub wrapper: Vec<String>,
+}
+
 impl ServerProcess {
     pub fn spawn(dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
-        Self::spawn_via(&[], dirs, env)
+        ServerProcess::spawn_with(dirs, env, SpawnOptions::default())
     }
 
     /// [`ServerProcess::spawn`], the binary run through `wrapper` (e.g. `nsenter -t PID -m --`).
     pub fn spawn_via(wrapper: &[&str], dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
+        let opts = SpawnOptions {
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            ..SpawnOptions::default()
+        };
+        ServerProcess::spawn_with(dirs, env, opts)
+    }
+
+    pub fn spawn_with(dirs: &Dirs, env: &[(&str, &str)], opts: SpawnOptions) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         let bin = env!("CARGO_BIN_EXE_tiering");
-        let mut cmd = match wrapper.split_first() {
+        // wrapper..., then (for a lower descriptor limit) sh -c 'ulimit -n N && exec ...', then bin.
+        let mut argv: Vec<String> = opts.wrapper.clone();
+        if let Some(n) = opts.nofile {
+            argv.extend([
+                "sh".to_string(),
+                "-c".to_string(),
+                format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+            ]);
+        }
+        let mut cmd = match argv.split_first() {
             Some((first, rest)) => {
                 let mut c = std::process::Command::new(first);
                 c.args(rest).arg(bin);
@@ -419,7 +447,14 @@ impl ServerProcess {
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        let log = opts.log;
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(log) = &log {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
         ServerProcess { child, addr }
     }
 

@@ -6,5 +6,6 @@ mod bad_input;
 mod cli_clients;
 mod grpc_server;
 mod helpers;
+mod hostile_clients;
 mod storage_faults;
 mod train_e2e;

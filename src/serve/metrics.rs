@@ -76,134 +76,164 @@ pub struct Metrics {
     connections: IntGauge,
 }
 
+/// Creating a metric and registering it are one step: a metric cannot be forgotten in the registry.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<C, prometheus::Error>,
+) -> Result<C, prometheus::Error> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    registered(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
+    )
+}
+
+/// Latency buckets of a request, 50 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
-        let requests = IntCounterVec::new(
-            Opts::new("tiering_requests_total", "gRPC requests, by RPC"),
+        let r = &registry;
+        let requests = counter_vec(
+            r,
+            "tiering_requests_total",
+            "gRPC requests, by RPC",
             &["rpc"],
         )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "tiering_request_duration_seconds",
-                "gRPC request latency, by RPC",
-            )
-            .buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["rpc"],
-        )?;
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "tiering_request_errors_total",
-                "gRPC errors, by RPC and status code",
+        let latency = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tiering_request_duration_seconds",
+                    "gRPC request latency, by RPC",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["rpc"],
             ),
-            &["rpc", "code"],
         )?;
-        let model_info = IntGaugeVec::new(
-            Opts::new("tiering_model_info", "1 for the live model version"),
-            &["version"],
-        )?;
-        let model_fallback = IntGaugeVec::new(
-            Opts::new(
-                "tiering_model_fallback",
-                "1 while an earlier version serves because the CURRENT one failed to load at start",
-            ),
-            &["wanted", "serving"],
-        )?;
-        let model_reloads = IntCounterVec::new(
-            Opts::new(
-                "tiering_model_reloads_total",
-                "Model loads, by outcome (loaded, refused)",
-            ),
-            &["outcome"],
-        )?;
-        let users_held = IntGauge::new("tiering_users_held", "Users in the live state")?;
-        let events_ingested = IntCounter::new(
-            "tiering_events_ingested_total",
-            "Events made durable and applied",
-        )?;
-        let wal_commits = IntCounter::new(
-            "tiering_wal_commits_total",
-            "Group commits (one fsync each)",
-        )?;
-        let wal_group = Histogram::with_opts(
-            HistogramOpts::new(
-                "tiering_wal_group_requests",
-                "RecordEvents requests per group commit",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
-            ]),
-        )?;
-        let wal_sync_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "tiering_wal_commit_seconds",
-                "Write + fsync time of a group commit",
-            )
-            .buckets(vec![
-                0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
-            ]),
-        )?;
-        let decode_failures = IntCounterVec::new(
-            Opts::new(
-                "tiering_decode_failures_total",
-                "Requests whose message is not valid protobuf (answered INVALID_ARGUMENT), by RPC",
-            ),
-            &["rpc"],
-        )?;
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "tiering_refused_total",
-                "Requests or connections refused by a protection limit, by reason",
-            ),
-            &["reason"],
-        )?;
-        let at_risk_streams = IntGauge::new(
-            "tiering_at_risk_streams_open",
-            "ListAtRiskUsers answers still being streamed",
-        )?;
-        let connections = IntGauge::new("tiering_connections_open", "Open gRPC connections")?;
-        reg(Box::new(decode_failures.clone()))?;
-        reg(Box::new(refused.clone()))?;
-        reg(Box::new(at_risk_streams.clone()))?;
-        reg(Box::new(connections.clone()))?;
-        reg(Box::new(requests.clone()))?;
-        reg(Box::new(latency.clone()))?;
-        reg(Box::new(errors.clone()))?;
-        reg(Box::new(model_info.clone()))?;
-        reg(Box::new(model_fallback.clone()))?;
-        reg(Box::new(model_reloads.clone()))?;
-        reg(Box::new(users_held.clone()))?;
-        reg(Box::new(events_ingested.clone()))?;
-        reg(Box::new(wal_commits.clone()))?;
-        reg(Box::new(wal_group.clone()))?;
-        reg(Box::new(wal_sync_seconds.clone()))?;
         let rpcs = Rpc::ALL
             .iter()
-            .map(|r| RpcHandles {
-                requests: requests.with_label_values(&[r.name()]),
-                latency: latency.with_label_values(&[r.name()]),
+            .map(|rpc| RpcHandles {
+                requests: requests.with_label_values(&[rpc.name()]),
+                latency: latency.with_label_values(&[rpc.name()]),
             })
             .collect();
         Ok(Metrics {
-            registry,
             rpcs,
-            errors,
-            model_info,
-            model_fallback,
-            model_reloads,
-            users_held,
-            events_ingested,
-            wal_commits,
-            wal_group,
-            wal_sync_seconds,
-            decode_failures,
-            refused,
-            at_risk_streams,
-            connections,
+            errors: counter_vec(
+                r,
+                "tiering_request_errors_total",
+                "gRPC errors, by RPC and status code",
+                &["rpc", "code"],
+            )?,
+            model_info: gauge_vec(
+                r,
+                "tiering_model_info",
+                "1 for the live model version",
+                &["version"],
+            )?,
+            model_fallback: gauge_vec(
+                r,
+                "tiering_model_fallback",
+                "1 while an earlier version serves because the CURRENT one failed to load at start",
+                &["wanted", "serving"],
+            )?,
+            model_reloads: counter_vec(
+                r,
+                "tiering_model_reloads_total",
+                "Model loads, by outcome (loaded, refused)",
+                &["outcome"],
+            )?,
+            users_held: registered(
+                r,
+                IntGauge::new("tiering_users_held", "Users in the live state"),
+            )?,
+            events_ingested: registered(
+                r,
+                IntCounter::new(
+                    "tiering_events_ingested_total",
+                    "Events made durable and applied",
+                ),
+            )?,
+            wal_commits: registered(
+                r,
+                IntCounter::new(
+                    "tiering_wal_commits_total",
+                    "Group commits (one fsync each)",
+                ),
+            )?,
+            wal_group: histogram(
+                r,
+                "tiering_wal_group_requests",
+                "RecordEvents requests per group commit",
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+                ],
+            )?,
+            wal_sync_seconds: histogram(
+                r,
+                "tiering_wal_commit_seconds",
+                "Write + fsync time of a group commit",
+                &[
+                    0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+                ],
+            )?,
+            decode_failures: counter_vec(
+                r,
+                "tiering_decode_failures_total",
+                "Requests whose message is not valid protobuf (answered INVALID_ARGUMENT), by RPC",
+                &["rpc"],
+            )?,
+            refused: counter_vec(
+                r,
+                "tiering_refused_total",
+                "Requests or connections refused by a protection limit, by reason",
+                &["reason"],
+            )?,
+            at_risk_streams: registered(
+                r,
+                IntGauge::new(
+                    "tiering_at_risk_streams_open",
+                    "ListAtRiskUsers answers still being streamed",
+                ),
+            )?,
+            connections: registered(
+                r,
+                IntGauge::new("tiering_connections_open", "Open gRPC connections"),
+            )?,
+            registry,
         })
     }
 

@@ -75,7 +75,7 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The id of one request, for logs and error details (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub Arc<str>);
+pub(crate) struct RequestId(pub Arc<str>);
 
 impl RequestId {
     /// The caller's `x-request-id` if usable, else a new random one.
@@ -96,7 +96,7 @@ impl RequestId {
 
 /// Admission settings, from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct AdmissionLimits {
+pub(crate) struct AdmissionLimits {
     /// Requests processed at once across all connections.
     pub max_concurrent: usize,
     /// Longest wait for a request's body once its headers arrived.

@@ -43,7 +43,7 @@ pub struct ConnLimits {
 /// The connection cap for `configured` (0: automatic) and descriptor limit `nofile` (the
 /// `RLIMIT_NOFILE` soft limit; `None` when unknown): automatic is `nofile − reserve`, at least
 /// 16; an explicit cap above that is lowered to it.
-pub fn connection_cap(configured: usize, nofile: Option<u64>, reserve: u64) -> usize {
+pub(crate) fn connection_cap(configured: usize, nofile: Option<u64>, reserve: u64) -> usize {
     let ceiling =
         nofile.map(|n| usize::try_from(n.saturating_sub(reserve).max(16)).unwrap_or(usize::MAX));
     match (configured, ceiling) {
@@ -55,7 +55,7 @@ pub fn connection_cap(configured: usize, nofile: Option<u64>, reserve: u64) -> u
 }
 
 /// The soft `RLIMIT_NOFILE`, when the platform tells it.
-pub fn nofile_limit() -> Option<u64> {
+pub(crate) fn nofile_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         let mut r = libc::rlimit {
@@ -102,10 +102,10 @@ pub struct ConnInfo {
 
 /// Marks a connection busy while it lives.
 #[derive(Debug)]
-pub struct BusyGuard(Arc<Activity>);
+pub(crate) struct BusyGuard(Arc<Activity>);
 
 impl ConnInfo {
-    pub fn busy(&self) -> BusyGuard {
+    pub(crate) fn busy(&self) -> BusyGuard {
         self.activity.busy.fetch_add(1, Ordering::AcqRel);
         BusyGuard(self.activity.clone())
     }

@@ -77,10 +77,10 @@ impl RequestError {
 }
 
 /// Most bytes of request text an error message quotes (see [`quote`]).
-pub const MAX_QUOTED_BYTES: usize = 64;
+pub(crate) const MAX_QUOTED_BYTES: usize = 64;
 /// Longest error message sent to a client: gRPC sends it in a header, and default clients refuse
 /// headers over 8 KiB (answering RESOURCE_EXHAUSTED instead of the real error).
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// `s` cut to at most `max` bytes (on a character boundary).
 fn prefix(s: &str, max: usize) -> &str {
@@ -106,7 +106,7 @@ pub fn quote(s: &str) -> String {
 }
 
 /// A whole message cut to [`MAX_MESSAGE_BYTES`] (the last line of defence behind [`quote`]).
-pub fn capped(s: &str) -> String {
+pub(crate) fn capped(s: &str) -> String {
     let p = prefix(s, MAX_MESSAGE_BYTES - 3);
     if p.len() == s.len() {
         s.to_string()

@@ -257,7 +257,7 @@ impl Metrics {
     }
 
     /// `Some((wanted, serving))` while a fallback serves; `None` once CURRENT itself is live.
-    pub fn model_fallback(&self, fallback: Option<(&str, &str)>) {
+    pub(crate) fn model_fallback(&self, fallback: Option<(&str, &str)>) {
         self.model_fallback.reset();
         if let Some((wanted, serving)) = fallback {
             self.model_fallback
@@ -266,7 +266,7 @@ impl Metrics {
         }
     }
 
-    pub fn model_refused(&self) {
+    pub(crate) fn model_refused(&self) {
         self.model_reloads.with_label_values(&["refused"]).inc();
     }
 
@@ -282,7 +282,7 @@ impl Metrics {
     }
 
     /// A request tonic could not decode.
-    pub fn decode_failure(&self, rpc: Rpc) {
+    pub(crate) fn decode_failure(&self, rpc: Rpc) {
         self.decode_failures.with_label_values(&[rpc.name()]).inc();
     }
 
@@ -293,7 +293,7 @@ impl Metrics {
     }
 
     /// Open ListAtRiskUsers streams go up (`+1`) or down (`-1`).
-    pub fn at_risk_streams(&self, delta: i64) {
+    pub(crate) fn at_risk_streams(&self, delta: i64) {
         self.at_risk_streams.add(delta);
     }
 

@@ -190,7 +190,7 @@ pub async fn run_with_metrics(
 
 /// Health name that reports whether writes (RecordEvents) are accepted: NOT_SERVING while the
 /// state refuses them (a full disk) or before the state is seeded; reads may still be served.
-pub const WRITES_HEALTH_NAME: &str = "tiering.v1.Tiering.RecordEvents";
+pub(crate) const WRITES_HEALTH_NAME: &str = "tiering.v1.Tiering.RecordEvents";
 
 /// Keeps [`WRITES_HEALTH_NAME`] current until `stop` fires.
 async fn report_writes_health(

@@ -29,15 +29,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The environment variable holding the keys when no key file is configured.
-pub const KEYS_ENV: &str = "TIERING_PAGE_TOKEN_KEYS";
+pub(crate) const KEYS_ENV: &str = "TIERING_PAGE_TOKEN_KEYS";
 /// Longest token accepted, in characters (a real one is about 200).
-pub const MAX_TOKEN_CHARS: usize = 1024;
+pub(crate) const MAX_TOKEN_CHARS: usize = 1024;
 /// Shortest key accepted, in bytes.
-pub const MIN_KEY_BYTES: usize = 16;
+pub(crate) const MIN_KEY_BYTES: usize = 16;
 /// Longest key id.
-pub const MAX_KEY_ID: usize = 32;
+pub(crate) const MAX_KEY_ID: usize = 32;
 /// Longest user id a token may carry (the request layer's limit).
-pub const MAX_USER_BYTES: usize = 256;
+pub(crate) const MAX_USER_BYTES: usize = 256;
 
 const VERSION: u8 = 2;
 const MAC_BYTES: usize = 32;
@@ -46,7 +46,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// What a page token carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PageToken {
+pub(crate) struct PageToken {
     pub as_of: Timestamp,
     pub last_probability: f64,
     pub last_user: String,
@@ -56,7 +56,7 @@ pub struct PageToken {
 
 /// Why a page token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("longer than {MAX_TOKEN_CHARS} characters ({0})")]
     TooLong(usize),
     #[error("not a page token (not hex)")]
@@ -187,7 +187,7 @@ impl TokenKeys {
     }
 
     /// The id of the key that signs new tokens.
-    pub fn signing_id(&self) -> &str {
+    pub(crate) fn signing_id(&self) -> &str {
         &self.signing
     }
 

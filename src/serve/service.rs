@@ -102,7 +102,7 @@ impl Drop for CancelOnDrop {
 /// (under HTTP/2 flow control): a client that does not read costs the page's scores (at most
 /// `max_page_size` of them), never the encoded messages. Holds one of the
 /// `max_open_at_risk_streams` permits until the answer ends or the client leaves (dropped).
-pub struct AtRiskStream {
+pub(crate) struct AtRiskStream {
     users: std::vec::IntoIter<(String, crate::model::Score)>,
     more: bool,
     query: at_risk::AtRiskQuery,

@@ -52,7 +52,7 @@ pub(crate) fn encode_snapshot(
 
 /// Errors: [`StateError::BadSnapshot`] (bad header, checksum), [`StateError::SnapshotLength`]
 /// (payload length differs from the header), [`StateError::UndecodableSnapshot`].
-pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateError> {
+pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, StateError> {
     let bad = |what| StateError::BadSnapshot {
         path: path.to_path_buf(),
         what,

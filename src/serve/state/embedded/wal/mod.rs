@@ -122,7 +122,7 @@ impl EventLog {
     }
 
     /// True while a failed log write (disk full) makes the log refuse appends.
-    pub fn refusing_writes(&self) -> bool {
+    pub(crate) fn refusing_writes(&self) -> bool {
         self.refusing.load(Ordering::Acquire)
     }
 

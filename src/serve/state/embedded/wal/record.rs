@@ -57,7 +57,7 @@ fn whole_record_at(bytes: &[u8], off: usize) -> Option<usize> {
 /// The first offset after `from` where a whole, checksummed, decodable record starts: proof that
 /// the bytes at `from` are damage rather than a torn tail (a crash leaves nothing valid after
 /// its interrupted write).
-pub fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from + 1..bytes.len()).find(|&o| {
         whole_record_at(bytes, o).is_some_and(|end| {
             postcard::from_bytes::<Vec<UserEvent>>(&bytes[o + HEADER..end]).is_ok()
@@ -67,7 +67,7 @@ pub fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
 
 /// The byte ranges of every whole, checksummed, decodable record, skipping bad bytes between
 /// them (`tiering state repair --salvage`).
-pub fn valid_records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn valid_records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
     let decodes = |o: usize, end: usize| {
         postcard::from_bytes::<Vec<UserEvent>>(&bytes[o + HEADER..end]).is_ok()
     };
@@ -95,7 +95,7 @@ pub fn valid_records(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
 /// segment), [`StateError::TornMidLog`] for a cut-short record in a segment that is not the
 /// last, [`StateError::UndecodableRecord`] for a checksummed record whose payload does not
 /// decode. Only a bad record with nothing valid after it, in the last segment, is a torn tail.
-pub fn replay_segment(
+pub(crate) fn replay_segment(
     path: &Path,
     bytes: &[u8],
     last: bool,

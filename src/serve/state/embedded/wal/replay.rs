@@ -37,7 +37,7 @@ pub struct Recovery {
 
 impl Recovery {
     /// Bytes were dropped from the end of the log as a torn write.
-    pub fn torn_tail(&self) -> bool {
+    pub(crate) fn torn_tail(&self) -> bool {
         self.segments.iter().any(|s| s.torn.is_some())
     }
 
@@ -94,7 +94,7 @@ pub(crate) struct Tail {
 
 /// Locks the directory, loads the snapshot into `store`, and replays the log after it (cutting
 /// a torn tail off).
-pub fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateError> {
+pub(crate) fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateError> {
     fs::create_dir_all(dir).map_err(StateError::io(dir))?;
     let lock = lock_dir(dir)?;
     remove_unfinished_snapshots(dir);
@@ -118,7 +118,7 @@ pub fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateE
 /// Loads the snapshot and replays the log into `store`; returns what was found and the
 /// snapshot's first segment. `writable`: delete the segments the snapshot covers and cut a torn
 /// tail off (start-up); otherwise change nothing (`tiering state check`).
-pub fn read_state(
+pub(crate) fn read_state(
     dir: &Path,
     store: &UserStore,
     writable: bool,

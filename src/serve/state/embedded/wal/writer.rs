@@ -289,7 +289,7 @@ impl Writer {
     /// While writes are refused: writes and syncs a small probe file in the state directory; if
     /// that works, writes are accepted again (so readiness recovers without waiting for a
     /// client to retry).
-    pub fn probe_space(&self) {
+    pub(crate) fn probe_space(&self) {
         if !self.refusing.load(Ordering::Relaxed) || self.poisoned.is_some() {
             return;
         }

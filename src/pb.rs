@@ -23,3 +23,28 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const MIN_SECONDS: i64 = -62_135_596_800;
 /// Unix seconds of 9999-12-31T23:59:59Z, the last valid proto timestamp.
 pub const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// The two `google.rpc` messages the server puts in an error's `grpc-status-details-bin`: a
+/// [`rpc_status::Status`] whose details hold a [`rpc_status::RequestInfo`] naming the request id.
+/// Clients decode them from here too.
+pub mod rpc_status {
+    /// `google.rpc.Status`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(message, repeated, tag = "3")]
+        pub details: Vec<prost_types::Any>,
+    }
+
+    /// `google.rpc.RequestInfo`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RequestInfo {
+        #[prost(string, tag = "1")]
+        pub request_id: String,
+        #[prost(string, tag = "2")]
+        pub serving_data: String,
+    }
+}

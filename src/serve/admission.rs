@@ -26,6 +26,7 @@
 
 use super::connections::ConnInfo;
 use super::metrics::{Metrics, Rpc};
+use crate::pb::rpc_status;
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use prost::Message;
@@ -176,26 +177,6 @@ fn rewrite_status<B>(resp: &mut http::Response<B>, rpc: Rpc, metrics: &Metrics, 
     metrics.observe(rpc, started.elapsed(), Some(new));
 }
 
-/// google.rpc.Status, as sent in `grpc-status-details-bin`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
-}
-
-/// google.rpc.RequestInfo.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RequestInfo {
-    #[prost(string, tag = "1")]
-    request_id: String,
-    #[prost(string, tag = "2")]
-    serving_data: String,
-}
-
 /// Every answer names its request id; an error's details carry it as a RequestInfo.
 fn tag_with_id<B>(resp: &mut http::Response<B>, id: &RequestId) {
     if let Ok(v) = http::HeaderValue::from_str(&id.0) {
@@ -207,11 +188,11 @@ fn tag_with_id<B>(resp: &mut http::Response<B>, id: &RequestId) {
     if code == 0 || resp.headers().contains_key("grpc-status-details-bin") {
         return;
     }
-    let info = RequestInfo {
+    let info = rpc_status::RequestInfo {
         request_id: id.0.to_string(),
         serving_data: String::new(),
     };
-    let status = RpcStatus {
+    let status = rpc_status::Status {
         code,
         message,
         details: vec![prost_types::Any {

@@ -478,14 +478,16 @@ async fn undecodable_requests_are_invalid_argument_counted_and_carry_the_request
                 .and_then(|v| v.to_str().ok()),
             Some("probe-43")
         );
-        let details = ErrorStatus::decode(e.details()).unwrap();
+        let details = tiering::pb::rpc_status::Status::decode(e.details()).unwrap();
         let info = details
             .details
             .iter()
             .find(|d| d.type_url.ends_with("google.rpc.RequestInfo"))
             .expect("a RequestInfo detail");
         assert_eq!(
-            RequestInfo::decode(&info.value[..]).unwrap().request_id,
+            tiering::pb::rpc_status::RequestInfo::decode(&info.value[..])
+                .unwrap()
+                .request_id,
             "probe-43"
         );
         let e = client
@@ -502,26 +504,6 @@ async fn undecodable_requests_are_invalid_argument_counted_and_carry_the_request
         server.stop().await.unwrap();
     })
     .await;
-}
-
-/// google.rpc.Status, for reading error details.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ErrorStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
-}
-
-/// google.rpc.RequestInfo.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RequestInfo {
-    #[prost(string, tag = "1")]
-    request_id: String,
-    #[prost(string, tag = "2")]
-    serving_data: String,
 }
 
 /// The at-risk request of the memory test, as a gRPC frame.

@@ -49,6 +49,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         &args.data,
         &ReadOptions {
             max_bad_rows: args.max_bad_rows,
+            ..ReadOptions::default()
         },
     )
     .with_context(|| format!("reading {}", args.data.display()))?;

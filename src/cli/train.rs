@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tiering::features::time::format_rfc3339;
 use tiering::features::ChurnDefinition;
-use tiering::io::read::{ReadOptions, ReadReport};
+use tiering::io::read::ReadReport;
 use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
 
 /// `--churn-definition`: what counts as churn.
@@ -88,14 +88,13 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         .map(parse_time)
         .transpose()
         .context("parsing --as-of")?;
-    Ok(TrainJob {
+    let mut job = TrainJob {
         as_of,
-        read: ReadOptions {
-            max_bad_rows: args.max_bad_rows,
-        },
         export_eval: args.export_eval.clone(),
         ..TrainJob::new(args.data.clone(), args.models.clone(), params)
-    })
+    };
+    job.read.max_bad_rows = args.max_bad_rows;
+    Ok(job)
 }
 
 /// Shows the stages on a spinner and skipped rows as soon as the data is read.

@@ -14,6 +14,23 @@ pub type Timestamp = i64;
 /// Seconds in a day, the unit most features are expressed in.
 pub const DAY: i64 = 86_400;
 
+/// The default earliest accepted event time: 2000-01-01T00:00:00Z.
+///
+/// The input rules, the same for training's readers (CSV and Parquet) and for the server
+/// (RecordEvents, ScoreUser):
+/// - An event's time must be at or after the configured earliest accepted time
+///   (`earliest_event_time`, this by default). Unix 0 (1970-01-01T00:00:00Z) and year 0001 are
+///   refused: they are the typical placeholders of a missing time, and an event dated there
+///   would silently become a years-old event. A reader reports such a row as a bad row on its
+///   `ts` column; the server answers INVALID_ARGUMENT naming `events[i].ts`.
+/// - Kinds are trimmed and matched case-insensitively (`" Order "` is an order); unknown kinds
+///   are refused ([`EventKind`]'s `FromStr`).
+/// - A zero-amount order is valid: a free gift or a fully discounted order. It counts as an
+///   order (recency, frequency), with no spend. In the API a missing amount reads as 0 (proto3
+///   cannot tell them apart) and means the same; in a file an order still needs an amount
+///   written, `0` included.
+pub const DEFAULT_EARLIEST_EVENT: Timestamp = 946_684_800;
+
 /// What happened. Unknown kinds are rejected at the edge (a typo must not silently become a
 /// feature-less event).
 #[derive(

@@ -22,11 +22,11 @@ pub mod time;
 pub mod vector;
 
 pub use aggregate::UserAggregate;
-pub use event::{Event, EventKind, Timestamp, DAY};
+pub use event::{Event, EventKind, Timestamp, DAY, DEFAULT_EARLIEST_EVENT};
 pub use hash::{fnv1a64, hash_str};
 pub use scaler::StandardScaler;
 pub use segments::{LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds};
 pub use snapshot::{active_in_window, build_aggregates, known_at, ChurnDefinition};
 pub use table::{ColumnsPresent, EventTable};
-pub use time::{format_rfc3339, parse_instant, TimeParseError};
+pub use time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
 pub use vector::{Feature, FeatureSet, Transform};

@@ -4,6 +4,9 @@
 //!   or a bare `YYYY-MM-DD` meaning the *end* of that day (the next midnight, UTC), so that events
 //!   on that date count as known. (The data contract's `ts` column reads a bare date as the
 //!   *start* of the day; that parser lives with the readers, in `io::read`.)
+//! - [`parse_earliest`]: a lower bound given in a config file (`earliest_event_time`): RFC 3339,
+//!   or a bare `YYYY-MM-DD` meaning the *start* of that day, so that events on that date are
+//!   accepted.
 //! - [`format_rfc3339`]: the one form every timestamp the project writes takes,
 //!   `2026-05-01T12:34:56Z` (`%Y-%m-%dT%H:%M:%SZ`, never `+00:00`).
 
@@ -40,6 +43,16 @@ pub fn parse_instant(s: &str) -> Result<Timestamp, TimeParseError> {
         })
 }
 
+/// RFC 3339 (as [`parse_instant`]), or `YYYY-MM-DD` meaning the *start* of that day (midnight
+/// UTC): a lower bound, such as the earliest accepted event time, includes the day it names.
+pub fn parse_earliest(s: &str) -> Result<Timestamp, TimeParseError> {
+    let s = s.trim();
+    match chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(d) => Ok(d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp()),
+        Err(_) => parse_instant(s),
+    }
+}
+
 /// `ts` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds); a time outside chrono's range (about
 /// ±262,000 years) as its decimal seconds.
 pub fn format_rfc3339(ts: Timestamp) -> String {
@@ -73,6 +86,20 @@ mod tests {
             Ok(1_777_593_600)
         );
         assert_eq!(parse_instant("2026-05-01T00:00:00.9Z"), Ok(1_777_593_600));
+    }
+
+    #[test]
+    fn a_bare_date_as_a_lower_bound_means_the_start_of_that_day() {
+        assert_eq!(parse_earliest("2000-01-01"), Ok(946_684_800));
+        assert_eq!(parse_earliest(" 2000-01-01 "), Ok(946_684_800));
+        assert_eq!(parse_earliest("2000-01-01T00:00:00Z"), Ok(946_684_800));
+        assert_eq!(parse_earliest("2000-01-01T08:00:00+08:00"), Ok(946_684_800));
+        assert_eq!(parse_earliest("0001-01-01"), Ok(-62_135_596_800));
+        assert_eq!(parse_earliest("1970-01-01"), Ok(0));
+        assert!(matches!(
+            parse_earliest("2000-13-01"),
+            Err(TimeParseError::Unparseable { .. })
+        ));
     }
 
     #[test]

@@ -28,17 +28,29 @@ mod users;
 
 pub use error::{Cell, Delimiter, Location, ReadError, RowRef};
 
-use crate::features::EventTable;
+use crate::features::{EventTable, Timestamp, DEFAULT_EARLIEST_EVENT};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
 use users::{UserIndex, UsersSink};
 
 /// How strict to be.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOptions {
     /// Bad rows to skip (and count) before giving up; 0 = the first bad row is an error.
     pub max_bad_rows: usize,
+    /// Events before this time are bad rows (training's `earliest_event_time`; the rules are
+    /// documented at [`DEFAULT_EARLIEST_EVENT`], the default).
+    pub earliest: Timestamp,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            max_bad_rows: 0,
+            earliest: DEFAULT_EARLIEST_EVENT,
+        }
+    }
 }
 
 /// What was read.
@@ -212,11 +224,22 @@ fn read_dataset_with(
     let (events_path, format) = &inputs.events;
     match format {
         Format::Csv => {
-            csv_file::read_events(events_path, &mut table, &mut budget, &mut hasher, split)?;
+            csv_file::read_events(
+                events_path,
+                &mut table,
+                &mut budget,
+                &mut hasher,
+                split,
+                opts.earliest,
+            )?;
         }
-        Format::Parquet => {
-            parquet_file::read_events(events_path, &mut table, &mut budget, &mut hasher)?
-        }
+        Format::Parquet => parquet_file::read_events(
+            events_path,
+            &mut table,
+            &mut budget,
+            &mut hasher,
+            opts.earliest,
+        )?,
     }
     let rows = table.len() as u64;
     let mut files = vec![events_path.clone()];

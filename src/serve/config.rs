@@ -19,8 +19,8 @@
 //! clock already parsed); [`super::run`] accepts only that. Errors are [`ConfigError`], one
 //! variant per cause, naming the field or variable.
 
-use crate::features::time::{parse_instant, TimeParseError};
-use crate::features::Timestamp;
+use crate::features::time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
+use crate::features::{Timestamp, DEFAULT_EARLIEST_EVENT};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -67,6 +67,8 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: now: {0}")]
     BadNow(#[source] TimeParseError),
+    #[error("invalid configuration: earliest_event_time: {0}")]
+    BadEarliestEventTime(#[source] TimeParseError),
 }
 
 /// Prefix of the environment variables that override the configuration file.
@@ -91,6 +93,11 @@ pub struct ServeConfig {
     pub now: Option<String>,
     /// Events stamped more than this many seconds after "now" are rejected (clock skew allowance).
     pub future_tolerance_secs: u64,
+    /// Events stamped before this are rejected (INVALID_ARGUMENT naming `events[i].ts`): RFC 3339,
+    /// or `YYYY-MM-DD` meaning the start of that day (UTC). Default 2000-01-01T00:00:00Z, so that
+    /// the placeholders of a missing time (Unix 0, year 0001) are refused; the same rule as
+    /// training's `earliest_event_time` ([`DEFAULT_EARLIEST_EVENT`]).
+    pub earliest_event_time: String,
     /// Most user ids in one BatchGetUserTiers (RESOURCE_EXHAUSTED above it).
     pub max_batch_size: usize,
     /// Most events in one RecordEvents or ScoreUser request (RESOURCE_EXHAUSTED above it).
@@ -164,6 +171,7 @@ impl Default for ServeConfig {
             state_dir: None,
             now: None,
             future_tolerance_secs: 300,
+            earliest_event_time: format_rfc3339(DEFAULT_EARLIEST_EVENT),
             max_batch_size: 1000,
             max_events_per_request: 10_000,
             default_page_size: 100,
@@ -322,9 +330,12 @@ impl ServeConfig {
             None => Clock::Wall,
             Some(s) => Clock::Fixed(parse_instant(s).map_err(ConfigError::BadNow)?),
         };
+        let earliest_event =
+            parse_earliest(&self.earliest_event_time).map_err(ConfigError::BadEarliestEventTime)?;
         Ok(ValidServeConfig {
             config: self,
             clock,
+            earliest_event,
         })
     }
 
@@ -379,15 +390,21 @@ impl ServeConfig {
     }
 }
 
-/// A [`ServeConfig`] that passed [`ServeConfig::check`]: every field in range and the clock
-/// parsed. Read its fields through `Deref`; it cannot be changed or built any other way.
+/// A [`ServeConfig`] that passed [`ServeConfig::check`]: every field in range, the clock and
+/// the earliest event time parsed. Read its fields through `Deref`; it cannot be changed or built any other way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidServeConfig {
     config: ServeConfig,
     clock: Clock,
+    earliest_event: Timestamp,
 }
 
 impl ValidServeConfig {
+    /// `earliest_event_time`, parsed: events before it are refused.
+    pub fn earliest_event(&self) -> Timestamp {
+        self.earliest_event
+    }
+
     /// The clock: pinned by `now`, else the wall clock.
     pub fn clock(&self) -> Clock {
         self.clock
@@ -483,6 +500,24 @@ mod tests {
             ServeConfig::load(None, env(&[])).unwrap(),
             ServeConfig::default()
         );
+    }
+
+    #[test]
+    fn earliest_event_time_defaults_to_2000_and_a_bare_date_means_its_start() {
+        let c = ServeConfig::default().check().unwrap();
+        assert_eq!(c.earliest_event(), DEFAULT_EARLIEST_EVENT);
+        let c = ServeConfig::load(None, env(&[("TIERING__EARLIEST_EVENT_TIME", "1970-01-01")]))
+            .unwrap()
+            .check()
+            .unwrap();
+        assert_eq!(c.earliest_event(), 0);
+        let bad = ServeConfig {
+            earliest_event_time: "yesterday".into(),
+            ..ServeConfig::default()
+        };
+        let e = bad.check().unwrap_err();
+        assert!(matches!(e, ConfigError::BadEarliestEventTime(_)), "{e}");
+        assert!(e.to_string().contains("earliest_event_time"), "{e}");
     }
 
     #[test]

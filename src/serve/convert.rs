@@ -95,6 +95,9 @@ pub(crate) fn to_timestamp(t: Timestamp) -> prost_types::Timestamp {
 pub struct EventRules<'a> {
     pub now: Timestamp,
     pub future_tolerance: i64,
+    /// Events before this are refused (`earliest_event_time`; the rules are documented at
+    /// [`crate::features::DEFAULT_EARLIEST_EVENT`]).
+    pub earliest: Timestamp,
     /// ScoreUser: every event must be this user's (or leave `user_id` empty).
     pub only_user: Option<&'a str>,
 }
@@ -129,6 +132,18 @@ pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<UserEv
         )
     })?;
     let ts = past_time(&f("ts"), e.ts.as_ref(), rules.now, rules.future_tolerance)?;
+    if ts < rules.earliest {
+        return Err(RequestError::invalid(
+            f("ts"),
+            format!(
+                "{} is before the earliest accepted event time {} (earliest_event_time)",
+                format_rfc3339(ts),
+                format_rfc3339(rules.earliest)
+            ),
+        ));
+    }
+    // A zero amount is a valid order (a free gift, a fully discounted order): it counts as an
+    // order with no spend. proto3 reads a missing amount as 0, which means the same.
     if !e.amount.is_finite() || !(0.0..=MAX_AMOUNT).contains(&e.amount) {
         return Err(RequestError::invalid(
             f("amount"),
@@ -164,14 +179,15 @@ pub fn record_events(
         .collect()
 }
 
-/// ScoreUser: the user's aggregate built from the request alone.
+/// ScoreUser: the user's aggregate built from the request alone. `rules.only_user` is replaced
+/// by the request's user.
 pub fn score_user(
     req: &proto::ScoreUserRequest,
     limit: usize,
-    now: Timestamp,
-    tolerance: i64,
+    rules: EventRules<'_>,
 ) -> Result<UserAggregate, RequestError> {
     within_limit("events", req.events.len(), limit)?;
+    let (now, tolerance) = (rules.now, rules.future_tolerance);
     let registered = match &req.registered_at {
         Some(r) => Some(past_time("registered_at", Some(r), now, tolerance)?),
         None => None,
@@ -186,9 +202,8 @@ pub fn score_user(
         user_id("user_id", &req.user_id)?;
     }
     let rules = EventRules {
-        now,
-        future_tolerance: tolerance,
         only_user: Some(&req.user_id),
+        ..rules
     };
     let mut agg = UserAggregate::with_registration(registered);
     for (i, e) in req.events.iter().enumerate() {
@@ -438,6 +453,7 @@ mod tests {
         EventRules {
             now: NOW,
             future_tolerance: 300,
+            earliest: crate::features::DEFAULT_EARLIEST_EVENT,
             only_user,
         }
     }
@@ -450,8 +466,12 @@ mod tests {
                 Just("order".to_string()),
                 Just(" VIEW ".to_string())
             ],
-            proptest::option::of((any::<i64>(), any::<i32>())),
-            prop_oneof![any::<f64>(), 0.0f64..1e6],
+            // Any time, and times around the earliest accepted one (year 0001 to just past now).
+            proptest::option::of((
+                prop_oneof![any::<i64>(), MIN_SECONDS..=NOW + 1000],
+                prop_oneof![any::<i32>(), 0..1_000_000_000i32],
+            )),
+            prop_oneof![any::<f64>(), 0.0f64..1e6, Just(0.0)],
             any::<u32>(),
             ".{0,20}",
         )
@@ -488,13 +508,60 @@ mod tests {
             }
     }
 
+    fn order(seconds: Timestamp, kind: &str, amount: f64) -> proto::Event {
+        proto::Event {
+            user_id: "u1".into(),
+            kind: kind.into(),
+            ts: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            amount,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_before_the_earliest_accepted_time_name_events_i_ts() {
+        for t in [0, MIN_SECONDS, crate::features::DEFAULT_EARLIEST_EVENT - 1] {
+            let err = event(2, &order(t, "order", 1.0), rules(None)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("events[2].ts: ")
+                    && msg.ends_with(
+                        "is before the earliest accepted event time 2000-01-01T00:00:00Z (earliest_event_time)"
+                    ),
+                "{msg}"
+            );
+        }
+        let at = event(0, &order(946_684_800, "order", 1.0), rules(None)).unwrap();
+        assert_eq!(at.ts, 946_684_800);
+        let earlier = EventRules {
+            earliest: MIN_SECONDS,
+            ..rules(None)
+        };
+        assert_eq!(event(0, &order(0, "order", 1.0), earlier).unwrap().ts, 0);
+        assert_eq!(
+            event(0, &order(MIN_SECONDS, "order", 1.0), earlier)
+                .unwrap()
+                .ts,
+            MIN_SECONDS
+        );
+    }
+
+    #[test]
+    fn a_zero_or_missing_amount_order_with_a_padded_kind_counts_as_an_order_with_no_spend() {
+        let e = event(0, &order(NOW - 60, " Order ", 0.0), rules(None)).unwrap();
+        assert_eq!((e.kind, e.amount), (EventKind::Order, 0.0));
+        let mut agg = UserAggregate::with_registration(None);
+        agg.apply(&e.event());
+        assert_eq!((agg.orders, agg.spend), (1, 0.0));
+    }
+
     proptest! {
         #[test]
         fn any_event_converts_or_names_its_field(e in any_event()) {
             match event(3, &e, rules(None)) {
                 Ok(ev) => {
                     prop_assert!(!ev.user_id.is_empty() && ev.user_id.len() <= MAX_USER_ID_BYTES);
-                    prop_assert!(ev.ts <= NOW + 300 && ev.ts >= MIN_SECONDS);
+                    prop_assert!(ev.ts <= NOW + 300 && ev.ts >= crate::features::DEFAULT_EARLIEST_EVENT);
                     prop_assert!(ev.amount.is_finite() && (0.0..=MAX_AMOUNT).contains(&ev.amount));
                 }
                 Err(err) => prop_assert!(documented(&err, Some(3)), "{err}"),
@@ -521,7 +588,7 @@ mod tests {
                 events,
                 registered_at: registered.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
             };
-            if let Err(err) = score_user(&req, 4, NOW, 300) {
+            if let Err(err) = score_user(&req, 4, rules(None)) {
                 prop_assert!(documented(&err, None), "{err}");
             }
         }

@@ -301,6 +301,7 @@ fn context(
                 max: config.max_page_size,
             },
             future_tolerance: i64::try_from(config.future_tolerance_secs).unwrap_or(i64::MAX),
+            earliest_event: config.earliest_event(),
         },
         clock: config.clock(),
         token_keys,

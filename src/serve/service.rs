@@ -11,6 +11,7 @@ use super::metrics::{Metrics, Rpc};
 use super::page_token::TokenKeys;
 use super::slot::{LiveModel, ModelSlot};
 use super::state::{StateBackend, UserState};
+use crate::features::Timestamp;
 use crate::pb as proto;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,8 @@ pub struct Limits {
     pub page: PageLimits,
     /// Seconds an event may lie in the future.
     pub future_tolerance: i64,
+    /// Events before this are refused (`earliest_event_time`).
+    pub earliest_event: Timestamp,
 }
 
 /// Shared by every handler.
@@ -72,6 +75,7 @@ impl TieringService {
         EventRules {
             now: self.ctx.clock.now(),
             future_tolerance: self.ctx.limits.future_tolerance,
+            earliest: self.ctx.limits.earliest_event,
             only_user,
         }
     }
@@ -218,12 +222,11 @@ impl proto::tiering_server::Tiering for TieringService {
         let r = deadline(&req).and_then(|_| {
             let body = req.get_ref();
             let now = self.ctx.clock.now();
-            let agg = convert::score_user(
-                body,
-                self.ctx.limits.max_events_per_request,
+            let rules = EventRules {
                 now,
-                self.ctx.limits.future_tolerance,
-            )?;
+                ..self.rules(None)
+            };
+            let agg = convert::score_user(body, self.ctx.limits.max_events_per_request, rules)?;
             let model = self.ctx.model.get()?;
             Ok(convert::user_tier(
                 &body.user_id,

@@ -4,7 +4,8 @@
 //! [`TrainConfig::check`] validates it once and returns [`ValidTrainParams`], the only form the
 //! pipeline accepts.
 
-use crate::features::{ChurnDefinition, LifecycleThresholds};
+use crate::features::time::{format_rfc3339, parse_earliest, TimeParseError};
+use crate::features::{ChurnDefinition, LifecycleThresholds, Timestamp, DEFAULT_EARLIEST_EVENT};
 use crate::model::churn::{BoostingParams, ChurnError, ValidBoostingParams};
 use crate::model::tiers::{TierError, TierParams, ValidTierParams};
 use crate::model::RiskThresholds;
@@ -38,6 +39,8 @@ pub enum ConfigError {
     Risk { medium: f64, high: f64 },
     #[error("invalid configuration: lifecycle thresholds need positive values and silent < at_risk < churned")]
     Lifecycle,
+    #[error("invalid configuration: earliest_event_time: {0}")]
+    EarliestEventTime(#[source] TimeParseError),
 }
 
 /// A [`TrainConfig`] that passed [`TrainConfig::check`], with its validated parts.
@@ -46,9 +49,15 @@ pub struct ValidTrainParams {
     config: TrainConfig,
     tiers: ValidTierParams,
     boosting: ValidBoostingParams,
+    earliest_event: Timestamp,
 }
 
 impl ValidTrainParams {
+    /// `earliest_event_time`, parsed: events before it are bad rows.
+    pub fn earliest_event(&self) -> Timestamp {
+        self.earliest_event
+    }
+
     /// The configuration as written (it goes into the manifest).
     pub fn config(&self) -> &TrainConfig {
         &self.config
@@ -78,6 +87,11 @@ pub struct TrainConfig {
     /// Label window: churned = nothing that counts in the `horizon_days` after the snapshot.
     pub horizon_days: u32,
     pub churn_definition: ChurnDefinition,
+    /// Events before this time are bad rows (counted under `--max-bad-rows`): RFC 3339, or
+    /// `YYYY-MM-DD` meaning the start of that day (UTC). Default 2000-01-01T00:00:00Z, so that
+    /// the placeholders of a missing time (Unix 0, year 0001) are refused; the rules are at
+    /// [`DEFAULT_EARLIEST_EVENT`].
+    pub earliest_event_time: String,
     pub tiers: TierParams,
     pub churn: ChurnConfig,
     pub risk: RiskThresholds,
@@ -116,6 +130,7 @@ impl Default for TrainConfig {
             seed: 42,
             horizon_days: 30,
             churn_definition: ChurnDefinition::NoOrder,
+            earliest_event_time: format_rfc3339(DEFAULT_EARLIEST_EVENT),
             tiers: TierParams::default(),
             churn: ChurnConfig::default(),
             risk: RiskThresholds::default(),
@@ -185,10 +200,13 @@ impl TrainConfig {
         if !self.lifecycle.is_valid() {
             return Err(ConfigError::Lifecycle);
         }
+        let earliest_event =
+            parse_earliest(&self.earliest_event_time).map_err(ConfigError::EarliestEventTime)?;
         Ok(ValidTrainParams {
             config: self,
             tiers,
             boosting,
+            earliest_event,
         })
     }
 }
@@ -233,5 +251,23 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.check().is_err());
+    }
+
+    #[test]
+    fn earliest_event_time_defaults_to_2000_and_a_bare_date_means_its_start() {
+        let p = TrainConfig::default().check().unwrap();
+        assert_eq!(p.earliest_event(), DEFAULT_EARLIEST_EVENT);
+        let cfg: TrainConfig = toml::from_str("earliest_event_time = \"1970-01-01\"").unwrap();
+        assert_eq!(cfg.check().unwrap().earliest_event(), 0);
+        let cfg: TrainConfig =
+            toml::from_str("earliest_event_time = \"0001-01-01T00:00:00Z\"").unwrap();
+        assert_eq!(cfg.check().unwrap().earliest_event(), -62_135_596_800);
+        let cfg = TrainConfig {
+            earliest_event_time: "last year".into(),
+            ..Default::default()
+        };
+        let err = cfg.check().unwrap_err();
+        assert!(matches!(err, ConfigError::EarliestEventTime(_)), "{err}");
+        assert!(err.to_string().contains("earliest_event_time"), "{err}");
     }
 }

@@ -29,14 +29,19 @@ pub struct TrainJob {
 }
 
 impl TrainJob {
-    /// A job with default reading options and no export.
+    /// A job with default reading options (the configuration's earliest event time) and no
+    /// export.
     pub fn new(data: PathBuf, models: PathBuf, params: ValidTrainParams) -> TrainJob {
+        let read = ReadOptions {
+            earliest: params.earliest_event(),
+            ..ReadOptions::default()
+        };
         TrainJob {
             data,
             models,
             as_of: None,
             params,
-            read: ReadOptions::default(),
+            read,
             export_eval: None,
         }
     }

@@ -338,7 +338,14 @@ fn max_bad_rows_skips_and_counts_then_names_the_row_over_the_limit() {
         "u4,2026-05-01,hug,,,,",
     ]);
     let (_dir, path) = events_csv(&text);
-    let d = read_dataset(&path, &ReadOptions { max_bad_rows: 3 }).unwrap();
+    let d = read_dataset(
+        &path,
+        &ReadOptions {
+            max_bad_rows: 3,
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(d.report.rows, 2);
     assert_eq!(d.report.bad_rows, 3);
     assert_eq!(d.report.bad_row_samples.len(), 3);
@@ -354,7 +361,14 @@ fn max_bad_rows_skips_and_counts_then_names_the_row_over_the_limit() {
     );
     assert_eq!(d.events.user_ids, vec!["u1", "u3"]);
 
-    let err = read_dataset(&path, &ReadOptions { max_bad_rows: 2 }).unwrap_err();
+    let err = read_dataset(
+        &path,
+        &ReadOptions {
+            max_bad_rows: 2,
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(err, ReadError::TooManyBadRows { limit: 2, .. }),
@@ -545,4 +559,155 @@ fn duplicate_column_names_file_line_and_both_positions() {
         msg.contains("events.csv:1") && msg.contains("column ts appears twice"),
         "{msg}"
     );
+}
+
+/// An events Parquet file at `path`: one row per `(user, ts, kind, amount)`.
+fn events_parquet(path: &Path, rows: &[(&str, i64, &str, Option<f64>)]) {
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "user_id",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "ts",
+            Arc::new(TimestampSecondArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "kind",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
+        ),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// 0001-01-01T00:00:00Z in Unix seconds.
+const YEAR_1: i64 = -62_135_596_800;
+
+/// The placeholder times of a missing value, as a CSV file written quote-free (the block
+/// parser) and with a quoted field (the csv-crate reader).
+fn placeholder_csvs() -> [String; 2] {
+    let plain = rows(&[
+        "u1,2026-05-01T10:00:00Z,view,,30,r1,c1",
+        "u1,1970-01-01T00:00:00Z,view,,30,r1,c1",
+        "u2,0001-01-01,order,5,,,",
+    ]);
+    let quoted = rows(&[
+        "u1,2026-05-01T10:00:00Z,view,,30,\"r,1\",c1",
+        "u1,1970-01-01T00:00:00Z,view,,30,r1,c1",
+        "u2,0001-01-01,order,5,,,",
+    ]);
+    [plain, quoted]
+}
+
+#[test]
+fn events_at_unix_zero_or_in_year_0001_name_file_line_and_column_in_csv() {
+    for text in placeholder_csvs() {
+        let (_, msg) = error_at(&text, 3, 2, "ts");
+        assert!(
+            msg.contains("\"1970-01-01T00:00:00Z\" is before the earliest accepted event time 2000-01-01T00:00:00Z (earliest_event_time)"),
+            "{msg}"
+        );
+        let (dir, path) = events_csv(&text);
+        let opts = ReadOptions {
+            max_bad_rows: 1,
+            ..ReadOptions::default()
+        };
+        let msg = read_dataset(&path, &opts).unwrap_err().to_string();
+        assert!(
+            msg.contains("events.csv:4:2 (column ts)")
+                && msg.contains("\"0001-01-01\" is before the earliest accepted event time"),
+            "{msg}"
+        );
+        let opts = ReadOptions {
+            max_bad_rows: 2,
+            ..ReadOptions::default()
+        };
+        let d = read_dataset(&path, &opts).unwrap();
+        assert_eq!((d.report.rows, d.report.bad_rows), (1, 2), "{dir:?}");
+    }
+}
+
+#[test]
+fn events_at_unix_zero_or_in_year_0001_name_file_row_and_column_in_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.parquet");
+    events_parquet(
+        &path,
+        &[
+            ("u1", 1_777_629_600, "view", None),
+            ("u1", 0, "view", None),
+            ("u2", YEAR_1, "order", Some(5.0)),
+        ],
+    );
+    let msg = read(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("events.parquet:row 2:2 (column ts)")
+            && msg.contains("is before the earliest accepted event time 2000-01-01T00:00:00Z (earliest_event_time)"),
+        "{msg}"
+    );
+    let opts = ReadOptions {
+        max_bad_rows: 1,
+        ..ReadOptions::default()
+    };
+    let msg = read_dataset(&path, &opts).unwrap_err().to_string();
+    assert!(msg.contains("events.parquet:row 3:2 (column ts)"), "{msg}");
+}
+
+#[test]
+fn a_configured_earlier_earliest_event_time_accepts_unix_zero_and_year_0001() {
+    let opts = ReadOptions {
+        earliest: YEAR_1,
+        ..ReadOptions::default()
+    };
+    for text in placeholder_csvs() {
+        let (_dir, path) = events_csv(&text);
+        let d = read_dataset(&path, &opts).unwrap();
+        assert_eq!(d.events.ts, vec![1_777_629_600, 0, YEAR_1]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.parquet");
+    events_parquet(
+        &path,
+        &[("u1", 0, "view", None), ("u2", YEAR_1, "order", Some(5.0))],
+    );
+    let d = read_dataset(&path, &opts).unwrap();
+    assert_eq!(d.events.ts, vec![0, YEAR_1]);
+    // One second before the bound is still refused.
+    let opts = ReadOptions {
+        earliest: YEAR_1 + 1,
+        ..ReadOptions::default()
+    };
+    assert!(read_dataset(&path, &opts).is_err());
+}
+
+#[test]
+fn a_zero_amount_order_and_a_padded_mixed_case_kind_are_an_order_with_no_spend() {
+    let text = rows(&["u1,2026-05-01T10:00:00Z, Order ,0,,,"]);
+    let (dir, csv_path) = events_csv(&text);
+    let pq_path = dir.path().join("copy.parquet");
+    events_parquet(&pq_path, &[("u1", 1_777_629_600, " Order ", Some(0.0))]);
+    for path in [csv_path, pq_path] {
+        let d = read(&path).unwrap();
+        assert_eq!(d.events.kind, vec![EventKind::Order], "{path:?}");
+        assert_eq!(d.events.amount, vec![0.0], "{path:?}");
+        let t = 1_777_629_600 + 1;
+        let agg = &tiering::features::build_aggregates(&d.events, &[t])[0][0];
+        assert_eq!((agg.orders, agg.spend), (1, 0.0), "{path:?}");
+    }
 }

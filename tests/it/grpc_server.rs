@@ -1149,3 +1149,125 @@ async fn metrics_count_requests_errors_events_and_name_the_model() {
     })
     .await;
 }
+
+/// 0001-01-01T00:00:00Z in Unix seconds.
+const YEAR_1: Timestamp = -62_135_596_800;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_at_unix_zero_or_in_year_0001_are_refused_naming_events_i_ts() {
+    bounded(async {
+        let dirs = Dirs::new();
+        let server = started(&dirs, dirs.config()).await;
+        let mut client = server.client().await;
+        for t in [0, YEAR_1] {
+            let r = client
+                .record_events(RecordEventsRequest {
+                    events: vec![
+                        event("placeholder", NOW - 60, "view", 0.0),
+                        event("placeholder", t, "view", 0.0),
+                    ],
+                })
+                .await;
+            assert_invalid(r, "events[1].ts");
+            let r = client
+                .score_user(ScoreUserRequest {
+                    user_id: "placeholder".into(),
+                    events: vec![event("", t, "order", 5.0)],
+                    registered_at: None,
+                })
+                .await;
+            let e = r.expect_err("refused");
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.message().starts_with("events[0].ts: ")
+                    && e.message().contains(
+                        "is before the earliest accepted event time 2000-01-01T00:00:00Z (earliest_event_time)"
+                    ),
+                "{}",
+                e.message()
+            );
+        }
+        let e = client.get_user_tier(get("placeholder")).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "nothing of a refused request was stored");
+        server.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_earlier_earliest_event_time_accepts_unix_zero_and_year_0001() {
+    bounded(async {
+        let dirs = Dirs::new();
+        let config = ServeConfig {
+            earliest_event_time: "0001-01-01".into(),
+            ..dirs.config()
+        };
+        let server = started(&dirs, config).await;
+        let mut client = server.client().await;
+        let r = client
+            .record_events(RecordEventsRequest {
+                events: vec![
+                    event("old", 0, "view", 0.0),
+                    event("old", YEAR_1, "view", 0.0),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.accepted, r.new_users), (2, 1));
+        server.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_amount_order_with_a_padded_kind_is_accepted_as_an_order() {
+    bounded(async {
+        let dirs = Dirs::new();
+        let server = started(&dirs, dirs.config()).await;
+        let mut client = server.client().await;
+        let r = client
+            .record_events(RecordEventsRequest {
+                events: vec![
+                    event("gifted", NOW - 60, " Order ", 0.0),
+                    // proto3: a missing amount is 0, the same free order.
+                    proto::Event {
+                        user_id: "gifted".into(),
+                        ts: ts(NOW - 30),
+                        kind: "order".into(),
+                        ..Default::default()
+                    },
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.accepted, r.new_users), (2, 1));
+        // The same events scored on their own: orders without spend.
+        let free = client
+            .score_user(ScoreUserRequest {
+                user_id: "visitor".into(),
+                events: vec![event("", NOW - 60, " Order ", 0.0)],
+                registered_at: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let viewer = client
+            .score_user(ScoreUserRequest {
+                user_id: "visitor".into(),
+                events: vec![event("", NOW - 60, "view", 0.0)],
+                registered_at: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(
+            (free.churn_probability, &free.rfm_segment),
+            (viewer.churn_probability, &viewer.rfm_segment),
+            "a free order counts as an order, not as nothing"
+        );
+        server.stop().await.unwrap();
+    })
+    .await;
+}

@@ -3,6 +3,7 @@
 //! places it names ([`Location`], [`Cell`]).
 
 use super::fields::{self, Cause, HeaderError};
+use crate::features::{format_rfc3339, Timestamp};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -151,6 +152,12 @@ pub enum ReadError {
     },
     #[error("{at}: cannot parse {value:?} as a timestamp (expected RFC 3339 or YYYY-MM-DD)")]
     BadTimestamp { at: Cell, value: String },
+    #[error("{at}: {value:?} is before the earliest accepted event time {} (earliest_event_time)", format_rfc3339(*.earliest))]
+    BeforeEarliest {
+        at: Cell,
+        value: String,
+        earliest: Timestamp,
+    },
     #[error("{at}: negative amount {value:?} (amounts must be ≥ 0)")]
     NegativeAmount { at: Cell, value: String },
     #[error("{at}: an order needs an amount, found none")]
@@ -216,11 +223,17 @@ fn field_count_hint(expected: usize, found: usize, column: &str) -> String {
 }
 
 impl ReadError {
-    /// The error for a bad field, from the reader's location and the field's raw bytes.
-    pub(super) fn field(cause: Cause, at: Cell, raw: &[u8]) -> ReadError {
+    /// The error for a bad field, from the reader's location, the field's raw bytes and the
+    /// earliest accepted event time the row was held to.
+    pub(super) fn field(cause: Cause, at: Cell, raw: &[u8], earliest: Timestamp) -> ReadError {
         let value = fields::shown(raw);
         match cause {
             Cause::Timestamp => ReadError::BadTimestamp { at, value },
+            Cause::BeforeEarliest => ReadError::BeforeEarliest {
+                at,
+                value,
+                earliest,
+            },
             Cause::NegativeAmount => ReadError::NegativeAmount { at, value },
             Cause::MissingAmount => ReadError::MissingAmount { at },
             Cause::NonFiniteAmount => ReadError::NonFiniteAmount { at, value },

@@ -5,7 +5,7 @@
 //! the good-row path allocates nothing.
 
 use super::time::{self, TimeError};
-use crate::features::{hash_str, Event, EventKind, Timestamp};
+use crate::features::{hash_str, Event, EventKind, Timestamp, DEFAULT_EARLIEST_EVENT};
 
 /// A column of the data contract (events and users tables).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +76,16 @@ pub(crate) enum HeaderError {
     },
 }
 
-/// Where each known column sits in a file (0-based), if it is there.
+/// Where each known column sits in a file (0-based), if it is there, and the earliest event
+/// time the file's events are held to (the readers' shared rules travel with the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layout {
     at: [Option<usize>; Col::COUNT],
     /// Number of columns in the header.
     pub(crate) width: usize,
+    /// Events before this are bad rows ([`Cause::BeforeEarliest`]); set by the reader from
+    /// `ReadOptions::earliest`, [`DEFAULT_EARLIEST_EVENT`] until then.
+    pub(crate) earliest: Timestamp,
 }
 
 impl Layout {
@@ -113,6 +117,7 @@ impl Layout {
         let layout = Layout {
             at,
             width: header.len(),
+            earliest: DEFAULT_EARLIEST_EVENT,
         };
         for &col in table.required() {
             layout.required(col)?;
@@ -154,6 +159,8 @@ impl Layout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
     Timestamp,
+    /// An event time before the earliest accepted one ([`EventFields::earliest`]).
+    BeforeEarliest,
     NegativeAmount,
     MissingAmount,
     NonFiniteAmount,
@@ -181,6 +188,8 @@ impl Fault {
 /// The fields of one events row after the user id, as a format reader finds them (CSV text,
 /// Parquet columns of any accepted type): each checked, or the [`Cause`] it is refused for.
 pub(crate) trait EventFields {
+    /// The earliest accepted event time (the file's [`Layout::earliest`]).
+    fn earliest(&self) -> Timestamp;
     fn ts(&self) -> Result<Timestamp, Cause>;
     fn kind(&self) -> Result<EventKind, Cause>;
     /// The amount, checked against the row's kind ([`check_amount`]).
@@ -195,6 +204,12 @@ pub(crate) trait EventFields {
 #[inline]
 pub(crate) fn event(row: &impl EventFields) -> Result<Event, Fault> {
     let ts = row.ts().map_err(Fault::at(Col::Ts))?;
+    if ts < row.earliest() {
+        return Err(Fault::Field {
+            col: Col::Ts,
+            cause: Cause::BeforeEarliest,
+        });
+    }
     let kind = row.kind().map_err(Fault::at(Col::Kind))?;
     let amount = row.amount(kind).map_err(Fault::at(Col::Amount))?;
     let watch_seconds = row.watch_seconds().map_err(Fault::at(Col::WatchSeconds))?;
@@ -343,6 +358,66 @@ pub(crate) fn shown(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An events row with the given time and earliest accepted time (a view, no other fields).
+    struct Row {
+        ts: Result<Timestamp, Cause>,
+        earliest: Timestamp,
+    }
+
+    impl EventFields for Row {
+        fn earliest(&self) -> Timestamp {
+            self.earliest
+        }
+        fn ts(&self) -> Result<Timestamp, Cause> {
+            self.ts
+        }
+        fn kind(&self) -> Result<EventKind, Cause> {
+            Ok(EventKind::View)
+        }
+        fn amount(&self, kind: EventKind) -> Result<f64, Cause> {
+            check_amount(kind, None)
+        }
+        fn watch_seconds(&self) -> Result<u32, Cause> {
+            Ok(0)
+        }
+        fn room(&self) -> Result<u32, Cause> {
+            Ok(0)
+        }
+        fn category(&self) -> Result<u32, Cause> {
+            Ok(0)
+        }
+    }
+
+    proptest::proptest! {
+        /// Any time against any earliest accepted time: an event at or after it, or the
+        /// documented fault on `ts`; never a panic.
+        #[test]
+        fn any_time_gives_an_event_at_or_after_the_earliest_or_a_fault_on_ts(
+            ts: i64,
+            earliest in proptest::prop_oneof![proptest::prelude::any::<i64>(), proptest::prelude::Just(DEFAULT_EARLIEST_EVENT)],
+        ) {
+            match event(&Row { ts: Ok(ts), earliest }) {
+                Ok(e) => proptest::prop_assert!(e.ts >= earliest && e.ts == ts),
+                Err(f) => {
+                    proptest::prop_assert!(ts < earliest);
+                    proptest::prop_assert_eq!(f, Fault::Field { col: Col::Ts, cause: Cause::BeforeEarliest });
+                }
+            }
+        }
+
+        /// Any text in the `ts` column: parsed and held to the default earliest time, or a fault
+        /// on `ts`.
+        #[test]
+        fn any_time_text_gives_an_event_or_a_fault_on_ts(text in "[0-9TZ:+.-]{0,25}") {
+            let row = Row { ts: timestamp(text.as_bytes()), earliest: DEFAULT_EARLIEST_EVENT };
+            match event(&row) {
+                Ok(e) => proptest::prop_assert!(e.ts >= DEFAULT_EARLIEST_EVENT),
+                Err(Fault::Field { col, .. }) => proptest::prop_assert_eq!(col, Col::Ts),
+                Err(f) => proptest::prop_assert!(false, "{:?}", f),
+            }
+        }
+    }
 
     #[test]
     fn kinds_read_from_bytes_as_from_text() {

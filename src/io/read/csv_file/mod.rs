@@ -124,7 +124,7 @@ fn row_error(
                 column: index.map(|i| i + 1),
                 name: col.name(),
             };
-            ReadError::field(cause, at, raw)
+            ReadError::field(cause, at, raw, layout.earliest)
         }
     }
 }
@@ -133,6 +133,8 @@ fn row_error(
 #[derive(Debug, Clone, Copy)]
 struct EventCols {
     width: usize,
+    /// The earliest accepted event time ([`Layout::earliest`]).
+    earliest: Timestamp,
     user: usize,
     ts: usize,
     kind: usize,
@@ -150,6 +152,7 @@ impl EventCols {
         };
         Ok(EventCols {
             width: l.width,
+            earliest: l.earliest,
             user: required(Col::UserId)?,
             ts: required(Col::Ts)?,
             kind: required(Col::Kind)?,
@@ -188,6 +191,10 @@ impl<R: Record> CsvEvent<'_, R> {
 }
 
 impl<R: Record> fields::EventFields for CsvEvent<'_, R> {
+    #[inline]
+    fn earliest(&self) -> Timestamp {
+        self.cols.earliest
+    }
     #[inline]
     fn ts(&self) -> Result<Timestamp, Cause> {
         fields::timestamp(self.field(self.cols.ts))
@@ -262,6 +269,7 @@ pub(super) fn read_events(
     budget: &mut Budget,
     hasher: &mut Sha256,
     split: Split,
+    earliest: Timestamp,
 ) -> Result<u64, ReadError> {
     let io_err = |e| super::io_error(path, e);
     let mut file = File::open(path).map_err(io_err)?;
@@ -282,7 +290,8 @@ pub(super) fn read_events(
     let shape = cut
         .filter(|&c| split.workers > 0 && memchr::memchr(b'"', &first[..c]).is_none())
         .and_then(|c| {
-            let o = open(path, TableKind::Events, &first[..c], Origin::START).ok()?;
+            let mut o = open(path, TableKind::Events, &first[..c], Origin::START).ok()?;
+            o.layout.earliest = earliest;
             let cols = EventCols::new(path, &o.layout, &o.header).ok()?;
             Some(Shape {
                 path,
@@ -297,6 +306,7 @@ pub(super) fn read_events(
             hasher,
         });
         let mut o = open(path, TableKind::Events, input, Origin::START)?;
+        o.layout.earliest = earliest;
         let shape = Shape {
             path,
             cols: EventCols::new(path, &o.layout, &o.header)?,

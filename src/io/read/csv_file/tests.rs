@@ -30,7 +30,14 @@ fn read_split(path: &Path, split: Split, max_bad_rows: usize) -> (Result<Outcome
     let mut table = EventTable::default();
     let mut budget = Budget::new(max_bad_rows);
     let mut hasher = Sha256::new();
-    match read_events(path, &mut table, &mut budget, &mut hasher, split) {
+    match read_events(
+        path,
+        &mut table,
+        &mut budget,
+        &mut hasher,
+        split,
+        crate::features::DEFAULT_EARLIEST_EVENT,
+    ) {
         Err(e) => (Err(e.to_string()), 0),
         Ok(split_bytes) => {
             assert_eq!(table.index.len(), table.n_users());

@@ -177,6 +177,8 @@ fn open(path: &Path, table: TableKind) -> Result<Opened, ReadError> {
 
 /// The events columns of one batch.
 struct EventBatch<'a> {
+    /// The earliest accepted event time ([`Layout::earliest`]).
+    earliest: Timestamp,
     user: Text<'a>,
     ts: Times<'a>,
     kind: Text<'a>,
@@ -189,6 +191,7 @@ struct EventBatch<'a> {
 impl<'a> EventBatch<'a> {
     fn new(o: &Opened, path: &Path, b: &'a RecordBatch) -> Result<EventBatch<'a>, ReadError> {
         Ok(EventBatch {
+            earliest: o.layout.earliest,
             user: o.required(path, b, Col::UserId, Text::new)?,
             ts: o.required(path, b, Col::Ts, Times::new)?,
             kind: o.required(path, b, Col::Kind, Text::new)?,
@@ -234,6 +237,10 @@ struct ParquetEvent<'b, 'a> {
 
 impl fields::EventFields for ParquetEvent<'_, '_> {
     #[inline]
+    fn earliest(&self) -> Timestamp {
+        self.batch.earliest
+    }
+    #[inline]
     fn ts(&self) -> Result<Timestamp, Cause> {
         self.batch.ts.get(self.i)?.ok_or(Cause::Timestamp)
     }
@@ -273,9 +280,11 @@ pub(super) fn read_events(
     table: &mut EventTable,
     budget: &mut Budget,
     hasher: &mut Sha256,
+    earliest: Timestamp,
 ) -> Result<(), ReadError> {
     with_fingerprint(path, hasher, || {
         let mut o = open(path, TableKind::Events)?;
+        o.layout.earliest = earliest;
         table.columns.watch_seconds = o.layout.get(Col::WatchSeconds).is_some();
         table.columns.room_id = o.layout.get(Col::RoomId).is_some();
         table.columns.category = o.layout.get(Col::Category).is_some();
@@ -296,6 +305,7 @@ pub(super) fn read_events(
                             cause,
                             o.cell(path, row, col),
                             cols.show(col, i).as_bytes(),
+                            o.layout.earliest,
                         ),
                         // Parquet rows always have every column; kept for completeness.
                         Fault::FieldCount { found } => ReadError::FieldCount {
@@ -357,6 +367,7 @@ pub(super) fn read_users(
                         cause,
                         o.cell(path, done + i as u64 + 1, col),
                         raw.as_bytes(),
+                        o.layout.earliest,
                     ))?;
                 }
             }

@@ -6,4 +6,5 @@ mod bad_input;
 mod cli_clients;
 mod grpc_server;
 mod helpers;
+mod stability;
 mod train_e2e;

@@ -71,6 +71,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry, for gauges defined elsewhere (the drift gauges).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);

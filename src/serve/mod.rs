@@ -35,6 +35,7 @@ pub(crate) mod admission;
 pub mod at_risk;
 pub mod config;
 pub mod convert;
+pub(crate) mod drift;
 pub mod error;
 pub mod metrics;
 pub mod service;
@@ -100,6 +101,13 @@ pub async fn run_with_metrics(
 
     // Background tasks stop when `stop` fires, or when this future is dropped (its sender goes).
     let (stop_tx, stop_rx) = watch::channel(false);
+    let drift = drift::spawn(
+        slot.clone(),
+        state.clone(),
+        &metrics,
+        config.clock(),
+        stop_rx.clone(),
+    );
     let background = Background::spawn(
         &config,
         Loader::new(
@@ -144,6 +152,7 @@ pub async fn run_with_metrics(
 
     let _ = stop_tx.send(true);
     background.join().await;
+    let _ = drift.await;
     let flushed = state.shutdown().await;
     match &flushed {
         Ok(()) => tracing::info!("final state snapshot written"),

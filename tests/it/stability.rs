@@ -2,13 +2,15 @@
 //! back. The data sets are pinned here through the library's generator, so a later change of
 //! the generator's defaults cannot hide a regression.
 
-use crate::helpers::Dirs;
+use crate::helpers::{Dirs, TestServer};
 use std::path::Path;
 use std::time::Instant;
 use tiering::bundle::manifest::DataInfo;
 use tiering::bundle::{Bundle, BundleStore, Manifest, Snapshot};
 use tiering::features::{parse_instant, EventTable};
 use tiering::generate::{generate_table, GenerateParams};
+use tiering::pb::GetModelInfoRequest;
+use tiering::serve::ServeConfig;
 use tiering::train::{self, TrainConfig, TrainInput, Trained};
 
 /// A generated data set and the time it is scored at.
@@ -203,8 +205,8 @@ fn newest_manifest(models: &Path) -> Manifest {
         .manifest
 }
 
-#[test]
-fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_accepted() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_accepted() {
     let dirs = Dirs::new();
     let data = dirs.root.path().join("data");
     let models = dirs.models();
@@ -291,4 +293,46 @@ fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_accepted
         .stability
         .as_ref()
         .is_some_and(|s| s.model_changed_share > 0.05));
+
+    // The server: GetModelInfo carries the figures; the drift gauges appear without a request.
+    let server = TestServer::start(ServeConfig {
+        now: Some("2026-06-30".into()),
+        ..dirs.config()
+    })
+    .await;
+    server.ready().await;
+    let info = server
+        .client()
+        .await
+        .get_model_info(GetModelInfoRequest {})
+        .await
+        .expect("GetModelInfo")
+        .into_inner();
+    let st = info.stability.expect("stability in GetModelInfo");
+    assert_eq!(st.previous_version, kept);
+    assert!(st.model_changed > 0 && !st.model_transitions.is_empty());
+    assert!(info.k_reason.contains("fixed"), "{}", info.k_reason);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = server.metrics().await;
+        if metrics.contains("tiering_drift_psi{") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let psi: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tiering_drift_psi{"))
+        .collect();
+    eprintln!("drift gauges: {psi:?}");
+    assert!(
+        psi.iter()
+            .any(|l| l.contains("kind=\"feature\"") && l.contains("recency_days")),
+        "{metrics}"
+    );
+    assert!(
+        psi.iter().any(|l| l.contains("churn_probability")),
+        "{metrics}"
+    );
+    server.stop().await.expect("clean stop");
 }

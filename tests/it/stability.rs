@@ -94,9 +94,19 @@ fn as_previous(t: &Trained) -> (Bundle, Snapshot) {
     (bundle, t.snapshot.clone())
 }
 
+/// What the tiering achieved on a data set before issue 13 with seed 42 (same k): it must not
+/// get worse.
+struct Before {
+    /// Adjusted Rand index of the tiers against the generator's personas.
+    ari: f64,
+    /// Out-of-time ROC-AUC of the served (boosted) churn model.
+    auc: f64,
+    tiers: [&'static str; 4],
+}
+
 /// Ten seeds without a previous bundle agree pairwise with the first on >= 97% of users;
-/// ten seeds retrained over the first agree with it on >= 99.5%.
-fn seeds_agree(ds: &DataSet, name: &str) {
+/// ten seeds retrained over the first agree with it on >= 99.5%; quality as `before`.
+fn seeds_agree(ds: &DataSet, name: &str, before: Before) {
     let started = Instant::now();
     let runs: Vec<Trained> = (42..52)
         .map(|seed| train_on(ds, seed, None, None))
@@ -135,6 +145,28 @@ fn seeds_agree(ds: &DataSet, name: &str) {
         "{name}: agreement with the previous bundle {warm:.4?} ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
+    let mut ids_now: Vec<&str> = m.tiers.iter().map(|t| t.id.as_str()).collect();
+    ids_now.sort_unstable();
+    let mut ids_before = before.tiers.to_vec();
+    ids_before.sort_unstable();
+    assert_eq!(ids_now, ids_before, "{name}: the same tiers");
+    for t in &runs {
+        let ari = t.manifest.metrics.tier_ari.unwrap_or(0.0);
+        assert!(
+            ari >= before.ari - 1e-3,
+            "{name}: ARI {ari} < {}",
+            before.ari
+        );
+    }
+    // The churn models still depend on the seed: compare seed 42 with seed 42.
+    let auc = (m.metrics.models.iter())
+        .find(|x| x.name == "gradient_boosting")
+        .map_or(0.0, |x| x.metrics.roc_auc);
+    assert!(
+        auc >= before.auc - 1e-4,
+        "{name}: AUC {auc} < {}",
+        before.auc
+    );
     for (seed, a) in (43..).zip(&cold) {
         assert!(
             *a >= 0.97,
@@ -151,15 +183,27 @@ fn seeds_agree(ds: &DataSet, name: &str) {
 
 #[test]
 fn ten_seeds_agree_on_the_tiers_of_the_issue_data_set() {
-    seeds_agree(&issue_data_set(), "20k users, 120 days, seed 7");
+    // Before: seed 42 chose k = 4 (ARI 0.2702, AUC 0.8572); seed 44 chose k = 5 and moved 28%
+    // of the users. With k fixed but k-means still seeded by the run's seed (a step of this
+    // change), seed 45 found another optimum at k = 4 and agreed with seed 42 on 69.9%.
+    let before = Before {
+        ari: 0.2702,
+        auc: 0.8572,
+        tiers: ["content_browsers", "core_fans", "dormant", "potential_new"],
+    };
+    seeds_agree(&issue_data_set(), "20k users, 120 days, seed 7", before);
 }
 
 #[test]
 fn ten_seeds_agree_on_the_tiers_of_a_second_data_set() {
-    seeds_agree(
-        &data_set(8_000, 150, 3, "2026-06-30"),
-        "8k users, 150 days, seed 3",
-    );
+    // Before: seed 42 chose k = 4 (ARI 0.2984, AUC 0.8693).
+    let before = Before {
+        ari: 0.2984,
+        auc: 0.8693,
+        tiers: ["content_browsers", "core_fans", "dormant", "potential_new"],
+    };
+    let ds = data_set(8_000, 150, 3, "2026-06-30");
+    seeds_agree(&ds, "8k users, 150 days, seed 3", before);
 }
 
 fn bin() -> std::process::Command {
@@ -190,19 +234,28 @@ fn current(models: &Path) -> String {
         .expect("a current bundle")
 }
 
-fn newest_manifest(models: &Path) -> Manifest {
+fn versions(models: &Path) -> Vec<String> {
     let store = BundleStore::new(models);
-    let newest = store
-        .list()
-        .expect("list bundles")
-        .into_iter()
-        .map(|v| v.version)
-        .max()
-        .expect("a bundle");
-    store
-        .load(&newest)
-        .expect("load the newest bundle")
-        .manifest
+    match store.list() {
+        Ok(list) => list.into_iter().map(|v| v.version).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `train_cli`, and the manifest of the bundle it wrote (version ids sort by the second they
+/// were made in, so the new one is found as the one that was not there before).
+fn train_new(data: &Path, models: &Path, extra: &[&str]) -> (bool, String, String, Manifest) {
+    let before = versions(models);
+    let (ok, out, err) = train_cli(data, models, extra);
+    assert!(ok || err.contains("held back"), "{out}\n{err}");
+    let new = (versions(models).into_iter())
+        .find(|v| !before.contains(v))
+        .expect("a new bundle");
+    let m = BundleStore::new(models)
+        .load(&new)
+        .expect("load the new bundle")
+        .manifest;
+    (ok, out, err, m)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,15 +277,15 @@ async fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_ac
         &data.to_string_lossy(),
     ]);
     assert!(ok, "{err}");
-    let (ok, out, err) = train_cli(&data, &models, &["--seed", "42"]);
+    let (ok, out, err, m) = train_new(&data, &models, &["--seed", "42"]);
     assert!(ok, "{out}\n{err}");
     let first = current(&models);
-    let k = newest_manifest(&models).metrics.k;
+    assert_eq!(first, m.version);
+    let k = m.metrics.k;
 
     // Identical data, another seed: a warm start, the same partition, no drift.
-    let (ok, out, err) = train_cli(&data, &models, &["--seed", "44"]);
+    let (ok, out, err, m) = train_new(&data, &models, &["--seed", "44"]);
     assert!(ok, "{out}\n{err}");
-    let m = newest_manifest(&models);
     assert_ne!(m.version, first);
     assert_eq!(current(&models), m.version);
     assert!(
@@ -267,7 +320,7 @@ async fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_ac
 
     // A forced k change moves users although nobody's behaviour changed: held back.
     let other_k = (k + 1).to_string();
-    let (ok, out, err) = train_cli(&data, &models, &["--k", &other_k]);
+    let (ok, out, err, held) = train_new(&data, &models, &["--k", &other_k]);
     eprintln!("gate: {}", err.lines().last().unwrap_or_default());
     assert!(!ok, "a forced k change must be held back\n{out}");
     assert!(err.contains("tier changes held back"), "{err}");
@@ -279,14 +332,13 @@ async fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_ac
     assert!(err.contains("--accept-tier-changes"), "{err}");
     assert!(out.contains("NOT made current"), "{out}");
     assert_eq!(current(&models), kept, "CURRENT is unchanged");
-    let held = newest_manifest(&models);
     assert_eq!(held.metrics.k, k + 1);
     assert!(err.contains(&held.version), "{err}");
 
     // Accepted with the flag.
-    let (ok, out, err) = train_cli(&data, &models, &["--k", &other_k, "--accept-tier-changes"]);
+    let (ok, out, err, accepted) =
+        train_new(&data, &models, &["--k", &other_k, "--accept-tier-changes"]);
     assert!(ok, "{out}\n{err}");
-    let accepted = newest_manifest(&models);
     assert_eq!(current(&models), accepted.version);
     assert!(accepted
         .metrics

@@ -31,8 +31,12 @@ fn share(n: u64, of: u64) -> f64 {
     n as f64 / of.max(1) as f64
 }
 
+/// Users per parallel part of the previous bundle's pass.
+const PART: usize = 4096;
+
 /// Previous bundle's tier of every user known now (by user index; `None` for the others),
-/// with the drift of those users against the previous bundle's reference.
+/// with the drift of those users against the previous bundle's reference. Parts are counted
+/// in parallel and merged in order (integer counts: the result does not depend on threads).
 fn previous_now(
     prev: &Bundle,
     snap: &Snapshots,
@@ -42,35 +46,37 @@ fn previous_now(
     let ps = &prev.scorer;
     let d = ps.features.len();
     let reference = prev.manifest.drift_reference.as_ref();
-    let placed: Vec<(u16, Vec<f64>, f64)> = users_now
-        .par_iter()
-        .map_init(
-            || vec![0.0; d],
-            |raw, &u| {
-                let mut x = vec![0.0; d];
-                ps.row(&snap.aggs_now[u], as_of, raw, &mut x);
-                let tier = ps.tiers.assign(&x) as u16;
-                let p = if reference.is_some() {
-                    ps.probability(&x)
-                } else {
-                    f64::NAN
-                };
-                (tier, x, p)
-            },
-        )
+    let parts: Vec<(Vec<u16>, Option<DriftCounter>)> = users_now
+        .par_chunks(PART)
+        .map(|part| {
+            let (mut raw, mut x) = (vec![0.0; d], vec![0.0; d]);
+            let mut counter = reference.map(|r| r.counter());
+            let tiers = (part.iter())
+                .map(|&u| {
+                    ps.row(&snap.aggs_now[u], as_of, &mut raw, &mut x);
+                    let tier = ps.tiers.assign(&x);
+                    if let Some(c) = counter.as_mut() {
+                        c.add(&x, ps.probability(&x), tier);
+                    }
+                    tier as u16
+                })
+                .collect();
+            (tiers, counter)
+        })
         .collect();
-    let drift = reference.map(|r| {
-        let mut counter: DriftCounter = r.counter();
-        for (tier, x, p) in &placed {
-            counter.add(x, *p, usize::from(*tier));
-        }
-        counter.figures()
-    });
     let mut tiers = vec![None; snap.aggs_now.len()];
-    for (&u, (t, _, _)) in users_now.iter().zip(&placed) {
-        tiers[u] = Some(*t);
+    let mut total: Option<DriftCounter> = None;
+    let mut users = users_now.iter();
+    for (part, counter) in parts {
+        for (t, &u) in part.into_iter().zip(&mut users) {
+            tiers[u] = Some(t);
+        }
+        total = match (total, counter) {
+            (Some(a), Some(b)) => Some(a.merge(b)),
+            (a, b) => a.or(b),
+        };
     }
-    (tiers, drift)
+    (tiers, total.map(|c| c.figures()))
 }
 
 /// Model and behaviour changes against the previous bundle `(pb, ps)`, and the drift.

@@ -388,3 +388,43 @@ async fn retrains_keep_the_partition_and_a_forced_k_change_is_held_back_until_ac
     );
     server.stop().await.expect("clean stop");
 }
+
+#[test]
+fn a_retrain_two_months_later_splits_tier_changes_by_cause_and_reports_drift() {
+    let mut ds = data_set(8_000, 150, 3, "2026-06-30");
+    let end = ds.as_of;
+    ds.as_of = end - 60 * tiering::features::DAY;
+    let earlier = train_on(&ds, 42, None, None);
+    let (pb, ps) = as_previous(&earlier);
+    ds.as_of = end;
+    let later = train_on(&ds, 42, None, Some((&pb, &ps)));
+    let m = &later.manifest.metrics;
+    let s = m.stability.as_ref().expect("stability figures");
+    let d = m.drift.as_ref().expect("drift figures");
+    let (what, largest) = d.largest();
+    eprintln!(
+        "60 days later: {}; model changed {} of {} ({:.2}%), behaviour changed {} of {} ({:.2}%): {}; drift: churn {:.3}, tiers {:.3}, largest {what} {largest:.3}, features {:?}",
+        m.k_reason,
+        s.model_changed,
+        s.compared,
+        100.0 * s.model_changed_share,
+        s.behaviour_changed,
+        s.behaviour_compared,
+        100.0 * s.behaviour_changed_share,
+        s.behaviour.describe_moves(4),
+        d.churn_probability,
+        d.tier_shares,
+        d.features
+            .iter()
+            .map(|(n, p)| format!("{n} {p:.3}"))
+            .collect::<Vec<_>>()
+    );
+    assert!(s.behaviour_changed > 0, "two months move some users");
+    assert!(
+        s.compared > s.behaviour_compared,
+        "new users are compared too"
+    );
+    assert_eq!(d.features.len(), later.scorer.features.len());
+    assert!(largest > 0.0 && largest.is_finite());
+    assert!(d.users as usize >= s.compared as usize);
+}

@@ -3,7 +3,8 @@
 //!
 //! - [`compare`]: every user known now is placed by the previous bundle and by the new one on
 //!   this snapshot (a different tier id = *model changed*); the users of the previous bundle's
-//!   snapshot are placed by the previous bundle then and now (*behaviour changed*). The same
+//!   snapshot that were known at its `as_of` are placed by the previous bundle then and now
+//!   (*behaviour changed*). The same
 //!   pass measures the drift of this snapshot against the previous bundle's training
 //!   distributions, as the server's gauges do.
 //! - [`reference`]: this bundle's own training distributions, kept for the next comparison.
@@ -11,7 +12,7 @@
 use super::windows::{Snapshots, Windows};
 use crate::bundle::manifest::{Stability, TransitionCounts};
 use crate::bundle::{Bundle, Snapshot};
-use crate::features::EventTable;
+use crate::features::{known_at, EventTable};
 use crate::model::drift::{Binned, DriftCounter, DriftFigures, DriftReference};
 use crate::model::scorer::{Score, Scorer};
 use rayon::prelude::*;
@@ -111,6 +112,7 @@ pub(crate) fn compare(
         counts: vec![vec![0; prev_ids.len()]; prev_ids.len()],
     };
     let then: Vec<(u32, u16)> = (ps.user_ids.par_iter().zip(&ps.aggregates))
+        .filter(|(_, agg)| known_at(agg, ps.as_of))
         .filter_map(|(id, agg)| {
             let u = *table.index.get(id)?;
             Some((u, pb.scorer.placement(agg, ps.as_of).0))

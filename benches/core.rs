@@ -65,7 +65,6 @@ fn benches(c: &mut Criterion) {
                 }
                 .check()
                 .expect("valid tier params"),
-                1,
                 None,
             )
             .expect("fit")

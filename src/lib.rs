@@ -16,7 +16,8 @@
 //! 2. On top of `features`:
 //!    - [`model`] — pure code over feature matrices. K-means tiers with stable business
 //!      identities, the churn classifiers (logistic baseline, gradient boosting), calibration,
-//!      metrics, and the [`model::Scorer`] that both `tiering score` and the server call per user.
+//!      metrics, drift (PSI against a bundle's training distributions), and the
+//!      [`model::Scorer`] that both `tiering score` and the server call per user.
 //!    - [`io`] — files in and out at the edge: CSV/Parquet readers that turn files into an
 //!      [`features::EventTable`] with errors naming file, line and column, the scored-user
 //!      writers, and [`io::atomic`] (the one atomic file write).
@@ -26,8 +27,8 @@
 //! 4. [`score`] — offline scoring: one row per user, written through `io`.
 //! 5. The two applications:
 //!    - [`train`] — [`train::run`] (a [`train::TrainJob`] in, a bundle out): the pipeline as
-//!      named stages (windows, evaluate, candidates, tiers, scoring, summary) and the HTML
-//!      report, drawn from the manifest.
+//!      named stages (windows, evaluate, candidates, tiers, scoring, stability, summary) and
+//!      the HTML report, drawn from the manifest.
 //!    - [`serve`] — the gRPC service: thin handlers over the user state (a
 //!      [`serve::state::UserState`] backend: `embedded` today) and the live model slot. Proto
 //!      types stop at its edge (`serve::convert`).

@@ -1,6 +1,7 @@
 //! `manifest.json`: what a bundle is, where it came from, and how good it is.
 
 use crate::features::{ChurnDefinition, ColumnsPresent, Timestamp, Transform};
+use crate::model::drift::{DriftFigures, DriftReference};
 use crate::model::metrics::{BinaryMetrics, CalibrationRow};
 use crate::model::Scorer;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,11 @@ pub struct Manifest {
     pub warnings: Vec<String>,
     /// sha256 of every file in the bundle but the manifest itself.
     pub files: BTreeMap<String, String>,
+    /// The training population's distributions (features, churn probability, tier shares),
+    /// which the server and the next training measure drift against. Absent in bundles
+    /// written before it existed.
+    #[serde(default)]
+    pub drift_reference: Option<DriftReference>,
 }
 
 impl Manifest {
@@ -57,6 +63,7 @@ impl Manifest {
             metrics: Metrics::default(),
             warnings: Vec::new(),
             files: BTreeMap::new(),
+            drift_reference: None,
         }
     }
 
@@ -167,6 +174,85 @@ pub struct Metrics {
     pub tier_ari: Option<f64>,
     /// Users present in the previous bundle's snapshot, and how many changed tier id.
     pub tier_changes: Option<TierChanges>,
+    /// Stability of each candidate k: mean pairwise ARI of its seeded runs.
+    #[serde(default)]
+    pub k_stability: Vec<(usize, f64)>,
+    /// Why this k, in a sentence.
+    #[serde(default)]
+    pub k_reason: String,
+    /// How k-means was started (a warm start from the previous bundle, or why not).
+    #[serde(default)]
+    pub tier_init: String,
+    /// Tier changes against the previous bundle, split into model and behaviour changes.
+    #[serde(default)]
+    pub stability: Option<Stability>,
+    /// PSI of this snapshot, under the previous bundle, against that bundle's training
+    /// distributions (what the server's drift gauges showed before this retrain).
+    #[serde(default)]
+    pub drift: Option<DriftFigures>,
+}
+
+/// Tier changes against the previous bundle (issue 13).
+///
+/// - *Model changed*: on this snapshot, every user is scored by the previous bundle and by the
+///   new one; the users whose tier id differs moved because the model changed, not because
+///   they did. This is what the promotion gate limits.
+/// - *Behaviour changed*: for the users in both snapshots, the previous bundle's tier then (at
+///   its `as_of`) against its tier now: they moved with their own features.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stability {
+    pub previous_version: String,
+    pub compared: u64,
+    pub model_changed: u64,
+    pub model_changed_share: f64,
+    pub behaviour_compared: u64,
+    pub behaviour_changed: u64,
+    pub behaviour_changed_share: f64,
+    /// Previous tier (previous bundle, this snapshot) -> new tier (new bundle, this snapshot).
+    pub model: TransitionCounts,
+    /// Previous tier at the previous snapshot -> previous tier at this one (previous bundle).
+    pub behaviour: TransitionCounts,
+}
+
+/// Users per (from tier, to tier), by tier id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransitionCounts {
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    /// `counts[i][j]`: users in `from[i]` then and `to[j]` now.
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl TransitionCounts {
+    /// The moves between different tier ids, largest first: (from, to, users).
+    pub fn moves(&self) -> Vec<(&str, &str, u64)> {
+        let mut out: Vec<(&str, &str, u64)> = Vec::new();
+        for (i, row) in self.counts.iter().enumerate() {
+            for (j, &n) in row.iter().enumerate() {
+                let (a, b) = (self.from[i].as_str(), self.to[j].as_str());
+                if n > 0 && a != b {
+                    out.push((a, b, n));
+                }
+            }
+        }
+        out.sort_by(|x, y| y.2.cmp(&x.2).then_with(|| (x.0, x.1).cmp(&(y.0, y.1))));
+        out
+    }
+
+    /// "1,234 active_regulars -> drifting_away, ..." for the `n` largest moves.
+    pub fn describe_moves(&self, n: usize) -> String {
+        let moves = self.moves();
+        let mut parts: Vec<String> = moves
+            .iter()
+            .take(n)
+            .map(|(a, b, c)| format!("{c} {a} -> {b}"))
+            .collect();
+        if moves.len() > n {
+            let rest: u64 = moves[n..].iter().map(|m| m.2).sum();
+            parts.push(format!("{rest} in {} other moves", moves.len() - n));
+        }
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

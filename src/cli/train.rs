@@ -47,9 +47,14 @@ pub struct TrainArgs {
     /// Seed for every random choice (overrides the config).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Fixed number of tiers (overrides the config; default: chosen by silhouette).
+    /// Fixed number of tiers (overrides the config; default: the previous bundle's k, or the
+    /// stable k with the best silhouette).
     #[arg(long)]
     pub k: Option<usize>,
+    /// Make the new bundle current even if its tiers differ from the previous bundle's for more
+    /// users than `promotion.max_model_tier_changes` (default 5%) with unchanged behaviour.
+    #[arg(long)]
+    pub accept_tier_changes: bool,
     /// What counts as churn: no order (default) or no activity at all in the horizon.
     #[arg(long, value_enum)]
     pub churn_definition: Option<ChurnDefinitionArg>,
@@ -91,6 +96,7 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
     let mut job = TrainJob {
         as_of,
         export_eval: args.export_eval.clone(),
+        accept_tier_changes: args.accept_tier_changes,
         ..TrainJob::new(args.data.clone(), args.models.clone(), params)
     };
     job.read.max_bad_rows = args.max_bad_rows;
@@ -131,18 +137,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let outcome = train::run(job, &mut progress)?;
     progress.bar.finish_and_clear();
     print_outcome(&outcome);
+    let held_back = outcome.held_back.clone();
     // The tables (gigabytes at a million users) are freed off this thread: unmapping them page
     // by page takes ~0.5 s that no caller waits on (the process may exit before it ends).
     std::thread::spawn(move || drop(outcome));
-    Ok(())
+    match held_back {
+        // The bundle is written; the run still fails so that scripts do not take it as live.
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
 }
 
 /// The summary printed after a run: data, evaluation, models, tiers, warnings, timings.
 pub fn print_outcome(outcome: &TrainOutcome) {
     let m = &outcome.trained.manifest;
     let dir = &outcome.bundle_dir;
+    let made = if outcome.held_back.is_some() {
+        "NOT made current (see below)"
+    } else {
+        "made current"
+    };
     println!(
-        "bundle {} written to {} and made current",
+        "bundle {} written to {} and {made}",
         m.version,
         dir.display()
     );
@@ -229,6 +245,7 @@ fn print_tiers(m: &tiering::bundle::Manifest) {
             100.0 * c.changed as f64 / c.compared.max(1) as f64
         );
     }
+    print_stability(m);
     if !m.features_left_out.is_empty() {
         let names: Vec<String> = m
             .features_left_out
@@ -236,5 +253,38 @@ fn print_tiers(m: &tiering::bundle::Manifest) {
             .map(|l| format!("{} ({})", l.name, l.reason))
             .collect();
         println!("features left out: {}", names.join(", "));
+    }
+}
+
+/// How k was chosen, and the tier changes against the previous bundle split by cause.
+fn print_stability(m: &tiering::bundle::Manifest) {
+    let mm = &m.metrics;
+    if !mm.k_reason.is_empty() {
+        println!("k: {}; {}", mm.k_reason, mm.tier_init);
+    }
+    if let Some(s) = &mm.stability {
+        println!(
+            "tier stability vs {}: model changed {} of {} users ({:.2}%), behaviour changed {} of {} ({:.2}%)",
+            s.previous_version,
+            s.model_changed,
+            s.compared,
+            100.0 * s.model_changed_share,
+            s.behaviour_changed,
+            s.behaviour_compared,
+            100.0 * s.behaviour_changed_share
+        );
+        if s.model_changed > 0 {
+            println!("  model moves: {}", s.model.describe_moves(6));
+        }
+        if s.behaviour_changed > 0 {
+            println!("  behaviour moves: {}", s.behaviour.describe_moves(6));
+        }
+    }
+    if let Some(d) = &mm.drift {
+        let (what, psi) = d.largest();
+        println!(
+            "drift vs the previous bundle's training population: churn probability PSI {:.3}, tier shares PSI {:.3}, largest {what} {psi:.3}",
+            d.churn_probability, d.tier_shares
+        );
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`metrics`] — ROC-AUC, PR-AUC, Brier, log loss, lift, calibration tables, ARI.
 //! - [`calibration`] — Platt scaling.
+//! - [`drift`] — population stability index against a bundle's training distributions.
 //! - [`churn`] — the churn classifiers (logistic baseline, boosted trees) in scoring form.
 //! - [`logistic`] — the logistic baseline's solver (Newton's method).
 //! - [`tiers`] — k-means tiers, k selection, identity matching across retrains. Uses
@@ -13,6 +14,7 @@
 
 pub mod calibration;
 pub mod churn;
+pub mod drift;
 pub mod identity;
 pub(crate) mod logistic;
 pub mod metrics;

@@ -48,7 +48,9 @@ pub enum TierError {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierParams {
-    /// Fixed k; `None` chooses k in `k_min..=k_max` by silhouette.
+    /// Fixed k; `None` chooses k in `k_min..=k_max`: the best silhouette among the k whose
+    /// seeded runs agree (see [`STABLE_K_ARI`]), or the previous bundle's k unless another is
+    /// better by [`KEEP_K_MARGIN`].
     pub k: Option<usize>,
     pub k_min: usize,
     pub k_max: usize,
@@ -57,7 +59,9 @@ pub struct TierParams {
     pub fit_sample: usize,
     /// Rows the silhouette is computed on for each candidate k (O(n²)).
     pub silhouette_sample: usize,
-    /// Independent k-means runs (different seeds); the lowest inertia wins.
+    /// K-means runs per k on the candidate sample (fixed seeds): their agreement is the k's
+    /// stability (with 1 run there is no stability measure), and the lowest inertia starts the
+    /// final fit.
     pub n_runs: usize,
     pub max_iterations: u64,
 }
@@ -95,9 +99,26 @@ pub(crate) fn max_k() -> usize {
 /// Candidate k are fitted on a sample of at most this many rows: the ranking by silhouette is
 /// stable well below the full fit sample.
 const CANDIDATE_SAMPLE: usize = 30_000;
-/// Salts of the silhouette and candidate samples (against the fit sample's plain seed).
+/// Salts of the fit, silhouette and candidate samples. They do not depend on the run's seed:
+/// which users a tiering is fitted on, and which k it has, are properties of the data, so two
+/// seeds differ only in the k-means initialisation.
+const FIT_SALT: u64 = 0xF17F;
 const SILHOUETTE_SALT: u64 = 0xA5A5;
 const CANDIDATE_SALT: u64 = 0x5A5A;
+/// Base of the seeds of the `n_runs` k-means runs each k is clustered with. Fixed, like the
+/// salts: a user's tier must not depend on the run's seed (issue 13: with seeded runs, one
+/// seed in ten found another local optimum at the same k and moved 30% of the users). The
+/// runs' mutual agreement is the k's stability; the lowest-inertia run starts the final fit.
+const RUN_SEED_BASE: u64 = 0x6B5E_ED00;
+/// A candidate k is stable when its seeded runs agree with each other, as the mean pairwise
+/// adjusted Rand index on the candidate sample, at least this much. Silhouette alone is nearly
+/// flat between neighbouring k; an unstable k is one whose clusters the seed decides.
+pub const STABLE_K_ARI: f64 = 0.9;
+/// With a previous bundle, its k is kept unless another stable k's silhouette is higher by at
+/// least this.
+pub const KEEP_K_MARGIN: f64 = 0.02;
+/// Lloyd iterations after linfa's run (or from a warm start) until no row changes cluster.
+const LLOYD_MAX_ITERATIONS: usize = 100;
 /// linfa stops when the centroids move less than this (Euclidean, all of them together); 1e-2
 /// is scikit-learn's default stop (squared shift <= 1e-4 times the mean feature variance, 1 on
 /// these standardised rows).
@@ -242,15 +263,13 @@ fn gather(x: &[f64], dims: usize, rows: &[usize]) -> Array2<f64> {
     a
 }
 
-/// Best-of-`n_runs` k-means on `data` (`n_runs` >= 1); returns row-major centroids and the
-/// inertia.
-fn kmeans(
+/// One k-means run per seed on `data`, in the seeds' order: row-major centroids and inertia.
+fn kmeans_runs(
     data: &Array2<f64>,
     k: usize,
-    n_runs: usize,
+    seeds: &[u64],
     max_iterations: u64,
-    seed: u64,
-) -> Result<(Vec<f64>, f64), TierError> {
+) -> Result<Vec<(Vec<f64>, f64)>, TierError> {
     if data.nrows() < k {
         return Err(TierError::TooFewRows {
             rows: data.nrows(),
@@ -259,14 +278,12 @@ fn kmeans(
     }
     let ds = DatasetBase::from(data.clone());
     let dims = data.ncols();
-    // The runs are independent (each seeded by its index): fit them on all cores, then keep
-    // the lowest inertia, the earliest run on a tie, as a sequential loop would.
-    let runs: Vec<(Vec<f64>, f64)> = (0..n_runs)
-        .into_par_iter()
-        .map(|run| {
-            let rng = Xoshiro256Plus::seed_from_u64(mix64(
-                seed ^ (run as u64 + 1).wrapping_mul(RUN_SEED_STEP),
-            ));
+    // The runs are independent (each seeded by its own seed): fit them on all cores; the
+    // caller keeps the lowest inertia, the earliest run on a tie, as a sequential loop would.
+    seeds
+        .par_iter()
+        .map(|&run_seed| {
+            let rng = Xoshiro256Plus::seed_from_u64(run_seed);
             let model = KMeans::params_with_rng(k, rng)
                 .n_runs(1)
                 .max_n_iterations(max_iterations)
@@ -280,14 +297,47 @@ fn kmeans(
                 .sum();
             Ok((cents, inertia))
         })
-        .collect::<Result<_, TierError>>()?;
-    let mut best: Option<(Vec<f64>, f64)> = None;
-    for (cents, inertia) in runs {
-        if best.as_ref().is_none_or(|(_, b)| inertia < *b) {
-            best = Some((cents, inertia));
+        .collect()
+}
+
+/// Lloyd iterations from `init` on `data` (row-major, `dims` columns) until no row changes
+/// cluster (at most [`LLOYD_MAX_ITERATIONS`]): the centroids are then the means of their rows
+/// and every row is nearest its own centroid, a fixed point that the same data and the same
+/// start reproduce bit for bit. Sums run in row order (deterministic); a cluster left without
+/// rows keeps its centroid. Returns the centroids and the inertia.
+fn lloyd(data: &[f64], dims: usize, init: Vec<f64>) -> (Vec<f64>, f64) {
+    let k = init.len() / dims.max(1);
+    let mut cents = init;
+    let mut labels: Vec<usize> = Vec::new();
+    for _ in 0..LLOYD_MAX_ITERATIONS {
+        let next: Vec<usize> = data
+            .par_chunks_exact(dims)
+            .map(|r| nearest(&cents, dims, r).0)
+            .collect();
+        if next == labels {
+            break;
+        }
+        labels = next;
+        let mut sums = vec![0.0; k * dims];
+        let mut counts = vec![0usize; k];
+        for (row, &c) in data.chunks_exact(dims).zip(&labels) {
+            counts[c] += 1;
+            for (s, v) in sums[c * dims..(c + 1) * dims].iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        for c in (0..k).filter(|&c| counts[c] > 0) {
+            for j in 0..dims {
+                cents[c * dims + j] = sums[c * dims + j] / counts[c] as f64;
+            }
         }
     }
-    best.ok_or(TierError::NoRuns)
+    let dists: Vec<f64> = data
+        .par_chunks_exact(dims)
+        .map(|r| nearest(&cents, dims, r).1)
+        .collect();
+    let inertia = dists.iter().sum();
+    (cents, inertia)
 }
 
 /// Mean silhouette of `rows` (row-major, `dims`) under `centroids`' assignment.
@@ -332,11 +382,20 @@ pub fn silhouette(rows: &[f64], dims: usize, centroids: &[f64]) -> f64 {
     total / n.max(1) as f64
 }
 
-/// What a fit produced besides the model: the silhouette per candidate k.
+/// What a fit produced besides the model: how k was chosen and how k-means was started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TierFitReport {
+    /// Silhouette per candidate k (of its lowest-inertia seeded run).
     pub k_scores: Vec<(usize, f64)>,
+    /// Stability per candidate k: mean pairwise adjusted Rand index of its seeded runs.
+    pub k_stability: Vec<(usize, f64)>,
     pub k: usize,
+    /// Why this k, in a sentence (recorded in the bundle).
+    pub k_reason: String,
+    /// How k-means was started: a warm start from the previous bundle's centroids, or why not.
+    pub init: String,
+    /// True when k-means started from the previous bundle's centroids.
+    pub warm_start: bool,
     /// New cluster -> index of the previous tier it inherited the identity of, if any.
     pub inherited_from: Vec<Option<usize>>,
 }
@@ -347,6 +406,163 @@ pub struct PreviousTiers<'a> {
     pub identities: &'a [TierIdentity],
     /// Row-major, one per identity, in the new scaled space (`dims` columns).
     pub centroids: Vec<f64>,
+    /// The previous model had exactly the new features, in the same order: only then are its
+    /// centroids a starting point for the new k-means (a warm start).
+    pub same_features: bool,
+}
+
+/// Scores of one candidate k, and its lowest-inertia run's centroids.
+#[derive(Debug, Clone)]
+struct Candidate {
+    k: usize,
+    silhouette: f64,
+    stability: f64,
+    centroids: Vec<f64>,
+}
+
+/// The fixed seeds of `n` runs.
+fn run_seeds(n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|r| mix64(RUN_SEED_BASE ^ (r as u64 + 1).wrapping_mul(RUN_SEED_STEP)))
+        .collect()
+}
+
+/// The candidate sample (fixed, see [`CANDIDATE_SALT`]).
+fn candidate_sample(x: &[f64], dims: usize, keys: &[u64], p: &ValidTierParams) -> Array2<f64> {
+    let rows = keyed_sample(keys, p.fit_sample.min(CANDIDATE_SAMPLE), CANDIDATE_SALT);
+    gather(x, dims, &rows)
+}
+
+/// Clusters `cand` with k under the fixed seeds: the runs' mean pairwise ARI (NaN with one
+/// run) and the lowest-inertia run's centroids.
+fn seeded_runs(
+    cand: &Array2<f64>,
+    k: usize,
+    p: &ValidTierParams,
+) -> Result<(f64, Vec<f64>), TierError> {
+    let dims = cand.ncols();
+    let flat = cand.as_slice().unwrap_or(&[]);
+    let runs = kmeans_runs(cand, k, &run_seeds(p.n_runs), p.max_iterations)?;
+    let labels: Vec<Vec<usize>> = runs
+        .iter()
+        .map(|(c, _)| {
+            flat.par_chunks_exact(dims)
+                .map(|r| nearest(c, dims, r).0)
+                .collect()
+        })
+        .collect();
+    let mut agree = Vec::new();
+    for a in 0..labels.len() {
+        for b in a + 1..labels.len() {
+            agree.push(super::metrics::adjusted_rand_index(&labels[a], &labels[b]));
+        }
+    }
+    let stability = if agree.is_empty() {
+        f64::NAN
+    } else {
+        agree.iter().sum::<f64>() / agree.len() as f64
+    };
+    let best = runs
+        .into_iter()
+        .reduce(|a, b| if b.1 < a.1 { b } else { a })
+        .ok_or(TierError::NoRuns)?;
+    Ok((stability, best.0))
+}
+
+/// Clusters the candidate sample with each k in range (and the previous k) under the fixed
+/// run seeds; scores each k by silhouette and by the agreement of its runs.
+fn score_candidates(
+    x: &[f64],
+    dims: usize,
+    keys: &[u64],
+    p: &ValidTierParams,
+    previous_k: Option<usize>,
+) -> Result<Vec<Candidate>, TierError> {
+    let sil_rows = keyed_sample(keys, p.silhouette_sample, SILHOUETTE_SALT);
+    let sil_data: Vec<f64> = sil_rows
+        .iter()
+        .flat_map(|&i| x[i * dims..(i + 1) * dims].iter().copied())
+        .collect();
+    let cand = candidate_sample(x, dims, keys, p);
+    let mut ks: Vec<usize> = (p.k_min..=p.k_max.min(cand.nrows())).collect();
+    if let Some(pk) = previous_k.filter(|&pk| (2..=max_k().min(cand.nrows())).contains(&pk)) {
+        if !ks.contains(&pk) {
+            ks.push(pk);
+            ks.sort_unstable();
+        }
+    }
+    let mut out = Vec::with_capacity(ks.len());
+    for k in ks {
+        let (stability, centroids) = seeded_runs(&cand, k, p)?;
+        out.push(Candidate {
+            k,
+            silhouette: silhouette(&sil_data, dims, &centroids),
+            stability,
+            centroids,
+        });
+    }
+    Ok(out)
+}
+
+/// The k to fit, and why: the best silhouette among the stable candidates (all of them when
+/// none is stable), ties to the smaller k; the previous k stays unless that best beats it by
+/// [`KEEP_K_MARGIN`].
+fn choose_k(cands: &[Candidate], previous_k: Option<usize>) -> (usize, String) {
+    let stable: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| c.stability >= STABLE_K_ARI)
+        .collect();
+    let pool: Vec<&Candidate> = if stable.is_empty() {
+        cands.iter().collect()
+    } else {
+        stable
+    };
+    let Some(best) = pool
+        .iter()
+        .copied()
+        .reduce(|a, b| if b.silhouette > a.silhouette { b } else { a })
+    else {
+        return (2, "no candidate k could be scored".into());
+    };
+    let which = if pool.len() == cands.len() && best.stability < STABLE_K_ARI {
+        format!("no candidate k is stable (seeded runs agree < {STABLE_K_ARI}): best silhouette")
+    } else {
+        format!("best silhouette among the stable k (seeded runs agree >= {STABLE_K_ARI})")
+    };
+    if let Some(prev) = previous_k.and_then(|pk| cands.iter().find(|c| c.k == pk)) {
+        if prev.k == best.k {
+            return (
+                best.k,
+                format!(
+                    "k = {} kept from the previous bundle: it is also the {which}, silhouette {:.3}, stability {:.3}",
+                    best.k, best.silhouette, best.stability
+                ),
+            );
+        }
+        if best.silhouette < prev.silhouette + KEEP_K_MARGIN {
+            return (
+                prev.k,
+                format!(
+                    "k = {} kept from the previous bundle: the {which} is k = {} (silhouette {:.3} vs {:.3}), not better by the margin {KEEP_K_MARGIN}",
+                    prev.k, best.k, best.silhouette, prev.silhouette
+                ),
+            );
+        }
+        return (
+            best.k,
+            format!(
+                "k = {} replaces the previous bundle's k = {}: {which}, silhouette {:.3} vs {:.3} (margin {KEEP_K_MARGIN}), stability {:.3}",
+                best.k, prev.k, best.silhouette, prev.silhouette, best.stability
+            ),
+        );
+    }
+    (
+        best.k,
+        format!(
+            "k = {}: {which}, silhouette {:.3}, stability {:.3}",
+            best.k, best.silhouette, best.stability
+        ),
+    )
 }
 
 /// Fits the tiering on scaled rows `x` (`dims` columns); `keys` identify users for sampling;
@@ -358,43 +574,61 @@ pub fn fit(
     keys: &[u64],
     features: &[Feature],
     p: ValidTierParams,
-    seed: u64,
     previous: Option<&PreviousTiers>,
 ) -> Result<(TierModel, TierFitReport), TierError> {
     let rows = keys.len();
-    let sample_rows = keyed_sample(keys, p.fit_sample, seed);
+    let sample_rows = keyed_sample(keys, p.fit_sample, FIT_SALT);
     let sample = gather(x, dims, &sample_rows);
     let mut report = TierFitReport::default();
-    let k = match p.k {
-        Some(k) => k,
+    let previous_k = previous.map(|pt| pt.identities.len()).filter(|&k| k > 0);
+    // The chosen k, and the centroids of its best seeded run on the candidate sample (found
+    // here only when k is searched for).
+    let (k, mut start) = match p.k {
+        Some(k) => {
+            report.k_reason = format!("k = {k} fixed by the configuration (--k)");
+            (k, None)
+        }
         None => {
-            let sil_rows = keyed_sample(keys, p.silhouette_sample, seed ^ SILHOUETTE_SALT);
-            let sil_data: Vec<f64> = sil_rows
-                .iter()
-                .flat_map(|&i| x[i * dims..(i + 1) * dims].iter().copied())
-                .collect();
-            let cand_rows = keyed_sample(
-                keys,
-                p.fit_sample.min(CANDIDATE_SAMPLE),
-                seed ^ CANDIDATE_SALT,
-            );
-            let cand = gather(x, dims, &cand_rows);
-            let mut best = (p.k_min, f64::NEG_INFINITY);
-            for k in p.k_min..=p.k_max.min(cand.nrows()) {
-                let (cents, _) = kmeans(&cand, k, 1, p.max_iterations, seed)?;
-                let s = silhouette(&sil_data, dims, &cents);
-                report.k_scores.push((k, s));
-                if s > best.1 {
-                    best = (k, s);
-                }
-            }
-            best.0
+            let cands = score_candidates(x, dims, keys, &p, previous_k)?;
+            report.k_scores = cands.iter().map(|c| (c.k, c.silhouette)).collect();
+            report.k_stability = cands.iter().map(|c| (c.k, c.stability)).collect();
+            let (k, why) = choose_k(&cands, previous_k);
+            report.k_reason = why;
+            let start = cands.into_iter().find(|c| c.k == k).map(|c| c.centroids);
+            (k, start)
         }
     };
-    if rows < k {
+    if rows < k || sample.nrows() < k {
         return Err(TierError::TooFewRows { rows, k });
     }
-    let (centroids, inertia) = kmeans(&sample, k, p.n_runs, p.max_iterations, seed)?;
+    let warm = previous.filter(|pt| {
+        pt.same_features && pt.identities.len() == k && pt.centroids.len() == k * dims
+    });
+    let flat = sample.as_slice().unwrap_or(&[]);
+    let (centroids, inertia) = match warm {
+        Some(pt) => {
+            report.warm_start = true;
+            report.init = "warm start from the previous bundle's centroids".into();
+            lloyd(flat, dims, pt.centroids.clone())
+        }
+        None => {
+            report.init = match previous {
+                None => "k-means++ (no previous bundle), best of the seeded runs, then Lloyd on the fit sample".into(),
+                Some(pt) if !pt.same_features => {
+                    "k-means++: the feature set changed since the previous bundle, so its centroids cannot start this fit".into()
+                }
+                Some(pt) => format!(
+                    "k-means++: k changed from the previous bundle's {} to {k}",
+                    pt.identities.len()
+                ),
+            };
+            let cold = match start.take() {
+                Some(c) => c,
+                None => seeded_runs(&candidate_sample(x, dims, keys, &p), k, &p)?.1,
+            };
+            lloyd(flat, dims, cold)
+        }
+    };
     report.k = k;
 
     // Identities: first inherit from the previous bundle by minimum total centroid distance,
@@ -547,7 +781,6 @@ mod tests {
             }
             .check()
             .unwrap(),
-            5,
             None,
         )
         .unwrap();
@@ -571,11 +804,11 @@ mod tests {
         .check()
         .unwrap();
         let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
-        let (m1, _) = fit(&x, 3, &keys, &names, p, 9, None).unwrap();
+        let (m1, _) = fit(&x, 3, &keys, &names, p, None).unwrap();
         // Reverse the rows (and their keys).
         let xr: Vec<f64> = x.chunks(3).rev().flatten().copied().collect();
         let kr: Vec<u64> = keys.iter().rev().copied().collect();
-        let (m2, _) = fit(&xr, 3, &kr, &names, p, 9, None).unwrap();
+        let (m2, _) = fit(&xr, 3, &kr, &names, p, None).unwrap();
         for (i, row) in x.chunks(3).enumerate() {
             let j = 1199 - i;
             assert_eq!(
@@ -596,17 +829,127 @@ mod tests {
         }
         .check()
         .unwrap();
-        let (m1, _) = fit(&x, 3, &keys, &names, p, 1, None).unwrap();
+        let (m1, _) = fit(&x, 3, &keys, &names, p, None).unwrap();
         // A different seed permutes clusters; matching must map them back onto m1's ids.
         let prev = PreviousTiers {
             identities: &m1.tiers,
             centroids: m1.centroids.clone(),
+            same_features: false,
         };
-        let (m2, report) = fit(&x, 3, &keys, &names, p, 77, Some(&prev)).unwrap();
+        let (m2, report) = fit(&x, 3, &keys, &names, p, Some(&prev)).unwrap();
         assert!(report.inherited_from.iter().all(|i| i.is_some()));
         for row in x.chunks(3) {
             assert_eq!(m1.tiers[m1.assign(row)].id, m2.tiers[m2.assign(row)].id);
         }
+    }
+
+    fn k4() -> ValidTierParams {
+        TierParams {
+            k: Some(4),
+            ..Default::default()
+        }
+        .check()
+        .unwrap()
+    }
+
+    fn previous_of(m: &TierModel) -> PreviousTiers<'_> {
+        PreviousTiers {
+            identities: &m.tiers,
+            centroids: m.centroids.clone(),
+            same_features: true,
+        }
+    }
+
+    #[test]
+    fn a_warm_start_on_identical_data_reproduces_the_partition_exactly() {
+        let (x, _) = blobs(1600, 4);
+        let keys: Vec<u64> = (0..1600).map(|i| mix64(i as u64)).collect();
+        let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
+        let (m1, r1) = fit(&x, 3, &keys, &names, k4(), None).unwrap();
+        assert!(!r1.warm_start);
+        let prev = previous_of(&m1);
+        let (m2, r2) = fit(&x, 3, &keys, &names, k4(), Some(&prev)).unwrap();
+        assert!(r2.warm_start, "{}", r2.init);
+        assert_eq!(m1.centroids, m2.centroids, "bit-identical centroids");
+        assert_eq!(m1.tiers, m2.tiers);
+    }
+
+    #[test]
+    fn a_warm_start_moves_exactly_the_rows_whose_features_crossed_a_boundary() {
+        let (mut x, truth) = blobs(1600, 5);
+        let keys: Vec<u64> = (0..1600).map(|i| mix64(i as u64)).collect();
+        let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
+        let (m1, _) = fit(&x, 3, &keys, &names, k4(), None).unwrap();
+        let before: Vec<usize> = x.chunks(3).map(|r| m1.assign(r)).collect();
+        // Five users of blob 0 behave like blob 1 now; five others of blob 0 move a little
+        // but stay on their side of every boundary.
+        let movers: Vec<usize> = (0..1600).filter(|&i| truth[i] == 0).take(10).collect();
+        for (n, &i) in movers.iter().enumerate() {
+            let row = &mut x[i * 3..i * 3 + 3];
+            if n < 5 {
+                row.copy_from_slice(&[5.0, 5.0, 0.0]);
+            } else {
+                row[0] += 0.3;
+            }
+        }
+        let prev = previous_of(&m1);
+        let (m2, r2) = fit(&x, 3, &keys, &names, k4(), Some(&prev)).unwrap();
+        assert!(r2.warm_start);
+        let moved: Vec<usize> = (0..1600)
+            .filter(|&i| m1.tiers[before[i]].id != m2.tiers[m2.assign(&x[i * 3..i * 3 + 3])].id)
+            .collect();
+        assert_eq!(moved, movers[..5].to_vec());
+    }
+
+    #[test]
+    fn the_chosen_k_is_stable_and_the_same_on_every_fit() {
+        let (x, _) = blobs(2000, 6);
+        let keys: Vec<u64> = (0..2000).map(|i| mix64(i as u64)).collect();
+        let names = [Feature::Rooms, Feature::Categories, Feature::Trend];
+        let p = TierParams {
+            k_min: 2,
+            k_max: 7,
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        let reports: Vec<TierFitReport> = (0..4)
+            .map(|_| fit(&x, 3, &keys, &names, p, None).unwrap().1)
+            .collect();
+        for r in &reports {
+            assert_eq!(r.k, 4, "{}", r.k_reason);
+            assert_eq!(r.k_scores, reports[0].k_scores);
+            assert_eq!(r.k_stability.len(), r.k_scores.len());
+        }
+        let stab4 = reports[0].k_stability.iter().find(|s| s.0 == 4).unwrap().1;
+        assert!(stab4 > STABLE_K_ARI, "{:?}", reports[0].k_stability);
+    }
+
+    #[test]
+    fn the_previous_k_is_kept_unless_another_is_better_by_the_margin() {
+        let c = |k, silhouette| Candidate {
+            k,
+            silhouette,
+            stability: 0.99,
+            centroids: Vec::new(),
+        };
+        let close = [c(4, 0.40), c(5, 0.41)];
+        assert_eq!(choose_k(&close, None).0, 5);
+        let (k, why) = choose_k(&close, Some(4));
+        assert_eq!(k, 4, "{why}");
+        assert!(why.contains("kept from the previous bundle"), "{why}");
+        let clear = [c(4, 0.40), c(5, 0.45)];
+        let (k, why) = choose_k(&clear, Some(4));
+        assert_eq!(k, 5, "{why}");
+        assert!(why.contains("replaces"), "{why}");
+        let unstable = [
+            c(4, 0.40),
+            Candidate {
+                stability: 0.6,
+                ..c(5, 0.50)
+            },
+        ];
+        assert_eq!(choose_k(&unstable, None).0, 4);
     }
 
     #[test]

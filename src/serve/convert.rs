@@ -315,6 +315,8 @@ pub(crate) fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelIn
             .collect(),
         users_held: users_held as u64,
         trained_as_of: Some(to_timestamp(m.as_of_ts)),
+        stability: super::drift::stability_info(m),
+        k_reason: m.metrics.k_reason.clone(),
     }
 }
 

@@ -123,6 +123,11 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 impl Metrics {
+    /// The registry, for gauges defined elsewhere (the drift gauges).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let r = &registry;

@@ -40,6 +40,7 @@ pub mod at_risk;
 pub mod config;
 pub mod connections;
 pub mod convert;
+pub(crate) mod drift;
 pub mod error;
 pub mod metrics;
 pub mod page_token;
@@ -112,6 +113,13 @@ pub async fn run_with_metrics(
         health.clone(),
         stop_rx.clone(),
     ));
+    let drift = drift::spawn(
+        slot.clone(),
+        state.clone(),
+        &metrics,
+        config.clock(),
+        stop_rx.clone(),
+    );
     let background = Background::spawn(
         &config,
         Loader::new(
@@ -176,6 +184,7 @@ pub async fn run_with_metrics(
     let _ = stop_tx.send(true);
     background.join().await;
     let _ = writes_health.await;
+    let _ = drift.await;
     // A failed final snapshot (a full disk) loses nothing: the log keeps every acknowledged
     // event and the next start replays it. So it is logged, and the exit stays clean.
     match state.shutdown().await {

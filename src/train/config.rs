@@ -41,6 +41,8 @@ pub enum ConfigError {
     Lifecycle,
     #[error("invalid configuration: earliest_event_time: {0}")]
     EarliestEventTime(#[source] TimeParseError),
+    #[error("invalid configuration: promotion.max_model_tier_changes must be in [0, 1], got {0}")]
+    MaxModelTierChanges(f64),
 }
 
 /// A [`TrainConfig`] that passed [`TrainConfig::check`], with its validated parts.
@@ -82,7 +84,9 @@ impl std::ops::Deref for ValidTrainParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Seeds every random choice (samples, k-means, boosting).
+    /// Seeds every random choice of the churn models (samples, boosting). The tiers do not
+    /// depend on it: their samples and k-means runs use fixed seeds, so that a user's tier
+    /// moves with the user's behaviour, not with the seed (issue 13).
     pub seed: u64,
     /// Label window: churned = nothing that counts in the `horizon_days` after the snapshot.
     pub horizon_days: u32,
@@ -97,6 +101,26 @@ pub struct TrainConfig {
     pub risk: RiskThresholds,
     pub lifecycle: LifecycleThresholds,
     pub quality: QualityConfig,
+    pub promotion: PromotionConfig,
+}
+
+/// When a new bundle is made current.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromotionConfig {
+    /// The promotion gate: a bundle whose tiers differ from the previous bundle's, on the same
+    /// snapshot, for more than this share of users (tier changes caused by the model, not by
+    /// the users) is written but not made current, unless the run accepts tier changes
+    /// (`tiering train --accept-tier-changes`).
+    pub max_model_tier_changes: f64,
+}
+
+impl Default for PromotionConfig {
+    fn default() -> Self {
+        PromotionConfig {
+            max_model_tier_changes: 0.05,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +160,7 @@ impl Default for TrainConfig {
             risk: RiskThresholds::default(),
             lifecycle: LifecycleThresholds::default(),
             quality: QualityConfig::default(),
+            promotion: PromotionConfig::default(),
         }
     }
 }
@@ -202,6 +227,10 @@ impl TrainConfig {
         }
         let earliest_event =
             parse_earliest(&self.earliest_event_time).map_err(ConfigError::EarliestEventTime)?;
+        let m = self.promotion.max_model_tier_changes;
+        if !(0.0..=1.0).contains(&m) {
+            return Err(ConfigError::MaxModelTierChanges(m));
+        }
         Ok(ValidTrainParams {
             config: self,
             tiers,
@@ -251,6 +280,12 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.check().is_err());
+        let mut cfg = TrainConfig::default();
+        cfg.promotion.max_model_tier_changes = 1.5;
+        assert!(matches!(
+            cfg.check(),
+            Err(ConfigError::MaxModelTierChanges(_))
+        ));
     }
 
     #[test]

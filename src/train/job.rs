@@ -26,6 +26,9 @@ pub struct TrainJob {
     pub read: ReadOptions,
     /// Also write the exact churn training and evaluation rows here (see [`export_eval`]).
     pub export_eval: Option<PathBuf>,
+    /// Make the new bundle current even when the promotion gate would hold it back (more
+    /// model-caused tier changes than `promotion.max_model_tier_changes`).
+    pub accept_tier_changes: bool,
 }
 
 impl TrainJob {
@@ -43,6 +46,7 @@ impl TrainJob {
             params,
             read,
             export_eval: None,
+            accept_tier_changes: false,
         }
     }
 }
@@ -77,8 +81,11 @@ pub struct RunTimings {
 /// second that no caller needs to wait for).
 pub struct TrainOutcome {
     pub trained: Trained,
-    /// The new bundle's directory (now current).
+    /// The new bundle's directory (current, unless `held_back`).
     pub bundle_dir: PathBuf,
+    /// Set when the promotion gate held the bundle back: written, not made current. The
+    /// message says how many users would move between which tiers.
+    pub held_back: Option<String>,
     pub dataset: Dataset,
     pub previous: Option<(Bundle, Snapshot)>,
     pub timings: RunTimings,
@@ -131,6 +138,29 @@ pub(crate) fn previous_bundle(store: &BundleStore) -> Option<(Bundle, Snapshot)>
     }
 }
 
+/// The promotion gate: `Some(message)` when the model alone would move more users than
+/// `promotion.max_model_tier_changes` allows and the job does not accept tier changes.
+///
+/// The message: `tier changes held back: <share> of users (<n> of <compared>) would change tier
+/// with unchanged behaviour (limit <limit>): <n> <from> -> <to>, ...; bundle <version> is
+/// written but not current; rerun with --accept-tier-changes, or `tiering models promote
+/// <version>`, to make it current`.
+pub fn promotion_gate(trained: &Trained, limit: f64, accept: bool) -> Option<String> {
+    let s = trained.manifest.metrics.stability.as_ref()?;
+    if accept || s.model_changed_share <= limit {
+        return None;
+    }
+    let v = &trained.manifest.version;
+    Some(format!(
+        "tier changes held back: {:.1}% of users ({} of {}) would change tier with unchanged behaviour (limit {:.1}%): {}; bundle {v} is written but not current; rerun with --accept-tier-changes, or `tiering models promote {v}`, to make it current",
+        100.0 * s.model_changed_share,
+        s.model_changed,
+        s.compared,
+        100.0 * limit,
+        s.model.describe_moves(6),
+    ))
+}
+
 /// What the manifest says about the data read.
 fn data_info(dataset: &Dataset) -> DataInfo {
     let (table, rep) = (&dataset.events, &dataset.report);
@@ -181,9 +211,18 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     };
     progress.stage("training");
     let trained = pipeline::fit(input, &mut |stage| progress.stage(stage))?;
+    let held_back = promotion_gate(
+        &trained,
+        job.params.promotion.max_model_tier_changes,
+        job.accept_tier_changes,
+    );
+    if let Some(why) = &held_back {
+        tracing::warn!("{why}");
+    }
     progress.stage("writing the bundle");
     let write_started = Instant::now();
-    let bundle_dir = write_bundle(&store, &trained).map_err(|source| RunError::Write {
+    let promote = held_back.is_none();
+    let bundle_dir = write_bundle(&store, &trained, promote).map_err(|source| RunError::Write {
         models: job.models.clone(),
         source,
     })?;
@@ -206,6 +245,7 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     Ok(TrainOutcome {
         trained,
         bundle_dir,
+        held_back,
         dataset,
         previous,
         timings,

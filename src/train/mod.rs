@@ -18,8 +18,8 @@ pub mod pipeline;
 pub mod report;
 mod stages;
 
-pub use config::{ConfigError, TrainConfig, ValidTrainParams};
-pub use job::{run, Progress, RunError, RunTimings, TrainJob, TrainOutcome};
+pub use config::{ConfigError, PromotionConfig, TrainConfig, ValidTrainParams};
+pub use job::{promotion_gate, run, Progress, RunError, RunTimings, TrainJob, TrainOutcome};
 pub use pipeline::{fit, user_key, TrainError, TrainInput, Trained};
 
 use crate::bundle::{BundleError, BundleStore, REPORT, SCORES};
@@ -66,10 +66,12 @@ pub(crate) fn version_id(
 }
 
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
-/// into place, validates it by loading it back, and only then makes it current.
+/// into place, validates it by loading it back, and only then makes it current (when
+/// `promote`; the promotion gate may hold it back).
 pub(crate) fn write_bundle(
     store: &BundleStore,
     trained: &Trained,
+    promote: bool,
 ) -> Result<PathBuf, WriteBundleError> {
     let version = trained.manifest.version.clone();
     let pending = store.begin(&version)?;
@@ -107,6 +109,10 @@ pub(crate) fn write_bundle(
     })?;
     payload?;
     let dir = pending.seal(trained.manifest.clone())?;
-    store.promote(&version)?;
+    if promote {
+        store.promote(&version)?;
+    } else {
+        store.load(&version)?.load_snapshot()?;
+    }
     Ok(dir)
 }

@@ -18,7 +18,7 @@
 
 use super::config::ValidTrainParams;
 use super::report::ReportExtras;
-use super::stages::{candidates, evaluate, scoring, summary, tiers, windows};
+use super::stages::{candidates, evaluate, scoring, stability, summary, tiers, windows};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::manifest::Manifest;
 use crate::bundle::{Bundle, Snapshot};
@@ -174,14 +174,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
 
     progress("clustering tiers");
     let previous = input.previous.map(|(b, _)| b);
-    let mut tiering = tiers::fit_tiers(
-        &w,
-        &snap,
-        &final_fit.scaler,
-        params.tiers(),
-        params.seed,
-        previous,
-    )?;
+    let mut tiering = tiers::fit_tiers(&w, &snap, &final_fit.scaler, params.tiers(), previous)?;
     laps.lap("tiers");
 
     progress("scoring all users");
@@ -202,6 +195,12 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     let transitions = input
         .previous
         .map(|prev| summary::transitions(table, prev, &scorer, &scores));
+    let compared = input.previous.map(|prev| {
+        stability::compare(table, &w, &snap, &tiering.users_now, prev, &scorer, &scores)
+    });
+    let drift_reference =
+        stability::reference(&scorer, &tiering.x_now, &tiering.users_now, &scores);
+    summary::tier_warnings(&tiering.report, compared.as_ref(), &mut warnings);
     let feature_importance = summary::feature_importance(&final_fit, &snap);
     summary::quality_warnings(&evaluation.models[evaluation.chosen].metrics, &mut warnings);
     let facts = summary::Facts {
@@ -217,6 +216,8 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         observed: &observed,
         ari,
         transitions,
+        compared,
+        drift_reference,
         feature_importance,
         warnings,
     };

@@ -7,5 +7,6 @@ mod cli_clients;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
+mod stability;
 mod storage_faults;
 mod train_e2e;

@@ -5,7 +5,8 @@
 //! lifecycle stage, feature importance, users per risk level, tier transitions). Pure: no I/O.
 //!
 //! Layout: this file holds the extras, the page frame and the helpers the sections share;
-//! `sections` draws the header, tiers, transitions and features; `churn` the churn model
+//! `sections` draws the header, tiers, transitions and features; `stability` the choice of k,
+//! model vs behaviour tier changes and drift; `churn` the churn model
 //! section; `fmt` escapes text and formats numbers ("n/a" for NaN); `svg` holds the chart
 //! primitives (scales, ticks, a bar chart and a multi-series line chart) that every chart on the
 //! page is built from, and never writes NaN or infinity into an attribute; `style.css` is the
@@ -26,6 +27,7 @@ macro_rules! w {
 mod churn;
 mod fmt;
 mod sections;
+mod stability;
 mod svg;
 #[cfg(test)]
 mod tests;
@@ -99,6 +101,7 @@ pub(crate) fn render(m: &Manifest, x: &ReportExtras) -> String {
     if let Some(t) = &x.transitions {
         sections::transitions_section(&mut out, t, &m.tiers);
     }
+    stability::stability_section(&mut out, &m.metrics);
     sections::features_section(&mut out, m);
     w!(
         out,

@@ -617,6 +617,50 @@ fn default_report_renders_without_panicking() {
     assert!(!html.contains("NaN"));
 }
 
+#[test]
+fn report_shows_stability_split_by_cause_and_drift() {
+    use crate::bundle::manifest::{Stability, TransitionCounts};
+    use crate::model::drift::DriftFigures;
+    let mut s = sample();
+    let ids = vec!["core_fans".to_string(), "dormant".to_string()];
+    let counts = |a, b| TransitionCounts {
+        from: ids.clone(),
+        to: ids.clone(),
+        counts: vec![vec![900, a], vec![b, 100]],
+    };
+    s.m.metrics.k_reason = "k = 6 kept from the previous bundle".into();
+    s.m.metrics.tier_init = "warm start from the previous bundle's centroids".into();
+    s.m.metrics.k_stability = vec![(6, 0.97)];
+    s.m.metrics.stability = Some(Stability {
+        previous_version: "v0".into(),
+        compared: 1000,
+        model_changed: 12,
+        model_changed_share: 0.012,
+        behaviour_compared: 1000,
+        behaviour_changed: 40,
+        behaviour_changed_share: 0.04,
+        model: counts(10, 2),
+        behaviour: counts(30, 10),
+    });
+    s.m.metrics.drift = Some(DriftFigures {
+        users: 1000,
+        features: vec![("recency_days".into(), 0.31)],
+        churn_probability: 0.02,
+        tier_shares: 0.01,
+    });
+    let html = s.html();
+    assert_balanced(&html);
+    assert!(html.contains("id=\"stability\""));
+    assert!(html.contains("<b>12</b> of 1,000 users (1.20%) changed tier because the <b>model</b>"));
+    assert!(html.contains("<b>40</b> of 1,000 (4.00%) moved with their own <b>behaviour</b>"));
+    assert!(html.contains("kept from the previous bundle"));
+    assert!(
+        html.contains("<td>recency_days</td><td>0.310 ⚠</td>"),
+        "drift over 0.25 is flagged"
+    );
+    assert!(!empty().html().contains("id=\"stability\""));
+}
+
 /// Writes the sample reports for a look in a browser (`cargo test --lib report -- --ignored`):
 /// report-sample.html, report-non-finite.html, report-flat.html and report-empty.html in the
 /// temp dir.

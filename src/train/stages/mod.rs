@@ -8,6 +8,8 @@
 //!   snapshot.
 //! - [`tiers`] — k-means tiers with identities matched to the previous bundle.
 //! - [`scoring`] — the served scorer, every user scored, tier profiles and descriptions.
+//! - [`stability`] — model vs behaviour tier changes against the previous bundle, drift against
+//!   its training distributions, and this bundle's own drift reference.
 //! - [`summary`] — observed churn, ARI, transitions, importance; the manifest and report data.
 //!
 //! [`rows`] holds the feature-matrix helpers they share.
@@ -16,6 +18,7 @@ pub(crate) mod candidates;
 pub(crate) mod evaluate;
 pub(crate) mod rows;
 pub(crate) mod scoring;
+pub(crate) mod stability;
 pub(crate) mod summary;
 pub(crate) mod tiers;
 pub(crate) mod windows;

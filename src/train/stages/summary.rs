@@ -8,14 +8,17 @@ use super::candidates::Fitted;
 use super::evaluate::Evaluation;
 use super::rows::Labelled;
 use super::scoring::Profiles;
+use super::stability::Compared;
 use super::tiers::Tiering;
 use super::windows::{Snapshots, Windows};
 use crate::bundle::manifest::{FeatureSpec, LeftOut, Manifest, Metrics, TierChanges, TierEntry};
 use crate::bundle::{Bundle, Snapshot};
 use crate::features::time::format_rfc3339;
 use crate::features::{EventTable, LifecycleStage, RfmSegment};
+use crate::model::drift::{DriftReference, PSI_RETRAIN};
 use crate::model::metrics::{self, BinaryMetrics};
 use crate::model::scorer::{RiskLevel, Score, Scorer};
+use crate::model::tiers::TierFitReport;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -166,6 +169,26 @@ pub(crate) fn quality_warnings(m: &BinaryMetrics, warnings: &mut Vec<String>) {
     }
 }
 
+/// Says when k-means could not start from the previous bundle because the features changed,
+/// and when this snapshot drifted from the previous bundle's training population.
+pub(crate) fn tier_warnings(
+    report: &TierFitReport,
+    compared: Option<&Compared>,
+    warnings: &mut Vec<String>,
+) {
+    if report.init.contains("feature set changed") {
+        warnings.push(format!("tiers: {}; expect tier changes", report.init));
+    }
+    if let Some(d) = compared.and_then(|c| c.drift.as_ref()) {
+        let (what, psi) = d.largest();
+        if psi > PSI_RETRAIN {
+            warnings.push(format!(
+                "drift: the population moved since the previous bundle was trained (PSI of {what} = {psi:.3} > {PSI_RETRAIN})"
+            ));
+        }
+    }
+}
+
 /// Everything the summary is made of.
 pub(crate) struct Facts<'a> {
     pub input: &'a TrainInput<'a>,
@@ -180,6 +203,8 @@ pub(crate) struct Facts<'a> {
     pub observed: &'a ObservedChurn,
     pub ari: Option<f64>,
     pub transitions: Option<report::Transitions>,
+    pub compared: Option<Compared>,
+    pub drift_reference: DriftReference,
     pub feature_importance: Vec<(String, f64)>,
     pub warnings: Vec<String>,
 }
@@ -272,9 +297,15 @@ pub(crate) fn manifest(f: &Facts) -> Manifest {
                 compared: t.compared,
                 changed: t.changed,
             }),
+            k_stability: f.tiering.report.k_stability.clone(),
+            k_reason: f.tiering.report.k_reason.clone(),
+            tier_init: f.tiering.report.init.clone(),
+            stability: f.compared.as_ref().map(|c| c.stability.clone()),
+            drift: f.compared.as_ref().and_then(|c| c.drift.clone()),
         },
         warnings: f.warnings.clone(),
         files: BTreeMap::new(),
+        drift_reference: Some(f.drift_reference.clone()),
     }
 }
 

@@ -23,7 +23,6 @@ pub(crate) fn fit_tiers(
     snap: &Snapshots,
     scaler: &StandardScaler,
     params: ValidTierParams,
-    seed: u64,
     previous: Option<&Bundle>,
 ) -> Result<Tiering, TrainError> {
     let fs = &snap.features;
@@ -41,7 +40,6 @@ pub(crate) fn fit_tiers(
         &keys_now,
         &fs.features,
         params,
-        seed,
         prev_tiers.as_ref(),
     )?;
     Ok(Tiering {
@@ -84,5 +82,6 @@ fn previous_in_new_space<'a>(
     PreviousTiers {
         identities: &ps.tiers.tiers,
         centroids,
+        same_features: ps.features.features == fs.features,
     }
 }

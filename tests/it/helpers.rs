@@ -513,11 +513,23 @@ pub fn tiering_cli(args: &[&std::ffi::OsStr]) -> (bool, String) {
 }
 
 /// `tiering state ACTION --state DIR EXTRA…`.
+///
+/// A server killed in process (its task aborted) lets go of the state directory's lock only once
+/// its log thread has wound down: while the command says the directory is in use, it is run
+/// again (up to 5 s), as [`start_error`] does for servers.
 pub fn state_cli(action: &str, state: &Path, extra: &[&str]) -> (bool, String) {
     use std::ffi::OsStr;
     let mut args: Vec<&OsStr> = vec![OsStr::new("state"), OsStr::new(action)];
     args.push(OsStr::new("--state"));
     args.push(state.as_os_str());
     args.extend(extra.iter().map(OsStr::new));
-    tiering_cli(&args)
+    let mut result = tiering_cli(&args);
+    for _ in 0..100 {
+        if !result.1.contains("in use by another running server") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        result = tiering_cli(&args);
+    }
+    result
 }

@@ -59,7 +59,7 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 def strip(x):
     if isinstance(x, dict):
-        return {k: strip(v) for k, v in x.items() if k not in ("fit_seconds",)}
+        return {k: strip(v) for k, v in x.items() if k not in ("fit_seconds", "previous_version")}
     if isinstance(x, list):
         return [strip(v) for v in x]
     return x

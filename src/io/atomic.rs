@@ -133,7 +133,7 @@ impl AtomicFile {
                 source,
             });
         }
-        sync_dir(path).map_err(|source| AtomicError::SyncDir {
+        sync_parent(path).map_err(|source| AtomicError::SyncDir {
             path: path.clone(),
             source,
         })
@@ -172,18 +172,23 @@ impl Drop for AtomicFile {
 }
 
 /// Makes a rename in `path`'s directory durable (a no-op where directories cannot be opened).
-fn sync_dir(path: &Path) -> io::Result<()> {
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => sync_dir(d),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Makes the entries of directory `dir` durable (files created, renamed or removed in it); a
+/// no-op where directories cannot be opened.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
         File::open(dir)?.sync_all()
     }
     #[cfg(not(unix))]
     {
-        let _ = path;
+        let _ = dir;
         Ok(())
     }
 }

@@ -43,9 +43,7 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StateError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StateError::io(dir))
+    crate::io::atomic::sync_dir(dir).map_err(StateError::io(dir))
 }
 
 /// Takes the directory's lock (`LOCK`, flock(2)): [`StateError::Locked`] while another

@@ -252,3 +252,30 @@ fn remove_unfinished_snapshots(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_removes_the_temporary_files_of_interrupted_snapshots_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_form = dir.path().join(format!("{SNAPSHOT}.tmp"));
+        let atomic_form = dir.path().join(format!(".{SNAPSHOT}.tmp-4242-7"));
+        let other = dir.path().join("notes.txt");
+        for p in [&old_form, &atomic_form, &other] {
+            fs::write(p, b"left by a crash").unwrap();
+        }
+        let store = UserStore::new(4);
+        recover(dir.path(), &store).unwrap();
+        assert!(
+            !old_form.exists(),
+            "state.bin.tmp of older builds is removed"
+        );
+        assert!(!atomic_form.exists(), "io::atomic's temporary is removed");
+        assert!(
+            other.exists(),
+            "files that are not snapshot temporaries stay"
+        );
+    }
+}

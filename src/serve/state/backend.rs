@@ -2,7 +2,7 @@
 //! of the server holds one concrete type and calls it without dynamic dispatch.
 
 use super::embedded::EmbeddedState;
-use super::{Applied, StateError, UserEvent, UserState};
+use super::{Applied, LogPosition, StateError, UserEvent, UserState};
 use crate::bundle::Snapshot;
 use crate::features::UserAggregate;
 use std::future::Future;
@@ -38,6 +38,15 @@ impl UserState for StateBackend {
     ) -> impl Future<Output = Result<Applied, StateError>> + Send {
         match self {
             StateBackend::Embedded(s) => s.apply(events),
+        }
+    }
+
+    fn apply_logged(
+        &self,
+        events: Vec<(UserEvent, LogPosition)>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send {
+        match self {
+            StateBackend::Embedded(s) => s.apply_logged(events),
         }
     }
 

@@ -70,6 +70,16 @@ impl UserEvent {
     }
 }
 
+/// Where an event sits in the event topic (scale-out mode): its partition and offset. Events
+/// are keyed by user id, so one user's events all sit in one partition, in order; a backend that
+/// applies events from the topic keeps, per user, the position of the last event it applied and
+/// skips any event at or before it (at-least-once delivery, exactly-once effect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// The outcome of one acknowledged batch of events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -97,6 +107,15 @@ pub trait UserState: Send + Sync {
     fn apply(
         &self,
         events: Vec<UserEvent>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send;
+
+    /// Applies events read from the event topic, each with its position: per user, an event at
+    /// or before the last position applied to that user is skipped (counted in neither field of
+    /// [`Applied`]), so a redelivered batch changes nothing. Only a shared backend (Redis)
+    /// consumes a topic; the embedded backend refuses with [`StateError::Unsupported`].
+    fn apply_logged(
+        &self,
+        events: Vec<(UserEvent, LogPosition)>,
     ) -> impl Future<Output = Result<Applied, StateError>> + Send;
 
     /// Visits every user, part by part (possibly in parallel): `visit` gets one part's users and
@@ -250,6 +269,9 @@ pub enum StateError {
         thread: &'static str,
         source: std::io::Error,
     },
+    /// An operation this backend does not offer (`what` says which, and which backend does).
+    #[error("{what}")]
+    Unsupported { what: &'static str },
     #[error("internal error: the snapshot thread panicked")]
     SnapshotPanicked,
 }

@@ -21,7 +21,7 @@ pub use dir::SNAPSHOT;
 pub use wal::replay::{Recovery, SegmentReport};
 pub use wal::{EventLog, LogOptions};
 
-use super::{Applied, StateError, UserEvent, UserState};
+use super::{Applied, LogPosition, StateError, UserEvent, UserState};
 use crate::bundle::Snapshot;
 use crate::features::UserAggregate;
 use crate::serve::metrics::Metrics;
@@ -73,6 +73,16 @@ impl UserState for EmbeddedState {
         events: Vec<UserEvent>,
     ) -> impl Future<Output = Result<Applied, StateError>> + Send {
         self.log.append(events)
+    }
+
+    /// The embedded state is fed by `RecordEvents` through its own log, never by a topic.
+    fn apply_logged(
+        &self,
+        _events: Vec<(UserEvent, LogPosition)>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send {
+        ready(Err(StateError::Unsupported {
+            what: "the embedded state does not consume an event topic: run the aggregator with --state redis://",
+        }))
     }
 
     /// One part per shard, visited in parallel on the rayon pool under the shard's read lock.

@@ -457,6 +457,16 @@ impl BundleStore {
         }
         let model_path = dir.join(MODEL);
         let model_bytes = fs::read(&model_path).map_err(io_err(&model_path))?;
+        // The bytes parsed are the bytes checked: a file swapped after the loop above checked
+        // it (a race a signature alone would not stop) is caught here.
+        let found = hex::encode(Sha256::digest(&model_bytes));
+        if manifest.files.get(MODEL) != Some(&found) {
+            return Err(BundleError::Checksum {
+                path: model_path,
+                expected: manifest.files.get(MODEL).cloned().unwrap_or_default(),
+                found,
+            });
+        }
         let scorer: Scorer =
             serde_json::from_slice(&model_bytes).map_err(|e| BundleError::Corrupt {
                 path: model_path.clone(),

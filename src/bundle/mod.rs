@@ -8,6 +8,8 @@
 //!     manifest.json         format version, ids, data fingerprint, params, feature schema,
 //!                           tier table, metrics, warnings, and the sha256 of every other file
 //!     manifest.sha256       sha256 of manifest.json
+//!     manifest.sig          when signed: the ed25519 signature of manifest.json and the key id
+//!                           (see [`signature`])
 //!     model.json            the fitted `Scorer` (scaler, centroids, churn model, calibration)
 //!     state.bin             per-user aggregates as of `as_of` (postcard), seeds the server
 //!     scores.parquet        every user scored as of `as_of`
@@ -16,7 +18,8 @@
 //!
 //! A bundle is written to `MODELS/.tmp-<version>` and renamed into place; `CURRENT` changes only
 //! after the new bundle loads and validates. Loading checks the format version and every
-//! checksum, and fails with a message saying which.
+//! checksum, and fails with a message saying which. A store given verify keys
+//! ([`BundleStore::with_verify_keys`]) also refuses a bundle that is not signed by one of them.
 
 use crate::features::{Timestamp, UserAggregate};
 use crate::io::atomic::{write_atomic, AtomicError};
@@ -28,9 +31,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub mod manifest;
+pub mod signature;
 pub use manifest::Manifest;
+pub use signature::{BundleSigner, SignatureError, SignatureFile, VerifyKeys, MANIFEST_SIG};
 
 /// Bumped whenever the on-disk layout or the meaning of a field changes.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -84,6 +90,9 @@ pub enum BundleError {
     /// `CURRENT` or `HISTORY` could not be replaced atomically.
     #[error(transparent)]
     Atomic(#[from] AtomicError),
+    /// Signing failed, or verify keys are set and the bundle is not signed by one of them.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -160,12 +169,18 @@ pub struct VersionInfo {
     /// `None` when the bundle does not load (the reason is in `problem`).
     pub created_at: Option<Timestamp>,
     pub problem: Option<String>,
+    /// The key id `manifest.sig` names (`None`: unsigned or unreadable). Verified only when the
+    /// store has verify keys (a bad signature is then a `problem`).
+    pub signed_by: Option<String>,
 }
 
 /// The models directory.
 #[derive(Debug, Clone)]
 pub struct BundleStore {
     pub root: PathBuf,
+    /// When set, [`BundleStore::load`] (and so promote, rollback and the server's loader)
+    /// refuses a bundle not signed by one of these keys.
+    verify_keys: Option<Arc<VerifyKeys>>,
 }
 
 fn valid_version_id(v: &str) -> bool {
@@ -196,8 +211,19 @@ impl PendingBundle {
         scorer: &Scorer,
         snapshot: &Snapshot,
     ) -> Result<PathBuf, BundleError> {
+        self.commit_signed(manifest, scorer, snapshot, None)
+    }
+
+    /// [`PendingBundle::commit`], signing the manifest with `signer` when given.
+    pub fn commit_signed(
+        self,
+        manifest: Manifest,
+        scorer: &Scorer,
+        snapshot: &Snapshot,
+        signer: Option<&BundleSigner>,
+    ) -> Result<PathBuf, BundleError> {
         self.write_payload(scorer, snapshot)?;
-        self.seal(manifest)
+        self.seal_signed(manifest, signer)
     }
 
     /// Writes `model.json` and `state.bin` (the model and the users' state) into the pending
@@ -224,14 +250,19 @@ impl PendingBundle {
         Ok(())
     }
 
-    /// Checksums every file written so far into the manifest, writes it, and renames the
-    /// directory into place.
-    pub(crate) fn seal(self, mut manifest: Manifest) -> Result<PathBuf, BundleError> {
+    /// Checksums every file written so far into the manifest, writes it, with a `signer` signs
+    /// it into `manifest.sig`, and renames the directory into place (a bundle appears whole and
+    /// signed, or not at all).
+    pub(crate) fn seal_signed(
+        self,
+        mut manifest: Manifest,
+        signer: Option<&BundleSigner>,
+    ) -> Result<PathBuf, BundleError> {
         let mut entries = Vec::new();
         for entry in fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
             let entry = entry.map_err(io_err(&self.tmp))?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if name != MANIFEST && name != MANIFEST_SUM {
+            if name != MANIFEST && name != MANIFEST_SUM && name != MANIFEST_SIG {
                 entries.push((name, entry.path()));
             }
         }
@@ -253,6 +284,9 @@ impl PendingBundle {
             format!("{}\n", hex::encode(Sha256::digest(&mjson))),
         )
         .map_err(io_err(&sum_path))?;
+        if let Some(signer) = signer {
+            signer.sign_dir(&self.tmp)?;
+        }
         if self.final_dir.exists() {
             return Err(BundleError::Exists(self.final_dir.clone()));
         }
@@ -272,7 +306,20 @@ impl Drop for PendingBundle {
 
 impl BundleStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        BundleStore { root: root.into() }
+        BundleStore {
+            root: root.into(),
+            verify_keys: None,
+        }
+    }
+
+    /// This store, refusing bundles not signed by one of `keys` (`None`: no check).
+    pub fn with_verify_keys(mut self, keys: Option<Arc<VerifyKeys>>) -> Self {
+        self.verify_keys = keys;
+        self
+    }
+
+    pub fn verify_keys(&self) -> Option<&VerifyKeys> {
+        self.verify_keys.as_deref()
     }
 
     pub fn dir(&self, version: &str) -> PathBuf {
@@ -320,8 +367,8 @@ impl BundleStore {
         }
     }
 
-    /// Loads and verifies a bundle: manifest checksum, format version, file checksums (state.bin
-    /// is checked when it is read), model shapes.
+    /// Loads and verifies a bundle: manifest checksum, signature (with verify keys), format
+    /// version, file checksums (state.bin is checked when it is read), model shapes.
     pub fn load(&self, version: &str) -> Result<Bundle, BundleError> {
         if !valid_version_id(version) {
             return Err(BundleError::BadVersionId(version.to_string()));
@@ -355,6 +402,10 @@ impl BundleStore {
                 expected,
                 found,
             });
+        }
+        if let Some(keys) = &self.verify_keys {
+            // Over the very bytes parsed below, so what is checked is what is used.
+            keys.verify(&dir, &mbytes)?;
         }
         // Read the format version before the rest, so a newer format says so instead of
         // failing on an unknown field.
@@ -406,6 +457,16 @@ impl BundleStore {
         }
         let model_path = dir.join(MODEL);
         let model_bytes = fs::read(&model_path).map_err(io_err(&model_path))?;
+        // The bytes parsed are the bytes checked: a file swapped after the loop above checked
+        // it (a race a signature alone would not stop) is caught here.
+        let found = hex::encode(Sha256::digest(&model_bytes));
+        if manifest.files.get(MODEL) != Some(&found) {
+            return Err(BundleError::Checksum {
+                path: model_path,
+                expected: manifest.files.get(MODEL).cloned().unwrap_or_default(),
+                found,
+            });
+        }
         let scorer: Scorer =
             serde_json::from_slice(&model_bytes).map_err(|e| BundleError::Corrupt {
                 path: model_path.clone(),
@@ -505,7 +566,12 @@ impl BundleStore {
                 Ok(b) => (Some(b.manifest.created_at), None),
                 Err(e) => (None, Some(e.to_string())),
             };
+            let signed_by = SignatureFile::read(&entry.path())
+                .ok()
+                .flatten()
+                .map(|s| s.key_id);
             out.push(VersionInfo {
+                signed_by,
                 current: current.as_deref() == Some(name.as_str()),
                 version: name,
                 created_at,

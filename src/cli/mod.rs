@@ -3,6 +3,7 @@
 mod client;
 mod client_output;
 mod generate;
+mod keys;
 mod models;
 mod quickstart;
 mod score;
@@ -41,6 +42,8 @@ enum Command {
     State(state::StateArgs),
     /// List, promote or roll back model bundles.
     Models(models::ModelsArgs),
+    /// Generate the key pair that signs model bundles.
+    Keys(keys::KeysArgs),
     /// Pull the at-risk list from a running server (CSV, JSON or a table).
     AtRisk(client::AtRiskArgs),
     /// Look one user up on a running server.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Models(args) => models::run(args),
+        Command::Keys(args) => keys::run(args),
         Command::State(args) => state::run(args),
         Command::AtRisk(args) => client::run_at_risk(args),
         Command::User(args) => client::run_user(args),

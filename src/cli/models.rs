@@ -3,10 +3,15 @@
 //! `promote` and `rollback` verify the target bundle (checksums, model, state) before they move
 //! `MODELS/CURRENT`; a running server notices the change within its poll interval (or at once on
 //! SIGHUP) and keeps serving the old model if the new one fails to load.
+//!
+//! With `--verify-key` (files or directories of `*.pub` public keys), `promote` and `rollback`
+//! refuse a bundle that is not signed by one of the keys, as a server with the same keys would,
+//! and `list` marks such bundles broken; `list` always shows the key id a bundle names.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use tiering::bundle::{BundleStore, Manifest, VersionInfo, MANIFEST};
+use std::sync::Arc;
+use tiering::bundle::{BundleStore, Manifest, VerifyKeys, VersionInfo, MANIFEST};
 use tiering::features::time::format_rfc3339;
 use unicode_width::UnicodeWidthStr;
 
@@ -15,6 +20,10 @@ pub struct ModelsArgs {
     /// The models directory (bundles, CURRENT, HISTORY).
     #[arg(long, global = true, default_value = "models", value_name = "DIR")]
     pub models: PathBuf,
+    /// Accept only bundles signed by this public key (a PEM file, or a directory of *.pub
+    /// files); repeat for several (key rotation).
+    #[arg(long, global = true, value_name = "FILE|DIR")]
+    pub verify_key: Vec<PathBuf>,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -34,7 +43,14 @@ pub enum Action {
 }
 
 pub fn run(args: ModelsArgs) -> Result<()> {
-    let store = BundleStore::new(&args.models);
+    let keys = if args.verify_key.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            VerifyKeys::load(&args.verify_key).context("reading --verify-key")?,
+        ))
+    };
+    let store = BundleStore::new(&args.models).with_verify_keys(keys);
     match args.action {
         Action::List => list(&store),
         Action::Promote { version } => {
@@ -73,6 +89,7 @@ struct Row {
     model: String,
     roc_auc: String,
     users: String,
+    signed_by: String,
     status: String,
 }
 
@@ -106,6 +123,7 @@ fn row(root: &Path, v: &VersionInfo) -> Row {
         model: m.map_or_else(dash, |m| m.metrics.chosen_model.clone()),
         roc_auc: chosen.map_or_else(dash, |c| format!("{:.4}", c.metrics.roc_auc)),
         users: m.map_or_else(dash, |m| m.data.users.to_string()),
+        signed_by: v.signed_by.clone().unwrap_or_else(|| "unsigned".into()),
         status,
     }
 }
@@ -134,9 +152,10 @@ fn list(store: &BundleStore) -> Result<()> {
         "MODEL",
         "ROC_AUC",
         "USERS",
+        "SIGNED_BY",
         "STATUS",
     ];
-    let cells = |r: &Row| -> [String; 7] {
+    let cells = |r: &Row| -> [String; 8] {
         [
             r.version.clone(),
             r.created_at.clone(),
@@ -144,10 +163,11 @@ fn list(store: &BundleStore) -> Result<()> {
             r.model.clone(),
             r.roc_auc.clone(),
             r.users.clone(),
+            r.signed_by.clone(),
             r.status.clone(),
         ]
     };
-    let table: Vec<[String; 7]> = rows.iter().map(cells).collect();
+    let table: Vec<[String; 8]> = rows.iter().map(cells).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for r in &table {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -178,6 +198,13 @@ fn list(store: &BundleStore) -> Result<()> {
             )
         }
         Some(_) => {}
+    }
+    match store.verify_keys() {
+        Some(keys) => println!(
+            "signatures verified against key ids {}",
+            keys.key_ids().join(", ")
+        ),
+        None => println!("signatures not verified (give --verify-key to check them)"),
     }
     Ok(())
 }

@@ -130,5 +130,6 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         state: Some(state),
         config: None,
         now: None,
+        verify_key: Vec::new(),
     })
 }

@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// data.
     #[arg(long, value_name = "TIME")]
     pub now: Option<String>,
+    /// Serve only model bundles signed by this public key (a PEM file from `tiering keys
+    /// generate`, or a directory of *.pub files); repeat for several (key rotation). Replaces
+    /// the configuration's `verify_key`. Without it bundles are not verified.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub verify_key: Vec<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -50,6 +55,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.now {
         config.now = Some(n);
+    }
+    if !args.verify_key.is_empty() {
+        config.verify_key = args.verify_key;
     }
     let config = config.check().context("checking the configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 use super::{parse_time, spinner};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use tiering::bundle::BundleSigner;
 use tiering::features::time::format_rfc3339;
 use tiering::features::ChurnDefinition;
 use tiering::io::read::ReadReport;
@@ -65,6 +66,11 @@ pub struct TrainArgs {
     /// to this directory, so other tools can be compared on identical features and holdout.
     #[arg(long)]
     pub export_eval: Option<PathBuf>,
+    /// Sign the bundle with the ed25519 private key in FILE (PKCS#8 PEM, as `tiering keys
+    /// generate` writes; refused if group or others may read it). Servers started with
+    /// `--verify-key` accept only signed bundles.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// The job the flags describe: the config file (or defaults), overridden by flags, checked.
@@ -93,7 +99,14 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         .map(parse_time)
         .transpose()
         .context("parsing --as-of")?;
+    let sign_key = args
+        .sign_key
+        .as_deref()
+        .map(BundleSigner::from_file)
+        .transpose()
+        .context("reading the signing key (--sign-key)")?;
     let mut job = TrainJob {
+        sign_key,
         as_of,
         export_eval: args.export_eval.clone(),
         accept_tier_changes: args.accept_tier_changes,
@@ -162,6 +175,9 @@ pub fn print_outcome(outcome: &TrainOutcome) {
         m.version,
         dir.display()
     );
+    if let Some(key_id) = &outcome.signed_by {
+        println!("signed by key {key_id} ({})", tiering::bundle::MANIFEST_SIG);
+    }
     println!(
         "data: {} events, {} users, {} to {}; scored as of {}",
         m.data.events,

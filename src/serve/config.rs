@@ -9,6 +9,7 @@
 //! state_dir = "state"
 //! now = "2024-06-01"            # quote it: a bare TOML date is not a string
 //! max_batch_size = 1000
+//! verify_key = ["keys/2026.pub", "keys/next/"]   # or one path; see `verify_key`
 //! ```
 //!
 //! Environment: `TIERING__MAX_BATCH_SIZE=500` sets `max_batch_size`; a double underscore nests
@@ -19,12 +20,14 @@
 //! clock already parsed); [`super::run`] accepts only that. Errors are [`ConfigError`], one
 //! variant per cause, naming the field or variable.
 
+use crate::bundle::{SignatureError, VerifyKeys};
 use crate::features::time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
 use crate::features::{Timestamp, DEFAULT_EARLIEST_EVENT};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a configuration was refused.
@@ -69,6 +72,9 @@ pub enum ConfigError {
     BadNow(#[source] TimeParseError),
     #[error("invalid configuration: earliest_event_time: {0}")]
     BadEarliestEventTime(#[source] TimeParseError),
+    /// A verify key file or directory is unreadable or holds no valid public key.
+    #[error("invalid configuration: verify_key: {0}")]
+    VerifyKey(#[source] SignatureError),
 }
 
 /// Prefix of the environment variables that override the configuration file.
@@ -154,6 +160,13 @@ pub struct ServeConfig {
     /// [`super::page_token`]). Unset: the `TIERING_PAGE_TOKEN_KEYS` environment variable, else a
     /// random key per process. The keys themselves are never a setting or a flag.
     pub page_token_key_file: Option<PathBuf>,
+    /// Public keys (PEM files, or directories of `*.pub` files) model bundles must be signed
+    /// by: a bundle that is unsigned, signed by another key, or changed after signing is
+    /// refused at start and at reload (the old model keeps serving). Several keys allow
+    /// rotation. A list or one path (`TIERING__VERIFY_KEY=keys/`). Empty: bundles are not
+    /// verified (logged as a warning at start).
+    #[serde(deserialize_with = "one_or_many")]
+    pub verify_key: Vec<PathBuf>,
     /// Lock shards of the user table (a power of two); more shards, less write contention.
     pub shards: usize,
     /// On SIGTERM / SIGINT, in-flight requests get this long (milliseconds) to finish; then the
@@ -188,6 +201,7 @@ impl Default for ServeConfig {
             shards: 64,
             shutdown_grace_ms: 10_000,
             page_token_key_file: None,
+            verify_key: Vec::new(),
             http2_keepalive_interval_secs: 60,
             http2_keepalive_timeout_secs: 20,
             tcp_keepalive_secs: 60,
@@ -332,10 +346,17 @@ impl ServeConfig {
         };
         let earliest_event =
             parse_earliest(&self.earliest_event_time).map_err(ConfigError::BadEarliestEventTime)?;
+        let verify_keys = if self.verify_key.is_empty() {
+            None
+        } else {
+            let keys = VerifyKeys::load(&self.verify_key).map_err(ConfigError::VerifyKey)?;
+            Some(Arc::new(keys))
+        };
         Ok(ValidServeConfig {
             config: self,
             clock,
             earliest_event,
+            verify_keys,
         })
     }
 
@@ -397,9 +418,15 @@ pub struct ValidServeConfig {
     config: ServeConfig,
     clock: Clock,
     earliest_event: Timestamp,
+    verify_keys: Option<Arc<VerifyKeys>>,
 }
 
 impl ValidServeConfig {
+    /// The keys read from `verify_key` (`None`: bundles are not verified).
+    pub fn verify_keys(&self) -> Option<Arc<VerifyKeys>> {
+        self.verify_keys.clone()
+    }
+
     /// `earliest_event_time`, parsed: events before it are refused.
     pub fn earliest_event(&self) -> Timestamp {
         self.earliest_event
@@ -421,6 +448,20 @@ impl Deref for ValidServeConfig {
     fn deref(&self) -> &ServeConfig {
         &self.config
     }
+}
+
+/// `verify_key`: one path (a string, as an environment variable gives) or a list of paths.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -543,6 +584,28 @@ mod tests {
         // A bare date is the end of that day: 2024-06-02T00:00:00Z.
         assert_eq!(cfg.state_dir(), PathBuf::from("/state"));
         assert_eq!(cfg.check().unwrap().clock(), Clock::Fixed(1_717_286_400));
+    }
+
+    #[test]
+    fn verify_key_is_one_path_or_a_list_and_a_missing_key_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("serve.toml");
+        std::fs::write(&file, "verify_key = [\"a.pub\", \"keys\"]\n").unwrap();
+        let cfg = ServeConfig::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            cfg.verify_key,
+            vec![PathBuf::from("a.pub"), PathBuf::from("keys")]
+        );
+        let cfg = ServeConfig::load(None, env(&[("TIERING__VERIFY_KEY", "/k/one.pub")])).unwrap();
+        assert_eq!(cfg.verify_key, vec![PathBuf::from("/k/one.pub")]);
+        assert!(ServeConfig::default()
+            .check()
+            .unwrap()
+            .verify_keys()
+            .is_none());
+        let e = cfg.check().unwrap_err();
+        assert!(matches!(e, ConfigError::VerifyKey(_)), "{e}");
+        assert!(e.to_string().contains("verify_key: /k/one.pub"), "{e}");
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub async fn run_with_metrics(
     let background = Background::spawn(
         &config,
         Loader::new(
-            BundleStore::new(&config.models),
+            BundleStore::new(&config.models).with_verify_keys(config.verify_keys()),
             slot.clone(),
             state.clone(),
             health.clone(),

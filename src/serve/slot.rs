@@ -5,6 +5,8 @@
 //! swapped in; readers holding the old model finish with it. A bundle that fails is logged,
 //! counted, and refused until CURRENT changes again (or SIGHUP asks for a retry) while the old
 //! model keeps serving. The first model loaded also seeds an empty state from its snapshot.
+//! With verify keys (`verify_key`) the store refuses bundles not signed by one of them; such a
+//! refusal takes the same path (logged, counted as refused, the old model keeps serving).
 //! Why a bundle was refused is a [`ModelError`].
 
 use super::error::RequestError;
@@ -173,6 +175,15 @@ impl Loader {
         health: HealthReporter,
         metrics: Arc<Metrics>,
     ) -> Self {
+        match store.verify_keys() {
+            Some(keys) => tracing::info!(
+                key_ids = %keys.key_ids().join(","),
+                "model bundles must be signed by one of the verify keys"
+            ),
+            None => tracing::warn!(
+                "model bundles are NOT verified (no verify_key / --verify-key): whoever can write to the models directory decides what is served"
+            ),
+        }
         Loader {
             store,
             slot,

@@ -7,7 +7,7 @@ use super::export::{export_eval, ExportError};
 use super::pipeline::{self, TrainError, TrainInput, Trained};
 use super::{version_id, write_bundle, WriteBundleError};
 use crate::bundle::manifest::DataInfo;
-use crate::bundle::{Bundle, BundleStore, Snapshot};
+use crate::bundle::{Bundle, BundleSigner, BundleStore, Snapshot};
 use crate::features::Timestamp;
 use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions, ReadReport};
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ pub struct TrainJob {
     /// Make the new bundle current even when the promotion gate would hold it back (more
     /// model-caused tier changes than `promotion.max_model_tier_changes`).
     pub accept_tier_changes: bool,
+    /// Sign the bundle with this key (`manifest.sig`, see [`crate::bundle::signature`]);
+    /// `None`: unsigned, as before.
+    pub sign_key: Option<BundleSigner>,
 }
 
 impl TrainJob {
@@ -47,6 +50,7 @@ impl TrainJob {
             read,
             export_eval: None,
             accept_tier_changes: false,
+            sign_key: None,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct TrainOutcome {
     /// Set when the promotion gate held the bundle back: written, not made current. The
     /// message says how many users would move between which tiers.
     pub held_back: Option<String>,
+    /// The key id the bundle is signed by (`None`: unsigned).
+    pub signed_by: Option<String>,
     pub dataset: Dataset,
     pub previous: Option<(Bundle, Snapshot)>,
     pub timings: RunTimings,
@@ -222,10 +228,13 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     progress.stage("writing the bundle");
     let write_started = Instant::now();
     let promote = held_back.is_none();
-    let bundle_dir = write_bundle(&store, &trained, promote).map_err(|source| RunError::Write {
-        models: job.models.clone(),
-        source,
-    })?;
+    let bundle_dir =
+        write_bundle(&store, &trained, promote, job.sign_key.as_ref()).map_err(|source| {
+            RunError::Write {
+                models: job.models.clone(),
+                source,
+            }
+        })?;
     let write = write_started.elapsed().as_secs_f64();
     if let (Some(dir), Some(sets)) = (&job.export_eval, &trained.eval_sets) {
         progress.stage("exporting evaluation sets");
@@ -243,6 +252,7 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
         total: started.elapsed().as_secs_f64(),
     };
     Ok(TrainOutcome {
+        signed_by: job.sign_key.as_ref().map(|k| k.key_id().to_string()),
         trained,
         bundle_dir,
         held_back,

@@ -22,10 +22,11 @@ pub use config::{ConfigError, PromotionConfig, TrainConfig, ValidTrainParams};
 pub use job::{promotion_gate, run, Progress, RunError, RunTimings, TrainJob, TrainOutcome};
 pub use pipeline::{fit, user_key, TrainError, TrainInput, Trained};
 
-use crate::bundle::{BundleError, BundleStore, REPORT, SCORES};
+use crate::bundle::{BundleError, BundleSigner, BundleStore, VerifyKeys, REPORT, SCORES};
 use crate::io::write::{ScoreWriter, WriteError};
 use crate::score::write_scores;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteBundleError {
@@ -68,10 +69,13 @@ pub(crate) fn version_id(
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
 /// into place, validates it by loading it back, and only then makes it current (when
 /// `promote`; the promotion gate may hold it back).
+/// With a `signer`, the bundle is signed, and loaded back with its public key as the verify
+/// key (a signature that does not verify is found here, not at the server).
 pub(crate) fn write_bundle(
     store: &BundleStore,
     trained: &Trained,
     promote: bool,
+    signer: Option<&BundleSigner>,
 ) -> Result<PathBuf, WriteBundleError> {
     let version = trained.manifest.version.clone();
     let pending = store.begin(&version)?;
@@ -108,7 +112,12 @@ pub(crate) fn write_bundle(
         source,
     })?;
     payload?;
-    let dir = pending.seal(trained.manifest.clone())?;
+    let dir = pending.seal_signed(trained.manifest.clone(), signer)?;
+    let own_key = signer
+        .map(|s| VerifyKeys::new([s.verifying_key()]).map(Arc::new))
+        .transpose()
+        .map_err(BundleError::from)?;
+    let store = &store.clone().with_verify_keys(own_key);
     if promote {
         store.promote(&version)?;
     } else {

@@ -540,3 +540,28 @@ async fn record_events_through_a_server_acknowledges_after_the_broker_and_unavai
     })
     .await;
 }
+
+#[test]
+fn tiering_aggregate_refuses_a_bad_events_url_and_a_state_that_consumes_no_topic() {
+    let (ok, out) = crate::helpers::tiering_cli(&[
+        "aggregate".as_ref(),
+        "--events".as_ref(),
+        "kafka://h:1".as_ref(),
+        "--state".as_ref(),
+        "redis://127.0.0.1:1".as_ref(),
+    ]);
+    assert!(!ok);
+    assert!(out.contains("--events") && out.contains("/TOPIC"), "{out}");
+    let (ok, out) = crate::helpers::tiering_cli(&[
+        "aggregate".as_ref(),
+        "--events".as_ref(),
+        "kafka://127.0.0.1:1/t".as_ref(),
+        "--state".as_ref(),
+        "/var/lib/state".as_ref(),
+    ]);
+    assert!(!ok);
+    assert!(
+        out.contains("--state /var/lib/state") && out.contains("shared state"),
+        "{out}"
+    );
+}

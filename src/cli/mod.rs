@@ -1,5 +1,6 @@
 //! Command-line front end. Each subcommand parses its flags, calls the library, and reports.
 
+mod aggregate;
 mod client;
 mod client_output;
 mod generate;
@@ -38,6 +39,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Serve tiers and churn probabilities over gRPC from MODELS/CURRENT.
     Serve(serve::ServeArgs),
+    /// Apply the Kafka event topic to the shared state (a consumer group member; feature kafka).
+    Aggregate(aggregate::AggregateArgs),
     /// Check, repair, back up or restore a server's state directory.
     State(state::StateArgs),
     /// List, promote or roll back model bundles.
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Models(args) => models::run(args),
         Command::Keys(args) => keys::run(args),
         Command::State(args) => state::run(args),
+        Command::Aggregate(args) => aggregate::run(args),
         Command::AtRisk(args) => client::run_at_risk(args),
         Command::User(args) => client::run_user(args),
     };

@@ -75,6 +75,12 @@ pub enum ConfigError {
     /// A verify key file or directory is unreadable or holds no valid public key.
     #[error("invalid configuration: verify_key: {0}")]
     VerifyKey(#[source] SignatureError),
+    /// `events` is not `kafka://BROKER[,BROKER...]/TOPIC`; `why` says which part is wrong.
+    #[error("invalid configuration: events: {why}, got {got:?} (expected kafka://BROKER[,BROKER...]/TOPIC)")]
+    BadEvents { got: String, why: &'static str },
+    /// `events` names Kafka, but this binary was built without the `kafka` feature.
+    #[error("invalid configuration: events: {got:?} needs the `kafka` feature, and this binary was built without it (cargo build --features kafka)")]
+    KafkaNotBuilt { got: String },
 }
 
 /// Prefix of the environment variables that override the configuration file.
@@ -173,6 +179,16 @@ pub struct ServeConfig {
     /// remaining connections are dropped (a client that never sends its request body cannot
     /// hold the shutdown), the final snapshot is written, and the server exits 0.
     pub shutdown_grace_ms: u64,
+    /// Where RecordEvents' accepted events go: unset, they are applied to the local state (the
+    /// default); `kafka://BROKER1:9092,BROKER2:9092/TOPIC` produces them to a Kafka topic keyed
+    /// by user id, and an aggregator (`tiering aggregate`) applies them to the shared state.
+    /// Needs a binary built with `--features kafka`.
+    pub events: Option<String>,
+    /// With `events`: milliseconds the broker has to acknowledge a RecordEvents batch
+    /// (librdkafka's `message.timeout.ms`, retries included); UNAVAILABLE after it.
+    pub events_timeout_ms: u64,
+    /// With `events`: milliseconds the producer waits to fill a batch (`linger.ms`).
+    pub events_linger_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -210,6 +226,9 @@ impl Default for ServeConfig {
             max_connection_age_grace_secs: 60,
             max_connections: 0,
             fd_reserve: 64,
+            events: None,
+            events_timeout_ms: 10_000,
+            events_linger_ms: 5,
         }
     }
 }
@@ -352,11 +371,19 @@ impl ServeConfig {
             let keys = VerifyKeys::load(&self.verify_key).map_err(ConfigError::VerifyKey)?;
             Some(Arc::new(keys))
         };
+        let events = match &self.events {
+            None => None,
+            Some(url) => Some(EventsTarget::parse(url)?),
+        };
+        if events.is_some() && self.events_timeout_ms == 0 {
+            out_of_range("events_timeout_ms", "at least 1", 0)?;
+        }
         Ok(ValidServeConfig {
             config: self,
             clock,
             earliest_event,
             verify_keys,
+            events,
         })
     }
 
@@ -419,6 +446,56 @@ pub struct ValidServeConfig {
     clock: Clock,
     earliest_event: Timestamp,
     verify_keys: Option<Arc<VerifyKeys>>,
+    events: Option<EventsTarget>,
+}
+
+/// A parsed `kafka://BROKER[,BROKER...]/TOPIC`: the event topic and its brokers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsTarget {
+    /// `host:port,host:port` (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    pub topic: String,
+}
+
+impl EventsTarget {
+    /// Parses `kafka://BROKER[,BROKER...]/TOPIC`. A Kafka topic name is 1 to 249 characters of
+    /// `[a-zA-Z0-9._-]`. Refused with [`ConfigError::KafkaNotBuilt`] when the binary has no
+    /// Kafka client.
+    pub fn parse(url: &str) -> Result<EventsTarget, ConfigError> {
+        let bad = |why| ConfigError::BadEvents {
+            got: url.to_string(),
+            why,
+        };
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("the scheme must be kafka://"))?;
+        let (brokers, topic) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no /TOPIC after the brokers"))?;
+        if brokers.is_empty() || brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err(bad("an empty broker address"));
+        }
+        let topic_ok = (1..=249).contains(&topic.len())
+            && topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && topic != "."
+            && topic != "..";
+        if !topic_ok {
+            return Err(bad(
+                "the topic must be 1 to 249 characters of [a-zA-Z0-9._-]",
+            ));
+        }
+        if !cfg!(feature = "kafka") {
+            return Err(ConfigError::KafkaNotBuilt {
+                got: url.to_string(),
+            });
+        }
+        Ok(EventsTarget {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+        })
+    }
 }
 
 impl ValidServeConfig {
@@ -435,6 +512,11 @@ impl ValidServeConfig {
     /// The clock: pinned by `now`, else the wall clock.
     pub fn clock(&self) -> Clock {
         self.clock
+    }
+
+    /// `events`, parsed: `None` applies RecordEvents to the local state.
+    pub fn events(&self) -> Option<&EventsTarget> {
+        self.events.as_ref()
     }
 
     pub(crate) fn model_poll(&self) -> Duration {
@@ -641,5 +723,38 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(cfg.check(), Err(ConfigError::BadNow(_))));
+    }
+
+    #[test]
+    fn an_events_url_is_parsed_once_and_a_malformed_one_names_the_setting() {
+        for (url, why) in [
+            ("redis://h:1/t", "scheme"),
+            ("kafka://h:1", "/TOPIC"),
+            ("kafka://h:1,/t", "empty broker"),
+            ("kafka:///t", "empty broker"),
+            ("kafka://h:1/a b", "topic"),
+            ("kafka://h:1/", "topic"),
+        ] {
+            let e = EventsTarget::parse(url).unwrap_err();
+            assert!(matches!(e, ConfigError::BadEvents { .. }), "{url}: {e}");
+            assert!(
+                e.to_string().contains("events:") && e.to_string().contains(why),
+                "{e}"
+            );
+        }
+        let cfg = ServeConfig {
+            events: Some("kafka://a:9092,b:9092/tiering.events".into()),
+            ..Default::default()
+        };
+        let checked = cfg.check();
+        if cfg!(feature = "kafka") {
+            let target = checked.unwrap().events().cloned().unwrap();
+            assert_eq!(target.brokers, "a:9092,b:9092");
+            assert_eq!(target.topic, "tiering.events");
+        } else {
+            let e = checked.unwrap_err();
+            assert!(e.to_string().contains("`kafka` feature"), "{e}");
+        }
+        assert_eq!(ServeConfig::default().check().unwrap().events(), None);
     }
 }

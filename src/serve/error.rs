@@ -11,6 +11,7 @@
 //! meets one reports INTERNAL, a start-up that meets one stops.
 
 use super::config::ConfigError;
+use super::events::EventsError;
 use super::state::StateError;
 use std::net::SocketAddr;
 
@@ -49,6 +50,19 @@ pub enum RequestError {
     /// The blocking task that ran the at-risk scan died (a panic).
     #[error("internal error: at-risk scan: {0}")]
     ScanTask(#[source] tokio::task::JoinError),
+    /// The event topic did not take the events (UNAVAILABLE when the broker did not
+    /// acknowledge them, INTERNAL otherwise).
+    #[error(transparent)]
+    Events(EventsError),
+}
+
+impl From<EventsError> for RequestError {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::State(s) => RequestError::State(s),
+            e => RequestError::Events(e),
+        }
+    }
 }
 
 impl RequestError {
@@ -71,7 +85,10 @@ impl RequestError {
             RequestError::ModelChanged(_) => Code::Aborted,
             RequestError::State(StateError::LogFull { .. }) => Code::ResourceExhausted,
             RequestError::State(StateError::LogWriteFailed { .. }) => Code::Unavailable,
-            RequestError::State(_) | RequestError::ScanTask(_) => Code::Internal,
+            RequestError::Events(e) if e.is_unavailable() => Code::Unavailable,
+            RequestError::State(_) | RequestError::ScanTask(_) | RequestError::Events(_) => {
+                Code::Internal
+            }
         }
     }
 }
@@ -156,4 +173,7 @@ pub enum ServeError {
     OpenTask(#[source] tokio::task::JoinError),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The event topic's producer could not be created (`events`).
+    #[error("events: {0}")]
+    Events(#[source] EventsError),
 }

@@ -36,12 +36,15 @@
 //! background tasks stop, and a final snapshot is written.
 
 pub(crate) mod admission;
+#[cfg(feature = "kafka")]
+pub mod aggregator;
 pub mod at_risk;
 pub mod config;
 pub mod connections;
 pub mod convert;
 pub(crate) mod drift;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod page_token;
 pub mod service;
@@ -95,6 +98,7 @@ pub async fn run_with_metrics(
     let metrics = Arc::new(metrics::Metrics::new()?);
     let token_keys = Arc::new(load_token_keys(&config)?);
     let state = Arc::new(open_state(&config, metrics.clone()).await?);
+    let sink = Arc::new(open_sink(&config)?);
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
@@ -133,12 +137,18 @@ pub async fn run_with_metrics(
         metrics_listener.map(|l| (l, metrics.clone())),
         stop_rx,
     );
-    let tiering =
-        crate::pb::tiering_server::TieringServer::new(service::TieringService::new(Arc::new(
-            context(&config, slot, state.clone(), metrics.clone(), token_keys),
-        )))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let tiering = crate::pb::tiering_server::TieringServer::new(service::TieringService::new(
+        Arc::new(context(
+            &config,
+            slot,
+            state.clone(),
+            sink.clone(),
+            metrics.clone(),
+            token_keys,
+        )),
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
@@ -185,6 +195,7 @@ pub async fn run_with_metrics(
     background.join().await;
     let _ = writes_health.await;
     let _ = drift.await;
+    sink.close(Duration::from_millis(config.events_timeout_ms));
     // A failed final snapshot (a full disk) loses nothing: the log keeps every acknowledged
     // event and the next start replays it. So it is logged, and the exit stays clean.
     match state.shutdown().await {
@@ -298,6 +309,7 @@ fn context(
     config: &ValidServeConfig,
     model: Arc<ModelSlot>,
     state: Arc<StateBackend>,
+    sink: Arc<events::EventSink>,
     metrics: Arc<metrics::Metrics>,
     token_keys: Arc<page_token::TokenKeys>,
 ) -> service::Context {
@@ -317,8 +329,22 @@ fn context(
         at_risk_streams: Arc::new(tokio::sync::Semaphore::new(config.max_open_at_risk_streams)),
         model,
         state,
+        sink,
         metrics,
     }
+}
+
+/// Where RecordEvents' events go (`events`): the local state, or the Kafka topic.
+fn open_sink(config: &ValidServeConfig) -> Result<events::EventSink, ServeError> {
+    let opts = events::SinkOptions {
+        timeout: Duration::from_millis(config.events_timeout_ms),
+        linger: Duration::from_millis(config.events_linger_ms),
+    };
+    let sink = events::EventSink::open(config.events(), opts).map_err(ServeError::Events)?;
+    if let Some(t) = config.events() {
+        tracing::info!(brokers = %t.brokers, topic = %t.topic, "RecordEvents produces to the event topic");
+    }
+    Ok(sink)
 }
 
 /// `Some(n seconds)`, or `None` for 0 (off).

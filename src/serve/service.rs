@@ -7,6 +7,7 @@ use super::at_risk;
 use super::config::Clock;
 use super::convert::{self, EventRules, PageLimits};
 use super::error::RequestError;
+use super::events::{self, EventSink};
 use super::metrics::{Metrics, Rpc};
 use super::page_token::TokenKeys;
 use super::slot::{LiveModel, ModelSlot};
@@ -17,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
@@ -39,6 +40,8 @@ pub struct Context {
     pub clock: Clock,
     pub model: Arc<ModelSlot>,
     pub state: Arc<StateBackend>,
+    /// Where RecordEvents' events go: the local state, or the event topic.
+    pub sink: Arc<EventSink>,
     pub metrics: Arc<Metrics>,
     /// One permit per ListAtRiskUsers answer being computed or streamed
     /// (`max_open_at_risk_streams`).
@@ -91,6 +94,30 @@ fn deadline<T>(req: &Request<T>) -> Result<RequestDeadline, RequestError> {
         return Err(RequestError::DeadlineExceeded);
     }
     Ok(d)
+}
+
+/// Request metadata asking RecordEvents (topic mode) to wait until its events are applied.
+pub const WAIT_APPLIED_HEADER: &str = "tiering-wait-applied-ms";
+/// Longest wait [`WAIT_APPLIED_HEADER`] may ask for.
+const MAX_WAIT_APPLIED: Duration = Duration::from_secs(30);
+
+/// The wait [`WAIT_APPLIED_HEADER`] asks for (capped, and ending a little before the request's
+/// deadline); `None` when absent, zero or not a number.
+fn wait_applied_ms<T>(req: &Request<T>, dl: RequestDeadline) -> Option<Duration> {
+    let ms: u64 = req
+        .metadata()
+        .get(WAIT_APPLIED_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut within = Duration::from_millis(ms).min(MAX_WAIT_APPLIED);
+    if let Some(end) = dl.0 {
+        let left = end.saturating_duration_since(Instant::now());
+        within = within.min(left.saturating_sub(Duration::from_millis(20)));
+    }
+    (!within.is_zero()).then_some(within)
 }
 
 /// Sets a flag when dropped: tells a blocking scan that nobody waits for it any more.
@@ -255,10 +282,36 @@ impl proto::tiering_server::Tiering for TieringService {
             if dl.passed() {
                 return Err(RequestError::DeadlineExceeded);
             }
-            let applied = self.ctx.state.apply(events).await?;
+            let wait = wait_applied_ms(&req, dl);
+            let users: Vec<String> = match wait {
+                Some(_) => events.iter().map(|e| e.user_id.clone()).collect(),
+                None => Vec::new(),
+            };
+            let recorded = self.ctx.sink.record(&*self.ctx.state, events).await?;
+            let applied = match wait {
+                _ if self.ctx.sink.is_local() => true,
+                None => false,
+                Some(within) => {
+                    let produced: Vec<(&str, _)> = users
+                        .iter()
+                        .map(String::as_str)
+                        .zip(recorded.positions.iter().copied())
+                        .collect();
+                    events::wait_applied(&*self.ctx.state, &produced, within).await?
+                }
+            };
             Ok(proto::RecordEventsResponse {
-                accepted: applied.accepted,
-                new_users: applied.new_users,
+                accepted: recorded.applied.accepted,
+                new_users: recorded.applied.new_users,
+                positions: recorded
+                    .positions
+                    .iter()
+                    .map(|p| proto::LogPosition {
+                        partition: p.partition,
+                        offset: p.offset,
+                    })
+                    .collect(),
+                applied,
             })
         }
         .await;

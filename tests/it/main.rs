@@ -8,6 +8,8 @@ mod grpc_server;
 mod helpers;
 mod hostile_clients;
 mod signed_bundles;
+#[cfg(feature = "kafka")]
+mod kafka_events;
 mod stability;
 mod storage_faults;
 mod train_e2e;

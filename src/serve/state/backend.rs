@@ -50,6 +50,15 @@ impl UserState for StateBackend {
         }
     }
 
+    fn applied_position(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<LogPosition>, StateError>> + Send {
+        match self {
+            StateBackend::Embedded(s) => s.applied_position(id),
+        }
+    }
+
     fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
     where
         T: Send,

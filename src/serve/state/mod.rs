@@ -118,6 +118,14 @@ pub trait UserState: Send + Sync {
         events: Vec<(UserEvent, LogPosition)>,
     ) -> impl Future<Output = Result<Applied, StateError>> + Send;
 
+    /// The position of the last topic event applied to user `id` (its watermark), for a caller
+    /// waiting to read its own events (`RecordEvents.wait_applied_ms`); `None` for a user with
+    /// none, and always `None` from a backend that does not consume a topic (embedded).
+    fn applied_position(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<LogPosition>, StateError>> + Send;
+
     /// Visits every user, part by part (possibly in parallel): `visit` gets one part's users and
     /// returns what it keeps of them; the results come back one per part. Blocking: call it
     /// from a blocking thread.

@@ -85,6 +85,14 @@ impl UserState for EmbeddedState {
         }))
     }
 
+    /// Always `None`: the embedded state applies RecordEvents directly, never a topic.
+    fn applied_position(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = Result<Option<LogPosition>, StateError>> + Send {
+        ready(Ok(None))
+    }
+
     /// One part per shard, visited in parallel on the rayon pool under the shard's read lock.
     fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
     where

@@ -1,0 +1,73 @@
+//! `tiering aggregate --events kafka://BROKERS/TOPIC --state redis://HOST:PORT --group NAME`:
+//! one member of the consumer group that applies the event topic to the shared state (see
+//! `tiering::serve::aggregator`). SIGINT/SIGTERM stop it after the batch in hand.
+//!
+//! A subcommand of its own rather than `tiering serve --consume`: the aggregator needs no
+//! model, no gRPC listener and no local state directory, and it scales with the topic's
+//! partitions (at most one busy member per partition), not with read traffic; a serving
+//! replica stays stateless and can be rolled without a consumer-group rebalance.
+
+#[derive(Debug, clap::Args)]
+pub struct AggregateArgs {
+    /// The event topic: kafka://BROKER1:9092,BROKER2:9092/TOPIC.
+    #[arg(long, value_name = "URL")]
+    pub events: String,
+    /// The shared state the events are applied to: redis://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub state: String,
+    /// The consumer group; every aggregator of one state shares it.
+    #[arg(long, value_name = "NAME", default_value = "tiering-aggregator")]
+    pub group: String,
+    /// Most records in one batch (one state write, one offset commit).
+    #[arg(long, default_value_t = 1000)]
+    pub max_batch: usize,
+    /// Longest a batch waits to fill, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub max_wait_ms: u64,
+}
+
+#[cfg(not(feature = "kafka"))]
+pub fn run(_args: AggregateArgs) -> anyhow::Result<()> {
+    anyhow::bail!("tiering aggregate needs the `kafka` feature, and this binary was built without it (cargo build --features kafka)")
+}
+
+#[cfg(feature = "kafka")]
+pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tiering::serve::aggregator::{Aggregator, AggregatorConfig, AggregatorMetrics};
+    use tiering::serve::config::EventsTarget;
+
+    let target = EventsTarget::parse(&args.events).context("--events")?;
+    let mut config = AggregatorConfig::new(target, args.group);
+    config.max_batch = args.max_batch.max(1);
+    config.max_wait = Duration::from_millis(args.max_wait_ms);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let state = open_shared_state(&args.state).await?;
+        let metrics = Arc::new(AggregatorMetrics::new()?);
+        let aggregator = Aggregator::connect(config, metrics.clone())?;
+        eprintln!("tiering: aggregating {} into {}", args.events, args.state);
+        let totals = aggregator
+            .run(&state, super::serve::shutdown_signal())
+            .await?;
+        eprintln!(
+            "tiering: aggregator stopped: {} batches, {} events applied, {} skipped (redelivered), {} undecodable",
+            totals.batches, totals.applied, totals.skipped, totals.undecodable
+        );
+        Ok(())
+    })
+}
+
+/// The shared state backend named by `--state`. The Redis backend plugs in here (issue 10's
+/// `--state redis://`); until it is merged no backend here consumes a topic.
+#[cfg(feature = "kafka")]
+async fn open_shared_state(url: &str) -> anyhow::Result<tiering::serve::state::StateBackend> {
+    anyhow::bail!(
+        "--state {url}: the aggregator applies events to a shared state (redis://HOST:PORT), and this build has no shared backend yet; the embedded state does not consume a topic"
+    )
+}

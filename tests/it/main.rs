@@ -7,9 +7,9 @@ mod cli_clients;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
-mod signed_bundles;
 #[cfg(feature = "kafka")]
 mod kafka_events;
+mod signed_bundles;
 mod stability;
 mod storage_faults;
 mod train_e2e;

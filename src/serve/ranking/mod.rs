@@ -253,3 +253,64 @@ pub async fn refresh(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{EventKind, LifecycleStage};
+
+    fn query() -> AtRiskQuery {
+        AtRiskQuery {
+            min_probability: 0.5,
+            tiers: Some(vec![false, true]),
+            stages: None,
+            limit: 10,
+            as_of: 0,
+            after: None,
+            filter_hash: 0,
+            order: Order::ChurnDescending,
+            pinned: None,
+        }
+    }
+
+    fn score(p: f64, tier: u16, stage: LifecycleStage) -> Score {
+        Score {
+            churn_probability: p,
+            tier,
+            lifecycle_stage: stage,
+            ..Score::default()
+        }
+    }
+
+    #[test]
+    fn filters_test_the_probability_floor_tiers_and_stages() {
+        let mut q = query();
+        assert!(matches(&q, &score(0.5, 1, LifecycleStage::Silent)));
+        assert!(!matches(&q, &score(0.49, 1, LifecycleStage::Silent)));
+        assert!(!matches(&q, &score(0.9, 0, LifecycleStage::Silent)));
+        assert!(
+            !matches(&q, &score(0.9, 7, LifecycleStage::Silent)),
+            "unknown tier"
+        );
+        let mut stages = [false; LifecycleStage::ALL.len()];
+        stages[LifecycleStage::Churned as usize] = true;
+        q.stages = Some(stages);
+        assert!(!matches(&q, &score(0.9, 1, LifecycleStage::Silent)));
+        assert!(matches(&q, &score(0.9, 1, LifecycleStage::Churned)));
+    }
+
+    #[test]
+    fn touched_users_are_each_named_once() {
+        let ev = |u: &str| UserEvent {
+            user_id: u.into(),
+            ts: 0,
+            kind: EventKind::Like,
+            amount: 0.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        };
+        let got = touched_users(&[ev("b"), ev("a"), ev("b")]);
+        assert_eq!(got, ["a", "b"]);
+    }
+}

@@ -27,6 +27,9 @@
 //! BatchGetUserTiers of 100 and 1,000 ids at c = 4; and, ours only, ListAtRiskUsers (a page of
 //! 100 and of 1,000 over the full million, min probability 0.5) at c = 1.
 //!
+//! Then, ours only, at-risk paging through the ranking (see [`at_risk_walk`]): the first page
+//! right after SERVING (the first build), later first pages, and 20 later pages of 1,000.
+//!
 //! # Durability
 //! RecordEvents (a `like` by a random known user a minute before the clock), 1 event per request
 //! at c = 1, 16, 64 and 100 per request at c = 16, first against our server with the write-ahead
@@ -171,6 +174,8 @@ fn run() -> Result<()> {
     log(format!(
         "in-process server ready with {held} users in {ready_secs:.1} s"
     ));
+    let at_risk = client_rt.block_on(at_risk_walk(ours.addr, 20))?;
+    log(at_risk.clone());
     let echo = server_rt.block_on(Echo::start(sample))?;
 
     // 6. Load: reads and writes, the log not fsynced.
@@ -224,7 +229,8 @@ fn run() -> Result<()> {
         stop_secs,
         restart_secs,
     };
-    let report = report(&results, &run, &mem_small, &mem_big, &table);
+    let mut report = report(&results, &run, &mem_small, &mem_big, &table);
+    report.push_str(&at_risk);
     println!("{report}");
     let out = tmp_root
         .parent()
@@ -234,6 +240,77 @@ fn run() -> Result<()> {
     std::fs::write(&out, &report)?;
     log(format!("written to {}", out.display()));
     Ok(())
+}
+
+/// One ListAtRiskUsers page: (users, next token).
+async fn at_risk_page(
+    c: &mut TieringClient<Channel>,
+    req: proto::ListAtRiskUsersRequest,
+) -> Result<(u64, String)> {
+    let mut stream = c.list_at_risk_users(req).await?.into_inner();
+    let (mut n, mut token) = (0u64, String::new());
+    while let Some(u) = stream.message().await? {
+        n += 1;
+        if !u.next_page_token.is_empty() {
+            token = u.next_page_token;
+        }
+    }
+    Ok((n, token))
+}
+
+/// ListAtRiskUsers through the incrementally maintained ranking, pages of 1,000 over every user:
+/// the first page right after SERVING (it waits for the first build, so it measures the build:
+/// one scan scoring every user, a sort, the tree), then 5 more first pages, then a walk of
+/// `pages` later pages following the tokens. Returns a report section.
+async fn at_risk_walk(addr: SocketAddr, pages: usize) -> Result<String> {
+    let mut c = client(addr).await?;
+    let req = proto::ListAtRiskUsersRequest {
+        limit: 1000,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (_, mut token) = at_risk_page(&mut c, req.clone()).await?;
+    let build = t.elapsed();
+    let mut firsts = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        at_risk_page(&mut c, req.clone()).await?;
+        firsts.push(t.elapsed());
+    }
+    let mut later = Vec::new();
+    while later.len() < pages && !token.is_empty() {
+        let t = Instant::now();
+        let (_, next) = at_risk_page(
+            &mut c,
+            proto::ListAtRiskUsersRequest {
+                page_token: token,
+                ..req.clone()
+            },
+        )
+        .await?;
+        later.push(t.elapsed());
+        token = next;
+    }
+    let ms = |v: &mut Vec<Duration>| {
+        v.sort();
+        let f = |d: Duration| d.as_secs_f64() * 1e3;
+        match (v.first(), v.get(v.len() / 2), v.last()) {
+            (Some(a), Some(m), Some(b)) => format!("{:.1} / {:.1} / {:.1}", f(*a), f(*m), f(*b)),
+            _ => "-".into(),
+        }
+    };
+    Ok(format!(
+        "\n### At-risk paging (ranking), pages of 1,000, every user\n\n\
+         | what | ms (min / median / max) |\n|---|---|\n\
+         | first page right after SERVING (waits for the first build) | {:.1} |\n\
+         | first page (ranking built) ×{} | {} |\n\
+         | later pages (following tokens) ×{} | {} |\n",
+        build.as_secs_f64() * 1e3,
+        firsts.len(),
+        ms(&mut firsts),
+        later.len(),
+        ms(&mut later)
+    ))
 }
 
 /// Generates [`TRAIN_USERS`] users and trains a bundle on them with the real binary; returns

@@ -1,5 +1,8 @@
-//! The at-risk list: every user scored as of one time, filtered, ordered by churn probability
-//! (highest first, ties by user id), one page at a time.
+//! The at-risk query, and the full scan that answers it by scoring every user.
+//!
+//! The server answers ListAtRiskUsers from the incrementally maintained ranking
+//! ([`super::ranking`]); [`scan`] is the reference it must equal (a full rescan at one `as_of`),
+//! kept for tests and for checking a ranking against the state.
 //!
 //! The state is visited through [`UserState::scan`], part by part (the embedded backend's shards,
 //! in parallel on the rayon pool); each part keeps only its best `limit + 1` candidates after
@@ -10,6 +13,7 @@
 //! events stay the same (a user whose events arrive mid-pagination may move).
 
 use super::error::RequestError;
+use super::page_token::{Order, VersionId};
 use super::state::UserState;
 use crate::features::{LifecycleStage, Timestamp};
 use crate::model::{Score, Scorer};
@@ -29,6 +33,11 @@ pub struct AtRiskQuery {
     pub after: Option<(f64, String)>,
     /// Identifies the filters, so a token cannot be replayed against other ones.
     pub filter_hash: u64,
+    /// The ordering walked.
+    pub order: Order,
+    /// The ranking version a later page continues in (from its page token); `None`: a first
+    /// page.
+    pub pinned: Option<VersionId>,
 }
 
 /// One page: users with their scores, best first, and whether more match after it.

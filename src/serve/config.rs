@@ -189,6 +189,18 @@ pub struct ServeConfig {
     pub events_timeout_ms: u64,
     /// With `events`: milliseconds the producer waits to fill a batch (`linger.ms`).
     pub events_linger_ms: u64,
+    /// The at-risk ranking is rebuilt from every user this often (seconds; scores drift with
+    /// time), and after each model swap. See [`super::ranking`].
+    pub ranking_rebuild_secs: u64,
+    /// A ListAtRiskUsers first page reuses the newest ranking version when it is younger than
+    /// this (milliseconds), so a first page's figures may lag events by up to this much.
+    pub ranking_publish_ms: u64,
+    /// Most ranking versions kept (memory: at worst one copy of the ranking each); a walk whose
+    /// version is evicted gets ABORTED (start again).
+    pub ranking_max_versions: usize,
+    /// A page token is honoured for this long (seconds) after its ranking version was
+    /// published; then ABORTED (start again). A walk starts from a version at most half this old.
+    pub page_token_max_age_secs: u64,
 }
 
 impl Default for ServeConfig {
@@ -216,6 +228,10 @@ impl Default for ServeConfig {
             wal_fsync: true,
             shards: 64,
             shutdown_grace_ms: 10_000,
+            ranking_rebuild_secs: 300,
+            ranking_publish_ms: 30_000,
+            ranking_max_versions: 32,
+            page_token_max_age_secs: 900,
             page_token_key_file: None,
             verify_key: Vec::new(),
             http2_keepalive_interval_secs: 60,
@@ -339,6 +355,7 @@ impl ServeConfig {
             )?;
         }
         self.check_transport()?;
+        self.check_ranking()?;
         if self.max_open_at_risk_streams == 0 {
             out_of_range(
                 "max_open_at_risk_streams",
@@ -385,6 +402,39 @@ impl ServeConfig {
             verify_keys,
             events,
         })
+    }
+
+    /// The at-risk ranking's settings (part of [`ServeConfig::check`]).
+    fn check_ranking(&self) -> Result<(), ConfigError> {
+        let out_of_range = |field: &'static str, rule: &str, got: u64| -> Result<(), ConfigError> {
+            Err(ConfigError::OutOfRange {
+                field,
+                rule: rule.to_string(),
+                got: got.to_string(),
+            })
+        };
+        if self.ranking_rebuild_secs == 0 {
+            out_of_range(
+                "ranking_rebuild_secs",
+                "at least 1",
+                self.ranking_rebuild_secs,
+            )?;
+        }
+        if self.ranking_max_versions == 0 || self.ranking_max_versions > 4096 {
+            out_of_range(
+                "ranking_max_versions",
+                "in 1..=4096",
+                self.ranking_max_versions as u64,
+            )?;
+        }
+        if self.page_token_max_age_secs == 0 {
+            out_of_range(
+                "page_token_max_age_secs",
+                "at least 1",
+                self.page_token_max_age_secs,
+            )?;
+        }
+        Ok(())
     }
 
     /// The transport's settings (part of [`ServeConfig::check`]).

@@ -3,7 +3,7 @@
 
 use super::at_risk::AtRiskQuery;
 use super::error::{quote, RequestError};
-use super::page_token::{PageToken, TokenKeys};
+use super::page_token::{Order, PageToken, TokenKeys, VersionId};
 use super::slot::LiveModel;
 use super::state::UserEvent;
 use crate::features::hash::fnv1a64;
@@ -399,9 +399,8 @@ pub(crate) fn at_risk_query(
         st.dedup();
         fnv1a64(format!("{}|{}|{}", p.to_bits(), tier_ids.join(","), st.join(",")).as_bytes())
     };
-    let model_hash = fnv1a64(model.version.as_bytes());
-    let (as_of, after) = if req.page_token.is_empty() {
-        (now, None)
+    let (as_of, after, pinned) = if req.page_token.is_empty() {
+        (now, None, None)
     } else {
         let t = PageToken::decode(&req.page_token, keys)
             .map_err(|e| RequestError::invalid("page_token", e.to_string()))?;
@@ -411,10 +410,11 @@ pub(crate) fn at_risk_query(
                 "the token was issued for other filters (keep min_churn_probability, tier_ids and lifecycle_stages unchanged while paging)",
             ));
         }
-        if t.model_hash != model_hash {
-            return Err(RequestError::ModelChanged(model.version.clone()));
-        }
-        (t.as_of, Some((t.last_probability, t.last_user)))
+        (
+            t.as_of,
+            Some((t.last_probability, t.last_user)),
+            Some(t.version),
+        )
     };
     Ok(AtRiskQuery {
         min_probability: p,
@@ -424,22 +424,25 @@ pub(crate) fn at_risk_query(
         as_of,
         after,
         filter_hash,
+        order: Order::ChurnDescending,
+        pinned,
     })
 }
 
-/// The token that continues after `last` (the page's final user).
+/// The token that continues after `last` (the page's final user) in the page's version.
 pub fn next_page_token(
     q: &AtRiskQuery,
-    model: &LiveModel,
+    page: (VersionId, Timestamp),
     last: (&str, f64),
     keys: &TokenKeys,
 ) -> String {
     PageToken {
-        as_of: q.as_of,
+        as_of: page.1,
         last_probability: last.1,
         last_user: last.0.to_string(),
         filter_hash: q.filter_hash,
-        model_hash: fnv1a64(model.version.as_bytes()),
+        order: q.order,
+        version: page.0,
     }
     .encode(keys)
 }

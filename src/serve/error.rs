@@ -39,15 +39,20 @@ pub enum RequestError {
     TooManyStreams,
     #[error("the request's deadline passed before it was processed")]
     DeadlineExceeded,
-    /// The live model changed between two pages of one pagination (the scores moved).
-    #[error(
-        "page_token: the model changed to {0} during pagination; start again from the first page"
-    )]
-    ModelChanged(String),
+    /// The ranking version a page token pins is no longer held (expired, evicted, or another
+    /// process's): ABORTED, start the walk again (as clients did when a model swap aborted one).
+    #[error("page_token: the ranking version this walk started from is no longer held (versions live {max_age_secs} s and at most {max_versions} are kept; or the server restarted); start again from the first page")]
+    PageVersionGone {
+        max_age_secs: u64,
+        max_versions: usize,
+    },
+    /// The first at-risk ranking is still being built when the request's deadline passes.
+    #[error("the at-risk ranking is still being built (the server started recently); retry")]
+    RankingNotBuilt,
     /// The user state could not answer or accept the request.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The blocking task that ran the at-risk scan died (a panic).
+    /// The blocking task that ran the at-risk scan or ranking build died (a panic).
     #[error("internal error: at-risk scan: {0}")]
     ScanTask(#[source] tokio::task::JoinError),
     /// The event topic did not take the events (UNAVAILABLE when the broker did not
@@ -82,7 +87,8 @@ impl RequestError {
             RequestError::NoModel => Code::Unavailable,
             RequestError::TooMany { .. } | RequestError::TooManyStreams => Code::ResourceExhausted,
             RequestError::DeadlineExceeded => Code::DeadlineExceeded,
-            RequestError::ModelChanged(_) => Code::Aborted,
+            RequestError::PageVersionGone { .. } => Code::Aborted,
+            RequestError::RankingNotBuilt => Code::Unavailable,
             RequestError::State(StateError::LogFull { .. }) => Code::ResourceExhausted,
             RequestError::State(StateError::LogWriteFailed { .. }) => Code::Unavailable,
             RequestError::Events(e) if e.is_unavailable() => Code::Unavailable,

@@ -13,8 +13,10 @@
 //! - [`state`] — the user state behind the [`state::UserState`] trait; [`state::embedded`] is
 //!   the in-memory table with its write-ahead log and snapshots.
 //! - [`slot`] — the live model slot, bundle loading and validation, CURRENT watching, swaps.
-//! - [`at_risk`] — the at-risk scan (over any state backend) with top-k selection and page
-//!   tokens.
+//! - [`ranking`] — the at-risk ranking ListAtRiskUsers pages through: maintained incrementally
+//!   from RecordEvents, rebuilt on a schedule and after model swaps, published as immutable
+//!   versions that page tokens pin.
+//! - [`at_risk`] — the at-risk query, and the full scan (the reference the ranking equals).
 //! - [`page_token`] — HMAC-signed page tokens and their keys (file or environment).
 //! - [`admission`] — request ids, request bodies, deadlines and bounded concurrency (a tower layer).
 //! - [`connections`] — the accept loop: connection cap below the descriptor limit, accept
@@ -23,7 +25,8 @@
 //! - [`error`] — [`RequestError`] with its one `From<RequestError> for tonic::Status` table, and
 //!   [`ServeError`] for start-up.
 //!
-//! Imports point down: `service` → `convert` → `at_risk` → `state`; `slot` → `state`.
+//! Imports point down: `service` → `convert` → `at_risk` → `state`; `service` → `ranking` →
+//! `state`, `slot`; `slot` → `state`.
 //!
 //! # Lifecycle
 //!
@@ -47,6 +50,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod page_token;
+pub mod ranking;
 pub mod service;
 pub(crate) mod slot;
 pub mod state;
@@ -124,6 +128,7 @@ pub async fn run_with_metrics(
         config.clock(),
         stop_rx.clone(),
     );
+    let (ranking, refresh) = ranking::start(&config, &state, &slot, stop_rx.clone());
     let background = Background::spawn(
         &config,
         Loader::new(
@@ -145,6 +150,7 @@ pub async fn run_with_metrics(
             sink.clone(),
             metrics.clone(),
             token_keys,
+            ranking,
         )),
     ))
     .max_decoding_message_size(config.max_message_bytes)
@@ -196,6 +202,7 @@ pub async fn run_with_metrics(
     let _ = writes_health.await;
     let _ = drift.await;
     sink.close(Duration::from_millis(config.events_timeout_ms));
+    let _ = refresh.await;
     // A failed final snapshot (a full disk) loses nothing: the log keeps every acknowledged
     // event and the next start replays it. So it is logged, and the exit stays clean.
     match state.shutdown().await {
@@ -312,6 +319,7 @@ fn context(
     sink: Arc<events::EventSink>,
     metrics: Arc<metrics::Metrics>,
     token_keys: Arc<page_token::TokenKeys>,
+    ranking: Arc<ranking::RankingBackend>,
 ) -> service::Context {
     service::Context {
         limits: service::Limits {
@@ -331,6 +339,7 @@ fn context(
         state,
         sink,
         metrics,
+        ranking,
     }
 }
 

@@ -15,10 +15,20 @@
 //! `A-Z a-z 0-9 _ . -`; keys at least 16 bytes (32 hex digits). With neither configured, each
 //! process makes a random key: tokens then work only against the process that issued them.
 //!
+//! # What a token pins
+//!
+//! The ranking version the walk started from ([`VersionId`]), its ordering, the filters' hash,
+//! and the cursor (the last probability and user returned); `as_of` is the version's. A token
+//! is good while its version is held (`page_token_max_age_secs` after the version's
+//! publication, at most `ranking_max_versions` versions): see [`super::ranking`]. Version 3
+//! (this one) replaced version 2's model hash with the ranking version; a version-2 token is
+//! refused as an unsupported version.
+//!
 //! # Errors
 //!
 //! [`PageToken::decode`] answers one [`TokenError`] per cause; the request layer reports each as
-//! INVALID_ARGUMENT on `page_token`.
+//! INVALID_ARGUMENT on `page_token`. A well-formed token whose version is gone is ABORTED (start
+//! again).
 
 use crate::features::Timestamp;
 use crate::pb::{MAX_SECONDS, MIN_SECONDS};
@@ -39,10 +49,27 @@ pub(crate) const MAX_KEY_ID: usize = 32;
 /// Longest user id a token may carry (the request layer's limit).
 pub(crate) const MAX_USER_BYTES: usize = 256;
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const MAC_BYTES: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// An ordering of the at-risk ranking ([`super::ranking`]). Carried in page tokens (its serde form is part of the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Order {
+    /// Churn probability, highest first; ties by user id, ascending.
+    #[default]
+    ChurnDescending,
+}
+
+/// Names one published version of a ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VersionId {
+    /// Random per ranking instance (per process for the in-memory ranking).
+    pub epoch: u64,
+    /// Increases with each version published.
+    pub seq: u64,
+}
 
 /// What a page token carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +78,8 @@ pub(crate) struct PageToken {
     pub last_probability: f64,
     pub last_user: String,
     pub filter_hash: u64,
-    pub model_hash: u64,
+    pub order: Order,
+    pub version: VersionId,
 }
 
 /// Why a page token was refused.
@@ -284,7 +312,8 @@ mod tests {
             last_probability: 0.75,
             last_user: "u-9".into(),
             filter_hash: 7,
-            model_hash: 9,
+            order: Order::ChurnDescending,
+            version: VersionId { epoch: 9, seq: 3 },
         }
     }
 
@@ -305,6 +334,7 @@ mod tests {
         assert_eq!(PageToken::decode("not hex", &k), Err(TokenError::NotHex));
         assert_eq!(PageToken::decode("", &k), Err(TokenError::TooShort));
         assert_eq!(PageToken::decode("01", &k), Err(TokenError::Version(1)));
+        assert_eq!(PageToken::decode("02", &k), Err(TokenError::Version(2)));
         let long = "0".repeat(MAX_TOKEN_CHARS + 2);
         assert_eq!(
             PageToken::decode(&long, &k),
@@ -433,12 +463,13 @@ mod tests {
             p in 0.0f64..=1.0,
             user in "[a-z0-9-]{1,256}",
             filter_hash: u64,
-            model_hash: u64,
+            epoch: u64,
+            seq: u64,
             flip in any::<prop::sample::Index>(),
             bit in 0u8..8,
         ) {
             let k = keys(K1);
-            let t = PageToken { as_of, last_probability: p, last_user: user, filter_hash, model_hash };
+            let t = PageToken { as_of, last_probability: p, last_user: user, filter_hash, order: Order::ChurnDescending, version: VersionId { epoch, seq } };
             let s = t.encode(&k);
             prop_assert_eq!(PageToken::decode(&s, &k), Ok(t));
             let mut bytes = hex::decode(&s).unwrap();

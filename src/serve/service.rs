@@ -1,6 +1,6 @@
 //! The `tiering.v1.Tiering` handlers. Each is thin: check the deadline, validate and convert the
 //! request ([`super::convert`]), call domain code (the user state through its trait, the scorer,
-//! the at-risk scan), convert the answer, and record metrics.
+//! the at-risk ranking), convert the answer, and record metrics.
 
 use super::admission::RequestDeadline;
 use super::at_risk;
@@ -10,12 +10,12 @@ use super::error::RequestError;
 use super::events::{self, EventSink};
 use super::metrics::{Metrics, Rpc};
 use super::page_token::TokenKeys;
+use super::ranking::{self, Ranking, RankingBackend, VersionId};
 use super::slot::{LiveModel, ModelSlot};
 use super::state::{StateBackend, UserState};
 use crate::features::Timestamp;
 use crate::pb as proto;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -48,6 +48,8 @@ pub struct Context {
     pub at_risk_streams: Arc<Semaphore>,
     /// Signs and checks page tokens.
     pub token_keys: Arc<TokenKeys>,
+    /// The at-risk ranking ListAtRiskUsers reads; RecordEvents tells it which users changed.
+    pub ranking: Arc<RankingBackend>,
 }
 
 #[derive(Clone)]
@@ -120,15 +122,6 @@ fn wait_applied_ms<T>(req: &Request<T>, dl: RequestDeadline) -> Option<Duration>
     (!within.is_zero()).then_some(within)
 }
 
-/// Sets a flag when dropped: tells a blocking scan that nobody waits for it any more.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// A ListAtRiskUsers page, converted to messages one at a time as the transport asks for them
 /// (under HTTP/2 flow control): a client that does not read costs the page's scores (at most
 /// `max_page_size` of them), never the encoded messages. Holds one of the
@@ -137,6 +130,8 @@ pub(crate) struct AtRiskStream {
     users: std::vec::IntoIter<(String, crate::model::Score)>,
     more: bool,
     query: at_risk::AtRiskQuery,
+    /// The page's ranking version and its `as_of` (the next token pins them).
+    version: (VersionId, Timestamp),
     model: Arc<LiveModel>,
     keys: Arc<TokenKeys>,
     metrics: Arc<Metrics>,
@@ -158,7 +153,7 @@ impl tokio_stream::Stream for AtRiskStream {
         if this.more && this.users.len() == 0 {
             out.next_page_token = convert::next_page_token(
                 &this.query,
-                &this.model,
+                this.version,
                 (&out.user_id, out.churn_probability),
                 &this.keys,
             );
@@ -178,6 +173,24 @@ impl Drop for AtRiskStream {
 }
 
 type UserTierStream = AtRiskStream;
+
+/// A ranking failure as the request's error.
+fn ranking_error(e: ranking::RankingError) -> RequestError {
+    use ranking::RankingError as R;
+    match e {
+        R::VersionGone {
+            max_age_secs,
+            max_versions,
+        } => RequestError::PageVersionGone {
+            max_age_secs,
+            max_versions,
+        },
+        R::NotBuilt => RequestError::RankingNotBuilt,
+        R::NoModel => RequestError::NoModel,
+        R::State(e) => RequestError::State(e),
+        R::Task(e) => RequestError::ScanTask(e),
+    }
+}
 
 #[tonic::async_trait]
 impl proto::tiering_server::Tiering for TieringService {
@@ -282,6 +295,7 @@ impl proto::tiering_server::Tiering for TieringService {
             if dl.passed() {
                 return Err(RequestError::DeadlineExceeded);
             }
+            let touched = ranking::touched_users(&events);
             let wait = wait_applied_ms(&req, dl);
             let users: Vec<String> = match wait {
                 Some(_) => events.iter().map(|e| e.user_id.clone()).collect(),
@@ -300,6 +314,7 @@ impl proto::tiering_server::Tiering for TieringService {
                     events::wait_applied(&*self.ctx.state, &produced, within).await?
                 }
             };
+            self.ctx.ranking.users_changed(touched).await;
             Ok(proto::RecordEventsResponse {
                 accepted: recorded.applied.accepted,
                 new_users: recorded.applied.new_users,
@@ -345,30 +360,27 @@ impl proto::tiering_server::Tiering for TieringService {
                     RequestError::TooManyStreams
                 })?;
             self.ctx.metrics.at_risk_streams(1);
-            let mut stream = AtRiskStream {
-                users: Vec::new().into_iter(),
-                more: false,
-                query: q,
-                model,
+            let page = match self.ctx.ranking.page(&q, dl.0).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // No stream was made, so its Drop will not count this one out.
+                    self.ctx.metrics.at_risk_streams(-1);
+                    drop(permit);
+                    return Err(ranking_error(e));
+                }
+            };
+            let mut query = q;
+            query.as_of = page.as_of;
+            let stream = AtRiskStream {
+                users: page.users.into_iter(),
+                more: page.more,
+                query,
+                version: (page.version, page.as_of),
+                model: page.model,
                 keys: self.ctx.token_keys.clone(),
                 metrics: self.ctx.metrics.clone(),
                 _permit: permit,
             };
-            let cancelled = Arc::new(AtomicBool::new(false));
-            let _guard = CancelOnDrop(cancelled.clone());
-            let (state, scan_model, query) = (
-                self.ctx.state.clone(),
-                stream.model.clone(),
-                stream.query.clone(),
-            );
-            let page = tokio::task::spawn_blocking(move || {
-                let stop = || cancelled.load(Ordering::Relaxed) || dl.passed();
-                at_risk::scan(&*state, &scan_model.scorer, &query, &stop)
-            })
-            .await
-            .map_err(RequestError::ScanTask)??;
-            stream.users = page.users.into_iter();
-            stream.more = page.more;
             Ok(stream)
         }
         .await;

@@ -122,7 +122,7 @@ impl LiveModel {
 
 /// The slot readers take the live model from (lock-free).
 #[derive(Default)]
-pub struct ModelSlot(ArcSwapOption<LiveModel>);
+pub struct ModelSlot(ArcSwapOption<LiveModel>, tokio::sync::Notify);
 
 impl ModelSlot {
     pub fn get(&self) -> Result<Arc<LiveModel>, RequestError> {
@@ -147,6 +147,14 @@ impl ModelSlot {
 
     pub fn set(&self, model: LiveModel) {
         self.0.store(Some(Arc::new(model)));
+        // The at-risk ranking is rebuilt after each swap (see `ranking::refresh`).
+        self.1.notify_one();
+    }
+
+    /// Resolves after the next [`ModelSlot::set`] (or at once if one happened since the last
+    /// call returned): one waiter, the ranking's refresh task.
+    pub async fn swapped(&self) {
+        self.1.notified().await
     }
 }
 

@@ -7,6 +7,8 @@ mod cli_clients;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
+mod redis_fixture;
+mod redis_state;
 mod stability;
 mod storage_faults;
 mod train_e2e;

@@ -15,6 +15,10 @@ pub struct AggregateArgs {
     /// The shared state the events are applied to: redis://HOST:PORT.
     #[arg(long, value_name = "URL")]
     pub state: String,
+    /// The shared models directory the replicas serve from: the Redis state's marker is checked
+    /// against its record (`redis-state.json`) as a replica does at start.
+    #[arg(long, value_name = "DIR")]
+    pub models: std::path::PathBuf,
     /// The consumer group; every aggregator of one state shares it.
     #[arg(long, value_name = "NAME", default_value = "tiering-aggregator")]
     pub group: String,
@@ -48,7 +52,7 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let state = open_shared_state(&args.state).await?;
+        let state = open_shared_state(&args.state, &args.models).await?;
         let metrics = Arc::new(AggregatorMetrics::new()?);
         let aggregator = Aggregator::connect(config, metrics.clone())?;
         eprintln!("tiering: aggregating {} into {}", args.events, args.state);
@@ -63,11 +67,40 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The shared state backend named by `--state`. The Redis backend plugs in here (issue 10's
-/// `--state redis://`); until it is merged no backend here consumes a topic.
+/// The shared state named by `--state` (Redis), opened as a replica opens it (the marker is
+/// checked against the models directory's record), and required to be seeded: events applied
+/// to users before the bundle's snapshot seeds them would make the seed skip those users
+/// (seeding never overwrites), losing their history. A replica seeds the state at its first start.
 #[cfg(feature = "kafka")]
-async fn open_shared_state(url: &str) -> anyhow::Result<tiering::serve::state::StateBackend> {
-    anyhow::bail!(
-        "--state {url}: the aggregator applies events to a shared state (redis://HOST:PORT), and this build has no shared backend yet; the embedded state does not consume a topic"
-    )
+async fn open_shared_state(
+    url: &str,
+    models: &std::path::Path,
+) -> anyhow::Result<tiering::serve::state::StateBackend> {
+    use anyhow::Context;
+    use std::sync::Arc;
+    use tiering::serve::config::StateLocation;
+    use tiering::serve::state::redis::{RedisOptions, RedisState};
+    use tiering::serve::state::{StateBackend, UserState};
+    let target = match StateLocation::parse(url.into()).context("--state")? {
+        StateLocation::Redis(target) => target,
+        StateLocation::Dir(_) => anyhow::bail!(
+            "--state {url}: the aggregator applies events to a shared state (redis://HOST:PORT or redis+cluster://...); the embedded state does not consume a topic"
+        ),
+    };
+    let metrics = Arc::new(tiering::serve::metrics::Metrics::new().context("metrics registry")?);
+    let opts = RedisOptions {
+        target,
+        models: models.to_path_buf(),
+        reseed: false,
+        timeout: std::time::Duration::from_secs(2),
+    };
+    let state = RedisState::open(opts, metrics)
+        .await
+        .with_context(|| format!("opening the Redis state {url}"))?;
+    if !state.is_seeded() {
+        anyhow::bail!(
+            "--state {url}: the Redis state is not seeded yet; start a serving replica first (it seeds the state from the current bundle), then the aggregator"
+        );
+    }
+    Ok(StateBackend::Redis(state))
 }

@@ -128,6 +128,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         listen: Some(args.listen),
         metrics_listen: Some(args.metrics_listen),
         state: Some(state),
+        reseed_state: false,
         config: None,
         now: None,
         verify_key: Vec::new(),

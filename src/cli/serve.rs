@@ -21,9 +21,15 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Per-user state directory (snapshot + event log). Default: `state` beside MODELS.
-    #[arg(long, value_name = "DIR")]
+    /// Per-user state: a directory (snapshot + event log; default: `state` beside MODELS), or a
+    /// shared Redis for several replicas: redis://HOST:PORT[/DB] or
+    /// redis+cluster://HOST:PORT,HOST:PORT,... (seed nodes).
+    #[arg(long, value_name = "DIR|URL")]
     pub state: Option<PathBuf>,
+    /// Redis state only: start although Redis lost the state the models directory recorded
+    /// (wiped, or restored from an older backup), seeding missing users from the bundle.
+    #[arg(long)]
+    pub reseed_state: bool,
     /// TOML configuration file (every field of `ServeConfig`; flags override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -52,6 +58,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.state {
         config.state_dir = Some(s);
+    }
+    if args.reseed_state {
+        config.reseed_state = true;
     }
     if let Some(n) = args.now {
         config.now = Some(n);

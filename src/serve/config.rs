@@ -81,6 +81,13 @@ pub enum ConfigError {
     /// `events` names Kafka, but this binary was built without the `kafka` feature.
     #[error("invalid configuration: events: {got:?} needs the `kafka` feature, and this binary was built without it (cargo build --features kafka)")]
     KafkaNotBuilt { got: String },
+    /// `events` with the embedded state: the aggregator writes only to a shared state, so this
+    /// server would acknowledge events that its own reads never see.
+    #[error("invalid configuration: events: an event topic needs a shared state (--state redis://...): the aggregator applies the topic to Redis, never to this server's state directory")]
+    EventsNeedSharedState,
+    /// `state_dir` (`--state`) looks like a URL but is not one this server accepts.
+    #[error("invalid configuration: state {value:?}: {reason}; accepted: a directory, redis://HOST:PORT[/DB], or redis+cluster://HOST:PORT,HOST:PORT,...")]
+    BadStateUrl { value: String, reason: &'static str },
 }
 
 /// Prefix of the environment variables that override the configuration file.
@@ -96,10 +103,19 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Prometheus text metrics at `GET /metrics` on this address; none when unset.
     pub metrics_listen: Option<SocketAddr>,
-    /// Per-user state (snapshot + write-ahead log), the source of truth once seeded. Default: a
-    /// `state` directory next to the models directory (`MODELS/../state`, see
-    /// [`ServeConfig::state_dir`]).
+    /// Per-user state, the source of truth once seeded: a directory (snapshot + write-ahead
+    /// log; the default: a `state` directory next to the models directory, `MODELS/../state`,
+    /// see [`ServeConfig::state_dir`]), or a shared Redis: `redis://HOST:PORT[/DB]` or
+    /// `redis+cluster://HOST:PORT,HOST:PORT,...` (see [`StateLocation`]). Also accepted as `state`.
+    #[serde(alias = "state")]
     pub state_dir: Option<PathBuf>,
+    /// Redis state only: start even though Redis holds no state marker, or an older one than
+    /// `MODELS/redis-state.json` records (Redis was wiped or restored from an old backup), and
+    /// seed what is missing from the bundle's snapshot. Without it such a start is refused.
+    pub reseed_state: bool,
+    /// Redis state only: a backend call that takes longer than this (milliseconds) fails with
+    /// UNAVAILABLE.
+    pub backend_timeout_ms: u64,
     /// Pins the clock (RFC 3339 or YYYY-MM-DD, UTC) for historic data and deterministic tests;
     /// the wall clock when unset.
     pub now: Option<String>,
@@ -210,6 +226,8 @@ impl Default for ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: None,
             state_dir: None,
+            reseed_state: false,
+            backend_timeout_ms: 2000,
             now: None,
             future_tolerance_secs: 300,
             earliest_event_time: format_rfc3339(DEFAULT_EARLIEST_EVENT),
@@ -395,12 +413,20 @@ impl ServeConfig {
         if events.is_some() && self.events_timeout_ms == 0 {
             out_of_range("events_timeout_ms", "at least 1", 0)?;
         }
+        if self.backend_timeout_ms == 0 {
+            out_of_range("backend_timeout_ms", "at least 1", self.backend_timeout_ms)?;
+        }
+        let state = StateLocation::parse(self.state_dir())?;
+        if events.is_some() && matches!(state, StateLocation::Dir(_)) {
+            return Err(ConfigError::EventsNeedSharedState);
+        }
         Ok(ValidServeConfig {
             config: self,
             clock,
             earliest_event,
             verify_keys,
             events,
+            state,
         })
     }
 
@@ -497,6 +523,7 @@ pub struct ValidServeConfig {
     earliest_event: Timestamp,
     verify_keys: Option<Arc<VerifyKeys>>,
     events: Option<EventsTarget>,
+    state: StateLocation,
 }
 
 /// A parsed `kafka://BROKER[,BROKER...]/TOPIC`: the event topic and its brokers.
@@ -554,6 +581,11 @@ impl ValidServeConfig {
         self.verify_keys.clone()
     }
 
+    /// Where the user state lives: `state_dir`, parsed.
+    pub fn state(&self) -> &StateLocation {
+        &self.state
+    }
+
     /// `earliest_event_time`, parsed: events before it are refused.
     pub fn earliest_event(&self) -> Timestamp {
         self.earliest_event
@@ -594,6 +626,123 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D
         OneOrMany::One(p) => vec![p],
         OneOrMany::Many(v) => v,
     })
+}
+
+/// Where the user state lives, from `state_dir` / `--state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    /// The embedded state: a directory of snapshot + write-ahead log.
+    Dir(PathBuf),
+    /// A shared Redis (standalone or Cluster).
+    Redis(RedisTarget),
+}
+
+/// A Redis deployment to hold the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://HOST:PORT[/DB]` (port 6379 when left out, database 0 when left out).
+    Standalone { host: String, port: u16, db: i64 },
+    /// `redis+cluster://HOST:PORT,HOST:PORT,...`: seed nodes of a Redis Cluster (database 0).
+    Cluster { nodes: Vec<(String, u16)> },
+}
+
+impl RedisTarget {
+    /// The node URLs the `redis` crate takes (`redis://HOST:PORT/DB`).
+    pub fn node_urls(&self) -> Vec<String> {
+        match self {
+            RedisTarget::Standalone { host, port, db } => {
+                vec![format!("redis://{host}:{port}/{db}")]
+            }
+            RedisTarget::Cluster { nodes } => nodes
+                .iter()
+                .map(|(h, p)| format!("redis://{h}:{p}"))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Standalone { host, port, db } => write!(f, "redis://{host}:{port}/{db}"),
+            RedisTarget::Cluster { nodes } => {
+                let list: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                write!(f, "redis+cluster://{}", list.join(","))
+            }
+        }
+    }
+}
+
+impl StateLocation {
+    /// A directory, unless the value starts with a URL scheme (`redis://`, `redis+cluster://`;
+    /// `rediss://` and any other `SCHEME://` are refused).
+    pub fn parse(value: PathBuf) -> Result<StateLocation, ConfigError> {
+        let Some(text) = value.to_str() else {
+            return Ok(StateLocation::Dir(value));
+        };
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Ok(StateLocation::Dir(value));
+        };
+        let bad = |reason: &'static str| ConfigError::BadStateUrl {
+            value: text.to_string(),
+            reason,
+        };
+        match scheme {
+            "redis" => {
+                let (hostport, db) = match rest.split_once('/') {
+                    Some((hp, "")) => (hp, 0),
+                    Some((hp, db)) => (
+                        hp,
+                        db.parse::<i64>()
+                            .ok()
+                            .filter(|d| (0..=15).contains(d))
+                            .ok_or_else(|| bad("the database must be a number in 0..=15"))?,
+                    ),
+                    None => (rest, 0),
+                };
+                let (host, port) = host_port(hostport).map_err(bad)?;
+                Ok(StateLocation::Redis(RedisTarget::Standalone {
+                    host,
+                    port,
+                    db,
+                }))
+            }
+            "redis+cluster" => {
+                let list = rest.strip_suffix('/').unwrap_or(rest);
+                if list.contains('/') {
+                    return Err(bad("a cluster has only database 0: no /DB"));
+                }
+                let nodes = list
+                    .split(',')
+                    .map(host_port)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                Ok(StateLocation::Redis(RedisTarget::Cluster { nodes }))
+            }
+            "rediss" => Err(bad("TLS to Redis (rediss://) is not supported yet")),
+            _ => Err(bad("unknown scheme")),
+        }
+    }
+}
+
+/// `HOST[:PORT]` (port 6379 when left out); no credentials in the URL (they would show in
+/// process listings and logs).
+fn host_port(s: &str) -> Result<(String, u16), &'static str> {
+    if s.contains('@') {
+        return Err("credentials in the URL are not accepted");
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| "the port must be a number in 1..=65535")?,
+        ),
+        None => (s, 6379),
+    };
+    if host.is_empty() || port == 0 {
+        return Err("a host and a port in 1..=65535 are needed");
+    }
+    Ok((host.to_string(), port))
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -796,6 +945,17 @@ mod tests {
             events: Some("kafka://a:9092,b:9092/tiering.events".into()),
             ..Default::default()
         };
+        let embedded = cfg.clone().check();
+        if cfg!(feature = "kafka") {
+            assert!(
+                matches!(embedded, Err(ConfigError::EventsNeedSharedState)),
+                "{embedded:?}"
+            );
+        }
+        let cfg = ServeConfig {
+            state_dir: Some(PathBuf::from("redis://127.0.0.1:6379")),
+            ..cfg
+        };
         let checked = cfg.check();
         if cfg!(feature = "kafka") {
             let target = checked.unwrap().events().cloned().unwrap();
@@ -806,5 +966,55 @@ mod tests {
             assert!(e.to_string().contains("`kafka` feature"), "{e}");
         }
         assert_eq!(ServeConfig::default().check().unwrap().events(), None);
+    }
+
+    #[test]
+    fn state_is_a_directory_or_a_redis_url_parsed_once() {
+        let parse = |s: &str| StateLocation::parse(PathBuf::from(s));
+        assert_eq!(
+            parse("/var/state").unwrap(),
+            StateLocation::Dir(PathBuf::from("/var/state"))
+        );
+        let standalone = |host: &str, port, db| {
+            StateLocation::Redis(RedisTarget::Standalone {
+                host: host.into(),
+                port,
+                db,
+            })
+        };
+        assert_eq!(
+            parse("redis://10.0.0.1:7000").unwrap(),
+            standalone("10.0.0.1", 7000, 0)
+        );
+        assert_eq!(
+            parse("redis://cache/3").unwrap(),
+            standalone("cache", 6379, 3)
+        );
+        let cluster = parse("redis+cluster://a:1,b:2,c:3").unwrap();
+        assert_eq!(
+            cluster,
+            StateLocation::Redis(RedisTarget::Cluster {
+                nodes: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]
+            })
+        );
+        for bad in [
+            "rediss://h:1",
+            "redis://h:0",
+            "redis://h:x",
+            "redis://user:pw@h:1",
+            "redis://h:1/99",
+            "redis+cluster://a:1,b:2/1",
+            "http://h:1",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::BadStateUrl { .. }), "{bad}: {e}");
+        }
+        let cfg = ServeConfig {
+            state_dir: Some(PathBuf::from("redis://127.0.0.1:6390")),
+            ..ServeConfig::default()
+        }
+        .check()
+        .unwrap();
+        assert_eq!(*cfg.state(), standalone("127.0.0.1", 6390, 0));
     }
 }

@@ -8,7 +8,9 @@
 //!   client.
 //!
 //! Storage failures have their own type, [`StateError`] (in [`super::state`]); a request that
-//! meets one reports INTERNAL, a start-up that meets one stops.
+//! meets one reports INTERNAL, except an unreachable backend (a full or failing log, Redis down
+//! or too slow: UNAVAILABLE) and Redis write contention (ABORTED); a start-up that meets one
+//! stops.
 
 use super::config::ConfigError;
 use super::events::EventsError;
@@ -92,6 +94,9 @@ impl RequestError {
             RequestError::State(StateError::LogFull { .. }) => Code::ResourceExhausted,
             RequestError::State(StateError::LogWriteFailed { .. }) => Code::Unavailable,
             RequestError::Events(e) if e.is_unavailable() => Code::Unavailable,
+            // Redis unreachable (or too slow): retry later or on another replica.
+            RequestError::State(e) if e.is_unavailable() => Code::Unavailable,
+            RequestError::State(StateError::RedisContention { .. }) => Code::Aborted,
             RequestError::State(_) | RequestError::ScanTask(_) | RequestError::Events(_) => {
                 Code::Internal
             }

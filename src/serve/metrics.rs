@@ -74,6 +74,9 @@ pub struct Metrics {
     refused: IntCounterVec,
     at_risk_streams: IntGauge,
     connections: IntGauge,
+    backend_seconds: HistogramVec,
+    backend_errors: IntCounterVec,
+    backend_up: IntGauge,
 }
 
 /// Creating a metric and registering it are one step: a metric cannot be forgotten in the registry.
@@ -122,6 +125,39 @@ const LATENCY_BUCKETS: [f64; 16] = [
     1.0, 2.5, 5.0,
 ];
 
+/// The shared state backend's (Redis) metrics: call latency by operation, failures by kind,
+/// and whether its health probe answers.
+fn backend_metrics(
+    r: &Registry,
+) -> Result<(HistogramVec, IntCounterVec, IntGauge), prometheus::Error> {
+    Ok((
+        registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tiering_state_backend_seconds",
+                    "Shared state backend (Redis) call latency, by operation",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            ),
+        )?,
+        counter_vec(
+            r,
+            "tiering_state_backend_errors_total",
+            "Shared state backend (Redis) call failures, by kind (unavailable, timeout, reply, contention, cas_retry)",
+            &["kind"],
+        )?,
+        registered(
+            r,
+            IntGauge::new(
+                "tiering_state_backend_up",
+                "1 while the shared state backend (Redis) answers its health probe",
+            ),
+        )?,
+    ))
+}
+
 impl Metrics {
     /// The registry, for gauges defined elsewhere (the drift gauges).
     pub(crate) fn registry(&self) -> &Registry {
@@ -155,6 +191,7 @@ impl Metrics {
                 latency: latency.with_label_values(&[rpc.name()]),
             })
             .collect();
+        let (backend_seconds, backend_errors, backend_up) = backend_metrics(r)?;
         Ok(Metrics {
             rpcs,
             errors: counter_vec(
@@ -238,6 +275,9 @@ impl Metrics {
                 r,
                 IntGauge::new("tiering_connections_open", "Open gRPC connections"),
             )?,
+            backend_seconds,
+            backend_errors,
+            backend_up,
             registry,
         })
     }
@@ -305,6 +345,23 @@ impl Metrics {
     /// Open connections go up (`+1`) or down (`-1`).
     pub fn connections(&self, delta: i64) {
         self.connections.add(delta);
+    }
+
+    /// One shared-backend call (`op`: get, get_many, apply, scan, seed, checkpoint, ping).
+    pub(crate) fn backend_call(&self, op: &str, elapsed: Duration) {
+        self.backend_seconds
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A shared-backend failure or retry, by kind.
+    pub(crate) fn backend_error(&self, kind: &str) {
+        self.backend_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The shared backend's health probe result.
+    pub(crate) fn backend_up(&self, up: bool) {
+        self.backend_up.set(i64::from(up));
     }
 
     /// The text exposition format.

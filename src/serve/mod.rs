@@ -11,7 +11,9 @@
 //! - [`service`] — the thin `tiering.v1.Tiering` handlers.
 //! - [`convert`] — proto ⇄ domain, with request validation (INVALID_ARGUMENT names the field).
 //! - [`state`] — the user state behind the [`state::UserState`] trait; [`state::embedded`] is
-//!   the in-memory table with its write-ahead log and snapshots.
+//!   the in-memory table with its write-ahead log and snapshots, [`state::redis`] the shared
+//!   Redis state for scale-out replicas (`--state redis://...`; readiness follows its
+//!   reachability).
 //! - [`slot`] — the live model slot, bundle loading and validation, CURRENT watching, swaps.
 //! - [`ranking`] — the at-risk ranking ListAtRiskUsers pages through: maintained incrementally
 //!   from RecordEvents, rebuilt on a schedule and after model swaps, published as immutable
@@ -121,6 +123,14 @@ pub async fn run_with_metrics(
         health.clone(),
         stop_rx.clone(),
     ));
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend_health = tokio::spawn(report_backend_health(
+        state.clone(),
+        slot.clone(),
+        health.clone(),
+        draining.clone(),
+        stop_rx.clone(),
+    ));
     let drift = drift::spawn(
         slot.clone(),
         state.clone(),
@@ -162,6 +172,7 @@ pub async fn run_with_metrics(
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        draining.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!("shutting down: draining in-flight requests");
         set_health(&drain_health, ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
@@ -200,6 +211,7 @@ pub async fn run_with_metrics(
     let _ = stop_tx.send(true);
     background.join().await;
     let _ = writes_health.await;
+    let _ = backend_health.await;
     let _ = drift.await;
     sink.close(Duration::from_millis(config.events_timeout_ms));
     let _ = refresh.await;
@@ -247,6 +259,39 @@ async fn report_writes_health(
         .await;
 }
 
+/// Keeps readiness following a shared backend's reachability until `stop` fires: NOT_SERVING
+/// while it cannot be reached, SERVING again by itself once it answers (if a model is live and
+/// the server is not draining). Nothing to do for the embedded state.
+async fn report_backend_health(
+    state: Arc<StateBackend>,
+    slot: Arc<ModelSlot>,
+    health: HealthReporter,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if matches!(*state, StateBackend::Embedded(_)) {
+        return;
+    }
+    let mut last = true;
+    loop {
+        let up = state.is_reachable();
+        if up != last {
+            if !up {
+                set_health(&health, ServingStatus::NotServing).await;
+            } else if slot.version().is_some()
+                && !draining.load(std::sync::atomic::Ordering::Acquire)
+            {
+                set_health(&health, ServingStatus::Serving).await;
+            }
+            last = up;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Runs `serve` to its end, but once `draining` fires (the shutdown began) gives it only
 /// `grace` more: then it is dropped with whatever connections it still holds (a client that
 /// never sends its request body, or never reads its response, cannot hold the shutdown).
@@ -278,7 +323,25 @@ async fn open_state(
     config: &ValidServeConfig,
     metrics: Arc<metrics::Metrics>,
 ) -> Result<StateBackend, ServeError> {
-    let state_dir = config.state_dir();
+    let state_dir = match config.state() {
+        config::StateLocation::Dir(dir) => dir.clone(),
+        config::StateLocation::Redis(target) => {
+            let opts = state::redis::RedisOptions {
+                target: target.clone(),
+                models: config.models.clone(),
+                reseed: config.reseed_state,
+                timeout: Duration::from_millis(config.backend_timeout_ms),
+            };
+            let state = state::redis::RedisState::open(opts, metrics.clone()).await?;
+            tracing::info!(
+                %target,
+                seeded = state.is_seeded(),
+                value_format = state::redis::FORMAT_VERSION,
+                "Redis state connected"
+            );
+            return Ok(StateBackend::Redis(state));
+        }
+    };
     let opts = LogOptions {
         fsync: config.wal_fsync,
         snapshot_bytes: config.snapshot_wal_bytes,

@@ -225,12 +225,16 @@ impl Loader {
                 self.slot.set(model);
                 self.metrics.model_loaded(&version);
                 self.metrics.model_fallback(None);
-                self.health
-                    .set_service_status("", ServingStatus::Serving)
-                    .await;
-                self.health
-                    .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                    .await;
+                // With a shared backend that is down, readiness waits for it (the backend
+                // health task reports SERVING once it answers again).
+                if self.state.is_reachable() {
+                    self.health
+                        .set_service_status("", ServingStatus::Serving)
+                        .await;
+                    self.health
+                        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+                        .await;
+                }
                 tracing::info!(
                     version,
                     previous = live.as_deref().unwrap_or("none"),

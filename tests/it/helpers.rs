@@ -387,6 +387,8 @@ pub struct SpawnOptions {
     pub log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
     /// Run the binary through this command (e.g. `nsenter -t PID -m --`).
     pub wrapper: Vec<String>,
+    /// `--state` (e.g. a `redis://` URL) instead of the test's state directory.
+    pub state: Option<String>,
 }
 
 impl ServerProcess {
@@ -428,7 +430,11 @@ impl ServerProcess {
             .arg("--models")
             .arg(dirs.models())
             .arg("--state")
-            .arg(dirs.state())
+            .arg(
+                opts.state
+                    .clone()
+                    .map_or_else(|| dirs.state(), std::path::PathBuf::from),
+            )
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())

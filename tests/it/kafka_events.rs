@@ -3,7 +3,7 @@
 //! serve --events kafka://...`, and the aggregator's at-least-once delivery with exactly-once
 //! effect over an in-test state with per-user watermarks.
 
-use crate::helpers::{publish, Dirs, ServerProcess, NOW};
+use crate::helpers::{publish, Dirs, ServerProcess, SpawnOptions, NOW};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -454,13 +454,21 @@ async fn record_events_through_a_server_acknowledges_after_the_broker_and_unavai
         let url = format!("kafka://{}/serve", c.bootstrap_servers());
         let dirs = Dirs::new();
         publish(&dirs.models(), "v1", 1.0);
-        let server = ServerProcess::spawn(
+        // An event topic needs a shared state (the aggregator writes to Redis).
+        let redis = tokio::task::spawn_blocking(crate::redis_fixture::RedisServer::start)
+            .await
+            .unwrap();
+        let server = ServerProcess::spawn_with(
             &dirs,
             &[
                 ("TIERING__EVENTS", url.as_str()),
                 ("TIERING__EVENTS_LINGER_MS", "0"),
                 ("TIERING__EVENTS_TIMEOUT_MS", "1500"),
             ],
+            SpawnOptions {
+                state: Some(redis.url()),
+                ..SpawnOptions::default()
+            },
         );
         let mut client = server.client().await;
         let batch: Vec<proto::Event> = (0..12)

@@ -10,6 +10,8 @@ mod helpers;
 mod hostile_clients;
 #[cfg(feature = "kafka")]
 mod kafka_events;
+mod redis_fixture;
+mod redis_state;
 mod signed_bundles;
 mod stability;
 mod storage_faults;

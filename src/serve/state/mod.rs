@@ -11,8 +11,8 @@
 //! - [`embedded`] — the default: a sharded in-memory map, a local write-ahead log with group
 //!   commit, and snapshots, all in one state directory.
 //!
-//! A shared backend (Redis) will sit beside `embedded` as a module of its own and a variant of
-//! [`StateBackend`].
+//! - [`redis`] — the shared backend for scale-out replicas: one Redis key per user (standalone
+//!   or Cluster), compare-and-set writes, a generation marker that refuses a wiped Redis.
 //!
 //! # Why an enum over backends, and futures without boxes
 //!
@@ -31,6 +31,7 @@
 
 mod backend;
 pub mod embedded;
+pub mod redis;
 
 pub use backend::StateBackend;
 
@@ -282,6 +283,58 @@ pub enum StateError {
     Unsupported { what: &'static str },
     #[error("internal error: the snapshot thread panicked")]
     SnapshotPanicked,
+    /// Redis could not be reached or did not answer (connection refused or dropped, a failover,
+    /// the cluster reconfiguring, a loading replica): nothing is known about the call's effect
+    /// beyond "not acknowledged"; retrying is safe for reads. Answered UNAVAILABLE.
+    #[error("state backend unavailable: Redis {op}: {source}")]
+    RedisUnavailable {
+        op: &'static str,
+        source: ::redis::RedisError,
+    },
+    /// A Redis call took longer than `backend_timeout_ms`. Answered UNAVAILABLE.
+    #[error("state backend unavailable: Redis {op}: no answer within {ms} ms")]
+    RedisTimeout { op: &'static str, ms: u64 },
+    /// Redis answered with an error that is not about availability (a bug, a misconfigured
+    /// server: out of memory with `maxmemory`, a key of the wrong type).
+    #[error("Redis {op}: {source}")]
+    RedisReply {
+        op: &'static str,
+        source: ::redis::RedisError,
+    },
+    /// Redis answered something this server never asks for (`what` says what).
+    #[error("Redis {op}: unexpected reply: {what}")]
+    RedisProtocol { op: &'static str, what: String },
+    /// A stored user value has a format version this binary does not read (a newer binary
+    /// wrote it): it is never guessed at.
+    #[error("a stored user value has format version {found}, this binary reads version {known} only: a newer tiering binary wrote it; run that version (see README, \"Redis state\": rolling back)")]
+    RedisFormat { found: u8, known: u8 },
+    /// A stored user value of a known format that does not decode.
+    #[error("corrupt user value in Redis: {what}")]
+    RedisValue { what: String },
+    /// Compare-and-set writes kept losing to other replicas' writes to the same users.
+    #[error("state backend busy: {users} users' writes lost the compare-and-set {attempts} times in a row to concurrent writers; events for other users of the request may have been applied")]
+    RedisContention { attempts: u32, users: usize },
+    #[error("internal error: encoding a user value: {0}")]
+    EncodeValue(#[source] postcard::Error),
+    /// Redis holds less than the models directory's record says it did: it was wiped (no
+    /// marker), replaced (another state's marker), or restored from an older backup (an older
+    /// generation). Starting would silently lose acknowledged events.
+    #[error("{}: {what}: the Redis state was wiped, replaced, or restored from an older backup, and starting on it would silently lose acknowledged events. Restore Redis from its newest AOF/RDB backup and start again, or start once with --reseed-state (TIERING__RESEED_STATE=true) to knowingly start over: users missing from Redis are then seeded from the bundle's snapshot, users present are kept", record.display())]
+    RedisStateLost { record: PathBuf, what: String },
+    /// The Redis state marker (`tiering:{meta}`) or the models directory's record of it
+    /// (`redis-state.json`) does not parse.
+    #[error("{what}: unreadable Redis state marker: {message}")]
+    RedisMarker { what: String, message: String },
+}
+
+impl StateError {
+    /// True when the error means "the backend cannot be reached now" (answered UNAVAILABLE).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StateError::RedisUnavailable { .. } | StateError::RedisTimeout { .. }
+        )
+    }
 }
 
 impl StateError {

@@ -1,0 +1,603 @@
+//! The Redis state backend: the shared system of record for scale-out replicas
+//! (`tiering serve --state redis://HOST:PORT[/DB]` or `redis+cluster://H:P,H:P,...`).
+//!
+//! - [`codec`] — the key layout (`u:{<user_id>}`, one key per user, no TTL) and the versioned
+//!   value format.
+//! - `conn` — the standalone / Cluster connection enum, slot-split batches, scans per master.
+//! - `write` — events folded per user and written by a Lua compare-and-set, retried on loss.
+//! - [`marker`] — the generation marker that refuses a wiped or rolled-back Redis.
+//!
+//! Reads are one `GET` (`get`) or one `MGET` split by slot (`get_many`). Every call is bounded by
+//! `backend_timeout_ms`; a call that cannot reach Redis fails with
+//! [`StateError::RedisUnavailable`] / [`StateError::RedisTimeout`] (UNAVAILABLE to clients). A
+//! background probe PINGs Redis every second: [`RedisState::is_reachable`] feeds readiness, and
+//! [`UserState::refusing_writes`] is true while Redis is unreachable.
+//!
+//! [`UserState::users`] is a cached count: the number of user keys counted by a keys-only SCAN
+//! at start and at each checkpoint (`snapshot_interval_secs`), plus the users this replica
+//! created since; users created by other replicas show at the next count, and a SCAN may count a
+//! key twice while Redis resizes its tables, so it is an estimate for metrics and
+//! `GetModelInfo`, never used for correctness.
+
+pub mod codec;
+mod conn;
+pub mod marker;
+mod write;
+
+use super::{Applied, LogPosition, StateError, UserEvent, UserState};
+use crate::bundle::Snapshot;
+use crate::features::UserAggregate;
+use crate::serve::config::RedisTarget;
+use crate::serve::metrics::Metrics;
+use ::redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
+use conn::{Conn, CHUNK};
+use marker::{Marker, META_KEY};
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use codec::FORMAT_VERSION;
+
+/// The compare-and-set: writes `ARGV[2]` to `KEYS[1]` if the stored value's first 9 bytes
+/// (format version + write token) are `ARGV[1]` (empty: if the key is absent). Answers 1 when
+/// written, 0 when the key is absent although a value was expected, else the value now stored
+/// (so the caller folds again without another read).
+pub(crate) const CAS_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if string.sub(cur, 1, 9) ~= ARGV[1] then return cur end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
+
+/// How often the health probe PINGs Redis.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What [`RedisState::open`] needs.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub target: RedisTarget,
+    /// The shared models directory, where `redis-state.json` records the marker.
+    pub models: PathBuf,
+    /// Start even though the marker is missing, replaced or older than the record.
+    pub reseed: bool,
+    /// Bound of each call (connection attempts included).
+    pub timeout: Duration,
+}
+
+/// What the background tasks share with the state.
+struct Shared {
+    reachable: AtomicBool,
+    users: AtomicUsize,
+    seeded: AtomicBool,
+    /// Writes since the last checkpoint.
+    dirty: AtomicBool,
+    closed: AtomicBool,
+    marker: Mutex<Option<Marker>>,
+}
+
+/// The Redis state backend (see the module docs).
+pub struct RedisState {
+    conn: Conn,
+    script: Script,
+    timeout: Duration,
+    target: RedisTarget,
+    models: PathBuf,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// True for errors that mean "Redis cannot be reached now" (as opposed to a bad reply).
+fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+}
+
+impl RedisState {
+    /// Connects, reads the marker and the models directory's record, and refuses a Redis that
+    /// holds less than the record says (see [`marker`]) unless `opts.reseed`; then starts the
+    /// health probe and a first user count. Must run inside the Tokio runtime.
+    pub async fn open(opts: RedisOptions, metrics: Arc<Metrics>) -> Result<RedisState, StateError> {
+        let ms = opts.timeout.as_millis() as u64;
+        let conn =
+            match tokio::time::timeout(opts.timeout, Conn::connect(&opts.target, opts.timeout))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(source)) => {
+                    return Err(StateError::RedisUnavailable {
+                        op: "connect",
+                        source,
+                    })
+                }
+                Err(_) => return Err(StateError::RedisTimeout { op: "connect", ms }),
+            };
+        let state = RedisState {
+            conn,
+            script: Script::new(CAS_SCRIPT),
+            timeout: opts.timeout,
+            target: opts.target,
+            models: opts.models,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+            shared: Arc::new(Shared {
+                reachable: AtomicBool::new(true),
+                users: AtomicUsize::new(0),
+                seeded: AtomicBool::new(false),
+                dirty: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                marker: Mutex::new(None),
+            }),
+            probe: Mutex::new(None),
+        };
+        let found = state.read_marker().await?;
+        let models = state.models.clone();
+        let record = tokio::task::spawn_blocking(move || marker::read_record(&models))
+            .await
+            .map_err(|_| StateError::Stopped)??;
+        let seeded = match marker::verdict(found.as_ref(), record.as_ref()) {
+            Ok(seeded) => seeded,
+            Err(what) if opts.reseed => {
+                tracing::warn!(target = %state.target, what, "--reseed-state: starting anyway; users missing from Redis are seeded from the bundle's snapshot");
+                match &found {
+                    // An older or other state, kept as it is: the record follows it.
+                    Some(m) => {
+                        state.record(m.clone()).await?;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Err(what) => {
+                return Err(StateError::RedisStateLost {
+                    record: marker::record_path(&state.models),
+                    what,
+                })
+            }
+        };
+        if let (Some(m), None) = (&found, &record) {
+            state.record(m.clone()).await?;
+        }
+        state.shared.seeded.store(seeded, Ordering::Release);
+        *state.marker_lock() = found;
+        state.metrics.backend_up(true);
+        state.spawn_count();
+        let probe = tokio::spawn(probe(
+            state.conn.clone(),
+            state.shared.clone(),
+            state.metrics.clone(),
+            state.timeout,
+        ));
+        *state.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(probe);
+        Ok(state)
+    }
+
+    /// The deployment this state lives in (for logs).
+    pub fn target(&self) -> &RedisTarget {
+        &self.target
+    }
+
+    /// True while the health probe reaches Redis (and no call found it unreachable since).
+    pub fn is_reachable(&self) -> bool {
+        self.shared.reachable.load(Ordering::Acquire)
+    }
+
+    fn marker_lock(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
+        self.shared
+            .marker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one backend call within the timeout, with its latency and failures counted.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StateError> {
+        let started = Instant::now();
+        let r = tokio::time::timeout(self.timeout, fut).await;
+        self.metrics.backend_call(op, started.elapsed());
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.failed(op, e)),
+            Err(_) => {
+                self.metrics.backend_error("timeout");
+                self.unreachable();
+                Err(StateError::RedisTimeout {
+                    op,
+                    ms: self.timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// The state error for a failed call, counted.
+    fn failed(&self, op: &'static str, source: RedisError) -> StateError {
+        if is_unavailable(&source) {
+            self.metrics.backend_error("unavailable");
+            self.unreachable();
+            StateError::RedisUnavailable { op, source }
+        } else {
+            self.metrics.backend_error("reply");
+            StateError::RedisReply { op, source }
+        }
+    }
+
+    fn unreachable(&self) {
+        if self.shared.reachable.swap(false, Ordering::AcqRel) {
+            self.metrics.backend_up(false);
+            tracing::warn!(target = %self.target, "Redis state unreachable: NOT_SERVING until the health probe reaches it again");
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StateError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StateError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// Counts a write: the next checkpoint bumps the generation.
+    fn wrote(&self, new_users: u64) {
+        self.shared.dirty.store(true, Ordering::Release);
+        self.shared
+            .users
+            .fetch_add(new_users as usize, Ordering::Relaxed);
+    }
+
+    fn decode_agg(value: Option<Vec<u8>>) -> Result<Option<UserAggregate>, StateError> {
+        value.map(|v| codec::decode(&v).map(|s| s.agg)).transpose()
+    }
+
+    async fn read_marker(&self) -> Result<Option<Marker>, StateError> {
+        let mut cmd = ::redis::cmd("HGETALL");
+        cmd.arg(META_KEY);
+        let fields: Vec<(String, String)> = self.call("marker", self.conn.query(&cmd)).await?;
+        Marker::from_fields(&fields)
+    }
+
+    /// Writes `m` to the models directory's record (blocking file I/O off the runtime).
+    async fn record(&self, m: Marker) -> Result<(), StateError> {
+        let models = self.models.clone();
+        tokio::task::spawn_blocking(move || marker::write_record(&models, &m))
+            .await
+            .map_err(|_| StateError::Stopped)?
+    }
+
+    /// Recounts the users in the background (see the module docs).
+    fn spawn_count(&self) {
+        let (conn, shared) = (self.conn.clone(), self.shared.clone());
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            match count_users(&conn, timeout).await {
+                Ok(n) => shared.users.store(n, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "counting the users in Redis failed; the count stays as it was")
+                }
+            }
+        });
+    }
+
+    async fn get_one(&self, id: &str) -> Result<Option<UserAggregate>, StateError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(codec::key(id));
+        let v: Option<Vec<u8>> = self.call("get", self.conn.query(&cmd)).await?;
+        Self::decode_agg(v)
+    }
+
+    async fn watermark(&self, id: &str) -> Result<Option<LogPosition>, StateError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(codec::key(id));
+        let v: Option<Vec<u8>> = self.call("get", self.conn.query(&cmd)).await?;
+        Ok(v.map(|v| codec::decode(&v))
+            .transpose()?
+            .and_then(|s| s.watermark))
+    }
+
+    async fn get_several(&self, ids: &[String]) -> Result<Vec<Option<UserAggregate>>, StateError> {
+        let keys: Vec<String> = ids.iter().map(|id| codec::key(id)).collect();
+        let values = self.call("get_many", self.conn.mget(&keys)).await?;
+        values.into_iter().map(Self::decode_agg).collect()
+    }
+
+    /// Seeds users absent from Redis (SET NX, pipelined in chunks: never overwrites a user),
+    /// then the marker (each field only if absent: two replicas seeding at once agree on one
+    /// marker), then the models directory's record.
+    async fn seed_users(&self, version: String, snapshot: Snapshot) -> Result<(), StateError> {
+        if self.shared.seeded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut created = 0u64;
+        let users = snapshot.user_ids.iter().zip(&snapshot.aggregates);
+        let all: Vec<_> = users.collect();
+        for chunk in all.chunks(CHUNK) {
+            let mut cmds = Vec::with_capacity(chunk.len());
+            for (id, agg) in chunk {
+                let bytes = codec::encode(&codec::Stored {
+                    cas: 1,
+                    watermark: None,
+                    agg: **agg,
+                })?;
+                let key = codec::key(id);
+                let mut cmd = ::redis::cmd("SET");
+                cmd.arg(&key).arg(bytes).arg("NX");
+                cmds.push((key, cmd));
+            }
+            for r in self.call("seed", self.conn.pipelined(cmds)).await? {
+                match r {
+                    Ok(::redis::Value::Okay) => created += 1,
+                    Ok(_) => {}
+                    Err(e) => return Err(self.failed("seed", e)),
+                }
+            }
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let state_id = format!("{:016x}", rand::random::<u64>());
+        let mut pipe = ::redis::pipe();
+        for (field, value) in [
+            ("state_id", state_id.as_str()),
+            ("generation", "1"),
+            ("seeded_from", version.as_str()),
+            ("seeded_at", now.as_str()),
+            ("value_format", &FORMAT_VERSION.to_string()),
+        ] {
+            pipe.cmd("HSETNX")
+                .arg(META_KEY)
+                .arg(field)
+                .arg(value)
+                .ignore();
+        }
+        let conn = self.conn.clone();
+        self.call("seed", async move {
+            match conn {
+                Conn::Standalone(mut c) => pipe.query_async::<()>(&mut c).await,
+                Conn::Cluster(mut c) => pipe.query_async::<()>(&mut c).await,
+            }
+        })
+        .await?;
+        let m = self
+            .read_marker()
+            .await?
+            .ok_or_else(|| StateError::RedisMarker {
+                what: META_KEY.into(),
+                message: "missing right after it was written".into(),
+            })?;
+        self.record(m.clone()).await?;
+        *self.marker_lock() = Some(m);
+        self.shared
+            .users
+            .fetch_add(created as usize, Ordering::Relaxed);
+        self.shared.seeded.store(true, Ordering::Release);
+        tracing::info!(target = %self.target, created, kept = snapshot.user_ids.len() as u64 - created, "seeded the Redis state (users already present were kept)");
+        Ok(())
+    }
+
+    /// Bumps the marker's generation (if this replica wrote since the last checkpoint) and
+    /// records it in the models directory; recounts the users.
+    async fn checkpoint_marker(&self) -> Result<bool, StateError> {
+        self.spawn_count();
+        if !self.shared.seeded.load(Ordering::Acquire)
+            || !self.shared.dirty.swap(false, Ordering::AcqRel)
+        {
+            return Ok(false);
+        }
+        let mut cmd = ::redis::cmd("HINCRBY");
+        cmd.arg(META_KEY).arg("generation").arg(1);
+        let bumped = self.call("checkpoint", self.conn.query::<i64>(&cmd)).await;
+        if let Err(e) = bumped {
+            self.shared.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        if let Some(m) = self.read_marker().await? {
+            self.record(m.clone()).await?;
+            *self.marker_lock() = Some(m);
+        }
+        Ok(true)
+    }
+
+    /// Visits every user, a SCAN chunk at a time, master by master (blocking: runs the calls on
+    /// the runtime from the caller's thread). Keys a SCAN returns twice (it may while Redis
+    /// resizes a table) are visited once.
+    fn scan_blocking<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
+    where
+        F: Fn(&mut dyn Iterator<Item = (&str, &UserAggregate)>) -> T,
+    {
+        let rt = &self.runtime;
+        let masters = rt.block_on(self.call("scan", self.conn.masters()))?;
+        let mut out = Vec::new();
+        for node in &masters {
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut cursor = 0;
+            loop {
+                let (next, keys) =
+                    rt.block_on(self.call("scan", self.conn.scan_step(node, cursor, "u:{*")))?;
+                let keys: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| seen.insert(k.clone()))
+                    .collect();
+                if !keys.is_empty() {
+                    let values = rt.block_on(self.call("scan", self.conn.mget(&keys)))?;
+                    let mut chunk = Vec::with_capacity(keys.len());
+                    for (k, v) in keys.iter().zip(values) {
+                        // A key deleted since the SCAN step is simply not there.
+                        if let (Some(id), Some(v)) = (codec::user_of(k), v) {
+                            chunk.push((id, codec::decode(&v)?.agg));
+                        }
+                    }
+                    out.push(visit(&mut chunk.iter().map(|(id, a)| (*id, a))));
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) -> Result<(), StateError> {
+        let last = self.checkpoint_marker().await;
+        self.shared.closed.store(true, Ordering::Release);
+        if let Some(p) = self
+            .probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            p.abort();
+        }
+        last.map(drop)
+    }
+}
+
+impl Drop for RedisState {
+    fn drop(&mut self) {
+        if let Some(p) = self
+            .probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            p.abort();
+        }
+    }
+}
+
+/// PINGs every [`PROBE_EVERY`] and keeps `shared.reachable` (and the metric) current.
+async fn probe(conn: Conn, shared: Arc<Shared>, metrics: Arc<Metrics>, timeout: Duration) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let up = matches!(tokio::time::timeout(timeout, conn.ping()).await, Ok(Ok(())));
+        metrics.backend_up(up);
+        let was = shared.reachable.swap(up, Ordering::AcqRel);
+        if up && !was {
+            tracing::info!("Redis state reachable again");
+        } else if !up && was {
+            tracing::warn!("Redis state unreachable: NOT_SERVING until it answers again");
+        }
+    }
+}
+
+/// User keys on every master (a keys-only SCAN).
+async fn count_users(conn: &Conn, timeout: Duration) -> RedisResult<usize> {
+    async fn step<T>(
+        timeout: Duration,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> RedisResult<T> {
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "count timed out"))))
+    }
+    let mut n = 0;
+    for node in step(timeout, conn.masters()).await? {
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = step(timeout, conn.scan_step(&node, cursor, "u:{*")).await?;
+            n += keys.len();
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(n)
+}
+
+impl UserState for RedisState {
+    fn get(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<UserAggregate>, StateError>> + Send {
+        self.get_one(id)
+    }
+
+    fn get_many(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<UserAggregate>>, StateError>> + Send {
+        self.get_several(ids)
+    }
+
+    fn apply(
+        &self,
+        events: Vec<UserEvent>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send {
+        self.write_events(events.into_iter().map(|e| (e, None)).collect())
+    }
+
+    /// Per user, events at or before the stored watermark of their partition are skipped, and
+    /// the new watermark is written in the same compare-and-set as the aggregate.
+    fn apply_logged(
+        &self,
+        events: Vec<(UserEvent, LogPosition)>,
+    ) -> impl Future<Output = Result<Applied, StateError>> + Send {
+        self.write_events(events.into_iter().map(|(e, p)| (e, Some(p))).collect())
+    }
+
+    /// The watermark stored with the user's aggregate (one GET).
+    fn applied_position(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<LogPosition>, StateError>> + Send {
+        self.watermark(id)
+    }
+
+    /// One part per SCAN chunk (about [`CHUNK`] users), visited on the calling thread.
+    fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
+    where
+        T: Send,
+        F: Fn(&mut dyn Iterator<Item = (&str, &UserAggregate)>) -> T + Sync,
+    {
+        self.scan_blocking(visit)
+    }
+
+    fn users(&self) -> usize {
+        self.shared.users.load(Ordering::Relaxed)
+    }
+
+    /// True while Redis is unreachable.
+    fn refusing_writes(&self) -> bool {
+        !self.is_reachable()
+    }
+
+    fn is_seeded(&self) -> bool {
+        self.shared.seeded.load(Ordering::Acquire)
+    }
+
+    fn seed(
+        &self,
+        version: String,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        self.seed_users(version, snapshot)
+    }
+
+    fn checkpoint(&self) -> impl Future<Output = Result<bool, StateError>> + Send {
+        self.checkpoint_marker()
+    }
+
+    fn shutdown(&self) -> impl Future<Output = Result<(), StateError>> + Send {
+        self.close()
+    }
+}

@@ -108,13 +108,7 @@ pub async fn run_with_metrics(
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection_services()?;
 
     // Background tasks stop when `stop` fires, or when this future is dropped (its sender goes).
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -215,16 +209,41 @@ pub async fn run_with_metrics(
     let _ = drift.await;
     sink.close(Duration::from_millis(config.events_timeout_ms));
     let _ = refresh.await;
-    // A failed final snapshot (a full disk) loses nothing: the log keeps every acknowledged
-    // event and the next start replays it. So it is logged, and the exit stays clean.
+    final_snapshot(&state).await;
+    served?;
+    Ok(())
+}
+
+/// gRPC reflection, both protocol versions, over our services and health.
+fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((reflection().build_v1()?, reflection().build_v1alpha()?))
+}
+
+/// The state's last checkpoint at shutdown. A failed final snapshot (a full disk) loses nothing:
+/// the log keeps every acknowledged event and the next start replays it. So it is logged, and
+/// the exit stays clean.
+async fn final_snapshot(state: &StateBackend) {
     match state.shutdown().await {
         Ok(()) => tracing::info!("final state snapshot written"),
         Err(e) => {
             tracing::error!(error = %e, "final state snapshot failed; nothing is lost: the event log keeps every acknowledged event and the next start replays it")
         }
     }
-    served?;
-    Ok(())
 }
 
 /// Health name that reports whether writes (RecordEvents) are accepted: NOT_SERVING while the

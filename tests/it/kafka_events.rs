@@ -550,13 +550,18 @@ async fn record_events_through_a_server_acknowledges_after_the_broker_and_unavai
 }
 
 #[test]
-fn tiering_aggregate_refuses_a_bad_events_url_and_a_state_that_consumes_no_topic() {
+fn tiering_aggregate_refuses_a_bad_events_url_a_state_that_consumes_no_topic_and_an_unseeded_redis()
+{
+    let models = tempfile::tempdir().unwrap();
+    let models = models.path().as_os_str();
     let (ok, out) = crate::helpers::tiering_cli(&[
         "aggregate".as_ref(),
         "--events".as_ref(),
         "kafka://h:1".as_ref(),
         "--state".as_ref(),
         "redis://127.0.0.1:1".as_ref(),
+        "--models".as_ref(),
+        models,
     ]);
     assert!(!ok);
     assert!(out.contains("--events") && out.contains("/TOPIC"), "{out}");
@@ -566,10 +571,26 @@ fn tiering_aggregate_refuses_a_bad_events_url_and_a_state_that_consumes_no_topic
         "kafka://127.0.0.1:1/t".as_ref(),
         "--state".as_ref(),
         "/var/lib/state".as_ref(),
+        "--models".as_ref(),
+        models,
     ]);
     assert!(!ok);
     assert!(
         out.contains("--state /var/lib/state") && out.contains("shared state"),
         "{out}"
     );
+    // A Redis no replica has seeded: applying events first would make the seed skip those users.
+    let redis = crate::redis_fixture::RedisServer::start();
+    let url = redis.url();
+    let (ok, out) = crate::helpers::tiering_cli(&[
+        "aggregate".as_ref(),
+        "--events".as_ref(),
+        "kafka://127.0.0.1:1/t".as_ref(),
+        "--state".as_ref(),
+        url.as_ref(),
+        "--models".as_ref(),
+        models,
+    ]);
+    assert!(!ok);
+    assert!(out.contains("not seeded"), "{out}");
 }

@@ -7,6 +7,7 @@ mod cli_clients;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
+mod security;
 mod signed_bundles;
 mod stability;
 mod storage_faults;

@@ -785,3 +785,81 @@ async fn the_cli_user_command_speaks_tls_with_a_token_from_a_file_made_by_keys_a
     assert!(!ok && text.contains("UNAUTHENTICATED"), "{text}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_added_to_the_keys_file_works_without_a_restart_and_a_bad_file_keeps_the_old_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = Dirs::new();
+    let mut config = dirs.config();
+    publish(&config.models, "v1", 1.0);
+    config.tls_reload_secs = 1;
+    let keys = dirs.root.path().join("keys.toml");
+    let first = keys_file(&keys, &[("first", &[Role::Reader], None)], &[]);
+    config.keys_file = Some(keys.clone());
+    let server = TestServer::start(config).await;
+    let channel = plain_channel(server.addr).await;
+    until_model(&mut authed(channel.clone(), Some(&first[0]))).await;
+
+    let both = keys_file(
+        &keys,
+        &[
+            ("first", &[Role::Reader], None),
+            ("second", &[Role::Reader], None),
+        ],
+        &[],
+    );
+    let mut second = authed(channel.clone(), Some(&both[1]));
+    let mut seen = false;
+    for _ in 0..100 {
+        if call(&mut second, "GetModelInfo").await == Code::Ok {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the new key was never accepted");
+    // A file others can read is refused at reload: the keys loaded before stay in force.
+    std::fs::write(&keys, "[[key]]\nname = \"x\"\n").unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(call(&mut second, "GetModelInfo").await, Code::Ok);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_speaks_tls_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let (setup, _) = tls_setup(None, &[]);
+    let server = TestServer::start(setup.config.clone()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from(setup.ca.0.der().to_vec());
+    roots.add(ca).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(server.metrics_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("tiering_refused_total") || out.contains("tiering_"),
+        "{out}"
+    );
+    // Plain HTTP on the same port gets no metrics.
+    let plain = server.metrics().await;
+    assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
+    server.stop().await.unwrap();
+}

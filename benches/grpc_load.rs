@@ -933,6 +933,27 @@ impl Tiering for Echo {
     ) -> Result<Response<proto::ModelInfo>, Status> {
         Err(Status::unimplemented("echo"))
     }
+
+    async fn list_models(
+        &self,
+        _req: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn promote_model(
+        &self,
+        _req: Request<proto::PromoteModelRequest>,
+    ) -> Result<Response<proto::ModelChange>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn rollback_model(
+        &self,
+        _req: Request<proto::RollbackModelRequest>,
+    ) -> Result<Response<proto::ModelChange>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

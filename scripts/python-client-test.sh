@@ -91,3 +91,34 @@ echo "server on $ADDR (pid $SERVER_PID)"
 step "python client"
 "$VENV/bin/python" examples/python/client.py --server "$ADDR" --wait-ready 60 \
     --min-probability 0.3 --limit 1000 --page-size 64
+
+# 6. Again over TLS with a token: a CA and a server certificate (openssl), an API key from
+#    `tiering keys add-token`, a second server with --tls-cert/--tls-key/--keys-file, and the
+#    client with --tls-ca and TIERING_TOKEN (it also checks that a call without it is refused).
+step "TLS and a token"
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=test CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+    -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$WORK/san.ext"
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+    -CAcreateserial -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+"$BIN" keys add-token --name python --roles reader,retention --keys-file "$WORK/keys.toml" \
+    >"$WORK/token" 2>/dev/null
+: >"$WORK/serve.log"
+"$BIN" serve --models "$WORK/models" --state "$WORK/state" --listen 127.0.0.1:0 \
+    --now 2026-07-01T00:00:00Z --tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key" \
+    --keys-file "$WORK/keys.toml" 2>"$WORK/serve.log" &
+SERVER_PID=$!
+ADDR=""
+for _ in $(seq 300); do
+    ADDR=$(sed -n 's/^tiering: gRPC on \([0-9.]*:[0-9]*\).*/\1/p' "$WORK/serve.log" | head -n 1)
+    [[ -n "$ADDR" ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "the TLS server exited at start" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -n "$ADDR" ]] || { echo "the TLS server did not report its address within 30 s" >&2; exit 1; }
+TIERING_TOKEN=$(cat "$WORK/token") "$VENV/bin/python" examples/python/client.py \
+    --server "$ADDR" --tls-ca "$WORK/ca.pem" --tls-server-name localhost --wait-ready 60 \
+    --min-probability 0.3 --limit 1000 --page-size 64

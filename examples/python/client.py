@@ -16,12 +16,17 @@ What it does, asserting on every answer (exit code 0 when all checks pass, 1 oth
    order as the unfiltered list restricted to that tier;
 5. GetUserTier for the riskiest user: matches what the list said;
 6. BatchGetUserTiers: known ids answered in request order, an unknown id in not_found;
-7. errors: an unknown user is NOT_FOUND, min_churn_probability 1.5 is INVALID_ARGUMENT.
+7. errors: an unknown user is NOT_FOUND, min_churn_probability 1.5 is INVALID_ARGUMENT;
+8. with a token (--token-file or TIERING_TOKEN): a call without it is UNAUTHENTICATED.
+
+TLS: --tls-ca CA.pem (and --tls-cert/--tls-key for mutual TLS; --tls-server-name when the
+certificate names another host than --server). The token travels as `authorization: Bearer`.
 
     python client.py --server 127.0.0.1:50051 --min-probability 0.5 --limit 200
 """
 
 import argparse
+import os
 import importlib
 import importlib.resources
 import sys
@@ -131,9 +136,47 @@ def expect_error(call, code, what):
     raise CheckFailed(f"{what}: expected {code.name}, the call succeeded")
 
 
+def read_token(args):
+    if args.token_file:
+        return Path(args.token_file).read_text().strip()
+    return os.environ.get("TIERING_TOKEN", "").strip()
+
+
+def open_channel(args, token):
+    """A channel with TLS when --tls-ca is given, and the token on every call."""
+    target = args.server.removeprefix("http://").removeprefix("https://")
+    if not args.tls_ca:
+        if token:
+            raise CheckFailed("a token needs TLS (--tls-ca): it would travel in clear text")
+        return grpc.insecure_channel(target)
+    tls = grpc.ssl_channel_credentials(
+        root_certificates=Path(args.tls_ca).read_bytes(),
+        private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
+        certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+    )
+    if token:
+        tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token))
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(target, tls, options=options)
+
+
 def run(args, pb2, pb2_grpc):
-    target = args.server.removeprefix("http://")
-    with grpc.insecure_channel(target) as channel:
+    token = read_token(args)
+    if token:
+        with open_channel(args, None) as anonymous:
+            if args.wait_ready > 0:
+                wait_ready(anonymous, args.wait_ready)
+            expect_error(
+                lambda: pb2_grpc.TieringStub(anonymous).GetModelInfo(
+                    pb2.GetModelInfoRequest(), timeout=10
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "GetModelInfo without the token",
+            )
+            print("auth: a call without the token is UNAUTHENTICATED")
+    with open_channel(args, token) as channel:
         if args.wait_ready > 0:
             wait_ready(channel, args.wait_ready)
         stub = pb2_grpc.TieringStub(channel)
@@ -238,6 +281,13 @@ def main():
     p.add_argument(
         "--wait-ready", type=float, default=0, metavar="SECS",
         help="first wait up to SECS for health SERVING",
+    )
+    p.add_argument("--tls-ca", metavar="FILE", help="speak TLS, trusting this CA (PEM)")
+    p.add_argument("--tls-cert", metavar="FILE", help="mutual TLS: client certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="mutual TLS: client key (PEM)")
+    p.add_argument("--tls-server-name", metavar="NAME", help="the name the server certificate holds")
+    p.add_argument(
+        "--token-file", metavar="FILE", help="API token file (else the TIERING_TOKEN variable)"
     )
     args = p.parse_args()
     if args.limit < 1 or args.page_size < 1:

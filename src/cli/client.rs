@@ -41,6 +41,94 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS",
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Environment variable holding the API token (never a flag: flags show in `ps`).
+pub const TOKEN_ENV: &str = "TIERING_TOKEN";
+
+/// TLS and credentials for talking to a server.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// Speak TLS, trusting the server certificate's CA in FILE (PEM); `http://` URLs become
+    /// `https://`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client certificate (PEM), with --tls-key.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the client certificate's private key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The server name to check the certificate against (default: the URL's host).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Read the API token from FILE (else the TIERING_TOKEN environment variable).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call when a token is configured.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client with its credentials.
+pub type Client = TieringClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+impl SecurityArgs {
+    /// The token from `--token-file` or `TIERING_TOKEN`.
+    fn bearer(&self) -> Result<Bearer> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --token-file {}", path.display()))?,
+            ),
+            None => std::env::var(TOKEN_ENV).ok(),
+        };
+        let Some(token) = token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(Bearer(None));
+        };
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot carry"))?;
+        Ok(Bearer(Some(value)))
+    }
+
+    /// The TLS settings, when TLS is asked for.
+    fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read(ca, "--tls-ca")?),
+        );
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert, "--tls-cert")?,
+                read(key, "--tls-key")?,
+            ));
+        }
+        if let Some(name) = &self.tls_server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(Some(config))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,18 +260,38 @@ pub fn server_url(s: &str) -> String {
     }
 }
 
-async fn connect(url: &str, args: &ServerArgs) -> Result<TieringClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("--server {:?} is not a valid URL", args.server))?
-        .connect_timeout(Duration::from_secs(args.timeout.min(10)))
-        .timeout(Duration::from_secs(args.timeout));
+async fn connect(url: &str, args: &ServerArgs) -> Result<Client> {
+    connect_with(url, &args.security, args.timeout).await
+}
+
+/// Connects to `url` with TLS and a token as `security` says.
+pub async fn connect_with(url: &str, security: &SecurityArgs, timeout: u64) -> Result<Client> {
+    let tls = security.tls()?;
+    let url = match (&tls, url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => url.to_string(),
+    };
+    if tls.is_none() && url.starts_with("https://") {
+        anyhow::bail!(
+            "{url}: an https server needs --tls-ca FILE (the CA that signed its certificate)"
+        );
+    }
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("--server {url:?} is not a valid URL"))?
+        .connect_timeout(Duration::from_secs(timeout.min(10)))
+        .timeout(Duration::from_secs(timeout));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
+    }
+    let bearer = security.bearer()?;
     let channel = endpoint.connect().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to the tiering server at {url}: {}",
             error_chain(&e)
         )
     })?;
-    Ok(TieringClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    Ok(TieringClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES))
 }
 
 /// An error and its sources as one line, without the repeats transport errors carry
@@ -293,7 +401,7 @@ async fn fetch_at_risk(args: &AtRiskArgs, url: &str) -> Result<(Vec<proto::UserT
 
 /// One pass from the first page.
 async fn fetch_pages(
-    client: &mut TieringClient<Channel>,
+    client: &mut Client,
     args: &AtRiskArgs,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<proto::UserTier>, u64), FetchError> {

@@ -24,6 +24,12 @@ pub struct ModelsArgs {
     /// files); repeat for several (key rotation).
     #[arg(long, global = true, value_name = "FILE|DIR")]
     pub verify_key: Vec<PathBuf>,
+    /// Administer the models of a running server instead (ListModels, PromoteModel,
+    /// RollbackModel; role admin): its gRPC URL. The server checks with its own verify keys.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub security: super::client::SecurityArgs,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -43,6 +49,9 @@ pub enum Action {
 }
 
 pub fn run(args: ModelsArgs) -> Result<()> {
+    if let Some(server) = &args.server {
+        return remote(server, &args);
+    }
     let keys = if args.verify_key.is_empty() {
         None
     } else {
@@ -207,4 +216,78 @@ fn list(store: &BundleStore) -> Result<()> {
         None => println!("signatures not verified (give --verify-key to check them)"),
     }
     Ok(())
+}
+
+/// `tiering models --server URL ...`: the same actions through the server's admin RPCs.
+fn remote(server: &str, args: &ModelsArgs) -> Result<()> {
+    let url = super::client::server_url(server);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut client = super::client::connect_with(&url, &args.security, 60).await?;
+        let status = |s: tonic::Status| {
+            anyhow::anyhow!("{}: {}", super::client::code_name(s.code()), s.message())
+        };
+        match &args.action {
+            Action::List => {
+                let r = client
+                    .list_models(tiering::pb::ListModelsRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                println!("VERSION  SIGNED_BY  STATUS");
+                for m in &r.models {
+                    let state = match (m.current, m.problem.as_str()) {
+                        (true, "") => "CURRENT".to_string(),
+                        (true, p) => format!("CURRENT, BROKEN: {p}"),
+                        (false, "") => String::new(),
+                        (false, p) => format!("BROKEN: {p}"),
+                    };
+                    let signed = if m.signed_by.is_empty() {
+                        "unsigned"
+                    } else {
+                        &m.signed_by
+                    };
+                    println!("{}  {}  {}", m.version, signed, state.trim_end());
+                }
+                Ok(())
+            }
+            Action::Promote { version } => {
+                let r = client
+                    .promote_model(tiering::pb::PromoteModelRequest {
+                        version: version.clone(),
+                    })
+                    .await
+                    .map_err(status)
+                    .with_context(|| format!("promoting {version} on {url}"))?
+                    .into_inner();
+                println!(
+                    "{} is now current (was {})",
+                    r.version,
+                    or_none(&r.previous)
+                );
+                Ok(())
+            }
+            Action::Rollback => {
+                let r = client
+                    .rollback_model(tiering::pb::RollbackModelRequest {})
+                    .await
+                    .map_err(status)
+                    .with_context(|| format!("rolling back on {url}"))?
+                    .into_inner();
+                println!("rolled back from {} to {}", or_none(&r.previous), r.version);
+                Ok(())
+            }
+        }
+    })
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() {
+        "none"
+    } else {
+        s
+    }
 }

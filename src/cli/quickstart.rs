@@ -132,5 +132,10 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         config: None,
         now: None,
         verify_key: Vec::new(),
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
+        keys_file: None,
+        insecure: false,
     })
 }

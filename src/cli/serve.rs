@@ -42,6 +42,23 @@ pub struct ServeArgs {
     /// the configuration's `verify_key`. Without it bundles are not verified.
     #[arg(long, value_name = "FILE|DIR")]
     pub verify_key: Vec<PathBuf>,
+    /// TLS on the gRPC and metrics listeners: the server certificate chain (PEM), with
+    /// --tls-key. Reloaded on change or SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate issued by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// API keys and mTLS identities with their roles (`tiering keys add-token`); turns
+    /// authentication on. Must not be readable by group or others.
+    #[arg(long, value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
+    /// Allow listening beyond loopback without TLS or without a keys file.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -68,6 +85,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.verify_key.is_empty() {
         config.verify_key = args.verify_key;
     }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+    }
+    if args.tls_client_ca.is_some() {
+        config.tls_client_ca = args.tls_client_ca;
+    }
+    if args.keys_file.is_some() {
+        config.keys_file = args.keys_file;
+    }
+    config.insecure |= args.insecure;
     let config = config.check().context("checking the configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -78,8 +106,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the gRPC address {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let try_it = if config.tls_cert.is_some() {
+            format!("grpcurl -cacert CA.pem {addr} list")
+        } else {
+            format!("grpcurl -plaintext {addr} list")
+        };
         eprintln!(
-            "tiering: gRPC on {addr} (state in {}); try `grpcurl -plaintext {addr} list`",
+            "tiering: gRPC on {addr} (state in {}); try `{try_it}`",
             config.state_dir().display()
         );
         tiering::serve::run(config, listener, shutdown_signal())

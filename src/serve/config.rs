@@ -72,6 +72,10 @@ pub enum ConfigError {
     BadNow(#[source] TimeParseError),
     #[error("invalid configuration: earliest_event_time: {0}")]
     BadEarliestEventTime(#[source] TimeParseError),
+    #[error("invalid configuration: tls_cert and tls_key go together")]
+    TlsPair,
+    #[error("invalid configuration: tls_client_ca needs tls_cert and tls_key")]
+    ClientCaWithoutTls,
     /// A verify key file or directory is unreadable or holds no valid public key.
     #[error("invalid configuration: verify_key: {0}")]
     VerifyKey(#[source] SignatureError),
@@ -189,6 +193,29 @@ pub struct ServeConfig {
     /// verified (logged as a warning at start).
     #[serde(deserialize_with = "one_or_many")]
     pub verify_key: Vec<PathBuf>,
+    /// TLS on the gRPC and metrics listeners: the server's certificate chain (PEM). With
+    /// `tls_key`; reloaded on change or SIGHUP (see [`super::tls`]).
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate from this CA (PEM).
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often (seconds) the TLS files and the keys file are checked for a change.
+    pub tls_reload_secs: u64,
+    /// Longest TLS handshake, in milliseconds (each runs in its connection's task).
+    pub tls_handshake_timeout_ms: u64,
+    /// API keys (hashed) and mTLS identities with their roles (see [`super::auth::keys`]).
+    /// Unset: authentication is off. Refused if group or others can read it.
+    pub keys_file: Option<PathBuf>,
+    /// Requests per second per key or identity without its own `rate` (0: unlimited);
+    /// RESOURCE_EXHAUSTED beyond it.
+    pub quota_rate: f64,
+    /// The bucket size of those quotas (requests that may come at once).
+    pub quota_burst: u32,
+    /// Server reflection (`grpcurl list`) on or off; when on, it needs no credentials.
+    pub reflection: bool,
+    /// Allow listening beyond loopback without TLS or without a keys file (logged loudly).
+    pub insecure: bool,
     /// Lock shards of the user table (a power of two); more shards, less write contention.
     pub shards: usize,
     /// On SIGTERM / SIGINT, in-flight requests get this long (milliseconds) to finish; then the
@@ -263,6 +290,16 @@ impl Default for ServeConfig {
             events: None,
             events_timeout_ms: 10_000,
             events_linger_ms: 5,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_reload_secs: 5,
+            tls_handshake_timeout_ms: 10_000,
+            keys_file: None,
+            quota_rate: 0.0,
+            quota_burst: 100,
+            reflection: true,
+            insecure: false,
         }
     }
 }
@@ -496,6 +533,25 @@ impl ServeConfig {
         if self.fd_reserve < 16 {
             return out_of_range("fd_reserve", "at least 16", self.fd_reserve);
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::TlsPair);
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::ClientCaWithoutTls);
+        }
+        if self.tls_reload_secs == 0 {
+            return out_of_range("tls_reload_secs", "at least 1", 0);
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return out_of_range("tls_handshake_timeout_ms", "at least 1", 0);
+        }
+        if !(self.quota_rate.is_finite() && self.quota_rate >= 0.0) {
+            return Err(ConfigError::OutOfRange {
+                field: "quota_rate",
+                rule: "a number of requests per second, 0 or more".into(),
+                got: self.quota_rate.to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -599,6 +655,15 @@ impl ValidServeConfig {
     /// `events`, parsed: `None` applies RecordEvents to the local state.
     pub fn events(&self) -> Option<&EventsTarget> {
         self.events.as_ref()
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<super::tls::TlsFiles> {
+        Some(super::tls::TlsFiles {
+            cert: self.config.tls_cert.clone()?,
+            key: self.config.tls_key.clone()?,
+            client_ca: self.config.tls_client_ca.clone(),
+        })
     }
 
     pub(crate) fn model_poll(&self) -> Duration {

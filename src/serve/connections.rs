@@ -13,11 +13,16 @@
 //! Hitting the cap or an accept error is logged once (a warning), then counted in
 //! `tiering_refused_total{reason="connections"|"accept_error"}`.
 //!
+//! - **TLS** (when configured, see [`super::tls`]): each accepted connection's handshake runs in
+//!   its own task under a timeout, so a slow or silent client never holds the accept loop; the
+//!   handshaking connection already counts against the cap.
+//!
 //! Requests find their connection's [`ConnInfo`] in their extensions; [`ConnInfo::busy`] marks
 //! the connection busy while the returned guard lives (the admission layer keeps it in the
 //! response body).
 
 use super::metrics::Metrics;
+use super::tls::Tls;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,6 +43,8 @@ pub struct ConnLimits {
     pub idle_timeout: Option<Duration>,
     /// TCP keepalive probes on accepted sockets after this much silence; `None`: off.
     pub tcp_keepalive: Option<Duration>,
+    /// Longest TLS handshake (each runs in its connection's task).
+    pub tls_handshake_timeout: Duration,
 }
 
 /// The connection cap for `configured` (0: automatic) and descriptor limit `nofile` (the
@@ -97,6 +104,8 @@ impl Activity {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
+    /// With mutual TLS: the verified client certificate's DNS SANs and subject CN.
+    pub peer_names: Option<Arc<[String]>>,
     activity: Arc<Activity>,
 }
 
@@ -219,6 +228,102 @@ impl tonic::transport::server::Connected for Conn {
     }
 }
 
+/// A connection as served: plain, or TLS over the tracked connection (the TLS layer reads
+/// through [`Conn`], so the cap and the idle timeout apply alike).
+pub enum Accepted {
+    Plain(Conn),
+    Tls(Box<tokio_rustls::server::TlsStream<Conn>>),
+}
+
+impl Accepted {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut dyn AsyncReadWrite> {
+        match self.get_mut() {
+            Accepted::Plain(c) => Pin::new(c),
+            Accepted::Tls(t) => Pin::new(t.as_mut()),
+        }
+    }
+}
+
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncReadWrite for T {}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Accepted::Plain(c) => c.is_write_vectored(),
+            Accepted::Tls(t) => t.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Accepted {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Accepted::Plain(c) => c.info.clone(),
+            Accepted::Tls(t) => t.get_ref().0.info.clone(),
+        }
+    }
+}
+
+/// The TLS handshake of one connection, in its own task (the accept loop never waits for it),
+/// within `timeout`; the verified client certificate's names go into its [`ConnInfo`].
+fn spawn_handshake(
+    conn: Conn,
+    tls: Arc<Tls>,
+    timeout: Duration,
+    tx: mpsc::Sender<io::Result<Accepted>>,
+) {
+    tokio::spawn(async move {
+        let acceptor = tls.grpc_acceptor();
+        let mut stream = match tokio::time::timeout(timeout, acceptor.accept(conn)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return tls.handshake_failed(&e),
+            Err(_) => return tls.handshake_failed(&"timed out"),
+        };
+        let (conn, session) = stream.get_mut();
+        if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+            conn.info.peer_names = Some(Arc::from(super::tls::cert_names(cert.as_ref())));
+        }
+        let _ = tx.send(Ok(Accepted::Tls(Box::new(stream)))).await;
+    });
+}
+
 /// Logs a condition once per process, then only counts it.
 struct Once(AtomicBool);
 
@@ -234,9 +339,10 @@ pub fn incoming(
     listener: TcpListener,
     limits: ConnLimits,
     metrics: Arc<Metrics>,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
+    tls: Option<Arc<Tls>>,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Accepted>> {
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(accept_loop(listener, limits, metrics, tx));
+    tokio::spawn(accept_loop(listener, limits, metrics, tls, tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
@@ -244,7 +350,8 @@ async fn accept_loop(
     listener: TcpListener,
     limits: ConnLimits,
     metrics: Arc<Metrics>,
-    tx: mpsc::Sender<io::Result<Conn>>,
+    tls: Option<Arc<Tls>>,
+    tx: mpsc::Sender<io::Result<Accepted>>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (cap_logged, error_logged) = (Once(AtomicBool::new(false)), Once(AtomicBool::new(false)));
@@ -295,6 +402,7 @@ async fn accept_loop(
             stream,
             info: ConnInfo {
                 remote: Some(remote),
+                peer_names: None,
                 activity: Arc::new(Activity {
                     busy: AtomicUsize::new(0),
                     idle_since_ms: AtomicU64::new(0),
@@ -306,8 +414,15 @@ async fn accept_loop(
             metrics: metrics.clone(),
             _permit: permit,
         };
-        if tx.send(Ok(conn)).await.is_err() {
-            return;
+        match &tls {
+            Some(tls) => {
+                spawn_handshake(conn, tls.clone(), limits.tls_handshake_timeout, tx.clone())
+            }
+            None => {
+                if tx.send(Ok(Accepted::Plain(conn))).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -54,6 +54,13 @@ pub enum RequestError {
     /// The user state could not answer or accept the request.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A model administration call (PromoteModel, RollbackModel, ListModels) was refused by the
+    /// bundle store, as `tiering models` would be.
+    #[error("{0}")]
+    ModelAdmin(#[source] crate::bundle::BundleError),
+    /// The blocking task of a model administration call died (a panic).
+    #[error("internal error: model administration: {0}")]
+    AdminTask(#[source] tokio::task::JoinError),
     /// The blocking task that ran the at-risk scan or ranking build died (a panic).
     #[error("internal error: at-risk scan: {0}")]
     ScanTask(#[source] tokio::task::JoinError),
@@ -97,9 +104,17 @@ impl RequestError {
             // Redis unreachable (or too slow): retry later or on another replica.
             RequestError::State(e) if e.is_unavailable() => Code::Unavailable,
             RequestError::State(StateError::RedisContention { .. }) => Code::Aborted,
-            RequestError::State(_) | RequestError::ScanTask(_) | RequestError::Events(_) => {
-                Code::Internal
+            RequestError::ModelAdmin(crate::bundle::BundleError::UnknownVersion { .. }) => {
+                Code::NotFound
             }
+            RequestError::ModelAdmin(crate::bundle::BundleError::BadVersionId(_)) => {
+                Code::InvalidArgument
+            }
+            RequestError::ModelAdmin(_) => Code::FailedPrecondition,
+            RequestError::State(_)
+            | RequestError::ScanTask(_)
+            | RequestError::Events(_)
+            | RequestError::AdminTask(_) => Code::Internal,
         }
     }
 }
@@ -187,4 +202,11 @@ pub enum ServeError {
     /// The event topic's producer could not be created (`events`).
     #[error("events: {0}")]
     Events(#[source] EventsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] super::tls::TlsError),
+    #[error(transparent)]
+    Keys(#[from] super::auth::AuthError),
+    /// Listening beyond loopback without TLS or without authentication, and no `insecure`.
+    #[error("refusing to listen on {addr} without {missing}: anyone who can reach it could read and change every user's data; configure tls_cert/tls_key and keys_file, or set insecure = true (--insecure) to accept the risk")]
+    Insecure { addr: SocketAddr, missing: String },
 }

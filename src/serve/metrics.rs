@@ -378,6 +378,7 @@ impl Metrics {
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<super::tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -394,6 +395,7 @@ pub async fn serve(
             },
         };
         let metrics = metrics.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -415,11 +417,26 @@ pub async fn serve(
                         )
                     }
                 });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await
+                }
+                Some(tls) => {
+                    let handshake = tls.http_acceptor().accept(stream);
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return tls.handshake_failed(&e),
+                            Err(_) => return tls.handshake_failed(&"timed out"),
+                        };
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "metrics connection");
             }
         });

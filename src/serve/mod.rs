@@ -40,10 +40,12 @@
 //! drain for at most `shutdown_grace_ms` (then the remaining connections are dropped),
 //! background tasks stop, and a final snapshot is written.
 
+pub(crate) mod admin;
 pub(crate) mod admission;
 #[cfg(feature = "kafka")]
 pub mod aggregator;
 pub mod at_risk;
+pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod convert;
@@ -56,6 +58,7 @@ pub mod ranking;
 pub mod service;
 pub(crate) mod slot;
 pub mod state;
+pub mod tls;
 
 pub use config::{Clock, ConfigError, ServeConfig, ValidServeConfig};
 pub use error::{RequestError, ServeError};
@@ -102,13 +105,15 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::new()?);
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let (tls, auth) = load_security(&config, &metrics, addr)?;
     let token_keys = Arc::new(load_token_keys(&config)?);
     let state = Arc::new(open_state(&config, metrics.clone()).await?);
     let sink = Arc::new(open_sink(&config)?);
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+    let (reflection_v1, reflection_v1alpha) = reflection_services(config.reflection)?;
 
     // Background tasks stop when `stop` fires, or when this future is dropped (its sender goes).
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -143,9 +148,10 @@ pub async fn run_with_metrics(
             metrics.clone(),
         ),
         state.clone(),
-        metrics_listener.map(|l| (l, metrics.clone())),
-        stop_rx,
+        metrics_listener.map(|l| (l, metrics.clone(), tls.clone())),
+        stop_rx.clone(),
     );
+    let watchers = spawn_credential_watchers(&config, tls.clone(), auth.clone(), stop_rx);
     let tiering = crate::pb::tiering_server::TieringServer::new(service::TieringService::new(
         Arc::new(context(
             &config,
@@ -160,7 +166,6 @@ pub async fn run_with_metrics(
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
 
-    let addr = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
     let drain_health = health.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -171,7 +176,7 @@ pub async fn run_with_metrics(
         set_health(&drain_health, ServingStatus::NotServing).await;
         let _ = draining_tx.send(());
     };
-    let incoming = connections::incoming(listener, conn_limits(&config), metrics.clone());
+    let incoming = connections::incoming(listener, conn_limits(&config), metrics.clone(), tls);
     let mut server = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams_per_connection)
         .http2_keepalive_interval(secs(config.http2_keepalive_interval_secs))
@@ -190,9 +195,10 @@ pub async fn run_with_metrics(
             },
             metrics.clone(),
         ))
+        .layer(auth::AuthLayer::new(auth))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(tiering)
         .serve_with_incoming_shutdown(incoming, signal);
     let served = drain_within(
@@ -204,6 +210,9 @@ pub async fn run_with_metrics(
 
     let _ = stop_tx.send(true);
     background.join().await;
+    for w in watchers {
+        let _ = w.await;
+    }
     let _ = writes_health.await;
     let _ = backend_health.await;
     let _ = drift.await;
@@ -212,26 +221,6 @@ pub async fn run_with_metrics(
     final_snapshot(&state).await;
     served?;
     Ok(())
-}
-
-/// gRPC reflection, both protocol versions, over our services and health.
-fn reflection_services() -> Result<
-    (
-        tonic_reflection::server::v1::ServerReflectionServer<
-            impl tonic_reflection::server::v1::ServerReflection,
-        >,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
-        >,
-    ),
-    ServeError,
-> {
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    Ok((reflection().build_v1()?, reflection().build_v1alpha()?))
 }
 
 /// The state's last checkpoint at shutdown. A failed final snapshot (a full disk) loses nothing:
@@ -422,6 +411,9 @@ fn context(
         sink,
         metrics,
         ranking,
+        admin: Arc::new(admin::ModelAdmin::new(
+            BundleStore::new(&config.models).with_verify_keys(config.verify_keys()),
+        )),
     }
 }
 
@@ -458,7 +450,153 @@ fn conn_limits(config: &ValidServeConfig) -> connections::ConnLimits {
         max_connections,
         idle_timeout: secs(config.connection_idle_timeout_secs),
         tcp_keepalive: secs(config.tcp_keepalive_secs),
+        tls_handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
     }
+}
+
+/// Server reflection (v1 and v1alpha) when `enabled`.
+#[allow(clippy::type_complexity)]
+fn reflection_services(
+    enabled: bool,
+) -> Result<
+    (
+        Option<
+            tonic_reflection::server::v1::ServerReflectionServer<
+                impl tonic_reflection::server::v1::ServerReflection,
+            >,
+        >,
+        Option<
+            tonic_reflection::server::v1alpha::ServerReflectionServer<
+                impl tonic_reflection::server::v1alpha::ServerReflection,
+            >,
+        >,
+    ),
+    ServeError,
+> {
+    if !enabled {
+        return Ok((None, None));
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        Some(reflection().build_v1()?),
+        Some(reflection().build_v1alpha()?),
+    ))
+}
+
+/// TLS and authentication from the configuration, and the exposure check on `addr`.
+#[allow(clippy::type_complexity)]
+fn load_security(
+    config: &ValidServeConfig,
+    metrics: &Arc<metrics::Metrics>,
+    addr: std::net::SocketAddr,
+) -> Result<(Option<Arc<tls::Tls>>, Option<Arc<auth::Auth>>), ServeError> {
+    let tls = load_tls(config, metrics)?;
+    let auth = load_auth(config, metrics)?;
+    check_exposure(config, addr, tls.is_some(), auth.is_some())?;
+    Ok((tls, auth))
+}
+
+/// TLS from `tls_cert` / `tls_key` / `tls_client_ca`, when configured.
+fn load_tls(
+    config: &ValidServeConfig,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Option<Arc<tls::Tls>>, ServeError> {
+    let Some(files) = config.tls_files() else {
+        return Ok(None);
+    };
+    let m = metrics.clone();
+    let tls = tls::Tls::load(files, Arc::new(move |reason| m.refused(reason)))?;
+    tracing::info!(
+        cert = %tls.files().cert.display(),
+        mutual = tls.files().client_ca.is_some(),
+        "TLS on the gRPC and metrics listeners"
+    );
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Authentication from `keys_file`, when configured.
+fn load_auth(
+    config: &ValidServeConfig,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Option<Arc<auth::Auth>>, ServeError> {
+    let Some(path) = &config.keys_file else {
+        return Ok(None);
+    };
+    let keys = auth::keys::Keys::load(path)?;
+    let (k, i) = keys.counts();
+    tracing::info!(path = %path.display(), keys = k, identities = i, "authentication on");
+    let settings = auth::AuthSettings {
+        reflection: config.reflection,
+        quota_rate: config.quota_rate,
+        quota_burst: config.quota_burst,
+    };
+    Ok(Some(Arc::new(auth::Auth::new(
+        keys,
+        settings,
+        metrics.clone(),
+    ))))
+}
+
+/// Beyond loopback without TLS or without authentication: refused unless `insecure`, and
+/// logged loudly either way.
+fn check_exposure(
+    config: &ValidServeConfig,
+    addr: std::net::SocketAddr,
+    tls: bool,
+    auth: bool,
+) -> Result<(), ServeError> {
+    let missing: Vec<&str> = [(!tls).then_some("TLS"), (!auth).then_some("authentication")]
+        .into_iter()
+        .flatten()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let missing = missing.join(" and ");
+    if addr.ip().is_loopback() {
+        tracing::info!(%addr, "listening on loopback without {missing}");
+        return Ok(());
+    }
+    if !config.insecure {
+        tracing::error!(%addr, "refusing to listen beyond loopback without {missing} (set insecure to accept the risk)");
+        return Err(ServeError::Insecure { addr, missing });
+    }
+    tracing::warn!(%addr, "INSECURE: listening beyond loopback without {missing}; anyone who can reach this port can read and change every user's data");
+    Ok(())
+}
+
+/// Reloads the TLS files and the keys file when they change or on SIGHUP.
+fn spawn_credential_watchers(
+    config: &ValidServeConfig,
+    tls: Option<Arc<tls::Tls>>,
+    auth: Option<Arc<auth::Auth>>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let every = Duration::from_secs(config.tls_reload_secs);
+    let mut tasks = Vec::new();
+    if let Some(tls) = tls {
+        let paths = tls.files().paths();
+        tasks.push(auth::reload::spawn_watcher(
+            paths,
+            every,
+            stop.clone(),
+            move || tls.reload(),
+        ));
+    }
+    if let (Some(auth), Some(path)) = (auth, config.keys_file.clone()) {
+        let p = path.clone();
+        tasks.push(auth::reload::spawn_watcher(
+            vec![path],
+            every,
+            stop,
+            move || auth.reload(&p),
+        ));
+    }
+    tasks
 }
 
 /// The page-token keys: `page_token_key_file`, else `TIERING_PAGE_TOKEN_KEYS`, else random.
@@ -494,7 +632,7 @@ impl Background {
         config: &ValidServeConfig,
         loader: Loader,
         state: Arc<StateBackend>,
-        metrics: Option<(TcpListener, Arc<metrics::Metrics>)>,
+        metrics: Option<(TcpListener, Arc<metrics::Metrics>, Option<Arc<tls::Tls>>)>,
         stop_rx: watch::Receiver<bool>,
     ) -> Background {
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -505,9 +643,9 @@ impl Background {
             Duration::from_secs(config.snapshot_interval_secs),
             stop_rx.clone(),
         ));
-        let metrics = metrics.map(|(l, m)| {
+        let metrics = metrics.map(|(l, m, tls)| {
             let mut stop = stop_rx.clone();
-            tokio::spawn(metrics::serve(l, m, async move {
+            tokio::spawn(metrics::serve(l, m, tls, async move {
                 let _ = stop.changed().await;
             }))
         });

@@ -50,6 +50,8 @@ pub struct Context {
     pub token_keys: Arc<TokenKeys>,
     /// The at-risk ranking ListAtRiskUsers reads; RecordEvents tells it which users changed.
     pub ranking: Arc<RankingBackend>,
+    /// ListModels, PromoteModel, RollbackModel (see [`super::admin`]).
+    pub admin: Arc<super::admin::ModelAdmin>,
 }
 
 #[derive(Clone)]
@@ -397,5 +399,29 @@ impl proto::tiering_server::Tiering for TieringService {
             Ok(convert::model_info(&model, self.ctx.state.users()))
         });
         self.finish(Rpc::GetModelInfo, started, r)
+    }
+
+    async fn list_models(
+        &self,
+        _req: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let r = self.ctx.admin.list().await;
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn promote_model(
+        &self,
+        req: Request<proto::PromoteModelRequest>,
+    ) -> Result<Response<proto::ModelChange>, Status> {
+        let r = self.ctx.admin.promote(req.into_inner().version).await;
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn rollback_model(
+        &self,
+        _req: Request<proto::RollbackModelRequest>,
+    ) -> Result<Response<proto::ModelChange>, Status> {
+        let r = self.ctx.admin.rollback().await;
+        r.map(Response::new).map_err(Status::from)
     }
 }

@@ -12,6 +12,7 @@ mod hostile_clients;
 mod kafka_events;
 mod redis_fixture;
 mod redis_state;
+mod security;
 mod signed_bundles;
 mod stability;
 mod storage_faults;

@@ -1,0 +1,56 @@
+//! Per-identity request quotas: a token bucket per key or identity name.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A bucket: `tokens` left, refilled at `rate` per second up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The buckets of every identity seen.
+#[derive(Debug, Default)]
+pub struct Quotas {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Quotas {
+    /// Takes one request from `name`'s bucket; `false` when it is empty.
+    pub fn take(&self, name: &str, rate: f64, burst: u32) -> bool {
+        let burst = f64::from(burst.max(1));
+        let now = Instant::now();
+        let mut buckets = match self.buckets.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let bucket = buckets.entry(name.to_string()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        let elapsed = now.duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses() {
+        let q = Quotas::default();
+        assert!((0..5).all(|_| q.take("a", 0.001, 5)));
+        assert!(!q.take("a", 0.001, 5));
+        assert!(q.take("b", 0.001, 5), "buckets are per identity");
+    }
+}

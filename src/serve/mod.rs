@@ -117,19 +117,8 @@ pub async fn run_with_metrics(
 
     // Background tasks stop when `stop` fires, or when this future is dropped (its sender goes).
     let (stop_tx, stop_rx) = watch::channel(false);
-    let writes_health = tokio::spawn(report_writes_health(
-        state.clone(),
-        health.clone(),
-        stop_rx.clone(),
-    ));
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let backend_health = tokio::spawn(report_backend_health(
-        state.clone(),
-        slot.clone(),
-        health.clone(),
-        draining.clone(),
-        stop_rx.clone(),
-    ));
+    let (writes_health, backend_health) = spawn_health(&state, &slot, &health, &draining, &stop_rx);
     let drift = drift::spawn(
         slot.clone(),
         state.clone(),
@@ -221,6 +210,29 @@ pub async fn run_with_metrics(
     final_snapshot(&state).await;
     served?;
     Ok(())
+}
+
+/// The tasks that keep the writes' and the backend's health current until `stop` fires.
+fn spawn_health(
+    state: &Arc<StateBackend>,
+    slot: &Arc<ModelSlot>,
+    health: &HealthReporter,
+    draining: &Arc<std::sync::atomic::AtomicBool>,
+    stop: &watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let writes = tokio::spawn(report_writes_health(
+        state.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+    let backend = tokio::spawn(report_backend_health(
+        state.clone(),
+        slot.clone(),
+        health.clone(),
+        draining.clone(),
+        stop.clone(),
+    ));
+    (writes, backend)
 }
 
 /// The state's last checkpoint at shutdown. A failed final snapshot (a full disk) loses nothing:

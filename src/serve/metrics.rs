@@ -380,6 +380,19 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_text(listener, Arc::new(move || metrics.render()), shutdown).await
+}
+
+/// What a metrics endpoint answers: the text exposition of some registry (the server's
+/// [`Metrics`], the aggregator's own).
+pub type Render = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// Serves `GET /metrics` with what `render` gives, until `shutdown` resolves.
+pub async fn serve_text(
+    listener: TcpListener,
+    render: Render,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -393,18 +406,18 @@ pub async fn serve(
                 }
             },
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
+                    let render = render.clone();
                     async move {
                         let resp = if req.method() == hyper::Method::GET
                             && req.uri().path() == "/metrics"
                         {
                             hyper::Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                .body(Full::new(Bytes::from(metrics.render())))
+                                .body(Full::new(Bytes::from(render())))
                         } else {
                             hyper::Response::builder().status(404).body(Full::new(
                                 Bytes::from_static(b"not found: try GET /metrics\n"),

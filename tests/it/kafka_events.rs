@@ -557,6 +557,8 @@ fn tiering_aggregate_refuses_a_bad_events_url_and_a_state_that_consumes_no_topic
         "kafka://h:1".as_ref(),
         "--state".as_ref(),
         "redis://127.0.0.1:1".as_ref(),
+        "--models".as_ref(),
+        "/nonexistent-models".as_ref(),
     ]);
     assert!(!ok);
     assert!(out.contains("--events") && out.contains("/TOPIC"), "{out}");
@@ -566,6 +568,8 @@ fn tiering_aggregate_refuses_a_bad_events_url_and_a_state_that_consumes_no_topic
         "kafka://127.0.0.1:1/t".as_ref(),
         "--state".as_ref(),
         "/var/lib/state".as_ref(),
+        "--models".as_ref(),
+        "/nonexistent-models".as_ref(),
     ]);
     assert!(!ok);
     assert!(

@@ -1,5 +1,5 @@
-//! `tiering aggregate --events kafka://BROKERS/TOPIC --state redis://HOST:PORT --group NAME`:
-//! one member of the consumer group that applies the event topic to the shared state (see
+//! `tiering aggregate --events kafka://BROKERS/TOPIC --state redis://HOST:PORT --group NAME
+//! [--metrics-listen ADDR]`: one member of the consumer group that applies the event topic to the shared state (see
 //! `tiering::serve::aggregator`). SIGINT/SIGTERM stop it after the batch in hand.
 //!
 //! A subcommand of its own rather than `tiering serve --consume`: the aggregator needs no
@@ -28,6 +28,17 @@ pub struct AggregateArgs {
     /// Longest a batch waits to fill, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub max_wait_ms: u64,
+    /// Serve the aggregator's Prometheus metrics (consumer lag per partition, events applied,
+    /// skipped and undecodable, batch latency) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How often the consumer lag is refreshed, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub stats_interval_ms: u64,
+    /// A member silent this long (a crash) loses its partitions to the others, in milliseconds
+    /// (`session.timeout.ms`; the broker bounds it).
+    #[arg(long, default_value_t = 45_000)]
+    pub session_timeout_ms: u64,
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -47,6 +58,8 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
     let mut config = AggregatorConfig::new(target, args.group);
     config.max_batch = args.max_batch.max(1);
     config.max_wait = Duration::from_millis(args.max_wait_ms);
+    config.stats_interval = Duration::from_millis(args.stats_interval_ms.max(1));
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms.max(1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,10 +68,26 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         let state = open_shared_state(&args.state, &args.models).await?;
         let metrics = Arc::new(AggregatorMetrics::new()?);
         let aggregator = Aggregator::connect(config, metrics.clone())?;
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(addr) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?;
+            let bound = listener.local_addr().context("--metrics-listen")?;
+            eprintln!("tiering: aggregator metrics on http://{bound}/metrics");
+            let m = metrics.clone();
+            let render: tiering::serve::metrics::Render =
+                Arc::new(move || m.render().into_bytes());
+            tokio::spawn(tiering::serve::metrics::serve_text(listener, render, None, async {
+                let _ = metrics_stopped.await;
+            }));
+        }
         eprintln!("tiering: aggregating {} into {}", args.events, args.state);
         let totals = aggregator
             .run(&state, super::serve::shutdown_signal())
-            .await?;
+            .await;
+        let _ = stop_metrics.send(());
+        let totals = totals?;
         eprintln!(
             "tiering: aggregator stopped: {} batches, {} events applied, {} skipped (redelivered), {} undecodable",
             totals.batches, totals.applied, totals.skipped, totals.undecodable

@@ -381,6 +381,21 @@ pub async fn serve(
     tls: Option<Arc<super::tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_text(listener, Arc::new(move || metrics.render()), tls, shutdown).await
+}
+
+/// What a metrics endpoint answers: the text exposition of some registry (the server's
+/// [`Metrics`], the aggregator's own).
+pub type Render = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// Serves `GET /metrics` with what `render` gives (over TLS when `tls` is given), until
+/// `shutdown` resolves.
+pub async fn serve_text(
+    listener: TcpListener,
+    render: Render,
+    tls: Option<Arc<super::tls::Tls>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -394,19 +409,19 @@ pub async fn serve(
                 }
             },
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
+                    let render = render.clone();
                     async move {
                         let resp = if req.method() == hyper::Method::GET
                             && req.uri().path() == "/metrics"
                         {
                             hyper::Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                .body(Full::new(Bytes::from(metrics.render())))
+                                .body(Full::new(Bytes::from(render())))
                         } else {
                             hyper::Response::builder().status(404).body(Full::new(
                                 Bytes::from_static(b"not found: try GET /metrics\n"),

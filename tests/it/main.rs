@@ -12,6 +12,8 @@ mod hostile_clients;
 mod kafka_events;
 mod redis_fixture;
 mod redis_state;
+#[cfg(feature = "kafka")]
+mod scale_out;
 mod security;
 mod signed_bundles;
 mod stability;

@@ -409,7 +409,7 @@ impl RedisRanking {
             })
         };
         match reply.first().map(String::as_str) {
-            Some("ok") if reply.len() >= 6 && reply.len() % 2 == 0 => {}
+            Some("ok") if reply.len() >= 6 && reply.len().is_multiple_of(2) => {}
             Some("gone") => return Err(self.gone()),
             _ => return Err(bad()),
         }

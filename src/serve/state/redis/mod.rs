@@ -256,6 +256,21 @@ impl RedisState {
         }
     }
 
+    /// [`UserState::apply_logged`]: the write, then the users marked for re-ranking.
+    async fn apply_logged_and_mark(
+        &self,
+        events: Vec<(UserEvent, LogPosition)>,
+    ) -> Result<Applied, StateError> {
+        let mut users: Vec<String> = events.iter().map(|(e, _)| e.user_id.clone()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let applied = self
+            .write_events(events.into_iter().map(|(e, p)| (e, Some(p))).collect())
+            .await?;
+        self.mark_ranking_dirty(&users).await;
+        Ok(applied)
+    }
+
     fn marker_lock(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
         self.shared
             .marker
@@ -607,16 +622,7 @@ impl UserState for RedisState {
         &self,
         events: Vec<(UserEvent, LogPosition)>,
     ) -> impl Future<Output = Result<Applied, StateError>> + Send {
-        async move {
-            let mut users: Vec<String> = events.iter().map(|(e, _)| e.user_id.clone()).collect();
-            users.sort_unstable();
-            users.dedup();
-            let applied = self
-                .write_events(events.into_iter().map(|(e, p)| (e, Some(p))).collect())
-                .await?;
-            self.mark_ranking_dirty(&users).await;
-            Ok(applied)
-        }
+        self.apply_logged_and_mark(events)
     }
 
     /// The watermark stored with the user's aggregate (one GET).

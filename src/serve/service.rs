@@ -188,6 +188,7 @@ fn ranking_error(e: ranking::RankingError) -> RequestError {
             max_versions,
         },
         R::NotBuilt => RequestError::RankingNotBuilt,
+        R::OtherModel { .. } => RequestError::RankingNotBuilt,
         R::NoModel => RequestError::NoModel,
         R::State(e) => RequestError::State(e),
         R::Task(e) => RequestError::ScanTask(e),

@@ -11,6 +11,7 @@ mod hostile_clients;
 #[cfg(feature = "kafka")]
 mod kafka_events;
 mod redis_fixture;
+mod redis_ranking;
 mod redis_state;
 #[cfg(feature = "kafka")]
 mod scale_out;

@@ -46,11 +46,12 @@
 //! # Backends
 //!
 //! The server calls the [`Ranking`] trait through [`RankingBackend`] (an enum, statically
-//! dispatched, as the user state is). [`memory::MemoryRanking`] serves the embedded state. A
-//! Redis ranking (sorted sets per ordering and version, refreshed by one replica under a lease)
-//! implements the same three methods.
+//! dispatched, as the user state is). [`memory::MemoryRanking`] serves the embedded state;
+//! [`redis::RedisRanking`] serves the Redis state (multi-version rows in one sorted set per
+//! generation, shared by every replica, maintained by one replica at a time under a lease).
 
 pub mod memory;
+pub mod redis;
 
 use super::at_risk::AtRiskQuery;
 use super::config::ValidServeConfig;
@@ -120,6 +121,10 @@ pub enum RankingError {
     /// Reading the user state failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The ranking in Redis was scored with another model than the one this replica serves (a
+    /// rolling deploy): UNAVAILABLE until the lease holder rebuilds with the new model.
+    #[error("the at-risk ranking was scored with model {ranking:?}, this replica serves {serving:?}; retry (the ranking is rebuilt when its maintainer runs the new model)")]
+    OtherModel { ranking: String, serving: String },
     /// The blocking task that built the ranking died (a panic).
     #[error("ranking build task: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -150,6 +155,7 @@ pub trait Ranking: Send + Sync {
 /// The ranking the server holds, chosen at start.
 pub enum RankingBackend {
     Memory(memory::MemoryRanking),
+    Redis(redis::RedisRanking),
 }
 
 impl Ranking for RankingBackend {
@@ -160,18 +166,21 @@ impl Ranking for RankingBackend {
     ) -> Result<RankedPage, RankingError> {
         match self {
             RankingBackend::Memory(r) => r.page(q, deadline).await,
+            RankingBackend::Redis(r) => r.page(q, deadline).await,
         }
     }
 
     async fn users_changed(&self, users: Vec<String>) {
         match self {
             RankingBackend::Memory(r) => r.users_changed(users).await,
+            RankingBackend::Redis(r) => r.users_changed(users).await,
         }
     }
 
     async fn rebuild(&self) -> Result<(), RankingError> {
         match self {
             RankingBackend::Memory(r) => r.rebuild().await,
+            RankingBackend::Redis(r) => r.rebuild().await,
         }
     }
 }
@@ -202,7 +211,9 @@ pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
     true
 }
 
-/// Makes the ranking for the embedded state and starts its [`refresh`] task.
+/// Makes the ranking for the state and starts its maintenance: with the Redis state, a
+/// [`redis::RedisRanking`] and its [`redis::maintain`] loop (the ranking lives in Redis, shared
+/// by every replica); otherwise a [`memory::MemoryRanking`] and its [`refresh`] task.
 pub fn start(
     config: &ValidServeConfig,
     state: &Arc<super::state::StateBackend>,
@@ -210,6 +221,12 @@ pub fn start(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (Arc<RankingBackend>, tokio::task::JoinHandle<()>) {
     let settings = RankingSettings::from_config(config);
+    if let Some(r) = redis::RedisRanking::new(state.clone(), slot.clone(), config.clock(), settings)
+    {
+        let ranking = Arc::new(RankingBackend::Redis(r));
+        let task = tokio::spawn(redis::maintain(ranking.clone(), slot.clone(), stop));
+        return (ranking, task);
+    }
     let ranking = Arc::new(RankingBackend::Memory(memory::MemoryRanking::new(
         state.clone(),
         slot.clone(),

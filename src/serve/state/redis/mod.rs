@@ -56,6 +56,11 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// The set of users whose aggregates changed outside a serving replica (applied by the Kafka
+/// aggregator): the Redis ranking's lease holder drains it and re-ranks them. Shares the
+/// ranking's hash tag.
+pub const RANKING_DIRTY_KEY: &str = "{rank}:dirty";
+
 /// How often the health probe PINGs Redis.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -200,6 +205,70 @@ impl RedisState {
     /// True while the health probe reaches Redis (and no call found it unreachable since).
     pub fn is_reachable(&self) -> bool {
         self.shared.reachable.load(Ordering::Acquire)
+    }
+
+    /// Runs one command on the state's Redis (a Lua script through `EVAL`, a `SADD`...) with the
+    /// backend's timeout, metrics and error mapping. For the Redis at-risk ranking
+    /// ([`crate::serve::ranking::redis`]), whose keys share one hash tag (one slot).
+    pub async fn run<T: ::redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &::redis::Cmd,
+    ) -> Result<T, StateError> {
+        self.check_open()?;
+        self.call(op, self.conn.query(cmd)).await
+    }
+
+    /// Runs a pipeline whose commands all touch keys of one hash tag (so one node), as
+    /// [`RedisState::run`] does.
+    pub async fn run_pipeline<T: ::redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &::redis::Pipeline,
+    ) -> Result<T, StateError> {
+        self.check_open()?;
+        let conn = self.conn.clone();
+        self.call(op, async move {
+            match conn {
+                Conn::Standalone(mut c) => pipe.query_async::<T>(&mut c).await,
+                Conn::Cluster(mut c) => pipe.query_async::<T>(&mut c).await,
+            }
+        })
+        .await
+    }
+
+    /// Marks users for re-ranking by the ranking's lease holder (a `SADD` to
+    /// [`RANKING_DIRTY_KEY`]): how events applied outside a serving replica (the Kafka
+    /// aggregator, through [`UserState::apply_logged`]) reach the Redis ranking. A failure is
+    /// logged, not returned: the events are applied, and the next full rebuild repairs the
+    /// ranking.
+    pub async fn mark_ranking_dirty(&self, users: &[String]) {
+        for chunk in users.chunks(CHUNK) {
+            let mut cmd = ::redis::cmd("SADD");
+            cmd.arg(RANKING_DIRTY_KEY);
+            for u in chunk {
+                cmd.arg(u);
+            }
+            if let Err(e) = self.run::<i64>("rank_dirty", &cmd).await {
+                tracing::warn!(error = %e, users = chunk.len(), "marking users for re-ranking failed; the next ranking rebuild repairs it");
+                return;
+            }
+        }
+    }
+
+    /// [`UserState::apply_logged`]: the write, then the users marked for re-ranking.
+    async fn apply_logged_and_mark(
+        &self,
+        events: Vec<(UserEvent, LogPosition)>,
+    ) -> Result<Applied, StateError> {
+        let mut users: Vec<String> = events.iter().map(|(e, _)| e.user_id.clone()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let applied = self
+            .write_events(events.into_iter().map(|(e, p)| (e, Some(p))).collect())
+            .await?;
+        self.mark_ranking_dirty(&users).await;
+        Ok(applied)
     }
 
     fn marker_lock(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
@@ -547,12 +616,13 @@ impl UserState for RedisState {
     }
 
     /// Per user, events at or before the stored watermark of their partition are skipped, and
-    /// the new watermark is written in the same compare-and-set as the aggregate.
+    /// the new watermark is written in the same compare-and-set as the aggregate. The users are
+    /// then marked for re-ranking ([`RedisState::mark_ranking_dirty`]).
     fn apply_logged(
         &self,
         events: Vec<(UserEvent, LogPosition)>,
     ) -> impl Future<Output = Result<Applied, StateError>> + Send {
-        self.write_events(events.into_iter().map(|(e, p)| (e, Some(p))).collect())
+        self.apply_logged_and_mark(events)
     }
 
     /// The watermark stored with the user's aggregate (one GET).

@@ -3,7 +3,7 @@
 //! the others, expired generations are ABORTED, and the maintenance lease moves when its holder
 //! dies. Plus the page script's visibility rule on hand-made rows.
 
-use crate::helpers::{publish, user, Dirs, ServerProcess, TestServer, NOW, USERS};
+use crate::helpers::{publish, user, Dirs, ServerProcess, SpawnOptions, TestServer, NOW, USERS};
 use crate::redis_fixture::RedisServer;
 use std::collections::HashSet;
 use std::future::Future;
@@ -301,31 +301,11 @@ async fn a_token_for_an_expired_generation_is_aborted() {
 
 /// `tiering serve --state URL` as a child process.
 fn spawn_replica(dirs: &Dirs, url: &str) -> ServerProcess {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--now", "2024-06-01"])
-        .arg("--models")
-        .arg(dirs.models())
-        .args(["--state", url])
-        .env("RUST_LOG", "warn")
-        .env("TIERING_PAGE_TOKEN_KEYS", KEYS)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the replica exited before listening"
-        );
-        if let Some(rest) = line.strip_prefix("tiering: gRPC on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
+    let opts = SpawnOptions {
+        state: Some(url.to_string()),
+        ..SpawnOptions::default()
     };
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    ServerProcess { child, addr }
+    ServerProcess::spawn_with(dirs, &[("TIERING_PAGE_TOKEN_KEYS", KEYS)], opts)
 }
 
 async fn lease(conn: &mut redis::aio::MultiplexedConnection) -> Option<String> {

@@ -3,7 +3,7 @@
 //! replicas sharing one Redis.
 
 use crate::helpers::{
-    publish, snapshot_of, start_error, user, Dirs, ServerProcess, TestServer, NOW,
+    publish, snapshot_of, start_error, user, Dirs, ServerProcess, SpawnOptions, TestServer, NOW,
 };
 use crate::redis_fixture::{RedisCluster, RedisServer};
 use redis::AsyncCommands;
@@ -583,30 +583,11 @@ async fn a_model_swap_on_one_replica_does_not_disturb_the_other() {
 
 /// `tiering serve --state URL` as a child process.
 fn spawn_replica(dirs: &Dirs, url: &str) -> ServerProcess {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--now", "2024-06-01"])
-        .arg("--models")
-        .arg(dirs.models())
-        .args(["--state", url])
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the replica exited before listening"
-        );
-        if let Some(rest) = line.strip_prefix("tiering: gRPC on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
+    let opts = SpawnOptions {
+        state: Some(url.to_string()),
+        ..SpawnOptions::default()
     };
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    ServerProcess { child, addr }
+    ServerProcess::spawn_with(dirs, &[], opts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

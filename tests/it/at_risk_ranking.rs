@@ -84,7 +84,7 @@ async fn walk(
     panic!("more than 1000 pages");
 }
 
-fn assert_ranked(users: &[UserTier]) {
+pub fn assert_ranked(users: &[UserTier]) {
     for w in users.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         assert!(
@@ -100,7 +100,7 @@ fn assert_ranked(users: &[UserTier]) {
 }
 
 /// The full rescan through the public API: every id scored now, sorted like the ranking.
-async fn rescan(client: &mut TieringClient<Channel>, ids: Vec<String>) -> Vec<(String, f64)> {
+pub async fn rescan(client: &mut TieringClient<Channel>, ids: Vec<String>) -> Vec<(String, f64)> {
     let mut all: Vec<(String, f64)> = client
         .batch_get_user_tiers(BatchGetUserTiersRequest { user_ids: ids })
         .await

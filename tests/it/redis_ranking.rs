@@ -3,6 +3,7 @@
 //! the others, expired generations are ABORTED, and the maintenance lease moves when its holder
 //! dies. Plus the page script's visibility rule on hand-made rows.
 
+use crate::at_risk_ranking::{assert_ranked, rescan};
 use crate::helpers::{publish, user, Dirs, ServerProcess, SpawnOptions, TestServer, NOW, USERS};
 use crate::redis_fixture::RedisServer;
 use std::collections::HashSet;
@@ -10,9 +11,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 use tiering::pb::tiering_client::TieringClient;
-use tiering::pb::{
-    self as proto, BatchGetUserTiersRequest, ListAtRiskUsersRequest, RecordEventsRequest, UserTier,
-};
+use tiering::pb::{self as proto, ListAtRiskUsersRequest, RecordEventsRequest, UserTier};
 use tiering::serve::ranking::redis::{LEASE_KEY, PAGE_SCRIPT};
 use tiering::serve::ServeConfig;
 use tonic::transport::Channel;
@@ -115,35 +114,6 @@ fn pairs(users: &[UserTier]) -> Vec<(String, f64)> {
         .iter()
         .map(|u| (u.user_id.clone(), u.churn_probability))
         .collect()
-}
-
-fn assert_ranked(users: &[UserTier]) {
-    for w in users.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        assert!(
-            a.churn_probability > b.churn_probability
-                || (a.churn_probability == b.churn_probability && a.user_id < b.user_id),
-            "out of order: {} {} then {} {}",
-            a.user_id,
-            a.churn_probability,
-            b.user_id,
-            b.churn_probability
-        );
-    }
-}
-
-async fn rescan(client: &mut TieringClient<Channel>, ids: Vec<String>) -> Vec<(String, f64)> {
-    let mut all: Vec<(String, f64)> = client
-        .batch_get_user_tiers(BatchGetUserTiersRequest { user_ids: ids })
-        .await
-        .unwrap()
-        .into_inner()
-        .users
-        .into_iter()
-        .map(|u| (u.user_id, u.churn_probability))
-        .collect();
-    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

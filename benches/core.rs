@@ -65,6 +65,7 @@ fn benches(c: &mut Criterion) {
                 }
                 .check()
                 .expect("valid tier params"),
+                42,
                 None,
             )
             .expect("fit")

@@ -174,7 +174,8 @@ pub struct Metrics {
     pub tier_ari: Option<f64>,
     /// Users present in the previous bundle's snapshot, and how many changed tier id.
     pub tier_changes: Option<TierChanges>,
-    /// Stability of each candidate k: mean pairwise ARI of its seeded runs.
+    /// Stability of each candidate k: ARI between the best runs of the two halves of its
+    /// seeded runs.
     #[serde(default)]
     pub k_stability: Vec<(usize, f64)>,
     /// Why this k, in a sentence.

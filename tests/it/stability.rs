@@ -112,6 +112,13 @@ fn seeds_agree(ds: &DataSet, name: &str, before: Before) {
         .map(|seed| train_on(ds, seed, None, None))
         .collect();
     let cold_secs = started.elapsed().as_secs_f64();
+    for (seed, t) in (42..).zip(&runs) {
+        let m = &t.manifest.metrics;
+        eprintln!(
+            "{name}: seed {seed}: k {} silhouette {:.3?} stability {:.3?}",
+            m.k, m.k_scores, m.k_stability
+        );
+    }
     let ids: Vec<Vec<Option<String>>> = runs.iter().map(tier_ids).collect();
     let ks: Vec<usize> = runs.iter().map(|t| t.manifest.metrics.k).collect();
     let cold: Vec<f64> = ids[1..].iter().map(|x| agreement(&ids[0], x)).collect();
@@ -185,7 +192,11 @@ fn seeds_agree(ds: &DataSet, name: &str, before: Before) {
 fn ten_seeds_agree_on_the_tiers_of_the_issue_data_set() {
     // Before: seed 42 chose k = 4 (ARI 0.2702, AUC 0.8572); seed 44 chose k = 5 and moved 28%
     // of the users. With k fixed but k-means still seeded by the run's seed (a step of this
-    // change), seed 45 found another optimum at k = 4 and agreed with seed 42 on 69.9%.
+    // change), seed 45 found another optimum at k = 4 and agreed with seed 42 on 69.9%. With
+    // the runs seeded from the training seed, 3 restarts per k gave k = [4, 4, 6, 7, 4, 4, 4,
+    // 4, 5, 4] over seeds 42..52 (stability as the mean pairwise ARI of the runs), 10 restarts
+    // k = 5 for 2 seeds in 10; the best-of-halves stability with 10 restarts gives k = 4 and
+    // >= 99.9% agreement for every seed.
     let before = Before {
         ari: 0.2702,
         auc: 0.8572,

@@ -66,7 +66,7 @@ pub(super) fn stability_section(out: &mut String, m: &Metrics) {
         );
     }
     if !m.k_stability.is_empty() {
-        out.push_str("<table><thead><tr><th>k</th><th>silhouette</th><th>stability (ARI of seeded runs)</th></tr></thead><tbody>");
+        out.push_str("<table><thead><tr><th>k</th><th>silhouette</th><th>stability (ARI of the best runs of two halves)</th></tr></thead><tbody>");
         for &(k, st) in &m.k_stability {
             let sil = m
                 .k_scores

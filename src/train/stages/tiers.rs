@@ -23,6 +23,7 @@ pub(crate) fn fit_tiers(
     snap: &Snapshots,
     scaler: &StandardScaler,
     params: ValidTierParams,
+    seed: u64,
     previous: Option<&Bundle>,
 ) -> Result<Tiering, TrainError> {
     let fs = &snap.features;
@@ -40,6 +41,7 @@ pub(crate) fn fit_tiers(
         &keys_now,
         &fs.features,
         params,
+        seed,
         prev_tiers.as_ref(),
     )?;
     Ok(Tiering {

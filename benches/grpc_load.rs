@@ -159,15 +159,7 @@ fn run() -> Result<()> {
     let (mem_small, mem_big) = measure_memory(dir, &small_models, &big_models)?;
 
     // 5. Our server (fsync off) and the echo server, in process.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("server")
-        .enable_all()
-        .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client")
-        .enable_all()
-        .build()?;
+    let (server_rt, client_rt) = runtimes()?;
     let config = ServeConfig {
         models: big_models.clone(),
         state_dir: Some(dir.join("state")),
@@ -248,13 +240,32 @@ fn run() -> Result<()> {
     let mut report = report(&results, &run, &mem_small, &mem_big, &table);
     report.push_str(&at_risk);
     report.push_str(&tls_report(&tls));
+    publish(&report, &tmp_root)
+}
+
+/// The server runtime (a thread per core) and the load generator's (2 threads).
+fn runtimes() -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()?;
+    Ok((server_rt, client_rt))
+}
+
+/// Prints the report and writes it to `target/grpc_load.md`.
+fn publish(report: &str, tmp_root: &Path) -> Result<()> {
     println!("{report}");
     let out = tmp_root
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| tmp_root.clone())
+        .unwrap_or_else(|| tmp_root.to_path_buf())
         .join("grpc_load.md");
-    std::fs::write(&out, &report)?;
+    std::fs::write(&out, report)?;
     log(format!("written to {}", out.display()));
     Ok(())
 }

@@ -172,27 +172,8 @@ fn run() -> Result<()> {
 
     let window = Duration::from_secs(secs);
     let warmup = Duration::from_millis(750);
-    // The Redis replica holds the ranking's lease and builds the first generation right after
-    // SERVING (a scan of every user from Redis, scored, written back): GetUserTier while that
-    // build runs, then both rankings are awaited so the loads below measure the steady state.
-    let redis_addr = modes[1].1;
-    let during_build = if client_rt.block_on(ranking_built(redis_addr))? {
-        None
-    } else {
-        let o = client_rt.block_on(load(redis_addr, Call::Get, 16, users, warmup, window))?;
-        log(format!(
-            "Redis Get c=16 during the ranking's first build: {}",
-            o.brief()
-        ));
-        Some(o)
-    };
-    let mut built = Vec::new();
-    for (&(name, addr, _), at) in modes.iter().zip(&serving_at) {
-        client_rt.block_on(wait_ranking(addr, Duration::from_secs(900)))?;
-        let b = at.elapsed().as_secs_f64();
-        log(format!("{name} ranking built {b:.1} s after SERVING"));
-        built.push(b);
-    }
+    let (during_build, built) =
+        during_build_then_rankings(&client_rt, &modes, &serving_at, users, warmup, window)?;
     let mut rows = Vec::new();
     for &(name, addr, _) in &modes {
         for (call, c) in [(Call::Get, 16), (Call::Batch(1000), 4)] {
@@ -238,6 +219,39 @@ fn run() -> Result<()> {
     std::fs::write(&out, &report)?;
     log(format!("written to {}", out.display()));
     Ok(())
+}
+
+/// The Redis replica holds the ranking's lease and builds the first generation right after
+/// SERVING (a scan of every user from Redis, scored, written back): GetUserTier with Redis state
+/// while that build runs (`None` if it was already built), then both modes' rankings awaited so
+/// the loads measure the steady state; the seconds from SERVING to built, per mode.
+fn during_build_then_rankings(
+    client_rt: &tokio::runtime::Runtime,
+    modes: &[(&str, SocketAddr, f64)],
+    serving_at: &[Instant],
+    users: u64,
+    warmup: Duration,
+    window: Duration,
+) -> Result<(Option<Outcome>, Vec<f64>)> {
+    let redis_addr = modes[1].1;
+    let during_build = if client_rt.block_on(ranking_built(redis_addr))? {
+        None
+    } else {
+        let o = client_rt.block_on(load(redis_addr, Call::Get, 16, users, warmup, window))?;
+        log(format!(
+            "Redis Get c=16 during the ranking's first build: {}",
+            o.brief()
+        ));
+        Some(o)
+    };
+    let mut built = Vec::new();
+    for (&(name, addr, _), at) in modes.iter().zip(serving_at) {
+        client_rt.block_on(wait_ranking(addr, Duration::from_secs(900)))?;
+        let b = at.elapsed().as_secs_f64();
+        log(format!("{name} ranking built {b:.1} s after SERVING"));
+        built.push(b);
+    }
+    Ok((during_build, built))
 }
 
 /// A `redis-server` on a free loopback port, persistence off; stopped on drop.

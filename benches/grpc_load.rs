@@ -41,6 +41,13 @@
 //! requests per group commit (one fsync each when fsync is on). There is no echo ceiling for
 //! writes.
 //!
+//! # TLS and token auth
+//! GetUserTier at c = 16 against our plain server, a second in-process server holding the same
+//! users with TLS (a CA and a `localhost` certificate made with rcgen), and a third with TLS and
+//! bearer-token auth (a keys file as `tiering keys` writes it: one reader key, no quota; every
+//! request carries `authorization: Bearer …`), in 3 interleaved rounds; medians and the ratio to
+//! the plain median (issue 11's target: under 15% loss, p99 under 1 ms).
+//!
 //! # User table
 //! The table alone, in this process: `UserStore::get` (as the server holds users) over the
 //! simulated users from 1 and 2 threads for 1 s each, against a plain `HashMap` read without a
@@ -66,9 +73,12 @@ use tiering::generate::{generate, room_id, user_id, GenerateParams, CATEGORIES};
 use tiering::pb::tiering_client::TieringClient;
 use tiering::pb::tiering_server::{Tiering, TieringServer};
 use tiering::pb::{self as proto, UserTier};
+use tiering::serve::auth::keys::{new_token, token_hash, KeyEntry, KeysFile};
+use tiering::serve::auth::Role;
 use tiering::serve::state::embedded::store::UserStore;
 use tiering::serve::ServeConfig;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tiering");
@@ -81,6 +91,8 @@ const DAYS: u32 = 180;
 const MAX_CONNECTIONS: usize = 4;
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const BUNDLE: &str = "bench-1m";
+/// Interleaved rounds of the TLS-cost runs (plain, TLS, TLS + token), medians reported.
+const TLS_ROUNDS: usize = 3;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -147,15 +159,7 @@ fn run() -> Result<()> {
     let (mem_small, mem_big) = measure_memory(dir, &small_models, &big_models)?;
 
     // 5. Our server (fsync off) and the echo server, in process.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("server")
-        .enable_all()
-        .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client")
-        .enable_all()
-        .build()?;
+    let (server_rt, client_rt) = runtimes()?;
     let config = ServeConfig {
         models: big_models.clone(),
         state_dir: Some(dir.join("state")),
@@ -203,7 +207,8 @@ fn run() -> Result<()> {
 
     // 7. Durability: a graceful stop, a restart from the state directory with fsync on, and the
     // same writes again.
-    let (ours, stop_secs, restart_secs) = restart_with_fsync(&server_rt, &client_rt, ours, config)?;
+    let (ours, stop_secs, restart_secs) =
+        restart_with_fsync(&server_rt, &client_rt, ours, config.clone())?;
     let durable: Vec<Scenario> = scenarios
         .iter()
         .filter(|s| matches!(s.call, Call::Record(_)))
@@ -211,7 +216,10 @@ fn run() -> Result<()> {
         .collect();
     results.extend(bench.run(&durable, &ours, echo.addr)?);
 
-    // 8. Stop everything.
+    // 8. The cost of TLS and of token auth (GetUserTier at 16 in flight, interleaved rounds).
+    let tls = tls_cost(&bench, &server_rt, &config, dir, ours.addr)?;
+
+    // 9. Stop everything.
     server_rt.block_on(async {
         let _ = ours.stop().await;
         echo.stop().await;
@@ -231,13 +239,33 @@ fn run() -> Result<()> {
     };
     let mut report = report(&results, &run, &mem_small, &mem_big, &table);
     report.push_str(&at_risk);
+    report.push_str(&tls_report(&tls));
+    publish(&report, &tmp_root)
+}
+
+/// The server runtime (a thread per core) and the load generator's (2 threads).
+fn runtimes() -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client")
+        .enable_all()
+        .build()?;
+    Ok((server_rt, client_rt))
+}
+
+/// Prints the report and writes it to `target/grpc_load.md`.
+fn publish(report: &str, tmp_root: &Path) -> Result<()> {
     println!("{report}");
     let out = tmp_root
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| tmp_root.clone())
+        .unwrap_or_else(|| tmp_root.to_path_buf())
         .join("grpc_load.md");
-    std::fs::write(&out, &report)?;
+    std::fs::write(&out, report)?;
     log(format!("written to {}", out.display()));
     Ok(())
 }
@@ -500,9 +528,14 @@ impl Bench<'_> {
             } else {
                 None
             };
-            let mut o =
-                self.rt
-                    .block_on(load(ours.addr, s, self.users, self.warmup, self.window))?;
+            let mut o = self.rt.block_on(load(
+                ours.addr,
+                &Secure::default(),
+                s,
+                self.users,
+                self.warmup,
+                self.window,
+            ))?;
             if let Some(before) = before {
                 let after = self.rt.block_on(ours.group_commits())?;
                 o.per_commit = Some((after.0 - before.0) / (after.1 - before.1).max(1.0));
@@ -515,9 +548,14 @@ impl Bench<'_> {
                 o.brief()
             ));
             let e = if s.has_ceiling() {
-                let e = self
-                    .rt
-                    .block_on(load(echo, s, self.users, self.warmup, self.window))?;
+                let e = self.rt.block_on(load(
+                    echo,
+                    &Secure::default(),
+                    s,
+                    self.users,
+                    self.warmup,
+                    self.window,
+                ))?;
                 log(format!(
                     "{} c={} echo: {}",
                     s.name,
@@ -532,6 +570,141 @@ impl Bench<'_> {
         }
         Ok(results)
     }
+}
+
+/// The TLS-cost runs: per target (plain, TLS, TLS + token), one outcome per round.
+type TlsRuns = Vec<(&'static str, Vec<Outcome>)>;
+
+/// A CA and a `localhost` certificate signed by it, written into `dir`: (CA PEM, cert, key).
+fn bench_certificates(dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "grpc_load CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((ca.pem(), cert_path, key_path))
+}
+
+/// GetUserTier at 16 in flight against our plain server and two more in-process servers holding
+/// the same users: one with TLS, one with TLS and bearer-token auth (a keys file as
+/// `tiering keys` writes it, one reader key, no quota), in [`TLS_ROUNDS`] interleaved rounds.
+fn tls_cost(
+    bench: &Bench,
+    server_rt: &tokio::runtime::Runtime,
+    config: &ServeConfig,
+    dir: &Path,
+    plain: SocketAddr,
+) -> Result<TlsRuns> {
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    let (ca_pem, cert, key) = bench_certificates(&tls_dir)?;
+    let token = new_token();
+    let keys = tls_dir.join("keys.toml");
+    let mut file = KeysFile::default();
+    file.keys.push(KeyEntry {
+        name: "bench".into(),
+        sha256: hex::encode(token_hash(&token)),
+        roles: vec![Role::Reader],
+        rate: None,
+        burst: None,
+    });
+    file.write(&keys)?;
+    let tls_config = ServeConfig {
+        state_dir: Some(dir.join("state-tls")),
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        ..config.clone()
+    };
+    let auth_config = ServeConfig {
+        state_dir: Some(dir.join("state-auth")),
+        keys_file: Some(keys),
+        ..tls_config.clone()
+    };
+    let tls = Secure {
+        ca_pem: Some(ca_pem),
+        token: None,
+    };
+    let authed = Secure {
+        token: Some(format!("Bearer {token}").parse()?),
+        ..tls.clone()
+    };
+    let mut servers = Vec::new();
+    for (cfg, secure) in [(tls_config, &tls), (auth_config, &authed)] {
+        let s = server_rt.block_on(Ours::start(cfg))?;
+        bench
+            .rt
+            .block_on(wait_serving_with(s.addr, secure, Duration::from_secs(300)))?;
+        servers.push(s);
+    }
+    let scenario = Scenario::new("GetUserTier", Call::Get, 16);
+    let targets = [
+        ("plain", plain, Secure::default()),
+        ("TLS", servers[0].addr, tls),
+        ("TLS + token auth", servers[1].addr, authed),
+    ];
+    let mut out: TlsRuns = targets.iter().map(|t| (t.0, Vec::new())).collect();
+    for round in 1..=TLS_ROUNDS {
+        for (i, (name, addr, secure)) in targets.iter().enumerate() {
+            let o = bench.rt.block_on(load(
+                *addr,
+                secure,
+                &scenario,
+                bench.users,
+                bench.warmup,
+                bench.window,
+            ))?;
+            log(format!("TLS cost, round {round}, {name}: {}", o.brief()));
+            out[i].1.push(o);
+        }
+    }
+    for s in servers {
+        server_rt.block_on(s.stop())?;
+    }
+    Ok(out)
+}
+
+/// The TLS-cost table: medians over the rounds, and the ratio to the plain median.
+fn tls_report(runs: &TlsRuns) -> String {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let rps = |o: &[Outcome]| median(o.iter().map(Outcome::rps).collect());
+    let plain = runs.first().map_or(f64::NAN, |r| rps(&r.1));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### The cost of TLS and token auth: GetUserTier at 16 in flight, {TLS_ROUNDS} interleaved rounds\n\n\
+         | transport | req/s (median) | p50 (median) | p99 (median) | req/s / plain | req/s per round | errors |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for (name, o) in runs {
+        let r = rps(o);
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {:.2} | {} | {} |",
+            fmt_rate(r),
+            fmt_us(median(o.iter().map(|o| o.p50_us).collect())),
+            fmt_us(median(o.iter().map(|o| o.p99_us).collect())),
+            r / plain,
+            o.iter()
+                .map(|o| fmt_rate(o.rps()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            o.iter().map(|o| o.errors).sum::<u64>()
+        );
+    }
+    s
 }
 
 /// Lookups per second on the user table alone.
@@ -823,12 +996,46 @@ async fn channel(addr: SocketAddr) -> Result<Channel> {
         .await?)
 }
 
+/// How a load reaches a server: TLS trusting `ca_pem` (else plain HTTP/2), with a bearer token.
+#[derive(Clone, Default)]
+struct Secure {
+    ca_pem: Option<String>,
+    token: Option<AsciiMetadataValue>,
+}
+
+async fn secure_channel(addr: SocketAddr, secure: &Secure) -> Result<Channel> {
+    let Some(ca) = &secure.ca_pem else {
+        return channel(addr).await;
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tcp_nodelay(true)
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
+/// `msg` as a request, with `authorization: Bearer …` when a token is given.
+fn with_token<T>(msg: T, token: Option<&AsciiMetadataValue>) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", t.clone());
+    }
+    req
+}
+
 async fn wait_serving(addr: SocketAddr, limit: Duration) -> Result<()> {
+    wait_serving_with(addr, &Secure::default(), limit).await
+}
+
+async fn wait_serving_with(addr: SocketAddr, secure: &Secure, limit: Duration) -> Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if let Ok(ch) = channel(addr).await {
+        if let Ok(ch) = secure_channel(addr, secure).await {
             let req = HealthCheckRequest {
                 service: "tiering.v1.Tiering".into(),
             };
@@ -1052,6 +1259,7 @@ impl Outcome {
 /// is answered; only requests started after the warm-up are counted.
 async fn load(
     addr: SocketAddr,
+    secure: &Secure,
     s: &Scenario,
     users: u64,
     warmup: Duration,
@@ -1059,7 +1267,7 @@ async fn load(
 ) -> Result<Outcome> {
     let mut channels = Vec::new();
     for _ in 0..s.connections() {
-        channels.push(channel(addr).await?);
+        channels.push(secure_channel(addr, secure).await?);
     }
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -1070,6 +1278,7 @@ async fn load(
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let call = s.call;
+        let token = secure.token.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(0x5eed + w as u64);
             let mut hist =
@@ -1082,10 +1291,14 @@ async fn load(
                     break;
                 }
                 let r: Result<u64, Status> = match call {
+                    // The token goes with GetUserTier only: the one call the TLS runs make.
                     Call::Get => c
-                        .get_user_tier(proto::GetUserTierRequest {
-                            user_id: user_id(rng.gen_range(0..users)),
-                        })
+                        .get_user_tier(with_token(
+                            proto::GetUserTierRequest {
+                                user_id: user_id(rng.gen_range(0..users)),
+                            },
+                            token.as_ref(),
+                        ))
                         .await
                         .map(|_| 1),
                     Call::Batch(n) => c

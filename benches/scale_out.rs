@@ -19,6 +19,11 @@
 //!    seeds Redis from the bundle). Both must report every user held before measuring.
 //!
 //! # Load
+//! The Redis replica takes the ranking's lease and builds its first generation right after
+//! SERVING (a scan of every user from Redis, scored, written back to a sorted set): GetUserTier
+//! at 16 in flight is measured once while that build runs, then both modes' rankings are awaited
+//! and every load below runs in the steady state between rebuilds (`ranking_rebuild_secs`).
+//!
 //! Closed loop from a separate client runtime (2 threads), up to 4 HTTP/2 connections, random
 //! known users; a warm-up, then the window; latencies in an HdrHistogram. GetUserTier at 16 in
 //! flight; BatchGetUserTiers of 1,000 ids at 4 in flight; at-risk paging (pages of 1,000: the
@@ -148,6 +153,7 @@ fn run() -> Result<()> {
         ..base
     };
     let mut modes = Vec::new();
+    let mut serving_at = Vec::new();
     for (name, cfg) in [("embedded", embedded_cfg), ("Redis", redis_cfg)] {
         let t = Instant::now();
         let addr = server_rt.block_on(start_server(cfg))?;
@@ -161,10 +167,13 @@ fn run() -> Result<()> {
             "{name} server SERVING with {held} users in {ready:.1} s"
         ));
         modes.push((name, addr, ready));
+        serving_at.push(Instant::now());
     }
 
     let window = Duration::from_secs(secs);
     let warmup = Duration::from_millis(750);
+    let (during_build, built) =
+        during_build_then_rankings(&client_rt, &modes, &serving_at, users, warmup, window)?;
     let mut rows = Vec::new();
     for &(name, addr, _) in &modes {
         for (call, c) in [(Call::Get, 16), (Call::Batch(1000), 4)] {
@@ -192,6 +201,8 @@ fn run() -> Result<()> {
     drop(server_rt);
     let report = report(
         &modes,
+        &built,
+        during_build.as_ref(),
         &rows,
         &paging,
         &ingest,
@@ -208,6 +219,39 @@ fn run() -> Result<()> {
     std::fs::write(&out, &report)?;
     log(format!("written to {}", out.display()));
     Ok(())
+}
+
+/// The Redis replica holds the ranking's lease and builds the first generation right after
+/// SERVING (a scan of every user from Redis, scored, written back): GetUserTier with Redis state
+/// while that build runs (`None` if it was already built), then both modes' rankings awaited so
+/// the loads measure the steady state; the seconds from SERVING to built, per mode.
+fn during_build_then_rankings(
+    client_rt: &tokio::runtime::Runtime,
+    modes: &[(&str, SocketAddr, f64)],
+    serving_at: &[Instant],
+    users: u64,
+    warmup: Duration,
+    window: Duration,
+) -> Result<(Option<Outcome>, Vec<f64>)> {
+    let redis_addr = modes[1].1;
+    let during_build = if client_rt.block_on(ranking_built(redis_addr))? {
+        None
+    } else {
+        let o = client_rt.block_on(load(redis_addr, Call::Get, 16, users, warmup, window))?;
+        log(format!(
+            "Redis Get c=16 during the ranking's first build: {}",
+            o.brief()
+        ));
+        Some(o)
+    };
+    let mut built = Vec::new();
+    for (&(name, addr, _), at) in modes.iter().zip(serving_at) {
+        client_rt.block_on(wait_ranking(addr, Duration::from_secs(900)))?;
+        let b = at.elapsed().as_secs_f64();
+        log(format!("{name} ranking built {b:.1} s after SERVING"));
+        built.push(b);
+    }
+    Ok((during_build, built))
 }
 
 /// A `redis-server` on a free loopback port, persistence off; stopped on drop.
@@ -387,7 +431,7 @@ async fn load(
 }
 
 /// At-risk paging, pages of 1,000: ms of the first paging request (it runs after the load
-/// scenarios, so the ranking's first build is normally done), of 5 more first pages (median),
+/// scenarios, the ranking's first build done), of 5 more first pages (median),
 /// of `pages` later pages following the tokens (median, max).
 #[derive(Debug)]
 struct Paging {
@@ -410,6 +454,34 @@ async fn at_risk_page(
         }
     }
     Ok(token)
+}
+
+/// True once a first at-risk page answers (the ranking's first build is done).
+async fn ranking_built(addr: SocketAddr) -> Result<bool> {
+    let mut c = client(addr).await?;
+    let req = proto::ListAtRiskUsersRequest {
+        limit: 1,
+        ..Default::default()
+    };
+    match at_risk_page(&mut c, req).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.downcast_ref::<Status>() {
+            Some(s) if s.code() == tonic::Code::Unavailable => Ok(false),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Polls [`ranking_built`] every 100 ms, for at most `limit`.
+async fn wait_ranking(addr: SocketAddr, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ranking_built(addr).await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{addr}: the at-risk ranking was not built within {limit:?}").into())
 }
 
 async fn at_risk_walk(addr: SocketAddr, pages: usize) -> Result<Paging> {
@@ -765,8 +837,11 @@ fn load_average() -> String {
 
 type Row = (&'static str, Call, usize, Outcome);
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     modes: &[(&str, SocketAddr, f64)],
+    built: &[f64],
+    during_build: Option<&Outcome>,
     rows: &[Row],
     paging: &[(&str, Paging)],
     ingest: &Ingest,
@@ -782,9 +857,26 @@ fn report(
         load_average(),
         elapsed.as_secs_f64()
     );
-    for (name, _, ready) in modes {
-        let _ = writeln!(s, "- {name} server SERVING (seeded) in {ready:.1} s");
+    for ((name, _, ready), b) in modes.iter().zip(built) {
+        let _ = writeln!(
+            s,
+            "- {name} server SERVING (seeded) in {ready:.1} s; its at-risk ranking built {b:.1} s after SERVING"
+        );
     }
+    if let Some(o) = during_build {
+        let _ = writeln!(
+            s,
+            "- Redis GetUserTier at 16 in flight **while the Redis ranking's first build ran** (before the table's loads): {:.0} req/s, p50 {} p99 {}, {} errors",
+            o.rps(),
+            fmt_us(o.p50_us),
+            fmt_us(o.p99_us),
+            o.errors
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe loads below start once both rankings are built (the steady state between rebuilds)."
+    );
     let _ = writeln!(
         s,
         "\n| scenario | in flight | embedded req/s | Redis req/s | Redis / embedded | embedded p50 / p99 | Redis p50 / p99 | embedded users/s | Redis users/s | errors |\n|---|---|---|---|---|---|---|---|---|---|"
@@ -816,7 +908,7 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "\n| at-risk paging, pages of 1,000 | first request's page ms (after the loads above) | first page ms (median of 5) | later pages ms (median / max) |\n|---|---|---|---|"
+        "\n| at-risk paging, pages of 1,000 | first request's page ms (after the loads above, the ranking built) | first page ms (median of 5) | later pages ms (median / max) |\n|---|---|---|---|"
     );
     for (name, p) in paging {
         let _ = writeln!(

@@ -122,6 +122,9 @@ async fn open_shared_state(
         models: models.to_path_buf(),
         reseed: false,
         timeout: std::time::Duration::from_secs(2),
+        // The system's roots for rediss://, the `default` user, and the password (if any) from
+        // TIERING_REDIS_PASSWORD.
+        access: tiering::serve::state::redis::RedisAccess::default(),
     };
     let state = RedisState::open(opts, metrics)
         .await

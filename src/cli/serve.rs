@@ -23,9 +23,21 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
     /// Per-user state: a directory (snapshot + event log; default: `state` beside MODELS), or a
     /// shared Redis for several replicas: redis://HOST:PORT[/DB] or
-    /// redis+cluster://HOST:PORT,HOST:PORT,... (seed nodes).
+    /// redis+cluster://HOST:PORT,HOST:PORT,... (seed nodes); rediss:// and rediss+cluster:// over
+    /// TLS. No credentials in the URL (refused): see --redis-user and --redis-password-file.
     #[arg(long, value_name = "DIR|URL")]
     pub state: Option<PathBuf>,
+    /// Redis over TLS only: PEM CA certificates the Redis server's certificate must chain to
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Redis state only: the ACL user (default: `default`).
+    #[arg(long, value_name = "NAME")]
+    pub redis_user: Option<String>,
+    /// Redis state only: a file (mode 0600) whose first line is the ACL password; without it the
+    /// password comes from TIERING_REDIS_PASSWORD. There is no password flag.
+    #[arg(long, value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
     /// Redis state only: start although Redis lost the state the models directory recorded
     /// (wiped, or restored from an older backup), seeding missing users from the bundle.
     #[arg(long)]
@@ -78,6 +90,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.reseed_state {
         config.reseed_state = true;
+    }
+    if let Some(f) = args.redis_ca_file {
+        config.redis_ca_file = Some(f);
+    }
+    if let Some(u) = args.redis_user {
+        config.redis_user = Some(u);
+    }
+    if let Some(f) = args.redis_password_file {
+        config.redis_password_file = Some(f);
     }
     if let Some(n) = args.now {
         config.now = Some(n);

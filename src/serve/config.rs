@@ -120,6 +120,16 @@ pub struct ServeConfig {
     /// Redis state only: a backend call that takes longer than this (milliseconds) fails with
     /// UNAVAILABLE.
     pub backend_timeout_ms: u64,
+    /// Redis state over TLS (`rediss://`) only: PEM CA certificates the Redis server's
+    /// certificate must chain to (default: the system's roots).
+    pub redis_ca_file: Option<PathBuf>,
+    /// Redis state only: the ACL user to authenticate as (`AUTH user password`; unset: the
+    /// `default` user, which a password alone authenticates).
+    pub redis_user: Option<String>,
+    /// Redis state only: a file whose first line is the ACL password (refused if group or others
+    /// can read it). Unset: the environment variable `TIERING_REDIS_PASSWORD`, else no password.
+    /// The password itself is never a setting, a flag or part of the URL.
+    pub redis_password_file: Option<PathBuf>,
     /// Pins the clock (RFC 3339 or YYYY-MM-DD, UTC) for historic data and deterministic tests;
     /// the wall clock when unset.
     pub now: Option<String>,
@@ -287,6 +297,9 @@ impl Default for ServeConfig {
             max_connection_age_grace_secs: 60,
             max_connections: 0,
             fd_reserve: 64,
+            redis_ca_file: None,
+            redis_user: None,
+            redis_password_file: None,
             events: None,
             events_timeout_ms: 10_000,
             events_linger_ms: 5,
@@ -705,23 +718,41 @@ pub enum StateLocation {
 /// A Redis deployment to hold the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
-    /// `redis://HOST:PORT[/DB]` (port 6379 when left out, database 0 when left out).
-    Standalone { host: String, port: u16, db: i64 },
-    /// `redis+cluster://HOST:PORT,HOST:PORT,...`: seed nodes of a Redis Cluster (database 0).
-    Cluster { nodes: Vec<(String, u16)> },
+    /// `redis://HOST:PORT[/DB]` (port 6379 when left out, database 0 when left out);
+    /// `rediss://…`: over TLS (`tls`).
+    Standalone {
+        host: String,
+        port: u16,
+        db: i64,
+        tls: bool,
+    },
+    /// `redis+cluster://HOST:PORT,HOST:PORT,...`: seed nodes of a Redis Cluster (database 0);
+    /// `rediss+cluster://…`: over TLS (`tls`).
+    Cluster {
+        nodes: Vec<(String, u16)>,
+        tls: bool,
+    },
 }
 
 impl RedisTarget {
-    /// The node URLs the `redis` crate takes (`redis://HOST:PORT/DB`).
+    /// The node URLs the `redis` crate takes (`redis://HOST:PORT/DB`, `rediss://` over TLS).
     pub fn node_urls(&self) -> Vec<String> {
+        let scheme = if self.tls() { "rediss" } else { "redis" };
         match self {
-            RedisTarget::Standalone { host, port, db } => {
-                vec![format!("redis://{host}:{port}/{db}")]
+            RedisTarget::Standalone { host, port, db, .. } => {
+                vec![format!("{scheme}://{host}:{port}/{db}")]
             }
-            RedisTarget::Cluster { nodes } => nodes
+            RedisTarget::Cluster { nodes, .. } => nodes
                 .iter()
-                .map(|(h, p)| format!("redis://{h}:{p}"))
+                .map(|(h, p)| format!("{scheme}://{h}:{p}"))
                 .collect(),
+        }
+    }
+
+    /// True for `rediss://` and `rediss+cluster://`.
+    pub fn tls(&self) -> bool {
+        match self {
+            RedisTarget::Standalone { tls, .. } | RedisTarget::Cluster { tls, .. } => *tls,
         }
     }
 }
@@ -729,18 +760,29 @@ impl RedisTarget {
 impl std::fmt::Display for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RedisTarget::Standalone { host, port, db } => write!(f, "redis://{host}:{port}/{db}"),
-            RedisTarget::Cluster { nodes } => {
+            RedisTarget::Standalone {
+                host,
+                port,
+                db,
+                tls,
+                ..
+            } => {
+                let s = if *tls { "s" } else { "" };
+                write!(f, "redis{s}://{host}:{port}/{db}")
+            }
+            RedisTarget::Cluster { nodes, tls } => {
+                let s = if *tls { "s" } else { "" };
                 let list: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-                write!(f, "redis+cluster://{}", list.join(","))
+                write!(f, "redis{s}+cluster://{}", list.join(","))
             }
         }
     }
 }
 
 impl StateLocation {
-    /// A directory, unless the value starts with a URL scheme (`redis://`, `redis+cluster://`;
-    /// `rediss://` and any other `SCHEME://` are refused).
+    /// A directory, unless the value starts with a URL scheme (`redis://`, `redis+cluster://`,
+    /// and over TLS `rediss://`, `rediss+cluster://`; any other `SCHEME://` is refused, and so
+    /// are credentials in the URL).
     pub fn parse(value: PathBuf) -> Result<StateLocation, ConfigError> {
         let Some(text) = value.to_str() else {
             return Ok(StateLocation::Dir(value));
@@ -752,8 +794,9 @@ impl StateLocation {
             value: text.to_string(),
             reason,
         };
+        let tls = scheme.starts_with("rediss");
         match scheme {
-            "redis" => {
+            "redis" | "rediss" => {
                 let (hostport, db) = match rest.split_once('/') {
                     Some((hp, "")) => (hp, 0),
                     Some((hp, db)) => (
@@ -770,9 +813,10 @@ impl StateLocation {
                     host,
                     port,
                     db,
+                    tls,
                 }))
             }
-            "redis+cluster" => {
+            "redis+cluster" | "rediss+cluster" => {
                 let list = rest.strip_suffix('/').unwrap_or(rest);
                 if list.contains('/') {
                     return Err(bad("a cluster has only database 0: no /DB"));
@@ -782,9 +826,8 @@ impl StateLocation {
                     .map(host_port)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(bad)?;
-                Ok(StateLocation::Redis(RedisTarget::Cluster { nodes }))
+                Ok(StateLocation::Redis(RedisTarget::Cluster { nodes, tls }))
             }
-            "rediss" => Err(bad("TLS to Redis (rediss://) is not supported yet")),
             _ => Err(bad("unknown scheme")),
         }
     }
@@ -794,7 +837,7 @@ impl StateLocation {
 /// process listings and logs).
 fn host_port(s: &str) -> Result<(String, u16), &'static str> {
     if s.contains('@') {
-        return Err("credentials in the URL are not accepted");
+        return Err("credentials in the URL are not accepted (they would show in process listings and logs): use redis_user and redis_password_file or TIERING_REDIS_PASSWORD");
     }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (
@@ -1045,6 +1088,7 @@ mod tests {
                 host: host.into(),
                 port,
                 db,
+                tls: false,
             })
         };
         assert_eq!(
@@ -1059,11 +1103,23 @@ mod tests {
         assert_eq!(
             cluster,
             StateLocation::Redis(RedisTarget::Cluster {
-                nodes: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]
+                nodes: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+                tls: false,
             })
         );
+        let Ok(StateLocation::Redis(t)) = parse("rediss://cache:6380/2") else {
+            panic!("rediss:// is a Redis URL");
+        };
+        assert!(t.tls());
+        assert_eq!(t.node_urls(), vec!["rediss://cache:6380/2".to_string()]);
+        let Ok(StateLocation::Redis(t)) = parse("rediss+cluster://a:1,b:2") else {
+            panic!("rediss+cluster:// is a Redis URL");
+        };
+        assert!(t.tls());
+        assert_eq!(t.to_string(), "rediss+cluster://a:1,b:2");
         for bad in [
-            "rediss://h:1",
+            "rediss://user:pw@h:1",
+            "rediss://:pw@h:1",
             "redis://h:0",
             "redis://h:x",
             "redis://user:pw@h:1",

@@ -351,6 +351,11 @@ async fn open_state(
                 models: config.models.clone(),
                 reseed: config.reseed_state,
                 timeout: Duration::from_millis(config.backend_timeout_ms),
+                access: state::redis::RedisAccess {
+                    ca_file: config.redis_ca_file.clone(),
+                    user: config.redis_user.clone(),
+                    password_file: config.redis_password_file.clone(),
+                },
             };
             let state = state::redis::RedisState::open(opts, metrics.clone()).await?;
             tracing::info!(

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ fn raw(port: u16, command: &str) -> Option<String> {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// The TLS port ([`RedisServer::start_tls`]), else 0.
+    pub tls_port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -49,11 +52,48 @@ impl RedisServer {
         let mut s = RedisServer {
             child: None,
             port: free_port(),
+            tls_port: 0,
             dir: tempfile::tempdir().unwrap(),
             args: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
+    }
+
+    /// A server without persistence that also speaks TLS on [`RedisServer::tls_port`] with
+    /// `cert`/`key` (clients are not asked for certificates), with `extra` settings (e.g. ACL
+    /// users). Its plaintext port stays open for the readiness poll.
+    pub fn start_tls(cert: &Path, key: &Path, extra: &[&str]) -> RedisServer {
+        let tls_port = free_port();
+        let mut args: Vec<String> = vec![
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            tls_port,
+            dir: tempfile::tempdir().unwrap(),
+            args,
+        };
+        s.spawn();
+        s
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
     }
 
     fn spawn(&mut self) {
@@ -67,8 +107,10 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
+        // NOAUTH: up, and the default user needs a password (an ACL test).
         wait_until(Duration::from_secs(10), || {
-            raw(self.port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+            raw(self.port, "PING")
+                .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
         });
     }
 

@@ -15,7 +15,7 @@ use tiering::features::{EventKind, Timestamp, UserAggregate};
 use tiering::pb::{self as proto, GetUserTierRequest, RecordEventsRequest};
 use tiering::serve::config::StateLocation;
 use tiering::serve::metrics::Metrics;
-use tiering::serve::state::redis::{codec, RedisOptions, RedisState};
+use tiering::serve::state::redis::{codec, RedisAccess, RedisOptions, RedisState};
 use tiering::serve::state::{Applied, LogPosition, StateError, UserEvent, UserState};
 use tiering::serve::ServeConfig;
 use tonic::Code;
@@ -27,6 +27,15 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
 }
 
 async fn open(url: &str, models: &Path, reseed: bool) -> Result<RedisState, StateError> {
+    open_with(url, models, reseed, RedisAccess::default()).await
+}
+
+async fn open_with(
+    url: &str,
+    models: &Path,
+    reseed: bool,
+    access: RedisAccess,
+) -> Result<RedisState, StateError> {
     let StateLocation::Redis(target) = StateLocation::parse(PathBuf::from(url)).unwrap() else {
         panic!("{url} is not a Redis URL");
     };
@@ -35,6 +44,7 @@ async fn open(url: &str, models: &Path, reseed: bool) -> Result<RedisState, Stat
         models: models.to_path_buf(),
         reseed,
         timeout: Duration::from_secs(2),
+        access,
     };
     RedisState::open(opts, Arc::new(Metrics::new().unwrap())).await
 }
@@ -60,8 +70,12 @@ async fn stored(client: &redis::Client, id: &str) -> Option<UserAggregate> {
 
 /// Seed, get, get_many across slots in the order asked, apply, and scan, on one deployment.
 async fn round_trip(url: &str) {
+    round_trip_with(url, RedisAccess::default()).await
+}
+
+async fn round_trip_with(url: &str, access: RedisAccess) {
     let models = tempfile::tempdir().unwrap();
-    let state = Arc::new(open(url, models.path(), false).await.unwrap());
+    let state = Arc::new(open_with(url, models.path(), false, access).await.unwrap());
     assert!(!state.is_seeded());
     let snap = snapshot_of(300);
     state.seed("v1".into(), snap.clone()).await.unwrap();
@@ -120,6 +134,90 @@ async fn the_backend_round_trips_users_on_a_standalone_redis() {
     bounded(async {
         let redis = RedisServer::start();
         round_trip(&redis.url()).await;
+    })
+    .await;
+}
+
+/// A CA and a certificate for 127.0.0.1 and localhost signed by it, written into `dir`:
+/// (CA, certificate, key) paths.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "redis CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// A password file (mode 0600) holding `password`.
+fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_an_acl_user_a_wrong_or_missing_password_is_refused_at_start_and_the_right_one_serves(
+) {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = tls_files(dir.path());
+        let acl = [
+            "--user", "default", "off", "--user", "tiering", "on", ">s3cret", "~*", "&*", "+@all",
+        ];
+        let redis = RedisServer::start_tls(&cert, &key, &acl);
+        let url = redis.tls_url();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let access = |password: Option<PathBuf>, ca_file: Option<PathBuf>| RedisAccess {
+            ca_file,
+            user: Some("tiering".into()),
+            password_file: password,
+        };
+        let wrong = password_file(dir.path(), "wrong.pw", "not-the-password");
+        let right = password_file(dir.path(), "right.pw", "s3cret");
+        for (what, a) in [
+            ("a wrong password", access(Some(wrong), Some(ca.clone()))),
+            ("no password", access(None, Some(ca.clone()))),
+        ] {
+            let e = open_with(&url, &models, false, a)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} was accepted"));
+            assert!(matches!(e, StateError::RedisAuth { .. }), "{what}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("refused the credentials") && text.contains("\"tiering\""),
+                "{what}: {text}"
+            );
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        // Without the CA file the server's certificate does not chain to the system's roots.
+        let e = open_with(&url, &models, false, access(Some(right.clone()), None))
+            .await
+            .err()
+            .expect("a certificate from an unknown CA was accepted");
+        assert!(
+            matches!(e, StateError::RedisUnavailable { op: "connect", .. }),
+            "{e}"
+        );
+        round_trip_with(&url, access(Some(right), Some(ca))).await;
     })
     .await;
 }

@@ -291,6 +291,17 @@ pub enum StateError {
         op: &'static str,
         source: ::redis::RedisError,
     },
+    /// Redis refused this replica's credentials at connection (a wrong password, an unknown or
+    /// disabled ACL user, or no password where one is required). A start-up error.
+    #[error("Redis at {target} refused the credentials of user {user:?}: {source} (set redis_user, and redis_password_file or TIERING_REDIS_PASSWORD)")]
+    RedisAuth {
+        target: String,
+        user: String,
+        source: ::redis::RedisError,
+    },
+    /// A Redis access file (the CA certificates, the password file) cannot be used.
+    #[error("{path}: {message}")]
+    RedisAccess { path: PathBuf, message: String },
     /// A Redis call took longer than `backend_timeout_ms`. Answered UNAVAILABLE.
     #[error("state backend unavailable: Redis {op}: no answer within {ms} ms")]
     RedisTimeout { op: &'static str, ms: u64 },

@@ -7,12 +7,16 @@
 //! itself (one sub-`MGET` per slot, answered in the order asked); writes go as one pipeline per
 //! slot, all sent at once (on a standalone server, one pipeline).
 
+use super::access::Credentials;
 use crate::serve::config::RedisTarget;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
-use ::redis::{Cmd, ErrorKind, RedisError, RedisResult, Script, Value};
+use ::redis::{
+    Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Script,
+    TlsCertificates, Value,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -35,12 +39,26 @@ pub struct Node {
 
 impl Conn {
     /// Connects (the first connection is awaited, so an unreachable Redis fails here).
-    /// `timeout` bounds each connection attempt and each answer.
-    pub async fn connect(target: &RedisTarget, timeout: Duration) -> RedisResult<Conn> {
+    /// `timeout` bounds each connection attempt and each answer. Over TLS the server's
+    /// certificate must chain to `creds.ca_pem` (else the system's roots); the user and password,
+    /// when given, authenticate every connection (`AUTH`).
+    pub async fn connect(
+        target: &RedisTarget,
+        timeout: Duration,
+        creds: &Credentials,
+    ) -> RedisResult<Conn> {
         let urls = target.node_urls();
+        let certs = |ca: &Vec<u8>| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        };
         match target {
             RedisTarget::Standalone { .. } => {
-                let client = ::redis::Client::open(urls[0].as_str())?;
+                let info = with_credentials(urls[0].as_str().into_connection_info()?, creds);
+                let client = match &creds.ca_pem {
+                    Some(ca) => ::redis::Client::build_with_tls(info, certs(ca))?,
+                    None => ::redis::Client::open(info)?,
+                };
                 // Few, quick reconnection attempts: while Redis is down calls fail fast
                 // (UNAVAILABLE) instead of queueing behind a long backoff; the next call or the
                 // health probe starts a new attempt.
@@ -55,13 +73,22 @@ impl Conn {
                 ))
             }
             RedisTarget::Cluster { .. } => {
-                let client = ClusterClientBuilder::new(urls)
+                let mut builder = ClusterClientBuilder::new(urls)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(3)
                     .min_retry_wait(10)
-                    .max_retry_wait(200)
-                    .build()?;
+                    .max_retry_wait(200);
+                if let Some(u) = &creds.user {
+                    builder = builder.username(u);
+                }
+                if let Some(p) = &creds.password {
+                    builder = builder.password(p);
+                }
+                if let Some(ca) = &creds.ca_pem {
+                    builder = builder.certs(certs(ca));
+                }
+                let client = builder.build()?;
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
         }
@@ -220,6 +247,24 @@ impl Conn {
             (conn, _) => conn.query(&cmd).await,
         }
     }
+}
+
+/// `info` with the user and password of `creds` (when given).
+fn with_credentials(info: ConnectionInfo, creds: &Credentials) -> ConnectionInfo {
+    let mut redis = info.redis_settings().clone();
+    if let Some(u) = &creds.user {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &creds.password {
+        redis = redis.set_password(p);
+    }
+    info.set_redis_settings(redis)
+}
+
+/// True for Redis refusing the credentials: a failed `AUTH` (`WRONGPASS`, a disabled user), or
+/// a command refused for want of one (`NOAUTH`).
+pub fn is_auth_error(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 /// The script's source, for `SCRIPT LOAD` (the crate keeps it private to `Script`).

@@ -1,6 +1,8 @@
 //! The Redis state backend: the shared system of record for scale-out replicas
 //! (`tiering serve --state redis://HOST:PORT[/DB]` or `redis+cluster://H:P,H:P,...`).
 //!
+//! - `access` — TLS trust and ACL credentials ([`RedisAccess`]; the password from a file or
+//!   [`PASSWORD_ENV`], never a flag or the URL).
 //! - [`codec`] — the key layout (`u:{<user_id>}`, one key per user, no TTL) and the versioned
 //!   value format.
 //! - `conn` — the standalone / Cluster connection enum, slot-split batches, scans per master.
@@ -19,6 +21,7 @@
 //! key twice while Redis resizes its tables, so it is an estimate for metrics and
 //! `GetModelInfo`, never used for correctness.
 
+mod access;
 pub mod codec;
 mod conn;
 pub mod marker;
@@ -30,7 +33,8 @@ use crate::features::UserAggregate;
 use crate::serve::config::RedisTarget;
 use crate::serve::metrics::Metrics;
 use ::redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
-use conn::{Conn, CHUNK};
+pub use access::{RedisAccess, PASSWORD_ENV};
+use conn::{is_auth_error, Conn, CHUNK};
 use marker::{Marker, META_KEY};
 use std::collections::HashSet;
 use std::future::Future;
@@ -74,6 +78,8 @@ pub struct RedisOptions {
     pub reseed: bool,
     /// Bound of each call (connection attempts included).
     pub timeout: Duration,
+    /// TLS trust and ACL credentials.
+    pub access: RedisAccess,
 }
 
 /// What the background tasks share with the state.
@@ -124,19 +130,30 @@ impl RedisState {
     /// health probe and a first user count. Must run inside the Tokio runtime.
     pub async fn open(opts: RedisOptions, metrics: Arc<Metrics>) -> Result<RedisState, StateError> {
         let ms = opts.timeout.as_millis() as u64;
-        let conn =
-            match tokio::time::timeout(opts.timeout, Conn::connect(&opts.target, opts.timeout))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(source)) => {
-                    return Err(StateError::RedisUnavailable {
-                        op: "connect",
-                        source,
-                    })
-                }
-                Err(_) => return Err(StateError::RedisTimeout { op: "connect", ms }),
-            };
+        let creds = opts.access.load(opts.target.tls())?;
+        let refused = |source: RedisError| StateError::RedisAuth {
+            target: opts.target.to_string(),
+            user: creds.user.clone().unwrap_or_else(|| "default".into()),
+            source,
+        };
+        let connect = async {
+            let conn = Conn::connect(&opts.target, opts.timeout, &creds).await?;
+            // A Redis that requires a password answers the first command NOAUTH when none was
+            // given: found here, at start, rather than on the first request.
+            conn.ping().await?;
+            Ok::<_, RedisError>(conn)
+        };
+        let conn = match tokio::time::timeout(opts.timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(source)) if is_auth_error(&source) => return Err(refused(source)),
+            Ok(Err(source)) => {
+                return Err(StateError::RedisUnavailable {
+                    op: "connect",
+                    source,
+                })
+            }
+            Err(_) => return Err(StateError::RedisTimeout { op: "connect", ms }),
+        };
         let state = RedisState {
             conn,
             script: Script::new(CAS_SCRIPT),

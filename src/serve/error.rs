@@ -68,6 +68,14 @@ pub enum RequestError {
     /// acknowledge them, INTERNAL otherwise).
     #[error(transparent)]
     Events(EventsError),
+    /// The person objected to profiling ([`super::privacy`]): no tier or score is given.
+    #[error("profiling_objected: the person objected to profiling; their data is kept but no tier or score is given")]
+    ProfilingObjected,
+    /// ExportUser for an id the server holds nothing about.
+    #[error("nothing is held about this user (erased: {erased})")]
+    NothingHeld { erased: bool },
+    #[error("{0}")]
+    Privacy(#[source] super::privacy::lists::PrivacyError),
 }
 
 impl From<EventsError> for RequestError {
@@ -111,6 +119,12 @@ impl RequestError {
                 Code::InvalidArgument
             }
             RequestError::ModelAdmin(_) => Code::FailedPrecondition,
+            RequestError::ProfilingObjected
+            | RequestError::Privacy(super::privacy::lists::PrivacyError::NoKey) => {
+                Code::FailedPrecondition
+            }
+            RequestError::NothingHeld { .. } => Code::NotFound,
+            RequestError::Privacy(_) => Code::Internal,
             RequestError::State(_)
             | RequestError::ScanTask(_)
             | RequestError::Events(_)
@@ -176,6 +190,11 @@ impl From<RequestError> for tonic::Status {
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The privacy key or lists could not be read.
+    #[error("privacy: {0}")]
+    Privacy(#[source] super::privacy::lists::PrivacyError),
+    #[error(transparent)]
+    Audit(super::audit::AuditError),
     /// Opening, replaying or snapshotting the state failed (including [`StateError::Locked`]:
     /// another server holds the state directory).
     #[error(transparent)]

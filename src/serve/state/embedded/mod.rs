@@ -93,6 +93,17 @@ impl UserState for EmbeddedState {
         ready(Ok(None))
     }
 
+    /// An erasure record through the log (written and synced like events, in their order), then
+    /// the user removed from the table by the log thread.
+    fn erase(&self, id: &str) -> impl Future<Output = Result<bool, StateError>> + Send {
+        let existed = self.store.get(id).is_some();
+        let append = self.log.append(vec![UserEvent::erasure(id)]);
+        async move {
+            append.await?;
+            Ok(existed)
+        }
+    }
+
     /// One part per shard, visited in parallel on the rayon pool under the shard's read lock.
     fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
     where

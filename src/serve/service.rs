@@ -301,7 +301,7 @@ impl proto::tiering_server::Tiering for TieringService {
             )?;
             self.ctx.model.get()?;
             // Held until the events are applied: an erasure waits for them, or they for it.
-            let _gate = self.ctx.privacy.ingest_gate().await;
+            let gate = self.ctx.privacy.ingest_gate().await;
             self.ctx.privacy.drop_suppressed(&mut events);
             // Last look before the point of no return.
             if dl.passed() {
@@ -314,6 +314,7 @@ impl proto::tiering_server::Tiering for TieringService {
                 None => Vec::new(),
             };
             let recorded = self.ctx.sink.record(&*self.ctx.state, events).await?;
+            drop(gate);
             let applied = match wait {
                 _ if self.ctx.sink.is_local() => true,
                 None => false,

@@ -683,8 +683,7 @@ async fn on_redis_an_erased_user_stays_erased_through_a_replay_of_the_event_topi
         let members: Vec<String> = conn.smembers("{privacy}:erased").unwrap();
         assert!(!members.contains(&victim));
 
-        // A new event for the erased id, then a fresh consumer group replays the whole topic
-        // (every old event of the user, and the new one): none of them brings the user back.
+        // RecordEvents drops new events for the erased id (the replica reads the shared list)...
         let r = c
             .record_events(proto::RecordEventsRequest {
                 events: vec![order(&victim, ts + 200)],
@@ -692,7 +691,33 @@ async fn on_redis_an_erased_user_stays_erased_through_a_replay_of_the_event_topi
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.accepted, 1, "produced; the aggregator drops it");
+        assert_eq!(r.accepted, 0, "RecordEvents dropped the erased id's event");
+        // ...and one produced to the topic behind the server's back meets the tombstone. Then a
+        // fresh consumer group replays the whole topic (every old event of the user, and that
+        // one): none of them brings the user back.
+        let target = tiering::serve::config::EventsTarget {
+            brokers: cluster.bootstrap_servers(),
+            topic: "privacy".into(),
+        };
+        let sink_opts = tiering::serve::events::SinkOptions {
+            timeout: Duration::from_secs(10),
+            linger: Duration::ZERO,
+        };
+        let raw = tiering::serve::state::UserEvent {
+            user_id: victim.clone(),
+            ts: ts + 250,
+            kind: tiering::features::EventKind::Order,
+            amount: 3.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        };
+        let produced = tiering::serve::events::kafka::KafkaSink::new(&target, sink_opts)
+            .unwrap()
+            .produce(&[raw])
+            .await
+            .unwrap();
+        assert_eq!(produced.len(), 1);
         drop(first);
         let _second = Aggregator::spawn(&events, &redis.url(), &dirs.models(), "g2");
         let marker: Vec<proto::Event> = (0..40)

@@ -5,10 +5,10 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tiering::bundle::BundleStore;
 use tiering::features::build_aggregates;
+use tiering::io::privacy::Suppression;
 use tiering::io::read::{read_dataset, ReadOptions};
 use tiering::io::write::ScoreWriter;
 use tiering::model::Score;
-use tiering::serve::privacy::lists::Suppression;
 
 #[derive(clap::Args)]
 pub struct ScoreArgs {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use tiering::bundle::BundleSigner;
 use tiering::features::time::format_rfc3339;
 use tiering::features::ChurnDefinition;
+use tiering::io::privacy::Suppression;
 use tiering::io::read::ReadReport;
-use tiering::serve::privacy::lists::Suppression;
 use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
 
 /// `--churn-definition`: what counts as churn.

@@ -6,11 +6,11 @@
 //! An entry is a structured log line with target `audit` (filter with
 //! `RUST_LOG=audit=info`) and, with `audit_log` / `--audit-log FILE`, a JSON line appended to
 //! that file and fsynced before the action answers. An entry about a person carries the keyed
-//! hash of the id ([`super::privacy::lists::PrivacyKey::hash`], the hash the suppression list
+//! hash of the id ([`PrivacyKey::hash`], the hash the suppression list
 //! holds), never the id itself.
 
 use super::auth::Caller;
-use super::privacy::lists::{IdHash, PrivacyKey};
+use crate::io::privacy::{IdHash, PrivacyKey};
 use serde_json::{json, Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -75,7 +75,7 @@ pub enum RequestError {
     #[error("nothing is held about this user (erased: {erased})")]
     NothingHeld { erased: bool },
     #[error("{0}")]
-    Privacy(#[source] super::privacy::lists::PrivacyError),
+    Privacy(#[source] crate::io::privacy::PrivacyError),
 }
 
 impl From<EventsError> for RequestError {
@@ -120,7 +120,7 @@ impl RequestError {
             }
             RequestError::ModelAdmin(_) => Code::FailedPrecondition,
             RequestError::ProfilingObjected
-            | RequestError::Privacy(super::privacy::lists::PrivacyError::NoKey) => {
+            | RequestError::Privacy(crate::io::privacy::PrivacyError::NoKey) => {
                 Code::FailedPrecondition
             }
             RequestError::NothingHeld { .. } => Code::NotFound,
@@ -192,9 +192,13 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     /// The privacy key or lists could not be read.
     #[error("privacy: {0}")]
-    Privacy(#[source] super::privacy::lists::PrivacyError),
-    #[error(transparent)]
-    Audit(super::audit::AuditError),
+    Privacy(#[source] crate::io::privacy::PrivacyError),
+    /// The audit log file could not be opened.
+    #[error("audit log {}: {source}", path.display())]
+    AuditLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Opening, replaying or snapshotting the state failed (including [`StateError::Locked`]:
     /// another server holds the state directory).
     #[error(transparent)]

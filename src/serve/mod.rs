@@ -112,7 +112,7 @@ pub async fn run_with_metrics(
     let token_keys = Arc::new(load_token_keys(&config)?);
     let state = Arc::new(open_state(&config, metrics.clone()).await?);
     let sink = Arc::new(open_sink(&config)?);
-    let (audit, privacy) = open_privacy(&config, &state).await?;
+    let privacy = open_privacy(&config, &state).await?;
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
@@ -154,7 +154,7 @@ pub async fn run_with_metrics(
             metrics.clone(),
             token_keys,
             ranking,
-            (audit, privacy),
+            privacy.clone(),
         )),
     ))
     .max_decoding_message_size(config.max_message_bytes)
@@ -401,6 +401,7 @@ async fn open_state(
 }
 
 /// The handlers' shared context, from the configuration.
+#[allow(clippy::too_many_arguments)]
 fn context(
     config: &ValidServeConfig,
     model: Arc<ModelSlot>,
@@ -409,7 +410,7 @@ fn context(
     metrics: Arc<metrics::Metrics>,
     token_keys: Arc<page_token::TokenKeys>,
     ranking: Arc<ranking::RankingBackend>,
-    (audit, privacy): (Arc<audit::Audit>, Arc<privacy::Privacy>),
+    privacy: Arc<privacy::Privacy>,
 ) -> service::Context {
     service::Context {
         limits: service::Limits {
@@ -432,7 +433,7 @@ fn context(
         ranking,
         admin: Arc::new(admin::ModelAdmin::new(
             BundleStore::new(&config.models).with_verify_keys(config.verify_keys()),
-            audit,
+            privacy.audit(),
         )),
         privacy,
     }
@@ -444,7 +445,7 @@ fn context(
 async fn open_privacy(
     config: &ValidServeConfig,
     state: &Arc<StateBackend>,
-) -> Result<(Arc<audit::Audit>, Arc<privacy::Privacy>), ServeError> {
+) -> Result<Arc<privacy::Privacy>, ServeError> {
     let dir = match config.state() {
         config::StateLocation::Dir(d) => Some(d.clone()),
         config::StateLocation::Redis(_) => None,
@@ -466,12 +467,14 @@ async fn open_privacy(
         Err(e) => return Err(ServeError::Privacy(e)),
     };
     let audit = Arc::new(
-        audit::Audit::open(config.audit_log.as_deref(), key.clone()).map_err(ServeError::Audit)?,
+        audit::Audit::open(config.audit_log.as_deref(), key.clone()).map_err(
+            |audit::AuditError::Open { path, source }| ServeError::AuditLog { path, source },
+        )?,
     );
-    let privacy = privacy::Privacy::open(key, dir, state.clone(), audit.clone())
+    let privacy = privacy::Privacy::open(key, dir, state.clone(), audit)
         .await
         .map_err(ServeError::Privacy)?;
-    Ok((audit, Arc::new(privacy)))
+    Ok(Arc::new(privacy))
 }
 
 /// Re-reads the shared privacy lists every second (Redis state; returns at once otherwise).

@@ -35,7 +35,7 @@ pub struct TrainJob {
     /// The suppression list of erased ids (`tiering train --suppress`): their events are
     /// dropped right after reading, before any feature is computed, so the bundle (model,
     /// scored snapshot, state seed) knows nothing of them.
-    pub suppress: Option<crate::serve::privacy::lists::Suppression>,
+    pub suppress: Option<crate::io::privacy::Suppression>,
 }
 
 impl TrainJob {
@@ -78,7 +78,7 @@ impl<F: FnMut(&str)> Progress for F {
 /// Drops every event of a suppressed user, and the user; returns how many users were dropped.
 fn suppress_users(
     dataset: &mut crate::io::read::Dataset,
-    s: &crate::serve::privacy::lists::Suppression,
+    s: &crate::io::privacy::Suppression,
 ) -> usize {
     if s.is_empty() {
         return 0;

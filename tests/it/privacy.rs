@@ -442,7 +442,7 @@ fn admin_keys(path: &Path) -> String {
 const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 fn id_hash(id: &str) -> String {
-    use tiering::serve::privacy::lists::PrivacyKey;
+    use tiering::io::privacy::PrivacyKey;
     PrivacyKey::parse(KEY_HEX, "test")
         .unwrap()
         .hash(id)
@@ -741,6 +741,36 @@ async fn on_redis_an_erased_user_stays_erased_through_a_replay_of_the_event_topi
         assert_eq!(tier_code(&mut c, &user(150)).await, Code::Ok);
         assert!(!at_risk_ids(&mut c).await.contains(&victim));
         server.kill();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_started_over_from_the_bundle_does_not_reseed_an_erased_user() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let config = dirs.config();
+        let server = TestServer::start(config.clone()).await;
+        server.ready().await;
+        let mut c = server.client().await;
+        let victim = user(9);
+        assert!(erase(&mut c, &victim).await.existed);
+        server.stop().await.unwrap();
+        // Start over: the snapshot and the log go, the privacy directory stays (README).
+        let state = dirs.state();
+        for entry in std::fs::read_dir(&state).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let server = TestServer::start(config).await;
+        server.ready().await;
+        let mut c = server.client().await;
+        assert_eq!(tier_code(&mut c, &user(10)).await, Code::Ok);
+        assert_eq!(tier_code(&mut c, &victim).await, Code::NotFound);
+        server.stop().await.unwrap();
     })
     .await;
 }

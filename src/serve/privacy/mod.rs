@@ -25,10 +25,10 @@
 //! the lists are Redis sets shared by the replicas; each replica re-reads them every second
 //! ([`Privacy::refresh`]), so an objection made on one replica is in force on all within that.
 //!
-//! - [`lists`] — the key, the keyed hash, the list files, and [`lists::Suppression`] (what
-//!   training and offline scoring read).
+//! - [`lists`] ([`crate::io::privacy`]) — the key, the keyed hash, the list files, and
+//!   [`lists::Suppression`] (what training and offline scoring read).
 
-pub mod lists;
+pub use crate::io::privacy as lists;
 
 use super::audit::{Audit, Entry};
 use super::error::RequestError;
@@ -111,6 +111,18 @@ impl Privacy {
             let mut l = p.write_lists();
             l.erased = HashList::read(&dir.join(ERASED_FILE))?;
             l.objected = HashList::read(&dir.join(OBJECTED_FILE))?;
+            if let (StateBackend::Embedded(e), Some(key)) = (&*p.state, &p.key) {
+                // A seed (an empty state directory that kept its `privacy/` list) reads the
+                // list as it is then; the Redis seed skips tombstoned users by itself.
+                // Read once, at the first seeded user: erasures need a seeded state, so none
+                // can come between.
+                let (key, path) = (key.clone(), dir.join(ERASED_FILE));
+                let list = std::sync::OnceLock::new();
+                e.set_seed_filter(Box::new(move |id| {
+                    let l = list.get_or_init(|| HashList::read(&path).unwrap_or_default());
+                    !l.0.is_empty() && l.contains(&key.hash(id))
+                }));
+            }
         }
         if let Err(e) = p.refresh().await {
             tracing::warn!(error = %e, "reading the privacy lists from Redis failed; retried every second");
@@ -124,6 +136,11 @@ impl Privacy {
 
     fn write_lists(&self) -> std::sync::RwLockWriteGuard<'_, Lists> {
         self.lists.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The audit log the rights calls write to (shared with model administration).
+    pub fn audit(&self) -> Arc<Audit> {
+        self.audit.clone()
     }
 
     /// True when the lists live in Redis, shared with other replicas.

@@ -1107,7 +1107,7 @@ impl Tiering for Echo {
         let n = req.get_ref().user_ids.len();
         Ok(Response::new(proto::BatchGetUserTiersResponse {
             users: vec![self.user.clone(); n],
-            not_found: vec![],
+            ..Default::default()
         }))
     }
 
@@ -1159,6 +1159,27 @@ impl Tiering for Echo {
         &self,
         _req: Request<proto::RollbackModelRequest>,
     ) -> Result<Response<proto::ModelChange>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn erase_user(
+        &self,
+        _req: Request<proto::EraseUserRequest>,
+    ) -> Result<Response<proto::EraseUserResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn export_user(
+        &self,
+        _req: Request<proto::ExportUserRequest>,
+    ) -> Result<Response<proto::ExportUserResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn set_profiling_objection(
+        &self,
+        _req: Request<proto::SetProfilingObjectionRequest>,
+    ) -> Result<Response<proto::SetProfilingObjectionResponse>, Status> {
         Err(Status::unimplemented("echo"))
     }
 }

@@ -243,7 +243,7 @@ pub fn run_user(args: UserArgs) -> Result<()> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,7 +260,7 @@ pub fn server_url(s: &str) -> String {
     }
 }
 
-async fn connect(url: &str, args: &ServerArgs) -> Result<Client> {
+pub(super) async fn connect(url: &str, args: &ServerArgs) -> Result<Client> {
     connect_with(url, &args.security, args.timeout).await
 }
 
@@ -324,7 +324,7 @@ impl std::fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub(super) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(RpcError {
         code: s.code(),
         message: s.message().to_string(),

@@ -6,6 +6,7 @@ mod client_output;
 mod generate;
 mod keys;
 mod models;
+mod privacy;
 mod quickstart;
 mod score;
 mod serve;
@@ -51,6 +52,12 @@ enum Command {
     AtRisk(client::AtRiskArgs),
     /// Look one user up on a running server.
     User(client::UserArgs),
+    /// Erase a person's data on a running server (admin; audited).
+    Erase(privacy::EraseArgs),
+    /// Everything a running server holds about one person, as JSON (admin; audited).
+    ExportUser(privacy::ExportUserArgs),
+    /// Record (or --withdraw) a person's objection to profiling (admin; audited).
+    Object(privacy::ObjectArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -68,6 +75,9 @@ pub fn main() -> ExitCode {
         Command::Aggregate(args) => aggregate::run(args),
         Command::AtRisk(args) => client::run_at_risk(args),
         Command::User(args) => client::run_user(args),
+        Command::Erase(args) => privacy::run_erase(args),
+        Command::ExportUser(args) => privacy::run_export(args),
+        Command::Object(args) => privacy::run_object(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -140,5 +140,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         tls_client_ca: None,
         keys_file: None,
         insecure: false,
+        audit_log: None,
+        privacy_key_file: None,
     })
 }

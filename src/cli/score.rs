@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tiering::bundle::BundleStore;
 use tiering::features::build_aggregates;
+use tiering::io::privacy::Suppression;
 use tiering::io::read::{read_dataset, ReadOptions};
 use tiering::io::write::ScoreWriter;
 use tiering::model::Score;
@@ -29,6 +30,13 @@ pub struct ScoreArgs {
     /// Tolerate up to N malformed rows.
     #[arg(long, default_value_t = 0)]
     pub max_bad_rows: usize,
+    /// Leave out erased users and users who objected to profiling: a server's state directory
+    /// (its `privacy/` lists) or a suppression list file (see `tiering train --suppress`).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub suppress: Option<PathBuf>,
+    /// The privacy key of the lists (when not beside them or in TIERING_PRIVACY_KEY).
+    #[arg(long, value_name = "FILE", requires = "suppress")]
+    pub privacy_key_file: Option<PathBuf>,
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
@@ -44,6 +52,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .map(parse_time)
         .transpose()
         .context("parsing --as-of")?;
+    let suppress = args
+        .suppress
+        .as_deref()
+        .map(|p| Suppression::load(p, args.privacy_key_file.as_deref()))
+        .transpose()
+        .context("reading the suppression list (--suppress)")?;
     let bar = spinner("reading events");
     let dataset = read_dataset(
         &args.data,
@@ -72,7 +86,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     bar.set_message("writing");
     let mut writer = ScoreWriter::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    tiering::score::write_scores(&mut writer, scorer, &table.user_ids, &scores)
+    let (ids, scores): (Vec<String>, Vec<Score>) = table
+        .user_ids
+        .iter()
+        .zip(scores)
+        .filter(|(id, _)| !suppress.as_ref().is_some_and(|s| s.unscorable(id)))
+        .map(|(id, s)| (id.clone(), s))
+        .unzip();
+    tiering::score::write_scores(&mut writer, scorer, &ids, &scores)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let rows = writer
         .finish()

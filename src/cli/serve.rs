@@ -71,6 +71,14 @@ pub struct ServeArgs {
     /// Allow listening beyond loopback without TLS or without a keys file.
     #[arg(long)]
     pub insecure: bool,
+    /// Append the audit log of administrative actions to FILE (JSON lines, fsynced); log
+    /// lines with target `audit` are written either way.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// The privacy key (keyed hashes of ids in the suppression list and the audit log) from
+    /// FILE; else TIERING_PRIVACY_KEY, else one generated into the state directory.
+    #[arg(long, value_name = "FILE")]
+    pub privacy_key_file: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -117,6 +125,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.keys_file = args.keys_file;
     }
     config.insecure |= args.insecure;
+    if args.audit_log.is_some() {
+        config.audit_log = args.audit_log;
+    }
+    if args.privacy_key_file.is_some() {
+        config.privacy_key_file = args.privacy_key_file;
+    }
     let config = config.check().context("checking the configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

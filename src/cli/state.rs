@@ -6,6 +6,7 @@
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use tiering::serve::audit::{Audit, Entry};
 use tiering::serve::state::embedded::tools::{self, Repaired};
 use tiering::serve::state::embedded::Recovery;
 
@@ -14,6 +15,10 @@ pub struct StateArgs {
     /// The state directory (the server's `--state`).
     #[arg(long, global = true, default_value = "state", value_name = "DIR")]
     pub state: PathBuf,
+    /// Append an audit entry for `repair` and `restore` to FILE (the server's `--audit-log`);
+    /// a log line with target `audit` is written either way.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -77,6 +82,10 @@ pub fn run(args: StateArgs) -> Result<()> {
             if changed.is_empty() {
                 println!("no damaged record found");
             }
+            audit(args.audit_log.as_deref(), "state repair", |e| {
+                e.detail("salvage", salvage)
+                    .detail("segments_cut", changed.len() as u64)
+            })?;
             print_recovery("now", &r);
         }
         Action::Backup { to } => {
@@ -88,8 +97,23 @@ pub fn run(args: StateArgs) -> Result<()> {
             let r = tools::restore(&from, dir, force)
                 .with_context(|| format!("restoring {} into {}", from.display(), dir.display()))?;
             print_recovery(&format!("restored into {}", dir.display()), &r);
+            audit(args.audit_log.as_deref(), "state restore", |e| {
+                e.detail("force", force)
+            })?;
         }
     }
+    Ok(())
+}
+
+/// An audit entry for a state change made from the command line: who is the local user.
+fn audit(
+    file: Option<&std::path::Path>,
+    action: &'static str,
+    detail: impl FnOnce(Entry) -> Entry,
+) -> Result<()> {
+    let who = std::env::var("USER").unwrap_or_else(|_| "local".to_string());
+    let log = Audit::open(file, None).context("opening the audit log")?;
+    log.record(detail(Entry::new(format!("cli:{who}"), action)));
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use tiering::bundle::BundleSigner;
 use tiering::features::time::format_rfc3339;
 use tiering::features::ChurnDefinition;
+use tiering::io::privacy::Suppression;
 use tiering::io::read::ReadReport;
 use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
 
@@ -71,6 +72,14 @@ pub struct TrainArgs {
     /// `--verify-key` accept only signed bundles.
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Drop the events of erased users: a server's state directory (its `privacy/erased`), or
+    /// a suppression list file. The key: --privacy-key-file, else TIERING_PRIVACY_KEY, else the
+    /// `key` file beside the list.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub suppress: Option<PathBuf>,
+    /// The privacy key of the suppression list (when not beside it or in the environment).
+    #[arg(long, value_name = "FILE", requires = "suppress")]
+    pub privacy_key_file: Option<PathBuf>,
 }
 
 /// The job the flags describe: the config file (or defaults), overridden by flags, checked.
@@ -105,7 +114,14 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         .map(BundleSigner::from_file)
         .transpose()
         .context("reading the signing key (--sign-key)")?;
+    let suppress = args
+        .suppress
+        .as_deref()
+        .map(|p| Suppression::load(p, args.privacy_key_file.as_deref()))
+        .transpose()
+        .context("reading the suppression list (--suppress)")?;
     let mut job = TrainJob {
+        suppress,
         sign_key,
         as_of,
         export_eval: args.export_eval.clone(),

@@ -11,5 +11,6 @@
 //! nothing above `features`.
 
 pub mod atomic;
+pub mod privacy;
 pub mod read;
 pub mod write;

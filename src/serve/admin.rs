@@ -4,8 +4,10 @@
 //! so a bundle the CLI refuses (checksums, model, state seed, signature) is refused here too,
 //! and CURRENT stays unchanged. The running server then switches through its usual watcher.
 //!
-//! Every change is logged with the caller's request id (an audit line: what, from, to).
+//! Every change, and every refused change, is an audit entry ([`super::audit`]): who (the
+//! authenticated identity), what (the action, the version, the previous one, the outcome).
 
+use super::audit::{Audit, Entry};
 use super::error::RequestError;
 use crate::bundle::{BundleStore, Manifest, VersionInfo, MANIFEST};
 use crate::pb as proto;
@@ -14,12 +16,14 @@ use std::sync::Arc;
 /// The models directory as the administration calls see it.
 pub struct ModelAdmin {
     store: Arc<BundleStore>,
+    audit: Arc<Audit>,
 }
 
 impl ModelAdmin {
-    pub fn new(store: BundleStore) -> ModelAdmin {
+    pub fn new(store: BundleStore, audit: Arc<Audit>) -> ModelAdmin {
         ModelAdmin {
             store: Arc::new(store),
+            audit,
         }
     }
 
@@ -50,14 +54,27 @@ impl ModelAdmin {
         .await
     }
 
-    pub async fn promote(&self, version: String) -> Result<proto::ModelChange, RequestError> {
+    pub async fn promote(
+        &self,
+        who: String,
+        version: String,
+    ) -> Result<proto::ModelChange, RequestError> {
+        let audit = self.audit.clone();
         self.blocking(move |store| {
             let previous = store.current().ok().flatten().unwrap_or_default();
+            let entry = Entry::new(who, "PromoteModel")
+                .detail("version", version.as_str())
+                .detail("previous", previous.as_str());
             let bundle = store.promote(&version).map_err(|e| {
-                tracing::warn!(version = %version, error = %e, "audit: PromoteModel refused");
+                audit.record(
+                    entry
+                        .clone()
+                        .outcome("refused")
+                        .detail("error", e.to_string()),
+                );
                 RequestError::ModelAdmin(e)
             })?;
-            tracing::info!(version = %bundle.version(), previous = %previous, "audit: PromoteModel");
+            audit.record(entry);
             Ok(proto::ModelChange {
                 version: bundle.version().to_string(),
                 previous,
@@ -66,14 +83,21 @@ impl ModelAdmin {
         .await
     }
 
-    pub async fn rollback(&self) -> Result<proto::ModelChange, RequestError> {
-        self.blocking(|store| {
+    pub async fn rollback(&self, who: String) -> Result<proto::ModelChange, RequestError> {
+        let audit = self.audit.clone();
+        self.blocking(move |store| {
             let previous = store.current().ok().flatten().unwrap_or_default();
+            let entry = Entry::new(who, "RollbackModel").detail("previous", previous.as_str());
             let bundle = store.rollback().map_err(|e| {
-                tracing::warn!(error = %e, "audit: RollbackModel refused");
+                audit.record(
+                    entry
+                        .clone()
+                        .outcome("refused")
+                        .detail("error", e.to_string()),
+                );
                 RequestError::ModelAdmin(e)
             })?;
-            tracing::info!(version = %bundle.version(), previous = %previous, "audit: RollbackModel");
+            audit.record(entry.detail("version", bundle.version()));
             Ok(proto::ModelChange {
                 version: bundle.version().to_string(),
                 previous,

@@ -196,6 +196,14 @@ pub struct ServeConfig {
     /// [`super::page_token`]). Unset: the `TIERING_PAGE_TOKEN_KEYS` environment variable, else a
     /// random key per process. The keys themselves are never a setting or a flag.
     pub page_token_key_file: Option<PathBuf>,
+    /// The key of the keyed hash (HMAC-SHA256) that the suppression and objection lists and the
+    /// audit log carry instead of user ids (see [`super::privacy::lists`]). Unset: the
+    /// `TIERING_PRIVACY_KEY` environment variable, else (embedded state) a key generated into
+    /// `STATE/privacy/key`; a Redis state's replicas must share a configured key.
+    pub privacy_key_file: Option<PathBuf>,
+    /// The audit log file (JSON lines, appended and fsynced); log lines with target `audit`
+    /// only when unset (see [`super::audit`]).
+    pub audit_log: Option<PathBuf>,
     /// Public keys (PEM files, or directories of `*.pub` files) model bundles must be signed
     /// by: a bundle that is unsigned, signed by another key, or changed after signing is
     /// refused at start and at reload (the old model keeps serving). Several keys allow
@@ -288,6 +296,8 @@ impl Default for ServeConfig {
             ranking_max_versions: 32,
             page_token_max_age_secs: 900,
             page_token_key_file: None,
+            privacy_key_file: None,
+            audit_log: None,
             verify_key: Vec::new(),
             http2_keepalive_interval_secs: 60,
             http2_keepalive_timeout_secs: 20,

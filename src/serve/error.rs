@@ -68,6 +68,14 @@ pub enum RequestError {
     /// acknowledge them, INTERNAL otherwise).
     #[error(transparent)]
     Events(EventsError),
+    /// The person objected to profiling ([`super::privacy`]): no tier or score is given.
+    #[error("profiling_objected: the person objected to profiling; their data is kept but no tier or score is given")]
+    ProfilingObjected,
+    /// ExportUser for an id the server holds nothing about.
+    #[error("nothing is held about this user (erased: {erased})")]
+    NothingHeld { erased: bool },
+    #[error("{0}")]
+    Privacy(#[source] crate::io::privacy::PrivacyError),
 }
 
 impl From<EventsError> for RequestError {
@@ -111,6 +119,12 @@ impl RequestError {
                 Code::InvalidArgument
             }
             RequestError::ModelAdmin(_) => Code::FailedPrecondition,
+            RequestError::ProfilingObjected
+            | RequestError::Privacy(crate::io::privacy::PrivacyError::NoKey) => {
+                Code::FailedPrecondition
+            }
+            RequestError::NothingHeld { .. } => Code::NotFound,
+            RequestError::Privacy(_) => Code::Internal,
             RequestError::State(_)
             | RequestError::ScanTask(_)
             | RequestError::Events(_)
@@ -176,6 +190,15 @@ impl From<RequestError> for tonic::Status {
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The privacy key or lists could not be read.
+    #[error("privacy: {0}")]
+    Privacy(#[source] crate::io::privacy::PrivacyError),
+    /// The audit log file could not be opened.
+    #[error("audit log {}: {source}", path.display())]
+    AuditLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Opening, replaying or snapshotting the state failed (including [`StateError::Locked`]:
     /// another server holds the state directory).
     #[error(transparent)]

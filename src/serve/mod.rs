@@ -45,6 +45,7 @@ pub(crate) mod admission;
 #[cfg(feature = "kafka")]
 pub mod aggregator;
 pub mod at_risk;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connections;
@@ -54,6 +55,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod page_token;
+pub mod privacy;
 pub mod ranking;
 pub mod service;
 pub(crate) mod slot;
@@ -110,6 +112,7 @@ pub async fn run_with_metrics(
     let token_keys = Arc::new(load_token_keys(&config)?);
     let state = Arc::new(open_state(&config, metrics.clone()).await?);
     let sink = Arc::new(open_sink(&config)?);
+    let privacy = open_privacy(&config, &state).await?;
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
@@ -140,6 +143,7 @@ pub async fn run_with_metrics(
         metrics_listener.map(|l| (l, metrics.clone(), tls.clone())),
         stop_rx.clone(),
     );
+    let privacy_refresh = spawn_privacy_refresh(&privacy, stop_rx.clone());
     let watchers = spawn_credential_watchers(&config, tls.clone(), auth.clone(), stop_rx);
     let tiering = crate::pb::tiering_server::TieringServer::new(service::TieringService::new(
         Arc::new(context(
@@ -150,6 +154,7 @@ pub async fn run_with_metrics(
             metrics.clone(),
             token_keys,
             ranking,
+            privacy.clone(),
         )),
     ))
     .max_decoding_message_size(config.max_message_bytes)
@@ -205,6 +210,7 @@ pub async fn run_with_metrics(
     let _ = writes_health.await;
     let _ = backend_health.await;
     let _ = drift.await;
+    let _ = privacy_refresh.await;
     sink.close(Duration::from_millis(config.events_timeout_ms));
     let _ = refresh.await;
     final_snapshot(&state).await;
@@ -400,6 +406,7 @@ async fn open_state(
 }
 
 /// The handlers' shared context, from the configuration.
+#[allow(clippy::too_many_arguments)]
 fn context(
     config: &ValidServeConfig,
     model: Arc<ModelSlot>,
@@ -408,6 +415,7 @@ fn context(
     metrics: Arc<metrics::Metrics>,
     token_keys: Arc<page_token::TokenKeys>,
     ranking: Arc<ranking::RankingBackend>,
+    privacy: Arc<privacy::Privacy>,
 ) -> service::Context {
     service::Context {
         limits: service::Limits {
@@ -430,8 +438,71 @@ fn context(
         ranking,
         admin: Arc::new(admin::ModelAdmin::new(
             BundleStore::new(&config.models).with_verify_keys(config.verify_keys()),
+            privacy.audit(),
         )),
+        privacy,
     }
+}
+
+/// The audit log and the privacy lists. The privacy key: `privacy_key_file`, else
+/// `TIERING_PRIVACY_KEY`, else (embedded state) one generated into the state directory; a
+/// Redis state without a key serves, but refuses the rights calls (logged).
+async fn open_privacy(
+    config: &ValidServeConfig,
+    state: &Arc<StateBackend>,
+) -> Result<Arc<privacy::Privacy>, ServeError> {
+    let dir = match config.state() {
+        config::StateLocation::Dir(d) => Some(d.clone()),
+        config::StateLocation::Redis(_) => None,
+    };
+    let env = std::env::var(privacy::lists::KEY_ENV).ok();
+    let key = match privacy::lists::PrivacyKey::load(
+        config.privacy_key_file.as_deref(),
+        env,
+        dir.as_deref(),
+    ) {
+        Ok((key, source)) => {
+            tracing::info!(?source, "privacy key loaded");
+            Some(key)
+        }
+        Err(privacy::lists::PrivacyError::NoKey) => {
+            tracing::warn!("no privacy key (privacy_key_file, {}): EraseUser, ExportUser and SetProfilingObjection are refused", privacy::lists::KEY_ENV);
+            None
+        }
+        Err(e) => return Err(ServeError::Privacy(e)),
+    };
+    let audit = Arc::new(
+        audit::Audit::open(config.audit_log.as_deref(), key.clone()).map_err(
+            |audit::AuditError::Open { path, source }| ServeError::AuditLog { path, source },
+        )?,
+    );
+    let privacy = privacy::Privacy::open(key, dir, state.clone(), audit)
+        .await
+        .map_err(ServeError::Privacy)?;
+    Ok(Arc::new(privacy))
+}
+
+/// Re-reads the shared privacy lists every second (Redis state; returns at once otherwise).
+fn spawn_privacy_refresh(
+    privacy: &Arc<privacy::Privacy>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let privacy = privacy.clone();
+    tokio::spawn(async move {
+        if !privacy.shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = privacy.refresh().await {
+                tracing::warn!(error = %e, "re-reading the privacy lists failed");
+            }
+        }
+    })
 }
 
 /// Where RecordEvents' events go (`events`): the local state, or the Kafka topic.

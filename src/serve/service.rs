@@ -4,6 +4,7 @@
 
 use super::admission::RequestDeadline;
 use super::at_risk;
+use super::audit;
 use super::config::Clock;
 use super::convert::{self, EventRules, PageLimits};
 use super::error::RequestError;
@@ -52,6 +53,8 @@ pub struct Context {
     pub ranking: Arc<RankingBackend>,
     /// ListModels, PromoteModel, RollbackModel (see [`super::admin`]).
     pub admin: Arc<super::admin::ModelAdmin>,
+    /// Erasure, export, objection, and the lists every answer honours (see [`super::privacy`]).
+    pub privacy: Arc<super::privacy::Privacy>,
 }
 
 #[derive(Clone)]
@@ -205,6 +208,7 @@ impl proto::tiering_server::Tiering for TieringService {
         let r = async {
             deadline(&req)?;
             let id = convert::user_id("user_id", &req.get_ref().user_id)?;
+            self.ctx.privacy.check_profiling(id)?;
             // The embedded state answers at once (a completed future); the model is checked
             // first, so a server without one answers UNAVAILABLE whatever the user.
             let found = self.ctx.state.get(id).await;
@@ -241,6 +245,7 @@ impl proto::tiering_server::Tiering for TieringService {
                 let mut out = proto::BatchGetUserTiersResponse::default();
                 for (id, agg) in ids.iter().zip(found?) {
                     match agg {
+                        Some(_) if self.ctx.privacy.objected(id) => out.objected.push(id.clone()),
                         Some(agg) => out.users.push(convert::user_tier(
                             id,
                             &model.scorer.score(&agg, now),
@@ -264,6 +269,7 @@ impl proto::tiering_server::Tiering for TieringService {
         let started = Instant::now();
         let r = deadline(&req).and_then(|_| {
             let body = req.get_ref();
+            self.ctx.privacy.check_profiling(&body.user_id)?;
             let now = self.ctx.clock.now();
             let rules = EventRules {
                 now,
@@ -288,12 +294,15 @@ impl proto::tiering_server::Tiering for TieringService {
         let started = Instant::now();
         let r = async {
             let dl = deadline(&req)?;
-            let events = convert::record_events(
+            let mut events = convert::record_events(
                 req.get_ref(),
                 self.ctx.limits.max_events_per_request,
                 self.rules(None),
             )?;
             self.ctx.model.get()?;
+            // Held until the events are applied: an erasure waits for them, or they for it.
+            let gate = self.ctx.privacy.ingest_gate().await;
+            self.ctx.privacy.drop_suppressed(&mut events);
             // Last look before the point of no return.
             if dl.passed() {
                 return Err(RequestError::DeadlineExceeded);
@@ -305,6 +314,7 @@ impl proto::tiering_server::Tiering for TieringService {
                 None => Vec::new(),
             };
             let recorded = self.ctx.sink.record(&*self.ctx.state, events).await?;
+            drop(gate);
             let applied = match wait {
                 _ if self.ctx.sink.is_local() => true,
                 None => false,
@@ -374,8 +384,11 @@ impl proto::tiering_server::Tiering for TieringService {
             };
             let mut query = q;
             query.as_of = page.as_of;
+            // Versions published before an erasure or objection still hold the user.
+            let mut users = page.users;
+            users.retain(|(id, _)| !self.ctx.privacy.hidden(id));
             let stream = AtRiskStream {
-                users: page.users.into_iter(),
+                users: users.into_iter(),
                 more: page.more,
                 query,
                 version: (page.version, page.as_of),
@@ -414,15 +427,68 @@ impl proto::tiering_server::Tiering for TieringService {
         &self,
         req: Request<proto::PromoteModelRequest>,
     ) -> Result<Response<proto::ModelChange>, Status> {
-        let r = self.ctx.admin.promote(req.into_inner().version).await;
+        let who = audit::who(&req);
+        let r = self.ctx.admin.promote(who, req.into_inner().version).await;
         r.map(Response::new).map_err(Status::from)
     }
 
     async fn rollback_model(
         &self,
-        _req: Request<proto::RollbackModelRequest>,
+        req: Request<proto::RollbackModelRequest>,
     ) -> Result<Response<proto::ModelChange>, Status> {
-        let r = self.ctx.admin.rollback().await;
+        let r = self.ctx.admin.rollback(audit::who(&req)).await;
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn erase_user(
+        &self,
+        req: Request<proto::EraseUserRequest>,
+    ) -> Result<Response<proto::EraseUserResponse>, Status> {
+        let who = audit::who(&req);
+        let r = async {
+            let id = convert::user_id("user_id", &req.get_ref().user_id)?;
+            self.ctx.privacy.erase(&self.ctx.ranking, who, id).await
+        }
+        .await;
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn export_user(
+        &self,
+        req: Request<proto::ExportUserRequest>,
+    ) -> Result<Response<proto::ExportUserResponse>, Status> {
+        let who = audit::who(&req);
+        let r = async {
+            let id = convert::user_id("user_id", &req.get_ref().user_id)?;
+            let now = self.ctx.clock.now();
+            let json = self
+                .ctx
+                .privacy
+                .export(&self.ctx.model, now, who, id)
+                .await?;
+            Ok::<_, RequestError>(proto::ExportUserResponse { json })
+        }
+        .await;
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    async fn set_profiling_objection(
+        &self,
+        req: Request<proto::SetProfilingObjectionRequest>,
+    ) -> Result<Response<proto::SetProfilingObjectionResponse>, Status> {
+        let who = audit::who(&req);
+        let r = async {
+            let body = req.get_ref();
+            let id = convert::user_id("user_id", &body.user_id)?;
+            let privacy = &self.ctx.privacy;
+            let previously_objected = privacy
+                .set_objection(&self.ctx.ranking, who, id, body.objected)
+                .await?;
+            Ok::<_, RequestError>(proto::SetProfilingObjectionResponse {
+                previously_objected,
+            })
+        }
+        .await;
         r.map(Response::new).map_err(Status::from)
     }
 }

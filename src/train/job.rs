@@ -32,6 +32,10 @@ pub struct TrainJob {
     /// Sign the bundle with this key (`manifest.sig`, see [`crate::bundle::signature`]);
     /// `None`: unsigned, as before.
     pub sign_key: Option<BundleSigner>,
+    /// The suppression list of erased ids (`tiering train --suppress`): their events are
+    /// dropped right after reading, before any feature is computed, so the bundle (model,
+    /// scored snapshot, state seed) knows nothing of them.
+    pub suppress: Option<crate::io::privacy::Suppression>,
 }
 
 impl TrainJob {
@@ -51,6 +55,7 @@ impl TrainJob {
             export_eval: None,
             accept_tier_changes: false,
             sign_key: None,
+            suppress: None,
         }
     }
 }
@@ -68,6 +73,55 @@ impl<F: FnMut(&str)> Progress for F {
     fn stage(&mut self, name: &str) {
         self(name)
     }
+}
+
+/// Drops every event of a suppressed user, and the user; returns how many users were dropped.
+fn suppress_users(
+    dataset: &mut crate::io::read::Dataset,
+    s: &crate::io::privacy::Suppression,
+) -> usize {
+    if s.is_empty() {
+        return 0;
+    }
+    let t = &dataset.events;
+    let keep: Vec<bool> = t.user_ids.iter().map(|id| !s.suppressed(id)).collect();
+    let dropped = keep.iter().filter(|k| !**k).count();
+    if dropped == 0 {
+        return 0;
+    }
+    let mut out = crate::features::EventTable::with_capacity(t.len());
+    out.columns = t.columns;
+    let mut map = vec![u32::MAX; t.user_ids.len()];
+    for (old, id) in t.user_ids.iter().enumerate() {
+        if keep[old] {
+            let new = out.intern(id);
+            out.registered_at[new as usize] = t.registered_at[old];
+            map[old] = new;
+        }
+    }
+    for i in 0..t.len() {
+        let new = map[t.user[i] as usize];
+        if new != u32::MAX {
+            out.user.push(new);
+            out.ts.push(t.ts[i]);
+            out.kind.push(t.kind[i]);
+            out.amount.push(t.amount[i]);
+            out.watch_seconds.push(t.watch_seconds[i]);
+            out.room.push(t.room[i]);
+            out.category.push(t.category[i]);
+        }
+    }
+    if let Some(p) = &mut dataset.report.personas {
+        let kept: Vec<Option<String>> = p
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep.get(*i).copied().unwrap_or(true))
+            .map(|(_, v)| v.clone())
+            .collect();
+        *p = kept;
+    }
+    dataset.events = out;
+    dropped
 }
 
 /// Wall-clock seconds of a run's parts.
@@ -186,10 +240,18 @@ fn data_info(dataset: &Dataset) -> DataInfo {
 pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, RunError> {
     let started = Instant::now();
     progress.stage("reading events");
-    let dataset = read_dataset(&job.data, &job.read).map_err(|source| RunError::Read {
+    let mut dataset = read_dataset(&job.data, &job.read).map_err(|source| RunError::Read {
         path: job.data.clone(),
         source: Box::new(source),
     })?;
+    if let Some(s) = &job.suppress {
+        let dropped = suppress_users(&mut dataset, s);
+        tracing::info!(
+            users = dropped,
+            list = s.len(),
+            "dropped the events of erased users (suppression list)"
+        );
+    }
     let read = started.elapsed().as_secs_f64();
     let (table, rep) = (&dataset.events, &dataset.report);
     progress.data_read(rep);

@@ -139,6 +139,10 @@ impl UserState for MemState {
         ready(Ok(self.users.lock().unwrap().get(id).and_then(|(_, w)| *w)))
     }
 
+    fn erase(&self, id: &str) -> impl Future<Output = Result<bool, StateError>> + Send {
+        ready(Ok(self.users.lock().unwrap().remove(id).is_some()))
+    }
+
     fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
     where
         T: Send,

@@ -10,6 +10,7 @@ mod helpers;
 mod hostile_clients;
 #[cfg(feature = "kafka")]
 mod kafka_events;
+mod privacy;
 mod redis_fixture;
 mod redis_ranking;
 mod redis_state;

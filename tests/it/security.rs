@@ -237,6 +237,27 @@ async fn call(client: &mut Client, rpc: &str) -> Code {
                 .await
                 .map(|_| ()),
         ),
+        "EraseUser" => code(
+            client
+                .erase_user(proto::EraseUserRequest { user_id: user(150) })
+                .await
+                .map(|_| ()),
+        ),
+        "ExportUser" => code(
+            client
+                .export_user(proto::ExportUserRequest { user_id: user(2) })
+                .await
+                .map(|_| ()),
+        ),
+        "SetProfilingObjection" => code(
+            client
+                .set_profiling_objection(proto::SetProfilingObjectionRequest {
+                    user_id: user(151),
+                    objected: true,
+                })
+                .await
+                .map(|_| ()),
+        ),
         other => panic!("no call for {other}"),
     }
 }
@@ -253,6 +274,9 @@ const MATRIX: &[(&str, Role, Code)] = &[
     ("ListModels", Role::Admin, Code::Ok),
     ("PromoteModel", Role::Admin, Code::Ok),
     ("RollbackModel", Role::Admin, Code::FailedPrecondition),
+    ("EraseUser", Role::Admin, Code::Ok),
+    ("ExportUser", Role::Admin, Code::Ok),
+    ("SetProfilingObjection", Role::Admin, Code::Ok),
 ];
 
 const ROLES: [Role; 4] = [Role::Reader, Role::Retention, Role::Writer, Role::Admin];

@@ -71,7 +71,7 @@ pub enum Role {
     Retention,
     /// RecordEvents.
     Writer,
-    /// ListModels, PromoteModel, RollbackModel.
+    /// ListModels, PromoteModel, RollbackModel, EraseUser, ExportUser, SetProfilingObjection.
     Admin,
 }
 
@@ -133,6 +133,12 @@ pub const METHODS: &[(&str, Access)] = &[
         "/tiering.v1.Tiering/RollbackModel",
         Access::Role(Role::Admin),
     ),
+    ("/tiering.v1.Tiering/EraseUser", Access::Role(Role::Admin)),
+    ("/tiering.v1.Tiering/ExportUser", Access::Role(Role::Admin)),
+    (
+        "/tiering.v1.Tiering/SetProfilingObjection",
+        Access::Role(Role::Admin),
+    ),
     ("/grpc.health.v1.Health/Check", Access::Open),
     ("/grpc.health.v1.Health/Watch", Access::Open),
     (
@@ -192,12 +198,13 @@ impl Auth {
         }
     }
 
-    /// The decision for one call: `Ok` to pass it on, or the status to answer.
-    fn check<B>(&self, req: &http::Request<B>) -> Result<(), tonic::Status> {
+    /// The decision for one call: `Ok` to pass it on (with the caller's identity when the
+    /// method needs a role), or the status to answer.
+    fn check<B>(&self, req: &http::Request<B>) -> Result<Option<Caller>, tonic::Status> {
         let path = req.uri().path();
         let role = match access_for(path) {
-            Some(Access::Open) => return Ok(()),
-            Some(Access::Reflection) if self.settings.reflection => return Ok(()),
+            Some(Access::Open) => return Ok(None),
+            Some(Access::Reflection) if self.settings.reflection => return Ok(None),
             Some(Access::Role(role)) => role,
             Some(Access::Reflection) | None => {
                 self.metrics.refused("permission_denied");
@@ -231,9 +238,15 @@ impl Auth {
                 "quota exceeded: {rate} requests per second, burst {burst}"
             )));
         }
-        Ok(())
+        Ok(Some(Caller(principal.name.as_str().into())))
     }
 }
+
+/// The authenticated identity of a call (the key's or certificate identity's name in the keys
+/// file), put in the request's extensions by the layer for handlers that record who acted (the
+/// audit log, [`super::audit`]). Absent when authentication is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub Arc<str>);
 
 /// The caller: the bearer token when one is sent, else the client certificate's identity.
 fn credentials<'k, B>(
@@ -306,9 +319,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let mut req = req;
         if let Some(auth) = &self.auth {
-            if let Err(status) = auth.check(&req) {
-                return Box::pin(std::future::ready(Ok(status.into_http())));
+            match auth.check(&req) {
+                Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+                Ok(Some(caller)) => {
+                    req.extensions_mut().insert(caller);
+                }
+                Ok(None) => {}
             }
         }
         Box::pin(self.inner.call(req))

@@ -56,6 +56,15 @@ impl UserState for StateBackend {
         }
     }
 
+    fn erase(&self, id: &str) -> impl Future<Output = Result<bool, StateError>> + Send {
+        async move {
+            match self {
+                StateBackend::Embedded(s) => s.erase(id).await,
+                StateBackend::Redis(s) => s.erase(id).await,
+            }
+        }
+    }
+
     fn apply(
         &self,
         events: Vec<UserEvent>,

@@ -58,6 +58,27 @@ pub struct UserEvent {
 }
 
 impl UserEvent {
+    /// An erasure of `user_id`, as it travels through the embedded log's queue and apply path
+    /// (never as an event: the log writes it as its own record kind, see
+    /// `embedded::wal::record`). Marked by a timestamp and an amount no validated event can
+    /// carry (`i64::MIN`, NaN).
+    pub fn erasure(user_id: &str) -> UserEvent {
+        UserEvent {
+            user_id: user_id.to_string(),
+            ts: i64::MIN,
+            kind: EventKind::Order,
+            amount: f64::NAN,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+        }
+    }
+
+    /// True for [`UserEvent::erasure`].
+    pub fn is_erasure(&self) -> bool {
+        self.ts == i64::MIN && self.amount.is_nan()
+    }
+
     /// The event without its user, as the aggregates take it.
     pub fn event(&self) -> Event {
         Event {
@@ -126,6 +147,14 @@ pub trait UserState: Send + Sync {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<LogPosition>, StateError>> + Send;
+
+    /// Erases user `id`: removes their aggregate and makes the removal durable, so that no
+    /// restart, log replay or topic replay brings it back (embedded: a log record; Redis: the
+    /// key deleted and a tombstone left carrying the applied-offset watermark). Redis drops
+    /// every later write for the id in its compare-and-set (the aggregator writes without the
+    /// server); the embedded state's only writer is RecordEvents, which the server's
+    /// suppression list guards ([`crate::serve::privacy`]). True when the user was held.
+    fn erase(&self, id: &str) -> impl Future<Output = Result<bool, StateError>> + Send;
 
     /// Visits every user, part by part (possibly in parallel): `visit` gets one part's users and
     /// returns what it keeps of them; the results come back one per part. Blocking: call it

@@ -35,7 +35,12 @@ use store::UserStore;
 pub struct EmbeddedState {
     store: Arc<UserStore>,
     log: EventLog,
+    /// Users a seed must leave out (erased ids: [`crate::serve::privacy`] installs it).
+    seed_filter: std::sync::OnceLock<SeedFilter>,
 }
+
+/// True for a user id a seed must leave out.
+pub type SeedFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl EmbeddedState {
     /// Locks `dir`, loads its snapshot, replays its log into a table of `shards` lock shards,
@@ -48,7 +53,20 @@ impl EmbeddedState {
     ) -> Result<(EmbeddedState, Recovery), StateError> {
         let store = Arc::new(UserStore::new(shards));
         let (log, recovery) = EventLog::open(dir, store.clone(), opts, metrics)?;
-        Ok((EmbeddedState { store, log }, recovery))
+        let seed_filter = std::sync::OnceLock::new();
+        Ok((
+            EmbeddedState {
+                store,
+                log,
+                seed_filter,
+            },
+            recovery,
+        ))
+    }
+
+    /// Makes every later [`UserState::seed`] leave out the users `skip` names (set once).
+    pub fn set_seed_filter(&self, skip: SeedFilter) {
+        let _ = self.seed_filter.set(skip);
     }
 }
 
@@ -93,6 +111,17 @@ impl UserState for EmbeddedState {
         ready(Ok(None))
     }
 
+    /// An erasure record through the log (written and synced like events, in their order), then
+    /// the user removed from the table by the log thread.
+    fn erase(&self, id: &str) -> impl Future<Output = Result<bool, StateError>> + Send {
+        let existed = self.store.get(id).is_some();
+        let append = self.log.append(vec![UserEvent::erasure(id)]);
+        async move {
+            append.await?;
+            Ok(existed)
+        }
+    }
+
     /// One part per shard, visited in parallel on the rayon pool under the shard's read lock.
     fn scan<T, F>(&self, visit: F) -> Result<Vec<T>, StateError>
     where
@@ -124,8 +153,18 @@ impl UserState for EmbeddedState {
     fn seed(
         &self,
         version: String,
-        snapshot: Snapshot,
+        mut snapshot: Snapshot,
     ) -> impl Future<Output = Result<(), StateError>> + Send {
+        if let Some(skip) = self.seed_filter.get() {
+            let (ids, aggs): (Vec<String>, Vec<UserAggregate>) = snapshot
+                .user_ids
+                .into_iter()
+                .zip(snapshot.aggregates)
+                .filter(|(id, _)| !skip(id))
+                .unzip();
+            snapshot.user_ids = ids;
+            snapshot.aggregates = aggs;
+        }
         self.log.seed(version, snapshot)
     }
 

@@ -7,6 +7,7 @@
 //! survives model swaps untouched.
 
 use crate::features::{hash_str, Event, UserAggregate};
+use crate::serve::state::UserEvent;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -89,6 +90,25 @@ impl UserStore {
         drop(shard);
         self.len.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Removes a user; true when it was held.
+    pub fn remove(&self, id: &str) -> bool {
+        let removed = self.write(self.shard_index(id)).remove(id).is_some();
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Applies one entry of the log: an event (true when it created the user), or an erasure
+    /// ([`UserEvent::erasure`]: the user is removed; false).
+    pub(crate) fn apply_entry(&self, e: &UserEvent) -> bool {
+        if e.is_erasure() {
+            self.remove(&e.user_id);
+            return false;
+        }
+        self.apply(&e.user_id, &e.event())
     }
 
     pub(crate) fn shard_count(&self) -> usize {

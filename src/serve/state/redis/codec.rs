@@ -31,6 +31,31 @@ pub fn key(user_id: &str) -> String {
     format!("u:{{{user_id}}}")
 }
 
+/// The key of an erased user's tombstone, `e:{<user_id>}` (the same slot as [`key`]): its value
+/// is the 13 watermark bytes of the erased value (bytes 9..22: flag, partition, offset; all
+/// zero when the user was not held), so the position up to which the topic was applied to the
+/// user stays known. While it exists every write to the user is dropped (see the
+/// compare-and-set script), so neither a replay of old events nor new events bring the user
+/// back. Its prefix is not `u:{`, so scans and user counts never see it.
+pub fn tombstone_key(user_id: &str) -> String {
+    format!("e:{{{user_id}}}")
+}
+
+/// The watermark a tombstone carries (`None`: the erased user had none, or was not held).
+pub fn tombstone_watermark(bytes: &[u8]) -> Option<LogPosition> {
+    if bytes.len() < 13 || bytes[0] != 1 {
+        return None;
+    }
+    let mut part = [0u8; 4];
+    part.copy_from_slice(&bytes[1..5]);
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&bytes[5..13]);
+    Some(LogPosition {
+        partition: i32::from_le_bytes(part),
+        offset: i64::from_le_bytes(off),
+    })
+}
+
 /// The user id of a key written by [`key`].
 pub fn user_of(key: &str) -> Option<&str> {
     key.strip_prefix("u:{")?.strip_suffix('}')

@@ -47,9 +47,11 @@ pub use codec::FORMAT_VERSION;
 
 /// The compare-and-set: writes `ARGV[2]` to `KEYS[1]` if the stored value's first 9 bytes
 /// (format version + write token) are `ARGV[1]` (empty: if the key is absent). Answers 1 when
-/// written, 0 when the key is absent although a value was expected, else the value now stored
-/// (so the caller folds again without another read).
+/// written, 0 when the key is absent although a value was expected, -1 when the user is erased
+/// (`KEYS[2]`, the tombstone, exists: nothing is written), else the value now stored (so the
+/// caller folds again without another read).
 pub(crate) const CAS_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   if string.sub(cur, 1, 9) ~= ARGV[1] then return cur end
@@ -58,6 +60,25 @@ elseif ARGV[1] ~= '' then
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
+";
+
+/// Erasure, atomic: the tombstone `KEYS[2]` takes the watermark bytes (10..22) of the user's
+/// value `KEYS[1]` (zeros when absent; a tombstone already there is kept), then the value is
+/// deleted. Answers 1 when a value was held, else 0.
+const ERASE_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+local mark = string.rep('\0', 13)
+if cur and string.len(cur) >= 22 then mark = string.sub(cur, 10, 22) end
+redis.call('SET', KEYS[2], mark, 'NX')
+if cur then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+";
+
+/// Seeding one user: `SET KEYS[1] ARGV[1] NX` unless the user is erased (`KEYS[2]` exists).
+const SEED_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+return 0
 ";
 
 /// The set of users whose aggregates changed outside a serving replica (applied by the Kafka
@@ -426,13 +447,17 @@ impl RedisState {
                     agg: **agg,
                 })?;
                 let key = codec::key(id);
-                let mut cmd = ::redis::cmd("SET");
-                cmd.arg(&key).arg(bytes).arg("NX");
+                let mut cmd = ::redis::cmd("EVAL");
+                cmd.arg(SEED_SCRIPT)
+                    .arg(2)
+                    .arg(&key)
+                    .arg(codec::tombstone_key(id))
+                    .arg(bytes);
                 cmds.push((key, cmd));
             }
             for r in self.call("seed", self.conn.pipelined(cmds)).await? {
                 match r {
-                    Ok(::redis::Value::Okay) => created += 1,
+                    Ok(::redis::Value::Int(1)) => created += 1,
                     Ok(_) => {}
                     Err(e) => return Err(self.failed("seed", e)),
                 }
@@ -477,6 +502,34 @@ impl RedisState {
         self.shared.seeded.store(true, Ordering::Release);
         tracing::info!(target = %self.target, created, kept = snapshot.user_ids.len() as u64 - created, "seeded the Redis state (users already present were kept)");
         Ok(())
+    }
+
+    /// [`UserState::erase`]: the tombstone and the deletion in one script, then the user marked
+    /// for re-ranking (the lease holder drops it from the ranking).
+    async fn erase_user(&self, id: &str) -> Result<bool, StateError> {
+        self.check_open()?;
+        let key = codec::key(id);
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(ERASE_SCRIPT)
+            .arg(2)
+            .arg(&key)
+            .arg(codec::tombstone_key(id));
+        let held: i64 = self.call("erase", self.conn.query(&cmd)).await?;
+        if held == 1 {
+            self.shared.users.fetch_sub(1, Ordering::Relaxed);
+            self.shared.dirty.store(true, Ordering::Release);
+        }
+        self.mark_ranking_dirty(&[id.to_string()]).await;
+        Ok(held == 1)
+    }
+
+    /// The watermark the tombstone of an erased user carries; `None` when the user is not
+    /// erased (outer) or had no watermark (inner).
+    pub async fn tombstone(&self, id: &str) -> Result<Option<Option<LogPosition>>, StateError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(codec::tombstone_key(id));
+        let v: Option<Vec<u8>> = self.run("tombstone", &cmd).await?;
+        Ok(v.map(|b| codec::tombstone_watermark(&b)))
     }
 
     /// Bumps the marker's generation (if this replica wrote since the last checkpoint) and
@@ -648,6 +701,10 @@ impl UserState for RedisState {
         id: &str,
     ) -> impl Future<Output = Result<Option<LogPosition>, StateError>> + Send {
         self.watermark(id)
+    }
+
+    fn erase(&self, id: &str) -> impl Future<Output = Result<bool, StateError>> + Send {
+        self.erase_user(id)
     }
 
     /// One part per SCAN chunk (about [`CHUNK`] users), visited on the calling thread.

@@ -28,6 +28,8 @@ pub const MAX_ATTEMPTS: u32 = 64;
 /// One user's part of a batch.
 struct Pending {
     key: String,
+    /// The user's tombstone key (the compare-and-set drops writes to erased users).
+    tombstone: String,
     events: Vec<(Event, Option<LogPosition>)>,
     /// The value last seen: `None` not read yet, `Some(None)` absent.
     current: Option<Option<Vec<u8>>>,
@@ -104,6 +106,7 @@ fn group(events: Vec<(UserEvent, Option<LogPosition>)>) -> Vec<Pending> {
         let i = *index.entry(e.user_id.clone()).or_insert_with(|| {
             users.push(Pending {
                 key: codec::key(&e.user_id),
+                tombstone: codec::tombstone_key(&e.user_id),
                 events: Vec::new(),
                 current: None,
             });
@@ -121,6 +124,8 @@ enum Outcome {
     Lost(Option<Vec<u8>>),
     /// The script is not loaded on that node (a restart or failover emptied its cache).
     NoScript,
+    /// The user is erased: nothing written, the events dropped.
+    Erased,
 }
 
 fn outcome(
@@ -131,6 +136,7 @@ fn outcome(
     match result {
         Ok(Value::Int(1)) => Ok(Outcome::Written),
         Ok(Value::Int(0)) => Ok(Outcome::Lost(None)),
+        Ok(Value::Int(-1)) => Ok(Outcome::Erased),
         // A retried command whose first try had landed finds its own value.
         Ok(Value::BulkString(cur)) if cur == written => Ok(Outcome::Written),
         Ok(Value::BulkString(cur)) => Ok(Outcome::Lost(Some(cur))),
@@ -169,8 +175,9 @@ impl RedisState {
                 let bytes = codec::encode(&f.next)?;
                 let mut cmd = ::redis::cmd("EVALSHA");
                 cmd.arg(self.script.get_hash())
-                    .arg(1)
+                    .arg(2)
                     .arg(&u.key)
+                    .arg(&u.tombstone)
                     .arg(current.map(codec::cas_prefix).unwrap_or_default())
                     .arg(&bytes);
                 cmds.push((u.key.clone(), cmd));
@@ -188,6 +195,7 @@ impl RedisState {
                         users[i].current = Some(now);
                         retry.push(i);
                     }
+                    Outcome::Erased => {}
                     Outcome::NoScript => {
                         no_script = true;
                         retry.push(i);

@@ -1,7 +1,14 @@
 //! The log record format, and reading a segment back.
 //!
 //! A record is `u32 LE length | u32 LE crc32(payload) | payload`, the payload being one
-//! request's events (postcard). On replay, bad bytes at the end of the last segment with no
+//! request's events (postcard), or a control record: a payload starting with `0x00` (an empty
+//! event list, which is never written as such) followed by a kind byte and its body. The one
+//! kind is [`KIND_ERASE`] (body: the erased user id, postcard), written by
+//! [`UserState::erase`](crate::serve::state::UserState::erase) and replayed as
+//! [`UserEvent::erasure`]: the user's aggregate goes at that point of the log, so events logged
+//! before it are gone after a replay and any later snapshot lacks the user. A binary from
+//! before erasure reads a control record as an empty event list (it ignores the erasure: do not
+//! roll back past it while erasures are in the log). On replay, bad bytes at the end of the last segment with no
 //! valid record after them (a crash mid-write) are reported as a torn tail; bad bytes followed by
 //! any valid record, or in a segment that is not the last, are an error naming the segment and
 //! the offset, because acknowledged events after them would be lost. A flipped bit in a length
@@ -15,9 +22,20 @@ pub const HEADER: usize = 8;
 /// Larger lengths are corruption (messages are far smaller).
 const MAX_RECORD: usize = 1 << 30;
 
-/// One record holding `events`.
+/// The control record kind of an erasure.
+pub const KIND_ERASE: u8 = 1;
+
+/// One record holding `events` (an erasure alone, [`UserEvent::erasure`], is written as a
+/// control record).
 pub(crate) fn encode_record(events: &[UserEvent]) -> Result<Vec<u8>, StateError> {
-    let payload = postcard::to_stdvec(events).map_err(StateError::EncodeRecord)?;
+    let payload = match events {
+        [e] if e.is_erasure() => {
+            let mut p = vec![0u8, KIND_ERASE];
+            postcard::to_io(&e.user_id, &mut p).map_err(StateError::EncodeRecord)?;
+            p
+        }
+        _ => postcard::to_stdvec(events).map_err(StateError::EncodeRecord)?,
+    };
     if payload.len() > MAX_RECORD {
         return Err(StateError::RecordTooLarge);
     }
@@ -116,19 +134,34 @@ pub(crate) fn replay_segment(
             });
         };
         let payload = &bytes[off + HEADER..end];
-        let events: Vec<UserEvent> =
-            postcard::from_bytes(payload).map_err(|source| StateError::UndecodableRecord {
-                path: path.to_path_buf(),
-                offset: off,
-                source,
-            })?;
+        let undecodable = |source| StateError::UndecodableRecord {
+            path: path.to_path_buf(),
+            offset: off,
+            source,
+        };
         out.records += 1;
-        out.events += events.len() as u64;
-        events.into_iter().for_each(&mut apply);
+        if let Some(control) = control(payload) {
+            apply(control.map_err(undecodable)?);
+        } else {
+            let events: Vec<UserEvent> = postcard::from_bytes(payload).map_err(undecodable)?;
+            out.events += events.len() as u64;
+            events.into_iter().for_each(&mut apply);
+        }
         off = end;
         out.valid_len = off as u64;
     }
     Ok(out)
+}
+
+/// A control record's entry (`None`: the payload is an event list).
+fn control(payload: &[u8]) -> Option<Result<UserEvent, postcard::Error>> {
+    match payload {
+        [0, KIND_ERASE, body @ ..] => {
+            Some(postcard::from_bytes::<String>(body).map(|id| UserEvent::erasure(&id)))
+        }
+        [0, _, ..] => Some(Err(postcard::Error::DeserializeBadEncoding)),
+        _ => None,
+    }
 }
 
 /// Judges the bytes from `off` on, where no whole record starts: a torn tail (returns what it
@@ -248,6 +281,31 @@ pub(crate) mod tests {
         let bytes = hex::decode(written).unwrap();
         replay_segment(Path::new("x"), &bytes, true, |e| back.push(e)).unwrap();
         assert_eq!(back, events);
+    }
+
+    #[test]
+    fn an_erasure_is_its_own_record_kind_and_replays_as_an_erasure_between_events() {
+        let bytes: Vec<u8> = [
+            encode_record(&[ev("a", 1), ev("b", 2)]).unwrap(),
+            encode_record(&[UserEvent::erasure("a")]).unwrap(),
+            encode_record(&[ev("a", 3)]).unwrap(),
+        ]
+        .concat();
+        let erase = encode_record(&[UserEvent::erasure("a")]).unwrap();
+        assert_eq!(&erase[HEADER..HEADER + 2], &[0, KIND_ERASE]);
+        // A reader of the event list alone sees nothing in it (what older binaries do).
+        let old: Vec<UserEvent> = postcard::from_bytes(&erase[HEADER..]).unwrap();
+        assert!(old.is_empty());
+        let mut seen = Vec::new();
+        let r = replay_segment(Path::new("x"), &bytes, true, |e| {
+            seen.push((e.user_id.clone(), e.is_erasure()))
+        })
+        .unwrap();
+        assert_eq!((r.records, r.events), (3, 3));
+        let want = [("a", false), ("b", false), ("a", true), ("a", false)];
+        let want: Vec<(String, bool)> = want.iter().map(|(u, x)| (u.to_string(), *x)).collect();
+        assert_eq!(seen, want);
+        assert_eq!(valid_records(&bytes).len(), 3);
     }
 
     #[test]

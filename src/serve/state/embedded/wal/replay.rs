@@ -143,7 +143,7 @@ pub(crate) fn read_state(
         }
         let bytes = fs::read(path).map_err(StateError::io(path))?;
         let r = replay_segment(path, &bytes, i + 1 == n, |e| {
-            store.apply(&e.user_id, &e.event());
+            store.apply_entry(&e);
         })?;
         recovery.replayed_records += r.records;
         recovery.replayed_events += r.events;

@@ -200,7 +200,7 @@ impl Writer {
         for (_, events, reply) in group {
             let mut new_users = 0u64;
             for e in &events {
-                new_users += u64::from(self.store.apply(&e.user_id, &e.event()));
+                new_users += u64::from(self.store.apply_entry(e));
             }
             ingested += events.len() as u64;
             replies.push((

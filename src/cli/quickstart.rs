@@ -137,5 +137,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         tls_client_ca: None,
         keys_file: None,
         insecure: false,
+        state_key_file: None,
+        pseudonymize_key_file: None,
     })
 }

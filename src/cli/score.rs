@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tiering::bundle::BundleStore;
 use tiering::features::build_aggregates;
+use tiering::io::read::pseudonym::{pseudonymize_table, PseudonymKey};
 use tiering::io::read::{read_dataset, ReadOptions};
 use tiering::io::write::ScoreWriter;
 use tiering::model::Score;
@@ -29,6 +30,10 @@ pub struct ScoreArgs {
     /// Tolerate up to N malformed rows.
     #[arg(long, default_value_t = 0)]
     pub max_bad_rows: usize,
+    /// Replace user ids by HMAC-SHA256(key, id) as they are read (hex key in FILE, mode 0600):
+    /// the output carries pseudonyms.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key_file: Option<PathBuf>,
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
@@ -44,8 +49,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .map(parse_time)
         .transpose()
         .context("parsing --as-of")?;
+    let pseudonyms = args
+        .pseudonymize_key_file
+        .as_deref()
+        .map(PseudonymKey::from_file)
+        .transpose()
+        .context("reading --pseudonymize-key-file")?;
     let bar = spinner("reading events");
-    let dataset = read_dataset(
+    let mut dataset = read_dataset(
         &args.data,
         &ReadOptions {
             max_bad_rows: args.max_bad_rows,
@@ -53,6 +64,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("reading {}", args.data.display()))?;
+    if let Some(key) = &pseudonyms {
+        pseudonymize_table(&mut dataset.events, key);
+    }
     let table = &dataset.events;
     let t = match as_of.or_else(|| table.max_ts().map(|m| m + 1)) {
         Some(t) => t,

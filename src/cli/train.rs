@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// `--verify-key` accept only signed bundles.
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Replace user ids by HMAC-SHA256(key, id) as they are read (hex key in FILE, mode 0600):
+    /// the bundle holds pseudonyms only; serve it with the same --pseudonymize-key-file.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key_file: Option<PathBuf>,
 }
 
 /// The job the flags describe: the config file (or defaults), overridden by flags, checked.
@@ -105,8 +109,15 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         .map(BundleSigner::from_file)
         .transpose()
         .context("reading the signing key (--sign-key)")?;
+    let pseudonymize = args
+        .pseudonymize_key_file
+        .as_deref()
+        .map(tiering::io::read::pseudonym::PseudonymKey::from_file)
+        .transpose()
+        .context("reading --pseudonymize-key-file")?;
     let mut job = TrainJob {
         sign_key,
+        pseudonymize,
         as_of,
         export_eval: args.export_eval.clone(),
         accept_tier_changes: args.accept_tier_changes,

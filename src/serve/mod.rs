@@ -54,6 +54,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod page_token;
+pub mod pseudonym;
 pub mod ranking;
 pub mod service;
 pub(crate) mod slot;
@@ -367,10 +368,12 @@ async fn open_state(
         snapshot_bytes: config.snapshot_wal_bytes,
     };
     let (dir, shards, m) = (state_dir.clone(), config.shards, metrics.clone());
-    let (state, recovery) =
-        tokio::task::spawn_blocking(move || EmbeddedState::open(&dir, shards, opts, m))
-            .await
-            .map_err(ServeError::OpenTask)??;
+    let key = config.state_key();
+    let (state, recovery) = tokio::task::spawn_blocking(move || {
+        EmbeddedState::open_with_key(&dir, shards, opts, key, m)
+    })
+    .await
+    .map_err(ServeError::OpenTask)??;
     tracing::info!(
         state_dir = %state_dir.display(),
         users = recovery.users,
@@ -426,6 +429,7 @@ fn context(
         admin: Arc::new(admin::ModelAdmin::new(
             BundleStore::new(&config.models).with_verify_keys(config.verify_keys()),
         )),
+        pseudonyms: pseudonym::Pseudonyms(config.pseudonym_key()),
     }
 }
 

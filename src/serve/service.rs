@@ -52,6 +52,9 @@ pub struct Context {
     pub ranking: Arc<RankingBackend>,
     /// ListModels, PromoteModel, RollbackModel (see [`super::admin`]).
     pub admin: Arc<super::admin::ModelAdmin>,
+    /// Replaces request user ids by their keyed hash (`pseudonymize_key_file`; see
+    /// [`super::pseudonym`]).
+    pub pseudonyms: super::pseudonym::Pseudonyms,
 }
 
 #[derive(Clone)]
@@ -202,6 +205,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::GetUserTierRequest>,
     ) -> Result<Response<proto::UserTier>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             deadline(&req)?;
             let id = convert::user_id("user_id", &req.get_ref().user_id)?;
@@ -228,6 +232,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::BatchGetUserTiersRequest>,
     ) -> Result<Response<proto::BatchGetUserTiersResponse>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             deadline(&req)?;
             let ids = &req.get_ref().user_ids;
@@ -262,6 +267,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::ScoreUserRequest>,
     ) -> Result<Response<proto::UserTier>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = deadline(&req).and_then(|_| {
             let body = req.get_ref();
             let now = self.ctx.clock.now();
@@ -286,6 +292,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::RecordEventsRequest>,
     ) -> Result<Response<proto::RecordEventsResponse>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             let dl = deadline(&req)?;
             let events = convert::record_events(

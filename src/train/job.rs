@@ -32,6 +32,9 @@ pub struct TrainJob {
     /// Sign the bundle with this key (`manifest.sig`, see [`crate::bundle::signature`]);
     /// `None`: unsigned, as before.
     pub sign_key: Option<BundleSigner>,
+    /// Replace user ids by their keyed hash as they are read (see
+    /// [`crate::io::read::pseudonym`]); `None`: ids as in the data.
+    pub pseudonymize: Option<crate::io::read::pseudonym::PseudonymKey>,
 }
 
 impl TrainJob {
@@ -51,6 +54,7 @@ impl TrainJob {
             export_eval: None,
             accept_tier_changes: false,
             sign_key: None,
+            pseudonymize: None,
         }
     }
 }
@@ -186,10 +190,13 @@ fn data_info(dataset: &Dataset) -> DataInfo {
 pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, RunError> {
     let started = Instant::now();
     progress.stage("reading events");
-    let dataset = read_dataset(&job.data, &job.read).map_err(|source| RunError::Read {
+    let mut dataset = read_dataset(&job.data, &job.read).map_err(|source| RunError::Read {
         path: job.data.clone(),
         source: Box::new(source),
     })?;
+    if let Some(key) = &job.pseudonymize {
+        crate::io::read::pseudonym::pseudonymize_table(&mut dataset.events, key);
+    }
     let read = started.elapsed().as_secs_f64();
     let (table, rep) = (&dataset.events, &dataset.report);
     progress.data_read(rep);

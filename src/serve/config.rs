@@ -24,7 +24,6 @@ use crate::bundle::{SignatureError, VerifyKeys};
 use crate::features::time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
 use crate::features::{Timestamp, DEFAULT_EARLIEST_EVENT};
 use crate::io::read::pseudonym::PseudonymKey;
-use crate::serve::state::embedded::StateKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -81,9 +80,6 @@ pub enum ConfigError {
     /// A verify key file or directory is unreadable or holds no valid public key.
     #[error("invalid configuration: verify_key: {0}")]
     VerifyKey(#[source] SignatureError),
-    /// `state_key_file` is unreadable, malformed or open to others.
-    #[error("invalid configuration: state_key_file: {0}")]
-    StateKey(#[source] crate::serve::state::embedded::StateKeyError),
     /// `state_key_file` with a Redis state (it encrypts the embedded state only).
     #[error("invalid configuration: state_key_file applies to the embedded state (a directory), not to {0}")]
     StateKeyNeedsDir(String),
@@ -479,7 +475,7 @@ impl ServeConfig {
         if events.is_some() && matches!(state, StateLocation::Dir(_)) {
             return Err(ConfigError::EventsNeedSharedState);
         }
-        let (state_key, pseudonym_key) = self.read_data_keys(&state)?;
+        let pseudonym_key = self.read_data_keys(&state)?;
         Ok(ValidServeConfig {
             config: self,
             clock,
@@ -487,35 +483,28 @@ impl ServeConfig {
             verify_keys,
             events,
             state,
-            state_key,
             pseudonym_key,
         })
     }
 
-    /// Reads `state_key_file` and `pseudonymize_key_file` (part of [`ServeConfig::check`]).
-    #[allow(clippy::type_complexity)]
+    /// Checks `state_key_file` (read when the state is opened) and reads
+    /// `pseudonymize_key_file` (part of [`ServeConfig::check`]).
     fn read_data_keys(
         &self,
         state: &StateLocation,
-    ) -> Result<(Option<Arc<StateKey>>, Option<Arc<PseudonymKey>>), ConfigError> {
-        let state_key = match &self.state_key_file {
-            None => None,
-            Some(_) if !matches!(state, StateLocation::Dir(_)) => {
-                return Err(ConfigError::StateKeyNeedsDir(
-                    self.state_dir().display().to_string(),
-                ))
-            }
-            Some(p) => Some(Arc::new(
-                StateKey::from_file(p).map_err(ConfigError::StateKey)?,
-            )),
-        };
+    ) -> Result<Option<Arc<PseudonymKey>>, ConfigError> {
+        if self.state_key_file.is_some() && !matches!(state, StateLocation::Dir(_)) {
+            return Err(ConfigError::StateKeyNeedsDir(
+                self.state_dir().display().to_string(),
+            ));
+        }
         let pseudonym_key = match &self.pseudonymize_key_file {
             None => None,
             Some(p) => Some(Arc::new(
                 PseudonymKey::from_file(p).map_err(ConfigError::PseudonymKey)?,
             )),
         };
-        Ok((state_key, pseudonym_key))
+        Ok(pseudonym_key)
     }
 
     /// The at-risk ranking's settings (part of [`ServeConfig::check`]).
@@ -631,7 +620,6 @@ pub struct ValidServeConfig {
     verify_keys: Option<Arc<VerifyKeys>>,
     events: Option<EventsTarget>,
     state: StateLocation,
-    state_key: Option<Arc<StateKey>>,
     pseudonym_key: Option<Arc<PseudonymKey>>,
 }
 
@@ -693,11 +681,6 @@ impl ValidServeConfig {
     /// Where the user state lives: `state_dir`, parsed.
     pub fn state(&self) -> &StateLocation {
         &self.state
-    }
-
-    /// The key read from `state_key_file` (`None`: the state is not encrypted).
-    pub fn state_key(&self) -> Option<Arc<StateKey>> {
-        self.state_key.clone()
     }
 
     /// The key read from `pseudonymize_key_file` (`None`: ids are used as sent).

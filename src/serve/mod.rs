@@ -368,9 +368,9 @@ async fn open_state(
         snapshot_bytes: config.snapshot_wal_bytes,
     };
     let (dir, shards, m) = (state_dir.clone(), config.shards, metrics.clone());
-    let key = config.state_key();
+    let key_file = config.state_key_file.clone();
     let (state, recovery) = tokio::task::spawn_blocking(move || {
-        EmbeddedState::open_with_key(&dir, shards, opts, key, m)
+        EmbeddedState::open_with_key_file(&dir, shards, opts, key_file.as_deref(), m)
     })
     .await
     .map_err(ServeError::OpenTask)??;

@@ -193,7 +193,9 @@ async fn a_wrong_key_or_the_other_mode_is_refused_at_start_with_a_clear_error() 
         );
         // A key file others may read is refused before anything is opened.
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = encrypted(&dirs, &key).check().unwrap_err().to_string();
+        let e = crate::helpers::start_error(encrypted(&dirs, &key))
+            .await
+            .to_string();
         assert!(
             e.contains("state_key_file") && e.contains("chmod 600"),
             "{e}"

@@ -226,6 +226,9 @@ pub enum StateError {
         path: PathBuf,
         source: postcard::Error,
     },
+    /// `state_key_file` is unreadable, malformed or open to others.
+    #[error("state_key_file: {0}")]
+    StateKey(#[source] embedded::StateKeyError),
     /// An encrypted state file (`--state-key-file` wrote it) opened without a key.
     #[error(
         "{path}: the state is encrypted: start with --state-key-file (the key it was written with)"

@@ -52,6 +52,22 @@ impl EmbeddedState {
         EmbeddedState::open_with_key(dir, shards, opts, None, metrics)
     }
 
+    /// [`EmbeddedState::open_with_key`] with the key read from `key_file` (`state_key_file`;
+    /// [`StateError::StateKey`] if it cannot be used).
+    pub fn open_with_key_file(
+        dir: &Path,
+        shards: usize,
+        opts: LogOptions,
+        key_file: Option<&Path>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(EmbeddedState, Recovery), StateError> {
+        let key = key_file
+            .map(StateKey::from_file)
+            .transpose()
+            .map_err(StateError::StateKey)?;
+        EmbeddedState::open_with_key(dir, shards, opts, key.map(Arc::new), metrics)
+    }
+
     /// [`EmbeddedState::open`], the snapshot and log encrypted with `key` (`None`: plaintext).
     /// A state written in the other mode, or with another key, is refused.
     pub fn open_with_key(

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod manifest;
+pub mod permissions;
 pub mod signature;
 pub use manifest::Manifest;
 pub use signature::{BundleSigner, SignatureError, SignatureFile, VerifyKeys, MANIFEST_SIG};
@@ -287,6 +288,8 @@ impl PendingBundle {
         if let Some(signer) = signer {
             signer.sign_dir(&self.tmp)?;
         }
+        // Every user's aggregates and scores: owner-only (see `permissions`).
+        permissions::restrict_tree(&self.tmp).map_err(io_err(&self.tmp))?;
         if self.final_dir.exists() {
             return Err(BundleError::Exists(self.final_dir.clone()));
         }

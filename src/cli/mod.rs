@@ -63,6 +63,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    owner_only_files();
     let result: anyhow::Result<()> = match cli.command {
         Command::Quickstart(args) => quickstart::run(args),
         Command::Generate(args) => generate::run(args),
@@ -85,6 +86,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Everything this binary creates (bundles, state files, exports, reports) holds users' data:
+/// umask 077 makes new files `0600` and directories `0700` (README "Data at rest and
+/// pseudonyms").
+fn owner_only_files() {
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

@@ -142,5 +142,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         insecure: false,
         audit_log: None,
         privacy_key_file: None,
+        state_key_file: None,
+        pseudonymize_key_file: None,
     })
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use tiering::bundle::BundleStore;
 use tiering::features::build_aggregates;
 use tiering::io::privacy::Suppression;
+use tiering::io::read::pseudonym::{pseudonymize_table, PseudonymKey};
 use tiering::io::read::{read_dataset, ReadOptions};
 use tiering::io::write::ScoreWriter;
 use tiering::model::Score;
@@ -37,6 +38,10 @@ pub struct ScoreArgs {
     /// The privacy key of the lists (when not beside them or in TIERING_PRIVACY_KEY).
     #[arg(long, value_name = "FILE", requires = "suppress")]
     pub privacy_key_file: Option<PathBuf>,
+    /// Replace user ids by HMAC-SHA256(key, id) as they are read (hex key in FILE, mode 0600):
+    /// the output carries pseudonyms.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key_file: Option<PathBuf>,
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
@@ -58,8 +63,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .map(|p| Suppression::load(p, args.privacy_key_file.as_deref()))
         .transpose()
         .context("reading the suppression list (--suppress)")?;
+    let pseudonyms = args
+        .pseudonymize_key_file
+        .as_deref()
+        .map(PseudonymKey::from_file)
+        .transpose()
+        .context("reading --pseudonymize-key-file")?;
     let bar = spinner("reading events");
-    let dataset = read_dataset(
+    let mut dataset = read_dataset(
         &args.data,
         &ReadOptions {
             max_bad_rows: args.max_bad_rows,
@@ -67,6 +78,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("reading {}", args.data.display()))?;
+    if let Some(key) = &pseudonyms {
+        pseudonymize_table(&mut dataset.events, key);
+    }
     let table = &dataset.events;
     let t = match as_of.or_else(|| table.max_ts().map(|m| m + 1)) {
         Some(t) => t,

@@ -79,6 +79,15 @@ pub struct ServeArgs {
     /// FILE; else TIERING_PRIVACY_KEY, else one generated into the state directory.
     #[arg(long, value_name = "FILE")]
     pub privacy_key_file: Option<PathBuf>,
+    /// Encrypt the state snapshot and event log with the key in FILE (64 hex digits, mode
+    /// 0600). A state is encrypted from its first seed on; see README "Data at rest and
+    /// pseudonyms".
+    #[arg(long, value_name = "FILE")]
+    pub state_key_file: Option<PathBuf>,
+    /// Replace user ids in requests by HMAC-SHA256(key, id) (hex key in FILE, mode 0600); the
+    /// bundles must be trained with the same --pseudonymize-key-file.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key_file: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -131,7 +140,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.privacy_key_file.is_some() {
         config.privacy_key_file = args.privacy_key_file;
     }
+    if args.state_key_file.is_some() {
+        config.state_key_file = args.state_key_file;
+    }
+    if args.pseudonymize_key_file.is_some() {
+        config.pseudonymize_key_file = args.pseudonymize_key_file;
+    }
     let config = config.check().context("checking the configuration")?;
+    tiering::bundle::permissions::warn_open(&config.models, "models directory");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

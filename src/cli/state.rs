@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tiering::serve::audit::{Audit, Entry};
 use tiering::serve::state::embedded::tools::{self, Repaired};
-use tiering::serve::state::embedded::Recovery;
+use tiering::serve::state::embedded::{Recovery, StateKey};
 
 #[derive(clap::Args)]
 pub struct StateArgs {
@@ -19,6 +19,9 @@ pub struct StateArgs {
     /// a log line with target `audit` is written either way.
     #[arg(long, global = true, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// The key the state is encrypted with (the server's --state-key-file).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub state_key_file: Option<PathBuf>,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -53,9 +56,16 @@ pub enum Action {
 
 pub fn run(args: StateArgs) -> Result<()> {
     let dir = &args.state;
+    let key = args
+        .state_key_file
+        .as_deref()
+        .map(StateKey::from_file)
+        .transpose()
+        .context("reading --state-key-file")?;
+    let key = key.as_ref();
     match args.action {
         Action::Check => {
-            let r = tools::check(dir).with_context(|| {
+            let r = tools::check(dir, key).with_context(|| {
                 format!(
                     "checking {}: the server would refuse to start",
                     dir.display()
@@ -64,7 +74,7 @@ pub fn run(args: StateArgs) -> Result<()> {
             print_recovery("ok", &r);
         }
         Action::Repair { salvage } => {
-            let (changed, r) = tools::repair(dir, salvage)
+            let (changed, r) = tools::repair(dir, salvage, key)
                 .with_context(|| format!("repairing {}", dir.display()))?;
             for Repaired {
                 path,
@@ -89,12 +99,12 @@ pub fn run(args: StateArgs) -> Result<()> {
             print_recovery("now", &r);
         }
         Action::Backup { to } => {
-            let r = tools::backup(dir, &to)
+            let r = tools::backup(dir, &to, key)
                 .with_context(|| format!("backing up {} to {}", dir.display(), to.display()))?;
             print_recovery(&format!("backup in {}", to.display()), &r);
         }
         Action::Restore { from, force } => {
-            let r = tools::restore(&from, dir, force)
+            let r = tools::restore(&from, dir, force, key)
                 .with_context(|| format!("restoring {} into {}", from.display(), dir.display()))?;
             print_recovery(&format!("restored into {}", dir.display()), &r);
             audit(args.audit_log.as_deref(), "state restore", |e| {

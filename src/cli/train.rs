@@ -72,6 +72,10 @@ pub struct TrainArgs {
     /// `--verify-key` accept only signed bundles.
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Replace user ids by HMAC-SHA256(key, id) as they are read (hex key in FILE, mode 0600):
+    /// the bundle holds pseudonyms only; serve it with the same --pseudonymize-key-file.
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key_file: Option<PathBuf>,
     /// Drop the events of erased users: a server's state directory (its `privacy/erased`), or
     /// a suppression list file. The key: --privacy-key-file, else TIERING_PRIVACY_KEY, else the
     /// `key` file beside the list.
@@ -114,6 +118,12 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         .map(BundleSigner::from_file)
         .transpose()
         .context("reading the signing key (--sign-key)")?;
+    let pseudonymize = args
+        .pseudonymize_key_file
+        .as_deref()
+        .map(tiering::io::read::pseudonym::PseudonymKey::from_file)
+        .transpose()
+        .context("reading --pseudonymize-key-file")?;
     let suppress = args
         .suppress
         .as_deref()
@@ -123,6 +133,7 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
     let mut job = TrainJob {
         suppress,
         sign_key,
+        pseudonymize,
         as_of,
         export_eval: args.export_eval.clone(),
         accept_tier_changes: args.accept_tier_changes,

@@ -8,6 +8,7 @@
 //!   assembly of an event both formats share; `time`, the timestamp fast path; `users`, the
 //!   user index in front of the table and the users table's sink; `csv_file` and
 //!   `parquet_file`, the formats.
+//! - [`pseudonym`]: user ids replaced by a keyed hash as they are read (`--pseudonymize-key-file`).
 //! - this module: which files a path stands for, the bad-row budget, and the report.
 //!
 //! Speed: a row costs one pass of the CSV parser over a reused `ByteRecord`, hand-parsed
@@ -23,6 +24,7 @@ mod csv_file;
 pub mod error;
 mod fields;
 mod parquet_file;
+pub mod pseudonym;
 mod time;
 mod users;
 

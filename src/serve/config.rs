@@ -23,6 +23,7 @@
 use crate::bundle::{SignatureError, VerifyKeys};
 use crate::features::time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
 use crate::features::{Timestamp, DEFAULT_EARLIEST_EVENT};
+use crate::io::read::pseudonym::PseudonymKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -79,6 +80,12 @@ pub enum ConfigError {
     /// A verify key file or directory is unreadable or holds no valid public key.
     #[error("invalid configuration: verify_key: {0}")]
     VerifyKey(#[source] SignatureError),
+    /// `state_key_file` with a Redis state (it encrypts the embedded state only).
+    #[error("invalid configuration: state_key_file applies to the embedded state (a directory), not to {0}")]
+    StateKeyNeedsDir(String),
+    /// `pseudonymize_key_file` is unreadable, malformed or open to others.
+    #[error("invalid configuration: pseudonymize_key_file: {0}")]
+    PseudonymKey(#[source] crate::io::read::pseudonym::PseudonymKeyError),
     /// `events` is not `kafka://BROKER[,BROKER...]/TOPIC`; `why` says which part is wrong.
     #[error("invalid configuration: events: {why}, got {got:?} (expected kafka://BROKER[,BROKER...]/TOPIC)")]
     BadEvents { got: String, why: &'static str },
@@ -225,6 +232,15 @@ pub struct ServeConfig {
     /// API keys (hashed) and mTLS identities with their roles (see [`super::auth::keys`]).
     /// Unset: authentication is off. Refused if group or others can read it.
     pub keys_file: Option<PathBuf>,
+    /// Encrypt the embedded state's snapshot and event log with the key in this file (64 hex
+    /// digits; refused if group or others can read it). A state is encrypted from its first
+    /// seed on: one written without the key is refused with it, and the reverse. See
+    /// [`super::state::embedded::StateKey`]. Not for the Redis state.
+    pub state_key_file: Option<PathBuf>,
+    /// Replace user ids by `hex(HMAC-SHA256(key, id))[..32]` as requests arrive (hex key of at
+    /// least 16 bytes in this file); bundles must have been trained with the same key. See
+    /// [`super::pseudonym`].
+    pub pseudonymize_key_file: Option<PathBuf>,
     /// Requests per second per key or identity without its own `rate` (0: unlimited);
     /// RESOURCE_EXHAUSTED beyond it.
     pub quota_rate: f64,
@@ -319,6 +335,8 @@ impl Default for ServeConfig {
             tls_reload_secs: 5,
             tls_handshake_timeout_ms: 10_000,
             keys_file: None,
+            state_key_file: None,
+            pseudonymize_key_file: None,
             quota_rate: 0.0,
             quota_burst: 100,
             reflection: true,
@@ -480,6 +498,7 @@ impl ServeConfig {
         if events.is_some() && matches!(state, StateLocation::Dir(_)) {
             return Err(ConfigError::EventsNeedSharedState);
         }
+        let pseudonym_key = self.read_data_keys(&state)?;
         Ok(ValidServeConfig {
             config: self,
             clock,
@@ -487,7 +506,28 @@ impl ServeConfig {
             verify_keys,
             events,
             state,
+            pseudonym_key,
         })
+    }
+
+    /// Checks `state_key_file` (read when the state is opened) and reads
+    /// `pseudonymize_key_file` (part of [`ServeConfig::check`]).
+    fn read_data_keys(
+        &self,
+        state: &StateLocation,
+    ) -> Result<Option<Arc<PseudonymKey>>, ConfigError> {
+        if self.state_key_file.is_some() && !matches!(state, StateLocation::Dir(_)) {
+            return Err(ConfigError::StateKeyNeedsDir(
+                self.state_dir().display().to_string(),
+            ));
+        }
+        let pseudonym_key = match &self.pseudonymize_key_file {
+            None => None,
+            Some(p) => Some(Arc::new(
+                PseudonymKey::from_file(p).map_err(ConfigError::PseudonymKey)?,
+            )),
+        };
+        Ok(pseudonym_key)
     }
 
     /// The at-risk ranking's settings (part of [`ServeConfig::check`]).
@@ -603,6 +643,7 @@ pub struct ValidServeConfig {
     verify_keys: Option<Arc<VerifyKeys>>,
     events: Option<EventsTarget>,
     state: StateLocation,
+    pseudonym_key: Option<Arc<PseudonymKey>>,
 }
 
 /// A parsed `kafka://BROKER[,BROKER...]/TOPIC`: the event topic and its brokers.
@@ -663,6 +704,11 @@ impl ValidServeConfig {
     /// Where the user state lives: `state_dir`, parsed.
     pub fn state(&self) -> &StateLocation {
         &self.state
+    }
+
+    /// The key read from `pseudonymize_key_file` (`None`: ids are used as sent).
+    pub fn pseudonym_key(&self) -> Option<Arc<PseudonymKey>> {
+        self.pseudonym_key.clone()
     }
 
     /// `earliest_event_time`, parsed: events before it are refused.

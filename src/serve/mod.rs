@@ -56,6 +56,7 @@ pub mod events;
 pub mod metrics;
 pub mod page_token;
 pub mod privacy;
+pub mod pseudonym;
 pub mod ranking;
 pub mod service;
 pub(crate) mod slot;
@@ -378,10 +379,12 @@ async fn open_state(
         snapshot_bytes: config.snapshot_wal_bytes,
     };
     let (dir, shards, m) = (state_dir.clone(), config.shards, metrics.clone());
-    let (state, recovery) =
-        tokio::task::spawn_blocking(move || EmbeddedState::open(&dir, shards, opts, m))
-            .await
-            .map_err(ServeError::OpenTask)??;
+    let key_file = config.state_key_file.clone();
+    let (state, recovery) = tokio::task::spawn_blocking(move || {
+        EmbeddedState::open_with_key_file(&dir, shards, opts, key_file.as_deref(), m)
+    })
+    .await
+    .map_err(ServeError::OpenTask)??;
     tracing::info!(
         state_dir = %state_dir.display(),
         users = recovery.users,
@@ -441,6 +444,7 @@ fn context(
             privacy.audit(),
         )),
         privacy,
+        pseudonyms: pseudonym::Pseudonyms(config.pseudonym_key()),
     }
 }
 

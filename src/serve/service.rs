@@ -55,6 +55,9 @@ pub struct Context {
     pub admin: Arc<super::admin::ModelAdmin>,
     /// Erasure, export, objection, and the lists every answer honours (see [`super::privacy`]).
     pub privacy: Arc<super::privacy::Privacy>,
+    /// Replaces request user ids by their keyed hash (`pseudonymize_key_file`; see
+    /// [`super::pseudonym`]).
+    pub pseudonyms: super::pseudonym::Pseudonyms,
 }
 
 #[derive(Clone)]
@@ -205,6 +208,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::GetUserTierRequest>,
     ) -> Result<Response<proto::UserTier>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             deadline(&req)?;
             let id = convert::user_id("user_id", &req.get_ref().user_id)?;
@@ -232,6 +236,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::BatchGetUserTiersRequest>,
     ) -> Result<Response<proto::BatchGetUserTiersResponse>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             deadline(&req)?;
             let ids = &req.get_ref().user_ids;
@@ -267,6 +272,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::ScoreUserRequest>,
     ) -> Result<Response<proto::UserTier>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = deadline(&req).and_then(|_| {
             let body = req.get_ref();
             self.ctx.privacy.check_profiling(&body.user_id)?;
@@ -292,6 +298,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::RecordEventsRequest>,
     ) -> Result<Response<proto::RecordEventsResponse>, Status> {
         let started = Instant::now();
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             let dl = deadline(&req)?;
             let mut events = convert::record_events(
@@ -445,6 +452,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::EraseUserRequest>,
     ) -> Result<Response<proto::EraseUserResponse>, Status> {
         let who = audit::who(&req);
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             let id = convert::user_id("user_id", &req.get_ref().user_id)?;
             self.ctx.privacy.erase(&self.ctx.ranking, who, id).await
@@ -458,6 +466,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::ExportUserRequest>,
     ) -> Result<Response<proto::ExportUserResponse>, Status> {
         let who = audit::who(&req);
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             let id = convert::user_id("user_id", &req.get_ref().user_id)?;
             let now = self.ctx.clock.now();
@@ -477,6 +486,7 @@ impl proto::tiering_server::Tiering for TieringService {
         req: Request<proto::SetProfilingObjectionRequest>,
     ) -> Result<Response<proto::SetProfilingObjectionResponse>, Status> {
         let who = audit::who(&req);
+        let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             let body = req.get_ref();
             let id = convert::user_id("user_id", &body.user_id)?;

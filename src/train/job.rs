@@ -36,6 +36,9 @@ pub struct TrainJob {
     /// dropped right after reading, before any feature is computed, so the bundle (model,
     /// scored snapshot, state seed) knows nothing of them.
     pub suppress: Option<crate::io::privacy::Suppression>,
+    /// Replace user ids by their keyed hash as they are read (see
+    /// [`crate::io::read::pseudonym`]); `None`: ids as in the data.
+    pub pseudonymize: Option<crate::io::read::pseudonym::PseudonymKey>,
 }
 
 impl TrainJob {
@@ -56,6 +59,7 @@ impl TrainJob {
             accept_tier_changes: false,
             sign_key: None,
             suppress: None,
+            pseudonymize: None,
         }
     }
 }
@@ -244,6 +248,9 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
         path: job.data.clone(),
         source: Box::new(source),
     })?;
+    if let Some(key) = &job.pseudonymize {
+        crate::io::read::pseudonym::pseudonymize_table(&mut dataset.events, key);
+    }
     if let Some(s) = &job.suppress {
         let dropped = suppress_users(&mut dataset, s);
         tracing::info!(

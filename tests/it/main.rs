@@ -2,6 +2,7 @@
 //! [`helpers`].
 
 mod architecture;
+mod at_rest;
 mod at_risk_ranking;
 mod bad_input;
 mod cli_clients;

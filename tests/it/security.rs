@@ -887,3 +887,74 @@ async fn the_metrics_listener_speaks_tls_too() {
     assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
     server.stop().await.unwrap();
 }
+
+/// True if a fresh TLS connection trusting `ca_pem` gets GetUserTier answered.
+async fn served_with(addr: SocketAddr, ca_pem: &str) -> bool {
+    match tls_channel(addr, ca_pem, None).await {
+        Ok(ch) => call(&mut authed(ch, None), "GetUserTier").await == Code::Ok,
+        Err(_) => false,
+    }
+}
+
+/// SIGHUP, not the poll: the server process polls its TLS files only hourly here, so the new
+/// certificate can only come from the signal. New connections then get it; a connection opened
+/// before keeps working, and the process is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_replaced_certificate_files_without_dropping_open_connections() {
+    let dirs = Dirs::new();
+    publish(&dirs.models(), "v1", 1.0);
+    let ca = Ca::new("server CA");
+    let (cert_path, key_path) = server_files(dirs.root.path(), &ca);
+    let env = [
+        ("TIERING__TLS_CERT", cert_path.to_str().unwrap()),
+        ("TIERING__TLS_KEY", key_path.to_str().unwrap()),
+        ("TIERING__TLS_RELOAD_SECS", "3600"),
+    ];
+    let mut server = helpers::ServerProcess::spawn(&dirs, &env);
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let old = tls_channel(addr, &ca.pem(), None).await.unwrap();
+    let mut old_client = authed(old, None);
+    until_model(&mut old_client).await;
+    assert_eq!(call(&mut old_client, "GetUserTier").await, Code::Ok);
+
+    let new_ca = Ca::new("renewed CA");
+    let (cert, key) = new_ca.leaf(&["localhost"], false);
+    std::fs::write(&key_path, key).unwrap();
+    std::fs::write(&cert_path, cert).unwrap();
+    // Without the signal nothing changes (the poll is an hour away).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !served_with(addr, &new_ca.pem()).await,
+        "the new certificate served before SIGHUP"
+    );
+    assert!(served_with(addr, &ca.pem()).await);
+
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let mut switched = false;
+    for _ in 0..100 {
+        if served_with(addr, &new_ca.pem()).await {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        switched,
+        "no new connection got the new certificate after SIGHUP"
+    );
+    assert_eq!(
+        call(&mut old_client, "GetUserTier").await,
+        Code::Ok,
+        "the connection opened before SIGHUP keeps working"
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the server"
+    );
+    assert!(
+        !served_with(addr, &ca.pem()).await,
+        "new connections no longer get the old certificate"
+    );
+}

@@ -255,6 +255,30 @@ pub enum StateError {
         path: PathBuf,
         source: postcard::Error,
     },
+    /// `state_key_file` is unreadable, malformed or open to others.
+    #[error("state_key_file: {0}")]
+    StateKey(#[source] embedded::StateKeyError),
+    /// An encrypted state file (`--state-key-file` wrote it) opened without a key.
+    #[error(
+        "{path}: the state is encrypted: start with --state-key-file (the key it was written with)"
+    )]
+    EncryptedState { path: PathBuf },
+    /// A plaintext state file opened with `--state-key-file`: a state is encrypted from its
+    /// first seed on, never half.
+    #[error("{path}: at byte {offset}: the state is not encrypted, but --state-key-file was given: start without the key, or move the state directory away to start an encrypted one")]
+    PlaintextState { path: PathBuf, offset: usize },
+    /// An encrypted state file written with another key.
+    #[error("{path}: at byte {offset}: encrypted with another key (key id {found}; --state-key-file has key id {given})")]
+    WrongStateKey {
+        path: PathBuf,
+        offset: usize,
+        found: String,
+        given: String,
+    },
+    /// An encrypted object whose checksum matches but whose authentication tag does not: its
+    /// bytes were rewritten. `tiering state repair` can cut a log there.
+    #[error("{path}: corrupt server state: at byte {offset}: encrypted data fails authentication (altered on disk); the file is left untouched: restore a backup, or cut the log with `tiering state repair`")]
+    TamperedState { path: PathBuf, offset: usize },
     /// Events arrived before any model seeded the state.
     #[error(
         "event log unavailable: no model is loaded yet (the server is starting, or MODELS/CURRENT names no valid bundle)"

@@ -8,6 +8,10 @@
 //!                        it does not cover (`wal_gen`)
 //!   wal-<gen>.log        log segments, replayed in order from `wal_gen` on start
 //! ```
+//!
+//! Every user's aggregates are in these files, so the directory is created `0700` and every file
+//! `0600` whatever the umask; at start the server warns about any of them that group or others
+//! may access ([`crate::bundle::permissions`]).
 
 use crate::io::atomic::write_atomic;
 use crate::serve::state::StateError;
@@ -42,6 +46,33 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StateError> {
     Ok(out)
 }
 
+/// Owner-only permission bits for a new state file.
+#[cfg(unix)]
+fn owner_only(opts: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    opts.mode(0o600)
+}
+
+#[cfg(not(unix))]
+fn owner_only(opts: &mut OpenOptions) -> &mut OpenOptions {
+    opts
+}
+
+/// Creates the state directory (and missing parents) `0700`; an existing one is left as it is
+/// (the start-up check warns if it is open to others).
+pub(crate) fn create_state_dir(dir: &Path) -> Result<(), StateError> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(StateError::io(dir))
+}
+
+/// Warns about state files that group or others may access (see the module docs).
+pub(crate) fn warn_open_permissions(dir: &Path) {
+    crate::bundle::permissions::warn_open(dir, "state directory");
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
     crate::io::atomic::sync_dir(dir).map_err(StateError::io(dir))
 }
@@ -50,10 +81,7 @@ fn sync_dir(dir: &Path) -> Result<(), StateError> {
 /// running server holds it.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
     let path = dir.join(LOCK);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let file = owner_only(OpenOptions::new().create(true).truncate(false).write(true))
         .open(&path)
         .map_err(StateError::io(&path))?;
     #[cfg(unix)]
@@ -71,9 +99,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
 /// Opens (creating) segment `gen` for appending, and makes its directory entry durable.
 pub(crate) fn open_segment(dir: &Path, gen: u64) -> Result<File, StateError> {
     let path = dir.join(segment_name(gen));
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
+    let file = owner_only(OpenOptions::new().create(true).append(true))
         .open(&path)
         .map_err(StateError::io(&path))?;
     sync_dir(dir)?;
@@ -88,7 +114,16 @@ pub(crate) fn write_snapshot(
 ) -> Result<(), StateError> {
     // A failed write (a full disk) removes its temporary file and gives the space back: the old
     // snapshot and its segments stay valid.
-    write_atomic(&dir.join(SNAPSHOT), bytes)?;
+    let path = dir.join(SNAPSHOT);
+    write_atomic(&path, bytes)?;
+    #[cfg(unix)]
+    {
+        // write_atomic creates with the process umask (the binary's is 077); a library user's
+        // may be wider.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(StateError::io(&path))?;
+    }
     for (gen, seg) in segments(dir)? {
         if gen < covers_below {
             fs::remove_file(&seg).map_err(StateError::io(&seg))?;

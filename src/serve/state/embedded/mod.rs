@@ -4,6 +4,7 @@
 //! - [`store`] — the sharded in-memory user table.
 //! - `wal` — the write-ahead log: record format, recovery at start, the log thread, the handle.
 //! - `snapshot` — the `state.bin` format.
+//! - `cipher` — optional encryption of both at rest ([`StateKey`], `--state-key-file`).
 //! - `dir` — the state directory: layout, lock, segments, writing a snapshot.
 //! - [`tools`] — check, repair, backup and restore (`tiering state`).
 //!
@@ -11,12 +12,14 @@
 //! copy), so [`EmbeddedState`]'s read futures are complete when returned; writes go through the
 //! log thread, which is the table's only writer.
 
+mod cipher;
 mod dir;
 mod snapshot;
 pub mod store;
 pub mod tools;
 mod wal;
 
+pub use cipher::{StateKey, StateKeyError};
 pub use dir::SNAPSHOT;
 pub use wal::replay::{Recovery, SegmentReport};
 pub use wal::{EventLog, LogOptions};
@@ -51,8 +54,36 @@ impl EmbeddedState {
         opts: LogOptions,
         metrics: Arc<Metrics>,
     ) -> Result<(EmbeddedState, Recovery), StateError> {
+        EmbeddedState::open_with_key(dir, shards, opts, None, metrics)
+    }
+
+    /// [`EmbeddedState::open_with_key`] with the key read from `key_file` (`state_key_file`;
+    /// [`StateError::StateKey`] if it cannot be used).
+    pub fn open_with_key_file(
+        dir: &Path,
+        shards: usize,
+        opts: LogOptions,
+        key_file: Option<&Path>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(EmbeddedState, Recovery), StateError> {
+        let key = key_file
+            .map(StateKey::from_file)
+            .transpose()
+            .map_err(StateError::StateKey)?;
+        EmbeddedState::open_with_key(dir, shards, opts, key.map(Arc::new), metrics)
+    }
+
+    /// [`EmbeddedState::open`], the snapshot and log encrypted with `key` (`None`: plaintext).
+    /// A state written in the other mode, or with another key, is refused.
+    pub fn open_with_key(
+        dir: &Path,
+        shards: usize,
+        opts: LogOptions,
+        key: Option<Arc<StateKey>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(EmbeddedState, Recovery), StateError> {
         let store = Arc::new(UserStore::new(shards));
-        let (log, recovery) = EventLog::open(dir, store.clone(), opts, metrics)?;
+        let (log, recovery) = EventLog::open_with_key(dir, store.clone(), opts, key, metrics)?;
         let seed_filter = std::sync::OnceLock::new();
         Ok((
             EmbeddedState {

@@ -14,7 +14,8 @@
 //! - [`restore`] checks a backup and copies it into a state directory (locked), moving any state
 //!   already there aside to `replaced-<unix time>/` when `force` is given.
 
-use super::dir::{lock_dir, segment_name, segments, SNAPSHOT};
+use super::cipher::{open_snapshot, valid_frames, StateKey};
+use super::dir::{create_state_dir, lock_dir, segment_name, segments, SNAPSHOT};
 use super::snapshot::decode_snapshot;
 use super::store::UserStore;
 use super::wal::record::valid_records;
@@ -46,25 +47,35 @@ fn scratch_store() -> UserStore {
 }
 
 /// Replays the state directory without changing it (the lock is taken for the time of it).
-pub fn check(dir: &Path) -> Result<Recovery, StateError> {
+/// `key`: the state is encrypted with it (every function here takes it the same way).
+pub fn check(dir: &Path, key: Option<&StateKey>) -> Result<Recovery, StateError> {
     if !dir.is_dir() {
         return Err(StateError::io(dir)(std::io::ErrorKind::NotFound.into()));
     }
     let _lock = lock_dir(dir)?;
-    read_state(dir, &scratch_store(), false).map(|(r, _)| r)
+    read_state(dir, &scratch_store(), false, key).map(|(r, _)| r)
 }
 
 /// Repairs damaged log records (see the module docs), then cuts a torn tail; returns each file
 /// changed and what the state then holds. Errors that are not a damaged record (a missing
-/// snapshot or segment) are returned as they are: they need a backup, not a cut.
-pub fn repair(dir: &Path, salvage: bool) -> Result<(Vec<Repaired>, Recovery), StateError> {
+/// snapshot or segment, a wrong key) are returned as they are: they need a backup or the right
+/// key, not a cut. In an encrypted log a frame that fails authentication is cut like a damaged
+/// record, and `salvage` keeps the frames that open.
+pub fn repair(
+    dir: &Path,
+    salvage: bool,
+    key: Option<&StateKey>,
+) -> Result<(Vec<Repaired>, Recovery), StateError> {
     let _lock = lock_dir(dir)?;
     let mut done = Vec::new();
     for _ in 0..MAX_REPAIRS {
-        let (path, offset) = match read_state(dir, &scratch_store(), false) {
+        let (path, offset) = match read_state(dir, &scratch_store(), false, key) {
             Ok(_) => {
-                let (recovery, _) = read_state(dir, &scratch_store(), true)?;
+                let (recovery, _) = read_state(dir, &scratch_store(), true, key)?;
                 return Ok((done, recovery));
+            }
+            Err(StateError::TamperedState { path, offset }) if path != dir.join(SNAPSHOT) => {
+                (path, offset)
             }
             Err(StateError::DamagedRecord { path, offset, .. })
             | Err(StateError::TornMidLog { path, offset, .. })
@@ -73,7 +84,11 @@ pub fn repair(dir: &Path, salvage: bool) -> Result<(Vec<Repaired>, Recovery), St
         };
         let bytes = fs::read(&path).map_err(StateError::io(&path))?;
         let kept: Vec<u8> = if salvage {
-            valid_records(&bytes)
+            let ranges = match key {
+                Some(k) => valid_frames(k, &bytes),
+                None => valid_records(&bytes),
+            };
+            ranges
                 .into_iter()
                 .flat_map(|r| bytes[r].iter().copied())
                 .collect()
@@ -117,17 +132,17 @@ fn empty_target(dest: &Path) -> Result<(), StateError> {
             });
         }
     }
-    fs::create_dir_all(dest).map_err(StateError::io(dest))
+    create_state_dir(dest)
 }
 
 /// File names and contents.
 type Files = Vec<(String, Vec<u8>)>;
 
 /// The state files read at one moment: `state.bin` and the segments after it, in order.
-fn read_consistent(dir: &Path) -> Result<Option<Files>, StateError> {
+fn read_consistent(dir: &Path, key: Option<&StateKey>) -> Result<Option<Files>, StateError> {
     let snap_path = dir.join(SNAPSHOT);
     let snap = fs::read(&snap_path).map_err(StateError::io(&snap_path))?;
-    let wal_gen = decode_snapshot(&snap_path, &snap)?.wal_gen;
+    let wal_gen = decode_snapshot(&snap_path, &open_snapshot(key, &snap_path, &snap)?)?.wal_gen;
     let mut opened = Vec::new();
     for (gen, path) in segments(dir)? {
         if gen < wal_gen {
@@ -159,9 +174,9 @@ fn read_consistent(dir: &Path) -> Result<Option<Files>, StateError> {
 
 /// Copies a state directory, live or not, into `dest` (absent or empty), then replays the copy
 /// (cutting a torn tail off it) and returns what it holds.
-pub fn backup(dir: &Path, dest: &Path) -> Result<Recovery, StateError> {
+pub fn backup(dir: &Path, dest: &Path, key: Option<&StateKey>) -> Result<Recovery, StateError> {
     for _ in 0..BACKUP_ATTEMPTS {
-        let Some(files) = read_consistent(dir)? else {
+        let Some(files) = read_consistent(dir, key)? else {
             std::thread::sleep(std::time::Duration::from_millis(20));
             continue;
         };
@@ -169,7 +184,7 @@ pub fn backup(dir: &Path, dest: &Path) -> Result<Recovery, StateError> {
         for (name, bytes) in &files {
             write_atomic(&dest.join(name), bytes)?;
         }
-        let (recovery, _) = read_state(dest, &scratch_store(), true)?;
+        let (recovery, _) = read_state(dest, &scratch_store(), true, key)?;
         return Ok(recovery);
     }
     Err(StateError::BackupRaced {
@@ -179,9 +194,14 @@ pub fn backup(dir: &Path, dest: &Path) -> Result<Recovery, StateError> {
 
 /// Checks the backup in `from`, then copies its state files into `dir` (locked). State already
 /// in `dir` is refused unless `force`, which moves it to `dir/replaced-<unix time>/`.
-pub fn restore(from: &Path, dir: &Path, force: bool) -> Result<Recovery, StateError> {
-    let (_, _) = read_state(from, &scratch_store(), false)?;
-    fs::create_dir_all(dir).map_err(StateError::io(dir))?;
+pub fn restore(
+    from: &Path,
+    dir: &Path,
+    force: bool,
+    key: Option<&StateKey>,
+) -> Result<Recovery, StateError> {
+    let (_, _) = read_state(from, &scratch_store(), false, key)?;
+    create_state_dir(dir)?;
     let _lock = lock_dir(dir)?;
     let mut existing: Vec<PathBuf> = segments(dir)?.into_iter().map(|(_, p)| p).collect();
     if dir.join(SNAPSHOT).exists() {
@@ -213,5 +233,5 @@ pub fn restore(from: &Path, dir: &Path, force: bool) -> Result<Recovery, StateEr
     }
     let snap = fs::read(from.join(SNAPSHOT)).map_err(StateError::io(from.join(SNAPSHOT)))?;
     write_atomic(&dir.join(SNAPSHOT), &snap)?;
-    read_state(dir, &scratch_store(), true).map(|(r, _)| r)
+    read_state(dir, &scratch_store(), true, key).map(|(r, _)| r)
 }

@@ -14,10 +14,13 @@
 //! says how many records the last segment held and that the previous run did not stop cleanly
 //! (a clean stop leaves the last segment empty).
 
-use super::super::dir::{lock_dir, open_segment, segments, SNAPSHOT};
+use super::super::cipher::{self, StateKey};
+use super::super::dir::{
+    create_state_dir, lock_dir, open_segment, segments, warn_open_permissions, SNAPSHOT,
+};
 use super::super::snapshot::decode_snapshot;
 use super::super::store::UserStore;
-use super::record::replay_segment;
+use super::record::{replay_segment, SegmentReplay};
 use crate::serve::state::StateError;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -94,11 +97,16 @@ pub(crate) struct Tail {
 
 /// Locks the directory, loads the snapshot into `store`, and replays the log after it (cutting
 /// a torn tail off).
-pub(crate) fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail), StateError> {
-    fs::create_dir_all(dir).map_err(StateError::io(dir))?;
+pub(crate) fn recover(
+    dir: &Path,
+    store: &UserStore,
+    key: Option<&StateKey>,
+) -> Result<(Recovery, Tail), StateError> {
+    create_state_dir(dir)?;
     let lock = lock_dir(dir)?;
+    warn_open_permissions(dir);
     remove_unfinished_snapshots(dir);
-    let (recovery, wal_gen) = read_state(dir, store, true)?;
+    let (recovery, wal_gen) = read_state(dir, store, true, key)?;
     let (gen, seg_bytes) = match recovery.segments.last() {
         Some(s) => (wal_gen + recovery.segments.len() as u64 - 1, s.valid_len),
         None => (wal_gen, 0),
@@ -117,13 +125,15 @@ pub(crate) fn recover(dir: &Path, store: &UserStore) -> Result<(Recovery, Tail),
 
 /// Loads the snapshot and replays the log into `store`; returns what was found and the
 /// snapshot's first segment. `writable`: delete the segments the snapshot covers and cut a torn
-/// tail off (start-up); otherwise change nothing (`tiering state check`).
+/// tail off (start-up); otherwise change nothing (`tiering state check`). `key`: the state is
+/// encrypted with it (see `cipher`).
 pub(crate) fn read_state(
     dir: &Path,
     store: &UserStore,
     writable: bool,
+    key: Option<&StateKey>,
 ) -> Result<(Recovery, u64), StateError> {
-    let (seeded_from, wal_gen) = load_snapshot(dir, store)?;
+    let (seeded_from, wal_gen) = load_snapshot(dir, store, key)?;
     let mut recovery = Recovery {
         seeded_from,
         users: 0,
@@ -142,9 +152,7 @@ pub(crate) fn read_state(
             });
         }
         let bytes = fs::read(path).map_err(StateError::io(path))?;
-        let r = replay_segment(path, &bytes, i + 1 == n, |e| {
-            store.apply_entry(&e);
-        })?;
+        let r = replay_bytes(key, path, &bytes, i + 1 == n, store)?;
         recovery.replayed_records += r.records;
         recovery.replayed_events += r.events;
         let torn = r.torn.map(|what| (bytes.len() as u64 - r.valid_len, what));
@@ -168,12 +176,54 @@ pub(crate) fn read_state(
     Ok((recovery, wal_gen))
 }
 
+/// Replays one segment's bytes into `store`, opening its frames first when the state is
+/// encrypted (offsets in errors and the valid length are then the file's, not the plaintext's).
+fn replay_bytes(
+    key: Option<&StateKey>,
+    path: &Path,
+    bytes: &[u8],
+    last: bool,
+    store: &UserStore,
+) -> Result<SegmentReplay, StateError> {
+    // Entries, not bare events: an erasure record removes the user at its point of the log.
+    let apply = |e: crate::serve::state::UserEvent| {
+        store.apply_entry(&e);
+    };
+    let Some(key) = key else {
+        cipher::refuse_sealed_segment(path, bytes)?;
+        return replay_segment(path, bytes, last, apply);
+    };
+    let opened = cipher::open_segment(key, path, bytes, last)?;
+    let r = replay_segment(path, &opened.plain, true, apply).map_err(|e| match e {
+        StateError::UndecodableRecord {
+            path,
+            offset,
+            source,
+        } => StateError::UndecodableRecord {
+            path,
+            offset: opened.file_offset(offset),
+            source,
+        },
+        other => other,
+    })?;
+    Ok(SegmentReplay {
+        valid_len: opened.valid_len,
+        torn: opened.torn,
+        ..r
+    })
+}
+
 /// Loads `state.bin` (if any) into `store`: the seed's version and the first segment to replay.
-fn load_snapshot(dir: &Path, store: &UserStore) -> Result<(Option<String>, u64), StateError> {
+fn load_snapshot(
+    dir: &Path,
+    store: &UserStore,
+    key: Option<&StateKey>,
+) -> Result<(Option<String>, u64), StateError> {
     let snap_path = dir.join(SNAPSHOT);
     match fs::read(&snap_path) {
         Ok(bytes) => {
-            let snap = decode_snapshot(&snap_path, &bytes)?;
+            let plain = cipher::open_snapshot(key, &snap_path, &bytes)?;
+            let snap = decode_snapshot(&snap_path, &plain)?;
             for (id, agg) in &snap.users {
                 store.insert(id, *agg);
             }
@@ -267,7 +317,7 @@ mod tests {
             fs::write(p, b"left by a crash").unwrap();
         }
         let store = UserStore::new(4);
-        recover(dir.path(), &store).unwrap();
+        recover(dir.path(), &store, None).unwrap();
         assert!(
             !old_form.exists(),
             "state.bin.tmp of older builds is removed"

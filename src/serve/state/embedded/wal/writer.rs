@@ -3,6 +3,7 @@
 //! events to the table, and only then acknowledges each request. It also takes the snapshots,
 //! so a snapshot is an exact cut of the log.
 
+use super::super::cipher::{seal_snapshot, StateKey};
 use super::super::dir::{open_segment, segment_name, write_snapshot};
 use super::super::snapshot::encode_snapshot;
 use super::super::store::UserStore;
@@ -89,6 +90,8 @@ pub(super) struct Writer {
     pub durable: Arc<std::sync::Mutex<(u64, u64)>>,
     /// The snapshot being written in the background.
     pub pending: Option<JoinHandle<Result<(), StateError>>>,
+    /// Seals snapshots (`None`: plaintext state).
+    pub key: Option<Arc<StateKey>>,
     pub _lock: File,
 }
 
@@ -341,12 +344,18 @@ impl Writer {
         self.mark_durable();
         self.dirty = false;
         let dir = self.dir.clone();
+        // Sealing (like writing) happens off the log thread unless `wait`.
+        let key = self.key.clone();
+        let write = move || match &key {
+            Some(k) => write_snapshot(&dir, &seal_snapshot(k, &bytes)?, next),
+            None => write_snapshot(&dir, &bytes, next),
+        };
         if wait {
-            write_snapshot(&dir, &bytes, next)
+            write()
         } else {
             let h = std::thread::Builder::new()
                 .name("tiering-snapshot".into())
-                .spawn(move || write_snapshot(&dir, &bytes, next))
+                .spawn(write)
                 .map_err(|source| StateError::Spawn {
                     thread: "snapshot",
                     source,

@@ -66,6 +66,38 @@ pub(crate) struct TieringService {
 }
 
 impl TieringService {
+    /// A ranking page without the users who were erased or objected since its version was
+    /// published. A page whose users are all hidden is followed by the next page of the same
+    /// version (at most [`MAX_HIDDEN_PAGES`] of them), so a walk never ends early on it.
+    async fn visible_page(
+        &self,
+        mut q: at_risk::AtRiskQuery,
+        deadline: Option<Instant>,
+    ) -> Result<(ranking::RankedPage, Vec<(String, crate::model::Score)>), ranking::RankingError>
+    {
+        let mut rounds = 0;
+        loop {
+            let mut page = self.ctx.ranking.page(&q, deadline).await?;
+            let last = page
+                .users
+                .last()
+                .map(|(id, s)| (s.churn_probability, id.clone()));
+            let users: Vec<_> = std::mem::take(&mut page.users)
+                .into_iter()
+                .filter(|(id, _)| !self.ctx.privacy.hidden(id))
+                .collect();
+            rounds += 1;
+            match last {
+                Some(after) if users.is_empty() && page.more && rounds < MAX_HIDDEN_PAGES => {
+                    q.after = Some(after);
+                    q.pinned = Some(page.version);
+                    q.as_of = page.as_of;
+                }
+                _ => return Ok((page, users)),
+            }
+        }
+    }
+
     pub fn new(ctx: Arc<Context>) -> Self {
         TieringService { ctx }
     }
@@ -181,6 +213,10 @@ impl Drop for AtRiskStream {
 }
 
 type UserTierStream = AtRiskStream;
+
+/// Ranking pages of hidden users (erased or objected after the version was published) skipped
+/// in one ListAtRiskUsers call before it answers with an empty page.
+const MAX_HIDDEN_PAGES: usize = 64;
 
 /// A ranking failure as the request's error.
 fn ranking_error(e: ranking::RankingError) -> RequestError {
@@ -380,7 +416,7 @@ impl proto::tiering_server::Tiering for TieringService {
                     RequestError::TooManyStreams
                 })?;
             self.ctx.metrics.at_risk_streams(1);
-            let page = match self.ctx.ranking.page(&q, dl.0).await {
+            let (page, users) = match self.visible_page(q.clone(), dl.0).await {
                 Ok(page) => page,
                 Err(e) => {
                     // No stream was made, so its Drop will not count this one out.
@@ -391,9 +427,6 @@ impl proto::tiering_server::Tiering for TieringService {
             };
             let mut query = q;
             query.as_of = page.as_of;
-            // Versions published before an erasure or objection still hold the user.
-            let mut users = page.users;
-            users.retain(|(id, _)| !self.ctx.privacy.hidden(id));
             let stream = AtRiskStream {
                 users: users.into_iter(),
                 more: page.more,

@@ -774,3 +774,65 @@ async fn a_state_started_over_from_the_bundle_does_not_reseed_an_erased_user() {
     })
     .await;
 }
+
+/// One ListAtRiskUsers page of `limit` after `token`: the ids and the next token.
+async fn at_risk_page(c: &mut Client, limit: u32, token: &str) -> (Vec<String>, String) {
+    let mut s = c
+        .list_at_risk_users(proto::ListAtRiskUsersRequest {
+            min_churn_probability: 0.0,
+            limit,
+            page_token: token.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut ids, mut next) = (Vec::new(), String::new());
+    while let Some(u) = s.message().await.unwrap() {
+        ids.push(u.user_id);
+        next = u.next_page_token;
+    }
+    (ids, next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_through_at_risk_pages_goes_past_a_page_whose_users_all_objected_meanwhile() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = TestServer::start(dirs.config()).await;
+        server.ready().await;
+        let mut c = server.client().await;
+        let all = at_risk_ids(&mut c).await;
+        assert!(all.len() >= 6, "{all:?}");
+        // The first page pins the ranking version; then the whole second page objects.
+        let (first, token) = at_risk_page(&mut c, 2, "").await;
+        assert_eq!(first, all[..2].to_vec());
+        assert!(!token.is_empty());
+        for id in &all[2..4] {
+            c.set_profiling_objection(proto::SetProfilingObjectionRequest {
+                user_id: id.clone(),
+                objected: true,
+            })
+            .await
+            .unwrap();
+        }
+        let mut walked = first;
+        let mut token = token;
+        for _ in 0..all.len() {
+            if token.is_empty() {
+                break;
+            }
+            let (ids, next) = at_risk_page(&mut c, 2, &token).await;
+            walked.extend(ids);
+            token = next;
+        }
+        let expected: Vec<String> = all
+            .iter()
+            .filter(|id| !all[2..4].contains(id))
+            .cloned()
+            .collect();
+        assert_eq!(walked, expected);
+    })
+    .await;
+}

@@ -703,6 +703,7 @@ impl Unhashed for tiering::generate::GeneratedEvent {
             watch_seconds: self.watch().unwrap_or(0),
             room: 0,
             category: 0,
+            order: 0,
         }
     }
 }

@@ -44,11 +44,18 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .map(parse_time)
         .transpose()
         .context("parsing --as-of")?;
+    let kinds = bundle
+        .manifest
+        .kinds
+        .resolver()
+        .context("the bundle's kind mapping")?;
     let bar = spinner("reading events");
     let dataset = read_dataset(
         &args.data,
         &ReadOptions {
             max_bad_rows: args.max_bad_rows,
+            // The bundle's vocabulary, as in training.
+            kinds: std::sync::Arc::new(kinds),
             ..ReadOptions::default()
         },
     )

@@ -246,6 +246,7 @@ impl GeneratedEvent {
             watch_seconds: self.watch().unwrap_or(0),
             room: hash_str(&room_id(self.room)),
             category: hash_str(self.category_name()),
+            order: 0,
         }
     }
 }
@@ -320,6 +321,7 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
                         watch_seconds: e.watch().unwrap_or(0),
                         room: room_hash[r],
                         category: category_hash[usize::from(e.category)],
+                        order: 0,
                     },
                 );
             }
@@ -331,6 +333,7 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
         watch_seconds: true,
         room_id: true,
         category: true,
+        order_id: false,
         users_table: true,
     };
     (table, users)

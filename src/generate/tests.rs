@@ -63,7 +63,7 @@ fn stats(all: &[(GeneratedUser, Vec<GeneratedEvent>)]) -> Stats {
                 EventKind::Comment | EventKind::Like | EventKind::Share | EventKind::Gift => {
                     s.interactions[p] += 1
                 }
-                EventKind::Follow => {}
+                EventKind::Follow | EventKind::Refund => {}
             }
         }
         if u.registered_at < window {

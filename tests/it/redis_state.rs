@@ -48,6 +48,7 @@ fn order(id: &str, ts: Timestamp) -> UserEvent {
         watch_seconds: 0,
         room: 0,
         category: 0,
+        order: 0,
     }
 }
 

@@ -225,6 +225,7 @@ fn an_event_after_the_snapshot_cannot_change_that_snapshots_features() {
         watch_seconds: 30,
         room: 1,
         category: 2,
+        order: 0,
     };
     for d in 0..20 {
         table.push(

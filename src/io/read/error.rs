@@ -170,8 +170,15 @@ pub enum ReadError {
     BadAmount { at: Cell, value: String },
     #[error("{at}: cannot parse {value:?} as watch_seconds (expected a whole number ≥ 0 that fits in 32 bits)")]
     BadWatchSeconds { at: Cell, value: String },
-    #[error("{at}: unknown event kind {value:?} (expected one of order, view, comment, like, share, follow, gift)")]
-    UnknownKind { at: Cell, value: String },
+    #[error("{at}: unknown event kind {value:?} in {rows} row(s){others} (expected one of order, view, comment, like, share, follow, gift, refund): map it under [events.kinds] in the training configuration (e.g. {example} = \"order\"), list it in events.ignore, or set events.unknown_kinds = \"skip\" to skip and count such rows", example = toml_key(value))]
+    UnknownKind {
+        at: Cell,
+        value: String,
+        /// Rows with this kind in the file (1 until counted).
+        rows: u64,
+        /// The other unmapped kinds and their rows.
+        others: OtherKinds,
+    },
     #[error("{at}: empty user_id")]
     EmptyUserId { at: Cell },
     #[error("{at}: not valid UTF-8: {value:?}")]
@@ -201,6 +208,42 @@ pub enum ReadError {
         #[source]
         source: arrow_schema::ArrowError,
     },
+}
+
+/// Unmapped kinds besides the one an [`ReadError::UnknownKind`] names, with their rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtherKinds(pub Vec<(String, u64)>);
+
+impl std::fmt::Display for OtherKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        f.write_str("; other unmapped kinds: ")?;
+        for (i, (n, c)) in self.0.iter().take(10).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n:?} in {c} row(s)")?;
+        }
+        if self.0.len() > 10 {
+            write!(f, " and {} more", self.0.len() - 10)?;
+        }
+        Ok(())
+    }
+}
+
+/// A kind name as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let t = name.trim();
+    if !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        t.to_string()
+    } else {
+        format!("{t:?}")
+    }
 }
 
 fn listing(found: &[String]) -> String {
@@ -239,7 +282,12 @@ impl ReadError {
             Cause::NonFiniteAmount => ReadError::NonFiniteAmount { at, value },
             Cause::BadAmount => ReadError::BadAmount { at, value },
             Cause::BadWatchSeconds => ReadError::BadWatchSeconds { at, value },
-            Cause::UnknownKind => ReadError::UnknownKind { at, value },
+            Cause::UnknownKind => ReadError::UnknownKind {
+                at,
+                value,
+                rows: 1,
+                others: OtherKinds::default(),
+            },
             Cause::EmptyUserId => ReadError::EmptyUserId { at },
             Cause::InvalidUtf8 => ReadError::InvalidUtf8 { at, value },
             Cause::DuplicateUser => ReadError::DuplicateUser { at, value },

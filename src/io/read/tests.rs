@@ -332,3 +332,97 @@ fn parquet_wrong_types_name_the_column() {
         "{err}"
     );
 }
+
+fn platform_kinds(
+    unknown: crate::features::UnknownKinds,
+) -> Arc<crate::features::vocabulary::KindResolver> {
+    let m = crate::features::KindMapping {
+        kinds: [
+            ("pay_success".to_string(), EventKind::Order),
+            ("enter_room".to_string(), EventKind::View),
+            ("return".to_string(), EventKind::Refund),
+        ]
+        .into(),
+        ignore: vec!["add_to_cart".into()],
+        unknown_kinds: unknown,
+    };
+    Arc::new(m.resolver().unwrap())
+}
+
+/// The unmapped-kind error names the kind, how many rows have it and the configuration keys
+/// that would map, ignore or skip it; `--max-bad-rows` does not swallow it.
+#[test]
+fn an_unmapped_kind_names_kind_row_count_and_configuration_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "events.csv",
+        "user_id,ts,kind,amount\nu1,2026-05-01,order,3\nu1,2026-05-02,thumbs_up,\n\
+         u2,2026-05-02,Thumbs_Up ,\nu2,2026-05-03,enter_room,\nu2,2026-05-04,thumbs_up,\n",
+    );
+    let opts = ReadOptions {
+        max_bad_rows: 100,
+        ..ReadOptions::default()
+    };
+    let err = read_dataset(&p, &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ReadError::UnknownKind { rows: 3, .. }),
+        "{msg}"
+    );
+    for part in [
+        "events.csv:3:3",
+        "\"thumbs_up\" in 3 row(s)",
+        "\"enter_room\" in 1 row(s)",
+        "[events.kinds]",
+        "thumbs_up = \"order\"",
+        "events.ignore",
+        "events.unknown_kinds = \"skip\"",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+}
+
+/// A platform vocabulary read through a mapping gives the table the canonical names give, and
+/// the report lists every source kind with its rows and fate; `skip` drops unmapped rows
+/// without calling them bad.
+#[test]
+fn a_platform_vocabulary_through_a_mapping_reads_like_the_canonical_one() {
+    use crate::features::vocabulary::KindFate;
+    use crate::features::UnknownKinds;
+    let dir = tempfile::tempdir().unwrap();
+    let canonical = "user_id,ts,kind,amount,order_id\nu1,2026-05-01,order,30,o1\n\
+                     u1,2026-05-02,view,,\nu1,2026-05-03,refund,30,o1\n";
+    let platform = "user_id,ts,kind,amount,order_id\nu1,2026-05-01,PAY_SUCCESS,30,o1\n\
+                    u1,2026-05-01,add_to_cart,,\nu1,2026-05-02,enter_room,,\n\
+                    u1,2026-05-02,wink,,\nu1,2026-05-03,return,30,o1\n";
+    let a = read(&write(dir.path(), "a.csv", canonical)).unwrap();
+    let opts = ReadOptions {
+        kinds: platform_kinds(UnknownKinds::Skip),
+        ..ReadOptions::default()
+    };
+    let b = read_dataset(&write(dir.path(), "b.csv", platform), &opts).unwrap();
+    let events = |d: &Dataset| {
+        (0..d.events.len())
+            .map(|i| d.events.event(i))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&a), events(&b));
+    assert_eq!(b.events.order[0], hash_str("o1"));
+    assert!(b.events.columns.order_id);
+    assert_eq!((b.report.bad_rows, b.report.kind_rows_dropped), (0, 2));
+    let fate = |s: &str| {
+        b.report
+            .kinds_seen
+            .iter()
+            .find(|k| k.source == s)
+            .map(|k| (k.rows, k.became.clone()))
+    };
+    assert_eq!(
+        fate("pay_success"),
+        Some((1, KindFate::Kind(EventKind::Order)))
+    );
+    assert_eq!(fate("add_to_cart"), Some((1, KindFate::Ignored)));
+    assert_eq!(fate("wink"), Some((1, KindFate::Skipped)));
+    assert_eq!(fate("return"), Some((1, KindFate::Kind(EventKind::Refund))));
+}

@@ -228,3 +228,128 @@ fn a_platform_vocabulary_with_its_mapping_trains_the_model_the_canonical_names_t
         "the report shows the refund features"
     );
 }
+
+/// Training and serving agree on refunds and a platform vocabulary: the same events through a
+/// file (read with the bundle's mapping, swept as training does) and through `RecordEvents`
+/// (and `ScoreUser`) give the same answer for the same user, and the refund moves the user's
+/// RFM segment the way net spend says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_refunds_through_a_file_and_through_record_events_give_the_same_answer() {
+    use super::helpers::{manifest, scorer, snapshot, Dirs, TestServer, NOW};
+    use std::sync::Arc;
+    use tiering::features::{build_aggregates, EventKind, KindMapping};
+    use tiering::io::read::{read_dataset, ReadOptions};
+    use tiering::pb as proto;
+
+    let mapping = KindMapping {
+        kinds: [
+            ("pay_success".to_string(), EventKind::Order),
+            ("return".to_string(), EventKind::Refund),
+        ]
+        .into(),
+        ignore: vec!["add_to_cart".into()],
+        ..KindMapping::default()
+    };
+    // (seconds before NOW, kind, amount, order id)
+    let events: [(i64, &str, f64, &str); 5] = [
+        (5 * DAY, "PAY_SUCCESS", 40.0, "A"),
+        (2 * DAY, "pay_success", 40.0, "B"),
+        (2 * DAY - 60, "add_to_cart", 0.0, ""),
+        (DAY, "return", 40.0, "A"),
+        (DAY - 60, " Return", 5.0, "Z"),
+    ];
+
+    // Training's path: a file read with the mapping, aggregated strictly before NOW.
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut text = String::from("user_id,ts,kind,amount,order_id\n");
+    for (ago, kind, amount, id) in events {
+        text.push_str(&format!(
+            "shopper,{},{kind},{amount},{id}\n",
+            format_rfc3339(NOW - ago)
+        ));
+    }
+    let file = dir.path().join("events.csv");
+    std::fs::write(&file, text).expect("write");
+    let opts = ReadOptions {
+        kinds: Arc::new(mapping.resolver().expect("mapping")),
+        ..ReadOptions::default()
+    };
+    let data = read_dataset(&file, &opts).expect("read");
+    let aggs = build_aggregates(&data.events, &[NOW]);
+    let agg = aggs[0][0];
+    assert_eq!(
+        (
+            agg.orders,
+            agg.refunds,
+            agg.orders_refunded,
+            agg.orphan_refunds
+        ),
+        (2, 2, 1, 1)
+    );
+    assert!((agg.net_spend() - 35.0).abs() < 1e-9);
+    let s = scorer(1.0);
+    let trained = s.score(&agg, NOW);
+
+    // Serving's path: a bundle carrying the mapping, the events through RecordEvents.
+    let dirs = Dirs::new();
+    let store = BundleStore::new(dirs.models());
+    let mut m = manifest("v1", &s);
+    m.kinds = mapping.clone();
+    store
+        .begin("v1")
+        .expect("begin")
+        .commit(m, &s, &snapshot())
+        .expect("commit");
+    store.promote("v1").expect("promote");
+    let server = TestServer::start(dirs.config()).await;
+    server.ready().await;
+    let mut client = server.client().await;
+    let proto_events: Vec<proto::Event> = events
+        .iter()
+        .map(|&(ago, kind, amount, id)| proto::Event {
+            user_id: "shopper".into(),
+            ts: Some(prost_types::Timestamp {
+                seconds: NOW - ago,
+                nanos: 0,
+            }),
+            kind: kind.into(),
+            amount,
+            order_id: id.into(),
+            ..Default::default()
+        })
+        .collect();
+    let r = client
+        .record_events(proto::RecordEventsRequest {
+            events: proto_events.clone(),
+        })
+        .await
+        .expect("record")
+        .into_inner();
+    assert_eq!(r.accepted, 4, "the ignored add_to_cart is not applied");
+    let served = client
+        .get_user_tier(proto::GetUserTierRequest {
+            user_id: "shopper".into(),
+        })
+        .await
+        .expect("tier")
+        .into_inner();
+    let scored = client
+        .score_user(proto::ScoreUserRequest {
+            user_id: "shopper".into(),
+            events: proto_events,
+            registered_at: None,
+        })
+        .await
+        .expect("score")
+        .into_inner();
+    server.stop().await.expect("stop");
+
+    for answer in [&served, &scored] {
+        assert_eq!(answer.churn_probability, trained.churn_probability);
+        assert_eq!(answer.rfm_segment, trained.rfm_segment.id());
+        assert_eq!(answer.lifecycle_stage, trained.lifecycle_stage.id());
+        assert_eq!(answer.tier_id, s.tiers.tiers[usize::from(trained.tier)].id);
+    }
+    // Net spend 35 is under the fixture's monetary threshold (50); gross 80 was over it.
+    assert_eq!(served.rfm_segment, "general_value");
+}

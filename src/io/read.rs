@@ -258,8 +258,7 @@ fn count_unknown(path: &Path, opts: &ReadOptions, e: ReadError) -> ReadError {
     ReadError::UnknownKind {
         at,
         value,
-        rows,
-        others: error::OtherKinds(others),
+        counts: Box::new(error::UnmappedCounts { rows, others }),
     }
 }
 

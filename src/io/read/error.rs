@@ -170,14 +170,12 @@ pub enum ReadError {
     BadAmount { at: Cell, value: String },
     #[error("{at}: cannot parse {value:?} as watch_seconds (expected a whole number ≥ 0 that fits in 32 bits)")]
     BadWatchSeconds { at: Cell, value: String },
-    #[error("{at}: unknown event kind {value:?} in {rows} row(s){others} (expected one of order, view, comment, like, share, follow, gift, refund): map it under [events.kinds] in the training configuration (e.g. {example} = \"order\"), list it in events.ignore, or set events.unknown_kinds = \"skip\" to skip and count such rows", example = toml_key(value))]
+    #[error("{at}: unknown event kind {value:?} in {counts} (expected one of order, view, comment, like, share, follow, gift, refund): map it under [events.kinds] in the training configuration (e.g. {example} = \"order\"), list it in events.ignore, or set events.unknown_kinds = \"skip\" to skip and count such rows", example = toml_key(value))]
     UnknownKind {
         at: Cell,
         value: String,
-        /// Rows with this kind in the file (1 until counted).
-        rows: u64,
-        /// The other unmapped kinds and their rows.
-        others: OtherKinds,
+        /// Its rows and the other unmapped kinds' (boxed: the error stays small).
+        counts: Box<UnmappedCounts>,
     },
     #[error("{at}: empty user_id")]
     EmptyUserId { at: Cell },
@@ -210,24 +208,30 @@ pub enum ReadError {
     },
 }
 
-/// Unmapped kinds besides the one an [`ReadError::UnknownKind`] names, with their rows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OtherKinds(pub Vec<(String, u64)>);
+/// How many rows have the kind an [`ReadError::UnknownKind`] names, and the other unmapped
+/// kinds with their rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmappedCounts {
+    /// Rows with the kind (1 until counted).
+    pub rows: u64,
+    pub others: Vec<(String, u64)>,
+}
 
-impl std::fmt::Display for OtherKinds {
+impl std::fmt::Display for UnmappedCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
+        write!(f, "{} row(s)", self.rows)?;
+        if self.others.is_empty() {
             return Ok(());
         }
         f.write_str("; other unmapped kinds: ")?;
-        for (i, (n, c)) in self.0.iter().take(10).enumerate() {
+        for (i, (n, c)) in self.others.iter().take(10).enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
             write!(f, "{n:?} in {c} row(s)")?;
         }
-        if self.0.len() > 10 {
-            write!(f, " and {} more", self.0.len() - 10)?;
+        if self.others.len() > 10 {
+            write!(f, " and {} more", self.others.len() - 10)?;
         }
         Ok(())
     }
@@ -285,8 +289,10 @@ impl ReadError {
             Cause::UnknownKind => ReadError::UnknownKind {
                 at,
                 value,
-                rows: 1,
-                others: OtherKinds::default(),
+                counts: Box::new(UnmappedCounts {
+                    rows: 1,
+                    others: Vec::new(),
+                }),
             },
             Cause::EmptyUserId => ReadError::EmptyUserId { at },
             Cause::InvalidUtf8 => ReadError::InvalidUtf8 { at, value },

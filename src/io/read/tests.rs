@@ -367,7 +367,7 @@ fn an_unmapped_kind_names_kind_row_count_and_configuration_key() {
     let err = read_dataset(&p, &opts).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, ReadError::UnknownKind { rows: 3, .. }),
+        matches!(&err, ReadError::UnknownKind { counts, .. } if counts.rows == 3),
         "{msg}"
     );
     for part in [

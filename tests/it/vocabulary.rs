@@ -353,3 +353,53 @@ async fn the_same_refunds_through_a_file_and_through_record_events_give_the_same
     // Net spend 35 is under the fixture's monetary threshold (50); gross 80 was over it.
     assert_eq!(served.rfm_segment, "general_value");
 }
+
+/// A bundle an earlier binary wrote (format 1: aggregates in the layout before refunds) still
+/// loads, with the same aggregates: a rolling deploy can start new servers on old bundles.
+#[test]
+fn a_format_1_bundle_of_an_earlier_binary_still_loads_its_state() {
+    use super::helpers::{publish, snapshot};
+    use sha2::Digest;
+    use tiering::features::UserAggregateV1;
+
+    #[derive(serde::Serialize)]
+    struct SnapshotV1 {
+        as_of: i64,
+        user_ids: Vec<String>,
+        aggregates: Vec<UserAggregateV1>,
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    publish(dir.path(), "v1", 1.0);
+    let snap = snapshot();
+    let old = postcard::to_stdvec(&SnapshotV1 {
+        as_of: snap.as_of,
+        user_ids: snap.user_ids.clone(),
+        aggregates: snap.aggregates.iter().map(UserAggregateV1::of).collect(),
+    })
+    .expect("encode");
+    let bdir = dir.path().join("v1");
+    std::fs::write(bdir.join("state.bin"), &old).expect("state");
+    let mpath = bdir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
+    assert_eq!(manifest["format_version"], 2);
+    manifest["format_version"] = 1.into();
+    manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
+    if let Some(m) = manifest.as_object_mut() {
+        m.remove("kinds");
+    }
+    let text = serde_json::to_string_pretty(&manifest).expect("json");
+    std::fs::write(&mpath, &text).expect("write");
+    std::fs::write(
+        bdir.join("manifest.sha256"),
+        hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    )
+    .expect("sum");
+    let bundle = BundleStore::new(dir.path())
+        .load("v1")
+        .expect("format 1 loads");
+    assert_eq!(bundle.manifest.format_version, 1);
+    assert!(bundle.manifest.kinds.is_canonical_only());
+    let back = bundle.load_snapshot().expect("state loads");
+    assert_eq!(back, snap);
+}

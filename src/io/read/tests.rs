@@ -426,3 +426,66 @@ fn a_platform_vocabulary_through_a_mapping_reads_like_the_canonical_one() {
     assert_eq!(fate("wink"), Some((1, KindFate::Skipped)));
     assert_eq!(fate("return"), Some((1, KindFate::Kind(EventKind::Refund))));
 }
+
+/// Parquet reads kinds with the mapping and `order_id` like CSV does.
+#[test]
+fn parquet_reads_a_platform_vocabulary_and_order_ids_like_csv() {
+    use crate::features::UnknownKinds;
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("events.parquet");
+    write_parquet(
+        &pq,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["u1", "u1", "u1"])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(StringArray::from(vec![
+                    "2026-05-01",
+                    "2026-05-01",
+                    "2026-05-03",
+                ])),
+            ),
+            (
+                "kind",
+                Arc::new(StringArray::from(vec![
+                    "Pay_Success",
+                    "add_to_cart",
+                    "return",
+                ])),
+            ),
+            (
+                "amount",
+                Arc::new(Float32Array::from(vec![Some(30.0), None, Some(30.0)])),
+            ),
+            (
+                "order_id",
+                Arc::new(StringArray::from(vec![Some("o1"), None, Some(" o1 ")])),
+            ),
+        ],
+    );
+    let csv = write(
+        dir.path(),
+        "events.csv",
+        "user_id,ts,kind,amount,order_id\nu1,2026-05-01,Pay_Success,30,o1\n\
+         u1,2026-05-01,add_to_cart,,\nu1,2026-05-03,return,30, o1 \n",
+    );
+    let opts = ReadOptions {
+        kinds: platform_kinds(UnknownKinds::Error),
+        ..ReadOptions::default()
+    };
+    let a = read_dataset(&pq, &opts).unwrap();
+    let b = read_dataset(&csv, &opts).unwrap();
+    let events = |d: &Dataset| {
+        (0..d.events.len())
+            .map(|i| d.events.event(i))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&a), events(&b));
+    assert_eq!(a.events.kind, vec![EventKind::Order, EventKind::Refund]);
+    assert_eq!(a.events.order, vec![hash_str("o1"), hash_str("o1")]);
+    assert_eq!(a.report.kinds_seen, b.report.kinds_seen);
+    assert_eq!(a.report.kind_rows_dropped, 1);
+}

@@ -23,73 +23,24 @@ fn run(cmd: &mut Command) -> String {
     stdout
 }
 
-/// The generated events with an `order_id` on every order and a full refund, two days later,
-/// of every fourth order (while the history lasts). Canonical names.
-fn with_refunds(src: &Path, dst: &Path) {
-    let text = std::fs::read_to_string(src.join("events.csv")).expect("events");
-    let mut lines = text.lines();
-    let header = lines.next().expect("header");
-    assert_eq!(
-        header,
-        "user_id,ts,kind,amount,watch_seconds,room_id,category"
-    );
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    let ts = |r: &[&str]| parse_instant(r[1]).expect("ts");
-    let last = rows.iter().map(|r| ts(r)).max().expect("rows");
-    let mut out = format!("{header},order_id\n");
-    let mut orders = 0;
-    for r in &rows {
-        if r[2] != "order" {
-            out.push_str(&format!("{},\n", r.join(",")));
-            continue;
-        }
-        orders += 1;
-        out.push_str(&format!("{},o{orders}\n", r.join(",")));
-        let back = ts(r) + 2 * DAY;
-        if orders % 4 == 0 && back < last {
-            out.push_str(&format!(
-                "{},{},refund,{},,,,o{orders}\n",
-                r[0],
-                format_rfc3339(back),
-                r[3]
-            ));
-        }
-    }
-    std::fs::create_dir_all(dst).expect("dir");
-    std::fs::write(dst.join("events.csv"), out).expect("write");
-    std::fs::copy(src.join("users.csv"), dst.join("users.csv")).expect("users");
+/// `tiering generate` (2,000 users, 150 days, seed 11) into `dir` with `extra` flags.
+fn generate(dir: &Path, extra: &[&str]) {
+    run(bin()
+        .args([
+            "generate",
+            "--users",
+            "2000",
+            "--days",
+            "150",
+            "--seed",
+            "11",
+            "--end",
+            "2026-06-30",
+        ])
+        .args(extra)
+        .arg("--out")
+        .arg(dir));
 }
-
-/// The same file in a platform's vocabulary, with add_to_cart rows the mapping ignores.
-fn platform_copy(src: &Path, dst: &Path) {
-    let text = std::fs::read_to_string(src.join("events.csv")).expect("events");
-    let mut out = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let mut f: Vec<String> = line.split(',').map(str::to_string).collect();
-        if i > 0 {
-            f[2] = match f[2].as_str() {
-                "order" => "PAY_SUCCESS",
-                "view" => "enter_room",
-                "like" => "thumbs_up",
-                "refund" => "return",
-                other => other,
-            }
-            .to_string();
-        }
-        out.push_str(&f.join(","));
-        out.push('\n');
-        if i > 0 && i % 9 == 0 {
-            out.push_str(&format!("{},{},add_to_cart,,,,,\n", f[0], f[1]));
-        }
-    }
-    std::fs::create_dir_all(dst).expect("dir");
-    std::fs::write(dst.join("events.csv"), out).expect("write");
-    std::fs::copy(src.join("users.csv"), dst.join("users.csv")).expect("users");
-}
-
-const MAPPING: &str = "[events]\nignore = [\"add_to_cart\"]\n\n[events.kinds]\n\
-                       pay_success = \"order\"\nenter_room = \"view\"\nthumbs_up = \"like\"\n\
-                       return = \"refund\"\n";
 
 fn train_and_score(data: &Path, models: &Path, config: Option<&Path>) -> (String, String) {
     let mut cmd = bin();
@@ -115,27 +66,18 @@ fn train_and_score(data: &Path, models: &Path, config: Option<&Path>) -> (String
 #[test]
 fn a_platform_vocabulary_with_its_mapping_trains_the_model_the_canonical_names_train() {
     let dir = tempfile::tempdir().expect("tmp");
+    // The same seed three ways: without refunds, with refunds (the default) in the canonical
+    // names, and with refunds in the platform's names plus the train.toml the generator writes.
     let generated = dir.path().join("generated");
-    run(bin()
-        .args([
-            "generate",
-            "--users",
-            "2000",
-            "--days",
-            "150",
-            "--seed",
-            "11",
-            "--end",
-            "2026-06-30",
-            "--out",
-        ])
-        .arg(&generated));
     let canonical = dir.path().join("canonical");
     let platform = dir.path().join("platform");
-    with_refunds(&generated, &canonical);
-    platform_copy(&canonical, &platform);
-    let config = dir.path().join("train.toml");
-    std::fs::write(&config, MAPPING).expect("config");
+    generate(&generated, &["--no-refunds"]);
+    generate(&canonical, &[]);
+    generate(&platform, &["--vocabulary", "platform"]);
+    let config = platform.join("train.toml");
+    let events = std::fs::read_to_string(platform.join("events.csv")).expect("events");
+    assert!(events.contains(",pay_success,") && events.contains(",enter_room,"));
+    assert!(!events.contains(",order,") && !events.contains(",view,"));
 
     // Without the mapping the platform file stops at its first unmapped kind, with a count.
     let failed = bin()
@@ -176,7 +118,7 @@ fn a_platform_vocabulary_with_its_mapping_trains_the_model_the_canonical_names_t
             .map(|a| a.iter().map(|m| m["metrics"].clone()).collect::<Vec<_>>()),
     );
     // The bundle records the mapping and what each source kind became.
-    assert_eq!(pla.kinds.kinds.len(), 4);
+    assert_eq!(pla.kinds.kinds.len(), 8);
     let seen = |s: &str| {
         pla.data
             .kinds_seen
@@ -185,9 +127,12 @@ fn a_platform_vocabulary_with_its_mapping_trains_the_model_the_canonical_names_t
             .map(|k| k.rows)
     };
     assert!(seen("pay_success").is_some_and(|n| n > 1000));
-    assert!(seen("add_to_cart").is_some_and(|n| n > 100));
-    assert!(pla.data.kind_rows_dropped > 100);
-    assert_eq!(pla.data.orphan_refunds, 0);
+    assert!(seen("refund").is_some_and(|n| n > 100));
+    assert_eq!(pla.data.kind_rows_dropped, 0);
+    // The generator's late refunds (past the 90-day link window) reach the bundle as orphans.
+    assert!(pla.data.orphan_refunds > 0, "{}", pla.data.orphan_refunds);
+    assert_eq!(pla.data.orphan_refunds, can.data.orphan_refunds);
+    assert_eq!(gen.data.orphan_refunds, 0);
 
     // The refund features are candidates; churn AUC does not drop against the refund-free
     // data (same users, same behaviour otherwise).

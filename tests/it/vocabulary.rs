@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 use tiering::bundle::BundleStore;
-use tiering::features::{format_rfc3339, parse_instant, DAY};
+use tiering::features::{format_rfc3339, DAY};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tiering"))

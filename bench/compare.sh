@@ -13,7 +13,9 @@
 #   --out FILE       results file (default BENCHMARKS-compare.md; its section for N users is
 #                    replaced, sections for other N are kept)
 #
-# Steps: set up bench/.venv from bench/python/requirements.txt; cargo build --release; generate;
+# Steps: set up bench/.venv from bench/python/requirements.txt; cargo build --release; generate
+# (--no-refunds: bench/python computes gross spend and knows no refund kind, so both sides see
+# the same data set as before refunds existed);
 # 1. quality (tiering train --export-eval, then bench/python/quality.py on exactly those rows);
 # 2. training wall time and peak RSS (tiering train vs bench/python/pipeline.py, /usr/bin/time -v);
 # 3. serving (tiering serve vs bench/python/server.py under the same h2load runs, 127.0.0.1 only);
@@ -107,7 +109,7 @@ cd "$work"
   --duration "$duration" --venv "$venv" --bin "$bin" --root "$root"
 
 log "generate $users users"
-"$bin" generate --users "$users" --days 180 --seed 42 --end 2026-11-01 --out data > generate.out 2> generate.err
+"$bin" generate --users "$users" --days 180 --seed 42 --end 2026-11-01 --no-refunds --out data > generate.out 2> generate.err
 
 # ---- 1. quality --------------------------------------------------------------------------------
 log "1. quality: tiering train --export-eval"

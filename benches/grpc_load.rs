@@ -876,6 +876,7 @@ impl Unhashed for tiering::generate::GeneratedEvent {
             watch_seconds: self.watch().unwrap_or(0),
             room: 0,
             category: 0,
+            order: 0,
         }
     }
 }

@@ -785,6 +785,7 @@ fn write_big_bundle(small: &Path, big: &Path, users: u64) -> Result<()> {
                 watch_seconds: e.watch().unwrap_or(0),
                 room: room_hash[r],
                 category: category_hash[usize::from(e.category)],
+                order: 0,
             });
         }
         user_ids.push(user.user_id());

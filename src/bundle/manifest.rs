@@ -1,6 +1,8 @@
 //! `manifest.json`: what a bundle is, where it came from, and how good it is.
 
-use crate::features::{ChurnDefinition, ColumnsPresent, Timestamp, Transform};
+use crate::features::{
+    ChurnDefinition, ColumnsPresent, KindMapping, KindSeen, Timestamp, Transform,
+};
 use crate::model::drift::{DriftFigures, DriftReference};
 use crate::model::metrics::{BinaryMetrics, CalibrationRow};
 use crate::model::Scorer;
@@ -40,6 +42,11 @@ pub struct Manifest {
     /// written before it existed.
     #[serde(default)]
     pub drift_reference: Option<DriftReference>,
+    /// The kind mapping the bundle was trained with (training's `[events]`): the server reads
+    /// `RecordEvents` and `ScoreUser` kinds with it. Canonical names only for bundles written
+    /// before it existed.
+    #[serde(default)]
+    pub kinds: KindMapping,
 }
 
 impl Manifest {
@@ -64,6 +71,7 @@ impl Manifest {
             warnings: Vec::new(),
             files: BTreeMap::new(),
             drift_reference: None,
+            kinds: KindMapping::default(),
         }
     }
 
@@ -119,6 +127,17 @@ pub struct DataInfo {
     pub last_event: Option<Timestamp>,
     pub bad_rows_skipped: u64,
     pub columns: ColumnsPresent,
+    /// Every source kind name seen, its rows and what it became (empty in bundles written
+    /// before kind mappings).
+    #[serde(default)]
+    pub kinds_seen: Vec<KindSeen>,
+    /// Rows dropped on purpose by the kind mapping (ignored or skipped kinds).
+    #[serde(default)]
+    pub kind_rows_dropped: u64,
+    /// Refunds in the training data whose order id matched no order (see the refund rules in
+    /// `features::aggregate`), as of the bundle's time.
+    #[serde(default)]
+    pub orphan_refunds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -40,7 +40,13 @@ pub use manifest::Manifest;
 pub use signature::{BundleSigner, SignatureError, SignatureFile, VerifyKeys, MANIFEST_SIG};
 
 /// Bumped whenever the on-disk layout or the meaning of a field changes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+///
+/// 2 since the per-user aggregates hold refunds (their postcard layout grew). Bundles of format
+/// 1 still load: their `state.bin` is read in the earlier layout
+/// ([`crate::features::UserAggregateV1`]).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The earliest format still loaded.
+const FORMAT_V1: u32 = 1;
 
 pub const MANIFEST: &str = "manifest.json";
 pub(crate) const MANIFEST_SUM: &str = "manifest.sha256";
@@ -146,11 +152,27 @@ impl Bundle {
                 });
             }
         }
-        let snap: Snapshot = postcard::from_bytes(&bytes).map_err(|e| BundleError::Corrupt {
+        let corrupt = |e: postcard::Error| BundleError::Corrupt {
             path: path.clone(),
             what: "state snapshot",
             message: e.to_string(),
-        })?;
+        };
+        let snap: Snapshot = if self.manifest.format_version == FORMAT_V1 {
+            #[derive(Deserialize)]
+            struct SnapshotV1 {
+                as_of: Timestamp,
+                user_ids: Vec<String>,
+                aggregates: Vec<crate::features::UserAggregateV1>,
+            }
+            let old: SnapshotV1 = postcard::from_bytes(&bytes).map_err(corrupt)?;
+            Snapshot {
+                as_of: old.as_of,
+                user_ids: old.user_ids,
+                aggregates: old.aggregates.into_iter().map(Into::into).collect(),
+            }
+        } else {
+            postcard::from_bytes(&bytes).map_err(corrupt)?
+        };
         if snap.user_ids.len() != snap.aggregates.len() {
             return Err(BundleError::Corrupt {
                 path,
@@ -421,7 +443,7 @@ impl BundleStore {
             what: "manifest",
             message: e.to_string(),
         })?;
-        if probe.format_version != FORMAT_VERSION {
+        if probe.format_version != FORMAT_VERSION && probe.format_version != FORMAT_V1 {
             return Err(BundleError::FormatVersion {
                 path: mpath,
                 found: probe.format_version,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Instant;
 use tiering::features::{format_rfc3339, parse_instant, Timestamp};
-use tiering::generate::writer::{GeneratedFormat, GeneratedWriter};
+use tiering::generate::writer::{GeneratedFormat, GeneratedWriter, Vocabulary};
 use tiering::generate::{generate, GenerateParams, Persona};
 use tiering::io::write::WriteError;
 use tracing::info;
@@ -21,6 +21,25 @@ impl From<Format> for GeneratedFormat {
         match f {
             Format::Csv => GeneratedFormat::Csv,
             Format::Parquet => GeneratedFormat::Parquet,
+        }
+    }
+}
+
+/// Kind names written to the events table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VocabularyArg {
+    /// order, view, comment, like, share, follow, gift, refund.
+    Canonical,
+    /// pay_success, enter_room, comment, thumbs_up, share, follow, send_gift, refund; writes
+    /// train.toml (the [events] mapping) next to the data.
+    Platform,
+}
+
+impl From<VocabularyArg> for Vocabulary {
+    fn from(v: VocabularyArg) -> Self {
+        match v {
+            VocabularyArg::Canonical => Vocabulary::Canonical,
+            VocabularyArg::Platform => Vocabulary::Platform,
         }
     }
 }
@@ -46,6 +65,13 @@ pub struct GenerateArgs {
     /// Default: now. Pass it for reproducible output.
     #[arg(long, value_parser = parse_end)]
     pub end: Option<Timestamp>,
+    /// Emit no refunds (by default orders are refunded at persona-dependent rates, bargain
+    /// hunters the most; orders and linked refunds carry an order_id).
+    #[arg(long)]
+    pub no_refunds: bool,
+    /// Kind names of the events table; `platform` also writes train.toml with the mapping.
+    #[arg(long, value_enum, default_value_t = VocabularyArg::Canonical)]
+    pub vocabulary: VocabularyArg,
 }
 
 /// `YYYY-MM-DD` means the end of that day (the next midnight, UTC); otherwise RFC 3339.
@@ -69,6 +95,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         days: args.days,
         seed: args.seed,
         end,
+        refunds: !args.no_refunds,
     }
     .check()
     .context("invalid generate parameters")?;
@@ -76,7 +103,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     info!(users = args.users, days = args.days, seed = args.seed, end = %end_text, format = ?args.format,
         out = %args.out.display(), "generating synthetic live-commerce data");
 
-    let mut writer = GeneratedWriter::create(&args.out, args.format.into())
+    let vocabulary = Vocabulary::from(args.vocabulary);
+    let mut writer = GeneratedWriter::create_with(&args.out, args.format.into(), vocabulary)
         .context("preparing the output files")?;
     let bar = progress_bar(args.users);
     let mut unreported = 0u64;
@@ -92,6 +120,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     .context("writing the generated tables")?;
     bar.finish_and_clear();
     let paths = writer.finish().context("finishing the generated tables")?;
+    if let Some(toml) = vocabulary.train_toml() {
+        let path = args.out.join("train.toml");
+        std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "wrote {} (the [events] mapping of the platform vocabulary): tiering train --config {}",
+            path.display(),
+            path.display()
+        );
+    }
 
     let secs = started.elapsed().as_secs_f64();
     let mix: Vec<String> = Persona::ALL
@@ -107,11 +144,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     info!(events = summary.events, orders = summary.orders, churned = summary.churned, mix = %mix.join(" "),
         events_path = %paths.events.display(), users_path = %paths.users.display(), secs, "generated");
     println!(
-        "generated {} users ({} personas), {} events ({} orders) in {:.1} s ({:.2} M events/s), history ending {} -> {}, {}",
+        "generated {} users ({} personas), {} events ({} orders, {} refunds) in {:.1} s ({:.2} M events/s), history ending {} -> {}, {}",
         summary.users,
         summary.personas(),
         summary.events,
         summary.orders,
+        summary.refunds,
         secs,
         summary.events as f64 / secs.max(1e-9) / 1e6,
         end_text,

@@ -57,6 +57,9 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
             out: data.clone(),
             format: generate::Format::Csv,
             end: None,
+            // Refunds on, so the demo's report shows net spend and the refund features.
+            no_refunds: false,
+            vocabulary: generate::VocabularyArg::Canonical,
         })
         .context("generating the demo data")?;
     } else {

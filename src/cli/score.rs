@@ -69,11 +69,18 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .map(PseudonymKey::from_file)
         .transpose()
         .context("reading --pseudonymize-key-file")?;
+    let kinds = bundle
+        .manifest
+        .kinds
+        .resolver()
+        .context("the bundle's kind mapping")?;
     let bar = spinner("reading events");
     let mut dataset = read_dataset(
         &args.data,
         &ReadOptions {
             max_bad_rows: args.max_bad_rows,
+            // The bundle's vocabulary, as in training.
+            kinds: std::sync::Arc::new(kinds),
             ..ReadOptions::default()
         },
     )

@@ -1,4 +1,5 @@
-//! Per-user aggregates: everything the features need, in ~120 bytes a user.
+//! Per-user aggregates: everything the features need, in ~230 bytes a user in memory (~120
+//! before refunds; the refund part is ~13 bytes serialised for a user with no order ids).
 //!
 //! Applying events is order-independent in every field but two, so the training sweep (events
 //! in file order) and the server (events as they arrive, possibly late) build nearly the same
@@ -14,6 +15,31 @@
 //!   arrives after a later day's order counts its day again even if that day was counted before:
 //!   out of order, `order_days` can over-count (never under-count), and is at most `orders`.
 //!
+//! - refund linking depends on arrival order: a refund links to its order only if the order was
+//!   applied before it (see "Refunds" below).
+//!
+//! # Refunds
+//!
+//! A refund (`EventKind::Refund`) is money returned. Its rules, the same in training and in the
+//! server (both call [`UserAggregate::apply`]):
+//! - it counts against spend in full: net spend ([`UserAggregate::net_spend`]) is gross order
+//!   spend minus refunds, floored at 0. A refund larger than its order still counts in full (the
+//!   money did go back); the floor keeps net spend from going negative;
+//! - it is not an order: `orders`, `order_days` and `last_order` do not move, and the churn label
+//!   ("no order in the horizon") ignores it. It is activity (first/last seen, the weekly trend);
+//! - it belongs to the time it happens: a refund after a snapshot's time is not in that
+//!   snapshot's aggregate (no look-ahead), even if its order is;
+//! - linking: a refund with an `order_id` links to the order with that id if the order is one
+//!   of the user's last [`LINKED_ORDERS`] orders with an id, at most [`REFUND_LINK_DAYS`] days
+//!   before the refund, and was applied before it. An order is *fully refunded* once its linked
+//!   refunds reach its amount (any linked refund fully refunds a zero-amount order). A refund
+//!   with an id that links to nothing is an *orphan* (`orphan_refunds`, reported); a refund
+//!   without an id is unlinked. Orphan and unlinked refunds still count against spend.
+//!
+//! The per-order memory is the fixed array `recent_orders` (so the aggregate stays `Copy` and
+//! bounded): an order with an id takes an empty slot, else one older than the window, else the
+//! oldest. Serialised, only the occupied slots are written.
+//!
 //! Features are then read off the aggregate *as of* any time at or after the last applied event,
 //! which is what lets a quiet user's recency grow without new data.
 
@@ -24,6 +50,64 @@ pub(crate) const TREND_WEEKS: usize = 8;
 /// Weeks in one trend window: the trend compares the last 4 weeks with the 4 before.
 pub(crate) const TREND_WINDOW_WEEKS: usize = TREND_WEEKS / 2;
 const WEEK: i64 = 7 * DAY;
+/// Refunds link to orders at most this many days old (the bounded per-order memory).
+pub const REFUND_LINK_DAYS: i64 = 90;
+/// Orders with an `order_id` remembered per user for linking refunds.
+pub const LINKED_ORDERS: usize = 4;
+
+/// One remembered order, for linking refunds to it. `id == 0` is an empty slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderSlot {
+    /// `hash_str(order_id)`.
+    pub id: u32,
+    /// Day index (ts / DAY) of the order, saturated into `u32`.
+    pub day: u32,
+    /// Order amount in cents (saturating).
+    pub cents: u32,
+    /// Refunded so far, in cents (saturating).
+    pub refunded_cents: u32,
+    /// The linked refunds reached the order's amount (counted in `orders_refunded` once).
+    pub full: bool,
+}
+
+fn cents(amount: f64) -> u32 {
+    // `as` saturates: negative and NaN become 0, huge values u32::MAX.
+    (amount * 100.0).round() as u32
+}
+
+fn day_u32(ts: Timestamp) -> u32 {
+    ts.div_euclid(DAY).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Serialises the remembered orders as a sequence of the occupied slots only (an empty memory
+/// is one byte).
+mod slots {
+    use super::{OrderSlot, LINKED_ORDERS};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        v: &[OrderSlot; LINKED_ORDERS],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let used: Vec<OrderSlot> = v.iter().copied().filter(|o| o.id != 0).collect();
+        used.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<[OrderSlot; LINKED_ORDERS], D::Error> {
+        let used = Vec::<OrderSlot>::deserialize(d)?;
+        if used.len() > LINKED_ORDERS {
+            return Err(serde::de::Error::invalid_length(
+                used.len(),
+                &"at most LINKED_ORDERS remembered orders",
+            ));
+        }
+        let mut out = [OrderSlot::default(); LINKED_ORDERS];
+        out[..used.len()].copy_from_slice(&used);
+        Ok(out)
+    }
+}
 
 /// Accumulated activity of one user. Sentinels instead of `Option` keep it `Copy` and compact.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,6 +143,98 @@ pub struct UserAggregate {
     /// Week index (ts / WEEK) of `weekly[0]`; `weekly[i]` counts events in week `anchor - i`.
     pub week_anchor: i64,
     pub weekly: [u16; TREND_WEEKS],
+    /// Refund events (linked, orphan or without an order id).
+    pub refunds: u32,
+    /// Money returned by refunds (sum of their amounts); net spend is `spend - refunded`.
+    pub refunded: f64,
+    /// Orders whose linked refunds reached their amount.
+    pub orders_refunded: u32,
+    /// Refunds linked to a remembered order.
+    pub linked_refunds: u32,
+    /// Refunds with an order id that matched no remembered order (reported).
+    pub orphan_refunds: u32,
+    /// The per-order memory for linking refunds (module docs).
+    #[serde(with = "slots")]
+    pub recent_orders: [OrderSlot; LINKED_ORDERS],
+}
+
+/// [`UserAggregate`]'s serialised layout before refunds (bundle format 1, Redis value format 1,
+/// embedded snapshots `TIERST01`): read so that a new binary loads what an earlier one wrote.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UserAggregateV1 {
+    pub registered_at: Timestamp,
+    pub first_seen: Timestamp,
+    pub last_order: Timestamp,
+    pub last_activity: Timestamp,
+    pub orders: u32,
+    pub order_days: u32,
+    last_order_day: i64,
+    pub spend: f64,
+    pub views: u32,
+    pub watch_seconds: u64,
+    pub comments: u32,
+    pub likes: u32,
+    pub shares: u32,
+    pub follows: u32,
+    pub gifts: u32,
+    pub room_sketch: u64,
+    pub category_sketch: u64,
+    pub week_anchor: i64,
+    pub weekly: [u16; TREND_WEEKS],
+}
+
+impl From<UserAggregateV1> for UserAggregate {
+    fn from(v: UserAggregateV1) -> Self {
+        UserAggregate {
+            registered_at: v.registered_at,
+            first_seen: v.first_seen,
+            last_order: v.last_order,
+            last_activity: v.last_activity,
+            orders: v.orders,
+            order_days: v.order_days,
+            last_order_day: v.last_order_day,
+            spend: v.spend,
+            views: v.views,
+            watch_seconds: v.watch_seconds,
+            comments: v.comments,
+            likes: v.likes,
+            shares: v.shares,
+            follows: v.follows,
+            gifts: v.gifts,
+            room_sketch: v.room_sketch,
+            category_sketch: v.category_sketch,
+            week_anchor: v.week_anchor,
+            weekly: v.weekly,
+            ..UserAggregate::default()
+        }
+    }
+}
+
+impl UserAggregateV1 {
+    /// The old layout of `a` (its refund part dropped): what an earlier binary wrote.
+    pub fn of(a: &UserAggregate) -> Self {
+        UserAggregateV1 {
+            registered_at: a.registered_at,
+            first_seen: a.first_seen,
+            last_order: a.last_order,
+            last_activity: a.last_activity,
+            orders: a.orders,
+            order_days: a.order_days,
+            last_order_day: a.last_order_day,
+            spend: a.spend,
+            views: a.views,
+            watch_seconds: a.watch_seconds,
+            comments: a.comments,
+            likes: a.likes,
+            shares: a.shares,
+            follows: a.follows,
+            gifts: a.gifts,
+            room_sketch: a.room_sketch,
+            category_sketch: a.category_sketch,
+            week_anchor: a.week_anchor,
+            weekly: a.weekly,
+        }
+    }
 }
 
 impl Default for UserAggregate {
@@ -83,6 +259,12 @@ impl Default for UserAggregate {
             category_sketch: 0,
             week_anchor: i64::MIN,
             weekly: [0; TREND_WEEKS],
+            refunds: 0,
+            refunded: 0.0,
+            orders_refunded: 0,
+            linked_refunds: 0,
+            orphan_refunds: 0,
+            recent_orders: [OrderSlot::default(); LINKED_ORDERS],
         }
     }
 }
@@ -143,6 +325,7 @@ impl UserAggregate {
             EventKind::Order => {
                 self.orders = self.orders.saturating_add(1);
                 self.spend += e.amount;
+                self.remember_order(e);
                 if e.ts > self.last_order {
                     self.last_order = e.ts;
                 }
@@ -168,6 +351,7 @@ impl UserAggregate {
             EventKind::Share => self.shares = self.shares.saturating_add(1),
             EventKind::Follow => self.follows = self.follows.saturating_add(1),
             EventKind::Gift => self.gifts = self.gifts.saturating_add(1),
+            EventKind::Refund => self.apply_refund(e),
         }
         if e.room != 0 {
             self.room_sketch |= sketch_bit(e.room);
@@ -176,6 +360,79 @@ impl UserAggregate {
             self.category_sketch |= sketch_bit(e.category);
         }
         self.count_week(e.ts.div_euclid(WEEK));
+    }
+
+    /// Net spend: order spend minus refunds, floored at 0 (the monetary features and RFM).
+    pub fn net_spend(&self) -> f64 {
+        (self.spend - self.refunded).max(0.0)
+    }
+
+    /// Share of spend returned, in [0, 1]: refunds over order spend (1 when money was returned
+    /// with no spend on record, e.g. refunds of orders before the data starts).
+    pub fn refund_share(&self) -> f64 {
+        if self.refunded <= 0.0 {
+            0.0
+        } else if self.spend <= 0.0 {
+            1.0
+        } else {
+            (self.refunded / self.spend).min(1.0)
+        }
+    }
+
+    /// A buyer for the rule-based views (`non_buyer`, `new`): at least one order, and not every
+    /// order refunded: not all of them fully refunded through links, and net spend above 0 when
+    /// there was spend.
+    pub fn is_buyer(&self) -> bool {
+        self.orders > self.orders_refunded && !(self.spend > 0.0 && self.net_spend() <= 0.0)
+    }
+
+    fn remember_order(&mut self, e: &Event) {
+        if e.order == 0 {
+            return;
+        }
+        let day = day_u32(e.ts);
+        if let Some(slot) = self.recent_orders.iter_mut().find(|o| o.id == e.order) {
+            // The same order id again (an order written in lines): one order to link to.
+            slot.cents = slot.cents.saturating_add(cents(e.amount));
+            slot.day = slot.day.max(day);
+            return;
+        }
+        let stale = |o: &OrderSlot| i64::from(day) - i64::from(o.day) > REFUND_LINK_DAYS;
+        let at = self
+            .recent_orders
+            .iter()
+            .position(|o| o.id == 0 || stale(o))
+            .or_else(|| (0..LINKED_ORDERS).min_by_key(|&i| self.recent_orders[i].day))
+            .unwrap_or(0);
+        self.recent_orders[at] = OrderSlot {
+            id: e.order,
+            day,
+            cents: cents(e.amount),
+            refunded_cents: 0,
+            full: false,
+        };
+    }
+
+    fn apply_refund(&mut self, e: &Event) {
+        self.refunds = self.refunds.saturating_add(1);
+        self.refunded += e.amount;
+        if e.order == 0 {
+            return;
+        }
+        let day = i64::from(day_u32(e.ts));
+        let slot = self.recent_orders.iter_mut().find(|o| {
+            o.id == e.order && (0..=REFUND_LINK_DAYS).contains(&(day - i64::from(o.day)))
+        });
+        let Some(slot) = slot else {
+            self.orphan_refunds = self.orphan_refunds.saturating_add(1);
+            return;
+        };
+        self.linked_refunds = self.linked_refunds.saturating_add(1);
+        slot.refunded_cents = slot.refunded_cents.saturating_add(cents(e.amount));
+        if !slot.full && slot.refunded_cents >= slot.cents {
+            slot.full = true;
+            self.orders_refunded = self.orders_refunded.saturating_add(1);
+        }
     }
 
     fn count_week(&mut self, week: i64) {
@@ -237,6 +494,7 @@ mod tests {
             watch_seconds: 60,
             room: 7,
             category: 9,
+            order: 0,
         }
     }
 
@@ -312,5 +570,147 @@ mod tests {
         a.apply(&ev(t0 + 200, EventKind::Order, 10.0));
         assert_eq!(a.orders, 4);
         assert_eq!(a.order_days, 3);
+    }
+
+    fn money(ts: Timestamp, kind: EventKind, amount: f64, order: u32) -> Event {
+        Event {
+            order,
+            ..ev(ts, kind, amount)
+        }
+    }
+
+    #[test]
+    fn a_refund_lowers_monetary_value_by_its_amount_and_is_not_an_order() {
+        use crate::features::Feature;
+        let t0 = 1_700_006_400;
+        let mut a = UserAggregate::default();
+        a.apply(&money(t0, EventKind::Order, 100.0, 1));
+        a.apply(&money(t0 + DAY, EventKind::Order, 60.0, 2));
+        let before = Feature::MonetaryTotal.value(&a, t0 + 10 * DAY);
+        a.apply(&money(t0 + 2 * DAY, EventKind::Refund, 25.0, 1));
+        let t = t0 + 10 * DAY;
+        assert!((before - Feature::MonetaryTotal.value(&a, t) - 25.0).abs() < 1e-9);
+        assert_eq!(Feature::Frequency.value(&a, t), 2.0);
+        assert_eq!(a.last_order, t0 + DAY, "a refund is not an order");
+        assert!((Feature::MonetaryAvg.value(&a, t) - 135.0 / 2.0).abs() < 1e-9);
+        assert!((Feature::RefundShare.value(&a, t) - 25.0 / 160.0).abs() < 1e-9);
+        assert_eq!(Feature::OrdersRefunded.value(&a, t), 0.0);
+        a.apply(&money(t0 + 3 * DAY, EventKind::Refund, 75.0, 1));
+        assert_eq!(Feature::OrdersRefunded.value(&a, t), 1.0);
+        assert_eq!((a.linked_refunds, a.orphan_refunds), (2, 0));
+    }
+
+    #[test]
+    fn a_refund_larger_than_its_order_counts_in_full_and_net_spend_stops_at_zero() {
+        let t0 = 1_700_006_400;
+        let mut a = UserAggregate::default();
+        a.apply(&money(t0, EventKind::Order, 40.0, 9));
+        a.apply(&money(t0 + DAY, EventKind::Refund, 55.0, 9));
+        assert_eq!(a.refunded, 55.0);
+        assert_eq!(a.net_spend(), 0.0);
+        assert_eq!(a.refund_share(), 1.0);
+        assert_eq!(a.orders_refunded, 1);
+    }
+
+    #[test]
+    fn a_refund_after_the_snapshot_does_not_change_the_snapshots_features() {
+        use crate::features::{build_aggregates, EventTable, FeatureSet};
+        let t0 = 1_700_006_400;
+        let mut table = EventTable::default();
+        let u = table.intern("u");
+        table.push(u, money(t0, EventKind::Order, 80.0, 3));
+        table.push(u, money(t0 + DAY, EventKind::View, 0.0, 0));
+        let snap = t0 + 5 * DAY;
+        let fs = FeatureSet::all();
+        let features = |table: &EventTable| {
+            let aggs = build_aggregates(table, &[snap]);
+            let mut out = vec![0.0; fs.len()];
+            fs.raw_into(&aggs[0][0], snap, &mut out);
+            out
+        };
+        let without = features(&table);
+        table.push(u, money(snap, EventKind::Refund, 80.0, 3));
+        table.push(u, money(snap + DAY, EventKind::Refund, 10.0, 0));
+        assert_eq!(features(&table), without);
+        let later = build_aggregates(&table, &[snap + 2 * DAY]);
+        assert_eq!(
+            later[0][0].net_spend(),
+            0.0,
+            "they count in the window they happen in"
+        );
+    }
+
+    #[test]
+    fn an_orphan_refund_is_counted_and_still_lowers_spend() {
+        let t0 = 1_700_006_400;
+        let mut a = UserAggregate::default();
+        a.apply(&money(t0, EventKind::Order, 50.0, 1));
+        // An id no order had, a refund before its order arrived, one past the window.
+        a.apply(&money(t0 + DAY, EventKind::Refund, 5.0, 99));
+        a.apply(&money(t0 + DAY, EventKind::Refund, 5.0, 7));
+        a.apply(&money(t0 + 2 * DAY, EventKind::Order, 30.0, 7));
+        a.apply(&money(
+            t0 + (REFUND_LINK_DAYS + 1) * DAY,
+            EventKind::Refund,
+            5.0,
+            1,
+        ));
+        // No id: unlinked, not an orphan.
+        a.apply(&money(t0 + 3 * DAY, EventKind::Refund, 5.0, 0));
+        assert_eq!((a.refunds, a.orphan_refunds, a.linked_refunds), (4, 3, 0));
+        assert!((a.net_spend() - 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_user_whose_every_order_was_refunded_is_not_a_buyer() {
+        let t0 = 1_700_006_400;
+        let mut a = UserAggregate::default();
+        a.apply(&money(t0, EventKind::Order, 20.0, 1));
+        a.apply(&money(t0 + DAY, EventKind::Order, 30.0, 2));
+        assert!(a.is_buyer());
+        a.apply(&money(t0 + 2 * DAY, EventKind::Refund, 20.0, 1));
+        assert!(a.is_buyer());
+        a.apply(&money(t0 + 2 * DAY, EventKind::Refund, 30.0, 2));
+        assert!(!a.is_buyer());
+        // Without order ids: everything refunded shows as net spend 0.
+        let mut b = UserAggregate::default();
+        b.apply(&money(t0, EventKind::Order, 20.0, 0));
+        b.apply(&money(t0 + DAY, EventKind::Refund, 20.0, 0));
+        assert!(!b.is_buyer());
+        // A zero-amount order is still a buyer's.
+        let mut c = UserAggregate::default();
+        c.apply(&money(t0, EventKind::Order, 0.0, 0));
+        assert!(c.is_buyer());
+    }
+
+    /// The per-order memory is bounded: the oldest order gives way, and refunds of forgotten
+    /// orders are orphans. Also measures the serialised cost (README figure).
+    #[test]
+    fn the_order_memory_keeps_the_latest_orders_and_serialises_only_occupied_slots() {
+        let t0 = 1_700_006_400;
+        let mut a = UserAggregate::default();
+        let empty = postcard::to_stdvec(&a).unwrap().len();
+        let v1 = postcard::to_stdvec(&UserAggregateV1::of(&a)).unwrap().len();
+        assert_eq!(empty - v1, 13, "refund counters of a user without refunds");
+        for i in 0..(LINKED_ORDERS as u32 + 2) {
+            a.apply(&money(
+                t0 + i64::from(i) * DAY,
+                EventKind::Order,
+                10.0,
+                100 + i,
+            ));
+        }
+        assert!(a.recent_orders.iter().all(|o| o.id >= 102));
+        a.apply(&money(t0 + 10 * DAY, EventKind::Refund, 10.0, 100));
+        a.apply(&money(t0 + 10 * DAY, EventKind::Refund, 10.0, 105));
+        assert_eq!((a.orphan_refunds, a.orders_refunded), (1, 1));
+        let full = postcard::to_stdvec(&a).unwrap();
+        let back: UserAggregate = postcard::from_bytes(&full).unwrap();
+        assert_eq!(back, a);
+        assert!(
+            full.len() - v1 <= 13 + 1 + LINKED_ORDERS * 16,
+            "{}",
+            full.len()
+        );
     }
 }

@@ -29,6 +29,8 @@ pub const DAY: i64 = 86_400;
 ///   order (recency, frequency), with no spend. In the API a missing amount reads as 0 (proto3
 ///   cannot tell them apart) and means the same; in a file an order still needs an amount
 ///   written, `0` included.
+/// - A refund (`refund`) needs an amount too (money returned, ≥ 0) and may carry the `order_id`
+///   of the order it returns; how refunds count is documented in [`super::aggregate`].
 pub const DEFAULT_EARLIEST_EVENT: Timestamp = 946_684_800;
 
 /// What happened. Unknown kinds are rejected at the edge (a typo must not silently become a
@@ -45,10 +47,14 @@ pub enum EventKind {
     Share,
     Follow,
     Gift,
+    /// Money returned: a refund or a return, with its amount and optionally the `order_id` of
+    /// the order it returns (see [`super::aggregate`] for how refunds count). Last, so that the
+    /// serialised indices of the other kinds stay what they were.
+    Refund,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Order,
         EventKind::View,
         EventKind::Comment,
@@ -56,6 +62,7 @@ impl EventKind {
         EventKind::Share,
         EventKind::Follow,
         EventKind::Gift,
+        EventKind::Refund,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +74,7 @@ impl EventKind {
             EventKind::Share => "share",
             EventKind::Follow => "follow",
             EventKind::Gift => "gift",
+            EventKind::Refund => "refund",
         }
     }
 }
@@ -80,7 +88,7 @@ impl fmt::Display for EventKind {
 /// The text was not one of the contract's kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown event kind {0:?} (expected one of order, view, comment, like, share, follow, gift)"
+    "unknown event kind {0:?} (expected one of order, view, comment, like, share, follow, gift, refund)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -100,7 +108,7 @@ impl FromStr for EventKind {
 pub struct Event {
     pub ts: Timestamp,
     pub kind: EventKind,
-    /// Order value; 0 for other kinds.
+    /// Order value, or money returned for a refund; 0 for other kinds.
     pub amount: f64,
     /// Time spent in a live room (views); 0 when unknown.
     pub watch_seconds: u32,
@@ -108,6 +116,8 @@ pub struct Event {
     pub room: u32,
     /// `hash_str(category)`, 0 when absent.
     pub category: u32,
+    /// `hash_str(order_id)` of an order or refund, 0 when absent: links a refund to its order.
+    pub order: u32,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`snapshot`] — sweeps that build aggregates from events strictly before a time, and labels.
 //! - [`scaler`] — standard scaling fitted on training rows.
 //! - [`segments`] — RFM segments and lifecycle stages (rule-based views).
+//! - [`vocabulary`] — kind mappings from a platform's event names to the contract's kinds.
 
 pub mod aggregate;
 pub mod event;
@@ -20,8 +21,9 @@ pub mod snapshot;
 pub mod table;
 pub mod time;
 pub mod vector;
+pub mod vocabulary;
 
-pub use aggregate::UserAggregate;
+pub use aggregate::{UserAggregate, UserAggregateV1};
 pub use event::{Event, EventKind, Timestamp, DAY, DEFAULT_EARLIEST_EVENT};
 pub use hash::{fnv1a64, hash_str};
 pub use scaler::StandardScaler;
@@ -30,3 +32,4 @@ pub use snapshot::{active_in_window, build_aggregates, known_at, ChurnDefinition
 pub use table::{ColumnsPresent, EventTable};
 pub use time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
 pub use vector::{Feature, FeatureSet, Transform};
+pub use vocabulary::{KindFate, KindMapping, KindSeen, KindTally, UnknownKinds};

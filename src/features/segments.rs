@@ -79,13 +79,17 @@ impl RfmSegment {
         RfmSegment::NonBuyer,
     ];
 
+    /// `spend` is net spend (refunds deducted); `buyer` is
+    /// [`super::UserAggregate::is_buyer`]: a user without orders, or whose every order was
+    /// refunded, is a non-buyer.
     pub(crate) fn classify(
         recency_days: f64,
         orders: f64,
         spend: f64,
+        buyer: bool,
         th: &RfmThresholds,
     ) -> RfmSegment {
-        if orders <= 0.0 {
+        if orders <= 0.0 || !buyer {
             return RfmSegment::NonBuyer;
         }
         let r = recency_days <= th.recency_days;
@@ -242,27 +246,27 @@ mod tests {
             monetary: 100.0,
         };
         assert_eq!(
-            RfmSegment::classify(2.0, 5.0, 500.0, &th),
+            RfmSegment::classify(2.0, 5.0, 500.0, true, &th),
             RfmSegment::ImportantValue
         );
         assert_eq!(
-            RfmSegment::classify(2.0, 1.0, 500.0, &th),
+            RfmSegment::classify(2.0, 1.0, 500.0, true, &th),
             RfmSegment::ImportantDevelop
         );
         assert_eq!(
-            RfmSegment::classify(50.0, 5.0, 500.0, &th),
+            RfmSegment::classify(50.0, 5.0, 500.0, true, &th),
             RfmSegment::ImportantKeep
         );
         assert_eq!(
-            RfmSegment::classify(50.0, 1.0, 500.0, &th),
+            RfmSegment::classify(50.0, 1.0, 500.0, true, &th),
             RfmSegment::ImportantRetain
         );
         assert_eq!(
-            RfmSegment::classify(50.0, 1.0, 50.0, &th),
+            RfmSegment::classify(50.0, 1.0, 50.0, true, &th),
             RfmSegment::GeneralRetain
         );
         assert_eq!(
-            RfmSegment::classify(5.0, 0.0, 0.0, &th),
+            RfmSegment::classify(5.0, 0.0, 0.0, true, &th),
             RfmSegment::NonBuyer
         );
     }

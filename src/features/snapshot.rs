@@ -109,6 +109,7 @@ mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         };
         t.push(a, e(10 * DAY, EventKind::Order));
         t.push(a, e(20 * DAY, EventKind::View));

@@ -4,6 +4,7 @@
 //! sweep over 50M events touches ~29 bytes each and nothing else.
 
 use super::event::{Event, EventKind, Timestamp};
+use super::vocabulary::KindTally;
 use std::collections::HashMap;
 
 /// Which optional parts of the data contract the input actually carried. Features the data cannot
@@ -13,6 +14,9 @@ pub struct ColumnsPresent {
     pub watch_seconds: bool,
     pub room_id: bool,
     pub category: bool,
+    /// An `order_id` column (links refunds to orders).
+    #[serde(default)]
+    pub order_id: bool,
     /// A users table with `registered_at` was given.
     pub users_table: bool,
 }
@@ -34,6 +38,11 @@ pub struct EventTable {
     pub watch_seconds: Vec<u32>,
     pub room: Vec<u32>,
     pub category: Vec<u32>,
+    /// `hash_str(order_id)`, 0 when absent.
+    pub order: Vec<u32>,
+    /// Rows per source kind name, as the readers resolved them (the report and the manifest
+    /// list them).
+    pub kind_tally: KindTally,
     pub columns: ColumnsPresent,
 }
 
@@ -53,6 +62,7 @@ impl EventTable {
         self.watch_seconds.reserve(events);
         self.room.reserve(events);
         self.category.reserve(events);
+        self.order.reserve(events);
     }
 
     /// Empties the table (users and events), keeping its allocations. Every field is named, so
@@ -69,6 +79,8 @@ impl EventTable {
             watch_seconds,
             room,
             category,
+            order,
+            kind_tally,
             columns,
         } = self;
         user_ids.clear();
@@ -81,6 +93,8 @@ impl EventTable {
         watch_seconds.clear();
         room.clear();
         category.clear();
+        order.clear();
+        *kind_tally = KindTally::default();
         *columns = ColumnsPresent::default();
     }
 
@@ -99,8 +113,12 @@ impl EventTable {
             watch_seconds,
             room,
             category,
+            order,
+            kind_tally,
             columns: _,
         } = other;
+        self.order.extend_from_slice(order);
+        self.kind_tally.merge(kind_tally);
         self.ts.extend_from_slice(ts);
         self.kind.extend_from_slice(kind);
         self.amount.extend_from_slice(amount);
@@ -129,6 +147,7 @@ impl EventTable {
         self.watch_seconds.push(e.watch_seconds);
         self.room.push(e.room);
         self.category.push(e.category);
+        self.order.push(e.order);
     }
 
     pub fn len(&self) -> usize {
@@ -151,6 +170,7 @@ impl EventTable {
             watch_seconds: self.watch_seconds[i],
             room: self.room[i],
             category: self.category[i],
+            order: self.order[i],
         }
     }
 

@@ -17,9 +17,9 @@ pub enum Feature {
     RecencyDays,
     /// Number of orders.
     Frequency,
-    /// Total spend.
+    /// Net spend: orders minus refunds, floored at 0.
     MonetaryTotal,
-    /// Average order value (0 without orders).
+    /// Average net order value: net spend over orders (0 without orders).
     MonetaryAvg,
     /// Days since registration (or first event).
     TenureDays,
@@ -38,6 +38,10 @@ pub enum Feature {
     Categories,
     /// ln((events in the last 4 weeks + 1) / (events in the 4 weeks before + 1)).
     Trend,
+    /// Money returned over order spend, in [0, 1] (needs refund events).
+    RefundShare,
+    /// Orders fully refunded through linked refunds (needs refund events).
+    OrdersRefunded,
 }
 
 /// How a feature is transformed before scaling.
@@ -68,7 +72,7 @@ impl Transform {
 }
 
 impl Feature {
-    pub const ALL: [Feature; 14] = [
+    pub const ALL: [Feature; 16] = [
         Feature::RecencyDays,
         Feature::Frequency,
         Feature::MonetaryTotal,
@@ -83,6 +87,8 @@ impl Feature {
         Feature::Rooms,
         Feature::Categories,
         Feature::Trend,
+        Feature::RefundShare,
+        Feature::OrdersRefunded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +107,8 @@ impl Feature {
             Feature::Rooms => "rooms",
             Feature::Categories => "categories",
             Feature::Trend => "trend",
+            Feature::RefundShare => "refund_share",
+            Feature::OrdersRefunded => "orders_refunded",
         }
     }
 
@@ -110,7 +118,7 @@ impl Feature {
 
     pub fn transform(self) -> Transform {
         match self {
-            Feature::Trend => Transform::Identity,
+            Feature::Trend | Feature::RefundShare => Transform::Identity,
             _ => Transform::Log1p,
         }
     }
@@ -135,12 +143,12 @@ impl Feature {
                 }
             }
             Feature::Frequency => f64::from(a.orders),
-            Feature::MonetaryTotal => a.spend,
+            Feature::MonetaryTotal => a.net_spend(),
             Feature::MonetaryAvg => {
                 if a.orders == 0 {
                     0.0
                 } else {
-                    a.spend / f64::from(a.orders)
+                    a.net_spend() / f64::from(a.orders)
                 }
             }
             Feature::TenureDays => tenure,
@@ -162,6 +170,8 @@ impl Feature {
                 let (recent, prior) = a.trend_windows(t);
                 (f64::from(recent) + 1.0).ln() - (f64::from(prior) + 1.0).ln()
             }
+            Feature::RefundShare => a.refund_share(),
+            Feature::OrdersRefunded => f64::from(a.orders_refunded),
         }
     }
 }
@@ -182,8 +192,8 @@ impl FeatureSet {
     /// The features the data can support, and the ones left out (with the reason).
     ///
     /// Behaviour counts need events of their kind; watch time needs the `watch_seconds` column;
-    /// rooms and categories need their columns. A plain transaction log keeps the RFM, tenure,
-    /// activity and trend features.
+    /// rooms and categories need their columns; the refund features need refund events. A plain
+    /// transaction log keeps the RFM, tenure, activity and trend features.
     pub(crate) fn supported_by(
         columns: ColumnsPresent,
         kinds_present: &[bool; EventKind::ALL.len()],
@@ -202,6 +212,9 @@ impl FeatureSet {
                 Feature::Shares if !has(EventKind::Share) => Some("no share events"),
                 Feature::Rooms if !columns.room_id => Some("no room_id column"),
                 Feature::Categories if !columns.category => Some("no category column"),
+                Feature::RefundShare | Feature::OrdersRefunded if !has(EventKind::Refund) => {
+                    Some("no refund events")
+                }
                 _ => None,
             };
             match missing {
@@ -261,6 +274,7 @@ mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         });
         let r1 = Feature::RecencyDays.value(&a, t0 + DAY);
         let r10 = Feature::RecencyDays.value(&a, t0 + 10 * DAY);
@@ -284,7 +298,7 @@ mod tests {
                 Feature::Trend
             ]
         );
-        assert_eq!(left_out.len(), 7);
+        assert_eq!(left_out.len(), 9);
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub struct GenerateParams {
     pub seed: u64,
     /// Exclusive end of the history.
     pub end: Timestamp,
+    /// Emit refunds of orders at the persona's rate ([`persona::refund_rate`]). Off in
+    /// [`GenerateParams::new`] so data sets pinned by tests stay as they were; `tiering generate`
+    /// and the quickstart turn it on. Refunds draw from their own RNG stream: with or without
+    /// them, every other event is the same.
+    pub refunds: bool,
 }
 
 impl GenerateParams {
@@ -102,7 +107,13 @@ impl GenerateParams {
             days: 180,
             seed: 42,
             end,
+            refunds: false,
         }
+    }
+
+    pub fn refunds(mut self, refunds: bool) -> Self {
+        self.refunds = refunds;
+        self
     }
 
     pub fn users(mut self, users: u64) -> Self {
@@ -177,6 +188,10 @@ impl ValidParams {
     pub fn start(&self) -> Timestamp {
         self.start
     }
+    /// Whether refunds are generated.
+    pub fn refunds(&self) -> bool {
+        self.inner.refunds
+    }
 }
 
 /// One generated user (a row of the users table, plus ground truth for tests).
@@ -202,18 +217,26 @@ pub fn user_id(index: u64) -> String {
     format!("u{:07}", index + 1)
 }
 
+/// The id of order number `n` (1-based) of the user `user_id`: `u0000001-o0003`.
+pub fn order_id(user_id: &str, n: u32) -> String {
+    format!("{user_id}-o{n:04}")
+}
+
 /// The id of a room: `room_0042`.
 pub fn room_id(room: u32) -> String {
     format!("room_{room:04}")
 }
 
-/// One generated event. Compact (24 bytes) because a user's events are buffered.
+/// One generated event. Compact (32 bytes) because a user's events are buffered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GeneratedEvent {
     pub ts: Timestamp,
     pub kind: EventKind,
-    /// Order value in cents (> 0) for orders, 0 otherwise.
+    /// Order value in cents (> 0) for orders, money returned (> 0) for refunds, 0 otherwise.
     pub amount_cents: u32,
+    /// The user's order number (1, 2, ...) for orders, and for refunds linked to an order; 0 for
+    /// other events and unlinked refunds. Written as `order_id` [`order_id`]`(user, n)`.
+    pub order: u32,
     /// Seconds watched (> 0) for views, 0 otherwise.
     pub watch_seconds: u32,
     /// Room index, see [`room_id`].
@@ -223,9 +246,19 @@ pub struct GeneratedEvent {
 }
 
 impl GeneratedEvent {
-    /// Order value, for orders only.
+    /// Order value for orders, money returned for refunds.
     pub fn amount(&self) -> Option<f64> {
-        (self.kind == EventKind::Order).then(|| f64::from(self.amount_cents) / 100.0)
+        matches!(self.kind, EventKind::Order | EventKind::Refund)
+            .then(|| f64::from(self.amount_cents) / 100.0)
+    }
+
+    /// The `order_id` hash the readers compute for this event of `user_id`, 0 without one.
+    pub fn order_hash(&self, user_id: &str) -> u32 {
+        if self.order == 0 {
+            0
+        } else {
+            hash_str(&order_id(user_id, self.order))
+        }
     }
 
     /// Seconds watched, for views only.
@@ -246,6 +279,15 @@ impl GeneratedEvent {
             watch_seconds: self.watch().unwrap_or(0),
             room: hash_str(&room_id(self.room)),
             category: hash_str(self.category_name()),
+            order: 0,
+        }
+    }
+
+    /// [`GeneratedEvent::to_event`] with the `order_id` hash of `user_id`'s order.
+    pub fn to_event_of(&self, user_id: &str) -> Event {
+        Event {
+            order: self.order_hash(user_id),
+            ..self.to_event()
         }
     }
 }
@@ -256,6 +298,7 @@ pub struct GenerateSummary {
     pub users: u64,
     pub events: u64,
     pub orders: u64,
+    pub refunds: u64,
     /// Users per persona, indexed by [`Persona::index`].
     pub persona_users: [u64; 7],
     /// Users who stopped for good within the history.
@@ -284,10 +327,17 @@ pub fn generate<E>(
     for index in 0..params.users() {
         events.clear();
         let user = simulate(&world, params.seed(), index, &mut events);
+        if params.refunds() {
+            refunds(&world, params.seed(), index, user.persona, &mut events);
+        }
         events.sort_by_key(|e| e.ts);
         summary.users += 1;
         summary.events += events.len() as u64;
         summary.orders += events.iter().filter(|e| e.kind == EventKind::Order).count() as u64;
+        summary.refunds += events
+            .iter()
+            .filter(|e| e.kind == EventKind::Refund)
+            .count() as u64;
         summary.persona_users[user.persona.index()] += 1;
         summary.churned += u64::from(user.churned_at.is_some());
         sink(&user, &events)?;
@@ -304,7 +354,8 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
     let category_hash: Vec<u32> = CATEGORIES.iter().map(|c| hash_str(c)).collect();
     let result: Result<GenerateSummary, std::convert::Infallible> =
         generate(params, |user, events| {
-            let u = table.intern(&user.user_id());
+            let id = user.user_id();
+            let u = table.intern(&id);
             table.registered_at[u as usize] = Some(user.registered_at);
             for e in events {
                 let r = e.room as usize;
@@ -320,6 +371,7 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
                         watch_seconds: e.watch().unwrap_or(0),
                         room: room_hash[r],
                         category: category_hash[usize::from(e.category)],
+                        order: e.order_hash(&id),
                     },
                 );
             }
@@ -331,6 +383,7 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
         watch_seconds: true,
         room_id: true,
         category: true,
+        order_id: params.refunds(),
         users_table: true,
     };
     (table, users)
@@ -599,6 +652,7 @@ fn session(
         ts: ts0,
         kind: EventKind::View,
         amount_cents: 0,
+        order: 0,
         watch_seconds: 0,
         room,
         category,
@@ -645,6 +699,66 @@ fn session(
                 ..base
             });
         }
+    }
+}
+
+/// Share of refunds that carry no `order_id` (a platform that does not link them).
+pub const REFUND_UNLINKED: f64 = 0.05;
+/// Share of refunds that come late: 91 to 150 days after the order, past the 90-day link
+/// window, so they reach training as orphans (their order id no longer links).
+pub const REFUND_LATE: f64 = 0.04;
+/// Share of refunds larger than their order (1.05 to 1.25 times: shipping, compensation).
+pub const REFUND_OVER: f64 = 0.03;
+/// Share of refunds that return part of the order (20% to 90% of it); the rest return it all.
+pub const REFUND_PARTIAL: f64 = 0.2;
+
+/// Give each order of the user, with the persona's probability ([`persona::refund_rate`]), one
+/// refund: 1 to 30 days after the order (or late, see [`REFUND_LATE`]), of the same room and
+/// category. Refunds falling after the history are not emitted. Numbers the orders
+/// (`order` = 1, 2, ... in the order they were generated). Draws from its own RNG stream
+/// (`(seed ^ salt, user index)`), so the other events do not depend on whether refunds are on.
+fn refunds(world: &World, seed: u64, index: u64, persona: Persona, out: &mut Vec<GeneratedEvent>) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed ^ 0x5EF0_4D5E_ED00_0001, index));
+    let rate = persona::refund_rate(persona);
+    let mut serial = 0u32;
+    let n = out.len();
+    for i in 0..n {
+        if out[i].kind != EventKind::Order {
+            continue;
+        }
+        serial += 1;
+        out[i].order = serial;
+        let order = out[i];
+        if rng.gen::<f64>() >= rate {
+            continue;
+        }
+        let late = rng.gen::<f64>() < REFUND_LATE;
+        let delay = if late {
+            rng.gen_range(91 * DAY..150 * DAY)
+        } else {
+            rng.gen_range(DAY..30 * DAY)
+        };
+        let u: f64 = rng.gen();
+        let share = if u < REFUND_OVER {
+            rng.gen_range(1.05..1.25)
+        } else if u < REFUND_OVER + REFUND_PARTIAL {
+            rng.gen_range(0.2..0.9)
+        } else {
+            1.0
+        };
+        let linked = rng.gen::<f64>() >= REFUND_UNLINKED;
+        let ts = order.ts + delay;
+        if ts >= world.end {
+            continue;
+        }
+        out.push(GeneratedEvent {
+            ts,
+            kind: EventKind::Refund,
+            amount_cents: ((f64::from(order.amount_cents) * share).round() as u32).max(1),
+            watch_seconds: 0,
+            order: if linked { serial } else { 0 },
+            ..order
+        });
     }
 }
 

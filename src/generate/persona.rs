@@ -305,6 +305,21 @@ pub(crate) fn persona_for(u: f64) -> Persona {
     Persona::Dormant
 }
 
+/// Probability that an order of a user of this persona is refunded (one refund, see
+/// `generate::refunds`). Bargain hunters buy on impulse in sales and return the most; core fans
+/// know what they buy.
+pub fn refund_rate(p: Persona) -> f64 {
+    match p {
+        Persona::CoreFans => 0.04,
+        Persona::ActiveRegulars => 0.08,
+        Persona::PotentialNew => 0.12,
+        Persona::BargainHunters => 0.30,
+        Persona::SilentOnlookers => 0.10,
+        Persona::DriftingAway => 0.12,
+        Persona::Dormant => 0.10,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

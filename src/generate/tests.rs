@@ -63,7 +63,7 @@ fn stats(all: &[(GeneratedUser, Vec<GeneratedEvent>)]) -> Stats {
                 EventKind::Comment | EventKind::Like | EventKind::Share | EventKind::Gift => {
                     s.interactions[p] += 1
                 }
-                EventKind::Follow => {}
+                EventKind::Follow | EventKind::Refund => {}
             }
         }
         if u.registered_at < window {
@@ -411,4 +411,116 @@ fn print_world_statistics() {
             (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
         );
     }
+}
+
+fn refund_params(users: u64, seed: u64, days: u32) -> ValidParams {
+    match GenerateParams::new(END)
+        .users(users)
+        .seed(seed)
+        .days(days)
+        .refunds(true)
+        .check()
+    {
+        Ok(p) => p,
+        Err(e) => panic!("test params must be valid: {e}"),
+    }
+}
+
+#[test]
+fn refunds_come_at_each_personas_rate_and_bargain_hunters_return_the_most() {
+    for seed in [3, 17, 2026] {
+        // Orders placed more than 150 days before the end: all their refunds are in the history.
+        let p = refund_params(1500, seed, 400);
+        let cutoff = END - 150 * DAY;
+        let (mut orders, mut refunded) = ([0u64; 7], [0u64; 7]);
+        for (u, events) in collect(&p) {
+            let i = u.persona.index();
+            let early: Vec<u32> = events
+                .iter()
+                .filter(|e| e.kind == EventKind::Order && e.ts < cutoff)
+                .map(|e| e.order)
+                .collect();
+            orders[i] += early.len() as u64;
+            // Linked refunds only (unlinked ones name no order): scale back by their share.
+            refunded[i] += events
+                .iter()
+                .filter(|e| e.kind == EventKind::Refund && early.contains(&e.order))
+                .count() as u64;
+        }
+        let mut rates = [0.0; 7];
+        for persona in Persona::ALL {
+            let i = persona.index();
+            if orders[i] < 300 {
+                continue;
+            }
+            let measured = refunded[i] as f64 / orders[i] as f64 / (1.0 - REFUND_UNLINKED);
+            let want = persona::refund_rate(persona);
+            rates[i] = measured;
+            let tolerance = 0.2 * want + 3.0 * (want / orders[i] as f64).sqrt();
+            assert!(
+                (measured - want).abs() <= tolerance,
+                "seed {seed}, {persona}: {measured:.4} refunded, want {want} ± {tolerance:.4} \
+                 ({} orders)",
+                orders[i]
+            );
+        }
+        let bargain = rates[Persona::BargainHunters.index()];
+        assert!(
+            rates.iter().all(|r| *r <= bargain),
+            "seed {seed}: {rates:?}"
+        );
+    }
+}
+
+#[test]
+fn refunds_follow_their_orders_mostly_no_larger_and_a_few_unlinked() {
+    let p = refund_params(1500, 5, 180);
+    let (mut refunds, mut unlinked, mut larger, mut late) = (0u64, 0u64, 0u64, 0u64);
+    for (u, events) in collect(&p) {
+        for r in events.iter().filter(|e| e.kind == EventKind::Refund) {
+            refunds += 1;
+            assert!(r.amount_cents > 0 && r.ts < END, "{u:?} {r:?}");
+            if r.order == 0 {
+                unlinked += 1;
+                continue;
+            }
+            let order = events
+                .iter()
+                .find(|e| e.kind == EventKind::Order && e.order == r.order);
+            let Some(order) = order else {
+                panic!("refund of a missing order: {r:?}")
+            };
+            assert!(r.ts > order.ts);
+            larger += u64::from(r.amount_cents > order.amount_cents);
+            late += u64::from(r.ts - order.ts > 90 * DAY);
+        }
+    }
+    let share = |n: u64| n as f64 / refunds as f64;
+    assert!(refunds > 1000, "{refunds}");
+    assert!(
+        (0.02..0.09).contains(&share(unlinked)),
+        "{}",
+        share(unlinked)
+    );
+    assert!((0.01..0.06).contains(&share(larger)), "{}", share(larger));
+    assert!(late > 0 && share(late) < 0.05, "{late}");
+}
+
+#[test]
+fn refunds_leave_every_other_event_as_it_was() {
+    let off = collect(&params(300, 9));
+    let on = collect(&refund_params(300, 9, 180));
+    assert_eq!(off.len(), on.len());
+    for ((u0, e0), (u1, e1)) in off.iter().zip(&on) {
+        assert_eq!(u0, u1);
+        let kept: Vec<GeneratedEvent> = e1
+            .iter()
+            .filter(|e| e.kind != EventKind::Refund)
+            .map(|e| GeneratedEvent { order: 0, ..*e })
+            .collect();
+        assert_eq!(e0, &kept);
+    }
+    assert!(on
+        .iter()
+        .any(|(_, e)| e.iter().any(|e| e.kind == EventKind::Refund)));
 }

@@ -9,7 +9,7 @@
 //! fails leaves no half-written file under a final name (a failed or dropped writer also removes
 //! its temporaries). Failures are the table writers' [`WriteError`], naming the file.
 
-use super::{civil_from_days, GeneratedEvent, GeneratedUser, CATEGORIES};
+use super::{civil_from_days, order_id, GeneratedEvent, GeneratedUser, CATEGORIES};
 use crate::features::{EventKind, Timestamp, DAY};
 use crate::io::atomic::AtomicFile;
 use crate::io::write::{WriteCause, WriteError};
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Column names of the events table (the data contract's order).
-pub(crate) const EVENT_COLUMNS: [&str; 7] = [
+pub(crate) const EVENT_COLUMNS: [&str; 8] = [
     "user_id",
     "ts",
     "kind",
@@ -32,7 +32,62 @@ pub(crate) const EVENT_COLUMNS: [&str; 7] = [
     "watch_seconds",
     "room_id",
     "category",
+    "order_id",
 ];
+
+/// The kind names written to the events table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Vocabulary {
+    /// The canonical names (`order`, `view`, `like`, ..., `refund`).
+    #[default]
+    Canonical,
+    /// Platform-style names ([`Vocabulary::PLATFORM`]) that training maps back with the
+    /// `[events]` table of [`Vocabulary::train_toml`].
+    Platform,
+}
+
+impl Vocabulary {
+    /// Canonical kind and the platform-style name written for it.
+    pub const PLATFORM: [(EventKind, &'static str); 8] = [
+        (EventKind::Order, "pay_success"),
+        (EventKind::View, "enter_room"),
+        (EventKind::Comment, "comment"),
+        (EventKind::Like, "thumbs_up"),
+        (EventKind::Share, "share"),
+        (EventKind::Follow, "follow"),
+        (EventKind::Gift, "send_gift"),
+        (EventKind::Refund, "refund"),
+    ];
+
+    /// The name written for `kind`.
+    pub fn name(self, kind: EventKind) -> &'static str {
+        match self {
+            Vocabulary::Canonical => kind.as_str(),
+            Vocabulary::Platform => Self::PLATFORM
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(kind.as_str(), |(_, n)| n),
+        }
+    }
+
+    /// A training configuration whose `[events]` table maps this vocabulary to the canonical
+    /// kinds (`tiering generate` writes it as `train.toml` next to the data); `None` for the
+    /// canonical vocabulary, which needs no mapping.
+    pub fn train_toml(self) -> Option<String> {
+        if self == Vocabulary::Canonical {
+            return None;
+        }
+        let mut s = String::from(
+            "# Written by `tiering generate --vocabulary platform`: maps the platform-style kind\n\
+             # names of events.* to the canonical kinds. Use it with `tiering train --config`.\n\
+             [events]\nunknown_kinds = \"error\"\n\n[events.kinds]\n",
+        );
+        for (kind, name) in Self::PLATFORM {
+            s.push_str(&format!("{name} = \"{}\"\n", kind.as_str()));
+        }
+        Some(s)
+    }
+}
 
 /// Column names of the users table. `persona` is ground truth, ignored by the readers.
 pub(crate) const USER_COLUMNS: [&str; 3] = ["user_id", "registered_at", "persona"];
@@ -212,15 +267,17 @@ fn csv_writer<W: Write>(inner: W) -> csv::Writer<W> {
 pub(crate) struct EventsCsvWriter<W: Write> {
     wtr: csv::Writer<W>,
     f: RowFields,
+    vocabulary: Vocabulary,
 }
 
 impl<W: Write> EventsCsvWriter<W> {
-    pub fn new(inner: W) -> Result<Self, WriteCause> {
+    pub fn new(inner: W, vocabulary: Vocabulary) -> Result<Self, WriteCause> {
         let mut wtr = csv_writer(inner);
         wtr.write_record(EVENT_COLUMNS)?;
         Ok(EventsCsvWriter {
             wtr,
             f: RowFields::new(),
+            vocabulary,
         })
     }
 
@@ -233,7 +290,7 @@ impl<W: Write> EventsCsvWriter<W> {
         let f = &mut self.f;
         f.set_user(user);
         for e in events {
-            let amount: &[u8] = if e.kind == EventKind::Order {
+            let amount: &[u8] = if matches!(e.kind, EventKind::Order | EventKind::Refund) {
                 f.amount.set_cents(e.amount_cents).as_bytes()
             } else {
                 b""
@@ -244,14 +301,20 @@ impl<W: Write> EventsCsvWriter<W> {
                 b""
             };
             f.room.set_id(b"room_", u64::from(e.room), 4);
+            let order = if e.order == 0 {
+                String::new()
+            } else {
+                order_id(f.user.as_str(), e.order)
+            };
             self.wtr.write_record([
                 f.user.as_bytes(),
                 f.ts.format_bytes(e.ts),
-                e.kind.as_str().as_bytes(),
+                self.vocabulary.name(e.kind).as_bytes(),
                 amount,
                 watch,
                 f.room.as_bytes(),
                 CATEGORIES[usize::from(e.category)].as_bytes(),
+                order.as_bytes(),
             ])?;
         }
         Ok(())
@@ -319,6 +382,7 @@ pub(crate) fn events_schema() -> SchemaRef {
         Field::new("watch_seconds", DataType::Int64, true),
         Field::new("room_id", DataType::Utf8, true),
         Field::new("category", DataType::Utf8, true),
+        Field::new("order_id", DataType::Utf8, true),
     ]))
 }
 
@@ -381,11 +445,13 @@ pub(crate) struct EventsParquetWriter<W: Write + Send> {
     watch: Int64Builder,
     room: StringBuilder,
     category: StringBuilder,
+    order: StringBuilder,
     f: RowFields,
+    vocabulary: Vocabulary,
 }
 
 impl<W: Write + Send> EventsParquetWriter<W> {
-    pub fn new(inner: W) -> Result<Self, WriteCause> {
+    pub fn new(inner: W, vocabulary: Vocabulary) -> Result<Self, WriteCause> {
         Ok(EventsParquetWriter {
             batches: Batches::new(inner, events_schema())?,
             user_id: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8),
@@ -395,7 +461,9 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             watch: Int64Builder::with_capacity(BATCH_ROWS),
             room: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 9),
             category: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 6),
+            order: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS),
             f: RowFields::new(),
+            vocabulary,
         })
     }
 
@@ -409,12 +477,17 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             let f = &mut self.f;
             self.user_id.append_value(f.user.as_str());
             self.ts.append_value(f.ts.format(e.ts));
-            self.kind.append_value(e.kind.as_str());
+            self.kind.append_value(self.vocabulary.name(e.kind));
             self.amount.append_option(e.amount());
             self.watch.append_option(e.watch().map(i64::from));
             self.room
                 .append_value(f.room.set_id(b"room_", u64::from(e.room), 4).as_str());
             self.category.append_value(e.category_name());
+            if e.order == 0 {
+                self.order.append_null();
+            } else {
+                self.order.append_value(order_id(f.user.as_str(), e.order));
+            }
             if self.batches.added() {
                 self.flush_batch()?;
             }
@@ -434,6 +507,7 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             Arc::new(self.watch.finish()),
             Arc::new(self.room.finish()),
             Arc::new(self.category.finish()),
+            Arc::new(self.order.finish()),
         ])
     }
 
@@ -529,6 +603,15 @@ fn unbuffer(w: io::BufWriter<AtomicFile>) -> Result<AtomicFile, WriteCause> {
 
 impl GeneratedWriter {
     pub fn create(dir: &Path, format: GeneratedFormat) -> Result<Self, WriteError> {
+        Self::create_with(dir, format, Vocabulary::Canonical)
+    }
+
+    /// [`GeneratedWriter::create`] writing the kinds in `vocabulary`.
+    pub fn create_with(
+        dir: &Path,
+        format: GeneratedFormat,
+        vocabulary: Vocabulary,
+    ) -> Result<Self, WriteError> {
         std::fs::create_dir_all(dir).map_err(|source| WriteError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -548,13 +631,16 @@ impl GeneratedWriter {
         );
         let tables = match format {
             GeneratedFormat::Csv => Tables::Csv {
-                events: Box::new(EventsCsvWriter::new(ef).map_err(on_events)?),
+                events: Box::new(EventsCsvWriter::new(ef, vocabulary).map_err(on_events)?),
                 users: Box::new(UsersCsvWriter::new(uf).map_err(on_users)?),
             },
             GeneratedFormat::Parquet => Tables::Parquet {
                 events: Box::new(
-                    EventsParquetWriter::new(io::BufWriter::with_capacity(CSV_BUFFER, ef))
-                        .map_err(on_events)?,
+                    EventsParquetWriter::new(
+                        io::BufWriter::with_capacity(CSV_BUFFER, ef),
+                        vocabulary,
+                    )
+                    .map_err(on_events)?,
                 ),
                 users: Box::new(
                     UsersParquetWriter::new(io::BufWriter::with_capacity(CSV_BUFFER, uf))
@@ -634,7 +720,7 @@ mod tests {
     /// Both tables as CSV text, generated into memory.
     fn csv_text(p: &ValidParams) -> (String, String, u64) {
         let (mut ev, mut us) = match (
-            EventsCsvWriter::new(Vec::new()),
+            EventsCsvWriter::new(Vec::new(), Vocabulary::Canonical),
             UsersCsvWriter::new(Vec::new()),
         ) {
             (Ok(e), Ok(u)) => (e, u),

@@ -30,20 +30,26 @@ mod users;
 
 pub use error::{Cell, Delimiter, Location, ReadError, RowRef};
 
+use crate::features::vocabulary::{KindResolver, KindSeen, UnknownKinds};
 use crate::features::{EventTable, Timestamp, DEFAULT_EARLIEST_EVENT};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use users::{UserIndex, UsersSink};
 
 /// How strict to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOptions {
     /// Bad rows to skip (and count) before giving up; 0 = the first bad row is an error.
     pub max_bad_rows: usize,
     /// Events before this time are bad rows (training's `earliest_event_time`; the rules are
     /// documented at [`DEFAULT_EARLIEST_EVENT`], the default).
     pub earliest: Timestamp,
+    /// How kind names become canonical kinds (training's `[events]`; canonical names only by
+    /// default). An unmapped kind under `unknown_kinds = "error"` ends the read whatever
+    /// `max_bad_rows` says: it is a vocabulary to configure, not a malformed row.
+    pub kinds: Arc<KindResolver>,
 }
 
 impl Default for ReadOptions {
@@ -51,6 +57,7 @@ impl Default for ReadOptions {
         ReadOptions {
             max_bad_rows: 0,
             earliest: DEFAULT_EARLIEST_EVENT,
+            kinds: Arc::new(KindResolver::CANONICAL),
         }
     }
 }
@@ -79,6 +86,11 @@ pub struct ReadReport {
     /// Per user index, the `persona` column of the users table, when it has one (ground truth
     /// of generated data, used only to score how well tiers recover it).
     pub personas: Option<Vec<Option<String>>>,
+    /// Every source kind name seen in the events, with its rows and what it became.
+    pub kinds_seen: Vec<KindSeen>,
+    /// Rows dropped on purpose: ignored kinds, and unmapped ones under `unknown_kinds = "skip"`
+    /// (not bad rows).
+    pub kind_rows_dropped: u64,
 }
 
 /// How many skipped-row messages [`ReadReport::bad_row_samples`] keeps.
@@ -104,6 +116,10 @@ impl Budget {
     /// Skips a bad row if the budget allows, or turns it into the error that ends the read.
     #[cold]
     fn absorb(&mut self, e: ReadError) -> Result<(), ReadError> {
+        if matches!(e, ReadError::UnknownKind { .. }) {
+            // A vocabulary to configure, never a skipped bad row (see `ReadOptions::kinds`).
+            return Err(e);
+        }
         if self.bad < self.max as u64 {
             self.bad += 1;
             if self.samples.len() < MAX_BAD_ROW_SAMPLES {
@@ -207,8 +223,45 @@ fn resolve_inputs(path: &Path) -> Result<Inputs, ReadError> {
 ///
 /// Columns are matched by header name, in any order, case-insensitively; unknown columns are
 /// ignored. Up to `opts.max_bad_rows` bad rows are skipped and counted in the report.
+///
+/// An unmapped kind (with `unknown_kinds = "error"`) fails the read with
+/// [`ReadError::UnknownKind`] at its first row; the file is then read once more, skipping
+/// unmapped kinds, so that the error can say how many rows have each unmapped kind.
 pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Dataset, ReadError> {
-    read_dataset_with(path, opts, csv_file::Split::auto())
+    read_dataset_with(path, opts, csv_file::Split::auto()).map_err(|e| count_unknown(path, opts, e))
+}
+
+/// [`ReadError::UnknownKind`] with the rows of every unmapped kind, counted by a second read
+/// that skips them (other errors pass through).
+#[cold]
+fn count_unknown(path: &Path, opts: &ReadOptions, e: ReadError) -> ReadError {
+    let ReadError::UnknownKind { at, value, .. } = e else {
+        return e;
+    };
+    let mut kinds = (*opts.kinds).clone();
+    kinds.unknown = UnknownKinds::Skip;
+    let counting = ReadOptions {
+        max_bad_rows: usize::MAX,
+        earliest: opts.earliest,
+        kinds: Arc::new(kinds),
+    };
+    let counts = read_dataset_with(path, &counting, csv_file::Split::auto())
+        .map(|d| d.events.kind_tally.unknown())
+        .unwrap_or_default();
+    let t = value.trim();
+    let rows = counts
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(t))
+        .map_or(1, |c| c.1);
+    let others = counts
+        .into_iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(t))
+        .collect();
+    ReadError::UnknownKind {
+        at,
+        value,
+        counts: Box::new(error::UnmappedCounts { rows, others }),
+    }
 }
 
 /// [`read_dataset`], with CSV events files split for parsing as `split` says.
@@ -233,6 +286,7 @@ fn read_dataset_with(
                 &mut hasher,
                 split,
                 opts.earliest,
+                &opts.kinds,
             )?;
         }
         Format::Parquet => parquet_file::read_events(
@@ -241,6 +295,7 @@ fn read_dataset_with(
             &mut budget,
             &mut hasher,
             opts.earliest,
+            &opts.kinds,
         )?,
     }
     let rows = table.len() as u64;
@@ -258,7 +313,11 @@ fn read_dataset_with(
         files.push(users_path.clone());
     }
 
+    let kinds_seen = table.kind_tally.seen(&opts.kinds);
+    let kind_rows_dropped = table.kind_tally.dropped();
     let report = ReadReport {
+        kinds_seen,
+        kind_rows_dropped,
         files,
         rows,
         bad_rows: budget.bad,
@@ -272,6 +331,7 @@ fn read_dataset_with(
         rows,
         users = table.n_users(),
         bad_rows = report.bad_rows,
+        kind_rows_dropped,
         seconds,
         rows_per_second = rows as f64 / seconds.max(1e-9),
         "read events"

@@ -295,6 +295,8 @@ fn phrase(feature: Feature, value: f64) -> String {
         Feature::Shares => format!("{value:.1} shares"),
         Feature::Rooms => format!("{value:.1} rooms"),
         Feature::Categories => format!("{value:.1} categories"),
+        Feature::RefundShare => format!("{:.0}% of spend refunded", 100.0 * value),
+        Feature::OrdersRefunded => format!("{value:.0} orders fully refunded"),
         Feature::Trend => {
             if value < 0.0 {
                 format!("activity falling ({value:+.2} log-ratio)")

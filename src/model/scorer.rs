@@ -230,13 +230,15 @@ impl Scorer {
         100.0 * below as f64 / q.len() as f64
     }
 
-    fn segment_and_stage(&self, raw: &[f64]) -> (RfmSegment, LifecycleStage) {
+    /// `buyer`: [`UserAggregate::is_buyer`] (a user whose every order was refunded is not one).
+    fn segment_and_stage(&self, raw: &[f64], buyer: bool) -> (RfmSegment, LifecycleStage) {
         let get = |f: Feature| self.features.position(f).map_or(0.0, |j| raw[j]);
         let rfm = match &self.rfm {
             Some(th) => RfmSegment::classify(
                 get(Feature::RecencyDays),
                 get(Feature::Frequency),
                 get(Feature::MonetaryTotal),
+                buyer,
                 th,
             ),
             None => RfmSegment::NonBuyer,
@@ -261,7 +263,7 @@ impl Scorer {
         let mut raw = [0.0; MAX_FEATURES];
         let mut x = [0.0; MAX_FEATURES];
         self.row(a, t, &mut raw[..d], &mut x[..d]);
-        let (rfm, stage) = self.segment_and_stage(&raw[..d]);
+        let (rfm, stage) = self.segment_and_stage(&raw[..d], a.is_buyer());
         (self.tiers.assign(&x[..d]) as u16, rfm, stage)
     }
 
@@ -281,15 +283,22 @@ impl Scorer {
         let mut contrib = [0.0; MAX_FEATURES];
         self.row(a, t, &mut raw[..d], &mut x[..d]);
         let raw_score = self.churn.score_explained(&x[..d], &mut contrib[..d]);
-        self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score)
+        self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a.is_buyer())
     }
 
     /// Everything after the churn model's raw score: tier, calibration, rules, top factors.
     #[inline]
-    fn finish(&self, raw: &[f64], x: &[f64], contrib: &[f64], raw_score: f64) -> Score {
+    fn finish(
+        &self,
+        raw: &[f64],
+        x: &[f64],
+        contrib: &[f64],
+        raw_score: f64,
+        buyer: bool,
+    ) -> Score {
         let tier = self.tiers.assign(x) as u16;
         let p = self.calibration.probability(raw_score);
-        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw);
+        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw, buyer);
 
         // Top factors: largest contributions toward churn, by insertion into a 3-slot list.
         let mut factors = [Factor::default(); TOP_FACTORS];
@@ -350,9 +359,15 @@ impl Scorer {
                         &mut contrib[..n * d],
                         &mut raw_scores[..n],
                     );
-                    for (r, o) in ob.iter_mut().enumerate() {
+                    for (r, (o, a)) in ob.iter_mut().zip(ub).enumerate() {
                         let (lo, hi) = (r * d, (r + 1) * d);
-                        *o = self.finish(&raw[lo..hi], &x[lo..hi], &contrib[lo..hi], raw_scores[r]);
+                        *o = self.finish(
+                            &raw[lo..hi],
+                            &x[lo..hi],
+                            &contrib[lo..hi],
+                            raw_scores[r],
+                            a.is_buyer(),
+                        );
                     }
                 }
             });
@@ -535,6 +550,7 @@ mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         });
         let soon = s.score(&a, t0 + DAY);
         let later = s.score(&a, t0 + 60 * DAY);
@@ -558,6 +574,7 @@ mod tests {
                     watch_seconds: 0,
                     room: 0,
                     category: 0,
+                    order: 0,
                 });
                 a
             })

@@ -8,6 +8,7 @@ use super::slot::LiveModel;
 use super::state::UserEvent;
 use crate::features::hash::fnv1a64;
 use crate::features::time::format_rfc3339;
+use crate::features::vocabulary::{KindResolver, Resolved, UnknownKinds};
 use crate::features::{hash_str, EventKind, LifecycleStage, Timestamp, Transform, UserAggregate};
 use crate::model::Score;
 use crate::pb::{self as proto, MAX_SECONDS, MIN_SECONDS};
@@ -100,10 +101,18 @@ pub struct EventRules<'a> {
     pub earliest: Timestamp,
     /// ScoreUser: every event must be this user's (or leave `user_id` empty).
     pub only_user: Option<&'a str>,
+    /// The served bundle's kind mapping (its training configuration's `[events]`), so that a
+    /// kind name means here what it meant in training.
+    pub kinds: &'a KindResolver,
 }
 
-/// Validates and converts `events[i]`.
-pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<UserEvent, RequestError> {
+/// Validates and converts `events[i]`; `None` for an event whose kind the bundle's mapping
+/// drops (ignored, or unmapped under `unknown_kinds = "skip"`), which is still validated.
+pub fn event(
+    i: usize,
+    e: &proto::Event,
+    rules: EventRules<'_>,
+) -> Result<Option<UserEvent>, RequestError> {
     let f = |name: &str| format!("events[{i}].{name}");
     let user = match rules.only_user {
         Some(only) => {
@@ -121,16 +130,22 @@ pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<UserEv
         }
         None => user_id(&f("user_id"), &e.user_id)?.to_string(),
     };
-    let kind: EventKind = e.kind.parse().map_err(|_| {
-        RequestError::invalid(
-            f("kind"),
-            format!(
-                "unknown event kind {} (expected one of {})",
-                quote(&e.kind),
-                EventKind::ALL.map(EventKind::as_str).join(", ")
-            ),
-        )
-    })?;
+    let kind = match rules.kinds.resolve(&e.kind) {
+        Resolved::Kind(k, _) => Some(k),
+        Resolved::Ignored(_) => None,
+        Resolved::Unknown if rules.kinds.unknown == UnknownKinds::Skip => None,
+        Resolved::Unknown => {
+            return Err(RequestError::invalid(
+                f("kind"),
+                format!(
+                    "unknown event kind {} (expected one of {}, or a name the served bundle's \
+                     kind mapping knows)",
+                    quote(&e.kind),
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                ),
+            ))
+        }
+    };
     let ts = past_time(&f("ts"), e.ts.as_ref(), rules.now, rules.future_tolerance)?;
     if ts < rules.earliest {
         return Err(RequestError::invalid(
@@ -150,33 +165,46 @@ pub fn event(i: usize, e: &proto::Event, rules: EventRules<'_>) -> Result<UserEv
             format!("must be a number in [0, {MAX_AMOUNT:e}], got {}", e.amount),
         ));
     }
-    Ok(UserEvent {
+    if e.order_id.len() > MAX_USER_ID_BYTES {
+        return Err(RequestError::invalid(
+            f("order_id"),
+            format!("longer than {MAX_USER_ID_BYTES} bytes"),
+        ));
+    }
+    let Some(kind) = kind else {
+        return Ok(None);
+    };
+    let with_money = matches!(kind, EventKind::Order | EventKind::Refund);
+    Ok(Some(UserEvent {
         user_id: user,
         ts,
         kind,
-        amount: if kind == EventKind::Order {
-            e.amount
-        } else {
-            0.0
-        },
+        amount: if with_money { e.amount } else { 0.0 },
         watch_seconds: e.watch_seconds,
         room: hash_str(&e.room_id),
         category: hash_str(&e.category),
-    })
+        // The readers' rule: trimmed, blank is none, hashed like rooms.
+        order: if with_money {
+            hash_str(e.order_id.trim())
+        } else {
+            0
+        },
+    }))
 }
 
-/// RecordEvents: every event validated before any is accepted.
+/// RecordEvents: every event validated before any is accepted; events the bundle's mapping
+/// drops are left out.
 pub fn record_events(
     req: &proto::RecordEventsRequest,
     limit: usize,
     rules: EventRules<'_>,
 ) -> Result<Vec<UserEvent>, RequestError> {
     within_limit("events", req.events.len(), limit)?;
-    req.events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| event(i, e, rules))
-        .collect()
+    let mut out = Vec::with_capacity(req.events.len());
+    for (i, e) in req.events.iter().enumerate() {
+        out.extend(event(i, e, rules)?);
+    }
+    Ok(out)
 }
 
 /// ScoreUser: the user's aggregate built from the request alone. `rules.only_user` is replaced
@@ -207,7 +235,9 @@ pub fn score_user(
     };
     let mut agg = UserAggregate::with_registration(registered);
     for (i, e) in req.events.iter().enumerate() {
-        agg.apply(&event(i, e, rules)?.event());
+        if let Some(e) = event(i, e, rules)? {
+            agg.apply(&e.event());
+        }
     }
     Ok(agg)
 }
@@ -460,8 +490,11 @@ mod tests {
             future_tolerance: 300,
             earliest: crate::features::DEFAULT_EARLIEST_EVENT,
             only_user,
+            kinds: &CANONICAL,
         }
     }
+
+    static CANONICAL: KindResolver = KindResolver::CANONICAL;
 
     fn any_event() -> impl Strategy<Value = proto::Event> {
         (
@@ -536,15 +569,24 @@ mod tests {
                 "{msg}"
             );
         }
-        let at = event(0, &order(946_684_800, "order", 1.0), rules(None)).unwrap();
+        let at = event(0, &order(946_684_800, "order", 1.0), rules(None))
+            .unwrap()
+            .unwrap();
         assert_eq!(at.ts, 946_684_800);
         let earlier = EventRules {
             earliest: MIN_SECONDS,
             ..rules(None)
         };
-        assert_eq!(event(0, &order(0, "order", 1.0), earlier).unwrap().ts, 0);
+        assert_eq!(
+            event(0, &order(0, "order", 1.0), earlier)
+                .unwrap()
+                .unwrap()
+                .ts,
+            0
+        );
         assert_eq!(
             event(0, &order(MIN_SECONDS, "order", 1.0), earlier)
+                .unwrap()
                 .unwrap()
                 .ts,
             MIN_SECONDS
@@ -553,18 +595,66 @@ mod tests {
 
     #[test]
     fn a_zero_or_missing_amount_order_with_a_padded_kind_counts_as_an_order_with_no_spend() {
-        let e = event(0, &order(NOW - 60, " Order ", 0.0), rules(None)).unwrap();
+        let e = event(0, &order(NOW - 60, " Order ", 0.0), rules(None))
+            .unwrap()
+            .unwrap();
         assert_eq!((e.kind, e.amount), (EventKind::Order, 0.0));
         let mut agg = UserAggregate::with_registration(None);
         agg.apply(&e.event());
         assert_eq!((agg.orders, agg.spend), (1, 0.0));
     }
 
+    /// The server resolves kinds with the served bundle's mapping: a platform name maps, an
+    /// ignored one is dropped, an unknown one names `events[i].kind`; a refund keeps its amount
+    /// and its order id, and lowers net spend.
+    #[test]
+    fn kinds_resolve_with_the_bundles_mapping_and_a_refund_keeps_amount_and_order_id() {
+        use crate::features::vocabulary::KindMapping;
+        let mapping = KindMapping {
+            kinds: [
+                ("pay_success".to_string(), EventKind::Order),
+                ("return".to_string(), EventKind::Refund),
+            ]
+            .into(),
+            ignore: vec!["add_to_cart".into()],
+            ..KindMapping::default()
+        };
+        let kinds = mapping.resolver().unwrap();
+        let r = EventRules {
+            kinds: &kinds,
+            ..rules(None)
+        };
+        let with_id = |kind: &str, amount: f64, id: &str| proto::Event {
+            order_id: id.into(),
+            ..order(NOW - 60, kind, amount)
+        };
+        let paid = event(0, &with_id("PAY_SUCCESS", 30.0, "o-1"), r)
+            .unwrap()
+            .unwrap();
+        let back = event(1, &with_id(" return ", 30.0, "o-1"), r)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (paid.kind, back.kind),
+            (EventKind::Order, EventKind::Refund)
+        );
+        assert_eq!((back.amount, back.order), (30.0, hash_str("o-1")));
+        assert_eq!(event(2, &with_id("add_to_cart", 0.0, ""), r).unwrap(), None);
+        let err = event(3, &with_id("thumbs_up", 0.0, ""), r).unwrap_err();
+        assert!(err.to_string().starts_with("events[3].kind: "), "{err}");
+        let mut agg = UserAggregate::default();
+        agg.apply(&paid.event());
+        agg.apply(&back.event());
+        assert_eq!((agg.orders, agg.orders_refunded), (1, 1));
+        assert_eq!(agg.net_spend(), 0.0);
+    }
+
     proptest! {
         #[test]
         fn any_event_converts_or_names_its_field(e in any_event()) {
             match event(3, &e, rules(None)) {
-                Ok(ev) => {
+                Ok(None) => prop_assert!(false, "no mapping drops nothing"),
+                Ok(Some(ev)) => {
                     prop_assert!(!ev.user_id.is_empty() && ev.user_id.len() <= MAX_USER_ID_BYTES);
                     prop_assert!(ev.ts <= NOW + 300 && ev.ts >= crate::features::DEFAULT_EARLIEST_EVENT);
                     prop_assert!(ev.amount.is_finite() && (0.0..=MAX_AMOUNT).contains(&ev.amount));

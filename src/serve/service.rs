@@ -116,12 +116,14 @@ impl TieringService {
         r.map(Response::new).map_err(Status::from)
     }
 
-    fn rules<'a>(&self, only_user: Option<&'a str>) -> EventRules<'a> {
+    /// `model`: the served bundle, whose kind mapping the events are read with.
+    fn rules<'a>(&self, only_user: Option<&'a str>, model: &'a LiveModel) -> EventRules<'a> {
         EventRules {
             now: self.ctx.clock.now(),
             future_tolerance: self.ctx.limits.future_tolerance,
             earliest: self.ctx.limits.earliest_event,
             only_user,
+            kinds: &model.kinds,
         }
     }
 }
@@ -313,12 +315,12 @@ impl proto::tiering_server::Tiering for TieringService {
             let body = req.get_ref();
             self.ctx.privacy.check_profiling(&body.user_id)?;
             let now = self.ctx.clock.now();
+            let model = self.ctx.model.get()?;
             let rules = EventRules {
                 now,
-                ..self.rules(None)
+                ..self.rules(None, &model)
             };
             let agg = convert::score_user(body, self.ctx.limits.max_events_per_request, rules)?;
-            let model = self.ctx.model.get()?;
             Ok(convert::user_tier(
                 &body.user_id,
                 &model.scorer.score(&agg, now),
@@ -337,12 +339,13 @@ impl proto::tiering_server::Tiering for TieringService {
         let req = self.ctx.pseudonyms.apply(req);
         let r = async {
             let dl = deadline(&req)?;
+            let model = self.ctx.model.get()?;
             let mut events = convert::record_events(
                 req.get_ref(),
                 self.ctx.limits.max_events_per_request,
-                self.rules(None),
+                self.rules(None, &model),
             )?;
-            self.ctx.model.get()?;
+            drop(model);
             // Held until the events are applied: an erasure waits for them, or they for it.
             let gate = self.ctx.privacy.ingest_gate().await;
             self.ctx.privacy.drop_suppressed(&mut events);

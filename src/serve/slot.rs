@@ -32,6 +32,12 @@ pub(crate) enum ModelError {
     VersionMismatch { dir: PathBuf, version: String },
     #[error("{dir}: tier id {id:?} is empty or repeated")]
     BadTierId { dir: PathBuf, id: String },
+    #[error("{dir}: the manifest's kind mapping is unusable")]
+    BadKindMapping {
+        dir: PathBuf,
+        #[source]
+        source: crate::features::vocabulary::MappingError,
+    },
     /// Scoring a plain user gave an impossible answer.
     #[error("{dir}: smoke test failed: probability {probability} / tier {tier} from a plain user")]
     SmokeTest {
@@ -66,6 +72,9 @@ pub struct LiveModel {
     pub scorer: Scorer,
     /// Tier id → index into `scorer.tiers.tiers`.
     pub tier_index: HashMap<String, u16>,
+    /// The bundle's kind mapping (`manifest.kinds`), prepared: RecordEvents and ScoreUser
+    /// resolve kind names with it, as training did.
+    pub kinds: crate::features::vocabulary::KindResolver,
 }
 
 impl LiveModel {
@@ -97,6 +106,7 @@ impl LiveModel {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         });
         for agg in [UserAggregate::default(), buyer] {
             let s = scorer.score(&agg, t);
@@ -110,12 +120,22 @@ impl LiveModel {
                 });
             }
         }
+        let kinds =
+            bundle
+                .manifest
+                .kinds
+                .resolver()
+                .map_err(|source| ModelError::BadKindMapping {
+                    dir: bundle.dir.clone(),
+                    source,
+                })?;
         Ok(LiveModel {
             version,
             fallback: None,
             manifest: bundle.manifest,
             scorer,
             tier_index,
+            kinds,
         })
     }
 }

@@ -5,12 +5,14 @@
 //! pipeline accepts.
 
 use crate::features::time::{format_rfc3339, parse_earliest, TimeParseError};
+use crate::features::vocabulary::{KindMapping, KindResolver, MappingError};
 use crate::features::{ChurnDefinition, LifecycleThresholds, Timestamp, DEFAULT_EARLIEST_EVENT};
 use crate::model::churn::{BoostingParams, ChurnError, ValidBoostingParams};
 use crate::model::tiers::{TierError, TierParams, ValidTierParams};
 use crate::model::RiskThresholds;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why a configuration cannot be read or is refused: one variant per cause.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum ConfigError {
     EarliestEventTime(#[source] TimeParseError),
     #[error("invalid configuration: promotion.max_model_tier_changes must be in [0, 1], got {0}")]
     MaxModelTierChanges(f64),
+    #[error("invalid configuration: {0}")]
+    Kinds(#[source] MappingError),
 }
 
 /// A [`TrainConfig`] that passed [`TrainConfig::check`], with its validated parts.
@@ -52,9 +56,15 @@ pub struct ValidTrainParams {
     tiers: ValidTierParams,
     boosting: ValidBoostingParams,
     earliest_event: Timestamp,
+    kinds: Arc<KindResolver>,
 }
 
 impl ValidTrainParams {
+    /// `[events]`, prepared for the readers.
+    pub fn kinds(&self) -> &Arc<KindResolver> {
+        &self.kinds
+    }
+
     /// `earliest_event_time`, parsed: events before it are bad rows.
     pub fn earliest_event(&self) -> Timestamp {
         self.earliest_event
@@ -103,6 +113,11 @@ pub struct TrainConfig {
     pub lifecycle: LifecycleThresholds,
     pub quality: QualityConfig,
     pub promotion: PromotionConfig,
+    /// The event vocabulary (`[events]`): `kinds` maps source kind names to canonical kinds
+    /// (`pay_success = "order"`), `ignore` lists names dropped on purpose, `unknown_kinds`
+    /// (`"error"`, the default, or `"skip"`) says what happens to the rest. Stored in the
+    /// bundle; the server reads events with it.
+    pub events: KindMapping,
 }
 
 /// When a new bundle is made current.
@@ -162,6 +177,7 @@ impl Default for TrainConfig {
             lifecycle: LifecycleThresholds::default(),
             quality: QualityConfig::default(),
             promotion: PromotionConfig::default(),
+            events: KindMapping::default(),
         }
     }
 }
@@ -232,11 +248,13 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&m) {
             return Err(ConfigError::MaxModelTierChanges(m));
         }
+        let kinds = Arc::new(self.events.resolver().map_err(ConfigError::Kinds)?);
         Ok(ValidTrainParams {
             config: self,
             tiers,
             boosting,
             earliest_event,
+            kinds,
         })
     }
 }

@@ -47,6 +47,7 @@ impl TrainJob {
     pub fn new(data: PathBuf, models: PathBuf, params: ValidTrainParams) -> TrainJob {
         let read = ReadOptions {
             earliest: params.earliest_event(),
+            kinds: params.kinds().clone(),
             ..ReadOptions::default()
         };
         TrainJob {
@@ -237,6 +238,10 @@ fn data_info(dataset: &Dataset) -> DataInfo {
         last_event: table.max_ts(),
         bad_rows_skipped: rep.bad_rows,
         columns: table.columns,
+        kinds_seen: rep.kinds_seen.clone(),
+        kind_rows_dropped: rep.kind_rows_dropped,
+        // Counted from the aggregates as of the bundle's time (the pipeline fills it in).
+        orphan_refunds: 0,
     }
 }
 

@@ -335,7 +335,8 @@ fn max_bad_rows_skips_and_counts_then_names_the_row_over_the_limit() {
         "u1,never,view,,,,",
         "u2,2026-05-01,order,-1,,,",
         "u3,2026-05-01,view,,,,",
-        "u4,2026-05-01,hug,,,,",
+        // An unmapped kind would end the read whatever the budget: a bad amount instead.
+        "u4,2026-05-01,order,x,,,",
     ]);
     let (_dir, path) = events_csv(&text);
     let d = read_dataset(
@@ -355,7 +356,7 @@ fn max_bad_rows_skips_and_counts_then_names_the_row_over_the_limit() {
         d.report.bad_row_samples
     );
     assert!(
-        d.report.bad_row_samples[2].contains("events.csv:6:3 (column kind)"),
+        d.report.bad_row_samples[2].contains("events.csv:6:4 (column amount)"),
         "{:?}",
         d.report.bad_row_samples
     );
@@ -375,7 +376,7 @@ fn max_bad_rows_skips_and_counts_then_names_the_row_over_the_limit() {
         "{msg}"
     );
     assert!(
-        msg.contains("more than 2 bad rows") && msg.contains("events.csv:6:3 (column kind)"),
+        msg.contains("more than 2 bad rows") && msg.contains("events.csv:6:4 (column amount)"),
         "{msg}"
     );
 }

@@ -564,7 +564,8 @@ async fn get_model_info_describes_the_live_bundle() {
         assert_eq!(info.version, "v1");
         assert_eq!(info.created_at.map(|t| t.seconds), Some(AS_OF + DAY / 2));
         assert_eq!(info.trained_as_of, ts(AS_OF));
-        assert_eq!(info.features.len(), 14);
+        // FeatureSet::all(): 14 features and the 2 refund features.
+        assert_eq!(info.features.len(), 16);
         assert_eq!(info.features[0].name, "recency_days");
         assert_eq!(info.features[0].transform, "log1p");
         let tiers: Vec<&str> = info.tiers.iter().map(|t| t.id.as_str()).collect();

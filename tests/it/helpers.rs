@@ -92,6 +92,7 @@ pub fn order(ts: Timestamp, amount: f64) -> Event {
         watch_seconds: 0,
         room: 0,
         category: 0,
+        order: 0,
     }
 }
 

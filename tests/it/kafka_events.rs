@@ -221,6 +221,7 @@ fn events(n: usize, users: usize) -> Vec<UserEvent> {
             watch_seconds: if i % 3 == 0 { 30 + i as u32 } else { 0 },
             room: (i % 5) as u32,
             category: (i % 7) as u32,
+            order: 0,
         })
         .collect()
 }

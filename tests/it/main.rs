@@ -22,3 +22,4 @@ mod signed_bundles;
 mod stability;
 mod storage_faults;
 mod train_e2e;
+mod vocabulary;

@@ -170,8 +170,13 @@ pub enum ReadError {
     BadAmount { at: Cell, value: String },
     #[error("{at}: cannot parse {value:?} as watch_seconds (expected a whole number ≥ 0 that fits in 32 bits)")]
     BadWatchSeconds { at: Cell, value: String },
-    #[error("{at}: unknown event kind {value:?} (expected one of order, view, comment, like, share, follow, gift)")]
-    UnknownKind { at: Cell, value: String },
+    #[error("{at}: unknown event kind {value:?} in {counts} (expected one of order, view, comment, like, share, follow, gift, refund): map it under [events.kinds] in the training configuration (e.g. {example} = \"order\"), list it in events.ignore, or set events.unknown_kinds = \"skip\" to skip and count such rows", example = toml_key(value))]
+    UnknownKind {
+        at: Cell,
+        value: String,
+        /// Its rows and the other unmapped kinds' (boxed: the error stays small).
+        counts: Box<UnmappedCounts>,
+    },
     #[error("{at}: empty user_id")]
     EmptyUserId { at: Cell },
     #[error("{at}: not valid UTF-8: {value:?}")]
@@ -201,6 +206,48 @@ pub enum ReadError {
         #[source]
         source: arrow_schema::ArrowError,
     },
+}
+
+/// How many rows have the kind an [`ReadError::UnknownKind`] names, and the other unmapped
+/// kinds with their rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmappedCounts {
+    /// Rows with the kind (1 until counted).
+    pub rows: u64,
+    pub others: Vec<(String, u64)>,
+}
+
+impl std::fmt::Display for UnmappedCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} row(s)", self.rows)?;
+        if self.others.is_empty() {
+            return Ok(());
+        }
+        f.write_str("; other unmapped kinds: ")?;
+        for (i, (n, c)) in self.others.iter().take(10).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n:?} in {c} row(s)")?;
+        }
+        if self.others.len() > 10 {
+            write!(f, " and {} more", self.others.len() - 10)?;
+        }
+        Ok(())
+    }
+}
+
+/// A kind name as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let t = name.trim();
+    if !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        t.to_string()
+    } else {
+        format!("{t:?}")
+    }
 }
 
 fn listing(found: &[String]) -> String {
@@ -239,7 +286,14 @@ impl ReadError {
             Cause::NonFiniteAmount => ReadError::NonFiniteAmount { at, value },
             Cause::BadAmount => ReadError::BadAmount { at, value },
             Cause::BadWatchSeconds => ReadError::BadWatchSeconds { at, value },
-            Cause::UnknownKind => ReadError::UnknownKind { at, value },
+            Cause::UnknownKind => ReadError::UnknownKind {
+                at,
+                value,
+                counts: Box::new(UnmappedCounts {
+                    rows: 1,
+                    others: Vec::new(),
+                }),
+            },
             Cause::EmptyUserId => ReadError::EmptyUserId { at },
             Cause::InvalidUtf8 => ReadError::InvalidUtf8 { at, value },
             Cause::DuplicateUser => ReadError::DuplicateUser { at, value },

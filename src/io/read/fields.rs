@@ -5,7 +5,11 @@
 //! the good-row path allocates nothing.
 
 use super::time::{self, TimeError};
+use crate::features::vocabulary::{KindResolver, KindTally, Resolved, UnknownKinds};
 use crate::features::{hash_str, Event, EventKind, Timestamp, DEFAULT_EARLIEST_EVENT};
+
+/// The resolver of readers given no mapping: canonical names only, unknown names an error.
+pub(crate) static CANONICAL: KindResolver = KindResolver::CANONICAL;
 
 /// A column of the data contract (events and users tables).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +23,11 @@ pub(crate) enum Col {
     Category,
     RegisteredAt,
     Persona,
+    OrderId,
 }
 
 impl Col {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
 
     /// The contract's name (headers match it case-insensitively).
     pub(crate) fn name(self) -> &'static str {
@@ -36,6 +41,7 @@ impl Col {
             Col::Category => "category",
             Col::RegisteredAt => "registered_at",
             Col::Persona => "persona",
+            Col::OrderId => "order_id",
         }
     }
 }
@@ -57,7 +63,13 @@ impl TableKind {
 
     pub(crate) fn optional(self) -> &'static [Col] {
         match self {
-            TableKind::Events => &[Col::Amount, Col::WatchSeconds, Col::RoomId, Col::Category],
+            TableKind::Events => &[
+                Col::Amount,
+                Col::WatchSeconds,
+                Col::RoomId,
+                Col::Category,
+                Col::OrderId,
+            ],
             TableKind::Users => &[Col::Persona],
         }
     }
@@ -86,6 +98,8 @@ pub(crate) struct Layout {
     /// Events before this are bad rows ([`Cause::BeforeEarliest`]); set by the reader from
     /// `ReadOptions::earliest`, [`DEFAULT_EARLIEST_EVENT`] until then.
     pub(crate) earliest: Timestamp,
+    /// The kind mapping events are read with; set by the reader from `ReadOptions::kinds`.
+    pub(crate) kinds: std::sync::Arc<KindResolver>,
 }
 
 impl Layout {
@@ -118,6 +132,7 @@ impl Layout {
             at,
             width: header.len(),
             earliest: DEFAULT_EARLIEST_EVENT,
+            kinds: std::sync::Arc::new(KindResolver::CANONICAL),
         };
         for &col in table.required() {
             layout.required(col)?;
@@ -145,6 +160,7 @@ impl Layout {
             Col::Category,
             Col::RegisteredAt,
             Col::Persona,
+            Col::OrderId,
         ];
         let mut v: Vec<(usize, Col)> = all
             .iter()
@@ -191,18 +207,31 @@ pub(crate) trait EventFields {
     /// The earliest accepted event time (the file's [`Layout::earliest`]).
     fn earliest(&self) -> Timestamp;
     fn ts(&self) -> Result<Timestamp, Cause>;
-    fn kind(&self) -> Result<EventKind, Cause>;
+    /// The raw `kind` field, resolved with [`EventFields::kinds`].
+    fn kind_field(&self) -> &[u8];
+    /// The kind mapping the file is read with.
+    fn kinds(&self) -> &KindResolver {
+        &CANONICAL
+    }
     /// The amount, checked against the row's kind ([`check_amount`]).
     fn amount(&self, kind: EventKind) -> Result<f64, Cause>;
     fn watch_seconds(&self) -> Result<u32, Cause>;
     fn room(&self) -> Result<u32, Cause>;
     fn category(&self) -> Result<u32, Cause>;
+    /// `hash_str(order_id)`, 0 when blank or absent.
+    fn order(&self) -> Result<u32, Cause> {
+        Ok(0)
+    }
 }
 
-/// An events row's event. The fields are checked in the contract's column order, so a bad row
-/// fails on the same field whichever format (and parser) reads it.
+/// An events row's event, or `None` for a row dropped on purpose (its kind is ignored, or
+/// unmapped under `unknown_kinds = "skip"`); every row's kind is counted in `tally`. The fields
+/// are checked in the contract's column order, so a bad row fails on the same field whichever
+/// format (and parser) reads it; a dropped row's fields after `kind` are not checked. An
+/// unmapped kind under `unknown_kinds = "error"` is [`Cause::UnknownKind`], which ends the read
+/// whatever the bad-row budget (the reader then counts its rows for the message).
 #[inline]
-pub(crate) fn event(row: &impl EventFields) -> Result<Event, Fault> {
+pub(crate) fn event(row: &impl EventFields, tally: &mut KindTally) -> Result<Option<Event>, Fault> {
     let ts = row.ts().map_err(Fault::at(Col::Ts))?;
     if ts < row.earliest() {
         return Err(Fault::Field {
@@ -210,19 +239,37 @@ pub(crate) fn event(row: &impl EventFields) -> Result<Event, Fault> {
             cause: Cause::BeforeEarliest,
         });
     }
-    let kind = row.kind().map_err(Fault::at(Col::Kind))?;
+    let raw = row.kind_field();
+    let resolver = row.kinds();
+    let resolved = kind(raw, resolver).map_err(Fault::at(Col::Kind))?;
+    let kind = match resolved {
+        Resolved::Kind(k, _) => k,
+        Resolved::Unknown if resolver.unknown == UnknownKinds::Error => {
+            return Err(Fault::Field {
+                col: Col::Kind,
+                cause: Cause::UnknownKind,
+            })
+        }
+        Resolved::Unknown | Resolved::Ignored(_) => {
+            tally.count(resolved, raw);
+            return Ok(None);
+        }
+    };
     let amount = row.amount(kind).map_err(Fault::at(Col::Amount))?;
     let watch_seconds = row.watch_seconds().map_err(Fault::at(Col::WatchSeconds))?;
     let room = row.room().map_err(Fault::at(Col::RoomId))?;
     let category = row.category().map_err(Fault::at(Col::Category))?;
-    Ok(Event {
+    let order = row.order().map_err(Fault::at(Col::OrderId))?;
+    tally.count(resolved, raw);
+    Ok(Some(Event {
         ts,
         kind,
         amount,
         watch_seconds,
         room,
         category,
-    })
+        order,
+    }))
 }
 
 #[inline]
@@ -257,20 +304,17 @@ pub(crate) fn optional_timestamp(b: &[u8]) -> Result<Option<Timestamp>, Cause> {
     timestamp(b).map(Some)
 }
 
+/// A kind field resolved with `r`: canonical names are compared as bytes (ASCII); anything
+/// else takes the mapping's text path. A field that is not UTF-8 is [`Cause::InvalidUtf8`].
 #[inline]
-pub(crate) fn kind(b: &[u8]) -> Result<EventKind, Cause> {
-    // The kinds are ASCII: compare the bytes; anything else (Unicode spaces around a kind, bad
-    // UTF-8, an unknown kind) takes the full path, which decides as it always did.
-    let t = b.trim_ascii();
-    if let Some(k) = EventKind::ALL
-        .into_iter()
-        .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(t))
-    {
-        return Ok(k);
+pub(crate) fn kind(b: &[u8], r: &KindResolver) -> Result<Resolved, Cause> {
+    match r.resolve_bytes(b) {
+        Resolved::Unknown => {
+            utf8(b)?;
+            Ok(Resolved::Unknown)
+        }
+        known => Ok(known),
     }
-    utf8(b)?
-        .parse::<EventKind>()
-        .map_err(|_| Cause::UnknownKind)
 }
 
 /// An amount field as text: blank is `None`; otherwise a decimal (range checked by
@@ -287,13 +331,13 @@ pub(crate) fn amount_text(b: &[u8]) -> Result<Option<f64>, Cause> {
         .map_err(|_| Cause::BadAmount)
 }
 
-/// The contract's rules for an amount: orders need one; any amount given is finite (also as the
-/// table's f32) and ≥ 0. Other kinds keep what they carry (a gift's value, say); the feature
-/// code only sums order amounts.
+/// The contract's rules for an amount: orders and refunds need one; any amount given is finite
+/// (also as the table's f32) and ≥ 0. Other kinds keep what they carry (a gift's value, say);
+/// the feature code only sums order and refund amounts.
 #[inline]
 pub(crate) fn check_amount(kind: EventKind, v: Option<f64>) -> Result<f64, Cause> {
     match v {
-        None if kind == EventKind::Order => Err(Cause::MissingAmount),
+        None if matches!(kind, EventKind::Order | EventKind::Refund) => Err(Cause::MissingAmount),
         None => Ok(0.0),
         Some(v) if !v.is_finite() || !(v as f32).is_finite() => Err(Cause::NonFiniteAmount),
         Some(v) if v < 0.0 => Err(Cause::NegativeAmount),
@@ -372,8 +416,8 @@ mod tests {
         fn ts(&self) -> Result<Timestamp, Cause> {
             self.ts
         }
-        fn kind(&self) -> Result<EventKind, Cause> {
-            Ok(EventKind::View)
+        fn kind_field(&self) -> &[u8] {
+            b"view"
         }
         fn amount(&self, kind: EventKind) -> Result<f64, Cause> {
             check_amount(kind, None)
@@ -397,8 +441,9 @@ mod tests {
             ts: i64,
             earliest in proptest::prop_oneof![proptest::prelude::any::<i64>(), proptest::prelude::Just(DEFAULT_EARLIEST_EVENT)],
         ) {
-            match event(&Row { ts: Ok(ts), earliest }) {
-                Ok(e) => proptest::prop_assert!(e.ts >= earliest && e.ts == ts),
+            match event(&Row { ts: Ok(ts), earliest }, &mut KindTally::default()) {
+                Ok(None) => proptest::prop_assert!(false, "a view is never dropped"),
+                Ok(Some(e)) => proptest::prop_assert!(e.ts >= earliest && e.ts == ts),
                 Err(f) => {
                     proptest::prop_assert!(ts < earliest);
                     proptest::prop_assert_eq!(f, Fault::Field { col: Col::Ts, cause: Cause::BeforeEarliest });
@@ -411,8 +456,9 @@ mod tests {
         #[test]
         fn any_time_text_gives_an_event_or_a_fault_on_ts(text in "[0-9TZ:+.-]{0,25}") {
             let row = Row { ts: timestamp(text.as_bytes()), earliest: DEFAULT_EARLIEST_EVENT };
-            match event(&row) {
-                Ok(e) => proptest::prop_assert!(e.ts >= DEFAULT_EARLIEST_EVENT),
+            match event(&row, &mut KindTally::default()) {
+                Ok(None) => proptest::prop_assert!(false, "a view is never dropped"),
+                Ok(Some(e)) => proptest::prop_assert!(e.ts >= DEFAULT_EARLIEST_EVENT),
                 Err(Fault::Field { col, .. }) => proptest::prop_assert_eq!(col, Col::Ts),
                 Err(f) => proptest::prop_assert!(false, "{:?}", f),
             }
@@ -435,6 +481,11 @@ mod tests {
             b"comment\xff",
             "\u{a0}comment\u{a0}".as_bytes(),
         ];
+        let kind = |b: &[u8]| match super::kind(b, &CANONICAL) {
+            Ok(Resolved::Kind(k, _)) => Ok(k),
+            Ok(_) => Err(Cause::UnknownKind),
+            Err(c) => Err(c),
+        };
         for b in cases {
             let full = utf8(b).and_then(|s| s.parse::<EventKind>().map_err(|_| Cause::UnknownKind));
             assert_eq!(kind(b), full, "{:?}", String::from_utf8_lossy(b));

@@ -332,3 +332,160 @@ fn parquet_wrong_types_name_the_column() {
         "{err}"
     );
 }
+
+fn platform_kinds(
+    unknown: crate::features::UnknownKinds,
+) -> Arc<crate::features::vocabulary::KindResolver> {
+    let m = crate::features::KindMapping {
+        kinds: [
+            ("pay_success".to_string(), EventKind::Order),
+            ("enter_room".to_string(), EventKind::View),
+            ("return".to_string(), EventKind::Refund),
+        ]
+        .into(),
+        ignore: vec!["add_to_cart".into()],
+        unknown_kinds: unknown,
+    };
+    Arc::new(m.resolver().unwrap())
+}
+
+/// The unmapped-kind error names the kind, how many rows have it and the configuration keys
+/// that would map, ignore or skip it; `--max-bad-rows` does not swallow it.
+#[test]
+fn an_unmapped_kind_names_kind_row_count_and_configuration_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "events.csv",
+        "user_id,ts,kind,amount\nu1,2026-05-01,order,3\nu1,2026-05-02,thumbs_up,\n\
+         u2,2026-05-02,Thumbs_Up ,\nu2,2026-05-03,enter_room,\nu2,2026-05-04,thumbs_up,\n",
+    );
+    let opts = ReadOptions {
+        max_bad_rows: 100,
+        ..ReadOptions::default()
+    };
+    let err = read_dataset(&p, &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, ReadError::UnknownKind { counts, .. } if counts.rows == 3),
+        "{msg}"
+    );
+    for part in [
+        "events.csv:3:3",
+        "\"thumbs_up\" in 3 row(s)",
+        "\"enter_room\" in 1 row(s)",
+        "[events.kinds]",
+        "thumbs_up = \"order\"",
+        "events.ignore",
+        "events.unknown_kinds = \"skip\"",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+}
+
+/// A platform vocabulary read through a mapping gives the table the canonical names give, and
+/// the report lists every source kind with its rows and fate; `skip` drops unmapped rows
+/// without calling them bad.
+#[test]
+fn a_platform_vocabulary_through_a_mapping_reads_like_the_canonical_one() {
+    use crate::features::vocabulary::KindFate;
+    use crate::features::UnknownKinds;
+    let dir = tempfile::tempdir().unwrap();
+    let canonical = "user_id,ts,kind,amount,order_id\nu1,2026-05-01,order,30,o1\n\
+                     u1,2026-05-02,view,,\nu1,2026-05-03,refund,30,o1\n";
+    let platform = "user_id,ts,kind,amount,order_id\nu1,2026-05-01,PAY_SUCCESS,30,o1\n\
+                    u1,2026-05-01,add_to_cart,,\nu1,2026-05-02,enter_room,,\n\
+                    u1,2026-05-02,wink,,\nu1,2026-05-03,return,30,o1\n";
+    let a = read(&write(dir.path(), "a.csv", canonical)).unwrap();
+    let opts = ReadOptions {
+        kinds: platform_kinds(UnknownKinds::Skip),
+        ..ReadOptions::default()
+    };
+    let b = read_dataset(&write(dir.path(), "b.csv", platform), &opts).unwrap();
+    let events = |d: &Dataset| {
+        (0..d.events.len())
+            .map(|i| d.events.event(i))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&a), events(&b));
+    assert_eq!(b.events.order[0], hash_str("o1"));
+    assert!(b.events.columns.order_id);
+    assert_eq!((b.report.bad_rows, b.report.kind_rows_dropped), (0, 2));
+    let fate = |s: &str| {
+        b.report
+            .kinds_seen
+            .iter()
+            .find(|k| k.source == s)
+            .map(|k| (k.rows, k.became.clone()))
+    };
+    assert_eq!(
+        fate("pay_success"),
+        Some((1, KindFate::Kind(EventKind::Order)))
+    );
+    assert_eq!(fate("add_to_cart"), Some((1, KindFate::Ignored)));
+    assert_eq!(fate("wink"), Some((1, KindFate::Skipped)));
+    assert_eq!(fate("return"), Some((1, KindFate::Kind(EventKind::Refund))));
+}
+
+/// Parquet reads kinds with the mapping and `order_id` like CSV does.
+#[test]
+fn parquet_reads_a_platform_vocabulary_and_order_ids_like_csv() {
+    use crate::features::UnknownKinds;
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("events.parquet");
+    write_parquet(
+        &pq,
+        vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["u1", "u1", "u1"])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(StringArray::from(vec![
+                    "2026-05-01",
+                    "2026-05-01",
+                    "2026-05-03",
+                ])),
+            ),
+            (
+                "kind",
+                Arc::new(StringArray::from(vec![
+                    "Pay_Success",
+                    "add_to_cart",
+                    "return",
+                ])),
+            ),
+            (
+                "amount",
+                Arc::new(Float32Array::from(vec![Some(30.0), None, Some(30.0)])),
+            ),
+            (
+                "order_id",
+                Arc::new(StringArray::from(vec![Some("o1"), None, Some(" o1 ")])),
+            ),
+        ],
+    );
+    let csv = write(
+        dir.path(),
+        "events.csv",
+        "user_id,ts,kind,amount,order_id\nu1,2026-05-01,Pay_Success,30,o1\n\
+         u1,2026-05-01,add_to_cart,,\nu1,2026-05-03,return,30, o1 \n",
+    );
+    let opts = ReadOptions {
+        kinds: platform_kinds(UnknownKinds::Error),
+        ..ReadOptions::default()
+    };
+    let a = read_dataset(&pq, &opts).unwrap();
+    let b = read_dataset(&csv, &opts).unwrap();
+    let events = |d: &Dataset| {
+        (0..d.events.len())
+            .map(|i| d.events.event(i))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&a), events(&b));
+    assert_eq!(a.events.kind, vec![EventKind::Order, EventKind::Refund]);
+    assert_eq!(a.events.order, vec![hash_str("o1"), hash_str("o1")]);
+    assert_eq!(a.report.kinds_seen, b.report.kinds_seen);
+    assert_eq!(a.report.kind_rows_dropped, 1);
+}

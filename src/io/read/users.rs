@@ -150,7 +150,9 @@ impl UserIndex {
             Some(_) => None,
             None => Some(fields::user_id(user).map_err(Fault::at(Col::UserId))?),
         };
-        let event = fields::event(event)?;
+        let Some(event) = fields::event(event, &mut table.kind_tally)? else {
+            return Ok(());
+        };
         let u = match (known, id) {
             (Some(u), _) => u,
             (None, Some(id)) => self.intern(id, table),

@@ -57,6 +57,7 @@ mod tests {
             watch_seconds: 0,
             room: 7,
             category: 9,
+            order: 0,
         }
     }
 

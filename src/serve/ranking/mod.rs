@@ -326,6 +326,7 @@ mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         };
         let got = touched_users(&[ev("b"), ev("a"), ev("b")]);
         assert_eq!(got, ["a", "b"]);

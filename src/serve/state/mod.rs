@@ -44,9 +44,12 @@ use std::sync::Arc;
 
 /// One event for one user, validated, with room and category already hashed.
 ///
-/// The embedded backend writes it to its log as is (postcard), so its serde layout is part of
-/// the on-disk format: do not change it.
+/// The embedded backend writes it to its log as is (postcard), and the Kafka sink as a record
+/// value, so its serde layout is part of the on-disk format: an event without an order id is
+/// written byte for byte as before refunds existed; `order` travels inside the kind's wire form
+/// ([`WireKind`]), so logs and topics of earlier versions still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "WireUserEvent", into = "WireUserEvent")]
 pub struct UserEvent {
     pub user_id: String,
     pub ts: Timestamp,
@@ -55,6 +58,89 @@ pub struct UserEvent {
     pub watch_seconds: u32,
     pub room: u32,
     pub category: u32,
+    /// `hash_str(order_id)`, 0 when absent (orders and refunds only).
+    pub order: u32,
+}
+
+/// The kind as written: the eight kinds at their indices (so a record of an earlier version,
+/// which knew the first seven, reads unchanged), then the kinds that carry an order id.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+enum WireKind {
+    Order,
+    View,
+    Comment,
+    Like,
+    Share,
+    Follow,
+    Gift,
+    Refund,
+    OrderWithId(u32),
+    RefundWithId(u32),
+}
+
+/// [`UserEvent`]'s serde layout: the layout of earlier versions with the kind as [`WireKind`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WireUserEvent {
+    user_id: String,
+    ts: Timestamp,
+    kind: WireKind,
+    amount: f64,
+    watch_seconds: u32,
+    room: u32,
+    category: u32,
+}
+
+impl From<UserEvent> for WireUserEvent {
+    fn from(e: UserEvent) -> Self {
+        let kind = match (e.kind, e.order) {
+            (EventKind::Order, 0) => WireKind::Order,
+            (EventKind::Order, id) => WireKind::OrderWithId(id),
+            (EventKind::Refund, 0) => WireKind::Refund,
+            (EventKind::Refund, id) => WireKind::RefundWithId(id),
+            (EventKind::View, _) => WireKind::View,
+            (EventKind::Comment, _) => WireKind::Comment,
+            (EventKind::Like, _) => WireKind::Like,
+            (EventKind::Share, _) => WireKind::Share,
+            (EventKind::Follow, _) => WireKind::Follow,
+            (EventKind::Gift, _) => WireKind::Gift,
+        };
+        WireUserEvent {
+            user_id: e.user_id,
+            ts: e.ts,
+            kind,
+            amount: e.amount,
+            watch_seconds: e.watch_seconds,
+            room: e.room,
+            category: e.category,
+        }
+    }
+}
+
+impl From<WireUserEvent> for UserEvent {
+    fn from(w: WireUserEvent) -> Self {
+        let (kind, order) = match w.kind {
+            WireKind::Order => (EventKind::Order, 0),
+            WireKind::OrderWithId(id) => (EventKind::Order, id),
+            WireKind::Refund => (EventKind::Refund, 0),
+            WireKind::RefundWithId(id) => (EventKind::Refund, id),
+            WireKind::View => (EventKind::View, 0),
+            WireKind::Comment => (EventKind::Comment, 0),
+            WireKind::Like => (EventKind::Like, 0),
+            WireKind::Share => (EventKind::Share, 0),
+            WireKind::Follow => (EventKind::Follow, 0),
+            WireKind::Gift => (EventKind::Gift, 0),
+        };
+        UserEvent {
+            user_id: w.user_id,
+            ts: w.ts,
+            kind,
+            amount: w.amount,
+            watch_seconds: w.watch_seconds,
+            room: w.room,
+            category: w.category,
+            order,
+        }
+    }
 }
 
 impl UserEvent {
@@ -71,6 +157,7 @@ impl UserEvent {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         }
     }
 
@@ -88,6 +175,7 @@ impl UserEvent {
             watch_seconds: self.watch_seconds,
             room: self.room,
             category: self.category,
+            order: self.order,
         }
     }
 }

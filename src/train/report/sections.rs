@@ -396,5 +396,41 @@ pub(super) fn features_section(out: &mut String, m: &Manifest) {
         }
         out.push_str("</ul>\n<p class=\"note\">These features need event kinds or columns that the training data does not have.</p>\n");
     }
+    event_kinds(out, m);
     out.push_str("</section>\n");
+}
+
+/// The source kind names the data had, their rows and what each became (the `[events]`
+/// mapping), and the refunds that matched no order.
+fn event_kinds(out: &mut String, m: &Manifest) {
+    use crate::features::KindFate;
+    let d = &m.data;
+    if d.kinds_seen.is_empty() {
+        return;
+    }
+    w!(
+        out,
+        "<h3>Event kinds ({})</h3>\n<table><thead><tr><th>source kind</th><th>rows</th><th>became</th></tr></thead><tbody>",
+        d.kinds_seen.len()
+    );
+    for k in &d.kinds_seen {
+        let became = match &k.became {
+            KindFate::Kind(kind) => kind.as_str().to_string(),
+            KindFate::Ignored => "ignored (events.ignore)".to_string(),
+            KindFate::Skipped => "skipped (unmapped, events.unknown_kinds = \"skip\")".to_string(),
+        };
+        w!(
+            out,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            escape(&k.source),
+            int(k.rows),
+            escape(&became)
+        );
+    }
+    w!(
+        out,
+        "</tbody></table>\n<p class=\"note\">{} rows dropped by the kind mapping; {} refunds with an order_id that matched no order (orphans: they still lower net spend).</p>\n",
+        int(d.kind_rows_dropped),
+        int(d.orphan_refunds)
+    );
 }

@@ -27,13 +27,13 @@ pub(crate) fn score_all(
         labelled_b
             .users
             .iter()
-            .filter(|&&u| aggs_b[u].orders > 0)
+            .filter(|&&u| aggs_b[u].is_buyer())
             .map(|&u| {
                 let a = &aggs_b[u];
                 (
                     Feature::RecencyDays.value(a, w.snap_b),
                     f64::from(a.orders),
-                    a.spend,
+                    a.net_spend(),
                 )
             }),
     );

@@ -11,6 +11,7 @@ use super::scoring::Profiles;
 use super::stability::Compared;
 use super::tiers::Tiering;
 use super::windows::{Snapshots, Windows};
+use crate::bundle::manifest::DataInfo;
 use crate::bundle::manifest::{FeatureSpec, LeftOut, Manifest, Metrics, TierChanges, TierEntry};
 use crate::bundle::{Bundle, Snapshot};
 use crate::features::time::format_rfc3339;
@@ -251,7 +252,15 @@ pub(crate) fn manifest(f: &Facts) -> Manifest {
         version: input.version.clone(),
         created_at: input.created_at,
         previous_version: input.previous.map(|(b, _)| b.manifest.version.clone()),
-        data: input.data.clone(),
+        data: DataInfo {
+            orphan_refunds: f
+                .snap
+                .aggs_now
+                .iter()
+                .map(|a| u64::from(a.orphan_refunds))
+                .sum(),
+            ..input.data.clone()
+        },
         params: serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null),
         as_of: format_rfc3339(f.windows.as_of),
         as_of_ts: f.windows.as_of,
@@ -306,6 +315,7 @@ pub(crate) fn manifest(f: &Facts) -> Manifest {
         warnings: f.warnings.clone(),
         files: BTreeMap::new(),
         drift_reference: Some(f.drift_reference.clone()),
+        kinds: cfg.events.clone(),
     }
 }
 

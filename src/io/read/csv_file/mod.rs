@@ -26,6 +26,7 @@ mod split;
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
 use super::{Budget, Cell, Location, ReadError, RowRef, UserIndex};
+use crate::features::vocabulary::{KindResolver, KindTally};
 use crate::features::{Event, EventKind, EventTable, Timestamp};
 use csv::ByteRecord;
 use rows::{events_sequential, open, Hashing, Origin};
@@ -130,11 +131,13 @@ fn row_error(
 }
 
 /// Column positions of the events table, resolved once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct EventCols {
     width: usize,
     /// The earliest accepted event time ([`Layout::earliest`]).
     earliest: Timestamp,
+    /// The kind mapping ([`Layout::kinds`]).
+    kinds: std::sync::Arc<KindResolver>,
     user: usize,
     ts: usize,
     kind: usize,
@@ -142,6 +145,7 @@ struct EventCols {
     watch: Option<usize>,
     room: Option<usize>,
     category: Option<usize>,
+    order: Option<usize>,
 }
 
 impl EventCols {
@@ -153,6 +157,7 @@ impl EventCols {
         Ok(EventCols {
             width: l.width,
             earliest: l.earliest,
+            kinds: l.kinds.clone(),
             user: required(Col::UserId)?,
             ts: required(Col::Ts)?,
             kind: required(Col::Kind)?,
@@ -160,6 +165,7 @@ impl EventCols {
             watch: l.get(Col::WatchSeconds),
             room: l.get(Col::RoomId),
             category: l.get(Col::Category),
+            order: l.get(Col::OrderId),
         })
     }
 }
@@ -200,8 +206,12 @@ impl<R: Record> fields::EventFields for CsvEvent<'_, R> {
         fields::timestamp(self.field(self.cols.ts))
     }
     #[inline]
-    fn kind(&self) -> Result<EventKind, Cause> {
-        fields::kind(self.field(self.cols.kind))
+    fn kind_field(&self) -> &[u8] {
+        self.field(self.cols.kind)
+    }
+    #[inline]
+    fn kinds(&self) -> &KindResolver {
+        &self.cols.kinds
     }
     #[inline]
     fn amount(&self, kind: EventKind) -> Result<f64, Cause> {
@@ -223,12 +233,20 @@ impl<R: Record> fields::EventFields for CsvEvent<'_, R> {
     fn category(&self) -> Result<u32, Cause> {
         self.optional(self.cols.category, fields::hashed)
     }
+    #[inline]
+    fn order(&self) -> Result<u32, Cause> {
+        self.optional(self.cols.order, |b| fields::hashed(b.trim_ascii()))
+    }
 }
 
 /// The event of an events row whose width was checked.
 #[inline]
-fn event_fields(rec: &impl Record, cols: &EventCols) -> Result<Event, Fault> {
-    fields::event(&CsvEvent { rec, cols })
+fn event_fields(
+    rec: &impl Record,
+    cols: &EventCols,
+    tally: &mut KindTally,
+) -> Result<Option<Event>, Fault> {
+    fields::event(&CsvEvent { rec, cols }, tally)
 }
 
 /// What an events file's header says, shared by the threads reading it.
@@ -244,6 +262,7 @@ impl Shape<'_> {
         table.columns.watch_seconds = self.cols.watch.is_some();
         table.columns.room_id = self.cols.room.is_some();
         table.columns.category = self.cols.category.is_some();
+        table.columns.order_id = self.cols.order.is_some();
     }
 }
 
@@ -270,6 +289,7 @@ pub(super) fn read_events(
     hasher: &mut Sha256,
     split: Split,
     earliest: Timestamp,
+    kinds: &std::sync::Arc<KindResolver>,
 ) -> Result<u64, ReadError> {
     let io_err = |e| super::io_error(path, e);
     let mut file = File::open(path).map_err(io_err)?;
@@ -292,6 +312,7 @@ pub(super) fn read_events(
         .and_then(|c| {
             let mut o = open(path, TableKind::Events, &first[..c], Origin::START).ok()?;
             o.layout.earliest = earliest;
+            o.layout.kinds = kinds.clone();
             let cols = EventCols::new(path, &o.layout, &o.header).ok()?;
             Some(Shape {
                 path,
@@ -307,6 +328,7 @@ pub(super) fn read_events(
         });
         let mut o = open(path, TableKind::Events, input, Origin::START)?;
         o.layout.earliest = earliest;
+        o.layout.kinds = kinds.clone();
         let shape = Shape {
             path,
             cols: EventCols::new(path, &o.layout, &o.header)?,

@@ -5,6 +5,7 @@
 use super::super::fields::{self, Col, Fault};
 use super::super::ReadError;
 use super::{event_fields, row_error, EventCols, Record, Shape};
+use crate::features::vocabulary::KindTally;
 use crate::features::{Event, EventTable};
 
 /// One events row, parsed off the table's thread: the user id (validated, or `None` when it is
@@ -16,7 +17,8 @@ pub(super) fn parse_row<'r, R: Record>(
     rec: &'r R,
     c: &EventCols,
     last: &[u8],
-) -> Result<(Option<&'r str>, Event), Fault> {
+    tally: &mut KindTally,
+) -> Result<(Option<&'r str>, Option<Event>), Fault> {
     if rec.width() != c.width {
         return Err(Fault::FieldCount { found: rec.width() });
     }
@@ -26,7 +28,7 @@ pub(super) fn parse_row<'r, R: Record>(
     } else {
         Some(fields::user_id(raw).map_err(Fault::at(Col::UserId))?)
     };
-    Ok((id, event_fields(rec, c)?))
+    Ok((id, event_fields(rec, c, tally)?))
 }
 
 /// A parsed block: good rows (their events in the columns of `part`, with no users; user ids
@@ -72,8 +74,10 @@ impl Parsed {
     ) {
         self.rows += 1;
         let last = self.ids.as_bytes().get(self.last..).unwrap_or_default();
-        match parse_row(rec, &shape.cols, last) {
-            Ok((id, event)) => {
+        match parse_row(rec, &shape.cols, last, &mut self.part.kind_tally) {
+            // Dropped on purpose (ignored or skipped kind): counted in the tally, no user.
+            Ok((_, None)) => {}
+            Ok((id, Some(event))) => {
                 if let Some(id) = id {
                     self.last = self.ids.len();
                     self.ids.push_str(id);

@@ -11,6 +11,7 @@ mod columns;
 
 use super::fields::{self, Cause, Col, Fault, Layout, TableKind};
 use super::{Budget, Cell, Location, ReadError, RowRef, UserIndex, UsersSink};
+use crate::features::vocabulary::KindResolver;
 use crate::features::{EventKind, EventTable, Timestamp};
 use arrow_array::{Array, RecordBatch};
 use columns::{accepts, expected, Nums, Text, Times};
@@ -179,6 +180,8 @@ fn open(path: &Path, table: TableKind) -> Result<Opened, ReadError> {
 struct EventBatch<'a> {
     /// The earliest accepted event time ([`Layout::earliest`]).
     earliest: Timestamp,
+    /// The kind mapping ([`Layout::kinds`]).
+    kinds: &'a KindResolver,
     user: Text<'a>,
     ts: Times<'a>,
     kind: Text<'a>,
@@ -186,12 +189,14 @@ struct EventBatch<'a> {
     watch: Option<Nums<'a>>,
     room: Option<Text<'a>>,
     category: Option<Text<'a>>,
+    order: Option<Text<'a>>,
 }
 
 impl<'a> EventBatch<'a> {
-    fn new(o: &Opened, path: &Path, b: &'a RecordBatch) -> Result<EventBatch<'a>, ReadError> {
+    fn new(o: &'a Opened, path: &Path, b: &'a RecordBatch) -> Result<EventBatch<'a>, ReadError> {
         Ok(EventBatch {
             earliest: o.layout.earliest,
+            kinds: &o.layout.kinds,
             user: o.required(path, b, Col::UserId, Text::new)?,
             ts: o.required(path, b, Col::Ts, Times::new)?,
             kind: o.required(path, b, Col::Kind, Text::new)?,
@@ -199,6 +204,7 @@ impl<'a> EventBatch<'a> {
             watch: o.column(path, b, Col::WatchSeconds, Nums::new)?,
             room: o.column(path, b, Col::RoomId, Text::new)?,
             category: o.column(path, b, Col::Category, Text::new)?,
+            order: o.column(path, b, Col::OrderId, Text::new)?,
         })
     }
 
@@ -218,6 +224,7 @@ impl<'a> EventBatch<'a> {
             Col::WatchSeconds => nums(&self.watch),
             Col::RoomId => text(&self.room),
             Col::Category => text(&self.category),
+            Col::OrderId => text(&self.order),
             Col::RegisteredAt | Col::Persona => String::new(),
         }
     }
@@ -245,8 +252,12 @@ impl fields::EventFields for ParquetEvent<'_, '_> {
         self.batch.ts.get(self.i)?.ok_or(Cause::Timestamp)
     }
     #[inline]
-    fn kind(&self) -> Result<EventKind, Cause> {
-        fields::kind(self.batch.kind.bytes(self.i))
+    fn kind_field(&self) -> &[u8] {
+        self.batch.kind.bytes(self.i)
+    }
+    #[inline]
+    fn kinds(&self) -> &KindResolver {
+        self.batch.kinds
     }
     #[inline]
     fn amount(&self, kind: EventKind) -> Result<f64, Cause> {
@@ -267,6 +278,13 @@ impl fields::EventFields for ParquetEvent<'_, '_> {
     fn category(&self) -> Result<u32, Cause> {
         hashed_or_zero(self.batch.category.as_ref(), self.i)
     }
+    #[inline]
+    fn order(&self) -> Result<u32, Cause> {
+        self.batch
+            .order
+            .as_ref()
+            .map_or(Ok(0), |t| fields::hashed(t.bytes(self.i).trim_ascii()))
+    }
 }
 
 /// A room or category column's hash at row `i`; 0 when the file has no such column.
@@ -281,10 +299,13 @@ pub(super) fn read_events(
     budget: &mut Budget,
     hasher: &mut Sha256,
     earliest: Timestamp,
+    kinds: &std::sync::Arc<KindResolver>,
 ) -> Result<(), ReadError> {
     with_fingerprint(path, hasher, || {
         let mut o = open(path, TableKind::Events)?;
         o.layout.earliest = earliest;
+        o.layout.kinds = kinds.clone();
+        table.columns.order_id = o.layout.get(Col::OrderId).is_some();
         table.columns.watch_seconds = o.layout.get(Col::WatchSeconds).is_some();
         table.columns.room_id = o.layout.get(Col::RoomId).is_some();
         table.columns.category = o.layout.get(Col::Category).is_some();

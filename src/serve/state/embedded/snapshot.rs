@@ -1,14 +1,18 @@
-//! The `state.bin` format: `b"TIERST01" | u64 LE length | u32 LE crc32(payload) | payload`, the
+//! The `state.bin` format: `b"TIERST02" | u64 LE length | u32 LE crc32(payload) | payload`, the
 //! payload (postcard) being the bundle version the state was seeded from, the first log segment
-//! the snapshot does not cover, and every user's aggregate.
+//! the snapshot does not cover, and every user's aggregate. `TIERST01`, written by binaries
+//! before refunds, holds the aggregates in their earlier layout ([`UserAggregateV1`]) and is
+//! still read; the next snapshot is written as `TIERST02`.
 
 use super::store::{UserStore, UsersSeq};
-use crate::features::UserAggregate;
+use crate::features::{UserAggregate, UserAggregateV1};
 use crate::serve::state::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"TIERST01";
+const MAGIC: &[u8; 8] = b"TIERST02";
+/// The format before refunds, still read.
+const MAGIC_V1: &[u8; 8] = b"TIERST01";
 /// Magic, length and checksum.
 const HEADER: usize = 20;
 
@@ -26,6 +30,14 @@ pub(crate) struct SnapshotIn {
     /// The first log segment this snapshot does not cover.
     pub wal_gen: u64,
     pub users: Vec<(String, UserAggregate)>,
+}
+
+/// A `TIERST01` payload.
+#[derive(Deserialize)]
+struct SnapshotInV1 {
+    seeded_from: String,
+    wal_gen: u64,
+    users: Vec<(String, UserAggregateV1)>,
 }
 
 /// Serialises the whole table as of now (read guards on every shard for the time of it).
@@ -57,7 +69,7 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, S
         path: path.to_path_buf(),
         what,
     };
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+    if bytes.len() < HEADER || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Err(bad("not a tiering state snapshot (bad header)"));
     }
     let mut len8 = [0u8; 8];
@@ -75,16 +87,56 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, S
     if crc32fast::hash(payload) != crc {
         return Err(bad("checksum mismatch"));
     }
-    postcard::from_bytes(payload).map_err(|source| StateError::UndecodableSnapshot {
+    let undecodable = |source| StateError::UndecodableSnapshot {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    if &bytes[..8] == MAGIC_V1 {
+        let old: SnapshotInV1 = postcard::from_bytes(payload).map_err(undecodable)?;
+        return Ok(SnapshotIn {
+            seeded_from: old.seeded_from,
+            wal_gen: old.wal_gen,
+            users: old
+                .users
+                .into_iter()
+                .map(|(id, a)| (id, UserAggregate::from(a)))
+                .collect(),
+        });
+    }
+    postcard::from_bytes(payload).map_err(undecodable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A snapshot an earlier binary wrote (`TIERST01`, aggregates before refunds) still loads.
+    #[test]
+    fn a_tierst01_snapshot_of_an_earlier_binary_still_loads() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            seeded_from: &'a str,
+            wal_gen: u64,
+            users: Vec<(String, UserAggregateV1)>,
+        }
+        let mut agg = UserAggregate::with_registration(Some(1_700_000_000));
+        agg.orders = 3;
+        agg.spend = 42.0;
+        let payload = postcard::to_stdvec(&Old {
+            seeded_from: "v1",
+            wal_gen: 5,
+            users: vec![("u".into(), UserAggregateV1::of(&agg))],
+        })
+        .unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
+        assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v1", 5));
+        assert_eq!(back.users, vec![("u".to_string(), agg)]);
+    }
 
     proptest! {
         /// Arbitrary bytes, with or without a valid header, and damaged valid snapshots: never

@@ -159,6 +159,7 @@ mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         };
         assert!(store.apply("u1", &e));
         assert!(!store.apply("u1", &e));

@@ -8,7 +8,8 @@
 //! | 9 | 1 when an applied-offset watermark follows, else 0 |
 //! | 10..14 | watermark partition, i32 little-endian (0 when none) |
 //! | 14..22 | watermark offset, i64 little-endian (0 when none) |
-//! | 22.. | the `UserAggregate`, postcard-encoded |
+//! | 22.. | the `UserAggregate`, postcard-encoded (format 1: the layout before refunds,
+//! [`UserAggregateV1`]) |
 //!
 //! The first [`CAS_PREFIX`] bytes (version and token) are what the compare-and-set script
 //! compares; each write draws a new random token (not a counter: two replicas applying identical
@@ -18,10 +19,14 @@
 //! a new version, and a new binary must keep reading the previous one.
 
 use super::super::{LogPosition, StateError};
-use crate::features::UserAggregate;
+use crate::features::{UserAggregate, UserAggregateV1};
 
-/// The value format this binary writes (and the only one it reads).
-pub const FORMAT_VERSION: u8 = 1;
+/// The value format this binary writes: 2 since the aggregate holds refunds. It also reads
+/// format 1 (written by earlier binaries), so a rolling deploy keeps every user's state; a value
+/// of format 1 is rewritten as 2 on its next write. An earlier binary refuses format 2.
+pub const FORMAT_VERSION: u8 = 2;
+/// The previous format, still read.
+const FORMAT_V1: u8 = 1;
 /// Bytes the compare-and-set compares: the version and the token.
 pub const CAS_PREFIX: usize = 9;
 const HEADER: usize = 22;
@@ -96,7 +101,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             what: "empty value".into(),
         });
     };
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_V1 {
         return Err(StateError::RedisFormat {
             found: version,
             known: FORMAT_VERSION,
@@ -128,9 +133,16 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             })
         }
     };
-    let agg = postcard::from_bytes(&bytes[HEADER..]).map_err(|e| StateError::RedisValue {
+    let undecodable = |e: postcard::Error| StateError::RedisValue {
         what: format!("undecodable aggregate: {e}"),
-    })?;
+    };
+    let agg = if version == FORMAT_V1 {
+        postcard::from_bytes::<UserAggregateV1>(&bytes[HEADER..])
+            .map(UserAggregate::from)
+            .map_err(undecodable)?
+    } else {
+        postcard::from_bytes(&bytes[HEADER..]).map_err(undecodable)?
+    };
     Ok(Stored {
         cas: u64::from_le_bytes(u64_at(1)),
         watermark,
@@ -158,6 +170,7 @@ mod tests {
             watch_seconds: 0,
             room: 3,
             category: 4,
+            order: 0,
         });
         for watermark in [
             None,
@@ -178,13 +191,48 @@ mod tests {
             newer[0] = FORMAT_VERSION + 1;
             let e = decode(&newer).unwrap_err();
             assert!(
-                matches!(e, StateError::RedisFormat { found: 2, known: 1 }),
+                matches!(e, StateError::RedisFormat { found: 3, known: 2 }),
                 "{e}"
             );
             assert!(decode(&bytes[..10]).is_err());
         }
         assert!(decode(&[]).is_err());
         assert_eq!(key("a b"), "u:{a b}");
+        assert_eq!(user_of(&key("x{y}")), Some("x{y}"));
+    }
+
+    /// A value an earlier binary wrote (format 1, the aggregate before refunds) still reads,
+    /// with no refunds; a value with refunds round-trips in format 2.
+    #[test]
+    fn a_format_1_value_of_an_earlier_binary_still_reads() {
+        let mut agg = UserAggregate::default();
+        let order = |kind, amount, order| Event {
+            ts: 1_700_000_000,
+            kind,
+            amount,
+            watch_seconds: 0,
+            room: 3,
+            category: 4,
+            order,
+        };
+        agg.apply(&order(EventKind::Order, 12.5, 0));
+        let mut old = vec![1u8];
+        old.extend_from_slice(&42u64.to_le_bytes());
+        old.extend_from_slice(&[0u8; 13]);
+        old.extend(postcard::to_stdvec(&UserAggregateV1::of(&agg)).unwrap());
+        let back = decode(&old).unwrap();
+        assert_eq!((back.cas, back.agg), (42, agg));
+        agg.apply(&order(EventKind::Order, 20.0, 77));
+        agg.apply(&order(EventKind::Refund, 20.0, 77));
+        let s = Stored {
+            cas: 1,
+            watermark: None,
+            agg,
+        };
+        let bytes = encode(&s).unwrap();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(decode(&bytes).unwrap(), s);
+        assert_eq!(decode(&bytes).unwrap().agg.orders_refunded, 1);
         assert_eq!(user_of(&key("x{y}")), Some("x{y}"));
     }
 }

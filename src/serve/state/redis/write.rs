@@ -259,6 +259,7 @@ mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         }
     }
 

@@ -217,6 +217,7 @@ pub(crate) mod tests {
             watch_seconds: 0,
             room: 0,
             category: 0,
+            order: 0,
         }
     }
 
@@ -242,6 +243,7 @@ pub(crate) mod tests {
                 watch_seconds,
                 room: hash_str(room),
                 category: hash_str(category),
+                order: 0,
             };
         let events = [
             event(

@@ -11,9 +11,11 @@ use rayon::prelude::*;
 /// Per-user aggregates from events strictly before each time in `times`, in one pass.
 /// `out[s][u]` is user `u` as of `times[s]`.
 ///
-/// Users are split into contiguous ranges, one per core; each core sweeps the whole table in
-/// order and applies only its own users' events, so every user still sees its events in file
-/// order and the result does not depend on the number of cores.
+/// Users are split into contiguous ranges, one per core; each core sweeps the whole table and
+/// applies only its own users' events, so the result does not depend on the number of cores.
+/// Nor on the file's row order: with refunds present (they link to earlier orders) each
+/// user's events are applied in time order (see [`apply_order`]); without, every aggregate
+/// commutes.
 pub fn build_aggregates(table: &EventTable, times: &[Timestamp]) -> Vec<Vec<UserAggregate>> {
     let base: Vec<UserAggregate> = table
         .registered_at
@@ -35,27 +37,55 @@ pub fn build_aggregates(table: &EventTable, times: &[Timestamp]) -> Vec<Vec<User
         }
     }
     let latest = times.iter().copied().max().unwrap_or(Timestamp::MIN);
+    // Refunds link to orders seen before them, so with refunds present each user's events are
+    // applied in time order (orders before refunds at one instant), whatever the file order;
+    // without refunds every aggregate commutes and file order is kept (no sort to pay for).
+    let ordered = table.kind.contains(&EventKind::Refund);
     owned
         .into_par_iter()
         .enumerate()
         .for_each(|(k, mut parts)| {
             let lo = k * per;
             let hi = lo + per;
-            for i in 0..table.len() {
+            let mine = (0..table.len()).filter(|&i| {
                 let u = table.user[i] as usize;
-                let ts = table.ts[i];
-                if u < lo || u >= hi || ts >= latest {
-                    continue;
-                }
-                let e = table.event(i);
+                u >= lo && u < hi && table.ts[i] < latest
+            });
+            let mut apply = |i: usize| {
+                let (u, ts, e) = (table.user[i] as usize, table.ts[i], table.event(i));
                 for (part, &t) in parts.iter_mut().zip(times) {
                     if ts < t {
                         part[u - lo].apply(&e);
                     }
                 }
+            };
+            if ordered {
+                let mut idx: Vec<usize> = mine.collect();
+                idx.sort_by_key(|&i| apply_order(table, i));
+                idx.into_iter().for_each(&mut apply);
+            } else {
+                mine.for_each(&mut apply);
             }
         });
     out
+}
+
+/// The order events are applied in when refunds are present: by user, time, orders before
+/// refunds before the rest at one instant, then by order id hash and amount, so that only
+/// identical events keep their file order (and those commute).
+fn apply_order(table: &EventTable, i: usize) -> (u32, Timestamp, u8, u32, u32) {
+    let rank = match table.kind[i] {
+        EventKind::Order => 0,
+        EventKind::Refund => 1,
+        _ => 2,
+    };
+    (
+        table.user[i],
+        table.ts[i],
+        rank,
+        table.order[i],
+        table.amount[i].to_bits(),
+    )
 }
 
 /// Whether a user is known at `t`: registered before it, or active before it.

@@ -96,6 +96,7 @@ fn suppress_users(
     }
     let mut out = crate::features::EventTable::with_capacity(t.len());
     out.columns = t.columns;
+    out.kind_tally = t.kind_tally.clone();
     let mut map = vec![u32::MAX; t.user_ids.len()];
     for (old, id) in t.user_ids.iter().enumerate() {
         if keep[old] {
@@ -104,16 +105,11 @@ fn suppress_users(
             map[old] = new;
         }
     }
+    // Through `event`/`push`, which carry every event column (a new one cannot be missed).
     for i in 0..t.len() {
         let new = map[t.user[i] as usize];
         if new != u32::MAX {
-            out.user.push(new);
-            out.ts.push(t.ts[i]);
-            out.kind.push(t.kind[i]);
-            out.amount.push(t.amount[i]);
-            out.watch_seconds.push(t.watch_seconds[i]);
-            out.room.push(t.room[i]);
-            out.category.push(t.category[i]);
+            out.push(new, t.event(i));
         }
     }
     if let Some(p) = &mut dataset.report.personas {

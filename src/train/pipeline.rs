@@ -174,14 +174,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
 
     progress("clustering tiers");
     let previous = input.previous.map(|(b, _)| b);
-    let mut tiering = tiers::fit_tiers(
-        &w,
-        &snap,
-        &final_fit.scaler,
-        params.tiers(),
-        params.config().seed,
-        previous,
-    )?;
+    let mut tiering = tiers::fit_tiers(&w, &snap, &final_fit.scaler, params, previous)?;
     laps.lap("tiers");
 
     progress("scoring all users");

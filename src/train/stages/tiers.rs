@@ -6,7 +6,8 @@ use super::rows::{feature_rows, scale_in_place};
 use super::windows::{Snapshots, Windows};
 use crate::bundle::Bundle;
 use crate::features::{known_at, FeatureSet, StandardScaler};
-use crate::model::tiers::{self, PreviousTiers, TierFitReport, TierModel, ValidTierParams};
+use crate::model::tiers::{self, PreviousTiers, TierFitReport, TierModel};
+use crate::train::config::ValidTrainParams;
 
 /// The fitted tiers and the rows they were fitted on.
 pub(crate) struct Tiering {
@@ -22,8 +23,7 @@ pub(crate) fn fit_tiers(
     w: &Windows,
     snap: &Snapshots,
     scaler: &StandardScaler,
-    params: ValidTierParams,
-    seed: u64,
+    params: &ValidTrainParams,
     previous: Option<&Bundle>,
 ) -> Result<Tiering, TrainError> {
     let fs = &snap.features;
@@ -40,8 +40,8 @@ pub(crate) fn fit_tiers(
         d,
         &keys_now,
         &fs.features,
-        params,
-        seed,
+        params.tiers(),
+        params.config().seed,
         prev_tiers.as_ref(),
     )?;
     Ok(Tiering {

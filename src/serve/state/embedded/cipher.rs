@@ -47,9 +47,10 @@ const TAG: usize = 16;
 const OVERHEAD: usize = KEY_ID + NONCE + TAG;
 /// Larger bodies are corruption (a record is under 2^30 bytes).
 const MAX_BODY: usize = (1 << 30) + OVERHEAD;
-/// The magic of an encrypted `state.bin` (a plaintext one starts `TIERST01`).
+/// The magic of an encrypted `state.bin` (a plaintext one starts `TIERST01` or `TIERST02`).
 pub(crate) const SEALED_SNAPSHOT: &[u8; 8] = b"TIERSE01";
-const PLAIN_SNAPSHOT: &[u8; 8] = b"TIERST01";
+/// Every plaintext snapshot format's magic (see `snapshot.rs`): a new format adds its own.
+const PLAIN_SNAPSHOTS: [&[u8; 8]; 2] = [b"TIERST01", b"TIERST02"];
 const WAL_AAD: &[u8] = b"tiering wal frame v1";
 const SNAPSHOT_AAD: &[u8] = b"tiering state.bin v1";
 
@@ -212,10 +213,12 @@ pub(crate) fn open_snapshot<'a>(
             path: path.to_path_buf(),
         }),
         None => Ok(bytes.into()),
-        Some(_) if bytes.starts_with(PLAIN_SNAPSHOT) => Err(StateError::PlaintextState {
-            path: path.to_path_buf(),
-            offset: 0,
-        }),
+        Some(_) if PLAIN_SNAPSHOTS.iter().any(|m| bytes.starts_with(*m)) => {
+            Err(StateError::PlaintextState {
+                path: path.to_path_buf(),
+                offset: 0,
+            })
+        }
         // Neither magic: the plaintext reader reports the bad header.
         Some(_) if !sealed => Ok(bytes.into()),
         Some(k) => {

@@ -230,6 +230,7 @@ fn user_event(e: &proto::Event) -> UserEvent {
         watch_seconds: 0,
         room: 0,
         category: 0,
+        order: 0,
     }
 }
 

@@ -6,6 +6,7 @@
 use crate::helpers::{
     publish, state_cli, wal_segments, Dirs, ServerProcess, SpawnOptions, TestServer, NOW,
 };
+use crate::storage_faults::{held, ids};
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -50,10 +51,6 @@ fn order(user_id: &str, ts: i64) -> proto::Event {
     }
 }
 
-fn ids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
 fn encrypted(dirs: &Dirs, key: &Path) -> ServeConfig {
     ServeConfig {
         state_key_file: Some(key.to_path_buf()),
@@ -71,22 +68,6 @@ async fn record(server: &TestServer, prefix: &str, n: usize) {
             .await
             .unwrap();
     }
-}
-
-/// How many of `ids` a fresh server on `config` holds (stopped after).
-async fn held(config: ServeConfig, ids: Vec<String>) -> usize {
-    let server = TestServer::start(config).await;
-    server.ready().await;
-    let n = ids.len();
-    let r = server
-        .client()
-        .await
-        .batch_get_user_tiers(BatchGetUserTiersRequest { user_ids: ids })
-        .await
-        .unwrap()
-        .into_inner();
-    server.stop().await.unwrap();
-    n - r.not_found.len()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -27,7 +27,7 @@ fn order(user_id: &str) -> proto::Event {
     }
 }
 
-fn ids(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
@@ -48,7 +48,7 @@ async fn server_with_events(config: ServeConfig, prefix: &str, n: usize) -> Test
 }
 
 /// How many of `ids` the state holds, through a fresh server (stopped after).
-async fn held(config: ServeConfig, ids: Vec<String>) -> usize {
+pub(crate) async fn held(config: ServeConfig, ids: Vec<String>) -> usize {
     let server = TestServer::start(config).await;
     server.ready().await;
     let n = ids.len();

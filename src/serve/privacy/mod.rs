@@ -202,8 +202,15 @@ impl Privacy {
     }
 
     /// True when the id must not appear in a tier list (erased or objected).
+    /// One lock and at most one keyed hash per id (it runs for every user of an at-risk page).
     pub fn hidden(&self, id: &str) -> bool {
-        self.erased(id) || self.objected(id)
+        let Some(k) = &self.key else { return false };
+        let l = self.read_lists();
+        if l.erased.0.is_empty() && l.objected.0.is_empty() {
+            return false;
+        }
+        let h = k.hash(id);
+        l.erased.contains(&h) || l.objected.contains(&h)
     }
 
     /// `Err(ProfilingObjected)` when the person objected.

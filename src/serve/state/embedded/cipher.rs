@@ -47,10 +47,8 @@ const TAG: usize = 16;
 const OVERHEAD: usize = KEY_ID + NONCE + TAG;
 /// Larger bodies are corruption (a record is under 2^30 bytes).
 const MAX_BODY: usize = (1 << 30) + OVERHEAD;
-/// The magic of an encrypted `state.bin` (a plaintext one starts `TIERST01` or `TIERST02`).
+/// The magic of an encrypted `state.bin` (plaintext ones: `snapshot::is_plain`).
 pub(crate) const SEALED_SNAPSHOT: &[u8; 8] = b"TIERSE01";
-/// Every plaintext snapshot format's magic (see `snapshot.rs`): a new format adds its own.
-const PLAIN_SNAPSHOTS: [&[u8; 8]; 2] = [b"TIERST01", b"TIERST02"];
 const WAL_AAD: &[u8] = b"tiering wal frame v1";
 const SNAPSHOT_AAD: &[u8] = b"tiering state.bin v1";
 
@@ -213,12 +211,10 @@ pub(crate) fn open_snapshot<'a>(
             path: path.to_path_buf(),
         }),
         None => Ok(bytes.into()),
-        Some(_) if PLAIN_SNAPSHOTS.iter().any(|m| bytes.starts_with(*m)) => {
-            Err(StateError::PlaintextState {
-                path: path.to_path_buf(),
-                offset: 0,
-            })
-        }
+        Some(_) if super::snapshot::is_plain(bytes) => Err(StateError::PlaintextState {
+            path: path.to_path_buf(),
+            offset: 0,
+        }),
         // Neither magic: the plaintext reader reports the bad header.
         Some(_) if !sealed => Ok(bytes.into()),
         Some(k) => {
@@ -401,25 +397,7 @@ fn bad_tail(
             "checksum mismatch"
         }
     };
-    if let Some(next_valid) = next_valid_frame(key, bytes, off) {
-        return Err(StateError::DamagedRecord {
-            path: path.to_path_buf(),
-            offset: off,
-            what: match what {
-                "checksum mismatch" => "checksum mismatch in the middle of the log",
-                other => other,
-            },
-            next_valid,
-        });
-    }
-    if !last {
-        return Err(StateError::TornMidLog {
-            path: path.to_path_buf(),
-            offset: off,
-            what,
-        });
-    }
-    Ok(what)
+    super::tail::tail_verdict(path, off, what, next_valid_frame(key, bytes, off), last)
 }
 
 #[cfg(test)]

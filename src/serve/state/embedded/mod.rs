@@ -16,6 +16,7 @@ mod cipher;
 mod dir;
 mod snapshot;
 pub mod store;
+mod tail;
 pub mod tools;
 mod wal;
 

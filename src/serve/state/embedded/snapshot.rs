@@ -16,6 +16,12 @@ const MAGIC_V1: &[u8; 8] = b"TIERST01";
 /// Magic, length and checksum.
 const HEADER: usize = 20;
 
+/// True when `bytes` start like a plaintext snapshot of any format this binary reads (the
+/// encrypted-state check refuses those when a key is given).
+pub(crate) fn is_plain(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V1)
+}
+
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     seeded_from: &'a str,

@@ -182,25 +182,7 @@ fn bad_tail(path: &Path, bytes: &[u8], off: usize, last: bool) -> Result<&'stati
             "checksum mismatch"
         }
     };
-    if let Some(next_valid) = next_valid_record(bytes, off) {
-        return Err(StateError::DamagedRecord {
-            path: path.to_path_buf(),
-            offset: off,
-            what: match what {
-                "checksum mismatch" => "checksum mismatch in the middle of the log",
-                other => other,
-            },
-            next_valid,
-        });
-    }
-    if !last {
-        return Err(StateError::TornMidLog {
-            path: path.to_path_buf(),
-            offset: off,
-            what,
-        });
-    }
-    Ok(what)
+    super::super::tail::tail_verdict(path, off, what, next_valid_record(bytes, off), last)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! medians are printed. The log is not fsynced (`TIERING__WAL_FSYNC=false`), as in grpc_load:
 //! with fsync the disk dominates and hides the cipher.
 //!
-//! `cargo bench --features kafka --bench state_encryption`
+//! `cargo bench --bench state_encryption`
 
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};

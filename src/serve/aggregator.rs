@@ -15,8 +15,11 @@
 //!
 //! Consumer settings: `enable.auto.commit=false` (commits are explicit, after the write),
 //! `isolation.level=read_committed`, `auto.offset.reset=earliest` (a new group reads the topic
-//! from its start). Lag per partition comes from librdkafka's statistics (last stable offset −
-//! the consumer's position), every `stats_interval`.
+//! from its start). Lag per partition is the partition's high watermark − the consumer's
+//! position, refreshed every `stats_interval` by a thread of its own ([`LagWatch`]): librdkafka's
+//! statistics, which it used to come from, are delivered only when the consumer is polled, so an
+//! aggregator stalled on the state (the moment the lag matters most) showed the lag of its last
+//! poll.
 //!
 //! The aggregator is generic over [`UserState`]: the lead's `tiering aggregate` runs it over
 //! the Redis backend; tests run it over an in-memory state with watermarks.
@@ -26,15 +29,14 @@ use super::events::codec;
 use super::state::{Applied, LogPosition, StateError, UserEvent, UserState};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry, TextEncoder};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Why the aggregator stopped or could not start.
@@ -65,7 +67,7 @@ pub struct AggregatorConfig {
     pub max_batch: usize,
     /// Longest a batch waits to fill once its first record arrived.
     pub max_wait: Duration,
-    /// How often librdkafka reports statistics (consumer lag).
+    /// How often the lag gauge is refreshed (one watermark query per assigned partition).
     pub stats_interval: Duration,
     /// A member silent for this long (a crash) loses its partitions to the others
     /// (`session.timeout.ms`; the broker bounds it, 6 s to 30 min by default).
@@ -97,13 +99,6 @@ impl AggregatorConfig {
                 self.session_timeout
                     .as_millis()
                     .clamp(1, 3_600_000)
-                    .to_string(),
-            )
-            .set(
-                "statistics.interval.ms",
-                self.stats_interval
-                    .as_millis()
-                    .clamp(1, 86_400_000)
                     .to_string(),
             );
         c
@@ -170,30 +165,117 @@ impl AggregatorMetrics {
     }
 }
 
-/// Takes the consumer lag from librdkafka's statistics.
-pub struct LagContext {
-    topic: String,
-    metrics: Arc<AggregatorMetrics>,
+/// Keeps `tiering_aggregator_lag{partition}` current from a thread of its own: every
+/// `interval`, for each partition assigned to this member, the partition's high watermark minus
+/// the consumer's position (records not yet consumed). Partitions no longer assigned lose their
+/// series. Stops when dropped.
+pub struct LagWatch {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl ClientContext for LagContext {
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        for (id, p) in &topic.partitions {
-            // -1: not assigned to this member, or no position yet.
-            if *id >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
-                self.metrics
-                    .lag
-                    .with_label_values(&[&id.to_string()])
-                    .set((p.ls_offset - p.app_offset).max(0));
+impl LagWatch {
+    fn start(
+        consumer: Arc<StreamConsumer>,
+        topic: String,
+        metrics: Arc<AggregatorMetrics>,
+        interval: Duration,
+    ) -> LagWatch {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("aggregator-lag".into())
+            .spawn(move || {
+                let mut shown = BTreeSet::new();
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    shown = refresh_lag(&consumer, &topic, &metrics, interval, shown);
+                }
+            });
+        match thread {
+            Ok(t) => LagWatch {
+                stop: Some(stop),
+                thread: Some(t),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "aggregator: cannot start the lag thread; tiering_aggregator_lag stays empty");
+                LagWatch {
+                    stop: None,
+                    thread: None,
+                }
             }
         }
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl Drop for LagWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            // At most one refresh (its broker queries bounded by 1-5 s each) is in flight.
+            let _ = t.join();
+        }
+    }
+}
+
+/// One refresh of the lag gauge; returns the partitions it now shows.
+///
+/// A partition's next record is the consumer's position, or, before anything was consumed from
+/// it since the assignment, the group's committed offset, or else the partition's start (the
+/// group reads from the earliest record). Its end is the high watermark, asked of the
+/// partition's leader. A partition whose end cannot be read loses its series rather than show
+/// a stale figure.
+fn refresh_lag(
+    consumer: &StreamConsumer,
+    topic: &str,
+    metrics: &AggregatorMetrics,
+    interval: Duration,
+    shown: BTreeSet<i32>,
+) -> BTreeSet<i32> {
+    let Ok(positions) = consumer.position() else {
+        return shown;
+    };
+    let timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
+    let positions = positions.elements_for_topic(topic);
+    let unpositioned = positions
+        .iter()
+        .any(|p| !matches!(p.offset(), Offset::Offset(_)));
+    let committed = if unpositioned {
+        consumer.committed(timeout).ok()
+    } else {
+        None
+    };
+    let mut now = BTreeSet::new();
+    for p in &positions {
+        let partition = p.partition();
+        let (low, high) = match consumer.fetch_watermarks(topic, partition, timeout) {
+            Ok((low, high)) if low >= 0 && high >= 0 => (low, high),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "aggregator: reading a partition's high watermark for the lag gauge");
+                continue;
+            }
+        };
+        let committed_offset = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(topic, partition))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        let next = match p.offset() {
+            Offset::Offset(o) => o,
+            _ => committed_offset.unwrap_or(low),
+        };
+        metrics
+            .lag
+            .with_label_values(&[&partition.to_string()])
+            .set((high - next).max(0));
+        now.insert(partition);
+    }
+    for gone in shown.difference(&now) {
+        let _ = metrics.lag.remove_label_values(&[&gone.to_string()]);
+    }
+    now
+}
 
 /// One batch read from the topic: the decoded events with their positions, and the offsets to
 /// commit once they are applied (each partition's last record + 1, undecodable ones included).
@@ -215,7 +297,7 @@ pub struct Totals {
 
 /// A consumer group member; see the module docs.
 pub struct Aggregator {
-    consumer: StreamConsumer<LagContext>,
+    consumer: Arc<StreamConsumer>,
     config: AggregatorConfig,
     metrics: Arc<AggregatorMetrics>,
 }
@@ -229,13 +311,9 @@ impl Aggregator {
         if config.group.is_empty() {
             return Err(AggregatorError::NoGroup);
         }
-        let context = LagContext {
-            topic: config.target.topic.clone(),
-            metrics: metrics.clone(),
-        };
-        let consumer: StreamConsumer<LagContext> = config
+        let consumer: StreamConsumer = config
             .consumer_config()
-            .create_with_context(context)
+            .create()
             .map_err(AggregatorError::Consumer)?;
         consumer
             .subscribe(&[&config.target.topic])
@@ -244,7 +322,7 @@ impl Aggregator {
                 source,
             })?;
         Ok(Aggregator {
-            consumer,
+            consumer: Arc::new(consumer),
             config,
             metrics,
         })
@@ -258,6 +336,12 @@ impl Aggregator {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Totals, AggregatorError> {
         tokio::pin!(shutdown);
+        let _lag = LagWatch::start(
+            self.consumer.clone(),
+            self.config.target.topic.clone(),
+            self.metrics.clone(),
+            self.config.stats_interval,
+        );
         let mut totals = Totals::default();
         while let Some(batch) = self.next_batch(shutdown.as_mut()).await? {
             let started = Instant::now();

@@ -578,9 +578,11 @@ async fn a_redis_restart_mid_load_gives_unavailable_then_recovery_with_readiness
         let before = stored(&client, &user(9)).await.unwrap().orders;
         // Load: one event per request to one user, counting what was acknowledged.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let mut c = server.client().await;
         let load = {
             let stop2 = stop.clone();
+            let failures = failures.clone();
             let mut c = server.client().await;
             async move {
                 let (mut acked, mut failed) = (0u32, 0u32);
@@ -597,6 +599,7 @@ async fn a_redis_restart_mid_load_gives_unavailable_then_recovery_with_readiness
                         Err(e) => {
                             assert_eq!(e.code(), Code::Unavailable, "{e:?}");
                             failed += 1;
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
@@ -610,6 +613,12 @@ async fn a_redis_restart_mid_load_gives_unavailable_then_recovery_with_readiness
         let e = c.get_user_tier(get(&user(9))).await.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");
         eventually(10, || async { health(&server).await != SERVING }).await;
+        // Redis stays down until the load has been refused at least once (on a loaded machine
+        // the load's one request in flight can otherwise span the whole outage).
+        eventually(10, || async {
+            failures.load(std::sync::atomic::Ordering::Relaxed) > 0
+        })
+        .await;
         redis = tokio::task::spawn_blocking(move || {
             redis.restart();
             redis

@@ -279,6 +279,10 @@ pub(crate) fn user_tier(
         model_version: model.version.clone(),
         as_of: Some(to_timestamp(as_of)),
         next_page_token: String::new(),
+        clv: s.clv,
+        expected_orders: s.expected_orders,
+        p_alive: s.p_alive,
+        value_at_risk: s.value_at_risk,
     }
 }
 
@@ -427,7 +431,28 @@ pub(crate) fn at_risk_query(
         let mut st = req.lifecycle_stages.clone();
         st.sort();
         st.dedup();
-        fnv1a64(format!("{}|{}|{}", p.to_bits(), tier_ids.join(","), st.join(",")).as_bytes())
+        // `exclude_churned` only when set, so the hash of older callers' filters is unchanged.
+        let churned = if req.exclude_churned { "|x" } else { "" };
+        fnv1a64(
+            format!(
+                "{}|{}|{}{churned}",
+                p.to_bits(),
+                tier_ids.join(","),
+                st.join(",")
+            )
+            .as_bytes(),
+        )
+    };
+    let order = match proto::AtRiskOrder::try_from(req.order_by) {
+        Ok(proto::AtRiskOrder::ChurnProbability) => Order::ChurnDescending,
+        Ok(proto::AtRiskOrder::ValueAtRisk) => Order::ValueAtRiskDescending,
+        Err(_) => return Err(RequestError::invalid(
+            "order_by",
+            format!(
+                "unknown order {} (AT_RISK_ORDER_CHURN_PROBABILITY or AT_RISK_ORDER_VALUE_AT_RISK)",
+                req.order_by
+            ),
+        )),
     };
     let (as_of, after, pinned) = if req.page_token.is_empty() {
         (now, None, None)
@@ -437,7 +462,13 @@ pub(crate) fn at_risk_query(
         if t.filter_hash != filter_hash {
             return Err(RequestError::invalid(
                 "page_token",
-                "the token was issued for other filters (keep min_churn_probability, tier_ids and lifecycle_stages unchanged while paging)",
+                "the token was issued for other filters (keep min_churn_probability, tier_ids, lifecycle_stages and exclude_churned unchanged while paging)",
+            ));
+        }
+        if t.order != order {
+            return Err(RequestError::invalid(
+                "page_token",
+                "the token was issued for another order_by (keep it unchanged while paging)",
             ));
         }
         (
@@ -454,12 +485,22 @@ pub(crate) fn at_risk_query(
         as_of,
         after,
         filter_hash,
-        order: Order::ChurnDescending,
+        order,
+        exclude_churned: req.exclude_churned,
         pinned,
     })
 }
 
-/// The token that continues after `last` (the page's final user) in the page's version.
+/// The value `order` ranks a served user by (what a page token's cursor holds).
+pub(crate) fn order_value(order: Order, u: &proto::UserTier) -> f64 {
+    match order {
+        Order::ChurnDescending => u.churn_probability,
+        Order::ValueAtRiskDescending => u.value_at_risk,
+    }
+}
+
+/// The token that continues after `last` (the page's final user and its [`order_value`]) in
+/// the page's version.
 pub fn next_page_token(
     q: &AtRiskQuery,
     page: (VersionId, Timestamp),

@@ -42,6 +42,28 @@ pub struct AtRiskQuery {
     pub pinned: Option<VersionId>,
 }
 
+/// True if `s` passes the query's filters (the probability floor, tiers, lifecycle stages,
+/// `exclude_churned`).
+pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
+    if s.churn_probability < q.min_probability {
+        return false;
+    }
+    if q.exclude_churned && s.lifecycle_stage == LifecycleStage::Churned {
+        return false;
+    }
+    if let Some(t) = &q.tiers {
+        if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
+            return false;
+        }
+    }
+    if let Some(st) = &q.stages {
+        if !st[s.lifecycle_stage as usize] {
+            return false;
+        }
+    }
+    true
+}
+
 /// One page: users with their scores, best first, and whether more match after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -105,7 +127,7 @@ fn best_of_part(
     let mut cands: Vec<(&str, Score)> = Vec::new();
     for (id, agg) in users {
         let s = scorer.score(agg, q.as_of);
-        if !super::ranking::matches(q, &s) {
+        if !matches(q, &s) {
             continue;
         }
         if let Some(after) = after {

@@ -230,6 +230,7 @@ async fn filters_select_exactly_the_matching_users() {
             lifecycle_stages: vec!["silent".into(), "about_to_churn".into(), "churned".into()],
             limit: 5,
             page_token: String::new(),
+            ..Default::default()
         };
         let got = walk(&mut client, req.clone()).await;
         let want: Vec<UserTier> = all

@@ -59,7 +59,7 @@ use super::config::ValidServeConfig;
 pub use super::page_token::{Order, VersionId};
 use super::slot::{LiveModel, ModelSlot};
 use super::state::{StateError, UserEvent};
-use crate::features::{LifecycleStage, Timestamp};
+use crate::features::Timestamp;
 use crate::model::Score;
 use std::future::Future;
 use std::sync::Arc;
@@ -194,27 +194,7 @@ pub fn touched_users(events: &[UserEvent]) -> Vec<String> {
     ids
 }
 
-/// True if `s` passes the query's filters (the probability floor, tiers, lifecycle stages,
-/// `exclude_churned`).
-pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
-    if s.churn_probability < q.min_probability {
-        return false;
-    }
-    if q.exclude_churned && s.lifecycle_stage == LifecycleStage::Churned {
-        return false;
-    }
-    if let Some(t) = &q.tiers {
-        if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
-            return false;
-        }
-    }
-    if let Some(st) = &q.stages {
-        if !st[s.lifecycle_stage as usize] {
-            return false;
-        }
-    }
-    true
-}
+pub use super::at_risk::matches;
 
 /// Makes the ranking for the state and starts its maintenance: with the Redis state, a
 /// [`redis::RedisRanking`] and its [`redis::maintain`] loop (the ranking lives in Redis, shared
@@ -279,7 +259,7 @@ pub async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::EventKind;
+    use crate::features::{EventKind, LifecycleStage};
 
     fn query() -> AtRiskQuery {
         AtRiskQuery {

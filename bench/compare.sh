@@ -17,6 +17,8 @@
 # (--no-refunds: bench/python computes gross spend and knows no refund kind, so both sides see
 # the same data set as before refunds existed);
 # 1. quality (tiering train --export-eval, then bench/python/quality.py on exactly those rows);
+#    1b. the real log (CDNOW, shipped in the lifetimes wheel): bench/python/btyd_compare.py, our
+#    BG/NBD + Gamma-Gamma against lifetimes and the value/churn figures at two cutoffs (btyd.json);
 # 2. training wall time and peak RSS (tiering train vs bench/python/pipeline.py, /usr/bin/time -v);
 # 3. serving (tiering serve vs bench/python/server.py under the same h2load runs, 127.0.0.1 only);
 # 4. the report (bench/python/report.py). Exits non-zero if any step fails. See bench/README.md.
@@ -122,6 +124,10 @@ run "$py" "$root/bench/python/quality.py" --eval eval --data data --models model
   > quality.out
 cat quality.out
 k=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["clustering"]["k"])' quality.json)
+
+# ---- 1b. the real log: BG/NBD + Gamma-Gamma and the value figures against lifetimes ------------
+log "1b. real data (CDNOW from the lifetimes wheel): value figures and churn, two cutoffs"
+run "$py" "$root/bench/python/btyd_compare.py" --bin "$bin" --work btyd --json btyd.json > btyd.out
 
 # ---- 2. training speed and memory --------------------------------------------------------------
 timed() { # name, then the command; wall time and peak RSS from /usr/bin/time -v

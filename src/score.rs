@@ -27,6 +27,10 @@ pub(crate) fn score_row<'a>(
         rfm_segment: s.rfm_segment.id(),
         lifecycle_stage: s.lifecycle_stage.id(),
         top_factors: factors,
+        clv: s.clv,
+        expected_orders: s.expected_orders,
+        p_alive: s.p_alive,
+        value_at_risk: s.value_at_risk,
     }
 }
 

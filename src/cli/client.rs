@@ -3,17 +3,20 @@
 //! file); how the users are written is [`super::client_output`].
 //!
 //! `at-risk` calls `ListAtRiskUsers` page by page (following `next_page_token`) until `--limit`
-//! users or the end of the list, then writes them sorted by churn probability, highest first
-//! (ties by user id), in the `--format` chosen (csv, json, jsonl, table).
+//! users or the end of the list, then writes them in the `--order-by` chosen, highest first (ties
+//! by user id), in the `--format` chosen (csv, json, jsonl, table). The default is the list a
+//! retention team can act on: ordered by value at risk (churn probability × CLV), users whose
+//! lifecycle stage is `churned` left out unless `--include-churned` (or `--lifecycle churned`)
+//! asks for them; `--order-by churn-probability --include-churned` gives the older list.
 //!
 //! Errors: a gRPC status prints as `CODE: message` (`INVALID_ARGUMENT: min_churn_probability:
 //! must be in [0, 1], got 1.5`); a server that cannot be reached is named by its URL. `--out`
 //! writes a temporary file beside the target and renames it into place, so readers never see a
 //! half-written list. Writing to a closed pipe (`| head`) ends quietly.
 
-use super::client_output::{as_of_text, sort_by_risk, write_user_table, write_users, JsonUser};
+use super::client_output::{as_of_text, sort_users, write_user_table, write_users, JsonUser};
 
-pub use super::client_output::{ListFormat, UserFormat};
+pub use super::client_output::{AtRiskOrderArg, ListFormat, UserFormat};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
@@ -145,6 +148,14 @@ pub struct AtRiskArgs {
     /// about_to_churn, churned.
     #[arg(long = "lifecycle", value_name = "STAGE")]
     pub lifecycle: Vec<String>,
+    /// The order of the list, highest first: value-at-risk (churn probability × CLV) or
+    /// churn-probability.
+    #[arg(long, value_enum, default_value_t = AtRiskOrderArg::ValueAtRisk)]
+    pub order_by: AtRiskOrderArg,
+    /// Keep users whose lifecycle stage is `churned` (left out by default: they are gone; also
+    /// kept when `--lifecycle churned` asks for them).
+    #[arg(long)]
+    pub include_churned: bool,
     /// At most N users, the riskiest first (default: every matching user).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
@@ -374,7 +385,7 @@ async fn fetch_at_risk(args: &AtRiskArgs, url: &str) -> Result<(Vec<proto::UserT
         match fetch_pages(&mut client, args, &bar).await {
             Ok((mut users, pages)) => {
                 bar.finish_and_clear();
-                sort_by_risk(&mut users);
+                sort_users(&mut users, args.order_by);
                 return Ok((users, pages));
             }
             Err(FetchError::Rpc { status, page })
@@ -397,6 +408,11 @@ async fn fetch_at_risk(args: &AtRiskArgs, url: &str) -> Result<(Vec<proto::UserT
             }
         }
     }
+}
+
+/// Churned users are left out unless `--include-churned` or `--lifecycle churned` asks for them.
+fn excludes_churned(args: &AtRiskArgs) -> bool {
+    !args.include_churned && !args.lifecycle.iter().any(|s| s == "churned")
 }
 
 /// One pass from the first page.
@@ -424,6 +440,8 @@ async fn fetch_pages(
             lifecycle_stages: args.lifecycle.clone(),
             limit: u32::try_from(want).unwrap_or(args.page_size),
             page_token: token.clone(),
+            order_by: args.order_by.proto() as i32,
+            exclude_churned: excludes_churned(args),
         };
         pages += 1;
         let rpc = |status| FetchError::Rpc {
@@ -471,5 +489,29 @@ mod tests {
     fn server_urls_default_to_http() {
         assert_eq!(server_url("127.0.0.1:5"), "http://127.0.0.1:5");
         assert_eq!(server_url("https://x:5/"), "https://x:5");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AtRiskArgs,
+    }
+
+    fn parse(extra: &[&str]) -> AtRiskArgs {
+        use clap::Parser;
+        let mut argv = vec!["at-risk", "--min-probability", "0.5"];
+        argv.extend(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn at_risk_defaults_to_the_saveable_list_ordered_by_value_at_risk() {
+        let a = parse(&[]);
+        assert_eq!(a.order_by, AtRiskOrderArg::ValueAtRisk);
+        assert!(excludes_churned(&a));
+        assert!(!excludes_churned(&parse(&["--include-churned"])));
+        assert!(!excludes_churned(&parse(&["--lifecycle", "churned"])));
+        let old = parse(&["--order-by", "churn-probability"]);
+        assert_eq!(old.order_by.proto(), proto::AtRiskOrder::ChurnProbability);
     }
 }

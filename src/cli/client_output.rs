@@ -10,6 +10,10 @@
 //!   strings; plus `model_version` and `as_of` (RFC 3339).
 //! - `jsonl`: the same objects as JSON Lines (one per line, no array), for streaming tools.
 //! - `table`: aligned columns for a terminal (CJK-width aware).
+//!
+//! The value columns (`clv`, `expected_orders`, `p_alive`, `value_at_risk`; see
+//! `tiering::model::btyd`) come last, so that readers of the older columns by position are
+//! unaffected; value at risk = churn probability × CLV.
 
 use serde::Serialize;
 use std::io::{self, Write};
@@ -17,7 +21,7 @@ use tiering::pb as proto;
 use unicode_width::UnicodeWidthStr;
 
 /// The CSV header (and the keys of the JSON objects).
-pub const COLUMNS: [&str; 11] = [
+pub const COLUMNS: [&str; 15] = [
     "user_id",
     "churn_probability",
     "risk_level",
@@ -29,6 +33,10 @@ pub const COLUMNS: [&str; 11] = [
     "rfm_segment",
     "reasons",
     "playbook",
+    "clv",
+    "expected_orders",
+    "p_alive",
+    "value_at_risk",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,11 +62,36 @@ fn f32_clean(x: f64) -> f64 {
     (x as f32).to_string().parse().unwrap_or(x)
 }
 
-/// Highest churn probability first, then user id ascending (the server's order).
-pub fn sort_by_risk(users: &mut [proto::UserTier]) {
+/// `tiering at-risk --order-by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AtRiskOrderArg {
+    /// Churn probability × CLV: the value lost if the user churns.
+    ValueAtRisk,
+    ChurnProbability,
+}
+
+impl AtRiskOrderArg {
+    pub fn proto(self) -> proto::AtRiskOrder {
+        match self {
+            AtRiskOrderArg::ValueAtRisk => proto::AtRiskOrder::ValueAtRisk,
+            AtRiskOrderArg::ChurnProbability => proto::AtRiskOrder::ChurnProbability,
+        }
+    }
+
+    fn value(self, u: &proto::UserTier) -> f64 {
+        match self {
+            AtRiskOrderArg::ValueAtRisk => u.value_at_risk,
+            AtRiskOrderArg::ChurnProbability => u.churn_probability,
+        }
+    }
+}
+
+/// Highest value of `order` first, then user id ascending (the server's order).
+pub fn sort_users(users: &mut [proto::UserTier], order: AtRiskOrderArg) {
     users.sort_by(|a, b| {
-        b.churn_probability
-            .total_cmp(&a.churn_probability)
+        order
+            .value(b)
+            .total_cmp(&order.value(a))
             .then_with(|| a.user_id.cmp(&b.user_id))
     });
 }
@@ -119,6 +152,10 @@ pub struct JsonUser<'a> {
     rfm_segment: &'a str,
     reasons: Vec<JsonFactor<'a>>,
     playbook: &'a [String],
+    clv: f64,
+    expected_orders: f64,
+    p_alive: f64,
+    value_at_risk: f64,
     model_version: &'a str,
     as_of: String,
 }
@@ -145,6 +182,10 @@ impl<'a> From<&'a proto::UserTier> for JsonUser<'a> {
                 })
                 .collect(),
             playbook: &u.recommended_actions,
+            clv: u.clv,
+            expected_orders: u.expected_orders,
+            p_alive: u.p_alive,
+            value_at_risk: u.value_at_risk,
             model_version: &u.model_version,
             as_of: as_of_text(u.as_of.as_ref()),
         }
@@ -178,7 +219,7 @@ pub fn write_users(
     }
 }
 
-fn csv_row(u: &proto::UserTier) -> [String; 11] {
+fn csv_row(u: &proto::UserTier) -> [String; 15] {
     [
         u.user_id.clone(),
         format!("{:.6}", u.churn_probability),
@@ -191,6 +232,10 @@ fn csv_row(u: &proto::UserTier) -> [String; 11] {
         u.rfm_segment.clone(),
         reasons_text(&u.top_factors),
         u.recommended_actions.join(" | "),
+        format!("{:.2}", u.clv),
+        format!("{:.4}", u.expected_orders),
+        format!("{:.4}", u.p_alive),
+        format!("{:.2}", u.value_at_risk),
     ]
 }
 
@@ -217,11 +262,16 @@ fn write_table(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()>
         "RFM",
         "REASONS",
         "PLAYBOOK",
+        "CLV",
+        "EXP_ORDERS",
+        "P_ALIVE",
+        "VALUE_AT_RISK",
     ];
     let right = [
-        false, true, false, true, false, false, false, false, false, false, false,
+        false, true, false, true, false, false, false, false, false, false, false, true, true,
+        true, true,
     ];
-    let rows: Vec<[String; 11]> = users
+    let rows: Vec<[String; 15]> = users
         .iter()
         .map(|u| {
             let mut r = csv_row(u);
@@ -283,6 +333,16 @@ pub fn write_user_table(out: &mut dyn Write, u: &proto::UserTier) -> io::Result<
         ),
         ("rfm_segment", u.rfm_segment.clone()),
         ("lifecycle_stage", u.lifecycle_stage.clone()),
+        (
+            "clv",
+            format!("{:.2} (expected spend over the value horizon)", u.clv),
+        ),
+        ("expected_orders", format!("{:.4}", u.expected_orders)),
+        ("p_alive", format!("{:.4}", u.p_alive)),
+        (
+            "value_at_risk",
+            format!("{:.2} (churn probability × clv)", u.value_at_risk),
+        ),
     ];
     for (k, v) in plain {
         writeln!(out, "{k:<W$} {v}")?;
@@ -358,9 +418,21 @@ mod tests {
     #[test]
     fn users_sort_by_probability_then_id() {
         let mut v = vec![user("b", 0.5), user("c", 0.9), user("a", 0.5)];
-        sort_by_risk(&mut v);
+        sort_users(&mut v, AtRiskOrderArg::ChurnProbability);
         let ids: Vec<&str> = v.iter().map(|u| u.user_id.as_str()).collect();
         assert_eq!(ids, ["c", "a", "b"]);
+        let with = |id: &str, p: f64, var: f64| proto::UserTier {
+            value_at_risk: var,
+            ..user(id, p)
+        };
+        let mut v = vec![
+            with("a", 0.9, 1.0),
+            with("b", 0.2, 50.0),
+            with("c", 0.5, 50.0),
+        ];
+        sort_users(&mut v, AtRiskOrderArg::ValueAtRisk);
+        let ids: Vec<&str> = v.iter().map(|u| u.user_id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "a"]);
     }
 
     #[test]
@@ -373,6 +445,27 @@ mod tests {
         let row = lines.next().unwrap();
         assert!(row.starts_with("a,0.750000,"), "{row}");
         assert!(row.contains("exclusive community | co-streaming"), "{row}");
+    }
+
+    #[test]
+    fn csv_and_json_end_with_the_value_figures() {
+        let mut u = user("a", 0.5);
+        (u.clv, u.expected_orders, u.p_alive, u.value_at_risk) = (120.456, 1.5, 0.8, 60.228);
+        let mut out = Vec::new();
+        write_users(&mut out, std::slice::from_ref(&u), ListFormat::Csv).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let header = text.lines().next().unwrap();
+        assert!(
+            header.ends_with(",clv,expected_orders,p_alive,value_at_risk"),
+            "{header}"
+        );
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.ends_with(",120.46,1.5000,0.8000,60.23"), "{row}");
+        let mut out = Vec::new();
+        write_users(&mut out, &[u], ListFormat::Jsonl).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["value_at_risk"], 60.228);
+        assert_eq!(v["p_alive"], 0.8);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::atomic::{AtomicError, AtomicFile};
 
 /// Columns of the scores table, in this order in both formats.
-pub(crate) const SCORE_COLUMNS: [&str; 9] = [
+pub(crate) const SCORE_COLUMNS: [&str; 13] = [
     "user_id",
     "tier_id",
     "tier_name",
@@ -32,6 +32,10 @@ pub(crate) const SCORE_COLUMNS: [&str; 9] = [
     "rfm_segment",
     "lifecycle_stage",
     "top_factors",
+    "clv",
+    "expected_orders",
+    "p_alive",
+    "value_at_risk",
 ];
 
 /// Rows per Parquet record batch.
@@ -51,6 +55,12 @@ pub struct ScoreRow<'a> {
     pub rfm_segment: &'a str,
     pub lifecycle_stage: &'a str,
     pub top_factors: &'a str,
+    /// The value figures (`crate::model::btyd`): CLV and value at risk with 2 decimals in CSV,
+    /// expected orders and P(alive) with 4; in full in Parquet.
+    pub clv: f64,
+    pub expected_orders: f64,
+    pub p_alive: f64,
+    pub value_at_risk: f64,
 }
 
 /// What went wrong underneath a [`WriteError::Write`]: the table writer's own failure, before
@@ -112,6 +122,10 @@ fn schema() -> SchemaRef {
         text("rfm_segment"),
         text("lifecycle_stage"),
         text("top_factors"),
+        number("clv"),
+        number("expected_orders"),
+        number("p_alive"),
+        number("value_at_risk"),
     ]))
 }
 
@@ -120,7 +134,7 @@ struct ParquetSink {
     writer: ArrowWriter<AtomicFile>,
     schema: SchemaRef,
     text: [StringBuilder; 7],
-    numbers: [Float64Builder; 2],
+    numbers: [Float64Builder; 6],
     pending: usize,
 }
 
@@ -134,6 +148,10 @@ impl ParquetSink {
             "churn_probability",
             "risk_percentile",
             "top_factors",
+            "clv",
+            "expected_orders",
+            "p_alive",
+            "value_at_risk",
         ];
         let props = unique
             .into_iter()
@@ -163,9 +181,13 @@ impl ParquetSink {
         rfm.append_value(r.rfm_segment);
         stage.append_value(r.lifecycle_stage);
         factors.append_value(r.top_factors);
-        let [churn, percentile] = &mut self.numbers;
+        let [churn, percentile, clv, orders, alive, var] = &mut self.numbers;
         churn.append_value(r.churn_probability);
         percentile.append_value(r.risk_percentile);
+        clv.append_value(r.clv);
+        orders.append_value(r.expected_orders);
+        alive.append_value(r.p_alive);
+        var.append_value(r.value_at_risk);
         self.pending += 1;
         if self.pending >= PARQUET_BATCH_ROWS {
             self.flush()?;
@@ -178,7 +200,7 @@ impl ParquetSink {
             return Ok(());
         }
         let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
-        let [churn, percentile] = &mut self.numbers;
+        let [churn, percentile, clv, orders, alive, var] = &mut self.numbers;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(user.finish()),
             Arc::new(tier_id.finish()),
@@ -189,6 +211,10 @@ impl ParquetSink {
             Arc::new(rfm.finish()),
             Arc::new(stage.finish()),
             Arc::new(factors.finish()),
+            Arc::new(clv.finish()),
+            Arc::new(orders.finish()),
+            Arc::new(alive.finish()),
+            Arc::new(var.finish()),
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.writer.write(&batch)?;
@@ -208,6 +234,8 @@ struct CsvSink {
     wtr: csv::Writer<BufWriter<AtomicFile>>,
     churn: String,
     percentile: String,
+    /// clv, expected orders, P(alive), value at risk.
+    value: [String; 4],
 }
 
 impl CsvSink {
@@ -219,6 +247,7 @@ impl CsvSink {
             wtr,
             churn: String::new(),
             percentile: String::new(),
+            value: Default::default(),
         })
     }
 
@@ -228,6 +257,14 @@ impl CsvSink {
         // Writing into a String cannot fail.
         let _ = write!(self.churn, "{:.6}", r.churn_probability);
         let _ = write!(self.percentile, "{:.2}", r.risk_percentile);
+        let [clv, orders, alive, var] = &mut self.value;
+        for s in [&mut *clv, &mut *orders, &mut *alive, &mut *var] {
+            s.clear();
+        }
+        let _ = write!(clv, "{:.2}", r.clv);
+        let _ = write!(orders, "{:.4}", r.expected_orders);
+        let _ = write!(alive, "{:.4}", r.p_alive);
+        let _ = write!(var, "{:.2}", r.value_at_risk);
         self.wtr.write_record([
             r.user_id,
             r.tier_id,
@@ -238,6 +275,10 @@ impl CsvSink {
             r.rfm_segment,
             r.lifecycle_stage,
             r.top_factors,
+            clv,
+            orders,
+            alive,
+            var,
         ])?;
         Ok(())
     }
@@ -347,6 +388,10 @@ mod tests {
             rfm_segment: "important_value",
             lifecycle_stage: "mature",
             top_factors: "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)",
+            clv: 12.345,
+            expected_orders: 0.5,
+            p_alive: 0.75,
+            value_at_risk: 1.2345,
         }
     }
 
@@ -383,6 +428,8 @@ mod tests {
             &recs[2][8],
             "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)"
         );
+        let value: Vec<&str> = recs[2].iter().skip(9).collect();
+        assert_eq!(value, ["12.35", "0.5000", "0.7500", "1.23"]);
     }
 
     #[test]
@@ -416,6 +463,8 @@ mod tests {
         );
         let p = last.column(3).as_primitive::<Float64Type>().value(k);
         assert!((p - row(n - 1, "").churn_probability).abs() < 1e-12);
+        let var = last.column(12).as_primitive::<Float64Type>().value(k);
+        assert_eq!(var, 1.2345);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Models: pure code over feature matrices. No I/O, no proto types.
 //!
 //! - [`metrics`] — ROC-AUC, PR-AUC, Brier, log loss, lift, calibration tables, ARI.
+//! - [`btyd`] — BG/NBD + Gamma-Gamma: P(alive), expected orders, CLV, value at risk.
 //! - [`calibration`] — Platt scaling.
 //! - [`drift`] — population stability index against a bundle's training distributions.
 //! - [`churn`] — the churn classifiers (logistic baseline, boosted trees) in scoring form.
@@ -12,6 +13,7 @@
 //!   `tiers`.
 //! - [`scorer`] — the [`Scorer`] used offline and by the server: tier, probability, reasons.
 
+pub mod btyd;
 pub mod calibration;
 pub mod churn;
 pub mod drift;

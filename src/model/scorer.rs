@@ -4,6 +4,7 @@
 //! The hot path is allocation-free: feature rows and contributions live in fixed-size arrays on
 //! the stack (there are at most `Feature::ALL.len()` features).
 
+use super::btyd::{Customer, ValueModel};
 use super::calibration::Platt;
 use super::churn::{ChurnModel, BLOCK};
 use super::tiers::TierModel;
@@ -98,6 +99,19 @@ pub struct Score {
     /// Largest contributions first; `n_factors` are valid.
     pub factors: [Factor; TOP_FACTORS],
     pub n_factors: u8,
+    /// Discounted expected spend over the value horizon ([`crate::model::btyd`]); 0 for a
+    /// non-buyer or without a value model.
+    #[serde(default)]
+    pub clv: f64,
+    /// Expected orders over the value horizon.
+    #[serde(default)]
+    pub expected_orders: f64,
+    /// BG/NBD's P(alive).
+    #[serde(default)]
+    pub p_alive: f64,
+    /// `churn_probability × clv`: the expected value lost if the user churns.
+    #[serde(default)]
+    pub value_at_risk: f64,
 }
 
 impl Default for Score {
@@ -111,6 +125,10 @@ impl Default for Score {
             lifecycle_stage: LifecycleStage::New,
             factors: [Factor::default(); TOP_FACTORS],
             n_factors: 0,
+            clv: 0.0,
+            expected_orders: 0.0,
+            p_alive: 0.0,
+            value_at_risk: 0.0,
         }
     }
 }
@@ -142,6 +160,10 @@ pub struct Scorer {
     /// `None` when the training data had no orders at all.
     pub rfm: Option<RfmThresholds>,
     pub lifecycle: LifecycleThresholds,
+    /// BG/NBD + Gamma-Gamma for the value figures; `None` in bundles made before them or when
+    /// the fit failed (the figures are then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueModel>,
 }
 
 impl Scorer {
@@ -168,6 +190,7 @@ impl Scorer {
             risk_quantiles: Vec::new(),
             rfm,
             lifecycle,
+            value: None,
         }
     }
 
@@ -197,6 +220,10 @@ impl Scorer {
         }
         if self.risk_quantiles.windows(2).any(|w| w[0] > w[1]) {
             return bad("risk quantiles are not sorted".into());
+        }
+        if let Some(v) = &self.value {
+            v.check()
+                .map_err(|e| ScorerError::Inconsistent(format!("value model: {e}")))?;
         }
         Ok(())
     }
@@ -283,7 +310,22 @@ impl Scorer {
         let mut contrib = [0.0; MAX_FEATURES];
         self.row(a, t, &mut raw[..d], &mut x[..d]);
         let raw_score = self.churn.score_explained(&x[..d], &mut contrib[..d]);
-        self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a.is_buyer())
+        let mut s = self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a.is_buyer());
+        self.add_value(&mut s, a, t);
+        s
+    }
+
+    /// Fills the value figures of a score (see [`crate::model::btyd`] for the formulas).
+    #[inline]
+    fn add_value(&self, s: &mut Score, a: &UserAggregate, t: Timestamp) {
+        let Some(model) = &self.value else {
+            return;
+        };
+        let v = model.value(Customer::of(a, t).as_ref());
+        s.clv = v.clv;
+        s.expected_orders = v.expected_orders;
+        s.p_alive = v.p_alive;
+        s.value_at_risk = s.churn_probability * v.clv;
     }
 
     /// Everything after the churn model's raw score: tier, calibration, rules, top factors.
@@ -328,6 +370,7 @@ impl Scorer {
             lifecycle_stage,
             factors,
             n_factors: n as u8,
+            ..Score::default()
         }
     }
 
@@ -368,6 +411,7 @@ impl Scorer {
                             raw_scores[r],
                             a.is_buyer(),
                         );
+                        self.add_value(o, a, t);
                     }
                 }
             });
@@ -534,6 +578,7 @@ mod tests {
                 monetary: 50.0,
             }),
             lifecycle: LifecycleThresholds::default(),
+            value: None,
         }
     }
 

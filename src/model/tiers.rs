@@ -402,6 +402,9 @@ pub struct TierFitReport {
     pub warm_start: bool,
     /// New cluster -> index of the previous tier it inherited the identity of, if any.
     pub inherited_from: Vec<Option<usize>>,
+    /// Identities a retrain did not keep although the cluster inherited them, and why (the
+    /// cluster no longer shows the identity's defining features).
+    pub identity_changes: Vec<String>,
 }
 
 /// The previous bundle's tiers, expressed so they can be compared with new clusters: centroids
@@ -641,7 +644,17 @@ pub fn fit(
 
     // Identities: first inherit from the previous bundle by minimum total centroid distance,
     // then name the rest from the archetype catalogue.
-    let (mut identities, inherited_from) = inherit(&centroids, dims, k, previous);
+    let (mut identities, mut inherited_from) = inherit(&centroids, dims, k, previous);
+    for (c, slot) in identities.iter_mut().enumerate() {
+        let Some(t) = slot else { continue };
+        if let Err(why) = identity::still_holds(t, &centroids[c * dims..(c + 1) * dims], features) {
+            report
+                .identity_changes
+                .push(format!("tier `{}` renamed: {why}", t.id));
+            *slot = None;
+            inherited_from[c] = None;
+        }
+    }
     report.inherited_from = inherited_from;
     name_from_catalogue(&mut identities, &centroids, dims, features);
     let tiers: Vec<TierIdentity> = identities
@@ -702,8 +715,30 @@ fn inherit(
     (identities, inherited_from)
 }
 
+/// For cluster `c`, which shows an archetype another cluster already holds: that archetype
+/// qualified by what separates the two ([`identity::separated`]), unless the id is taken.
+fn separated_name(
+    identities: &[Option<TierIdentity>],
+    centroids: &[f64],
+    dims: usize,
+    features: &[Feature],
+    c: usize,
+) -> Option<TierIdentity> {
+    let mine = &centroids[c * dims..(c + 1) * dims];
+    identities.iter().enumerate().find_map(|(o, t)| {
+        let a = identity::archetype_of(&t.as_ref()?.id)?;
+        if o == c || !a.shown_by(mine, features) {
+            return None;
+        }
+        let named = identity::separated(a, mine, &centroids[o * dims..(o + 1) * dims], features);
+        let taken = identities.iter().flatten().any(|t| t.id == named.id);
+        (!taken).then_some(named)
+    })
+}
+
 /// Names the clusters without an identity from the archetype catalogue, skipping ids already
-/// taken; clusters beyond the catalogue become generic segments.
+/// taken; a cluster that shows only archetypes already held is named after one of them and what
+/// separates it ([`separated_name`]); the rest become generic segments.
 fn name_from_catalogue(
     identities: &mut [Option<TierIdentity>],
     centroids: &[f64],
@@ -713,7 +748,7 @@ fn name_from_catalogue(
     let taken: Vec<String> = identities.iter().flatten().map(|t| t.id.clone()).collect();
     let free: Vec<&Archetype> = identity::CATALOGUE
         .iter()
-        .filter(|a| !taken.iter().any(|t| t == a.id))
+        .filter(|a| a.available(features) && !taken.iter().any(|t| t == a.id))
         .collect();
     let unnamed: Vec<usize> = (0..identities.len())
         .filter(|&c| identities[c].is_none())
@@ -731,8 +766,16 @@ fn name_from_catalogue(
     );
     let mut generic = 1;
     for (slot, &c) in unnamed.iter().enumerate() {
-        let id = match names[slot].and_then(|a| free.get(a)) {
-            Some(a) => a.identity(),
+        if let Some(a) = names[slot].and_then(|a| free.get(a)) {
+            identities[c] = Some(a.identity());
+        }
+    }
+    for (slot, &c) in unnamed.iter().enumerate() {
+        if names[slot].is_some() {
+            continue;
+        }
+        let id = match separated_name(identities, centroids, dims, features, c) {
+            Some(t) => t,
             None => {
                 while taken.iter().any(|t| *t == format!("segment_{generic}")) {
                     generic += 1;

@@ -33,11 +33,35 @@ pub struct AtRiskQuery {
     pub after: Option<(f64, String)>,
     /// Identifies the filters, so a token cannot be replayed against other ones.
     pub filter_hash: u64,
-    /// The ordering walked.
+    /// The ordering walked (`after` holds this ordering's value).
     pub order: Order,
+    /// Leave out users whose lifecycle stage is `churned`.
+    pub exclude_churned: bool,
     /// The ranking version a later page continues in (from its page token); `None`: a first
     /// page.
     pub pinned: Option<VersionId>,
+}
+
+/// True if `s` passes the query's filters (the probability floor, tiers, lifecycle stages,
+/// `exclude_churned`).
+pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
+    if s.churn_probability < q.min_probability {
+        return false;
+    }
+    if q.exclude_churned && s.lifecycle_stage == LifecycleStage::Churned {
+        return false;
+    }
+    if let Some(t) = &q.tiers {
+        if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
+            return false;
+        }
+    }
+    if let Some(st) = &q.stages {
+        if !st[s.lifecycle_stage as usize] {
+            return false;
+        }
+    }
+    true
 }
 
 /// One page: users with their scores, best first, and whether more match after it.
@@ -47,7 +71,7 @@ pub struct Page {
     pub more: bool,
 }
 
-/// Highest probability first, then user id ascending.
+/// Highest value (of the query's ordering) first, then user id ascending.
 fn rank(a: (f64, &str), b: (f64, &str)) -> Ordering {
     b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
 }
@@ -84,8 +108,9 @@ pub fn scan(
     for r in per_part {
         all.extend(r?);
     }
-    keep_best(&mut all, want, |(id, s)| (s.churn_probability, id.as_str()));
-    all.sort_unstable_by(|a, b| rank((a.1.churn_probability, &a.0), (b.1.churn_probability, &b.0)));
+    let o = q.order;
+    keep_best(&mut all, want, |(id, s)| (o.value(s), id.as_str()));
+    all.sort_unstable_by(|a, b| rank((o.value(&a.1), &a.0), (o.value(&b.1), &b.0)));
     let more = all.len() > q.limit;
     all.truncate(q.limit);
     Ok(Page { users: all, more })
@@ -102,28 +127,17 @@ fn best_of_part(
     let mut cands: Vec<(&str, Score)> = Vec::new();
     for (id, agg) in users {
         let s = scorer.score(agg, q.as_of);
-        let p = s.churn_probability;
-        if p < q.min_probability {
+        if !matches(q, &s) {
             continue;
         }
         if let Some(after) = after {
-            if rank((p, id), after) != Ordering::Greater {
-                continue;
-            }
-        }
-        if let Some(t) = &q.tiers {
-            if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
-                continue;
-            }
-        }
-        if let Some(st) = &q.stages {
-            if !st[s.lifecycle_stage as usize] {
+            if rank((q.order.value(&s), id), after) != Ordering::Greater {
                 continue;
             }
         }
         cands.push((id, s));
     }
-    keep_best(&mut cands, want, |(id, s)| (s.churn_probability, id));
+    keep_best(&mut cands, want, |(id, s)| (q.order.value(s), id));
     cands
         .into_iter()
         .map(|(id, s)| (id.to_string(), s))

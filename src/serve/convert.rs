@@ -279,6 +279,10 @@ pub(crate) fn user_tier(
         model_version: model.version.clone(),
         as_of: Some(to_timestamp(as_of)),
         next_page_token: String::new(),
+        clv: s.clv,
+        expected_orders: s.expected_orders,
+        p_alive: s.p_alive,
+        value_at_risk: s.value_at_risk,
     }
 }
 
@@ -357,6 +361,42 @@ pub struct PageLimits {
     pub max: u32,
 }
 
+/// Identifies a ListAtRiskUsers request's filters (a page token must carry the same).
+fn filter_hash(req: &proto::ListAtRiskUsersRequest) -> u64 {
+    let mut tier_ids = req.tier_ids.clone();
+    tier_ids.sort();
+    tier_ids.dedup();
+    let mut st = req.lifecycle_stages.clone();
+    st.sort();
+    st.dedup();
+    // `exclude_churned` only when set, so the hash of older callers' filters is unchanged.
+    let churned = if req.exclude_churned { "|x" } else { "" };
+    fnv1a64(
+        format!(
+            "{}|{}|{}{churned}",
+            req.min_churn_probability.to_bits(),
+            tier_ids.join(","),
+            st.join(",")
+        )
+        .as_bytes(),
+    )
+}
+
+/// The ordering a ListAtRiskUsers request asks for.
+fn order_of(req: &proto::ListAtRiskUsersRequest) -> Result<Order, RequestError> {
+    match proto::AtRiskOrder::try_from(req.order_by) {
+        Ok(proto::AtRiskOrder::ChurnProbability) => Ok(Order::ChurnDescending),
+        Ok(proto::AtRiskOrder::ValueAtRisk) => Ok(Order::ValueAtRiskDescending),
+        Err(_) => Err(RequestError::invalid(
+            "order_by",
+            format!(
+                "unknown order {} (AT_RISK_ORDER_CHURN_PROBABILITY or AT_RISK_ORDER_VALUE_AT_RISK)",
+                req.order_by
+            ),
+        )),
+    }
+}
+
 /// ListAtRiskUsers: filters resolved against the model, the page token checked.
 pub(crate) fn at_risk_query(
     req: &proto::ListAtRiskUsersRequest,
@@ -420,15 +460,8 @@ pub(crate) fn at_risk_query(
         0 => limits.default,
         n => n.min(limits.max),
     } as usize;
-    let filter_hash = {
-        let mut tier_ids = req.tier_ids.clone();
-        tier_ids.sort();
-        tier_ids.dedup();
-        let mut st = req.lifecycle_stages.clone();
-        st.sort();
-        st.dedup();
-        fnv1a64(format!("{}|{}|{}", p.to_bits(), tier_ids.join(","), st.join(",")).as_bytes())
-    };
+    let filter_hash = filter_hash(req);
+    let order = order_of(req)?;
     let (as_of, after, pinned) = if req.page_token.is_empty() {
         (now, None, None)
     } else {
@@ -437,7 +470,13 @@ pub(crate) fn at_risk_query(
         if t.filter_hash != filter_hash {
             return Err(RequestError::invalid(
                 "page_token",
-                "the token was issued for other filters (keep min_churn_probability, tier_ids and lifecycle_stages unchanged while paging)",
+                "the token was issued for other filters (keep min_churn_probability, tier_ids, lifecycle_stages and exclude_churned unchanged while paging)",
+            ));
+        }
+        if t.order != order {
+            return Err(RequestError::invalid(
+                "page_token",
+                "the token was issued for another order_by (keep it unchanged while paging)",
             ));
         }
         (
@@ -454,12 +493,22 @@ pub(crate) fn at_risk_query(
         as_of,
         after,
         filter_hash,
-        order: Order::ChurnDescending,
+        order,
+        exclude_churned: req.exclude_churned,
         pinned,
     })
 }
 
-/// The token that continues after `last` (the page's final user) in the page's version.
+/// The value `order` ranks a served user by (what a page token's cursor holds).
+pub(crate) fn order_value(order: Order, u: &proto::UserTier) -> f64 {
+    match order {
+        Order::ChurnDescending => u.churn_probability,
+        Order::ValueAtRiskDescending => u.value_at_risk,
+    }
+}
+
+/// The token that continues after `last` (the page's final user and its [`order_value`]) in
+/// the page's version.
 pub fn next_page_token(
     q: &AtRiskQuery,
     page: (VersionId, Timestamp),
@@ -480,6 +529,22 @@ pub fn next_page_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_by_defaults_to_churn_and_unknown_orders_are_refused() {
+        let mut req = proto::ListAtRiskUsersRequest::default();
+        assert_eq!(order_of(&req).ok(), Some(Order::ChurnDescending));
+        req.order_by = proto::AtRiskOrder::ValueAtRisk as i32;
+        assert_eq!(order_of(&req).ok(), Some(Order::ValueAtRiskDescending));
+        req.order_by = 7;
+        assert!(order_of(&req).is_err());
+        let plain = proto::ListAtRiskUsersRequest::default();
+        let saveable = proto::ListAtRiskUsersRequest {
+            exclude_churned: true,
+            ..Default::default()
+        };
+        assert_ne!(filter_hash(&plain), filter_hash(&saveable));
+    }
     use proptest::prelude::*;
 
     const NOW: Timestamp = 1_717_200_000;

@@ -60,6 +60,26 @@ pub enum Order {
     /// Churn probability, highest first; ties by user id, ascending.
     #[default]
     ChurnDescending,
+    /// Value at risk (churn probability × CLV), highest first; ties by user id, ascending.
+    ValueAtRiskDescending,
+}
+
+impl Order {
+    /// Every ordering, each at its [`Order::index`].
+    pub const ALL: [Order; 2] = [Order::ChurnDescending, Order::ValueAtRiskDescending];
+
+    /// Position in [`Order::ALL`] (a ranking's index per ordering).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The value this ordering sorts a score by (highest first).
+    pub fn value(self, s: &crate::model::Score) -> f64 {
+        match self {
+            Order::ChurnDescending => s.churn_probability,
+            Order::ValueAtRiskDescending => s.value_at_risk,
+        }
+    }
 }
 
 /// Names one published version of a ranking.
@@ -75,6 +95,8 @@ pub struct VersionId {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct PageToken {
     pub as_of: Timestamp,
+    /// The ordering's value ([`Order::value`]) of the last user returned (the churn probability
+    /// under the default ordering, hence the name).
     pub last_probability: f64,
     pub last_user: String,
     pub filter_hash: u64,
@@ -287,8 +309,15 @@ impl PageToken {
         if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.as_of) {
             return field("as_of", "outside years 0001..=9999");
         }
-        if !self.last_probability.is_finite() || !(0.0..=1.0).contains(&self.last_probability) {
-            return field("last_probability", "not in [0, 1]");
+        let v = self.last_probability;
+        match self.order {
+            Order::ChurnDescending if !(v.is_finite() && (0.0..=1.0).contains(&v)) => {
+                return field("last_probability", "not in [0, 1]");
+            }
+            Order::ValueAtRiskDescending if !(v.is_finite() && v >= 0.0) => {
+                return field("last_probability", "not a finite value at risk >= 0");
+            }
+            _ => {}
         }
         if self.last_user.is_empty() || self.last_user.len() > MAX_USER_BYTES {
             return field("last_user", "empty or longer than 256 bytes");

@@ -196,7 +196,7 @@ impl tokio_stream::Stream for AtRiskStream {
             out.next_page_token = convert::next_page_token(
                 &this.query,
                 this.version,
-                (&out.user_id, out.churn_probability),
+                (&out.user_id, convert::order_value(this.query.order, &out)),
                 &this.keys,
             );
         }

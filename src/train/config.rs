@@ -47,6 +47,11 @@ pub enum ConfigError {
     MaxModelTierChanges(f64),
     #[error("invalid configuration: {0}")]
     Kinds(#[source] MappingError),
+    #[error("invalid configuration: value.horizon_days must be in [1, 3650] and value.monthly_discount in [0, 1), got {horizon_days} and {monthly_discount}")]
+    Value {
+        horizon_days: f64,
+        monthly_discount: f64,
+    },
 }
 
 /// A [`TrainConfig`] that passed [`TrainConfig::check`], with its validated parts.
@@ -118,6 +123,31 @@ pub struct TrainConfig {
     /// (`"error"`, the default, or `"skip"`) says what happens to the rest. Stored in the
     /// bundle; the server reads events with it.
     pub events: KindMapping,
+    /// The value figures (`[value]`): BG/NBD + Gamma-Gamma's horizon and discount rate.
+    pub value: ValueConfig,
+}
+
+/// How the value figures are read (see [`crate::model::btyd`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValueConfig {
+    /// Fit BG/NBD + Gamma-Gamma at all (off: CLV, expected orders, P(alive) and value at risk
+    /// are 0).
+    pub enabled: bool,
+    /// The CLV and expected-orders horizon, in days (1..=3650).
+    pub horizon_days: f64,
+    /// Monthly (30-day) discount rate of the CLV, in [0, 1).
+    pub monthly_discount: f64,
+}
+
+impl Default for ValueConfig {
+    fn default() -> Self {
+        ValueConfig {
+            enabled: true,
+            horizon_days: 90.0,
+            monthly_discount: 0.01,
+        }
+    }
 }
 
 /// When a new bundle is made current.
@@ -178,6 +208,7 @@ impl Default for TrainConfig {
             quality: QualityConfig::default(),
             promotion: PromotionConfig::default(),
             events: KindMapping::default(),
+            value: ValueConfig::default(),
         }
     }
 }
@@ -248,6 +279,13 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&m) {
             return Err(ConfigError::MaxModelTierChanges(m));
         }
+        let (h, d) = (self.value.horizon_days, self.value.monthly_discount);
+        if !(1.0..=3650.0).contains(&h) || !(0.0..1.0).contains(&d) {
+            return Err(ConfigError::Value {
+                horizon_days: h,
+                monthly_discount: d,
+            });
+        }
         let kinds = Arc::new(self.events.resolver().map_err(ConfigError::Kinds)?);
         Ok(ValidTrainParams {
             config: self,
@@ -279,6 +317,12 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(cfg.check(), Err(ConfigError::Horizon(0))));
+        let mut cfg = TrainConfig::default();
+        cfg.value.monthly_discount = 1.0;
+        assert!(matches!(cfg.check(), Err(ConfigError::Value { .. })));
+        let mut cfg = TrainConfig::default();
+        cfg.value.horizon_days = 0.5;
+        assert!(matches!(cfg.check(), Err(ConfigError::Value { .. })));
         let mut cfg = TrainConfig::default();
         cfg.tiers.k = Some(1);
         assert!(matches!(

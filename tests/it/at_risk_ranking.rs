@@ -230,6 +230,7 @@ async fn filters_select_exactly_the_matching_users() {
             lifecycle_stages: vec!["silent".into(), "about_to_churn".into(), "churned".into()],
             limit: 5,
             page_token: String::new(),
+            ..Default::default()
         };
         let got = walk(&mut client, req.clone()).await;
         let want: Vec<UserTier> = all
@@ -366,100 +367,143 @@ async fn a_model_swap_rebuilds_and_a_walk_started_before_it_finishes_on_its_vers
 
 /// The ranking's walk equals the old per-page scan (`at_risk::scan`, as ListAtRiskUsers ran it
 /// before the ranking) on a bundle trained from generated data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ranking_orders_a_trained_bundle_as_the_old_scan_did() {
+/// Trains a bundle on generated data, walks ListAtRiskUsers with `req` through a server, and
+/// returns the walk and what the reference scan ([`tiering::serve::at_risk::scan`]) gives for
+/// `q` on the bundle's snapshot, as (user, the ordering's value) pairs.
+async fn walk_and_scan_a_trained_bundle(
+    req: ListAtRiskUsersRequest,
+    order: tiering::serve::page_token::Order,
+    exclude_churned: bool,
+) -> (Vec<UserTier>, Vec<(String, f64)>) {
     use tiering::bundle::BundleStore;
     use tiering::serve::at_risk::{scan, AtRiskQuery};
     use tiering::serve::metrics::Metrics;
     use tiering::serve::state::embedded::{EmbeddedState, LogOptions};
     use tiering::serve::state::{StateBackend, UserState};
-    bounded(async {
-        let dirs = Dirs::new();
-        let data = dirs.root.path().join("data");
-        let cli = |args: &[&str]| {
-            let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-            let (ok, out) = crate::helpers::tiering_cli(&args);
-            assert!(ok, "{out}");
-        };
-        let (d, m) = (data.to_str().unwrap(), dirs.models());
-        cli(&[
-            "generate",
-            "--users",
-            "1500",
-            "--days",
-            "150",
-            "--seed",
-            "3",
-            "--end",
-            "2026-06-30",
-            "--out",
-            d,
-        ]);
-        cli(&[
-            "train",
-            "--data",
-            d,
-            "--models",
-            m.to_str().unwrap(),
-            "--k",
-            "5",
-        ]);
-        let config = ServeConfig {
-            now: Some("2026-06-30T00:00:00Z".into()),
-            ..eager(&dirs)
-        };
-        let server = TestServer::start(config).await;
-        server.ready().await;
-        let mut client = server.client().await;
-        let got = walk(
-            &mut client,
-            ListAtRiskUsersRequest {
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await;
-        server.stop().await.unwrap();
+    let dirs = Dirs::new();
+    let data = dirs.root.path().join("data");
+    let cli = |args: &[&str]| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let (ok, out) = crate::helpers::tiering_cli(&args);
+        assert!(ok, "{out}");
+    };
+    let (d, m) = (data.to_str().unwrap(), dirs.models());
+    cli(&[
+        "generate",
+        "--users",
+        "1500",
+        "--days",
+        "150",
+        "--seed",
+        "3",
+        "--end",
+        "2026-06-30",
+        "--out",
+        d,
+    ]);
+    cli(&[
+        "train",
+        "--data",
+        d,
+        "--models",
+        m.to_str().unwrap(),
+        "--k",
+        "5",
+    ]);
+    let config = ServeConfig {
+        now: Some("2026-06-30T00:00:00Z".into()),
+        ..eager(&dirs)
+    };
+    let server = TestServer::start(config).await;
+    server.ready().await;
+    let mut client = server.client().await;
+    let got = walk(&mut client, req).await;
+    server.stop().await.unwrap();
 
-        let store = BundleStore::new(&m);
-        let bundle = store.load(&store.current().unwrap().unwrap()).unwrap();
-        let snapshot = bundle.load_snapshot().unwrap();
-        let scratch = tempfile::tempdir().unwrap();
-        let opts = LogOptions {
-            fsync: false,
-            snapshot_bytes: u64::MAX,
-        };
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let (state, _) = EmbeddedState::open(scratch.path(), 4, opts, metrics).unwrap();
-        let state = StateBackend::Embedded(state);
-        state.seed("ref".into(), snapshot).await.unwrap();
-        let now = tiering::features::time::parse_instant("2026-06-30T00:00:00Z").unwrap();
-        let mut q = AtRiskQuery {
-            min_probability: 0.0,
-            tiers: None,
-            stages: None,
-            limit: 100,
-            as_of: now,
-            after: None,
-            filter_hash: 0,
-            order: Default::default(),
-            pinned: None,
-        };
-        let mut want = Vec::new();
-        for _ in 0..100 {
-            let p = scan(&state, &bundle.scorer, &q, &|| false).unwrap();
-            let last = p
-                .users
-                .last()
-                .map(|(id, s)| (s.churn_probability, id.clone()));
-            want.extend(p.users.into_iter().map(|(id, s)| (id, s.churn_probability)));
-            if !p.more {
-                break;
-            }
-            q.after = last;
+    let store = BundleStore::new(&m);
+    let bundle = store.load(&store.current().unwrap().unwrap()).unwrap();
+    let snapshot = bundle.load_snapshot().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        fsync: false,
+        snapshot_bytes: u64::MAX,
+    };
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let (state, _) = EmbeddedState::open(scratch.path(), 4, opts, metrics).unwrap();
+    let state = StateBackend::Embedded(state);
+    state.seed("ref".into(), snapshot).await.unwrap();
+    let now = tiering::features::time::parse_instant("2026-06-30T00:00:00Z").unwrap();
+    let mut q = AtRiskQuery {
+        min_probability: 0.0,
+        tiers: None,
+        stages: None,
+        limit: 100,
+        as_of: now,
+        after: None,
+        filter_hash: 0,
+        order,
+        exclude_churned,
+        pinned: None,
+    };
+    let mut want = Vec::new();
+    for _ in 0..100 {
+        let p = scan(&state, &bundle.scorer, &q, &|| false).unwrap();
+        let last = p.users.last().map(|(id, s)| (order.value(s), id.clone()));
+        want.extend(p.users.into_iter().map(|(id, s)| (id, order.value(&s))));
+        if !p.more {
+            break;
         }
+        q.after = last;
+    }
+    (got, want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ranking_orders_a_trained_bundle_as_the_old_scan_did() {
+    bounded(async {
+        let req = ListAtRiskUsersRequest {
+            limit: 100,
+            ..Default::default()
+        };
+        let (got, want) = walk_and_scan_a_trained_bundle(req, Default::default(), false).await;
         assert_eq!(want.len(), 1500);
         assert_eq!(pairs(&got), want);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_value_at_risk_order_without_churned_users_equals_the_scan_in_that_order() {
+    use tiering::serve::page_token::Order;
+    bounded(async {
+        let req = ListAtRiskUsersRequest {
+            limit: 100,
+            order_by: proto::AtRiskOrder::ValueAtRisk as i32,
+            exclude_churned: true,
+            ..Default::default()
+        };
+        let (got, want) =
+            walk_and_scan_a_trained_bundle(req, Order::ValueAtRiskDescending, true).await;
+        let by_value: Vec<(String, f64)> = got
+            .iter()
+            .map(|u| (u.user_id.clone(), u.value_at_risk))
+            .collect();
+        assert_eq!(by_value, want);
+        assert!(got.len() > 100 && got.len() < 1500, "{} users", got.len());
+        assert!(got.iter().all(|u| u.lifecycle_stage != "churned"));
+        assert!(
+            got[0].value_at_risk > 0.0 && got[0].clv > 0.0,
+            "{:?}",
+            got[0]
+        );
+        for u in &got {
+            let want = u.churn_probability * u.clv;
+            assert!(
+                (u.value_at_risk - want).abs() <= 1e-9 * want.max(1.0),
+                "{u:?}"
+            );
+            assert!((0.0..=1.0).contains(&u.p_alive) && u.expected_orders >= 0.0);
+        }
     })
     .await;
 }

@@ -106,6 +106,13 @@ fn generate_train_score_end_to_end_on_generated_data() {
     );
     assert!(bundle.dir.join("report.html").exists());
     assert!(bundle.dir.join("scores.parquet").exists());
+    // The value model (BG/NBD + Gamma-Gamma) is fitted and carried in the served scorer.
+    let value = bundle.scorer.value.as_ref().expect("a value model");
+    assert!(
+        value.gamma_gamma.is_some() && value.bgnbd.r > 0.0,
+        "{value:?}"
+    );
+    assert_eq!(value.horizon_days, 90.0);
     let report = std::fs::read_to_string(bundle.dir.join("report.html")).expect("report");
     assert!(report.contains("<svg") && report.contains(&m.tiers[0].name_zh));
 

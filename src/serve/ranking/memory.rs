@@ -1,13 +1,15 @@
 //! The in-memory ranking (used with the embedded state): a persistent B-tree (`imbl::OrdMap`)
-//! per ordering, keyed by (probability descending, user id), holding each user's [`Score`]; a
-//! hash index from user to current key for O(log n) re-ranking; and the published versions, each
-//! an O(1) clone of the tree with its `as_of` and model. See the parent module for the design.
+//! per ordering ([`Order::ALL`]), keyed by (the ordering's value descending, user id), holding
+//! each user's [`Score`]; a hash index from user to current keys for O(log n) re-ranking; and
+//! the published versions, each an O(1) clone of the trees with its `as_of` and model. See the
+//! parent module for the design.
 
 use super::{matches, RankedPage, Ranking, RankingError, RankingSettings, VersionId};
 use crate::features::Timestamp;
 use crate::model::{Score, Scorer};
 use crate::serve::at_risk::AtRiskQuery;
 use crate::serve::config::Clock;
+use crate::serve::page_token::Order;
 use crate::serve::slot::{LiveModel, ModelSlot};
 use crate::serve::state::{StateBackend, StateError, UserState};
 use imbl::OrdMap;
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// A tree key: probability (highest first), then user id (ascending).
+/// A tree key: the ordering's value `p` (highest first), then user id (ascending).
 #[derive(Debug, Clone)]
 struct Key {
     p: f64,
@@ -47,12 +49,20 @@ impl PartialEq for Key {
 impl Eq for Key {}
 
 type Tree = OrdMap<Key, Score>;
+/// One tree per ordering, at [`Order::index`].
+type Trees = [Tree; Order::ALL.len()];
+/// The values a user's keys hold, per ordering.
+type Keys = [f64; Order::ALL.len()];
+
+fn keys_of(s: &Score) -> Keys {
+    Order::ALL.map(|o| o.value(s))
+}
 
 /// The ranking events update.
 struct Live {
-    tree: Tree,
-    /// User → the probability its key holds.
-    index: HashMap<Arc<str>, f64>,
+    trees: Trees,
+    /// User → the values its keys hold.
+    index: HashMap<Arc<str>, Keys>,
     as_of: Timestamp,
     model: Arc<LiveModel>,
     /// Changed since the last version was published.
@@ -63,26 +73,31 @@ impl Live {
     /// Puts `id` at `score` (`None`: removes it).
     fn set(&mut self, id: &str, score: Option<Score>) {
         let user: Arc<str> = match self.index.get_key_value(id) {
-            Some((user, &p)) => {
+            Some((user, keys)) => {
                 let user = user.clone();
-                self.tree.remove(&Key {
-                    p,
-                    user: user.clone(),
-                });
+                for (tree, &p) in self.trees.iter_mut().zip(keys) {
+                    tree.remove(&Key {
+                        p,
+                        user: user.clone(),
+                    });
+                }
                 user
             }
             None => Arc::from(id),
         };
         match score {
             Some(s) => {
-                self.index.insert(user.clone(), s.churn_probability);
-                self.tree.insert(
-                    Key {
-                        p: s.churn_probability,
-                        user,
-                    },
-                    s,
-                );
+                let keys = keys_of(&s);
+                self.index.insert(user.clone(), keys);
+                for (tree, p) in self.trees.iter_mut().zip(keys) {
+                    tree.insert(
+                        Key {
+                            p,
+                            user: user.clone(),
+                        },
+                        s,
+                    );
+                }
             }
             None => {
                 self.index.remove(&user);
@@ -105,7 +120,7 @@ struct Version {
     published: Instant,
     as_of: Timestamp,
     model: Arc<LiveModel>,
-    tree: Tree,
+    trees: Trees,
 }
 
 /// See the module docs.
@@ -222,7 +237,7 @@ impl MemoryRanking {
             published: Instant::now(),
             as_of: live.as_of,
             model: live.model.clone(),
-            tree: live.tree.clone(),
+            trees: live.trees.clone(),
         });
         live.changed = false;
         vs.push_back(v.clone());
@@ -250,31 +265,38 @@ fn build(
     state: &StateBackend,
     scorer: &Scorer,
     as_of: Timestamp,
-) -> Result<(Tree, HashMap<Arc<str>, f64>), StateError> {
+) -> Result<(Trees, HashMap<Arc<str>, Keys>), StateError> {
     let parts = state.scan(|users| {
         users
             .map(|(id, agg)| (Arc::<str>::from(id), scorer.score(agg, as_of)))
             .collect::<Vec<_>>()
     })?;
     let mut all: Vec<(Arc<str>, Score)> = parts.into_iter().flatten().collect();
-    all.par_sort_unstable_by(|a, b| {
-        b.1.churn_probability
-            .total_cmp(&a.1.churn_probability)
-            .then_with(|| a.0.cmp(&b.0))
-    });
     let mut index = HashMap::with_capacity(all.len());
-    let mut tree = Tree::new();
-    for (user, s) in all {
-        index.insert(user.clone(), s.churn_probability);
-        tree.insert(
-            Key {
-                p: s.churn_probability,
-                user,
-            },
-            s,
-        );
+    let mut trees = Trees::default();
+    for order in Order::ALL {
+        // Inserting in key order keeps the B-tree's splits cheap.
+        all.par_sort_unstable_by(|a, b| {
+            order
+                .value(&b.1)
+                .total_cmp(&order.value(&a.1))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        let tree = &mut trees[order.index()];
+        for (user, s) in &all {
+            tree.insert(
+                Key {
+                    p: order.value(s),
+                    user: user.clone(),
+                },
+                *s,
+            );
+        }
     }
-    Ok((tree, index))
+    for (user, s) in all {
+        index.insert(user, keys_of(&s));
+    }
+    Ok((trees, index))
 }
 
 /// The page of `q` in `v`.
@@ -288,8 +310,9 @@ fn read_page(v: &Version, q: &AtRiskQuery) -> RankedPage {
     };
     let mut users = Vec::with_capacity(q.limit.min(4096));
     let mut more = false;
-    for (k, s) in v.tree.range((start, Bound::Unbounded)) {
-        if k.p < q.min_probability {
+    let tree = &v.trees[q.order.index()];
+    for (k, s) in tree.range((start, Bound::Unbounded)) {
+        if q.order == Order::ChurnDescending && k.p < q.min_probability {
             break;
         }
         if !matches(q, s) {
@@ -348,9 +371,9 @@ impl Ranking for MemoryRanking {
         let built = tokio::task::spawn_blocking(move || build(&state, &m.scorer, as_of)).await;
         let mut g = self.live.lock().await;
         let pending: Vec<String> = g.pending.take().unwrap_or_default().into_iter().collect();
-        let (tree, index) = built.map_err(RankingError::Task)??;
+        let (trees, index) = built.map_err(RankingError::Task)??;
         let mut live = Live {
-            tree,
+            trees,
             index,
             as_of,
             model,

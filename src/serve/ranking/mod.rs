@@ -3,12 +3,13 @@
 //!
 //! # Design
 //!
-//! - **Orderings** ([`Order`]): today one, churn probability descending, ties by user id
-//!   ascending (the order of [`super::at_risk::scan`]). A ranking keeps one ordered index per
+//! - **Orderings** ([`Order`]): churn probability descending (the default) and value at risk
+//!   descending, ties by user id ascending (the order of [`super::at_risk::scan`]). A ranking keeps one ordered index per
 //!   ordering; each entry's key is (the ordering's value, user id) and its value the user's
 //!   [`Score`] (probability, tier, lifecycle stage, risk, factors: what filters test and what a
-//!   page shows). A value-based ordering is a new [`Order`] variant with its own index keyed by
-//!   (value descending, user id); an interest filter is a new field of [`super::at_risk::AtRiskQuery`]
+//!   page shows). The value-at-risk ordering has its own index keyed by (value at risk
+//!   descending, user id), where the probability floor is a filter instead of where the walk
+//!   stops; an interest filter is a new field of [`super::at_risk::AtRiskQuery`]
 //!   tested per entry by [`Filter`](matches) (or, if very selective, an index of its own). Page
 //!   tokens carry the ordering, so walks of different orderings never mix.
 //! - **Versions**: the ranking a page reads is a *version*, immutable once published and named
@@ -193,23 +194,7 @@ pub fn touched_users(events: &[UserEvent]) -> Vec<String> {
     ids
 }
 
-/// True if `s` passes the query's filters (the probability floor, tiers, lifecycle stages).
-pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
-    if s.churn_probability < q.min_probability {
-        return false;
-    }
-    if let Some(t) = &q.tiers {
-        if !t.get(usize::from(s.tier)).copied().unwrap_or(false) {
-            return false;
-        }
-    }
-    if let Some(st) = &q.stages {
-        if !st[s.lifecycle_stage as usize] {
-            return false;
-        }
-    }
-    true
-}
+pub use super::at_risk::matches;
 
 /// Makes the ranking for the state and starts its maintenance: with the Redis state, a
 /// [`redis::RedisRanking`] and its [`redis::maintain`] loop (the ranking lives in Redis, shared
@@ -286,6 +271,7 @@ mod tests {
             after: None,
             filter_hash: 0,
             order: Order::ChurnDescending,
+            exclude_churned: false,
             pinned: None,
         }
     }
@@ -314,6 +300,10 @@ mod tests {
         q.stages = Some(stages);
         assert!(!matches(&q, &score(0.9, 1, LifecycleStage::Silent)));
         assert!(matches(&q, &score(0.9, 1, LifecycleStage::Churned)));
+        q.exclude_churned = true;
+        assert!(!matches(&q, &score(0.9, 1, LifecycleStage::Churned)));
+        q.stages = None;
+        assert!(matches(&q, &score(0.9, 1, LifecycleStage::AboutToChurn)));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   ordering's value (`-probability`, so Redis's ascending order is probability descending,
 //!   and equal scores order by member bytes: by user id ascending, as the memory ranking does;
 //!   user ids never contain NUL, the request layer refuses control characters);
+//! - `{rank}:zv:G` — the same rows scored by `-value_at_risk`: the value-at-risk ordering
+//!   ([`Order::ValueAtRiskDescending`]); a generation written by a server without it has no
+//!   such set, and its value-ordered pages are empty until the next build;
 //! - `{rank}:u:G` — a hash, user → the user's rows, `seq=hex(postcard(Score)),...` in
 //!   ascending `seq` (the figures a page shows, read in the same script);
 //! - `{rank}:g:G` — a hash: `seq` (the newest sequence number), `floor` (the oldest version
@@ -68,7 +71,7 @@ use crate::features::Timestamp;
 use crate::model::Score;
 use crate::serve::at_risk::AtRiskQuery;
 use crate::serve::config::Clock;
-use crate::serve::page_token::VersionId;
+use crate::serve::page_token::{Order, VersionId};
 use crate::serve::slot::{LiveModel, ModelSlot};
 use crate::serve::state::redis::{RedisState, RANKING_DIRTY_KEY};
 use crate::serve::state::{StateBackend, StateError, UserState};
@@ -149,15 +152,15 @@ if done then out[6] = '1' end
 return out
 ";
 
-/// Re-ranks users in the current generation: KEYS meta, z, u, g, gc, pending; ARGV gen,
-/// building ('' none), now (ms), then (user, score, data) triples. Answers -1 when the
+/// Re-ranks users in the current generation: KEYS meta, z, u, g, gc, pending, zv; ARGV gen,
+/// building ('' none), now (ms), then (user, score, value score, data) quadruples. Answers -1 when the
 /// generation or the build changed since the caller read them, else the rows added.
 pub const RERANK_SCRIPT: &str = r"
 local m = redis.call('HMGET', KEYS[1], 'gen', 'building')
 if m[1] ~= ARGV[1] or (m[2] or '') ~= ARGV[2] then return -1 end
 local n = 0
-for i = 4, #ARGV, 3 do
-  local user, score, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 4, #ARGV, 4 do
+  local user, score, vscore, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local recs = redis.call('HGET', KEYS[3], user)
   local last, lastdata = nil, nil
   if recs then
@@ -166,6 +169,7 @@ for i = 4, #ARGV, 3 do
   if lastdata ~= data then
     local seq = redis.call('HINCRBY', KEYS[4], 'seq', 1)
     redis.call('ZADD', KEYS[2], score, user .. '\0' .. seq)
+    redis.call('ZADD', KEYS[7], vscore, user .. '\0' .. seq)
     local rec = seq .. '=' .. data
     if recs then rec = recs .. ',' .. rec end
     redis.call('HSET', KEYS[3], user, rec)
@@ -177,7 +181,7 @@ end
 return n
 ";
 
-/// Removes rows superseded before a cutoff: KEYS z, u, g, gc; ARGV cutoff (ms), most rows.
+/// Removes rows superseded before a cutoff: KEYS z, u, g, gc, zv; ARGV cutoff (ms), most rows.
 /// Raises `floor` to the newest version that no longer sees a removed row.
 pub const GC_SCRIPT: &str = r"
 local olds = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -196,19 +200,20 @@ for _, m in ipairs(olds) do
     if #keep > 0 then redis.call('HSET', KEYS[2], user, table.concat(keep, ',')) end
   end
   redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[5], m)
   redis.call('ZREM', KEYS[4], m)
 end
 redis.call('HSET', KEYS[3], 'floor', floor)
 return #olds
 ";
 
-/// Makes a built generation current: KEYS meta, new z, u, g, pending, then the old generation's
-/// z, u, g, gc (absent when none); ARGV gen, as_of, model, old keys' TTL (ms).
+/// Makes a built generation current: KEYS meta, new z, u, g, zv, pending, then the old
+/// generation's z, u, g, gc, zv (absent when none); ARGV gen, as_of, model, old keys' TTL (ms).
 const SWITCH_SCRIPT: &str = r"
-for i = 2, 4 do redis.call('PERSIST', KEYS[i]) end
+for i = 2, 5 do redis.call('PERSIST', KEYS[i]) end
 redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'as_of', ARGV[2], 'model', ARGV[3])
 redis.call('HDEL', KEYS[1], 'building')
-for i = 6, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 7, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return 1
 ";
 
@@ -264,17 +269,68 @@ impl Meta {
     }
 }
 
-/// The ordering's value as a sorted-set score (ascending = probability descending).
-fn zscore(s: &Score) -> String {
-    format!("{}", -s.churn_probability)
+/// The ordering's value as a sorted-set score (ascending = the value descending).
+fn zscore(s: &Score, order: Order) -> String {
+    format!("{}", -order.value(s))
+}
+
+/// The sorted set of `order` in generation `gen`.
+fn zkey(order: Order, gen: u64) -> String {
+    match order {
+        Order::ChurnDescending => key("z", gen),
+        Order::ValueAtRiskDescending => key("zv", gen),
+    }
+}
+
+/// A row's figures are finite (what a sorted-set score must be).
+fn rankable(s: &Score) -> bool {
+    Order::ALL.iter().all(|o| o.value(s).is_finite())
 }
 
 fn encode(s: &Score) -> String {
     hex::encode(postcard::to_stdvec(s).unwrap_or_default())
 }
 
+/// A row's figures; rows written before the value figures existed (a generation of an older
+/// server during a rolling deploy) decode with those figures at 0.
 fn decode(data: &str) -> Option<Score> {
-    postcard::from_bytes(&hex::decode(data).ok()?).ok()
+    let bytes = hex::decode(data).ok()?;
+    match postcard::from_bytes::<Score>(&bytes) {
+        Ok(s) => Some(s),
+        Err(_) => postcard::from_bytes::<ScoreV0>(&bytes)
+            .ok()
+            .map(ScoreV0::into_score),
+    }
+}
+
+/// [`Score`] as rows were encoded before `clv`, `expected_orders`, `p_alive` and
+/// `value_at_risk` (postcard is positional: the same fields in the same order).
+#[derive(serde::Deserialize)]
+struct ScoreV0 {
+    tier: u16,
+    churn_probability: f64,
+    risk_level: crate::model::RiskLevel,
+    risk_percentile: f64,
+    rfm_segment: crate::features::RfmSegment,
+    lifecycle_stage: crate::features::LifecycleStage,
+    factors: [crate::model::scorer::Factor; crate::model::scorer::TOP_FACTORS],
+    n_factors: u8,
+}
+
+impl ScoreV0 {
+    fn into_score(self) -> Score {
+        Score {
+            tier: self.tier,
+            churn_probability: self.churn_probability,
+            risk_level: self.risk_level,
+            risk_percentile: self.risk_percentile,
+            rfm_segment: self.rfm_segment,
+            lifecycle_stage: self.lifecycle_stage,
+            factors: self.factors,
+            n_factors: self.n_factors,
+            ..Score::default()
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -387,9 +443,10 @@ impl RedisRanking {
         v: Option<u64>,
         cursor: (&str, &str),
         limit: usize,
-        max_score: f64,
+        order_floor: (Order, f64),
     ) -> Result<Chunk, RankingError> {
-        let keys = [key("z", gen), key("u", gen), key("g", gen)];
+        let (order, max_score) = order_floor;
+        let keys = [zkey(order, gen), key("u", gen), key("g", gen)];
         let args = [
             v.map(|v| v.to_string()).unwrap_or_default(),
             cursor.0.to_string(),
@@ -460,8 +517,14 @@ impl RedisRanking {
         let mut meta = None;
         loop {
             let want = q.limit + 1 - users.len();
+            // The probability floor stops the walk in the churn ordering; in the others it is a
+            // filter ([`matches`]).
+            let floor = match q.order {
+                Order::ChurnDescending => -q.min_probability,
+                Order::ValueAtRiskDescending => f64::MAX,
+            };
             let c = self
-                .call_page(gen, v, (&cursor.0, &cursor.1), want, -q.min_probability)
+                .call_page(gen, v, (&cursor.0, &cursor.1), want, (q.order, floor))
                 .await?;
             v = Some(c.version);
             meta.get_or_insert((c.as_of, c.model.clone()));
@@ -547,15 +610,21 @@ impl RedisRanking {
             key("g", gen),
             key("gc", gen),
             key("p", meta.building.unwrap_or(gen)),
+            key("zv", gen),
         ];
         let mut args = vec![gen.to_string(), building, now_ms().to_string()];
         for (user, agg) in users.iter().zip(aggs) {
             let Some(agg) = agg else { continue };
             let s = model.scorer.score(&agg, as_of);
-            if !s.churn_probability.is_finite() || user.contains('\0') {
+            if !rankable(&s) || user.contains('\0') {
                 continue;
             }
-            args.extend([user.clone(), zscore(&s), encode(&s)]);
+            args.extend([
+                user.clone(),
+                zscore(&s, Order::ChurnDescending),
+                zscore(&s, Order::ValueAtRiskDescending),
+                encode(&s),
+            ]);
         }
         let n: i64 = self
             .redis()?
@@ -585,7 +654,13 @@ impl RedisRanking {
         let Some((gen, _, _)) = self.meta().await?.current else {
             return Ok(());
         };
-        let keys = [key("z", gen), key("u", gen), key("g", gen), key("gc", gen)];
+        let keys = [
+            key("z", gen),
+            key("u", gen),
+            key("g", gen),
+            key("gc", gen),
+            key("zv", gen),
+        ];
         let cutoff = now_ms().saturating_sub(self.settings.max_age.as_millis() as u64);
         let args = [cutoff.to_string(), "10000".to_string()];
         let _: i64 = self
@@ -652,6 +727,7 @@ impl RedisRanking {
     ) -> Result<(), RankingError> {
         let r = self.redis()?;
         let (z, u, g, p) = (key("z", gen), key("u", gen), key("g", gen), key("p", gen));
+        let zv = key("zv", gen);
         let ttl = BUILD_TTL.as_millis() as u64;
         let mut head = ::redis::pipe();
         head.cmd("HSET")
@@ -670,21 +746,29 @@ impl RedisRanking {
         head.cmd("PEXPIRE").arg(&p).arg(ttl).ignore();
         r.run_pipeline::<()>("rank_build", &head).await?;
         let rows: Vec<(String, Score)> = rows
-            .filter(|(id, s)| s.churn_probability.is_finite() && !id.contains('\0'))
+            .filter(|(id, s)| rankable(s) && !id.contains('\0'))
             .collect();
         for chunk in rows.chunks(CHUNK * 2) {
             let mut zadd = ::redis::cmd("ZADD");
             zadd.arg(&z);
+            let mut zaddv = ::redis::cmd("ZADD");
+            zaddv.arg(&zv);
             let mut hset = ::redis::cmd("HSET");
             hset.arg(&u);
             for (id, s) in chunk {
-                zadd.arg(zscore(s)).arg(format!("{id}\u{0}0"));
+                let member = format!("{id}\u{0}0");
+                zadd.arg(zscore(s, Order::ChurnDescending)).arg(&member);
+                zaddv
+                    .arg(zscore(s, Order::ValueAtRiskDescending))
+                    .arg(member);
                 hset.arg(id).arg(format!("0={}", encode(s)));
             }
             let mut pipe = ::redis::pipe();
             pipe.add_command(zadd).ignore();
+            pipe.add_command(zaddv).ignore();
             pipe.add_command(hset).ignore();
             pipe.cmd("PEXPIRE").arg(&z).arg(ttl).ignore();
+            pipe.cmd("PEXPIRE").arg(&zv).arg(ttl).ignore();
             pipe.cmd("PEXPIRE").arg(&u).arg(ttl).ignore();
             r.run_pipeline::<()>("rank_build", &pipe).await?;
         }
@@ -704,10 +788,17 @@ impl RedisRanking {
             key("z", gen),
             key("u", gen),
             key("g", gen),
+            key("zv", gen),
             key("p", gen),
         ];
         if let Some(o) = old {
-            keys.extend([key("z", o), key("u", o), key("g", o), key("gc", o)]);
+            keys.extend([
+                key("z", o),
+                key("u", o),
+                key("g", o),
+                key("gc", o),
+                key("zv", o),
+            ]);
         }
         let args = [
             gen.to_string(),
@@ -852,11 +943,46 @@ mod tests {
             churn_probability: p,
             ..Score::default()
         };
-        let a: f64 = zscore(&s(0.9)).parse().unwrap();
-        let b: f64 = zscore(&s(0.1)).parse().unwrap();
+        let a: f64 = zscore(&s(0.9), Order::ChurnDescending).parse().unwrap();
+        let b: f64 = zscore(&s(0.1), Order::ChurnDescending).parse().unwrap();
         assert!(a < b, "higher probability sorts first");
         let x = s(0.123_456_789_012_345_67);
         assert_eq!(decode(&encode(&x)), Some(x));
         assert_eq!(decode("zz"), None);
+        let v = |var| Score {
+            value_at_risk: var,
+            ..s(0.5)
+        };
+        let a: f64 = zscore(&v(90.0), Order::ValueAtRiskDescending)
+            .parse()
+            .unwrap();
+        let b: f64 = zscore(&v(10.0), Order::ValueAtRiskDescending)
+            .parse()
+            .unwrap();
+        assert!(a < b, "higher value at risk sorts first");
+    }
+
+    #[test]
+    fn rows_written_before_the_value_figures_decode_with_those_figures_at_zero() {
+        let full = Score {
+            churn_probability: 0.7,
+            tier: 3,
+            clv: 12.5,
+            expected_orders: 1.25,
+            p_alive: 0.5,
+            value_at_risk: 8.75,
+            ..Score::default()
+        };
+        let bytes = postcard::to_stdvec(&full).unwrap();
+        // postcard writes the four trailing f64 figures as 32 fixed bytes.
+        let old = hex::encode(&bytes[..bytes.len() - 32]);
+        let want = Score {
+            clv: 0.0,
+            expected_orders: 0.0,
+            p_alive: 0.0,
+            value_at_risk: 0.0,
+            ..full
+        };
+        assert_eq!(decode(&old), Some(want));
     }
 }

@@ -5,10 +5,12 @@ use super::candidates::Fitted;
 use super::rows::Labelled;
 use super::tiers::Tiering;
 use super::windows::{Snapshots, Windows};
-use crate::features::{Feature, RfmThresholds};
+use crate::features::{Feature, RfmThresholds, Timestamp, UserAggregate};
+use crate::model::btyd::{Customer, ValueModel};
 use crate::model::identity;
 use crate::model::scorer::{quantiles, Score, Scorer};
 use crate::model::tiers::TierModel;
+use crate::train::config::ValueConfig;
 
 /// Builds the served scorer from the final fit and the tiers, and scores every user as of
 /// `as_of`; the quantile table comes from the known users' probabilities.
@@ -48,6 +50,7 @@ pub(crate) fn score_all(
         rfm,
         config.lifecycle,
     );
+    scorer.value = fit_value(&snap.aggs_now, users_now, w.as_of, &config.value);
     let mut scores = vec![Score::default(); snap.aggs_now.len()];
     scorer.score_batch(&snap.aggs_now, w.as_of, &mut scores);
     let known_probs: Vec<f64> = users_now
@@ -57,6 +60,31 @@ pub(crate) fn score_all(
     scorer.risk_quantiles = quantiles(&known_probs);
     scorer.refresh_percentiles(&mut scores);
     (scorer, scores)
+}
+
+/// BG/NBD + Gamma-Gamma on the buyers known at `as_of` (the served scorer's value figures);
+/// `None` when switched off, or when there is nothing to fit on or the fit fails (logged: the
+/// figures are then 0, the churn model is unaffected).
+pub(crate) fn fit_value(
+    aggs: &[UserAggregate],
+    users: &[usize],
+    as_of: Timestamp,
+    config: &ValueConfig,
+) -> Option<ValueModel> {
+    if !config.enabled {
+        return None;
+    }
+    let customers: Vec<Customer> = users
+        .iter()
+        .filter_map(|&u| Customer::of(&aggs[u], as_of))
+        .collect();
+    match ValueModel::fit(&customers, config.horizon_days, config.monthly_discount) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "no value model: CLV and value at risk are 0");
+            None
+        }
+    }
 }
 
 /// Per tier: users, summed churn probability, and feature means in original units.
@@ -96,11 +124,16 @@ pub(crate) fn profiles(
         .map(|i| sums[i] / counts[i / d].max(1) as f64)
         .collect();
     for c in 0..k {
-        let description = identity::describe(
-            &fs.features,
-            tiering.model.centroid(c),
-            &means[c * d..(c + 1) * d],
-        );
+        let centroid = tiering.model.centroid(c);
+        let mut description =
+            identity::describe(&fs.features, centroid, &means[c * d..(c + 1) * d]);
+        // The evidence for the name: the defining features as the centroid shows them.
+        if let Some(a) = identity::archetype_of(&scorer.tiers.tiers[c].id) {
+            description.push_str(&format!(
+                ". Named for: {}",
+                a.evidence(centroid, &fs.features)
+            ));
+        }
         scorer.tiers.tiers[c].description = description;
     }
     Profiles {

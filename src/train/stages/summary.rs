@@ -180,6 +180,9 @@ pub(crate) fn tier_warnings(
     if report.init.contains("feature set changed") {
         warnings.push(format!("tiers: {}; expect tier changes", report.init));
     }
+    for change in &report.identity_changes {
+        warnings.push(format!("tier identity: {change}"));
+    }
     if let Some(d) = compared.and_then(|c| c.drift.as_ref()) {
         let (what, psi) = d.largest();
         if psi > PSI_RETRAIN {

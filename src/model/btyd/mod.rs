@@ -1,0 +1,225 @@
+//! Buy-till-you-die models: BG/NBD for repeat purchases and Gamma-Gamma for order value, fitted
+//! at training time on the same point-in-time snapshot as the churn model, and the per-user
+//! figures the product serves from them: P(alive), expected orders and CLV over a horizon, and
+//! value at risk.
+//!
+//! Pure code over arrays of [`Customer`] summaries (no I/O). A user's summary is read off their
+//! aggregate ([`Customer::of`]) in days, so training and the server compute it the same way:
+//! - `frequency` = order days − 1 (repeat purchase days, as `lifetimes` counts with `freq="D"`);
+//! - `recency` = days from the first to the last order, `age` = days from the first to the
+//!   as-of time. The aggregate keeps no first-order time: the first *seen* time stands in for
+//!   it, exact on an orders-only log and earlier by the browsing before the first order
+//!   otherwise;
+//! - `monetary` = net spend / orders (the mean order value, the first order included; `lifetimes`
+//!   averages the repeat orders only).
+//!
+//! Users who never ordered are outside the models: their CLV, expected orders, P(alive) and value
+//! at risk are 0.
+//!
+//! CLV over the horizon `H` days, as `lifetimes.customer_lifetime_value` computes it: in 30-day
+//! steps k (the last one shorter if `H` is not a multiple of 30),
+//! `CLV = Σ_k E[order value] · (E[Y(t_k)] − E[Y(t_{k−1})]) / (1 + d)^(t_k / 30)`, with `d` the
+//! monthly discount rate. Value at risk = churn probability × CLV: the expected value lost if
+//! the user churns, weighting what the user is expected to bring by the served churn model's
+//! probability that they stop (a long-gone user has a CLV near 0, so little value at risk).
+
+mod bgnbd;
+mod gamma_gamma;
+mod nelder_mead;
+mod special;
+
+pub use bgnbd::BgNbd;
+pub use gamma_gamma::GammaGamma;
+
+use crate::features::{Timestamp, UserAggregate, DAY};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BtydError {
+    #[error("no customers to fit on")]
+    Empty,
+    #[error("a customer summary is not finite or out of order (need 0 <= recency <= age)")]
+    BadSummary,
+    #[error("every customer has age 0: no time span to fit on")]
+    NoSpan,
+    #[error("{0} customers with repeat purchases: too few for Gamma-Gamma")]
+    TooFewRepeatBuyers(usize),
+    #[error("the {0} fit did not converge to finite positive parameters")]
+    Diverged(&'static str),
+    #[error("horizon {0} days or monthly discount rate out of range")]
+    BadHorizon(f64),
+}
+
+/// One customer's purchase summary (see the module docs for how it is read off an aggregate).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Customer {
+    /// Repeat purchases x.
+    pub frequency: f64,
+    /// t_x: time from the first to the last purchase.
+    pub recency: f64,
+    /// T: time from the first purchase to the end of observation.
+    pub age: f64,
+    /// Mean order value.
+    pub monetary: f64,
+}
+
+fn day_of(ts: Timestamp) -> i64 {
+    ts.div_euclid(DAY)
+}
+
+impl Customer {
+    /// The summary of a user as of `t`, in days; `None` for a user with no order.
+    pub fn of(a: &UserAggregate, t: Timestamp) -> Option<Customer> {
+        if a.orders == 0 || a.order_days == 0 {
+            return None;
+        }
+        let first = day_of(a.first_seen.min(a.last_order));
+        let last = day_of(a.last_order);
+        let now = day_of(t).max(last);
+        Some(Customer {
+            frequency: f64::from(a.order_days - 1),
+            recency: (last - first) as f64,
+            age: (now - first) as f64,
+            monetary: a.net_spend() / f64::from(a.orders),
+        })
+    }
+}
+
+pub(crate) fn check_customers(customers: &[Customer]) -> Result<(), BtydError> {
+    if customers.is_empty() {
+        return Err(BtydError::Empty);
+    }
+    let bad = |c: &Customer| {
+        !(c.frequency.is_finite() && c.recency.is_finite() && c.age.is_finite())
+            || c.frequency < 0.0
+            || c.recency < 0.0
+            || c.recency > c.age
+    };
+    if customers.iter().any(bad) {
+        return Err(BtydError::BadSummary);
+    }
+    Ok(())
+}
+
+/// The per-user value figures.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct CustomerValue {
+    pub p_alive: f64,
+    /// Expected orders in the horizon.
+    pub expected_orders: f64,
+    /// Discounted expected spend in the horizon.
+    pub clv: f64,
+}
+
+/// Both fitted models and the horizon they are read over: serialised in the bundle's scorer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueModel {
+    pub bgnbd: BgNbd,
+    /// `None` when too few users bought twice: CLV then uses each user's own mean order value.
+    pub gamma_gamma: Option<GammaGamma>,
+    pub horizon_days: f64,
+    /// Monthly (30-day) discount rate of the CLV.
+    pub monthly_discount: f64,
+    /// Mean order value of the training buyers: the order value of users Gamma-Gamma cannot
+    /// judge.
+    pub mean_order_value: f64,
+}
+
+impl ValueModel {
+    /// Fits both models on the summaries (Gamma-Gamma is left out, not an error, when too few
+    /// customers have repeat purchases).
+    pub fn fit(
+        customers: &[Customer],
+        horizon_days: f64,
+        monthly_discount: f64,
+    ) -> Result<ValueModel, BtydError> {
+        if !(horizon_days > 0.0 && horizon_days <= 3650.0)
+            || !(0.0..1.0).contains(&monthly_discount)
+        {
+            return Err(BtydError::BadHorizon(horizon_days));
+        }
+        let bgnbd = BgNbd::fit(customers)?;
+        let gamma_gamma = match GammaGamma::fit(customers) {
+            Ok(g) => Some(g),
+            Err(BtydError::TooFewRepeatBuyers(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let spend: f64 = customers.iter().map(|c| c.monetary).sum();
+        Ok(ValueModel {
+            bgnbd,
+            gamma_gamma,
+            horizon_days,
+            monthly_discount,
+            mean_order_value: spend / customers.len() as f64,
+        })
+    }
+
+    /// A deserialised model's parameters are usable.
+    pub fn check(&self) -> Result<(), BtydError> {
+        self.bgnbd.check()?;
+        if let Some(g) = &self.gamma_gamma {
+            g.check()?;
+        }
+        if !(self.horizon_days > 0.0 && self.horizon_days <= 3650.0)
+            || !(0.0..1.0).contains(&self.monthly_discount)
+            || !self.mean_order_value.is_finite()
+        {
+            return Err(BtydError::BadHorizon(self.horizon_days));
+        }
+        Ok(())
+    }
+
+    /// Expected order value of a customer (Gamma-Gamma, or their own mean without it).
+    pub fn order_value(&self, c: &Customer) -> f64 {
+        match &self.gamma_gamma {
+            Some(g) => g.expected_order_value(c, self.mean_order_value),
+            None if c.monetary > 0.0 => c.monetary,
+            None => self.mean_order_value,
+        }
+    }
+
+    /// The figures of one customer; all 0 for `None` (a user who never ordered).
+    pub fn value(&self, c: Option<&Customer>) -> CustomerValue {
+        let Some(c) = c else {
+            return CustomerValue::default();
+        };
+        CustomerValue {
+            p_alive: self.bgnbd.p_alive(c),
+            expected_orders: self.bgnbd.expected_purchases(self.horizon_days, c),
+            clv: clv(
+                &self.bgnbd,
+                self.order_value(c),
+                c,
+                self.horizon_days,
+                30.0,
+                self.monthly_discount,
+            ),
+        }
+    }
+}
+
+/// Discounted expected spend over `horizon` in steps of `period` (the discount rate per
+/// period), as `lifetimes.customer_lifetime_value` sums it.
+pub fn clv(
+    model: &BgNbd,
+    order_value: f64,
+    c: &Customer,
+    horizon: f64,
+    period: f64,
+    discount: f64,
+) -> f64 {
+    let steps = (horizon / period - 1e-9).ceil().max(1.0) as usize;
+    let mut total = 0.0;
+    let mut before = 0.0;
+    for k in 1..=steps {
+        let t = (k as f64 * period).min(horizon);
+        let cumulative = model.expected_purchases(t, c);
+        total += order_value * (cumulative - before) / (1.0 + discount).powf(t / period);
+        before = cumulative;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! A small Nelder-Mead minimiser (adaptive coefficients of Gao & Han 2012) with restarts, for
+//! the few-parameter likelihoods of the BTYD models. Derivative-free on purpose: the
+//! likelihoods are cheap, smooth and low-dimensional, and a simplex that restarts from its best
+//! point until the restart no longer improves is robust against the flat valleys these
+//! likelihoods have (BG/NBD's `a` and `b` are weakly identified).
+
+/// Result of a minimisation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Minimum {
+    pub x: Vec<f64>,
+    pub value: f64,
+    /// Function evaluations used.
+    pub evaluations: usize,
+}
+
+/// Stopping rules.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Largest simplex side (in the coordinates) to stop at.
+    pub x_tol: f64,
+    /// Spread of the simplex values to stop at.
+    pub f_tol: f64,
+    /// Evaluations per simplex run.
+    pub max_evaluations: usize,
+    /// Restarts from the best point after a run converges.
+    pub restarts: usize,
+    /// Side of the initial simplex.
+    pub step: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            x_tol: 1e-9,
+            f_tol: 1e-12,
+            max_evaluations: 4000,
+            restarts: 4,
+            step: 0.5,
+        }
+    }
+}
+
+/// Minimises `f` from `x0`. Non-finite values count as +infinity (the simplex moves away).
+pub(crate) fn minimize(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], opt: Options) -> Minimum {
+    let mut best = Minimum {
+        x: x0.to_vec(),
+        value: finite_or_inf(f(x0)),
+        evaluations: 1,
+    };
+    for _ in 0..=opt.restarts {
+        let run = simplex_run(f, &best.x, opt);
+        let evaluations = best.evaluations + run.evaluations;
+        let improved = best.value - run.value;
+        if run.value <= best.value {
+            best = Minimum { evaluations, ..run };
+        } else {
+            best.evaluations = evaluations;
+        }
+        if improved.abs() <= opt.f_tol * (1.0 + best.value.abs()) {
+            break;
+        }
+    }
+    best
+}
+
+fn finite_or_inf(v: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else {
+        f64::INFINITY
+    }
+}
+
+fn simplex_run(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], opt: Options) -> Minimum {
+    let n = x0.len();
+    let nf = n as f64;
+    // Adaptive coefficients (better than the classic 1, 2, 1/2, 1/2 beyond two dimensions).
+    let (alpha, gamma, rho, sigma) = (1.0, 1.0 + 2.0 / nf, 0.75 - 0.5 / nf, 1.0 - 1.0 / nf);
+    let mut eval = |x: &[f64], count: &mut usize| {
+        *count += 1;
+        finite_or_inf(f(x))
+    };
+    let mut evaluations = 0usize;
+    let mut pts: Vec<Vec<f64>> = Vec::with_capacity(n + 1);
+    pts.push(x0.to_vec());
+    for i in 0..n {
+        let mut p = x0.to_vec();
+        p[i] += opt.step;
+        pts.push(p);
+    }
+    let mut vals: Vec<f64> = pts.iter().map(|p| eval(p, &mut evaluations)).collect();
+    let mut order: Vec<usize> = (0..=n).collect();
+    while evaluations < opt.max_evaluations {
+        order.sort_by(|&i, &j| vals[i].total_cmp(&vals[j]));
+        let (lo, hi, second) = (order[0], order[n], order[n - 1]);
+        let spread = vals[hi] - vals[lo];
+        let size = pts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .zip(&pts[lo])
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+            })
+            .fold(0.0f64, f64::max);
+        if size <= opt.x_tol
+            || (spread.is_finite()
+                && spread <= opt.f_tol * (1.0 + vals[lo].abs())
+                && size <= opt.x_tol.sqrt())
+        {
+            break;
+        }
+        let mut centroid = vec![0.0; n];
+        for &i in &order[..n] {
+            for (c, v) in centroid.iter_mut().zip(&pts[i]) {
+                *c += v / nf;
+            }
+        }
+        let along = |t: f64| -> Vec<f64> {
+            centroid
+                .iter()
+                .zip(&pts[hi])
+                .map(|(c, h)| c + t * (c - h))
+                .collect()
+        };
+        let xr = along(alpha);
+        let fr = eval(&xr, &mut evaluations);
+        if fr < vals[lo] {
+            let xe = along(gamma);
+            let fe = eval(&xe, &mut evaluations);
+            if fe < fr {
+                (pts[hi], vals[hi]) = (xe, fe);
+            } else {
+                (pts[hi], vals[hi]) = (xr, fr);
+            }
+            continue;
+        }
+        if fr < vals[second] {
+            (pts[hi], vals[hi]) = (xr, fr);
+            continue;
+        }
+        // Outside contraction when the reflection helped a little, inside otherwise.
+        let xc = if fr < vals[hi] {
+            along(rho * alpha)
+        } else {
+            along(-rho)
+        };
+        let fc = eval(&xc, &mut evaluations);
+        if fc < vals[hi].min(fr) {
+            (pts[hi], vals[hi]) = (xc, fc);
+            continue;
+        }
+        // Shrink towards the best point.
+        let best = pts[lo].clone();
+        for &i in &order[1..] {
+            for (p, b) in pts[i].iter_mut().zip(&best) {
+                *p = b + sigma * (*p - b);
+            }
+            vals[i] = eval(&pts[i], &mut evaluations);
+        }
+    }
+    let lo = (0..=n)
+        .min_by(|&i, &j| vals[i].total_cmp(&vals[j]))
+        .unwrap_or(0);
+    Minimum {
+        x: pts[lo].clone(),
+        value: vals[lo],
+        evaluations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_simplex_finds_the_minimum_of_the_rosenbrock_valley() {
+        let mut f = |x: &[f64]| (1.0 - x[0]).powi(2) + 100.0 * (x[1] - x[0] * x[0]).powi(2);
+        let m = minimize(&mut f, &[-1.2, 1.0], Options::default());
+        assert!(
+            (m.x[0] - 1.0).abs() < 1e-5 && (m.x[1] - 1.0).abs() < 1e-5,
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn the_simplex_finds_a_four_dimensional_quadratic_minimum_and_avoids_non_finite_regions() {
+        let target = [0.3, -1.5, 2.0, 0.7];
+        let mut f = |x: &[f64]| {
+            if x[0] < -5.0 {
+                return f64::NAN;
+            }
+            x.iter()
+                .zip(&target)
+                .enumerate()
+                .map(|(i, (a, b))| (i as f64 + 1.0) * (a - b).powi(2))
+                .sum::<f64>()
+        };
+        let m = minimize(&mut f, &[0.0; 4], Options::default());
+        for (a, b) in m.x.iter().zip(&target) {
+            assert!((a - b).abs() < 1e-5, "{m:?}");
+        }
+    }
+}

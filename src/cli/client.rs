@@ -145,6 +145,10 @@ pub struct AtRiskArgs {
     /// about_to_churn, churned.
     #[arg(long = "lifecycle", value_name = "STAGE")]
     pub lifecycle: Vec<String>,
+    /// Only users whose interests hold this category (repeat for several: any of them), e.g.
+    /// `--interest beauty`.
+    #[arg(long = "interest", value_name = "CATEGORY")]
+    pub interests: Vec<String>,
     /// At most N users, the riskiest first (default: every matching user).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
@@ -424,6 +428,7 @@ async fn fetch_pages(
             lifecycle_stages: args.lifecycle.clone(),
             limit: u32::try_from(want).unwrap_or(args.page_size),
             page_token: token.clone(),
+            interest_categories: args.interests.clone(),
         };
         pages += 1;
         let rpc = |status| FetchError::Rpc {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::atomic::{AtomicError, AtomicFile};
 
 /// Columns of the scores table, in this order in both formats.
-pub(crate) const SCORE_COLUMNS: [&str; 9] = [
+pub(crate) const SCORE_COLUMNS: [&str; 11] = [
     "user_id",
     "tier_id",
     "tier_name",
@@ -32,6 +32,8 @@ pub(crate) const SCORE_COLUMNS: [&str; 9] = [
     "rfm_segment",
     "lifecycle_stage",
     "top_factors",
+    "interests",
+    "channels",
 ];
 
 /// Rows per Parquet record batch.
@@ -51,6 +53,11 @@ pub struct ScoreRow<'a> {
     pub rfm_segment: &'a str,
     pub lifecycle_stage: &'a str,
     pub top_factors: &'a str,
+    /// The user's interest categories, highest score first, joined by `; ` (empty: none).
+    pub interests: &'a str,
+    /// The channel mix as `channel=spend_share/activity_share` joined by `; ` (empty without
+    /// channel data).
+    pub channels: &'a str,
 }
 
 /// What went wrong underneath a [`WriteError::Write`]: the table writer's own failure, before
@@ -112,6 +119,8 @@ fn schema() -> SchemaRef {
         text("rfm_segment"),
         text("lifecycle_stage"),
         text("top_factors"),
+        text("interests"),
+        text("channels"),
     ]))
 }
 
@@ -119,7 +128,7 @@ fn schema() -> SchemaRef {
 struct ParquetSink {
     writer: ArrowWriter<AtomicFile>,
     schema: SchemaRef,
-    text: [StringBuilder; 7],
+    text: [StringBuilder; 9],
     numbers: [Float64Builder; 2],
     pending: usize,
 }
@@ -134,6 +143,8 @@ impl ParquetSink {
             "churn_probability",
             "risk_percentile",
             "top_factors",
+            "interests",
+            "channels",
         ];
         let props = unique
             .into_iter()
@@ -155,7 +166,10 @@ impl ParquetSink {
     }
 
     fn write(&mut self, r: &ScoreRow<'_>) -> Result<(), WriteCause> {
-        let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels] =
+            &mut self.text;
+        interests.append_value(r.interests);
+        channels.append_value(r.channels);
         user.append_value(r.user_id);
         tier_id.append_value(r.tier_id);
         tier_name.append_value(r.tier_name);
@@ -177,7 +191,8 @@ impl ParquetSink {
         if self.pending == 0 {
             return Ok(());
         }
-        let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels] =
+            &mut self.text;
         let [churn, percentile] = &mut self.numbers;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(user.finish()),
@@ -189,6 +204,8 @@ impl ParquetSink {
             Arc::new(rfm.finish()),
             Arc::new(stage.finish()),
             Arc::new(factors.finish()),
+            Arc::new(interests.finish()),
+            Arc::new(channels.finish()),
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.writer.write(&batch)?;
@@ -238,6 +255,8 @@ impl CsvSink {
             r.rfm_segment,
             r.lifecycle_stage,
             r.top_factors,
+            r.interests,
+            r.channels,
         ])?;
         Ok(())
     }
@@ -347,6 +366,8 @@ mod tests {
             rfm_segment: "important_value",
             lifecycle_stage: "mature",
             top_factors: "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)",
+            interests: "beauty; food",
+            channels: "",
         }
     }
 
@@ -383,6 +404,7 @@ mod tests {
             &recs[2][8],
             "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)"
         );
+        assert_eq!((&recs[2][9], &recs[2][10]), ("beauty; food", ""));
     }
 
     #[test]

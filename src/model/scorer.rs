@@ -8,8 +8,8 @@ use super::calibration::Platt;
 use super::churn::{ChurnModel, BLOCK};
 use super::tiers::TierModel;
 use crate::features::{
-    Feature, FeatureSet, LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds,
-    StandardScaler, Timestamp, UserAggregate,
+    ChannelShares, Feature, FeatureSet, Interests, LifecycleStage, LifecycleThresholds, RfmSegment,
+    RfmThresholds, StandardScaler, Timestamp, UserAggregate,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,11 @@ pub struct Score {
     /// Largest contributions first; `n_factors` are valid.
     pub factors: [Factor; TOP_FACTORS],
     pub n_factors: u8,
+    /// The user's top categories (issue 14): not a model output, carried so that answers and
+    /// the at-risk filter read them with the score.
+    pub interests: Interests,
+    /// The user's channel mix (issue 14), likewise.
+    pub channels: ChannelShares,
 }
 
 impl Default for Score {
@@ -111,6 +116,8 @@ impl Default for Score {
             lifecycle_stage: LifecycleStage::New,
             factors: [Factor::default(); TOP_FACTORS],
             n_factors: 0,
+            interests: Interests::default(),
+            channels: ChannelShares::default(),
         }
     }
 }
@@ -283,7 +290,7 @@ impl Scorer {
         let mut contrib = [0.0; MAX_FEATURES];
         self.row(a, t, &mut raw[..d], &mut x[..d]);
         let raw_score = self.churn.score_explained(&x[..d], &mut contrib[..d]);
-        self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a.is_buyer())
+        self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a)
     }
 
     /// Everything after the churn model's raw score: tier, calibration, rules, top factors.
@@ -294,11 +301,11 @@ impl Scorer {
         x: &[f64],
         contrib: &[f64],
         raw_score: f64,
-        buyer: bool,
+        a: &UserAggregate,
     ) -> Score {
         let tier = self.tiers.assign(x) as u16;
         let p = self.calibration.probability(raw_score);
-        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw, buyer);
+        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw, a.is_buyer());
 
         // Top factors: largest contributions toward churn, by insertion into a 3-slot list.
         let mut factors = [Factor::default(); TOP_FACTORS];
@@ -328,6 +335,8 @@ impl Scorer {
             lifecycle_stage,
             factors,
             n_factors: n as u8,
+            interests: a.interests,
+            channels: ChannelShares::from_list(&a.channel_shares()),
         }
     }
 
@@ -366,7 +375,7 @@ impl Scorer {
                             &x[lo..hi],
                             &contrib[lo..hi],
                             raw_scores[r],
-                            a.is_buyer(),
+                            a,
                         );
                     }
                 }
@@ -551,6 +560,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         });
         let soon = s.score(&a, t0 + DAY);
         let later = s.score(&a, t0 + 60 * DAY);
@@ -575,6 +585,7 @@ mod tests {
                     room: 0,
                     category: 0,
                     order: 0,
+                    channel: 0,
                 });
                 a
             })

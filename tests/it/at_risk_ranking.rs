@@ -230,6 +230,7 @@ async fn filters_select_exactly_the_matching_users() {
             lifecycle_stages: vec!["silent".into(), "about_to_churn".into(), "churned".into()],
             limit: 5,
             page_token: String::new(),
+            interest_categories: vec![],
         };
         let got = walk(&mut client, req.clone()).await;
         let want: Vec<UserTier> = all
@@ -438,6 +439,7 @@ async fn the_ranking_orders_a_trained_bundle_as_the_old_scan_did() {
             min_probability: 0.0,
             tiers: None,
             stages: None,
+            categories: None,
             limit: 100,
             as_of: now,
             after: None,

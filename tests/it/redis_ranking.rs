@@ -214,6 +214,7 @@ async fn filters_select_exactly_the_matching_users_in_redis() {
             lifecycle_stages: vec!["silent".into(), "about_to_churn".into(), "churned".into()],
             limit: 5,
             page_token: String::new(),
+            interest_categories: vec![],
         };
         let got = walk(&mut clients, req.clone()).await;
         let want: Vec<UserTier> = all

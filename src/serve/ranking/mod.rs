@@ -208,6 +208,11 @@ pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
             return false;
         }
     }
+    if let Some(c) = &q.categories {
+        if !c.iter().any(|&c| s.interests.holds(c)) {
+            return false;
+        }
+    }
     true
 }
 
@@ -281,6 +286,7 @@ mod tests {
             min_probability: 0.5,
             tiers: Some(vec![false, true]),
             stages: None,
+            categories: None,
             limit: 10,
             as_of: 0,
             after: None,
@@ -327,6 +333,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         };
         let got = touched_users(&[ev("b"), ev("a"), ev("b")]);
         assert_eq!(got, ["a", "b"]);

@@ -877,6 +877,7 @@ impl Unhashed for tiering::generate::GeneratedEvent {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         }
     }
 }

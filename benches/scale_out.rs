@@ -786,6 +786,7 @@ fn write_big_bundle(small: &Path, big: &Path, users: u64) -> Result<()> {
                 room: room_hash[r],
                 category: category_hash[usize::from(e.category)],
                 order: 0,
+                channel: 0,
             });
         }
         user_ids.push(user.user_id());

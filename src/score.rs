@@ -8,13 +8,44 @@ use crate::model::{Score, Scorer};
 /// Rows whose reasons text is formatted (on all cores) ahead of the sequential writer.
 const ROWS_PER_BLOCK: usize = 1 << 15;
 
+/// The text columns formatted ahead of the writer: reasons, interests, channels.
+pub(crate) struct RowTexts {
+    pub factors: String,
+    pub interests: String,
+    pub channels: String,
+}
+
+impl RowTexts {
+    pub(crate) fn of(scorer: &Scorer, s: &Score) -> RowTexts {
+        let interests = s
+            .interests
+            .ranked()
+            .into_iter()
+            .map(|(id, _)| crate::features::interests::display_name(id))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let channels = s
+            .channels
+            .list()
+            .into_iter()
+            .map(|(c, spend, activity)| format!("{}={spend:.3}/{activity:.3}", c.as_str()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        RowTexts {
+            factors: scorer.format_factors(s),
+            interests,
+            channels,
+        }
+    }
+}
+
 /// The output row of one scored user (`tiering score`, the bundle's `scores.parquet`).
-/// `factors` is `scorer.format_factors(score)`, passed in so callers can reuse its buffer.
+/// `texts` is [`RowTexts::of`] the score, passed in so callers can format on all cores.
 pub(crate) fn score_row<'a>(
     scorer: &'a Scorer,
     user_id: &'a str,
     s: &Score,
-    factors: &'a str,
+    texts: &'a RowTexts,
 ) -> ScoreRow<'a> {
     let tier = &scorer.tiers.tiers[usize::from(s.tier)];
     ScoreRow {
@@ -26,7 +57,9 @@ pub(crate) fn score_row<'a>(
         risk_percentile: s.risk_percentile,
         rfm_segment: s.rfm_segment.id(),
         lifecycle_stage: s.lifecycle_stage.id(),
-        top_factors: factors,
+        top_factors: &texts.factors,
+        interests: &texts.interests,
+        channels: &texts.channels,
         clv: s.clv,
         expected_orders: s.expected_orders,
         p_alive: s.p_alive,
@@ -48,8 +81,8 @@ pub fn write_scores(
         .zip(scores.chunks(ROWS_PER_BLOCK))
         .enumerate()
     {
-        let factors: Vec<String> = ss.par_iter().map(|s| scorer.format_factors(s)).collect();
-        for ((id, s), f) in ids.iter().zip(ss).zip(&factors) {
+        let texts: Vec<RowTexts> = ss.par_iter().map(|s| RowTexts::of(scorer, s)).collect();
+        for ((id, s), f) in ids.iter().zip(ss).zip(&texts) {
             writer.write(&score_row(scorer, id, s, f))?;
         }
         tracing::trace!(block, "scores written");

@@ -104,6 +104,7 @@ impl Manifest {
                 churn_rate: None,
                 mean_churn_probability: 0.0,
                 profile: BTreeMap::new(),
+                categories: Vec::new(),
             })
             .collect();
         m.metrics.chosen_model = scorer.churn.name().into();
@@ -138,6 +139,17 @@ pub struct DataInfo {
     /// `features::aggregate`), as of the bundle's time.
     #[serde(default)]
     pub orphan_refunds: u64,
+    /// The category names seen, sorted (the server names interests with them; hashes are
+    /// `hash_str` of these). Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// Rows per channel (`live` includes rows without a channel), when the data has a
+    /// `channel` column. Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_rows: Vec<(String, u64)>,
+    /// Channel values read as `other` (unknown), with rows, most first. Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_channels: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +181,12 @@ pub struct TierEntry {
     pub mean_churn_probability: f64,
     /// Mean of each feature in original units.
     pub profile: BTreeMap<String, f64>,
+    /// The categories that characterise the tier: held in the interests of at least 5% of its
+    /// users and most over-represented against all users, at most 3: `(category, share of the
+    /// tier's users whose interests hold it, lift = that share / the share among all users)`.
+    /// Not written when empty (data without categories).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<(String, f64, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

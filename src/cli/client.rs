@@ -156,6 +156,10 @@ pub struct AtRiskArgs {
     /// kept when `--lifecycle churned` asks for them).
     #[arg(long)]
     pub include_churned: bool,
+    /// Only users whose interests hold this category (repeat for several: any of them), e.g.
+    /// `--interest beauty`.
+    #[arg(long = "interest", value_name = "CATEGORY")]
+    pub interests: Vec<String>,
     /// At most N users, the riskiest first (default: every matching user).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
@@ -442,6 +446,7 @@ async fn fetch_pages(
             page_token: token.clone(),
             order_by: args.order_by.proto() as i32,
             exclude_churned: excludes_churned(args),
+            interest_categories: args.interests.clone(),
         };
         pages += 1;
         let rpc = |status| FetchError::Rpc {

@@ -4,7 +4,9 @@
 //!
 //! - `csv` (default): a header, then one row per user with the columns of [`COLUMNS`]; `reasons`
 //!   is the top factors as `feature=+0.42 (value)` joined by `; `, `playbook` the tier's actions
-//!   joined by ` | `.
+//!   joined by ` | `, `interests` the top categories as `category=score` joined by `; `
+//!   (score to two decimals), `channels` the channel mix as
+//!   `channel=spend_share/activity_share` joined by `; ` (empty without channel data).
 //! - `json`: one JSON array of objects, one object per line. Keys as the CSV columns, but
 //!   `reasons` is an array of `{feature, contribution, value}` and `playbook` an array of
 //!   strings; plus `model_version` and `as_of` (RFC 3339).
@@ -21,7 +23,7 @@ use tiering::pb as proto;
 use unicode_width::UnicodeWidthStr;
 
 /// The CSV header (and the keys of the JSON objects).
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 17] = [
     "user_id",
     "churn_probability",
     "risk_level",
@@ -37,7 +39,25 @@ pub const COLUMNS: [&str; 15] = [
     "expected_orders",
     "p_alive",
     "value_at_risk",
+    "interests",
+    "channels",
 ];
+
+/// `category=score; ...` (the CSV's `interests`).
+pub fn interests_text(i: &[proto::Interest]) -> String {
+    i.iter()
+        .map(|x| format!("{}={:.2}", x.category, x.score))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `channel=spend/activity; ...` (the CSV's `channels`).
+pub fn channels_text(c: &[proto::ChannelShare]) -> String {
+    c.iter()
+        .map(|x| format!("{}={:.3}/{:.3}", x.channel, x.spend_share, x.activity_share))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ListFormat {
@@ -156,8 +176,23 @@ pub struct JsonUser<'a> {
     expected_orders: f64,
     p_alive: f64,
     value_at_risk: f64,
+    interests: Vec<JsonInterest<'a>>,
+    channels: Vec<JsonChannel<'a>>,
     model_version: &'a str,
     as_of: String,
+}
+
+#[derive(Serialize)]
+struct JsonInterest<'a> {
+    category: &'a str,
+    score: f64,
+}
+
+#[derive(Serialize)]
+struct JsonChannel<'a> {
+    channel: &'a str,
+    spend_share: f64,
+    activity_share: f64,
 }
 
 impl<'a> From<&'a proto::UserTier> for JsonUser<'a> {
@@ -186,6 +221,23 @@ impl<'a> From<&'a proto::UserTier> for JsonUser<'a> {
             expected_orders: u.expected_orders,
             p_alive: u.p_alive,
             value_at_risk: u.value_at_risk,
+            interests: u
+                .interests
+                .iter()
+                .map(|i| JsonInterest {
+                    category: &i.category,
+                    score: i.score,
+                })
+                .collect(),
+            channels: u
+                .channels
+                .iter()
+                .map(|c| JsonChannel {
+                    channel: &c.channel,
+                    spend_share: c.spend_share,
+                    activity_share: c.activity_share,
+                })
+                .collect(),
             model_version: &u.model_version,
             as_of: as_of_text(u.as_of.as_ref()),
         }
@@ -219,7 +271,7 @@ pub fn write_users(
     }
 }
 
-fn csv_row(u: &proto::UserTier) -> [String; 15] {
+fn csv_row(u: &proto::UserTier) -> [String; 17] {
     [
         u.user_id.clone(),
         format!("{:.6}", u.churn_probability),
@@ -236,6 +288,8 @@ fn csv_row(u: &proto::UserTier) -> [String; 15] {
         format!("{:.4}", u.expected_orders),
         format!("{:.4}", u.p_alive),
         format!("{:.2}", u.value_at_risk),
+        interests_text(&u.interests),
+        channels_text(&u.channels),
     ]
 }
 
@@ -271,10 +325,12 @@ fn write_table(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()>
         false, true, false, true, false, false, false, false, false, false, false, true, true,
         true, true,
     ];
+    // The table keeps its fifteen columns (interests and channels are in the other formats).
     let rows: Vec<[String; 15]> = users
         .iter()
         .map(|u| {
-            let mut r = csv_row(u);
+            let full = csv_row(u);
+            let mut r: [String; 15] = std::array::from_fn(|i| full[i].clone());
             r[1] = format!("{:.4}", u.churn_probability);
             r[3] = format!("{:.1}", u.risk_percentile);
             r
@@ -372,6 +428,26 @@ pub fn write_user_table(out: &mut dyn Write, u: &proto::UserTier) -> io::Result<
     for (i, a) in u.recommended_actions.iter().enumerate() {
         let key = if i == 0 { "recommended_actions" } else { "" };
         writeln!(out, "{key:<W$} - {a}")?;
+    }
+    if u.interests.is_empty() {
+        writeln!(out, "{:<W$} -", "interests")?;
+    }
+    for (i, x) in u.interests.iter().enumerate() {
+        let key = if i == 0 { "interests" } else { "" };
+        writeln!(out, "{key:<W$} {}  {:.2}", x.category, x.score)?;
+    }
+    if u.channels.is_empty() {
+        writeln!(out, "{:<W$} -", "channels")?;
+    }
+    for (i, c) in u.channels.iter().enumerate() {
+        let key = if i == 0 { "channels" } else { "" };
+        writeln!(
+            out,
+            "{key:<W$} {}  spend {:.1}%  activity {:.1}%",
+            c.channel,
+            c.spend_share * 100.0,
+            c.activity_share * 100.0
+        )?;
     }
     writeln!(out, "{:<W$} {}", "model_version", u.model_version)?;
     writeln!(out, "{:<W$} {}", "as_of", as_of_text(u.as_of.as_ref()))

@@ -69,6 +69,10 @@ pub struct GenerateArgs {
     /// hunters the most; orders and linked refunds carry an order_id).
     #[arg(long)]
     pub no_refunds: bool,
+    /// Give events a channel (live, short_video, social, offline_store, app, by persona) and
+    /// users a favourite category by persona, written as a `channel` column.
+    #[arg(long)]
+    pub channels: bool,
     /// Kind names of the events table; `platform` also writes train.toml with the mapping.
     #[arg(long, value_enum, default_value_t = VocabularyArg::Canonical)]
     pub vocabulary: VocabularyArg,
@@ -96,6 +100,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         end,
         refunds: !args.no_refunds,
+        channels: args.channels,
     }
     .check()
     .context("invalid generate parameters")?;
@@ -104,8 +109,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         out = %args.out.display(), "generating synthetic live-commerce data");
 
     let vocabulary = Vocabulary::from(args.vocabulary);
-    let mut writer = GeneratedWriter::create_with(&args.out, args.format.into(), vocabulary)
-        .context("preparing the output files")?;
+    let mut writer =
+        GeneratedWriter::create_full(&args.out, args.format.into(), vocabulary, args.channels)
+            .context("preparing the output files")?;
     let bar = progress_bar(args.users);
     let mut unreported = 0u64;
     let summary = generate(&params, |user, events| {

@@ -57,6 +57,8 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
             out: data.clone(),
             format: generate::Format::Csv,
             end: None,
+            // Channels and favourite categories, so the demo shows interests and channel mixes.
+            channels: true,
             // Refunds on, so the demo's report shows net spend and the refund features.
             no_refunds: false,
             vocabulary: generate::VocabularyArg::Canonical,

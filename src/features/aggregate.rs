@@ -40,10 +40,20 @@
 //! bounded): an order with an id takes an empty slot, else one older than the window, else the
 //! oldest. Serialised, only the occupied slots are written.
 //!
+//! # Interests and channels
+//!
+//! `interests` holds the user's top categories by a time-decayed score (see
+//! [`super::interests`]: exact and order-independent up to [`super::interests::INTEREST_SLOTS`]
+//! categories, a stated bound beyond); `channels` the events and order spend per channel
+//! (see [`super::channel`]: exact and order-independent). Together 60 bytes in memory; no
+//! model feature reads them unless the data carries channels.
+//!
 //! Features are then read off the aggregate *as of* any time at or after the last applied event,
 //! which is what lets a quiet user's recency grow without new data.
 
+use super::channel::{Channel, ChannelMix};
 use super::event::{Event, EventKind, Timestamp, DAY};
+use super::interests::Interests;
 
 /// Weeks of activity history kept for the trend (recent window vs the one before).
 pub(crate) const TREND_WEEKS: usize = 8;
@@ -156,6 +166,111 @@ pub struct UserAggregate {
     /// The per-order memory for linking refunds (module docs).
     #[serde(with = "slots")]
     pub recent_orders: [OrderSlot; LINKED_ORDERS],
+    /// The top categories by time-decayed score ([`super::interests`]).
+    pub interests: Interests,
+    /// Events and spend per channel ([`super::channel`]).
+    pub channels: ChannelMix,
+}
+
+/// [`UserAggregate`]'s serialised layout before interests and channels (bundle format 2, Redis
+/// value format 2, embedded snapshots `TIERST02`): read so that a new binary loads what an
+/// earlier one wrote.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UserAggregateV2 {
+    pub registered_at: Timestamp,
+    pub first_seen: Timestamp,
+    pub last_order: Timestamp,
+    pub last_activity: Timestamp,
+    pub orders: u32,
+    pub order_days: u32,
+    last_order_day: i64,
+    pub spend: f64,
+    pub views: u32,
+    pub watch_seconds: u64,
+    pub comments: u32,
+    pub likes: u32,
+    pub shares: u32,
+    pub follows: u32,
+    pub gifts: u32,
+    pub room_sketch: u64,
+    pub category_sketch: u64,
+    pub week_anchor: i64,
+    pub weekly: [u16; TREND_WEEKS],
+    pub refunds: u32,
+    pub refunded: f64,
+    pub orders_refunded: u32,
+    pub linked_refunds: u32,
+    pub orphan_refunds: u32,
+    #[serde(with = "slots")]
+    pub recent_orders: [OrderSlot; LINKED_ORDERS],
+}
+
+impl From<UserAggregateV2> for UserAggregate {
+    /// No interests and no channel mix: they start from the events that follow.
+    fn from(v: UserAggregateV2) -> Self {
+        UserAggregate {
+            registered_at: v.registered_at,
+            first_seen: v.first_seen,
+            last_order: v.last_order,
+            last_activity: v.last_activity,
+            orders: v.orders,
+            order_days: v.order_days,
+            last_order_day: v.last_order_day,
+            spend: v.spend,
+            views: v.views,
+            watch_seconds: v.watch_seconds,
+            comments: v.comments,
+            likes: v.likes,
+            shares: v.shares,
+            follows: v.follows,
+            gifts: v.gifts,
+            room_sketch: v.room_sketch,
+            category_sketch: v.category_sketch,
+            week_anchor: v.week_anchor,
+            weekly: v.weekly,
+            refunds: v.refunds,
+            refunded: v.refunded,
+            orders_refunded: v.orders_refunded,
+            linked_refunds: v.linked_refunds,
+            orphan_refunds: v.orphan_refunds,
+            recent_orders: v.recent_orders,
+            ..UserAggregate::default()
+        }
+    }
+}
+
+impl UserAggregateV2 {
+    /// The format-2 layout of `a` (interests and channels dropped): what an earlier binary
+    /// wrote.
+    pub fn of(a: &UserAggregate) -> Self {
+        UserAggregateV2 {
+            registered_at: a.registered_at,
+            first_seen: a.first_seen,
+            last_order: a.last_order,
+            last_activity: a.last_activity,
+            orders: a.orders,
+            order_days: a.order_days,
+            last_order_day: a.last_order_day,
+            spend: a.spend,
+            views: a.views,
+            watch_seconds: a.watch_seconds,
+            comments: a.comments,
+            likes: a.likes,
+            shares: a.shares,
+            follows: a.follows,
+            gifts: a.gifts,
+            room_sketch: a.room_sketch,
+            category_sketch: a.category_sketch,
+            week_anchor: a.week_anchor,
+            weekly: a.weekly,
+            refunds: a.refunds,
+            refunded: a.refunded,
+            orders_refunded: a.orders_refunded,
+            linked_refunds: a.linked_refunds,
+            orphan_refunds: a.orphan_refunds,
+            recent_orders: a.recent_orders,
+        }
+    }
 }
 
 /// [`UserAggregate`]'s serialised layout before refunds (bundle format 1, Redis value format 1,
@@ -265,6 +380,8 @@ impl Default for UserAggregate {
             linked_refunds: 0,
             orphan_refunds: 0,
             recent_orders: [OrderSlot::default(); LINKED_ORDERS],
+            interests: Interests::default(),
+            channels: ChannelMix::default(),
         }
     }
 }
@@ -359,6 +476,14 @@ impl UserAggregate {
         if e.category != 0 {
             self.category_sketch |= sketch_bit(e.category);
         }
+        self.interests.apply(e);
+        let order_cents = if e.kind == EventKind::Order {
+            cents(e.amount)
+        } else {
+            0
+        };
+        self.channels
+            .apply(Channel::from_code(e.channel), order_cents);
         self.count_week(e.ts.div_euclid(WEEK));
     }
 
@@ -473,6 +598,30 @@ impl UserAggregate {
         (recent, prior)
     }
 
+    /// Events of every kind applied (the whole of the activity shares).
+    pub fn events_total(&self) -> u64 {
+        [
+            self.orders,
+            self.views,
+            self.comments,
+            self.likes,
+            self.shares,
+            self.follows,
+            self.gifts,
+            self.refunds,
+        ]
+        .iter()
+        .map(|&c| u64::from(c))
+        .sum()
+    }
+
+    /// Shares of gross order spend and of activity per channel used, live first (empty when
+    /// the user's events carried no channel but live; see [`super::channel`]).
+    pub fn channel_shares(&self) -> Vec<(Channel, f64, f64)> {
+        let total_cents = (self.spend.max(0.0) * 100.0).round() as u64;
+        self.channels.shares(self.events_total(), total_cents)
+    }
+
     pub(crate) fn distinct_rooms(&self) -> f64 {
         sketch_estimate(self.room_sketch)
     }
@@ -495,6 +644,7 @@ mod tests {
             room: 7,
             category: 9,
             order: 0,
+            channel: 0,
         }
     }
 
@@ -517,6 +667,22 @@ mod tests {
         assert_eq!(forward.first_seen, backward.first_seen);
         assert!((forward.spend - backward.spend).abs() < 1e-9);
         assert_eq!(forward.trend_windows(t), backward.trend_windows(t));
+    }
+
+    /// The memory target of issue 14: interests and the channel mix add at most 64 bytes to a
+    /// user in memory (60: 32 + 28), and the aggregate stays `Copy`.
+    #[test]
+    fn interests_and_channels_add_at_most_64_bytes_per_user() {
+        use std::mem::size_of;
+        let extra = size_of::<Interests>() + size_of::<ChannelMix>();
+        assert_eq!((size_of::<Interests>(), size_of::<ChannelMix>()), (32, 28));
+        assert!(extra <= 64);
+        assert!(size_of::<UserAggregate>() - size_of::<UserAggregateV2>() <= 64);
+        // Serialised, a user without categories or channels pays two bytes and a few zeros.
+        let a = UserAggregate::default();
+        let v2 = postcard::to_stdvec(&UserAggregateV2::of(&a)).unwrap().len();
+        let v3 = postcard::to_stdvec(&a).unwrap().len();
+        assert!(v3 - v2 <= 10, "{v2} -> {v3}");
     }
 
     #[test]
@@ -689,7 +855,9 @@ mod tests {
     fn the_order_memory_keeps_the_latest_orders_and_serialises_only_occupied_slots() {
         let t0 = 1_700_006_400;
         let mut a = UserAggregate::default();
-        let empty = postcard::to_stdvec(&a).unwrap().len();
+        // The refund part: the format-2 layout over the format-1 one (interests and channels,
+        // format 3, are measured by `interests_and_channels_add_at_most_64_bytes_per_user`).
+        let empty = postcard::to_stdvec(&UserAggregateV2::of(&a)).unwrap().len();
         let v1 = postcard::to_stdvec(&UserAggregateV1::of(&a)).unwrap().len();
         assert_eq!(empty - v1, 13, "refund counters of a user without refunds");
         for i in 0..(LINKED_ORDERS as u32 + 2) {
@@ -707,10 +875,7 @@ mod tests {
         let full = postcard::to_stdvec(&a).unwrap();
         let back: UserAggregate = postcard::from_bytes(&full).unwrap();
         assert_eq!(back, a);
-        assert!(
-            full.len() - v1 <= 13 + 1 + LINKED_ORDERS * 16,
-            "{}",
-            full.len()
-        );
+        let v2 = postcard::to_stdvec(&UserAggregateV2::of(&a)).unwrap();
+        assert!(v2.len() - v1 <= 13 + 1 + LINKED_ORDERS * 16, "{}", v2.len());
     }
 }

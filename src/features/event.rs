@@ -118,6 +118,9 @@ pub struct Event {
     pub category: u32,
     /// `hash_str(order_id)` of an order or refund, 0 when absent: links a refund to its order.
     pub order: u32,
+    /// Where it happened: a [`super::channel::Channel`] code, 0 (unspecified, counted as live)
+    /// when the data has no channel.
+    pub channel: u8,
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! - [`hash`] — stable FNV-1a hashes ([`fnv1a64`], [`hash_str`]) for keys that outlive a process.
 //! - [`table`] — the columnar events table the readers fill.
 //! - [`aggregate`] — per-user aggregates, the state the server keeps current.
+//! - [`interests`] — per-user top categories by a time-decayed score (bounded, in the aggregate).
+//! - [`channel`] — the channels events come from, and each user's channel mix.
 //! - [`vector`] — point-in-time feature vectors read off an aggregate as of a time.
 //! - [`snapshot`] — sweeps that build aggregates from events strictly before a time, and labels.
 //! - [`scaler`] — standard scaling fitted on training rows.
@@ -13,8 +15,10 @@
 //! - [`vocabulary`] — kind mappings from a platform's event names to the contract's kinds.
 
 pub mod aggregate;
+pub mod channel;
 pub mod event;
 pub mod hash;
+pub mod interests;
 pub mod scaler;
 pub mod segments;
 pub mod snapshot;
@@ -23,9 +27,11 @@ pub mod time;
 pub mod vector;
 pub mod vocabulary;
 
-pub use aggregate::{UserAggregate, UserAggregateV1};
+pub use aggregate::{UserAggregate, UserAggregateV1, UserAggregateV2};
+pub use channel::{Channel, ChannelMix, ChannelShares};
 pub use event::{Event, EventKind, Timestamp, DAY, DEFAULT_EARLIEST_EVENT};
 pub use hash::{fnv1a64, hash_str};
+pub use interests::{CategoryNames, Interests};
 pub use scaler::StandardScaler;
 pub use segments::{LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds};
 pub use snapshot::{active_in_window, build_aggregates, known_at, ChurnDefinition};

@@ -140,6 +140,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         };
         t.push(a, e(10 * DAY, EventKind::Order));
         t.push(a, e(20 * DAY, EventKind::View));

@@ -19,6 +19,10 @@ pub struct ColumnsPresent {
     pub order_id: bool,
     /// A users table with `registered_at` was given.
     pub users_table: bool,
+    /// A `channel` column (not written when absent, so that a manifest of data without one is
+    /// what it was before channels existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub channel: bool,
 }
 
 /// Columnar events, with users interned.
@@ -40,6 +44,8 @@ pub struct EventTable {
     pub category: Vec<u32>,
     /// `hash_str(order_id)`, 0 when absent.
     pub order: Vec<u32>,
+    /// [`crate::features::Channel`] codes, 0 when unspecified.
+    pub channel: Vec<u8>,
     /// Rows per source kind name, as the readers resolved them (the report and the manifest
     /// list them).
     pub kind_tally: KindTally,
@@ -63,6 +69,7 @@ impl EventTable {
         self.room.reserve(events);
         self.category.reserve(events);
         self.order.reserve(events);
+        self.channel.reserve(events);
     }
 
     /// Empties the table (users and events), keeping its allocations. Every field is named, so
@@ -80,6 +87,7 @@ impl EventTable {
             room,
             category,
             order,
+            channel,
             kind_tally,
             columns,
         } = self;
@@ -94,6 +102,7 @@ impl EventTable {
         room.clear();
         category.clear();
         order.clear();
+        channel.clear();
         *kind_tally = KindTally::default();
         *columns = ColumnsPresent::default();
     }
@@ -114,10 +123,12 @@ impl EventTable {
             room,
             category,
             order,
+            channel,
             kind_tally,
             columns: _,
         } = other;
         self.order.extend_from_slice(order);
+        self.channel.extend_from_slice(channel);
         self.kind_tally.merge(kind_tally);
         self.ts.extend_from_slice(ts);
         self.kind.extend_from_slice(kind);
@@ -148,6 +159,7 @@ impl EventTable {
         self.room.push(e.room);
         self.category.push(e.category);
         self.order.push(e.order);
+        self.channel.push(e.channel);
     }
 
     pub fn len(&self) -> usize {
@@ -171,6 +183,7 @@ impl EventTable {
             room: self.room[i],
             category: self.category[i],
             order: self.order[i],
+            channel: self.channel[i],
         }
     }
 

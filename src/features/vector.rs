@@ -275,6 +275,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         });
         let r1 = Feature::RecencyDays.value(&a, t0 + DAY);
         let r10 = Feature::RecencyDays.value(&a, t0 + 10 * DAY);

@@ -8,7 +8,9 @@
 //! *unmapped*: an error by default (naming the kind, its row count and the key that would map or
 //! ignore it), or a counted, reported skip with `unknown_kinds = "skip"`.
 
+use super::channel::Channel;
 use super::event::EventKind;
+use super::interests::CategoryNames;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -207,7 +209,9 @@ pub struct KindSeen {
     pub became: KindFate,
 }
 
-/// Rows per source kind name while reading, without allocating per row.
+/// Rows per source kind name while reading, without allocating per row; also what the
+/// readers learn of the other vocabularies: rows per channel, the unknown channel values, and
+/// the category names (by hash).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindTally {
     canonical: [u64; EventKind::ALL.len()],
@@ -215,6 +219,27 @@ pub struct KindTally {
     ignored: Vec<u64>,
     /// Unmapped names (first spelling) and their rows.
     unknown: Vec<(String, u64)>,
+    /// Rows per channel code ([`Channel`]).
+    channels: [u64; 7],
+    /// Channel values read as `other` (trimmed; the first [`MAX_UNKNOWN_CHANNELS`]) and rows.
+    unknown_channels: Vec<(String, u64)>,
+    /// Category names by hash.
+    categories: CategoryNames,
+    /// Hashes whose name is known already (direct-mapped, so the row path skips the map).
+    category_cache: CategoryCache,
+}
+
+/// Unknown channel values listed by name at most (the rest are counted in `other`).
+pub const MAX_UNKNOWN_CHANNELS: usize = 100;
+
+/// A direct-mapped set of recently noted category hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CategoryCache([u32; 64]);
+
+impl Default for CategoryCache {
+    fn default() -> Self {
+        CategoryCache([0; 64])
+    }
 }
 
 impl KindTally {
@@ -243,8 +268,82 @@ impl KindTally {
         }
     }
 
+    /// Counts one row of channel `c` (raw text `raw`; unknown values are listed).
+    #[inline]
+    pub fn count_channel(&mut self, c: Channel, raw: &[u8]) {
+        self.channels[c as usize] += 1;
+        if c == Channel::Other {
+            self.count_unknown_channel(raw);
+        }
+    }
+
+    #[cold]
+    fn count_unknown_channel(&mut self, raw: &[u8]) {
+        let text = String::from_utf8_lossy(raw);
+        let t = text.trim().to_lowercase();
+        let full = self.unknown_channels.len() >= MAX_UNKNOWN_CHANNELS;
+        match self.unknown_channels.iter_mut().find(|(n, _)| *n == t) {
+            Some((_, c)) => *c += 1,
+            None if !full => self.unknown_channels.push((t, 1)),
+            None => {}
+        }
+    }
+
+    /// Records the name of category `hash` (the raw field as the readers hash it).
+    #[inline]
+    pub fn note_category(&mut self, hash: u32, raw: &[u8]) {
+        let slot = (hash.wrapping_mul(0x9E37_79B9) >> 26) as usize;
+        if self.category_cache.0[slot] == hash {
+            return;
+        }
+        self.category_cache.0[slot] = hash;
+        if self.categories.get(hash).is_none() {
+            self.categories.note(hash, &String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// The category names the readers saw.
+    pub fn categories(&self) -> &CategoryNames {
+        &self.categories
+    }
+
+    /// Rows per channel, by name (live includes unspecified), channels with rows only.
+    pub fn channel_rows(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        for (code, &rows) in self.channels.iter().enumerate() {
+            if rows == 0 {
+                continue;
+            }
+            let name = Channel::from_code(code as u8).as_str();
+            match out.iter_mut().find(|x| x.0 == name) {
+                Some(x) => x.1 += rows,
+                None => out.push((name, rows)),
+            }
+        }
+        out
+    }
+
+    /// Channel values read as `other`, most rows first.
+    pub fn unknown_channels(&self) -> Vec<(String, u64)> {
+        let mut v = self.unknown_channels.clone();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+
     /// Adds another reader's counts (parallel parts of one file).
     pub fn merge(&mut self, other: &KindTally) {
+        for (a, b) in self.channels.iter_mut().zip(other.channels) {
+            *a += b;
+        }
+        for (n, c) in &other.unknown_channels {
+            let full = self.unknown_channels.len() >= MAX_UNKNOWN_CHANNELS;
+            match self.unknown_channels.iter_mut().find(|(m, _)| m == n) {
+                Some((_, d)) => *d += c,
+                None if !full => self.unknown_channels.push((n.clone(), *c)),
+                None => {}
+            }
+        }
+        self.categories.merge(&other.categories);
         for (a, b) in self.canonical.iter_mut().zip(other.canonical) {
             *a += b;
         }

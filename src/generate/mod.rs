@@ -97,6 +97,11 @@ pub struct GenerateParams {
     /// and the quickstart turn it on. Refunds draw from their own RNG stream: with or without
     /// them, every other event is the same.
     pub refunds: bool,
+    /// Give events channels ([`persona::channel_mix`]) and users a favourite category
+    /// ([`persona::category_preference`]), written as a `channel` column. Off in
+    /// [`GenerateParams::new`] so pinned data sets stay; draws from its own RNG stream, after
+    /// the events are made: with it off, the output is what it was.
+    pub channels: bool,
 }
 
 impl GenerateParams {
@@ -108,7 +113,13 @@ impl GenerateParams {
             seed: 42,
             end,
             refunds: false,
+            channels: false,
         }
+    }
+
+    pub fn channels(mut self, channels: bool) -> Self {
+        self.channels = channels;
+        self
     }
 
     pub fn refunds(mut self, refunds: bool) -> Self {
@@ -192,6 +203,10 @@ impl ValidParams {
     pub fn refunds(&self) -> bool {
         self.inner.refunds
     }
+    /// Whether channels and favourite categories are generated.
+    pub fn channels(&self) -> bool {
+        self.inner.channels
+    }
 }
 
 /// One generated user (a row of the users table, plus ground truth for tests).
@@ -243,6 +258,8 @@ pub struct GeneratedEvent {
     pub room: u32,
     /// Index into [`CATEGORIES`].
     pub category: u8,
+    /// A [`crate::features::Channel`] code; 0 (none) unless channels are generated.
+    pub channel: u8,
 }
 
 impl GeneratedEvent {
@@ -280,6 +297,7 @@ impl GeneratedEvent {
             room: hash_str(&room_id(self.room)),
             category: hash_str(self.category_name()),
             order: 0,
+            channel: self.channel,
         }
     }
 
@@ -330,6 +348,9 @@ pub fn generate<E>(
         if params.refunds() {
             refunds(&world, params.seed(), index, user.persona, &mut events);
         }
+        if params.channels() {
+            channels(&world, params.seed(), index, user.persona, &mut events);
+        }
         events.sort_by_key(|e| e.ts);
         summary.users += 1;
         summary.events += events.len() as u64;
@@ -372,6 +393,7 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
                         room: room_hash[r],
                         category: category_hash[usize::from(e.category)],
                         order: e.order_hash(&id),
+                        channel: e.channel,
                     },
                 );
             }
@@ -385,6 +407,7 @@ pub fn generate_table(params: &ValidParams) -> (EventTable, Vec<GeneratedUser>) 
         category: true,
         order_id: params.refunds(),
         users_table: true,
+        channel: params.channels(),
     };
     (table, users)
 }
@@ -656,6 +679,7 @@ fn session(
         watch_seconds: 0,
         room,
         category,
+        channel: 0,
     };
     out.push(GeneratedEvent {
         watch_seconds: watch,
@@ -698,6 +722,61 @@ fn session(
                 category,
                 ..base
             });
+        }
+    }
+}
+
+/// Channels and a favourite category for one user's events (opt-in, see
+/// [`GenerateParams::channels`]), from its own RNG stream: the user draws a favourite category
+/// from the persona's preferences; each session (a view and what follows it in the same room)
+/// moves, with the persona's share, to a room of that category; every event
+/// draws a channel from the persona's mix, and a refund takes its order's channel, room and
+/// category.
+fn channels(world: &World, seed: u64, index: u64, persona: Persona, out: &mut [GeneratedEvent]) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed ^ 0xC4A7_7E15_0000_0002, index));
+    let (weights, share) = persona::category_preference(persona);
+    let total: f64 = weights.iter().sum();
+    let mut u = rng.gen::<f64>() * total;
+    let mut favourite = 0u8;
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            favourite = i as u8;
+            break;
+        }
+        u -= w;
+    }
+    let fav_room = world.first_room_of(favourite);
+    let channel_p = persona::channel_mix(persona);
+    let mut moved = false;
+    // An order's channel, room and category, for its refunds (appended after every order).
+    let mut orders: std::collections::HashMap<u32, (u8, u32, u8)> =
+        std::collections::HashMap::new();
+    for e in out.iter_mut() {
+        if e.kind == EventKind::Refund {
+            if let Some(&(c, room, cat)) = orders.get(&e.order) {
+                (e.channel, e.room, e.category) = (c, room, cat);
+                continue;
+            }
+        }
+        if e.kind == EventKind::View {
+            moved = rng.gen::<f64>() < share;
+        }
+        if let (true, Some(room)) = (moved && e.kind != EventKind::Refund, fav_room) {
+            e.room = room;
+            e.category = favourite;
+        }
+        let mut v = rng.gen::<f64>();
+        let mut code = 1u8;
+        for (i, p) in channel_p.iter().enumerate() {
+            if v < *p {
+                code = i as u8 + 1;
+                break;
+            }
+            v -= p;
+        }
+        e.channel = code;
+        if e.kind == EventKind::Order && e.order != 0 {
+            orders.insert(e.order, (code, e.room, e.category));
         }
     }
 }

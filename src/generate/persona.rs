@@ -320,6 +320,59 @@ pub fn refund_rate(p: Persona) -> f64 {
     }
 }
 
+/// The persona's channel mix (opt-in `channels`): the probability that one of its events
+/// happened on live, short_video, social, offline_store, app (in [`crate::features::Channel`]'s
+/// order). Core fans live in the live rooms; bargain hunters chase deals on short video and
+/// social; onlookers watch clips; the lapsing personas drift to other channels.
+pub fn channel_mix(p: Persona) -> [f64; 5] {
+    match p {
+        Persona::CoreFans => [0.85, 0.05, 0.02, 0.03, 0.05],
+        Persona::ActiveRegulars => [0.65, 0.12, 0.05, 0.08, 0.10],
+        Persona::PotentialNew => [0.55, 0.25, 0.12, 0.00, 0.08],
+        Persona::BargainHunters => [0.45, 0.25, 0.15, 0.05, 0.10],
+        Persona::SilentOnlookers => [0.50, 0.40, 0.05, 0.00, 0.05],
+        Persona::DriftingAway => [0.50, 0.15, 0.10, 0.15, 0.10],
+        Persona::Dormant => [0.60, 0.10, 0.10, 0.10, 0.10],
+    }
+}
+
+/// The persona's category preferences (opt-in `channels`): weights over
+/// [`super::CATEGORIES`] for drawing the user's favourite category, and the share of the
+/// user's sessions moved to a room of that category.
+pub fn category_preference(p: Persona) -> ([f64; 10], f64) {
+    //        beauty fashion food home elec baby jewel sports pets books
+    match p {
+        Persona::CoreFans => (
+            [0.40, 0.25, 0.05, 0.05, 0.05, 0.05, 0.10, 0.02, 0.02, 0.01],
+            0.6,
+        ),
+        Persona::ActiveRegulars => (
+            [0.20, 0.20, 0.15, 0.15, 0.10, 0.08, 0.04, 0.04, 0.02, 0.02],
+            0.45,
+        ),
+        Persona::PotentialNew => (
+            [0.15, 0.15, 0.15, 0.10, 0.10, 0.10, 0.05, 0.10, 0.05, 0.05],
+            0.3,
+        ),
+        Persona::BargainHunters => (
+            [0.10, 0.15, 0.30, 0.25, 0.10, 0.05, 0.01, 0.02, 0.01, 0.01],
+            0.5,
+        ),
+        Persona::SilentOnlookers => (
+            [0.15, 0.10, 0.05, 0.05, 0.30, 0.05, 0.05, 0.15, 0.05, 0.05],
+            0.4,
+        ),
+        Persona::DriftingAway => (
+            [0.25, 0.20, 0.10, 0.10, 0.10, 0.10, 0.05, 0.05, 0.03, 0.02],
+            0.35,
+        ),
+        Persona::Dormant => (
+            [0.20, 0.20, 0.10, 0.10, 0.10, 0.10, 0.05, 0.05, 0.05, 0.05],
+            0.3,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

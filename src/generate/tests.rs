@@ -524,3 +524,75 @@ fn refunds_leave_every_other_event_as_it_was() {
         .iter()
         .any(|(_, e)| e.iter().any(|e| e.kind == EventKind::Refund)));
 }
+
+fn channel_params(users: u64, seed: u64, channels: bool) -> ValidParams {
+    match GenerateParams::new(END)
+        .users(users)
+        .seed(seed)
+        .refunds(true)
+        .channels(channels)
+        .check()
+    {
+        Ok(p) => p,
+        Err(e) => panic!("test params must be valid: {e}"),
+    }
+}
+
+/// Channels on: every event has one, core fans stay mostly live while bargain hunters and
+/// onlookers spread out; each persona's favourite categories show (most users' top category
+/// holds a large share of their events); refunds take their order's channel. Off: no event has
+/// a channel and the times and kinds are those of the run with them on.
+#[test]
+fn channels_and_favourite_categories_follow_the_persona() {
+    let on = collect(&channel_params(1500, 5, true));
+    let off = collect(&channel_params(1500, 5, false));
+    let (mut live, mut all) = ([0u64; 7], [0u64; 7]);
+    let mut concentrated = 0;
+    let mut users = 0;
+    for ((u, es), (_, plain)) in on.iter().zip(&off) {
+        assert_eq!(es.len(), plain.len());
+        assert!(plain.iter().all(|e| e.channel == 0));
+        for (a, b) in es.iter().zip(plain) {
+            assert_eq!(
+                (a.ts, a.kind, a.amount_cents),
+                (b.ts, b.kind, b.amount_cents)
+            );
+        }
+        let p = u.persona.index();
+        for e in es {
+            assert!((1..=5).contains(&e.channel), "{e:?}");
+            all[p] += 1;
+            live[p] += u64::from(e.channel == 1);
+        }
+        for r in es
+            .iter()
+            .filter(|e| e.kind == EventKind::Refund && e.order != 0)
+        {
+            let o = es
+                .iter()
+                .find(|e| e.kind == EventKind::Order && e.order == r.order);
+            if let Some(o) = o {
+                assert_eq!((r.channel, r.category), (o.channel, o.category));
+            }
+        }
+        if es.len() >= 20 {
+            users += 1;
+            let mut by_cat = [0usize; CATEGORIES.len()];
+            es.iter().for_each(|e| by_cat[usize::from(e.category)] += 1);
+            let top = by_cat.iter().max().copied().unwrap_or(0);
+            concentrated += usize::from(top * 2 >= es.len());
+        }
+    }
+    let share = |p: Persona| live[p.index()] as f64 / all[p.index()].max(1) as f64;
+    assert!(
+        share(Persona::CoreFans) > 0.8,
+        "{}",
+        share(Persona::CoreFans)
+    );
+    assert!(share(Persona::BargainHunters) < 0.55);
+    assert!(share(Persona::SilentOnlookers) < 0.6);
+    assert!(
+        concentrated * 2 > users,
+        "{concentrated} of {users} users have a top category with half their events"
+    );
+}

@@ -134,6 +134,14 @@ impl World {
     }
 
     /// A room by popularity.
+    /// The lowest-numbered room of `category`, if any.
+    pub(crate) fn first_room_of(&self, category: u8) -> Option<u32> {
+        self.room_category
+            .iter()
+            .position(|&c| c == category)
+            .map(|i| i as u32)
+    }
+
     pub(crate) fn sample_room(&self, rng: &mut Xoshiro256PlusPlus) -> u32 {
         let u = rng.gen::<f64>();
         let i = self.room_cum.partition_point(|c| *c <= u);

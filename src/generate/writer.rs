@@ -268,16 +268,39 @@ pub(crate) struct EventsCsvWriter<W: Write> {
     wtr: csv::Writer<W>,
     f: RowFields,
     vocabulary: Vocabulary,
+    /// A `channel` column after the contract's columns.
+    channels: bool,
+}
+
+/// The name written for a generated channel code (blank for none).
+fn channel_name(code: u8) -> &'static str {
+    if code == 0 {
+        ""
+    } else {
+        crate::features::Channel::from_code(code).as_str()
+    }
 }
 
 impl<W: Write> EventsCsvWriter<W> {
-    pub fn new(inner: W, vocabulary: Vocabulary) -> Result<Self, WriteCause> {
+    /// The events table as CSV, with a `channel` column when `channels`.
+    pub fn with_channels(
+        inner: W,
+        vocabulary: Vocabulary,
+        channels: bool,
+    ) -> Result<Self, WriteCause> {
         let mut wtr = csv_writer(inner);
-        wtr.write_record(EVENT_COLUMNS)?;
+        if channels {
+            let mut header = EVENT_COLUMNS.to_vec();
+            header.push("channel");
+            wtr.write_record(header)?;
+        } else {
+            wtr.write_record(EVENT_COLUMNS)?;
+        }
         Ok(EventsCsvWriter {
             wtr,
             f: RowFields::new(),
             vocabulary,
+            channels,
         })
     }
 
@@ -306,7 +329,7 @@ impl<W: Write> EventsCsvWriter<W> {
             } else {
                 order_id(f.user.as_str(), e.order)
             };
-            self.wtr.write_record([
+            let row = [
                 f.user.as_bytes(),
                 f.ts.format_bytes(e.ts),
                 self.vocabulary.name(e.kind).as_bytes(),
@@ -315,7 +338,13 @@ impl<W: Write> EventsCsvWriter<W> {
                 f.room.as_bytes(),
                 CATEGORIES[usize::from(e.category)].as_bytes(),
                 order.as_bytes(),
-            ])?;
+            ];
+            if self.channels {
+                self.wtr
+                    .write_record(row.into_iter().chain([channel_name(e.channel).as_bytes()]))?;
+            } else {
+                self.wtr.write_record(row)?;
+            }
         }
         Ok(())
     }
@@ -386,6 +415,17 @@ pub(crate) fn events_schema() -> SchemaRef {
     ]))
 }
 
+/// [`events_schema`] with a `channel` column (Utf8) at the end.
+pub(crate) fn events_schema_with_channel() -> SchemaRef {
+    let mut fields: Vec<Field> = events_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("channel", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
 /// Arrow schema of the users table.
 pub(crate) fn users_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -446,14 +486,27 @@ pub(crate) struct EventsParquetWriter<W: Write + Send> {
     room: StringBuilder,
     category: StringBuilder,
     order: StringBuilder,
+    /// `Some` when the file has a `channel` column.
+    channel: Option<StringBuilder>,
     f: RowFields,
     vocabulary: Vocabulary,
 }
 
 impl<W: Write + Send> EventsParquetWriter<W> {
-    pub fn new(inner: W, vocabulary: Vocabulary) -> Result<Self, WriteCause> {
+    /// The events table as Parquet, with a `channel` column when `channels`.
+    pub fn with_channels(
+        inner: W,
+        vocabulary: Vocabulary,
+        channels: bool,
+    ) -> Result<Self, WriteCause> {
+        let schema = if channels {
+            events_schema_with_channel()
+        } else {
+            events_schema()
+        };
         Ok(EventsParquetWriter {
-            batches: Batches::new(inner, events_schema())?,
+            batches: Batches::new(inner, schema)?,
+            channel: channels.then(|| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 5)),
             user_id: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8),
             ts: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 20),
             kind: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 5),
@@ -488,6 +541,12 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             } else {
                 self.order.append_value(order_id(f.user.as_str(), e.order));
             }
+            if let Some(c) = &mut self.channel {
+                match e.channel {
+                    0 => c.append_null(),
+                    code => c.append_value(channel_name(code)),
+                }
+            }
             if self.batches.added() {
                 self.flush_batch()?;
             }
@@ -499,7 +558,7 @@ impl<W: Write + Send> EventsParquetWriter<W> {
         if self.batches.rows == 0 {
             return Ok(());
         }
-        self.batches.write(vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.user_id.finish()),
             Arc::new(self.ts.finish()),
             Arc::new(self.kind.finish()),
@@ -508,7 +567,11 @@ impl<W: Write + Send> EventsParquetWriter<W> {
             Arc::new(self.room.finish()),
             Arc::new(self.category.finish()),
             Arc::new(self.order.finish()),
-        ])
+        ];
+        if let Some(c) = &mut self.channel {
+            columns.push(Arc::new(c.finish()));
+        }
+        self.batches.write(columns)
     }
 
     /// Write the last batch and the footer; hand back the underlying writer.
@@ -612,6 +675,17 @@ impl GeneratedWriter {
         format: GeneratedFormat,
         vocabulary: Vocabulary,
     ) -> Result<Self, WriteError> {
+        Self::create_full(dir, format, vocabulary, false)
+    }
+
+    /// [`GeneratedWriter::create_with`], with a `channel` column in the events table when
+    /// `channels` (generate with [`super::GenerateParams::channels`]).
+    pub fn create_full(
+        dir: &Path,
+        format: GeneratedFormat,
+        vocabulary: Vocabulary,
+        channels: bool,
+    ) -> Result<Self, WriteError> {
         std::fs::create_dir_all(dir).map_err(|source| WriteError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -631,14 +705,17 @@ impl GeneratedWriter {
         );
         let tables = match format {
             GeneratedFormat::Csv => Tables::Csv {
-                events: Box::new(EventsCsvWriter::new(ef, vocabulary).map_err(on_events)?),
+                events: Box::new(
+                    EventsCsvWriter::with_channels(ef, vocabulary, channels).map_err(on_events)?,
+                ),
                 users: Box::new(UsersCsvWriter::new(uf).map_err(on_users)?),
             },
             GeneratedFormat::Parquet => Tables::Parquet {
                 events: Box::new(
-                    EventsParquetWriter::new(
+                    EventsParquetWriter::with_channels(
                         io::BufWriter::with_capacity(CSV_BUFFER, ef),
                         vocabulary,
+                        channels,
                     )
                     .map_err(on_events)?,
                 ),
@@ -720,7 +797,7 @@ mod tests {
     /// Both tables as CSV text, generated into memory.
     fn csv_text(p: &ValidParams) -> (String, String, u64) {
         let (mut ev, mut us) = match (
-            EventsCsvWriter::new(Vec::new(), Vocabulary::Canonical),
+            EventsCsvWriter::with_channels(Vec::new(), Vocabulary::Canonical, false),
             UsersCsvWriter::new(Vec::new()),
         ) {
             (Ok(e), Ok(u)) => (e, u),

@@ -228,7 +228,12 @@ fn resolve_inputs(path: &Path) -> Result<Inputs, ReadError> {
 /// [`ReadError::UnknownKind`] at its first row; the file is then read once more, skipping
 /// unmapped kinds, so that the error can say how many rows have each unmapped kind.
 pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Dataset, ReadError> {
-    read_dataset_with(path, opts, csv_file::Split::auto()).map_err(|e| count_unknown(path, opts, e))
+    let d = read_dataset_with(path, opts, csv_file::Split::auto())
+        .map_err(|e| count_unknown(path, opts, e))?;
+    // The category names join the process's dictionary, so that scores written from this data
+    // (`tiering score`, the bundle's scores.parquet) name the interests.
+    crate::features::interests::learn_names(d.events.kind_tally.categories());
+    Ok(d)
 }
 
 /// [`ReadError::UnknownKind`] with the rows of every unmapped kind, counted by a second read

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::atomic::{AtomicError, AtomicFile};
 
 /// Columns of the scores table, in this order in both formats.
-pub(crate) const SCORE_COLUMNS: [&str; 13] = [
+pub(crate) const SCORE_COLUMNS: [&str; 15] = [
     "user_id",
     "tier_id",
     "tier_name",
@@ -36,6 +36,8 @@ pub(crate) const SCORE_COLUMNS: [&str; 13] = [
     "expected_orders",
     "p_alive",
     "value_at_risk",
+    "interests",
+    "channels",
 ];
 
 /// Rows per Parquet record batch.
@@ -61,6 +63,11 @@ pub struct ScoreRow<'a> {
     pub expected_orders: f64,
     pub p_alive: f64,
     pub value_at_risk: f64,
+    /// The user's interest categories, highest score first, joined by `; ` (empty: none).
+    pub interests: &'a str,
+    /// The channel mix as `channel=spend_share/activity_share` joined by `; ` (empty without
+    /// channel data).
+    pub channels: &'a str,
 }
 
 /// What went wrong underneath a [`WriteError::Write`]: the table writer's own failure, before
@@ -126,6 +133,8 @@ fn schema() -> SchemaRef {
         number("expected_orders"),
         number("p_alive"),
         number("value_at_risk"),
+        text("interests"),
+        text("channels"),
     ]))
 }
 
@@ -133,7 +142,7 @@ fn schema() -> SchemaRef {
 struct ParquetSink {
     writer: ArrowWriter<AtomicFile>,
     schema: SchemaRef,
-    text: [StringBuilder; 7],
+    text: [StringBuilder; 9],
     numbers: [Float64Builder; 6],
     pending: usize,
 }
@@ -152,6 +161,8 @@ impl ParquetSink {
             "expected_orders",
             "p_alive",
             "value_at_risk",
+            "interests",
+            "channels",
         ];
         let props = unique
             .into_iter()
@@ -173,7 +184,10 @@ impl ParquetSink {
     }
 
     fn write(&mut self, r: &ScoreRow<'_>) -> Result<(), WriteCause> {
-        let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels] =
+            &mut self.text;
+        interests.append_value(r.interests);
+        channels.append_value(r.channels);
         user.append_value(r.user_id);
         tier_id.append_value(r.tier_id);
         tier_name.append_value(r.tier_name);
@@ -199,7 +213,8 @@ impl ParquetSink {
         if self.pending == 0 {
             return Ok(());
         }
-        let [user, tier_id, tier_name, risk_level, rfm, stage, factors] = &mut self.text;
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels] =
+            &mut self.text;
         let [churn, percentile, clv, orders, alive, var] = &mut self.numbers;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(user.finish()),
@@ -215,6 +230,8 @@ impl ParquetSink {
             Arc::new(orders.finish()),
             Arc::new(alive.finish()),
             Arc::new(var.finish()),
+            Arc::new(interests.finish()),
+            Arc::new(channels.finish()),
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.writer.write(&batch)?;
@@ -279,6 +296,8 @@ impl CsvSink {
             orders,
             alive,
             var,
+            r.interests,
+            r.channels,
         ])?;
         Ok(())
     }
@@ -392,6 +411,8 @@ mod tests {
             expected_orders: 0.5,
             p_alive: 0.75,
             value_at_risk: 1.2345,
+            interests: "beauty; food",
+            channels: "",
         }
     }
 
@@ -428,8 +449,9 @@ mod tests {
             &recs[2][8],
             "recency_days=+0.120 (3.0000); orders=-0.050 (7.0000)"
         );
-        let value: Vec<&str> = recs[2].iter().skip(9).collect();
+        let value: Vec<&str> = recs[2].iter().skip(9).take(4).collect();
         assert_eq!(value, ["12.35", "0.5000", "0.7500", "1.23"]);
+        assert_eq!((&recs[2][13], &recs[2][14]), ("beauty; food", ""));
     }
 
     #[test]

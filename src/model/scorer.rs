@@ -9,8 +9,8 @@ use super::calibration::Platt;
 use super::churn::{ChurnModel, BLOCK};
 use super::tiers::TierModel;
 use crate::features::{
-    Feature, FeatureSet, LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds,
-    StandardScaler, Timestamp, UserAggregate,
+    ChannelShares, Feature, FeatureSet, Interests, LifecycleStage, LifecycleThresholds, RfmSegment,
+    RfmThresholds, StandardScaler, Timestamp, UserAggregate,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -112,6 +112,11 @@ pub struct Score {
     /// `churn_probability × clv`: the expected value lost if the user churns.
     #[serde(default)]
     pub value_at_risk: f64,
+    /// The user's top categories (issue 14): not a model output, carried so that answers and
+    /// the at-risk filter read them with the score.
+    pub interests: Interests,
+    /// The user's channel mix (issue 14), likewise.
+    pub channels: ChannelShares,
 }
 
 impl Default for Score {
@@ -129,6 +134,8 @@ impl Default for Score {
             expected_orders: 0.0,
             p_alive: 0.0,
             value_at_risk: 0.0,
+            interests: Interests::default(),
+            channels: ChannelShares::default(),
         }
     }
 }
@@ -310,7 +317,7 @@ impl Scorer {
         let mut contrib = [0.0; MAX_FEATURES];
         self.row(a, t, &mut raw[..d], &mut x[..d]);
         let raw_score = self.churn.score_explained(&x[..d], &mut contrib[..d]);
-        let mut s = self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a.is_buyer());
+        let mut s = self.finish(&raw[..d], &x[..d], &contrib[..d], raw_score, a);
         self.add_value(&mut s, a, t);
         s
     }
@@ -336,11 +343,11 @@ impl Scorer {
         x: &[f64],
         contrib: &[f64],
         raw_score: f64,
-        buyer: bool,
+        a: &UserAggregate,
     ) -> Score {
         let tier = self.tiers.assign(x) as u16;
         let p = self.calibration.probability(raw_score);
-        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw, buyer);
+        let (rfm_segment, lifecycle_stage) = self.segment_and_stage(raw, a.is_buyer());
 
         // Top factors: largest contributions toward churn, by insertion into a 3-slot list.
         let mut factors = [Factor::default(); TOP_FACTORS];
@@ -370,6 +377,8 @@ impl Scorer {
             lifecycle_stage,
             factors,
             n_factors: n as u8,
+            interests: a.interests,
+            channels: ChannelShares::from_list(&a.channel_shares()),
             ..Score::default()
         }
     }
@@ -409,7 +418,7 @@ impl Scorer {
                             &x[lo..hi],
                             &contrib[lo..hi],
                             raw_scores[r],
-                            a.is_buyer(),
+                            a,
                         );
                         self.add_value(o, a, t);
                     }
@@ -596,6 +605,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         });
         let soon = s.score(&a, t0 + DAY);
         let later = s.score(&a, t0 + 60 * DAY);
@@ -620,6 +630,7 @@ mod tests {
                     room: 0,
                     category: 0,
                     order: 0,
+                    channel: 0,
                 });
                 a
             })

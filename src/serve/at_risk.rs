@@ -27,6 +27,9 @@ pub struct AtRiskQuery {
     pub tiers: Option<Vec<bool>>,
     /// Allowed lifecycle stages (indexed like `LifecycleStage::ALL`); `None`: all.
     pub stages: Option<[bool; LifecycleStage::ALL.len()]>,
+    /// Allowed interest categories (`hash_str` of their names): the user's interests must hold
+    /// one of them; `None`: all.
+    pub categories: Option<Vec<u32>>,
     pub limit: usize,
     pub as_of: Timestamp,
     /// Continue strictly after this (probability, user id).
@@ -58,6 +61,11 @@ pub fn matches(q: &AtRiskQuery, s: &Score) -> bool {
     }
     if let Some(st) = &q.stages {
         if !st[s.lifecycle_stage as usize] {
+            return false;
+        }
+    }
+    if let Some(c) = &q.categories {
+        if !c.iter().any(|&c| s.interests.holds(c)) {
             return false;
         }
     }

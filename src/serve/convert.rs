@@ -7,9 +7,12 @@ use super::page_token::{Order, PageToken, TokenKeys, VersionId};
 use super::slot::LiveModel;
 use super::state::UserEvent;
 use crate::features::hash::fnv1a64;
+use crate::features::interests::{display_name, learn_name};
 use crate::features::time::format_rfc3339;
 use crate::features::vocabulary::{KindResolver, Resolved, UnknownKinds};
-use crate::features::{hash_str, EventKind, LifecycleStage, Timestamp, Transform, UserAggregate};
+use crate::features::{
+    hash_str, Channel, EventKind, Interests, LifecycleStage, Timestamp, Transform, UserAggregate,
+};
 use crate::model::Score;
 use crate::pb::{self as proto, MAX_SECONDS, MIN_SECONDS};
 
@@ -171,10 +174,19 @@ pub fn event(
             format!("longer than {MAX_USER_ID_BYTES} bytes"),
         ));
     }
+    if e.channel.len() > 64 || e.channel.chars().any(char::is_control) {
+        return Err(RequestError::invalid(
+            f("channel"),
+            "malformed channel (a short name such as live, short_video, social, offline_store \
+             or app: at most 64 bytes, no control characters)",
+        ));
+    }
     let Some(kind) = kind else {
         return Ok(None);
     };
     let with_money = matches!(kind, EventKind::Order | EventKind::Refund);
+    let category = hash_str(&e.category);
+    learn_name(category, &e.category);
     Ok(Some(UserEvent {
         user_id: user,
         ts,
@@ -182,13 +194,14 @@ pub fn event(
         amount: if with_money { e.amount } else { 0.0 },
         watch_seconds: e.watch_seconds,
         room: hash_str(&e.room_id),
-        category: hash_str(&e.category),
+        category,
         // The readers' rule: trimmed, blank is none, hashed like rooms.
         order: if with_money {
             hash_str(e.order_id.trim())
         } else {
             0
         },
+        channel: Channel::parse(&e.channel) as u8,
     }))
 }
 
@@ -275,7 +288,9 @@ pub(crate) fn user_tier(
                 value: f64::from(f.value),
             })
             .collect(),
-        recommended_actions: tier.map(|t| t.playbook.clone()).unwrap_or_default(),
+        recommended_actions: tier
+            .map(|t| playbook(&t.playbook, &s.interests))
+            .unwrap_or_default(),
         model_version: model.version.clone(),
         as_of: Some(to_timestamp(as_of)),
         next_page_token: String::new(),
@@ -283,7 +298,62 @@ pub(crate) fn user_tier(
         expected_orders: s.expected_orders,
         p_alive: s.p_alive,
         value_at_risk: s.value_at_risk,
+        interests: interests(&s.interests, as_of),
+        channels: s
+            .channels
+            .list()
+            .into_iter()
+            .map(|(c, spend, activity)| proto::ChannelShare {
+                channel: c.as_str().to_string(),
+                spend_share: spend,
+                activity_share: activity,
+            })
+            .collect(),
     }
+}
+
+/// The placeholder a playbook line may hold for the user's top interest category.
+pub const TOP_CATEGORY: &str = "{top_category}";
+
+/// The tier's playbook for one user: a line holding [`TOP_CATEGORY`] names the user's top
+/// category ("recommend new arrivals in {top_category}" reads "... in beauty"), or "their
+/// favourite categories" for a user without interests.
+pub(crate) fn playbook(lines: &[String], interests: &Interests) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            if !l.contains(TOP_CATEGORY) {
+                return l.clone();
+            }
+            let top = interests
+                .top()
+                .map_or_else(|| "their favourite categories".to_string(), display_name);
+            l.replace(TOP_CATEGORY, &top)
+        })
+        .collect()
+}
+
+/// A user's interests as the answers carry them: named, scored as of `as_of`, highest first
+/// (ties by name).
+pub(crate) fn interests(i: &Interests, as_of: Timestamp) -> Vec<proto::Interest> {
+    let mut out: Vec<(f32, proto::Interest)> = i
+        .ranked()
+        .into_iter()
+        .map(|(id, level)| {
+            (
+                level,
+                proto::Interest {
+                    category: display_name(id),
+                    score: Interests::score_at(level, as_of),
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.category.cmp(&b.1.category))
+    });
+    out.into_iter().map(|x| x.1).collect()
 }
 
 /// GetModelInfo, from the manifest.
@@ -361,19 +431,48 @@ pub struct PageLimits {
     pub max: u32,
 }
 
-/// Identifies a ListAtRiskUsers request's filters (a page token must carry the same).
+/// The interest filter: `hash_str` of each category (`None`: no filter).
+fn interest_categories(names: &[String]) -> Result<Option<Vec<u32>>, RequestError> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut v = Vec::with_capacity(names.len());
+    for (i, c) in names.iter().enumerate() {
+        if c.is_empty() {
+            return Err(RequestError::invalid(
+                format!("interest_categories[{i}]"),
+                "must not be empty",
+            ));
+        }
+        v.push(hash_str(c));
+    }
+    Ok(Some(v))
+}
+
+/// Identifies a request's filters (a page token carries it). Without `exclude_churned` and
+/// interest categories it is what it was before those filters existed, so tokens of an earlier
+/// binary still continue.
 fn filter_hash(req: &proto::ListAtRiskUsersRequest) -> u64 {
-    let mut tier_ids = req.tier_ids.clone();
-    tier_ids.sort();
-    tier_ids.dedup();
-    let mut st = req.lifecycle_stages.clone();
-    st.sort();
-    st.dedup();
-    // `exclude_churned` only when set, so the hash of older callers' filters is unchanged.
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (tier_ids, st, cats) = (
+        sorted(&req.tier_ids),
+        sorted(&req.lifecycle_stages),
+        sorted(&req.interest_categories),
+    );
     let churned = if req.exclude_churned { "|x" } else { "" };
+    let cats = if cats.is_empty() {
+        String::new()
+    } else {
+        format!("|{}", cats.join("\u{1f}"))
+    };
     fnv1a64(
         format!(
-            "{}|{}|{}{churned}",
+            "{}|{}|{}{churned}{cats}",
             req.min_churn_probability.to_bits(),
             tier_ids.join(","),
             st.join(",")
@@ -456,6 +555,7 @@ pub(crate) fn at_risk_query(
         }
         Some(mask)
     };
+    let categories = interest_categories(&req.interest_categories)?;
     let limit = match req.limit {
         0 => limits.default,
         n => n.min(limits.max),
@@ -470,7 +570,7 @@ pub(crate) fn at_risk_query(
         if t.filter_hash != filter_hash {
             return Err(RequestError::invalid(
                 "page_token",
-                "the token was issued for other filters (keep min_churn_probability, tier_ids, lifecycle_stages and exclude_churned unchanged while paging)",
+                "the token was issued for other filters (keep min_churn_probability, tier_ids, lifecycle_stages, exclude_churned and interest_categories unchanged while paging)",
             ));
         }
         if t.order != order {
@@ -489,6 +589,7 @@ pub(crate) fn at_risk_query(
         min_probability: p,
         tiers,
         stages,
+        categories,
         limit,
         as_of,
         after,
@@ -560,6 +661,42 @@ mod tests {
     }
 
     static CANONICAL: KindResolver = KindResolver::CANONICAL;
+
+    #[test]
+    fn a_playbook_line_can_name_the_users_top_category() {
+        let lines = vec![
+            "recommend new arrivals in {top_category}".to_string(),
+            "invite to the fan group".to_string(),
+        ];
+        let mut i = Interests::default();
+        assert_eq!(
+            playbook(&lines, &i)[0],
+            "recommend new arrivals in their favourite categories"
+        );
+        learn_name(hash_str("lipstick-beauty"), "lipstick-beauty");
+        i.add(hash_str("lipstick-beauty"), 300.0);
+        i.add(hash_str("books"), 200.0);
+        let out = playbook(&lines, &i);
+        assert_eq!(out[0], "recommend new arrivals in lipstick-beauty");
+        assert_eq!(out[1], lines[1]);
+    }
+
+    #[test]
+    fn an_event_channel_is_read_loosely_and_unknown_values_are_other() {
+        let e = |c: &str| proto::Event {
+            user_id: "u".into(),
+            ts: Some(to_timestamp(NOW - 10)),
+            kind: "view".into(),
+            channel: c.into(),
+            ..Default::default()
+        };
+        let ch = |c: &str| event(0, &e(c), rules(None)).unwrap().unwrap().channel;
+        assert_eq!(ch(""), Channel::Unspecified as u8);
+        assert_eq!(ch(" Social "), Channel::Social as u8);
+        assert_eq!(ch("kiosk"), Channel::Other as u8);
+        let bad = event(3, &e("li\u{7}ve"), rules(None)).unwrap_err();
+        assert!(bad.to_string().contains("events[3].channel"), "{bad}");
+    }
 
     fn any_event() -> impl Strategy<Value = proto::Event> {
         (

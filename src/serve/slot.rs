@@ -87,6 +87,9 @@ impl LiveModel {
                 version,
             });
         }
+        // The bundle's category names join the process's dictionary (interests are named
+        // with it; names learned from RecordEvents stay).
+        crate::features::interests::learn_list(&bundle.manifest.data.categories);
         let scorer = bundle.scorer;
         let mut tier_index = HashMap::new();
         for (i, t) in scorer.tiers.tiers.iter().enumerate() {
@@ -107,6 +110,7 @@ impl LiveModel {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         });
         for agg in [UserAggregate::default(), buyer] {
             let s = scorer.score(&agg, t);

@@ -238,6 +238,24 @@ fn data_info(dataset: &Dataset) -> DataInfo {
         kind_rows_dropped: rep.kind_rows_dropped,
         // Counted from the aggregates as of the bundle's time (the pipeline fills it in).
         orphan_refunds: 0,
+        categories: table
+            .kind_tally
+            .categories()
+            .sorted()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect(),
+        channel_rows: if table.columns.channel {
+            table
+                .kind_tally
+                .channel_rows()
+                .into_iter()
+                .map(|(n, r)| (n.to_string(), r))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        unknown_channels: table.kind_tally.unknown_channels(),
     }
 }
 

@@ -283,6 +283,53 @@ mod tests {
         (table, t)
     }
 
+    /// Issue 14: channels and interests are not model inputs. The same generated events with
+    /// a `channel` column (every event on another channel) train the same model (model.json
+    /// byte for byte) and score every user the same; only the scores' channel mix differs.
+    #[test]
+    fn a_channel_column_leaves_the_model_and_the_scores_unchanged() {
+        let end = 1_780_000_000 - 1_780_000_000 % DAY;
+        let params = GenerateParams::new(end)
+            .users(2500)
+            .days(120)
+            .seed(9)
+            .check()
+            .unwrap();
+        let (plain, _) = generate_table(&params);
+        let mut with = plain.clone();
+        with.columns.channel = true;
+        with.channel = (0..with.len()).map(|i| [1u8, 2, 3, 6][i % 4]).collect();
+        let cfg = TrainConfig::default().check().unwrap();
+        let fit_on = |table: &EventTable| {
+            let input = TrainInput {
+                table,
+                personas: None,
+                data: DataInfo::default(),
+                as_of: None,
+                config: &cfg,
+                previous: None,
+                keep_eval_sets: false,
+                version: "v1".into(),
+                created_at: 1_767_225_600,
+            };
+            fit(input, &mut |_| {}).unwrap()
+        };
+        let (a, b) = (fit_on(&plain), fit_on(&with));
+        assert_eq!(
+            serde_json::to_string(&a.scorer).unwrap(),
+            serde_json::to_string(&b.scorer).unwrap()
+        );
+        assert_eq!(a.scores.len(), b.scores.len());
+        for (x, y) in a.scores.iter().zip(&b.scores) {
+            assert_eq!(
+                (x.tier, x.churn_probability, x.interests),
+                (y.tier, y.churn_probability, y.interests)
+            );
+        }
+        assert!(a.scores.iter().all(|s| s.channels.list().is_empty()));
+        assert!(b.scores.iter().any(|s| !s.channels.list().is_empty()));
+    }
+
     #[test]
     fn churn_errors_say_which_cause_it_was() {
         let one = TrainError::from(ChurnError::SingleClass(12));

@@ -437,6 +437,7 @@ async fn walk_and_scan_a_trained_bundle(
         min_probability: 0.0,
         tiers: None,
         stages: None,
+        categories: None,
         limit: 100,
         as_of: now,
         after: None,

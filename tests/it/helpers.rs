@@ -93,6 +93,7 @@ pub fn order(ts: Timestamp, amount: f64) -> Event {
         room: 0,
         category: 0,
         order: 0,
+        channel: 0,
     }
 }
 

@@ -222,6 +222,7 @@ fn events(n: usize, users: usize) -> Vec<UserEvent> {
             room: (i % 5) as u32,
             category: (i % 7) as u32,
             order: 0,
+            channel: 0,
         })
         .collect()
 }

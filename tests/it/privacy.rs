@@ -712,6 +712,7 @@ async fn on_redis_an_erased_user_stays_erased_through_a_replay_of_the_event_topi
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         };
         let produced = tiering::serve::events::kafka::KafkaSink::new(&target, sink_opts)
             .unwrap()

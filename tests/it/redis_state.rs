@@ -59,6 +59,7 @@ fn order(id: &str, ts: Timestamp) -> UserEvent {
         room: 0,
         category: 0,
         order: 0,
+        channel: 0,
     }
 }
 

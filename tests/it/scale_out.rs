@@ -231,6 +231,7 @@ fn user_event(e: &proto::Event) -> UserEvent {
         room: 0,
         category: 0,
         order: 0,
+        channel: 0,
     }
 }
 

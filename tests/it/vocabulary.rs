@@ -327,7 +327,7 @@ fn a_format_1_bundle_of_an_earlier_binary_still_loads_its_state() {
     let mpath = bdir.join("manifest.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
-    assert_eq!(manifest["format_version"], 2);
+    assert_eq!(manifest["format_version"], 3);
     manifest["format_version"] = 1.into();
     manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
     if let Some(m) = manifest.as_object_mut() {

@@ -179,6 +179,8 @@ pub enum ReadError {
     },
     #[error("{at}: empty user_id")]
     EmptyUserId { at: Cell },
+    #[error("{at}: malformed channel {value:?} (expected a short name such as live, short_video, social, offline_store or app: at most 64 bytes, no control characters)")]
+    BadChannel { at: Cell, value: String },
     #[error("{at}: not valid UTF-8: {value:?}")]
     InvalidUtf8 { at: Cell, value: String },
     #[error("{at}: user {value:?} is listed twice in the users table")]
@@ -295,6 +297,7 @@ impl ReadError {
                 }),
             },
             Cause::EmptyUserId => ReadError::EmptyUserId { at },
+            Cause::BadChannel => ReadError::BadChannel { at, value },
             Cause::InvalidUtf8 => ReadError::InvalidUtf8 { at, value },
             Cause::DuplicateUser => ReadError::DuplicateUser { at, value },
         }

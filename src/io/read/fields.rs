@@ -6,7 +6,7 @@
 
 use super::time::{self, TimeError};
 use crate::features::vocabulary::{KindResolver, KindTally, Resolved, UnknownKinds};
-use crate::features::{hash_str, Event, EventKind, Timestamp, DEFAULT_EARLIEST_EVENT};
+use crate::features::{hash_str, Channel, Event, EventKind, Timestamp, DEFAULT_EARLIEST_EVENT};
 
 /// The resolver of readers given no mapping: canonical names only, unknown names an error.
 pub(crate) static CANONICAL: KindResolver = KindResolver::CANONICAL;
@@ -24,10 +24,11 @@ pub(crate) enum Col {
     RegisteredAt,
     Persona,
     OrderId,
+    Channel,
 }
 
 impl Col {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
 
     /// The contract's name (headers match it case-insensitively).
     pub(crate) fn name(self) -> &'static str {
@@ -42,6 +43,7 @@ impl Col {
             Col::RegisteredAt => "registered_at",
             Col::Persona => "persona",
             Col::OrderId => "order_id",
+            Col::Channel => "channel",
         }
     }
 }
@@ -69,6 +71,7 @@ impl TableKind {
                 Col::RoomId,
                 Col::Category,
                 Col::OrderId,
+                Col::Channel,
             ],
             TableKind::Users => &[Col::Persona],
         }
@@ -161,6 +164,7 @@ impl Layout {
             Col::RegisteredAt,
             Col::Persona,
             Col::OrderId,
+            Col::Channel,
         ];
         let mut v: Vec<(usize, Col)> = all
             .iter()
@@ -186,7 +190,13 @@ pub(crate) enum Cause {
     EmptyUserId,
     InvalidUtf8,
     DuplicateUser,
+    /// A channel that is not UTF-8, longer than [`MAX_CHANNEL_BYTES`] or holds control
+    /// characters.
+    BadChannel,
 }
+
+/// Longest channel value accepted (a name, not a description).
+pub(crate) const MAX_CHANNEL_BYTES: usize = 64;
 
 /// A bad row: which field and why, or a row of the wrong width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +232,28 @@ pub(crate) trait EventFields {
     fn order(&self) -> Result<u32, Cause> {
         Ok(0)
     }
+    /// The raw `category` field (empty when absent), for the category names.
+    fn category_raw(&self) -> &[u8] {
+        &[]
+    }
+    /// The raw `channel` field (empty when absent).
+    fn channel_raw(&self) -> &[u8] {
+        &[]
+    }
+}
+
+/// A channel field: blank is unspecified; any other well-formed text a known channel or
+/// `Other` (module docs of [`crate::features::channel`]).
+#[inline]
+pub(crate) fn channel(b: &[u8]) -> Result<Channel, Cause> {
+    if b.is_empty() {
+        return Ok(Channel::Unspecified);
+    }
+    let s = std::str::from_utf8(b).map_err(|_| Cause::BadChannel)?;
+    if s.len() > MAX_CHANNEL_BYTES || s.chars().any(char::is_control) {
+        return Err(Cause::BadChannel);
+    }
+    Ok(Channel::parse(s))
 }
 
 /// An events row's event, or `None` for a row dropped on purpose (its kind is ignored, or
@@ -260,7 +292,12 @@ pub(crate) fn event(row: &impl EventFields, tally: &mut KindTally) -> Result<Opt
     let room = row.room().map_err(Fault::at(Col::RoomId))?;
     let category = row.category().map_err(Fault::at(Col::Category))?;
     let order = row.order().map_err(Fault::at(Col::OrderId))?;
+    let ch = channel(row.channel_raw()).map_err(Fault::at(Col::Channel))?;
     tally.count(resolved, raw);
+    tally.count_channel(ch, row.channel_raw());
+    if category != 0 {
+        tally.note_category(category, row.category_raw());
+    }
     Ok(Some(Event {
         ts,
         kind,
@@ -269,6 +306,7 @@ pub(crate) fn event(row: &impl EventFields, tally: &mut KindTally) -> Result<Opt
         room,
         category,
         order,
+        channel: ch as u8,
     }))
 }
 

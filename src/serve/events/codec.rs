@@ -58,6 +58,7 @@ mod tests {
             room: 7,
             category: 9,
             order: 0,
+            channel: 0,
         }
     }
 
@@ -66,6 +67,31 @@ mod tests {
         let bytes = encode(&event()).unwrap();
         assert_eq!(bytes[0], FORMAT_V1);
         assert_eq!(decode(Some(b"u-1"), Some(&bytes)).unwrap(), event());
+    }
+
+    /// Issue 14: an event with a channel round-trips (kind, order id and channel); one without
+    /// keeps the one-byte kind earlier binaries wrote and read.
+    #[test]
+    fn a_channel_travels_in_the_record_and_its_absence_changes_nothing() {
+        for (kind, order) in [(EventKind::Refund, 77), (EventKind::View, 0)] {
+            let e = UserEvent {
+                kind,
+                order,
+                channel: crate::features::Channel::Social as u8,
+                ..event()
+            };
+            let bytes = encode(&e).unwrap();
+            assert_eq!(decode(Some(b"u-1"), Some(&bytes)).unwrap(), e);
+        }
+        let plain = encode(&event()).unwrap();
+        let with = encode(&UserEvent {
+            channel: 2,
+            ..event()
+        })
+        .unwrap();
+        // Without a channel the kind is one byte (variant 0, an order); with one, the variant,
+        // the kind, the order id (0: one byte) and the channel.
+        assert_eq!(with.len(), plain.len() + 3);
     }
 
     #[test]

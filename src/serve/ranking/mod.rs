@@ -266,6 +266,7 @@ mod tests {
             min_probability: 0.5,
             tiers: Some(vec![false, true]),
             stages: None,
+            categories: None,
             limit: 10,
             as_of: 0,
             after: None,
@@ -317,6 +318,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         };
         let got = touched_users(&[ev("b"), ev("a"), ev("b")]);
         assert_eq!(got, ["a", "b"]);

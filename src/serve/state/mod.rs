@@ -49,7 +49,7 @@ use std::sync::Arc;
 /// written byte for byte as before refunds existed; `order` travels inside the kind's wire form
 /// ([`WireKind`]), so logs and topics of earlier versions still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "WireUserEvent", into = "WireUserEvent")]
+#[serde(try_from = "WireUserEvent", into = "WireUserEvent")]
 pub struct UserEvent {
     pub user_id: String,
     pub ts: Timestamp,
@@ -60,6 +60,8 @@ pub struct UserEvent {
     pub category: u32,
     /// `hash_str(order_id)`, 0 when absent (orders and refunds only).
     pub order: u32,
+    /// A [`crate::features::Channel`] code, 0 when unspecified.
+    pub channel: u8,
 }
 
 /// The kind as written: the eight kinds at their indices (so a record of an earlier version,
@@ -76,6 +78,14 @@ enum WireKind {
     Refund,
     OrderWithId(u32),
     RefundWithId(u32),
+    /// An event with a channel: its kind's index in [`EventKind::ALL`], its order id hash (0
+    /// when none) and its channel code. Events without a channel are written as before
+    /// channels existed.
+    WithChannel {
+        kind: u8,
+        order: u32,
+        channel: u8,
+    },
 }
 
 /// [`UserEvent`]'s serde layout: the layout of earlier versions with the kind as [`WireKind`].
@@ -93,6 +103,11 @@ struct WireUserEvent {
 impl From<UserEvent> for WireUserEvent {
     fn from(e: UserEvent) -> Self {
         let kind = match (e.kind, e.order) {
+            (kind, order) if e.channel != 0 => WireKind::WithChannel {
+                kind: kind as u8,
+                order,
+                channel: e.channel,
+            },
             (EventKind::Order, 0) => WireKind::Order,
             (EventKind::Order, id) => WireKind::OrderWithId(id),
             (EventKind::Refund, 0) => WireKind::Refund,
@@ -116,9 +131,27 @@ impl From<UserEvent> for WireUserEvent {
     }
 }
 
-impl From<WireUserEvent> for UserEvent {
-    fn from(w: WireUserEvent) -> Self {
+/// A logged event whose channel form names no kind.
+#[derive(Debug, thiserror::Error)]
+#[error("event kind index {0} out of range")]
+pub struct BadWireKind(u8);
+
+impl TryFrom<WireUserEvent> for UserEvent {
+    type Error = BadWireKind;
+    fn try_from(w: WireUserEvent) -> Result<Self, BadWireKind> {
+        let mut channel = 0;
         let (kind, order) = match w.kind {
+            WireKind::WithChannel {
+                kind,
+                order,
+                channel: c,
+            } => {
+                channel = c;
+                let k = *EventKind::ALL
+                    .get(usize::from(kind))
+                    .ok_or(BadWireKind(kind))?;
+                (k, order)
+            }
             WireKind::Order => (EventKind::Order, 0),
             WireKind::OrderWithId(id) => (EventKind::Order, id),
             WireKind::Refund => (EventKind::Refund, 0),
@@ -130,7 +163,7 @@ impl From<WireUserEvent> for UserEvent {
             WireKind::Follow => (EventKind::Follow, 0),
             WireKind::Gift => (EventKind::Gift, 0),
         };
-        UserEvent {
+        Ok(UserEvent {
             user_id: w.user_id,
             ts: w.ts,
             kind,
@@ -139,7 +172,8 @@ impl From<WireUserEvent> for UserEvent {
             room: w.room,
             category: w.category,
             order,
-        }
+            channel,
+        })
     }
 }
 
@@ -158,6 +192,7 @@ impl UserEvent {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         }
     }
 
@@ -176,6 +211,7 @@ impl UserEvent {
             room: self.room,
             category: self.category,
             order: self.order,
+            channel: self.channel,
         }
     }
 }

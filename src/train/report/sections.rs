@@ -129,6 +129,19 @@ fn tier_card(out: &mut String, t: &TierEntry, color: &str, risk: &RiskThresholds
         risk_class(t.mean_churn_probability, risk),
         pct(t.mean_churn_probability, 1)
     );
+    if !t.categories.is_empty() {
+        out.push_str("<h4>Characteristic categories</h4><ul class=\"cats\">");
+        for (name, share, lift) in &t.categories {
+            w!(
+                out,
+                "<li>{} <span class=\"l\">{} of the tier's users, {:.1}× all users</span></li>",
+                escape(name),
+                pct(*share, 0),
+                lift
+            );
+        }
+        out.push_str("</ul>");
+    }
     if !t.playbook.is_empty() {
         out.push_str("<h4>Playbook</h4><ul>");
         for p in &t.playbook {

@@ -174,6 +174,11 @@ fn sample() -> Sample {
                 .zip(profile)
                 .map(|(f, v)| (f.to_string(), v))
                 .collect(),
+            categories: if i == 0 {
+                vec![("beauty".to_string(), 0.62, 2.4)]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let calibration = (0..10u32)
@@ -678,4 +683,20 @@ fn write_sample_reports_for_visual_check() {
         std::fs::write(&path, s.html()).expect("write sample report");
         eprintln!("wrote {}", path.display());
     }
+}
+
+#[test]
+fn report_names_the_categories_that_characterise_a_tier() {
+    let html = sample().html();
+    assert!(html.contains("Characteristic categories"), "the heading");
+    assert!(
+        html.contains("beauty <span class=\"l\">62% of the tier's users, 2.4× all users</span>"),
+        "the category with its share and lift"
+    );
+    assert_eq!(
+        html.matches("Characteristic categories").count(),
+        1,
+        "only tiers with categories show the list"
+    );
+    assert_balanced(&html);
 }

@@ -93,6 +93,8 @@ pub(crate) struct Profiles {
     pub prob_sums: Vec<f64>,
     /// Row-major k × d.
     pub means: Vec<f64>,
+    /// Per tier: users whose interests hold each category (by hash).
+    pub categories: Vec<std::collections::HashMap<u32, u64>>,
 }
 
 /// Profiles every tier over the users known at `as_of` and writes each tier's description
@@ -111,8 +113,12 @@ pub(crate) fn profiles(
     let mut counts = vec![0u64; k];
     let mut prob_sums = vec![0.0; k];
     let mut raw = vec![0.0; d];
+    let mut categories = vec![std::collections::HashMap::new(); k];
     for &u in &tiering.users_now {
         let t = usize::from(scores[u].tier);
+        for (c, _) in snap.aggs_now[u].interests.ranked() {
+            *categories[t].entry(c).or_insert(0u64) += 1;
+        }
         fs.raw_into(&snap.aggs_now[u], w.as_of, &mut raw);
         for j in 0..d {
             sums[t * d + j] += raw[j];
@@ -140,5 +146,39 @@ pub(crate) fn profiles(
         counts,
         prob_sums,
         means,
+        categories,
     }
+}
+
+/// The categories that characterise each tier (see `TierEntry::categories`): `names` names the
+/// hashes; categories without a name are left out.
+pub(crate) fn tier_categories(
+    p: &Profiles,
+    names: &crate::features::CategoryNames,
+) -> Vec<Vec<(String, f64, f64)>> {
+    let total: u64 = p.counts.iter().sum();
+    let mut overall: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for per in &p.categories {
+        for (&c, &n) in per {
+            *overall.entry(c).or_insert(0) += n;
+        }
+    }
+    p.categories
+        .iter()
+        .zip(&p.counts)
+        .map(|(per, &users)| {
+            let mut v: Vec<(String, f64, f64)> = per
+                .iter()
+                .filter_map(|(&c, &n)| {
+                    let share = n as f64 / users.max(1) as f64;
+                    let all = overall.get(&c).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+                    let name = names.get(c)?;
+                    (share >= 0.05 && all > 0.0).then(|| (name.to_string(), share, share / all))
+                })
+                .collect();
+            v.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            v.truncate(3);
+            v
+        })
+        .collect()
 }

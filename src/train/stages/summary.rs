@@ -217,6 +217,8 @@ fn tier_entries(f: &Facts) -> Vec<TierEntry> {
     let d = f.snap.features.len();
     let n_known = f.tiering.users_now.len().max(1) as f64;
     let p = f.profiles;
+    let mut categories =
+        super::scoring::tier_categories(p, f.input.table.kind_tally.categories()).into_iter();
     f.scorer
         .tiers
         .tiers
@@ -240,6 +242,7 @@ fn tier_entries(f: &Facts) -> Vec<TierEntry> {
                 .enumerate()
                 .map(|(j, feat)| (feat.name().to_string(), p.means[c * d + j]))
                 .collect(),
+            categories: categories.next().unwrap_or_default(),
         })
         .collect()
 }

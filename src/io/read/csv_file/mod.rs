@@ -146,6 +146,7 @@ struct EventCols {
     room: Option<usize>,
     category: Option<usize>,
     order: Option<usize>,
+    channel: Option<usize>,
 }
 
 impl EventCols {
@@ -166,6 +167,7 @@ impl EventCols {
             room: l.get(Col::RoomId),
             category: l.get(Col::Category),
             order: l.get(Col::OrderId),
+            channel: l.get(Col::Channel),
         })
     }
 }
@@ -237,6 +239,14 @@ impl<R: Record> fields::EventFields for CsvEvent<'_, R> {
     fn order(&self) -> Result<u32, Cause> {
         self.optional(self.cols.order, |b| fields::hashed(b.trim_ascii()))
     }
+    #[inline]
+    fn category_raw(&self) -> &[u8] {
+        self.cols.category.map_or(&[], |i| self.field(i))
+    }
+    #[inline]
+    fn channel_raw(&self) -> &[u8] {
+        self.cols.channel.map_or(&[], |i| self.field(i))
+    }
 }
 
 /// The event of an events row whose width was checked.
@@ -263,6 +273,7 @@ impl Shape<'_> {
         table.columns.room_id = self.cols.room.is_some();
         table.columns.category = self.cols.category.is_some();
         table.columns.order_id = self.cols.order.is_some();
+        table.columns.channel = self.cols.channel.is_some();
     }
 }
 

@@ -190,6 +190,7 @@ struct EventBatch<'a> {
     room: Option<Text<'a>>,
     category: Option<Text<'a>>,
     order: Option<Text<'a>>,
+    channel: Option<Text<'a>>,
 }
 
 impl<'a> EventBatch<'a> {
@@ -205,6 +206,7 @@ impl<'a> EventBatch<'a> {
             room: o.column(path, b, Col::RoomId, Text::new)?,
             category: o.column(path, b, Col::Category, Text::new)?,
             order: o.column(path, b, Col::OrderId, Text::new)?,
+            channel: o.column(path, b, Col::Channel, Text::new)?,
         })
     }
 
@@ -225,6 +227,7 @@ impl<'a> EventBatch<'a> {
             Col::RoomId => text(&self.room),
             Col::Category => text(&self.category),
             Col::OrderId => text(&self.order),
+            Col::Channel => text(&self.channel),
             Col::RegisteredAt | Col::Persona => String::new(),
         }
     }
@@ -285,6 +288,17 @@ impl fields::EventFields for ParquetEvent<'_, '_> {
             .as_ref()
             .map_or(Ok(0), |t| fields::hashed(t.bytes(self.i).trim_ascii()))
     }
+    #[inline]
+    fn category_raw(&self) -> &[u8] {
+        self.batch
+            .category
+            .as_ref()
+            .map_or(&[], |t| t.bytes(self.i))
+    }
+    #[inline]
+    fn channel_raw(&self) -> &[u8] {
+        self.batch.channel.as_ref().map_or(&[], |t| t.bytes(self.i))
+    }
 }
 
 /// A room or category column's hash at row `i`; 0 when the file has no such column.
@@ -309,6 +323,7 @@ pub(super) fn read_events(
         table.columns.watch_seconds = o.layout.get(Col::WatchSeconds).is_some();
         table.columns.room_id = o.layout.get(Col::RoomId).is_some();
         table.columns.category = o.layout.get(Col::Category).is_some();
+        table.columns.channel = o.layout.get(Col::Channel).is_some();
         table.reserve(usize::try_from(o.rows).unwrap_or(0));
         let mut users = UserIndex::default();
         let mut done: u64 = 0;

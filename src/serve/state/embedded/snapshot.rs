@@ -1,25 +1,29 @@
-//! The `state.bin` format: `b"TIERST02" | u64 LE length | u32 LE crc32(payload) | payload`, the
+//! The `state.bin` format: `b"TIERST03" | u64 LE length | u32 LE crc32(payload) | payload`, the
 //! payload (postcard) being the bundle version the state was seeded from, the first log segment
 //! the snapshot does not cover, and every user's aggregate. `TIERST01`, written by binaries
-//! before refunds, holds the aggregates in their earlier layout ([`UserAggregateV1`]) and is
-//! still read; the next snapshot is written as `TIERST02`.
+//! before refunds, and `TIERST02`, before interests and channels, hold the aggregates in their
+//! earlier layouts ([`UserAggregateV1`], [`UserAggregateV2`]) and are still read (users then
+//! start with no interests and no channel mix: those build from the events that follow); the
+//! next snapshot is written as `TIERST03`.
 
 use super::store::{UserStore, UsersSeq};
-use crate::features::{UserAggregate, UserAggregateV1};
+use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2};
 use crate::serve::state::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"TIERST02";
+const MAGIC: &[u8; 8] = b"TIERST03";
 /// The format before refunds, still read.
 const MAGIC_V1: &[u8; 8] = b"TIERST01";
+/// The format before interests and channels, still read.
+const MAGIC_V2: &[u8; 8] = b"TIERST02";
 /// Magic, length and checksum.
 const HEADER: usize = 20;
 
 /// True when `bytes` start like a plaintext snapshot of any format this binary reads (the
 /// encrypted-state check refuses those when a key is given).
 pub(crate) fn is_plain(bytes: &[u8]) -> bool {
-    bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V1)
+    bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V1) || bytes.starts_with(MAGIC_V2)
 }
 
 #[derive(Serialize)]
@@ -44,6 +48,14 @@ struct SnapshotInV1 {
     seeded_from: String,
     wal_gen: u64,
     users: Vec<(String, UserAggregateV1)>,
+}
+
+/// A `TIERST02` payload.
+#[derive(Deserialize)]
+struct SnapshotInV2 {
+    seeded_from: String,
+    wal_gen: u64,
+    users: Vec<(String, UserAggregateV2)>,
 }
 
 /// Serialises the whole table as of now (read guards on every shard for the time of it).
@@ -75,7 +87,7 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, S
         path: path.to_path_buf(),
         what,
     };
-    if bytes.len() < HEADER || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
+    if bytes.len() < HEADER || !is_plain(bytes) {
         return Err(bad("not a tiering state snapshot (bad header)"));
     }
     let mut len8 = [0u8; 8];
@@ -99,6 +111,18 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, S
     };
     if &bytes[..8] == MAGIC_V1 {
         let old: SnapshotInV1 = postcard::from_bytes(payload).map_err(undecodable)?;
+        return Ok(SnapshotIn {
+            seeded_from: old.seeded_from,
+            wal_gen: old.wal_gen,
+            users: old
+                .users
+                .into_iter()
+                .map(|(id, a)| (id, UserAggregate::from(a)))
+                .collect(),
+        });
+    }
+    if &bytes[..8] == MAGIC_V2 {
+        let old: SnapshotInV2 = postcard::from_bytes(payload).map_err(undecodable)?;
         return Ok(SnapshotIn {
             seeded_from: old.seeded_from,
             wal_gen: old.wal_gen,
@@ -141,6 +165,36 @@ mod tests {
         bytes.extend_from_slice(&payload);
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v1", 5));
+        assert_eq!(back.users, vec![("u".to_string(), agg)]);
+    }
+
+    /// A snapshot of the previous format (`TIERST02`, refunds but no interests) still loads,
+    /// with its refund part, and no interests.
+    #[test]
+    fn a_tierst02_snapshot_of_the_previous_binary_still_loads() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            seeded_from: &'a str,
+            wal_gen: u64,
+            users: Vec<(String, UserAggregateV2)>,
+        }
+        let mut agg = UserAggregate::with_registration(Some(1_700_000_000));
+        agg.orders = 3;
+        agg.spend = 42.0;
+        agg.refunds = 1;
+        agg.refunded = 2.0;
+        let payload = postcard::to_stdvec(&Old {
+            seeded_from: "v2",
+            wal_gen: 7,
+            users: vec![("u".into(), UserAggregateV2::of(&agg))],
+        })
+        .unwrap();
+        let mut bytes = MAGIC_V2.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
+        assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v2", 7));
         assert_eq!(back.users, vec![("u".to_string(), agg)]);
     }
 

@@ -160,6 +160,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         };
         assert!(store.apply("u1", &e));
         assert!(!store.apply("u1", &e));

@@ -9,7 +9,7 @@
 //! | 10..14 | watermark partition, i32 little-endian (0 when none) |
 //! | 14..22 | watermark offset, i64 little-endian (0 when none) |
 //! | 22.. | the `UserAggregate`, postcard-encoded (format 1: the layout before refunds,
-//! [`UserAggregateV1`]) |
+//! [`UserAggregateV1`]; format 2: before interests and channels, [`UserAggregateV2`]) |
 //!
 //! The first [`CAS_PREFIX`] bytes (version and token) are what the compare-and-set script
 //! compares; each write draws a new random token (not a counter: two replicas applying identical
@@ -19,14 +19,17 @@
 //! a new version, and a new binary must keep reading the previous one.
 
 use super::super::{LogPosition, StateError};
-use crate::features::{UserAggregate, UserAggregateV1};
+use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2};
 
-/// The value format this binary writes: 2 since the aggregate holds refunds. It also reads
-/// format 1 (written by earlier binaries), so a rolling deploy keeps every user's state; a value
-/// of format 1 is rewritten as 2 on its next write. An earlier binary refuses format 2.
-pub const FORMAT_VERSION: u8 = 2;
-/// The previous format, still read.
+/// The value format this binary writes: 2 since the aggregate holds refunds, 3 since it holds
+/// interests and channels. It also reads formats 1 and 2 (written by earlier binaries), so a
+/// rolling deploy keeps every user's state (a user read from format 1 or 2 has no interests
+/// and no channel mix until new events build them); such a value is rewritten as 3 on its next
+/// write. An earlier binary refuses format 3.
+pub const FORMAT_VERSION: u8 = 3;
+/// Formats still read: before refunds, and before interests and channels.
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
 /// Bytes the compare-and-set compares: the version and the token.
 pub const CAS_PREFIX: usize = 9;
 const HEADER: usize = 22;
@@ -101,7 +104,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             what: "empty value".into(),
         });
     };
-    if version != FORMAT_VERSION && version != FORMAT_V1 {
+    if ![FORMAT_VERSION, FORMAT_V2, FORMAT_V1].contains(&version) {
         return Err(StateError::RedisFormat {
             found: version,
             known: FORMAT_VERSION,
@@ -140,6 +143,10 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
         postcard::from_bytes::<UserAggregateV1>(&bytes[HEADER..])
             .map(UserAggregate::from)
             .map_err(undecodable)?
+    } else if version == FORMAT_V2 {
+        postcard::from_bytes::<UserAggregateV2>(&bytes[HEADER..])
+            .map(UserAggregate::from)
+            .map_err(undecodable)?
     } else {
         postcard::from_bytes(&bytes[HEADER..]).map_err(undecodable)?
     };
@@ -171,6 +178,7 @@ mod tests {
             room: 3,
             category: 4,
             order: 0,
+            channel: 0,
         });
         for watermark in [
             None,
@@ -191,7 +199,7 @@ mod tests {
             newer[0] = FORMAT_VERSION + 1;
             let e = decode(&newer).unwrap_err();
             assert!(
-                matches!(e, StateError::RedisFormat { found: 3, known: 2 }),
+                matches!(e, StateError::RedisFormat { found: 4, known: 3 }),
                 "{e}"
             );
             assert!(decode(&bytes[..10]).is_err());
@@ -214,6 +222,7 @@ mod tests {
             room: 3,
             category: 4,
             order,
+            channel: 0,
         };
         agg.apply(&order(EventKind::Order, 12.5, 0));
         let mut old = vec![1u8];
@@ -221,7 +230,21 @@ mod tests {
         old.extend_from_slice(&[0u8; 13]);
         old.extend(postcard::to_stdvec(&UserAggregateV1::of(&agg)).unwrap());
         let back = decode(&old).unwrap();
-        assert_eq!((back.cas, back.agg), (42, agg));
+        assert_eq!(
+            (back.cas, back.agg),
+            (42, UserAggregate::from(UserAggregateV1::of(&agg)))
+        );
+        // Format 2 (refunds, no interests) reads with its refund part.
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&43u64.to_le_bytes());
+        v2.extend_from_slice(&[0u8; 13]);
+        v2.extend(postcard::to_stdvec(&UserAggregateV2::of(&agg)).unwrap());
+        let back = decode(&v2).unwrap();
+        assert_eq!(
+            (back.cas, back.agg),
+            (43, UserAggregate::from(UserAggregateV2::of(&agg)))
+        );
+        assert!(back.agg.interests.is_empty() && !agg.interests.is_empty());
         agg.apply(&order(EventKind::Order, 20.0, 77));
         agg.apply(&order(EventKind::Refund, 20.0, 77));
         let s = Stored {
@@ -230,7 +253,7 @@ mod tests {
             agg,
         };
         let bytes = encode(&s).unwrap();
-        assert_eq!(bytes[0], 2);
+        assert_eq!(bytes[0], 3);
         assert_eq!(decode(&bytes).unwrap(), s);
         assert_eq!(decode(&bytes).unwrap().agg.orders_refunded, 1);
         assert_eq!(user_of(&key("x{y}")), Some("x{y}"));

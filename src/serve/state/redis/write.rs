@@ -260,6 +260,7 @@ mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         }
     }
 

@@ -200,6 +200,7 @@ pub(crate) mod tests {
             room: 0,
             category: 0,
             order: 0,
+            channel: 0,
         }
     }
 
@@ -226,6 +227,7 @@ pub(crate) mod tests {
                 room: hash_str(room),
                 category: hash_str(category),
                 order: 0,
+                channel: 0,
             };
         let events = [
             event(

@@ -110,7 +110,11 @@ pub(crate) fn label_snapshot(
     definition: ChurnDefinition,
 ) -> Result<Labelled, TrainError> {
     let active = table.active_in_window(t, t + horizon, definition)?;
-    let users: Vec<usize> = (0..aggs.len()).filter(|&u| known_at(&aggs[u], t)).collect();
+    let mut users: Vec<usize> = (0..aggs.len()).filter(|&u| known_at(&aggs[u], t)).collect();
+    // Rows in the order of the users' sampling keys, not of their index: the fits (the boosted
+    // trees see rows in order) then do not depend on the order users came in, which differs
+    // between an events file and an aggregates table sorted by the warehouse.
+    users.sort_unstable_by_key(|&u| (snap.keys[u], u));
     if users.is_empty() {
         return Err(TrainError::NoUsers(format_rfc3339(t)));
     }

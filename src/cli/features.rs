@@ -56,7 +56,6 @@ pub fn run(args: FeaturesArgs) -> Result<()> {
         earliest: params.earliest_event(),
         kinds: params.kinds().clone(),
         max_bad_rows: args.max_bad_rows,
-        ..ReadOptions::default()
     };
     let started = std::time::Instant::now();
     let dataset = read_dataset(&args.data, &read)

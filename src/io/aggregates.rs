@@ -663,9 +663,9 @@ impl AggregatesTable {
             self.aggs[s].resize(n, UserAggregate::default());
             self.label_orders[s].resize(n, 0);
             self.label_events[s].resize(n, 0);
-            for u in 0..n {
-                if u >= have || self.aggs[s][u] == UserAggregate::default() {
-                    self.aggs[s][u].registered_at = registered[u];
+            for (u, (a, &r)) in self.aggs[s].iter_mut().zip(&registered).enumerate() {
+                if u >= have || *a == UserAggregate::default() {
+                    a.registered_at = r;
                 }
             }
         }

@@ -28,3 +28,6 @@ cargo test --locked --features kafka
 
 echo "== python client (examples/python against a real server; installs its venv)"
 scripts/python-client-test.sh
+
+echo "== warehouse parity (sql/ on DuckDB vs tiering features; train --aggregates vs --data)"
+scripts/warehouse-test.sh

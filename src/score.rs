@@ -89,3 +89,131 @@ pub fn write_scores(
     }
     Ok(())
 }
+
+/// Why scoring an aggregates table failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreAggregatesError {
+    #[error(transparent)]
+    Read(#[from] crate::io::aggregates::AggregatesError),
+    #[error("writing the scores")]
+    Write(#[from] WriteError),
+    #[error("cannot create the output directory {}", .path.display())]
+    OutDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: the aggregates table holds no rows", .path.display())]
+    Empty { path: std::path::PathBuf },
+}
+
+/// What [`score_aggregates`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredParts {
+    pub snapshot: crate::features::Timestamp,
+    pub rows: u64,
+    pub parts: Vec<std::path::PathBuf>,
+}
+
+/// The part files of a partitioned output: `part-00000.parquet`, ... under a directory, a new
+/// one every `rows_per_part` rows.
+struct Parts {
+    dir: std::path::PathBuf,
+    rows_per_part: u64,
+    current: Option<(ScoreWriter, u64)>,
+    done: Vec<std::path::PathBuf>,
+    rows: u64,
+}
+
+impl Parts {
+    fn write(&mut self, row: &ScoreRow<'_>) -> Result<(), WriteError> {
+        if matches!(&self.current, Some((_, n)) if *n >= self.rows_per_part) {
+            self.close()?;
+        }
+        let (w, n) = match self.current.take() {
+            Some(open) => self.current.insert(open),
+            None => {
+                let name = format!("part-{:05}.parquet", self.done.len());
+                let w = ScoreWriter::create(&self.dir.join(name))?;
+                self.current.insert((w, 0))
+            }
+        };
+        w.write(row)?;
+        *n += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), WriteError> {
+        if let Some((w, _)) = self.current.take() {
+            let path = w.path().to_path_buf();
+            self.rows += w.finish()?;
+            self.done.push(path);
+        }
+        Ok(())
+    }
+}
+
+/// Scores the rows of snapshot `snapshot` (default: the table's latest) of the aggregates table
+/// at `path` with `scorer`, streaming: one input batch at a time is held, and the output is
+/// written as Parquet part files of at most `rows_per_part` rows under `out_dir`. Memory does
+/// not grow with the table. Users for which `keep` is false are left out.
+pub fn score_aggregates(
+    scorer: &Scorer,
+    path: &std::path::Path,
+    snapshot: Option<crate::features::Timestamp>,
+    out_dir: &std::path::Path,
+    rows_per_part: u64,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<ScoredParts, ScoreAggregatesError> {
+    use crate::io::aggregates::{for_each_batch, snapshots_in};
+    let t = match snapshot {
+        Some(t) => t,
+        None => *snapshots_in(path)?
+            .last()
+            .ok_or_else(|| ScoreAggregatesError::Empty {
+                path: path.to_path_buf(),
+            })?,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|source| ScoreAggregatesError::OutDir {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let mut parts = Parts {
+        dir: out_dir.to_path_buf(),
+        rows_per_part: rows_per_part.max(1),
+        current: None,
+        done: Vec::new(),
+        rows: 0,
+    };
+    let mut seen = false;
+    for_each_batch::<ScoreAggregatesError>(path, |rows| {
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.snapshot == t && keep(&r.user_id))
+            .collect();
+        seen |= !rows.is_empty();
+        let aggs: Vec<_> = rows.iter().map(|r| r.agg).collect();
+        let mut scores = vec![Score::default(); aggs.len()];
+        scorer.score_batch(&aggs, t, &mut scores);
+        for (r, s) in rows.iter().zip(&scores) {
+            let texts = RowTexts::of(scorer, s);
+            parts.write(&score_row(scorer, &r.user_id, s, &texts))?;
+        }
+        Ok(())
+    })?;
+    if !seen && snapshot.is_some() {
+        // Names the snapshots the table does hold.
+        let table = crate::io::aggregates::AggregatesTable {
+            path: path.to_path_buf(),
+            snapshots: snapshots_in(path)?,
+            ..Default::default()
+        };
+        table.snapshot_index(t)?;
+    }
+    parts.close()?;
+    Ok(ScoredParts {
+        snapshot: t,
+        rows: parts.rows,
+        parts: parts.done,
+    })
+}

@@ -3,6 +3,7 @@
 mod aggregate;
 mod client;
 mod client_output;
+mod features;
 mod generate;
 mod keys;
 mod models;
@@ -36,6 +37,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Train tiers and the churn model on an events table; write a versioned bundle + report.
     Train(train::TrainArgs),
+    /// Export the per-user aggregates at training's snapshots (the warehouse SQL's schema).
+    Features(features::FeaturesArgs),
     /// Score every user of a data set offline with a bundle (CSV or Parquet out).
     Score(score::ScoreArgs),
     /// Serve tiers and churn probabilities over gRPC from MODELS/CURRENT.
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Quickstart(args) => quickstart::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Train(args) => train::run(args),
+        Command::Features(args) => features::run(args),
         Command::Score(args) => score::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Models(args) => models::run(args),

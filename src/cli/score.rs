@@ -20,8 +20,21 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub version: Option<String>,
     /// A directory with events.* (and optional users.*), or one events file.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "aggregates",
+        conflicts_with = "aggregates"
+    )]
+    pub data: Option<PathBuf>,
+    /// Score an aggregates table instead (a Parquet file or a directory of part files, as
+    /// `tiering features` or the warehouse SQL write it), streaming in bounded memory: the rows
+    /// of snapshot --as-of (default: the table's latest); --out is then a directory that gets
+    /// Parquet part files.
+    #[arg(long, value_name = "PATH", conflicts_with = "pseudonymize_key_file")]
+    pub aggregates: Option<PathBuf>,
+    /// With --aggregates: rows per output part file.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows_per_part: u64,
     /// Score time (RFC 3339, or YYYY-MM-DD = the end of that day, UTC). Default: the last event.
     #[arg(long)]
     pub as_of: Option<String>,
@@ -74,9 +87,15 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         .kinds
         .resolver()
         .context("the bundle's kind mapping")?;
+    if let Some(table) = &args.aggregates {
+        return score_table(&args, table, &bundle, as_of, suppress.as_ref());
+    }
+    let Some(data) = &args.data else {
+        anyhow::bail!("give --data or --aggregates");
+    };
     let bar = spinner("reading events");
     let mut dataset = read_dataset(
-        &args.data,
+        data,
         &ReadOptions {
             max_bad_rows: args.max_bad_rows,
             // The bundle's vocabulary, as in training.
@@ -84,17 +103,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             ..ReadOptions::default()
         },
     )
-    .with_context(|| format!("reading {}", args.data.display()))?;
+    .with_context(|| format!("reading {}", data.display()))?;
     if let Some(key) = &pseudonyms {
         pseudonymize_table(&mut dataset.events, key);
     }
     let table = &dataset.events;
     let t = match as_of.or_else(|| table.max_ts().map(|m| m + 1)) {
         Some(t) => t,
-        None => anyhow::bail!(
-            "{} has no events and no --as-of was given",
-            args.data.display()
-        ),
+        None => anyhow::bail!("{} has no events and no --as-of was given", data.display()),
     };
     bar.set_message("building features");
     let aggs = build_aggregates(table, &[t]).pop().unwrap_or_default();
@@ -127,6 +143,41 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         secs,
         rows as f64 / secs.max(1e-9) / 1e6,
         args.out.display()
+    );
+    Ok(())
+}
+
+/// `score --aggregates`: the table streamed through the bundle's scorer into part files.
+fn score_table(
+    args: &ScoreArgs,
+    table: &std::path::Path,
+    bundle: &tiering::bundle::Bundle,
+    as_of: Option<i64>,
+    suppress: Option<&Suppression>,
+) -> Result<()> {
+    let bar = spinner("scoring the aggregates table");
+    let started = std::time::Instant::now();
+    let keep = |id: &str| !suppress.is_some_and(|s| s.unscorable(id));
+    let done = tiering::score::score_aggregates(
+        &bundle.scorer,
+        table,
+        as_of,
+        &args.out,
+        args.rows_per_part,
+        &keep,
+    )
+    .with_context(|| format!("scoring {} into {}", table.display(), args.out.display()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "scored {} users with bundle {} as of {} in {:.3} s ({:.2} M users/s) -> {} ({} part files)",
+        done.rows,
+        bundle.version(),
+        tiering::features::time::format_rfc3339(done.snapshot),
+        secs,
+        done.rows as f64 / secs.max(1e-9) / 1e6,
+        args.out.display(),
+        done.parts.len()
     );
     Ok(())
 }

@@ -8,7 +8,7 @@ use tiering::features::time::format_rfc3339;
 use tiering::features::ChurnDefinition;
 use tiering::io::privacy::Suppression;
 use tiering::io::read::ReadReport;
-use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome};
+use tiering::train::{self, TrainConfig, TrainJob, TrainOutcome, TrainSource};
 
 /// `--churn-definition`: what counts as churn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,8 +32,17 @@ impl From<ChurnDefinitionArg> for ChurnDefinition {
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// A directory with events.csv|events.parquet (and optional users.*), or one events file.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "aggregates",
+        conflicts_with = "aggregates"
+    )]
+    pub data: Option<PathBuf>,
+    /// Train from an aggregates table instead of raw events: a Parquet file or a directory of
+    /// part files (as `tiering features` or the warehouse SQL in sql/ write it), holding the
+    /// snapshots as_of - 2H, as_of - H and as_of (as_of: --as-of, else its latest snapshot).
+    #[arg(long, value_name = "PATH")]
+    pub aggregates: Option<PathBuf>,
     /// The models directory; the bundle goes to MODELS/<version>/ and MODELS/CURRENT points at it.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
@@ -137,7 +146,12 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         as_of,
         export_eval: args.export_eval.clone(),
         accept_tier_changes: args.accept_tier_changes,
-        ..TrainJob::new(args.data.clone(), args.models.clone(), params)
+        ..TrainJob::new(PathBuf::new(), args.models.clone(), params)
+    };
+    job.source = match (&args.data, &args.aggregates) {
+        (_, Some(table)) => TrainSource::Aggregates(table.clone()),
+        (Some(data), None) => TrainSource::Events(data.clone()),
+        (None, None) => anyhow::bail!("give --data or --aggregates"),
     };
     job.read.max_bad_rows = args.max_bad_rows;
     Ok(job)

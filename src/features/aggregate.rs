@@ -38,7 +38,10 @@
 //!
 //! The per-order memory is the fixed array `recent_orders` (so the aggregate stays `Copy` and
 //! bounded): an order with an id takes an empty slot, else one older than the window, else the
-//! oldest. Serialised, only the occupied slots are written.
+//! one remembered longest (the occupied slots are kept in the order they were taken, so in a
+//! time-ordered sweep the memory is the last [`LINKED_ORDERS`] order ids; before this rule the
+//! oldest by day was given up, ties broken by slot position, which SQL cannot reproduce).
+//! Serialised, only the occupied slots are written, in that order.
 //!
 //! # Interests and channels
 //!
@@ -404,13 +407,23 @@ pub(crate) fn sketch_estimate(sketch: u64) -> f64 {
 
 impl UserAggregate {
     /// "No such time" sentinel.
-    pub(crate) const NONE: Timestamp = i64::MIN;
+    pub const NONE: Timestamp = i64::MIN;
 
     pub fn with_registration(registered_at: Option<Timestamp>) -> Self {
         UserAggregate {
             registered_at: registered_at.unwrap_or(Self::NONE),
             ..Default::default()
         }
+    }
+
+    /// Sets the latest order day from `last_order`: what a sweep in time order leaves, for an
+    /// aggregate rebuilt from its columns (the aggregates table, `crate::io::aggregates`).
+    pub fn restore_last_order_day(&mut self) {
+        self.last_order_day = if self.last_order == Self::NONE {
+            i64::MIN
+        } else {
+            self.last_order.div_euclid(DAY)
+        };
     }
 
     /// True once any event was applied.
@@ -522,14 +535,19 @@ impl UserAggregate {
             slot.day = slot.day.max(day);
             return;
         }
-        let stale = |o: &OrderSlot| i64::from(day) - i64::from(o.day) > REFUND_LINK_DAYS;
-        let at = self
-            .recent_orders
-            .iter()
-            .position(|o| o.id == 0 || stale(o))
-            .or_else(|| (0..LINKED_ORDERS).min_by_key(|&i| self.recent_orders[i].day))
-            .unwrap_or(0);
-        self.recent_orders[at] = OrderSlot {
+        // The occupied slots are a prefix, in the order they were taken (the serialised form
+        // keeps it): a full memory gives up a slot older than the window if there is one, else
+        // the order remembered longest. Applied in time order, the memory is therefore exactly
+        // the user's last LINKED_ORDERS order ids, the rule the warehouse SQL reproduces
+        // (sql/10_refund_links.sql).
+        let mut used = self.recent_orders.iter().take_while(|o| o.id != 0).count();
+        if used == LINKED_ORDERS {
+            let stale = |o: &OrderSlot| i64::from(day) - i64::from(o.day) > REFUND_LINK_DAYS;
+            let at = self.recent_orders.iter().position(stale).unwrap_or(0);
+            self.recent_orders.copy_within(at + 1.., at);
+            used = LINKED_ORDERS - 1;
+        }
+        self.recent_orders[used] = OrderSlot {
             id: e.order,
             day,
             cents: cents(e.amount),
@@ -847,6 +865,31 @@ mod tests {
         let mut c = UserAggregate::default();
         c.apply(&money(t0, EventKind::Order, 0.0, 0));
         assert!(c.is_buyer());
+    }
+
+    /// Two orders on one day, then more: the memory gives up the order remembered longest
+    /// (insertion order), whatever the days, so it holds the last four order ids.
+    #[test]
+    fn a_full_order_memory_gives_up_the_order_remembered_longest_even_on_a_tied_day() {
+        let t0 = 1_700_006_400;
+        let mut a = UserAggregate::default();
+        // Order 1 and 2 on day 0 (2 placed after 1), then 3, 4, 5 on later days.
+        for (i, day) in [(1u32, 0i64), (2, 0), (3, 1), (4, 2), (5, 3)] {
+            a.apply(&money(
+                t0 + day * DAY + i64::from(i),
+                EventKind::Order,
+                10.0,
+                i,
+            ));
+        }
+        let ids: Vec<u32> = a.recent_orders.iter().map(|o| o.id).collect();
+        assert_eq!(ids, vec![2, 3, 4, 5], "order 1 was remembered longest");
+        a.apply(&money(t0 + 5 * DAY, EventKind::Refund, 10.0, 1));
+        a.apply(&money(t0 + 5 * DAY, EventKind::Refund, 10.0, 2));
+        assert_eq!((a.orphan_refunds, a.linked_refunds), (1, 1));
+        // Serialised and read back, the memory keeps its order.
+        let back: UserAggregate = postcard::from_bytes(&postcard::to_stdvec(&a).unwrap()).unwrap();
+        assert_eq!(back.recent_orders, a.recent_orders);
     }
 
     /// The per-order memory is bounded: the oldest order gives way, and refunds of forgotten

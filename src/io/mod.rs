@@ -4,12 +4,15 @@
 //!   [`crate::features::EventTable`], with errors naming file, line and column.
 //! - [`write`](mod@write) — the table writers' shared errors, and scored users to CSV or
 //!   Parquet (chosen by the output's extension).
+//! - [`aggregates`] — the versioned per-user aggregates table (Parquet, a file or Spark's part
+//!   files) that `tiering features` and the warehouse SQL write and `--aggregates` reads.
 //! - [`atomic`] — one atomic file write (temporary file, sync, rename, sync the directory), for
 //!   every file the project writes whole.
 //!
 //! The generator's writers live with the generator (`crate::generate::writer`); `io` imports
 //! nothing above `features`.
 
+pub mod aggregates;
 pub mod atomic;
 pub mod privacy;
 pub mod read;

@@ -5,19 +5,39 @@
 use super::config::ValidTrainParams;
 use super::export::{export_eval, ExportError};
 use super::pipeline::{self, TrainError, TrainInput, Trained};
+use super::source::{AggregatesSource, TrainData};
 use super::{version_id, write_bundle, WriteBundleError};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::{Bundle, BundleSigner, BundleStore, Snapshot};
 use crate::features::Timestamp;
+use crate::io::aggregates::{AggregatesError, AggregatesTable};
 use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions, ReadReport};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// What a run trains from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrainSource {
+    /// A directory with events.csv|events.parquet (and optional users.*), or one events file.
+    Events(PathBuf),
+    /// An aggregates table (`crate::io::aggregates`: a Parquet file or a directory of part
+    /// files) holding the snapshots training needs and their label counts.
+    Aggregates(PathBuf),
+}
+
+impl TrainSource {
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            TrainSource::Events(p) | TrainSource::Aggregates(p) => p,
+        }
+    }
+}
+
 /// One training run.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
-    /// A directory with events.csv|events.parquet (and optional users.*), or one events file.
-    pub data: PathBuf,
+    /// The events or the aggregates table.
+    pub source: TrainSource,
     /// The models directory: the bundle goes to `models/<version>/`, `models/CURRENT` names it.
     pub models: PathBuf,
     /// Score time; `None` = just after the last event.
@@ -51,7 +71,7 @@ impl TrainJob {
             ..ReadOptions::default()
         };
         TrainJob {
-            data,
+            source: TrainSource::Events(data),
             models,
             as_of: None,
             params,
@@ -161,6 +181,10 @@ pub enum RunError {
         #[source]
         source: Box<ReadError>,
     },
+    #[error("reading the aggregates table")]
+    Aggregates(#[source] Box<AggregatesError>),
+    #[error("{0} is not supported with an aggregates table (apply it in the warehouse job)")]
+    Unsupported(&'static str),
     #[error("training")]
     Train(#[from] TrainError),
     #[error("writing the bundle under {}", models.display())]
@@ -259,12 +283,13 @@ fn data_info(dataset: &Dataset) -> DataInfo {
     }
 }
 
-/// Runs a training job end to end; `progress` is told each stage as it starts.
-pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, RunError> {
-    let started = Instant::now();
-    progress.stage("reading events");
-    let mut dataset = read_dataset(&job.data, &job.read).map_err(|source| RunError::Read {
-        path: job.data.clone(),
+/// The events of an events source (`None` for an aggregates table), read and filtered.
+fn read_events(job: &TrainJob) -> Result<Option<Dataset>, RunError> {
+    let TrainSource::Events(path) = &job.source else {
+        return Ok(None);
+    };
+    let mut dataset = read_dataset(path, &job.read).map_err(|source| RunError::Read {
+        path: path.clone(),
         source: Box::new(source),
     })?;
     if let Some(key) = &job.pseudonymize {
@@ -278,24 +303,77 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
             "dropped the events of erased users (suppression list)"
         );
     }
+    Ok(Some(dataset))
+}
+
+/// The aggregates table of an aggregates source, with what the manifest says about it.
+fn read_aggregates(job: &TrainJob) -> Result<Option<(AggregatesSource, DataInfo)>, RunError> {
+    let TrainSource::Aggregates(path) = &job.source else {
+        return Ok(None);
+    };
+    if job.pseudonymize.is_some() {
+        return Err(RunError::Unsupported("--pseudonymize-key-file"));
+    }
+    if job.suppress.is_some() {
+        return Err(RunError::Unsupported("--suppress"));
+    }
+    let fail = |e| RunError::Aggregates(Box::new(e));
+    let files = crate::io::aggregates::table_files(path).map_err(fail)?;
+    let source = AggregatesSource::new(AggregatesTable::load(path).map_err(fail)?);
+    let info = aggregates_info(&files, &source);
+    Ok(Some((source, info)))
+}
+
+/// The manifest's data section for an aggregates table; the fingerprint hashes the part files'
+/// names and sizes (not their bytes: a warehouse table can be large).
+fn aggregates_info(files: &[PathBuf], source: &AggregatesSource) -> DataInfo {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        h.update(format!("{}\0{len}\0", f.display()).as_bytes());
+    }
+    let span = source.span();
+    DataInfo {
+        fingerprint: hex::encode(h.finalize()),
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+        users: source.user_ids().len() as u64,
+        first_event: span.map(|s| s.0),
+        last_event: span.map(|s| s.1),
+        columns: source.columns(),
+        ..DataInfo::default()
+    }
+}
+
+/// Runs a training job end to end; `progress` is told each stage as it starts.
+pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, RunError> {
+    let started = Instant::now();
+    progress.stage("reading the data");
+    let dataset = read_events(&job)?;
+    let aggregates = read_aggregates(&job)?;
     let read = started.elapsed().as_secs_f64();
-    let (table, rep) = (&dataset.events, &dataset.report);
+    let dataset = dataset.unwrap_or_default();
+    let (table, info): (&dyn TrainData, DataInfo) = match &aggregates {
+        Some((source, info)) => (source, info.clone()),
+        None => (&dataset.events, data_info(&dataset)),
+    };
+    let rep = &dataset.report;
     progress.data_read(rep);
     tracing::info!(
         rows = rep.rows,
-        users = table.n_users(),
+        users = table.user_ids().len(),
         bad_rows = rep.bad_rows,
-        "read events"
+        "read the data"
     );
 
     let store = BundleStore::new(&job.models);
     let previous = previous_bundle(&store);
     let created = chrono::Utc::now();
-    let version = version_id(created, &rep.fingerprint, job.params.config(), job.as_of);
+    let version = version_id(created, &info.fingerprint, job.params.config(), job.as_of);
     let input = TrainInput {
         table,
         personas: rep.personas.as_deref(),
-        data: data_info(&dataset),
+        data: info,
         as_of: job.as_of,
         config: &job.params,
         previous: previous.as_ref().map(|(b, s)| (b, s)),
@@ -326,7 +404,7 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     let write = write_started.elapsed().as_secs_f64();
     if let (Some(dir), Some(sets)) = (&job.export_eval, &trained.eval_sets) {
         progress.stage("exporting evaluation sets");
-        export_eval(dir, sets, &table.user_ids, &trained.manifest).map_err(|source| {
+        export_eval(dir, sets, table.user_ids(), &trained.manifest).map_err(|source| {
             RunError::Export {
                 dir: dir.clone(),
                 source,

@@ -6,6 +6,8 @@
 //! - [`pipeline`] — the pure pipeline, events table in, fitted scorer + manifest + report out,
 //!   run as the named stages of `stages` (windows, evaluate, final fit, tiers, scoring,
 //!   profiles, summary).
+//! - [`source`] — what the pipeline reads: raw events or a warehouse's aggregates table
+//!   ([`TrainData`]); `tiering features` writes the table from events.
 //! - [`report`] — the HTML report renderer.
 //! - [`export`] — `--export-eval`: the evaluation rows as CSV.
 //! - [`write_bundle`] (here): the edge that writes a trained result as a bundle and makes it
@@ -16,11 +18,15 @@ pub mod export;
 pub mod job;
 pub mod pipeline;
 pub mod report;
+pub mod source;
 mod stages;
 
 pub use config::{ConfigError, PromotionConfig, TrainConfig, ValidTrainParams};
-pub use job::{promotion_gate, run, Progress, RunError, RunTimings, TrainJob, TrainOutcome};
+pub use job::{
+    promotion_gate, run, Progress, RunError, RunTimings, TrainJob, TrainOutcome, TrainSource,
+};
 pub use pipeline::{fit, user_key, TrainError, TrainInput, Trained};
+pub use source::{export_aggregates, training_snapshots, AggregatesSource, TrainData};
 
 use crate::bundle::{BundleError, BundleSigner, BundleStore, VerifyKeys, REPORT, SCORES};
 use crate::io::write::{ScoreWriter, WriteError};

@@ -18,12 +18,14 @@
 
 use super::config::ValidTrainParams;
 use super::report::ReportExtras;
+use super::source::TrainData;
 use super::stages::{candidates, evaluate, scoring, stability, summary, tiers, windows};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::manifest::Manifest;
 use crate::bundle::{Bundle, Snapshot};
 use crate::features::hash::fnv1a64;
-use crate::features::{EventTable, Timestamp};
+use crate::features::Timestamp;
+use crate::io::aggregates::AggregatesError;
 use crate::model::churn::ChurnError;
 use crate::model::scorer::{Score, Scorer};
 use crate::model::tiers::TierError;
@@ -46,6 +48,14 @@ pub enum TrainError {
     Churn(#[source] ChurnError),
     #[error(transparent)]
     Tiers(#[from] TierError),
+    #[error("the aggregates table")]
+    Aggregates(#[source] Box<AggregatesError>),
+}
+
+impl From<AggregatesError> for TrainError {
+    fn from(e: AggregatesError) -> Self {
+        TrainError::Aggregates(Box::new(e))
+    }
 }
 
 impl From<ChurnError> for TrainError {
@@ -59,7 +69,9 @@ impl From<ChurnError> for TrainError {
 
 /// What the pipeline needs besides the events.
 pub struct TrainInput<'a> {
-    pub table: &'a EventTable,
+    /// Raw events ([`crate::features::EventTable`]) or an aggregates table
+    /// ([`super::source::AggregatesSource`]).
+    pub table: &'a dyn TrainData,
     /// Ground-truth personas per user index, when the data has them (for the ARI only).
     pub personas: Option<&'a [Option<String>]>,
     pub data: DataInfo,
@@ -142,7 +154,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
 
     let w = windows::windows(table, input.as_of, params.horizon_days, &mut warnings)?;
     progress("building point-in-time features");
-    let snap = windows::snapshots(table, &w);
+    let snap = windows::snapshots(table, &w)?;
     laps.lap("features");
 
     progress("labelling snapshots");
@@ -233,7 +245,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     }
     let snapshot = Snapshot {
         as_of: w.as_of,
-        user_ids: table.user_ids.clone(),
+        user_ids: table.user_ids().to_vec(),
         aggregates: snap.aggs_now,
     };
     Ok(Trained {
@@ -250,7 +262,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::DAY;
+    use crate::features::{EventTable, DAY};
     use crate::generate::{generate_table, GenerateParams};
     use crate::train::TrainConfig;
 

@@ -24,3 +24,4 @@ mod stability;
 mod storage_faults;
 mod train_e2e;
 mod vocabulary;
+mod warehouse;

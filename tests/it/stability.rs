@@ -197,9 +197,12 @@ fn ten_seeds_agree_on_the_tiers_of_the_issue_data_set() {
     // 4, 5, 4] over seeds 42..52 (stability as the mean pairwise ARI of the runs), 10 restarts
     // k = 5 for 2 seeds in 10; the best-of-halves stability with 10 restarts gives k = 4 and
     // >= 99.9% agreement for every seed.
+    // Issue 16 orders the training rows by the users' sampling keys (so that a warehouse
+    // table sorted by id trains the same model as the events file): the boosted trees see
+    // another row order and seed 42's AUC moved from 0.8572 to 0.85710 (measured).
     let before = Before {
         ari: 0.2702,
-        auc: 0.8572,
+        auc: 0.8571,
         tiers: ["content_browsers", "core_fans", "dormant", "potential_new"],
     };
     seeds_agree(&issue_data_set(), "20k users, 120 days, seed 7", before);

@@ -4,12 +4,13 @@
 
 use super::super::config::ValidTrainParams;
 use super::super::pipeline::{EvalSets, TrainError};
+use super::super::source::TrainData;
 use super::candidates::{evaluate_candidates, fit_candidates, Fitted, BOTH};
 use super::rows::{gather, scale_in_place, Labelled};
 use super::windows::{label_snapshot, Snapshots, Windows};
 use crate::bundle::manifest::ModelMetrics;
 use crate::features::time::format_rfc3339;
-use crate::features::{EventTable, Timestamp, UserAggregate};
+use crate::features::{Timestamp, UserAggregate};
 
 /// Share of snapshot B's users held out for an in-time evaluation.
 pub(crate) const IN_TIME_TEST_FRACTION: f64 = 0.2;
@@ -47,7 +48,7 @@ struct Plan {
 
 /// Fits the candidates and measures them. `labelled_b` is snapshot B's labelled users.
 pub(crate) fn evaluate(
-    table: &EventTable,
+    table: &dyn TrainData,
     w: &Windows,
     snap: &Snapshots,
     labelled_b: &Labelled,
@@ -120,7 +121,7 @@ pub(crate) fn evaluate(
 /// Fitted on snapshot A's users, evaluated on all of snapshot B's.
 #[allow(clippy::too_many_arguments)]
 fn out_of_time(
-    table: &EventTable,
+    table: &dyn TrainData,
     w: &Windows,
     snap: &Snapshots,
     (snap_a, aggs_a): (Timestamp, &[UserAggregate]),

@@ -9,10 +9,11 @@
 //!   distributions, as the server's gauges do.
 //! - [`reference`]: this bundle's own training distributions, kept for the next comparison.
 
+use super::super::source::TrainData;
 use super::windows::{Snapshots, Windows};
 use crate::bundle::manifest::{Stability, TransitionCounts};
 use crate::bundle::{Bundle, Snapshot};
-use crate::features::{known_at, EventTable};
+use crate::features::known_at;
 use crate::model::drift::{Binned, DriftCounter, DriftFigures, DriftReference};
 use crate::model::scorer::{Score, Scorer};
 use rayon::prelude::*;
@@ -82,7 +83,7 @@ fn previous_now(
 
 /// Model and behaviour changes against the previous bundle `(pb, ps)`, and the drift.
 pub(crate) fn compare(
-    table: &EventTable,
+    table: &dyn TrainData,
     w: &Windows,
     snap: &Snapshots,
     users_now: &[usize],
@@ -114,7 +115,7 @@ pub(crate) fn compare(
     let then: Vec<(u32, u16)> = (ps.user_ids.par_iter().zip(&ps.aggregates))
         .filter(|(_, agg)| known_at(agg, ps.as_of))
         .filter_map(|(id, agg)| {
-            let u = *table.index.get(id)?;
+            let u = table.user_index(id)? as u32;
             Some((u, pb.scorer.placement(agg, ps.as_of).0))
         })
         .collect();

@@ -4,6 +4,7 @@
 use super::super::config::ValidTrainParams;
 use super::super::pipeline::TrainInput;
 use super::super::report::{self, ReportExtras};
+use super::super::source::TrainData;
 use super::candidates::Fitted;
 use super::evaluate::Evaluation;
 use super::rows::Labelled;
@@ -15,7 +16,7 @@ use crate::bundle::manifest::DataInfo;
 use crate::bundle::manifest::{FeatureSpec, LeftOut, Manifest, Metrics, TierChanges, TierEntry};
 use crate::bundle::{Bundle, Snapshot};
 use crate::features::time::format_rfc3339;
-use crate::features::{EventTable, LifecycleStage, RfmSegment};
+use crate::features::{LifecycleStage, RfmSegment};
 use crate::model::drift::{DriftReference, PSI_RETRAIN};
 use crate::model::metrics::{self, BinaryMetrics};
 use crate::model::scorer::{RiskLevel, Score, Scorer};
@@ -100,7 +101,7 @@ pub(crate) fn tier_ari(
 
 /// Each user's tier in the previous bundle vs here.
 pub(crate) fn transitions(
-    table: &EventTable,
+    table: &dyn TrainData,
     (pb, ps): (&Bundle, &Snapshot),
     scorer: &Scorer,
     scores: &[Score],
@@ -110,11 +111,11 @@ pub(crate) fn transitions(
     let mut counts = vec![vec![0u64; new_ids.len()]; prev_ids.len()];
     let (mut compared, mut changed) = (0u64, 0u64);
     for (id, agg) in ps.user_ids.iter().zip(&ps.aggregates) {
-        let Some(&u) = table.index.get(id) else {
+        let Some(u) = table.user_index(id) else {
             continue;
         };
         let before = usize::from(pb.scorer.placement(agg, ps.as_of).0);
-        let after = usize::from(scores[u as usize].tier);
+        let after = usize::from(scores[u].tier);
         counts[before][after] += 1;
         compared += 1;
         if prev_ids[before] != new_ids[after] {
@@ -217,8 +218,9 @@ fn tier_entries(f: &Facts) -> Vec<TierEntry> {
     let d = f.snap.features.len();
     let n_known = f.tiering.users_now.len().max(1) as f64;
     let p = f.profiles;
-    let mut categories =
-        super::scoring::tier_categories(p, f.input.table.kind_tally.categories()).into_iter();
+    let unnamed = crate::features::CategoryNames::default();
+    let names = f.input.table.category_names().unwrap_or(&unnamed);
+    let mut categories = super::scoring::tier_categories(p, names).into_iter();
     f.scorer
         .tiers
         .tiers

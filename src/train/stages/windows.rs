@@ -2,11 +2,11 @@
 //! at each snapshot, and the labels of the latest labelled snapshot.
 
 use super::super::pipeline::{user_key, TrainError};
+use super::super::source::TrainData;
 use super::rows::{feature_rows, Labelled};
 use crate::features::time::format_rfc3339;
 use crate::features::{
-    active_in_window, build_aggregates, known_at, ChurnDefinition, EventTable, Feature, FeatureSet,
-    Timestamp, UserAggregate, DAY,
+    known_at, ChurnDefinition, Feature, FeatureSet, Timestamp, UserAggregate, DAY,
 };
 
 /// The snapshot times. With H the horizon:
@@ -25,14 +25,13 @@ pub(crate) struct Windows {
 
 /// Places the snapshots; warns about ignored events and a history too short for out of time.
 pub(crate) fn windows(
-    table: &EventTable,
+    table: &dyn TrainData,
     as_of: Option<Timestamp>,
     horizon_days: u32,
     warnings: &mut Vec<String>,
 ) -> Result<Windows, TrainError> {
-    let first = table.min_ts().ok_or(TrainError::NoEvents)?;
-    let last = table.max_ts().ok_or(TrainError::NoEvents)?;
-    let as_of = as_of.unwrap_or(last + 1);
+    let (first, last) = table.span().ok_or(TrainError::NoEvents)?;
+    let as_of = as_of.or(table.default_as_of()).unwrap_or(last + 1);
     let h = i64::from(horizon_days) * DAY;
     let snap_b = as_of - h;
     let snap_a = snap_b - h;
@@ -44,7 +43,7 @@ pub(crate) fn windows(
         });
     }
     if as_of <= last {
-        let later = table.ts.iter().filter(|&&t| t >= as_of).count();
+        let later = table.events_from(as_of);
         warnings.push(format!(
             "{later} events at or after --as-of {} were ignored",
             format_rfc3339(as_of)
@@ -79,39 +78,43 @@ pub(crate) struct Snapshots {
     pub aggs_a: Option<Vec<UserAggregate>>,
 }
 
-pub(crate) fn snapshots(table: &EventTable, w: &Windows) -> Snapshots {
-    let (features, left_out) = FeatureSet::supported_by(table.columns, &table.kinds_present());
-    let keys: Vec<u64> = table.user_ids.iter().map(|id| user_key(id)).collect();
+pub(crate) fn snapshots(table: &dyn TrainData, w: &Windows) -> Result<Snapshots, TrainError> {
+    let (features, left_out) = FeatureSet::supported_by(table.columns(), &table.kinds_present());
+    let keys: Vec<u64> = table.user_ids().iter().map(|id| user_key(id)).collect();
     let times = match w.snap_a {
         Some(a) => vec![a, w.snap_b, w.as_of],
         None => vec![w.snap_b, w.as_of],
     };
-    let mut snaps = build_aggregates(table, &times);
+    let mut snaps = table.aggregates(&times)?;
     let aggs_now = snaps.pop().unwrap_or_default();
     let aggs_b = snaps.pop().unwrap_or_default();
     let aggs_a = snaps.pop();
-    Snapshots {
+    Ok(Snapshots {
         features,
         left_out,
         keys,
         aggs_now,
         aggs_b,
         aggs_a,
-    }
+    })
 }
 
 /// The users known at `t`, their label (churned = nothing that counts in `[t, t + horizon)`),
 /// their transformed features and keys. Fails when nobody is known at `t`.
 pub(crate) fn label_snapshot(
-    table: &EventTable,
+    table: &dyn TrainData,
     aggs: &[UserAggregate],
     snap: &Snapshots,
     t: Timestamp,
     horizon: Timestamp,
     definition: ChurnDefinition,
 ) -> Result<Labelled, TrainError> {
-    let active = active_in_window(table, t, t + horizon, definition);
-    let users: Vec<usize> = (0..aggs.len()).filter(|&u| known_at(&aggs[u], t)).collect();
+    let active = table.active_in_window(t, t + horizon, definition)?;
+    let mut users: Vec<usize> = (0..aggs.len()).filter(|&u| known_at(&aggs[u], t)).collect();
+    // Rows in the order of the users' sampling keys, not of their index: the fits (the boosted
+    // trees see rows in order) then do not depend on the order users came in, which differs
+    // between an events file and an aggregates table sorted by the warehouse.
+    users.sort_unstable_by_key(|&u| (snap.keys[u], u));
     if users.is_empty() {
         return Err(TrainError::NoUsers(format_rfc3339(t)));
     }

@@ -1,0 +1,786 @@
+//! The aggregates table: per user and snapshot time, the point-in-time aggregates the pipeline
+//! uses and the label counts of the window after the snapshot, as Parquet. The same schema is
+//! written by `tiering features` (the Rust pipeline's own aggregates) and by the shipped SQL
+//! (`sql/`, run by DuckDB or Spark), so the two can be compared column by column and
+//! `tiering train --aggregates` / `tiering score --aggregates` can read either.
+//!
+//! Schema version [`SCHEMA_VERSION`] (documented in `sql/README.md`): `user_id` (text), the
+//! integer columns [`INT_COLUMNS`] (all Int64; the time columns are Unix seconds and null where
+//! the aggregate has no such time) and the float columns [`FLOAT_COLUMNS`] (Float64).
+//! A table is one Parquet file or a directory of part files (`*.parquet`, as Spark writes them;
+//! files starting with `_` or `.` are skipped). Errors name the column and the file.
+
+use super::atomic::{AtomicError, AtomicFile};
+use crate::features::aggregate::TREND_WEEKS;
+use crate::features::{Timestamp, UserAggregate};
+use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The version in every row's `schema_version`; readers refuse any other.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The integer columns, in file order (after `user_id`). `weekly_i` counts the events of week
+/// `week_anchor - i`.
+pub const INT_COLUMNS: [&str; 33] = [
+    "schema_version",
+    "snapshot",
+    "horizon_days",
+    "registered_at",
+    "first_seen",
+    "last_order",
+    "last_activity",
+    "orders",
+    "order_days",
+    "views",
+    "watch_seconds",
+    "comments",
+    "likes",
+    "shares",
+    "follows",
+    "gifts",
+    "room_sketch",
+    "category_sketch",
+    "week_anchor",
+    "weekly_0",
+    "weekly_1",
+    "weekly_2",
+    "weekly_3",
+    "weekly_4",
+    "weekly_5",
+    "weekly_6",
+    "weekly_7",
+    "refunds",
+    "orders_refunded",
+    "linked_refunds",
+    "orphan_refunds",
+    "label_orders",
+    "label_events",
+];
+
+/// The integer columns that may be null (a time the aggregate does not have).
+const NULLABLE: [&str; 5] = [
+    "registered_at",
+    "first_seen",
+    "last_order",
+    "last_activity",
+    "week_anchor",
+];
+
+/// The float columns, in file order (after the integers).
+pub const FLOAT_COLUMNS: [&str; 2] = ["spend", "refunded"];
+
+/// Why reading or writing the table failed: one variant per cause, each naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatesError {
+    #[error("{}: no aggregates table there (no such file, or a directory without *.parquet files)", .path.display())]
+    NotFound { path: PathBuf },
+    #[error("cannot read {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a readable Parquet aggregates table", .path.display())]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: ParquetError,
+    },
+    #[error("{}: reading a batch", .path.display())]
+    Arrow {
+        path: PathBuf,
+        #[source]
+        source: ArrowError,
+    },
+    #[error("{}: missing column {column:?} (aggregates schema version {SCHEMA_VERSION})", .path.display())]
+    MissingColumn { path: PathBuf, column: &'static str },
+    #[error("{}: column {column:?} has type {found}, expected {expected}", .path.display())]
+    WrongType {
+        path: PathBuf,
+        column: &'static str,
+        expected: DataType,
+        found: DataType,
+    },
+    #[error("{}: column {column:?} is null in row {row}", .path.display())]
+    Null {
+        path: PathBuf,
+        column: &'static str,
+        row: usize,
+    },
+    #[error("{}: column {column:?} holds {value} in row {row}, outside its range", .path.display())]
+    OutOfRange {
+        path: PathBuf,
+        column: &'static str,
+        row: usize,
+        value: i64,
+    },
+    #[error("{}: column \"schema_version\" is {found} in row {row}; this binary reads version {SCHEMA_VERSION}", .path.display())]
+    Version {
+        path: PathBuf,
+        row: usize,
+        found: i64,
+    },
+    #[error("{}: snapshot {wanted} (column \"snapshot\") is not in the table; it holds {held:?}", .path.display())]
+    SnapshotMissing {
+        path: PathBuf,
+        wanted: String,
+        held: Vec<String>,
+    },
+    #[error("{}: column \"horizon_days\" is {found}, training asked for {wanted}", .path.display())]
+    Horizon {
+        path: PathBuf,
+        wanted: u32,
+        found: u32,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: WriteCause,
+    },
+}
+
+/// What failed underneath a write.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteCause {
+    #[error(transparent)]
+    File(#[from] AtomicError),
+    #[error(transparent)]
+    Parquet(#[from] ParquetError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// One row: a user's aggregate as of `snapshot` and the counts of the label window
+/// `[snapshot, snapshot + horizon_days)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateRow {
+    pub user_id: String,
+    pub snapshot: Timestamp,
+    pub horizon_days: u32,
+    pub agg: UserAggregate,
+    /// Orders in the label window (the `no_order` churn definition).
+    pub label_orders: u32,
+    /// Events of any kind in the label window (`no_activity`).
+    pub label_events: u32,
+}
+
+fn time(t: Timestamp) -> Option<i64> {
+    (t != UserAggregate::NONE).then_some(t)
+}
+
+/// The integer columns of a row, in [`INT_COLUMNS`] order.
+fn encode(r: &AggregateRow) -> [Option<i64>; 33] {
+    let a = &r.agg;
+    let w = |i: usize| Some(i64::from(a.weekly[i]));
+    [
+        Some(SCHEMA_VERSION),
+        Some(r.snapshot),
+        Some(i64::from(r.horizon_days)),
+        time(a.registered_at),
+        time(a.first_seen),
+        time(a.last_order),
+        time(a.last_activity),
+        Some(i64::from(a.orders)),
+        Some(i64::from(a.order_days)),
+        Some(i64::from(a.views)),
+        Some(i64::try_from(a.watch_seconds).unwrap_or(i64::MAX)),
+        Some(i64::from(a.comments)),
+        Some(i64::from(a.likes)),
+        Some(i64::from(a.shares)),
+        Some(i64::from(a.follows)),
+        Some(i64::from(a.gifts)),
+        // The sketches' 64 bits, as a signed integer (Spark has no unsigned type).
+        Some(a.room_sketch as i64),
+        Some(a.category_sketch as i64),
+        time(a.week_anchor),
+        w(0),
+        w(1),
+        w(2),
+        w(3),
+        w(4),
+        w(5),
+        w(6),
+        w(7),
+        Some(i64::from(a.refunds)),
+        Some(i64::from(a.orders_refunded)),
+        Some(i64::from(a.linked_refunds)),
+        Some(i64::from(a.orphan_refunds)),
+        Some(i64::from(r.label_orders)),
+        Some(i64::from(r.label_events)),
+    ]
+}
+
+/// A row back from its columns (`ints` in [`INT_COLUMNS`] order, `None` = null in a nullable
+/// column); `Err(column index, value)` for a value outside its field's range.
+fn decode(
+    user_id: String,
+    ints: &[Option<i64>; 33],
+    floats: [f64; 2],
+) -> Result<AggregateRow, (usize, i64)> {
+    let t = |i: usize| ints[i].unwrap_or(UserAggregate::NONE);
+    let n = |i: usize| -> Result<u32, (usize, i64)> {
+        let v = ints[i].unwrap_or(0);
+        u32::try_from(v).map_err(|_| (i, v))
+    };
+    let week = |i: usize| -> Result<u16, (usize, i64)> {
+        let v = ints[19 + i].unwrap_or(0);
+        u16::try_from(v).map_err(|_| (19 + i, v))
+    };
+    let mut weekly = [0u16; TREND_WEEKS];
+    for (i, w) in weekly.iter_mut().enumerate() {
+        *w = week(i)?;
+    }
+    let watch = ints[10].unwrap_or(0);
+    // Field by field: the aggregate has private fields, so no struct literal here.
+    let mut agg = UserAggregate::default();
+    agg.registered_at = t(3);
+    agg.first_seen = t(4);
+    agg.last_order = t(5);
+    agg.last_activity = t(6);
+    agg.orders = n(7)?;
+    agg.order_days = n(8)?;
+    agg.views = n(9)?;
+    agg.watch_seconds = u64::try_from(watch).map_err(|_| (10, watch))?;
+    agg.comments = n(11)?;
+    agg.likes = n(12)?;
+    agg.shares = n(13)?;
+    agg.follows = n(14)?;
+    agg.gifts = n(15)?;
+    agg.room_sketch = ints[16].unwrap_or(0) as u64;
+    agg.category_sketch = ints[17].unwrap_or(0) as u64;
+    agg.week_anchor = t(18);
+    agg.weekly = weekly;
+    agg.spend = floats[0];
+    agg.refunds = n(27)?;
+    agg.refunded = floats[1];
+    agg.orders_refunded = n(28)?;
+    agg.linked_refunds = n(29)?;
+    agg.orphan_refunds = n(30)?;
+    agg.restore_last_order_day();
+    Ok(AggregateRow {
+        user_id,
+        snapshot: ints[1].unwrap_or(0),
+        horizon_days: n(2)?,
+        agg,
+        label_orders: n(31)?,
+        label_events: n(32)?,
+    })
+}
+
+/// The Arrow schema of the table.
+pub fn schema() -> SchemaRef {
+    let mut fields = vec![Field::new("user_id", DataType::Utf8, false)];
+    fields.extend(
+        INT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Int64, NULLABLE.contains(c))),
+    );
+    fields.extend(
+        FLOAT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Float64, false)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// Writes rows to one Parquet file, atomically (nothing appears at the path until
+/// [`AggregatesWriter::finish`]), in batches of bounded size.
+pub struct AggregatesWriter {
+    path: PathBuf,
+    writer: ArrowWriter<AtomicFile>,
+    schema: SchemaRef,
+    users: StringBuilder,
+    ints: Vec<Int64Builder>,
+    floats: [Float64Builder; 2],
+    pending: usize,
+    rows: u64,
+}
+
+impl AggregatesWriter {
+    pub fn create(path: &Path) -> Result<AggregatesWriter, AggregatesError> {
+        let fail = |source: WriteCause| AggregatesError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = AtomicFile::create(path).map_err(|e| fail(e.into()))?;
+        let schema = schema();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| fail(e.into()))?;
+        Ok(AggregatesWriter {
+            path: path.to_path_buf(),
+            writer,
+            schema,
+            users: StringBuilder::new(),
+            ints: (0..INT_COLUMNS.len())
+                .map(|_| Int64Builder::new())
+                .collect(),
+            floats: [Float64Builder::new(), Float64Builder::new()],
+            pending: 0,
+            rows: 0,
+        })
+    }
+
+    fn fail(&self) -> impl Fn(WriteCause) -> AggregatesError + '_ {
+        move |source| AggregatesError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn write(&mut self, row: &AggregateRow) -> Result<(), AggregatesError> {
+        self.users.append_value(&row.user_id);
+        for (b, v) in self.ints.iter_mut().zip(encode(row)) {
+            b.append_option(v);
+        }
+        self.floats[0].append_value(row.agg.spend);
+        self.floats[1].append_value(row.agg.refunded);
+        self.pending += 1;
+        if self.pending >= BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), AggregatesError> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.users.finish())];
+        columns.extend(
+            self.ints
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.floats
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| (self.fail())(e.into()))?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| (self.fail())(e.into()))?;
+        self.rows += self.pending as u64;
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// Writes the last rows and the footer and puts the file in place; the rows written.
+    pub fn finish(mut self) -> Result<u64, AggregatesError> {
+        self.flush()?;
+        let fail = |source: WriteCause| AggregatesError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let file = self.writer.into_inner().map_err(|e| fail(e.into()))?;
+        file.commit().map_err(|e| fail(e.into()))?;
+        Ok(self.rows)
+    }
+}
+
+/// The Parquet files of a table: `path` itself, or the `*.parquet` files in the directory
+/// `path` (sorted; names starting with `_` or `.` skipped).
+pub fn table_files(path: &Path) -> Result<Vec<PathBuf>, AggregatesError> {
+    let io = |source| AggregatesError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.is_dir() {
+        if path.is_file() {
+            return Ok(vec![path.to_path_buf()]);
+        }
+        return Err(AggregatesError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_file()
+            && name.ends_with(".parquet")
+            && !name.starts_with('_')
+            && !name.starts_with('.')
+        {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(AggregatesError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+/// Checks that `schema` has every column with its type; the column index of each name.
+fn resolve(schema: &Schema, path: &Path) -> Result<Vec<usize>, AggregatesError> {
+    let want = std::iter::once(("user_id", DataType::Utf8))
+        .chain(INT_COLUMNS.iter().map(|c| (*c, DataType::Int64)))
+        .chain(FLOAT_COLUMNS.iter().map(|c| (*c, DataType::Float64)));
+    want.map(|(column, expected)| {
+        let (i, field) =
+            schema
+                .column_with_name(column)
+                .ok_or_else(|| AggregatesError::MissingColumn {
+                    path: path.to_path_buf(),
+                    column,
+                })?;
+        let found = field.data_type();
+        let text = column == "user_id" && matches!(found, DataType::LargeUtf8 | DataType::Utf8View);
+        if *found != expected && !text {
+            return Err(AggregatesError::WrongType {
+                path: path.to_path_buf(),
+                column,
+                expected,
+                found: found.clone(),
+            });
+        }
+        Ok(i)
+    })
+    .collect()
+}
+
+/// The text of `col` at `row` (Utf8, LargeUtf8 or Utf8View).
+fn text_at(col: &dyn Array, row: usize) -> Option<&str> {
+    if col.is_null(row) {
+        return None;
+    }
+    match col.data_type() {
+        DataType::Utf8 => Some(col.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => Some(col.as_string::<i64>().value(row)),
+        DataType::Utf8View => Some(col.as_string_view().value(row)),
+        _ => None,
+    }
+}
+
+/// Decodes one record batch (columns already checked by [`resolve`]); `first` is the file row
+/// of its first row, for errors.
+fn decode_batch(
+    batch: &RecordBatch,
+    at: &[usize],
+    path: &Path,
+    first: usize,
+) -> Result<Vec<AggregateRow>, AggregatesError> {
+    let users = batch.column(at[0]);
+    let ints: Vec<&arrow_array::Int64Array> = (0..INT_COLUMNS.len())
+        .map(|i| batch.column(at[1 + i]).as_primitive::<Int64Type>())
+        .collect();
+    let floats: Vec<&arrow_array::Float64Array> = (0..FLOAT_COLUMNS.len())
+        .map(|i| {
+            batch
+                .column(at[1 + INT_COLUMNS.len() + i])
+                .as_primitive::<Float64Type>()
+        })
+        .collect();
+    let null = |column: &'static str, r: usize| AggregatesError::Null {
+        path: path.to_path_buf(),
+        column,
+        row: first + r,
+    };
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for r in 0..batch.num_rows() {
+        let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
+        let mut row = [None; 33];
+        for (i, col) in ints.iter().enumerate() {
+            if col.is_null(r) {
+                if !NULLABLE.contains(&INT_COLUMNS[i]) {
+                    return Err(null(INT_COLUMNS[i], r));
+                }
+            } else {
+                row[i] = Some(col.value(r));
+            }
+        }
+        if row[0] != Some(SCHEMA_VERSION) {
+            return Err(AggregatesError::Version {
+                path: path.to_path_buf(),
+                row: first + r,
+                found: row[0].unwrap_or(0),
+            });
+        }
+        let mut fl = [0.0; 2];
+        for (i, col) in floats.iter().enumerate() {
+            if col.is_null(r) {
+                return Err(null(FLOAT_COLUMNS[i], r));
+            }
+            fl[i] = col.value(r);
+        }
+        let decoded = decode(user.to_string(), &row, fl).map_err(|(i, value)| {
+            AggregatesError::OutOfRange {
+                path: path.to_path_buf(),
+                column: INT_COLUMNS[i],
+                row: first + r,
+                value,
+            }
+        })?;
+        out.push(decoded);
+    }
+    Ok(out)
+}
+
+/// Streams the rows of the table at `path` (a file or a directory of part files) a batch at a
+/// time: memory is one batch, whatever the table's size. `f` gets each batch's rows and may
+/// stop the scan with its own error.
+pub fn for_each_batch<E: From<AggregatesError>>(
+    path: &Path,
+    mut f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
+) -> Result<(), E> {
+    for file in table_files(path)? {
+        let parquet = |source| AggregatesError::Parquet {
+            path: file.clone(),
+            source,
+        };
+        let handle = std::fs::File::open(&file).map_err(|source| AggregatesError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
+        let at = resolve(builder.schema(), &file)?;
+        let reader = builder.with_batch_size(8192).build().map_err(parquet)?;
+        let mut first = 0;
+        for batch in reader {
+            let batch = batch.map_err(|source| AggregatesError::Arrow {
+                path: file.clone(),
+                source,
+            })?;
+            let rows = decode_batch(&batch, &at, &file, first)?;
+            first += batch.num_rows();
+            f(rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// The distinct snapshot times in the table (reads every row once).
+pub fn snapshots_in(path: &Path) -> Result<Vec<Timestamp>, AggregatesError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for_each_batch::<AggregatesError>(path, |rows| {
+        seen.extend(rows.iter().map(|r| r.snapshot));
+        Ok(())
+    })?;
+    Ok(seen.into_iter().collect())
+}
+
+/// A whole table in memory, for training: per snapshot time, every user's aggregate and label
+/// counts, users indexed in order of first appearance.
+#[derive(Debug, Default)]
+pub struct AggregatesTable {
+    pub path: PathBuf,
+    pub user_ids: Vec<String>,
+    pub index: HashMap<String, u32>,
+    /// Sorted snapshot times; `aggs[s]`, `label_orders[s]` and `label_events[s]` belong to
+    /// `snapshots[s]`, indexed by user.
+    pub snapshots: Vec<Timestamp>,
+    pub horizon_days: u32,
+    pub aggs: Vec<Vec<UserAggregate>>,
+    pub label_orders: Vec<Vec<u32>>,
+    pub label_events: Vec<Vec<u32>>,
+}
+
+impl AggregatesTable {
+    /// Reads the table at `path`. A user without a row at some snapshot gets an empty aggregate
+    /// there (with the registration time of its other rows).
+    pub fn load(path: &Path) -> Result<AggregatesTable, AggregatesError> {
+        let snapshots = snapshots_in(path)?;
+        let mut t = AggregatesTable {
+            path: path.to_path_buf(),
+            aggs: vec![Vec::new(); snapshots.len()],
+            label_orders: vec![Vec::new(); snapshots.len()],
+            label_events: vec![Vec::new(); snapshots.len()],
+            snapshots,
+            ..AggregatesTable::default()
+        };
+        let mut horizon = None;
+        for_each_batch::<AggregatesError>(path, |rows| {
+            for r in rows {
+                if *horizon.get_or_insert(r.horizon_days) != r.horizon_days {
+                    return Err(AggregatesError::Horizon {
+                        path: path.to_path_buf(),
+                        wanted: horizon.unwrap_or(0),
+                        found: r.horizon_days,
+                    });
+                }
+                t.place(r);
+            }
+            Ok(())
+        })?;
+        t.horizon_days = horizon.unwrap_or(0);
+        t.fill_registration();
+        Ok(t)
+    }
+
+    fn place(&mut self, r: AggregateRow) {
+        let n = self.user_ids.len() as u32;
+        let u = *self.index.entry(r.user_id.clone()).or_insert(n) as usize;
+        if u == self.user_ids.len() {
+            self.user_ids.push(r.user_id);
+        }
+        let Ok(s) = self.snapshots.binary_search(&r.snapshot) else {
+            return;
+        };
+        if self.aggs[s].len() <= u {
+            self.aggs[s].resize(u + 1, UserAggregate::default());
+            self.label_orders[s].resize(u + 1, 0);
+            self.label_events[s].resize(u + 1, 0);
+        }
+        self.aggs[s][u] = r.agg;
+        self.label_orders[s][u] = r.label_orders;
+        self.label_events[s][u] = r.label_events;
+    }
+
+    /// Pads every snapshot to all users; a missing row takes the user's registration time.
+    fn fill_registration(&mut self) {
+        let n = self.user_ids.len();
+        let mut registered = vec![UserAggregate::NONE; n];
+        for snap in &self.aggs {
+            for (u, a) in snap.iter().enumerate() {
+                if a.registered_at != UserAggregate::NONE {
+                    registered[u] = a.registered_at;
+                }
+            }
+        }
+        for s in 0..self.aggs.len() {
+            let have = self.aggs[s].len();
+            self.aggs[s].resize(n, UserAggregate::default());
+            self.label_orders[s].resize(n, 0);
+            self.label_events[s].resize(n, 0);
+            for (u, (a, &r)) in self.aggs[s].iter_mut().zip(&registered).enumerate() {
+                if u >= have || *a == UserAggregate::default() {
+                    a.registered_at = r;
+                }
+            }
+        }
+    }
+
+    /// The index of snapshot `t`, or an error naming the snapshots the table holds.
+    pub fn snapshot_index(&self, t: Timestamp) -> Result<usize, AggregatesError> {
+        self.snapshots
+            .binary_search(&t)
+            .map_err(|_| AggregatesError::SnapshotMissing {
+                path: self.path.clone(),
+                wanted: crate::features::format_rfc3339(t),
+                held: self
+                    .snapshots
+                    .iter()
+                    .map(|&s| crate::features::format_rfc3339(s))
+                    .collect(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{Event, EventKind, DAY};
+
+    fn row(user: &str, snapshot: Timestamp) -> AggregateRow {
+        let mut agg = UserAggregate::with_registration(Some(1_700_000_000));
+        for (i, kind) in EventKind::ALL.iter().enumerate() {
+            agg.apply(&Event {
+                ts: 1_700_000_000 + i as i64 * DAY,
+                kind: *kind,
+                amount: 12.5,
+                watch_seconds: 30,
+                room: 11 + i as u32,
+                category: 3,
+                order: 5,
+                channel: 0,
+            });
+        }
+        AggregateRow {
+            user_id: user.into(),
+            snapshot,
+            horizon_days: 30,
+            agg,
+            label_orders: 2,
+            label_events: 9,
+        }
+    }
+
+    #[test]
+    fn a_written_table_reads_back_row_for_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aggs.parquet");
+        let mut w = AggregatesWriter::create(&path).unwrap();
+        let rows = vec![
+            row("a", 1_800_000_000),
+            row("b", 1_800_000_000),
+            AggregateRow {
+                agg: UserAggregate::default(),
+                ..row("c", 1_700_000_000)
+            },
+        ];
+        for r in &rows {
+            w.write(r).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), 3);
+        let mut back = Vec::new();
+        for_each_batch::<AggregatesError>(&path, |b| {
+            back.extend(b);
+            Ok(())
+        })
+        .unwrap();
+        // The order memory is not in the table: compare without it.
+        let strip = |mut r: AggregateRow| {
+            r.agg.recent_orders = Default::default();
+            r
+        };
+        let want: Vec<AggregateRow> = rows.into_iter().map(strip).collect();
+        assert_eq!(back, want);
+        let t = AggregatesTable::load(&path).unwrap();
+        assert_eq!(t.snapshots, vec![1_700_000_000, 1_800_000_000]);
+        assert_eq!(t.user_ids, vec!["a", "b", "c"]);
+        assert_eq!(t.aggs[1][0], want[0].agg);
+        assert_eq!(t.aggs[0][0].registered_at, 1_700_000_000, "padded");
+        assert_eq!(t.label_events[1][1], 9);
+    }
+
+    #[test]
+    fn a_directory_of_part_files_reads_as_one_table_skipping_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, u) in ["a", "b"].iter().enumerate() {
+            let mut w = AggregatesWriter::create(&dir.path().join(format!("part-0000{i}.parquet")))
+                .unwrap();
+            w.write(&row(u, 1_800_000_000)).unwrap();
+            w.finish().unwrap();
+        }
+        std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
+        std::fs::write(dir.path().join(".part-00000.parquet.crc"), "x").unwrap();
+        let t = AggregatesTable::load(dir.path()).unwrap();
+        assert_eq!(t.user_ids, vec!["a", "b"]);
+        assert_eq!(t.horizon_days, 30);
+    }
+
+    #[test]
+    fn a_snapshot_not_in_the_table_is_named_with_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aggs.parquet");
+        let mut w = AggregatesWriter::create(&path).unwrap();
+        w.write(&row("a", 1_800_000_000)).unwrap();
+        w.finish().unwrap();
+        let t = AggregatesTable::load(&path).unwrap();
+        let e = t.snapshot_index(1_800_000_001).unwrap_err().to_string();
+        assert!(e.contains("aggs.parquet"), "{e}");
+        assert!(e.contains("\"snapshot\""), "{e}");
+        assert!(e.contains("2027-01-15T08:00:00Z"), "{e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! Where the pipeline's per-user aggregates come from: raw events swept here
+//! ([`EventTable`]), or an aggregates table a warehouse engine computed
+//! ([`AggregatesSource`], read from the Parquet table of [`crate::io::aggregates`]).
+//!
+//! Both implement [`TrainData`], the one thing the pipeline asks of its input: users, the time
+//! span, the aggregates at given snapshot times and the label windows. Everything after the
+//! aggregates (labels, fits, tiers, scoring, report) is the same code for both, which is what
+//! makes `train --aggregates` and `train --data` give the same result on the same events.
+//!
+//! [`export_aggregates`] writes the Rust side's own aggregates in the table's schema
+//! (`tiering features`), so the warehouse SQL can be checked against it column by column.
+
+use crate::features::{
+    active_in_window, build_aggregates, CategoryNames, ChurnDefinition, ColumnsPresent, EventKind,
+    EventTable, Timestamp, UserAggregate, DAY,
+};
+use crate::io::aggregates::{AggregateRow, AggregatesError, AggregatesTable, AggregatesWriter};
+use std::sync::Mutex;
+
+/// What the training pipeline reads from its input.
+pub trait TrainData: Sync {
+    /// Dense user index -> the user's id.
+    fn user_ids(&self) -> &[String];
+    /// The index of user `id`, if present.
+    fn user_index(&self, id: &str) -> Option<usize>;
+    /// Which optional columns the data had.
+    fn columns(&self) -> ColumnsPresent;
+    /// Which event kinds occur, indexed by `EventKind as usize`.
+    fn kinds_present(&self) -> [bool; EventKind::ALL.len()];
+    /// The first and the last event's time; `None` without events.
+    fn span(&self) -> Option<(Timestamp, Timestamp)>;
+    /// The score time when none is given.
+    fn default_as_of(&self) -> Option<Timestamp>;
+    /// Events at or after `t` (reported as ignored when `t` is the score time); 0 when unknown.
+    fn events_from(&self, t: Timestamp) -> usize;
+    /// Per-user aggregates of the events strictly before each time in `times`
+    /// (`out[s][u]`). Called once per run.
+    fn aggregates(&self, times: &[Timestamp]) -> Result<Vec<Vec<UserAggregate>>, AggregatesError>;
+    /// Per user: did anything that counts (per `def`) happen in `[start, end)`?
+    fn active_in_window(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        def: ChurnDefinition,
+    ) -> Result<Vec<bool>, AggregatesError>;
+    /// The names of the categories the events held, by hash (`None`: the input holds hashes
+    /// only, as an aggregates table does).
+    fn category_names(&self) -> Option<&CategoryNames> {
+        None
+    }
+}
+
+impl TrainData for EventTable {
+    fn user_ids(&self) -> &[String] {
+        &self.user_ids
+    }
+    fn category_names(&self) -> Option<&CategoryNames> {
+        Some(self.kind_tally.categories())
+    }
+    fn user_index(&self, id: &str) -> Option<usize> {
+        self.index.get(id).map(|&u| u as usize)
+    }
+    fn columns(&self) -> ColumnsPresent {
+        self.columns
+    }
+    fn kinds_present(&self) -> [bool; EventKind::ALL.len()] {
+        EventTable::kinds_present(self)
+    }
+    fn span(&self) -> Option<(Timestamp, Timestamp)> {
+        Some((self.min_ts()?, self.max_ts()?))
+    }
+    fn default_as_of(&self) -> Option<Timestamp> {
+        self.max_ts().map(|t| t + 1)
+    }
+    fn events_from(&self, t: Timestamp) -> usize {
+        self.ts.iter().filter(|&&x| x >= t).count()
+    }
+    fn aggregates(&self, times: &[Timestamp]) -> Result<Vec<Vec<UserAggregate>>, AggregatesError> {
+        Ok(build_aggregates(self, times))
+    }
+    fn active_in_window(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        def: ChurnDefinition,
+    ) -> Result<Vec<bool>, AggregatesError> {
+        Ok(active_in_window(self, start, end, def))
+    }
+}
+
+/// An aggregates table as the pipeline's input. Its snapshot aggregates are handed over (not
+/// copied) to the pipeline, so a table costs its memory once.
+pub struct AggregatesSource {
+    table: AggregatesTable,
+    taken: Mutex<Vec<Option<Vec<UserAggregate>>>>,
+    latest: Option<usize>,
+    columns: ColumnsPresent,
+    kinds: [bool; EventKind::ALL.len()],
+    span: Option<(Timestamp, Timestamp)>,
+}
+
+impl AggregatesSource {
+    pub fn new(mut table: AggregatesTable) -> AggregatesSource {
+        let latest = table.snapshots.len().checked_sub(1);
+        let now: &[UserAggregate] = latest.map_or(&[], |s| &table.aggs[s]);
+        let (columns, kinds, span) = describe(now);
+        let taken = Mutex::new(
+            std::mem::take(&mut table.aggs)
+                .into_iter()
+                .map(Some)
+                .collect(),
+        );
+        AggregatesSource {
+            table,
+            taken,
+            latest,
+            columns,
+            kinds,
+            span,
+        }
+    }
+
+    pub fn table(&self) -> &AggregatesTable {
+        &self.table
+    }
+
+    fn used(&self, t: Timestamp) -> AggregatesError {
+        AggregatesError::SnapshotMissing {
+            path: self.table.path.clone(),
+            wanted: crate::features::format_rfc3339(t),
+            held: vec!["(its aggregates were handed over already)".into()],
+        }
+    }
+}
+
+/// What the latest snapshot says about the data: the columns and kinds that occur (a column is
+/// taken as present when any user has a value from it) and the span of the events.
+fn describe(
+    now: &[UserAggregate],
+) -> (
+    ColumnsPresent,
+    [bool; EventKind::ALL.len()],
+    Option<(Timestamp, Timestamp)>,
+) {
+    let mut c = ColumnsPresent::default();
+    let mut k = [false; EventKind::ALL.len()];
+    let mut span: Option<(Timestamp, Timestamp)> = None;
+    for a in now {
+        c.watch_seconds |= a.watch_seconds > 0;
+        c.room_id |= a.room_sketch != 0;
+        c.category |= a.category_sketch != 0;
+        c.order_id |= a.linked_refunds + a.orphan_refunds > 0;
+        c.users_table |= a.registered_at != UserAggregate::NONE;
+        for (kind, n) in [
+            (EventKind::Order, a.orders),
+            (EventKind::View, a.views),
+            (EventKind::Comment, a.comments),
+            (EventKind::Like, a.likes),
+            (EventKind::Share, a.shares),
+            (EventKind::Follow, a.follows),
+            (EventKind::Gift, a.gifts),
+            (EventKind::Refund, a.refunds),
+        ] {
+            k[kind as usize] |= n > 0;
+        }
+        if a.has_activity() {
+            let (lo, hi) = span.unwrap_or((a.first_seen, a.last_activity));
+            span = Some((lo.min(a.first_seen), hi.max(a.last_activity)));
+        }
+    }
+    (c, k, span)
+}
+
+impl TrainData for AggregatesSource {
+    fn user_ids(&self) -> &[String] {
+        &self.table.user_ids
+    }
+    fn user_index(&self, id: &str) -> Option<usize> {
+        self.table.index.get(id).map(|&u| u as usize)
+    }
+    fn columns(&self) -> ColumnsPresent {
+        self.columns
+    }
+    fn kinds_present(&self) -> [bool; EventKind::ALL.len()] {
+        self.kinds
+    }
+    fn span(&self) -> Option<(Timestamp, Timestamp)> {
+        self.span
+    }
+    fn default_as_of(&self) -> Option<Timestamp> {
+        self.latest.map(|s| self.table.snapshots[s])
+    }
+    fn events_from(&self, _t: Timestamp) -> usize {
+        0
+    }
+    fn aggregates(&self, times: &[Timestamp]) -> Result<Vec<Vec<UserAggregate>>, AggregatesError> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        times
+            .iter()
+            .map(|&t| {
+                let s = self.table.snapshot_index(t)?;
+                taken[s].take().ok_or_else(|| self.used(t))
+            })
+            .collect()
+    }
+    fn active_in_window(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        def: ChurnDefinition,
+    ) -> Result<Vec<bool>, AggregatesError> {
+        let s = self.table.snapshot_index(start)?;
+        let days = self.table.horizon_days;
+        if end - start != i64::from(days) * DAY {
+            return Err(AggregatesError::Horizon {
+                path: self.table.path.clone(),
+                wanted: ((end - start) / DAY) as u32,
+                found: days,
+            });
+        }
+        let counts = match def {
+            ChurnDefinition::NoOrder => &self.table.label_orders[s],
+            ChurnDefinition::NoActivity => &self.table.label_events[s],
+        };
+        Ok(counts.iter().map(|&n| n > 0).collect())
+    }
+}
+
+/// The snapshot times training uses for score time `as_of` and a horizon of `horizon_days`:
+/// `as_of - 2H`, `as_of - H` and `as_of`.
+pub fn training_snapshots(as_of: Timestamp, horizon_days: u32) -> Vec<Timestamp> {
+    let h = i64::from(horizon_days) * DAY;
+    vec![as_of - 2 * h, as_of - h, as_of]
+}
+
+/// Writes every user's aggregate at each time in `times`, with the counts of the label window
+/// `[t, t + horizon_days)`, to `writer` (snapshot by snapshot, users in index order); the rows
+/// written.
+pub fn export_aggregates(
+    table: &EventTable,
+    times: &[Timestamp],
+    horizon_days: u32,
+    writer: &mut AggregatesWriter,
+) -> Result<u64, AggregatesError> {
+    let aggs = build_aggregates(table, times);
+    let h = i64::from(horizon_days) * DAY;
+    let mut rows = 0;
+    for (snap, &t) in aggs.iter().zip(times) {
+        let (mut orders, mut events) = (vec![0u32; table.n_users()], vec![0u32; table.n_users()]);
+        for i in 0..table.len() {
+            if table.ts[i] >= t && table.ts[i] < t + h {
+                let u = table.user[i] as usize;
+                events[u] = events[u].saturating_add(1);
+                if table.kind[i] == EventKind::Order {
+                    orders[u] = orders[u].saturating_add(1);
+                }
+            }
+        }
+        for (u, agg) in snap.iter().enumerate() {
+            writer.write(&AggregateRow {
+                user_id: table.user_ids[u].clone(),
+                snapshot: t,
+                horizon_days,
+                agg: *agg,
+                label_orders: orders[u],
+                label_events: events[u],
+            })?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}

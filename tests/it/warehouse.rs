@@ -1,0 +1,244 @@
+//! The warehouse path (issue 16): `tiering features` writes the aggregates table from events,
+//! and `train --aggregates` on that table trains the same model as `train --data` on the
+//! events; bad tables are refused naming the column and the file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use tiering::bundle::{BundleStore, Manifest};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tiering"))
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn tiering");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "command failed: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn tiering");
+    assert!(!out.status.success(), "command succeeded: {cmd:?}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+const AS_OF: &str = "2026-07-01T00:00:00Z";
+
+fn generate(dir: &Path, users: u32, seed: u64) {
+    run(bin()
+        .args(["generate", "--users", &users.to_string(), "--days", "150"])
+        .args(["--seed", &seed.to_string(), "--end", "2026-06-30"])
+        .args(["--format", "parquet", "--out"])
+        .arg(dir));
+}
+
+fn features(data: &Path, out: &Path) -> String {
+    run(bin()
+        .args(["features", "--as-of", AS_OF, "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out))
+}
+
+/// Each user's tier id in the current bundle's scored snapshot, and its manifest.
+fn tiers_and_manifest(models: &Path) -> (HashMap<String, String>, Manifest) {
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let store = BundleStore::new(models);
+    let bundle = store.load_current().expect("current bundle");
+    let scores = store.dir(&bundle.manifest.version).join("scores.parquet");
+    let file = std::fs::File::open(scores).expect("scores");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut tiers = HashMap::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids = batch.column_by_name("user_id").unwrap().as_string::<i32>();
+        let tier = batch.column_by_name("tier_id").unwrap().as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            tiers.insert(ids.value(i).to_string(), tier.value(i).to_string());
+        }
+    }
+    (tiers, bundle.manifest.clone())
+}
+
+#[test]
+fn training_on_the_exported_aggregates_gives_the_same_tiers_and_evaluation_as_on_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 2500, 11);
+    let table = dir.path().join("aggregates.parquet");
+    let said = features(&data, &table);
+    assert!(said.contains("x 3 snapshots"), "{said}");
+
+    let (from_events, from_table) = (dir.path().join("a"), dir.path().join("b"));
+    run(bin()
+        .args(["train", "--as-of", AS_OF, "--seed", "5", "--data"])
+        .arg(&data)
+        .arg("--models")
+        .arg(&from_events));
+    run(bin()
+        .args(["train", "--seed", "5", "--aggregates"])
+        .arg(&table)
+        .arg("--models")
+        .arg(&from_table));
+    let (tiers_a, ma) = tiers_and_manifest(&from_events);
+    let (tiers_b, mb) = tiers_and_manifest(&from_table);
+    assert_eq!(
+        ma.as_of_ts, mb.as_of_ts,
+        "the table's latest snapshot is --as-of"
+    );
+    assert_eq!(tiers_a.len(), 2500);
+    assert_eq!(tiers_a, tiers_b, "same tier for every user");
+    assert_eq!(ma.metrics.evaluation, mb.metrics.evaluation);
+    assert_eq!(ma.metrics.models.len(), mb.metrics.models.len());
+    for (a, b) in ma.metrics.models.iter().zip(&mb.metrics.models) {
+        assert_eq!(a.name, b.name);
+        let (x, y) = (a.metrics.roc_auc, b.metrics.roc_auc);
+        assert!((x - y).abs() <= 1e-6, "{}: AUC {x} vs {y}", a.name);
+    }
+    assert_eq!(ma.metrics.chosen_model, mb.metrics.chosen_model);
+}
+
+#[test]
+fn score_on_the_aggregates_table_writes_part_files_with_every_user() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 1500, 3);
+    let table = dir.path().join("aggregates.parquet");
+    features(&data, &table);
+    let models = dir.path().join("models");
+    run(bin()
+        .args(["train", "--aggregates"])
+        .arg(&table)
+        .arg("--models")
+        .arg(&models));
+    let out = dir.path().join("scored");
+    let said = run(bin()
+        .args(["score", "--rows-per-part", "400", "--aggregates"])
+        .arg(&table)
+        .arg("--models")
+        .arg(&models)
+        .arg("--out")
+        .arg(&out));
+    assert!(said.contains("scored 1500 users"), "{said}");
+    let mut parts: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    let rows: i64 = parts
+        .iter()
+        .map(|p| {
+            let r = SerializedFileReader::new(std::fs::File::open(p).unwrap()).unwrap();
+            r.metadata().file_metadata().num_rows()
+        })
+        .collect::<Vec<_>>()
+        .iter()
+        .sum();
+    assert_eq!(rows, 1500);
+}
+
+/// Rewrites the table at `from` to `to` with DuckDB-free means: the Arrow batches with one
+/// column dropped or retyped.
+fn rewrite(
+    from: &Path,
+    to: &Path,
+    edit: impl Fn(
+        arrow_schema::Schema,
+        Vec<arrow_array::ArrayRef>,
+    ) -> (arrow_schema::Schema, Vec<arrow_array::ArrayRef>),
+) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(from).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut writer = None;
+    for batch in reader {
+        let batch = batch.unwrap();
+        let (schema, cols) = edit(batch.schema().as_ref().clone(), batch.columns().to_vec());
+        let schema = Arc::new(schema);
+        let w = writer.get_or_insert_with(|| {
+            ArrowWriter::try_new(std::fs::File::create(to).unwrap(), schema.clone(), None).unwrap()
+        });
+        w.write(&arrow_array::RecordBatch::try_new(schema, cols).unwrap())
+            .unwrap();
+    }
+    writer.unwrap().close().unwrap();
+}
+
+#[test]
+fn a_missing_column_a_wrong_type_and_an_absent_snapshot_are_named_with_the_column_and_the_file() {
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 600, 9);
+    let table = dir.path().join("aggregates.parquet");
+    features(&data, &table);
+    let models = dir.path().join("models");
+    let train = |t: &Path| {
+        fails(
+            bin()
+                .args(["train", "--aggregates"])
+                .arg(t)
+                .arg("--models")
+                .arg(&models),
+        )
+    };
+
+    let missing = dir.path().join("missing.parquet");
+    rewrite(&table, &missing, |s, mut cols| {
+        let i = s.index_of("orders").unwrap();
+        cols.remove(i);
+        let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.remove(i);
+        (Schema::new(fields), cols)
+    });
+    let e = train(&missing);
+    assert!(e.contains("missing column \"orders\""), "{e}");
+    assert!(e.contains("missing.parquet"), "{e}");
+
+    let retyped = dir.path().join("retyped.parquet");
+    rewrite(&table, &retyped, |s, mut cols| {
+        let i = s.index_of("spend").unwrap();
+        let text: arrow_array::StringArray = (0..cols[i].len()).map(|_| Some("1.0")).collect();
+        cols[i] = Arc::new(text);
+        let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[i] = Field::new("spend", DataType::Utf8, false);
+        (Schema::new(fields), cols)
+    });
+    let e = train(&retyped);
+    assert!(
+        e.contains("column \"spend\" has type Utf8, expected Float64"),
+        "{e}"
+    );
+    assert!(e.contains("retyped.parquet"), "{e}");
+
+    // --as-of one day later: its snapshots are not in the table.
+    let e = fails(
+        bin()
+            .args(["train", "--as-of", "2026-07-02T00:00:00Z", "--aggregates"])
+            .arg(&table)
+            .arg("--models")
+            .arg(&models),
+    );
+    assert!(
+        e.contains("snapshot 2026-05-03T00:00:00Z (column \"snapshot\") is not in the table"),
+        "{e}"
+    );
+    assert!(e.contains("aggregates.parquet"), "{e}");
+}

@@ -16,20 +16,9 @@ use std::io::{self, Write};
 use tiering::pb as proto;
 use unicode_width::UnicodeWidthStr;
 
-/// The CSV header (and the keys of the JSON objects).
-pub const COLUMNS: [&str; 11] = [
-    "user_id",
-    "churn_probability",
-    "risk_level",
-    "risk_percentile",
-    "tier_id",
-    "tier_name",
-    "tier_name_zh",
-    "lifecycle_stage",
-    "rfm_segment",
-    "reasons",
-    "playbook",
-];
+/// The CSV header (and the keys of the JSON objects); the rows are the library's, shared with
+/// the HTTP API's CSV download.
+pub use tiering::serve::http::csv::{csv_row, value_text, COLUMNS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ListFormat {
@@ -61,36 +50,6 @@ pub fn sort_by_risk(users: &mut [proto::UserTier]) {
             .total_cmp(&a.churn_probability)
             .then_with(|| a.user_id.cmp(&b.user_id))
     });
-}
-
-/// `recency_days=+0.42 (81.04); ...`
-pub fn reasons_text(factors: &[proto::Factor]) -> String {
-    factors
-        .iter()
-        .map(|f| {
-            format!(
-                "{}={:+.2} ({})",
-                f.feature,
-                f.contribution,
-                value_text(f.value)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A feature value without noise: `81.04`, `5`, `0.5`.
-fn value_text(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let s = format!("{v:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".to_string()
-    } else {
-        s.to_string()
-    }
 }
 
 pub fn as_of_text(ts: Option<&prost_types::Timestamp>) -> String {
@@ -176,22 +135,6 @@ pub fn write_users(
         }
         ListFormat::Table => write_table(out, users),
     }
-}
-
-fn csv_row(u: &proto::UserTier) -> [String; 11] {
-    [
-        u.user_id.clone(),
-        format!("{:.6}", u.churn_probability),
-        u.risk_level.clone(),
-        format!("{:.2}", u.risk_percentile),
-        u.tier_id.clone(),
-        u.tier_name.clone(),
-        u.tier_name_zh.clone(),
-        u.lifecycle_stage.clone(),
-        u.rfm_segment.clone(),
-        reasons_text(&u.top_factors),
-        u.recommended_actions.join(" | "),
-    ]
 }
 
 fn write_csv(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()> {
@@ -320,6 +263,7 @@ pub fn write_user_table(out: &mut dyn Write, u: &proto::UserTier) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tiering::serve::http::csv::reasons_text;
 
     fn user(id: &str, p: f64) -> proto::UserTier {
         proto::UserTier {

@@ -9,6 +9,7 @@ mod cli_clients;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
+mod http_api;
 #[cfg(feature = "kafka")]
 mod kafka_events;
 mod privacy;

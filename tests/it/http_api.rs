@@ -363,16 +363,27 @@ async fn recorded_events_over_http_reach_the_grpc_answer() {
     server.stop().await.unwrap();
 }
 
+/// A gRPC request with `authorization: Bearer TOKEN` when a token is given.
+pub fn bearer<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    req
+}
+
 /// Every page of ListAtRiskUsers over gRPC with `req`'s filters: users in order.
 pub async fn grpc_walk(
     server: &TestServer,
     mut req: proto::ListAtRiskUsersRequest,
+    token: Option<&str>,
 ) -> Vec<proto::UserTier> {
     let mut grpc = server.client().await;
     let mut users = Vec::new();
     for _ in 0..1000 {
         let mut stream = grpc
-            .list_at_risk_users(req.clone())
+            .list_at_risk_users(bearer(req.clone(), token))
             .await
             .unwrap()
             .into_inner();
@@ -394,7 +405,7 @@ pub async fn grpc_walk(
 #[tokio::test]
 async fn at_risk_pages_over_http_equal_the_grpc_walk_with_the_same_filters() {
     let (_dirs, server, http) = served().await;
-    let all = grpc_walk(&server, proto::ListAtRiskUsersRequest::default()).await;
+    let all = grpc_walk(&server, proto::ListAtRiskUsersRequest::default(), None).await;
     let tier = all[0].tier_id.clone();
     let want = grpc_walk(
         &server,
@@ -404,6 +415,7 @@ async fn at_risk_pages_over_http_equal_the_grpc_walk_with_the_same_filters() {
             limit: 7,
             ..Default::default()
         },
+        None,
     )
     .await;
     assert!(want.len() > 7, "the walk has several pages");
@@ -458,7 +470,7 @@ fn the_csv_download_is_byte_for_byte_tiering_at_risk_format_csv() {
         default_page_size: 16,
         ..dirs.config()
     }));
-    let tier = rt.block_on(grpc_walk(&server, Default::default()))[0]
+    let tier = rt.block_on(grpc_walk(&server, Default::default(), None))[0]
         .tier_id
         .clone();
     for (query, args) in [
@@ -473,11 +485,17 @@ fn the_csv_download_is_byte_for_byte_tiering_at_risk_format_csv() {
         assert_eq!(r.headers["content-type"], "text/csv; charset=utf-8");
         assert_eq!(r.headers["transfer-encoding"], "chunked", "streamed");
         let url = format!("http://{}", server.addr);
-        let head = ["at-risk", "--server", url.as_str(), "--format", "csv"];
-        let mut cli: Vec<&std::ffi::OsStr> = head.iter().map(std::ffi::OsStr::new).collect();
-        cli.extend(args.iter().map(std::ffi::OsStr::new));
-        let (ok, out) = crate::helpers::tiering_cli(&cli);
-        assert!(ok, "{out}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+            .args(["at-risk", "--server", &url, "--format", "csv"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = String::from_utf8(out.stdout).unwrap();
         assert!(out.lines().count() > 17, "more rows than one page");
         assert_eq!(r.text(), out);
     }

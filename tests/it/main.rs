@@ -6,6 +6,7 @@ mod at_rest;
 mod at_risk_ranking;
 mod bad_input;
 mod cli_clients;
+mod console;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;

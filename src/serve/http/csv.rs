@@ -37,9 +37,9 @@ pub const COLUMNS: [&str; 11] = [
 pub fn csv_row(u: &proto::UserTier) -> [String; 11] {
     [
         u.user_id.clone(),
-        format!("{:.6}", u.churn_probability),
+        format!("{:.6}", u.churn_probability + 0.0),
         u.risk_level.clone(),
-        format!("{:.2}", u.risk_percentile),
+        format!("{:.2}", u.risk_percentile + 0.0),
         u.tier_id.clone(),
         u.tier_name.clone(),
         u.tier_name_zh.clone(),
@@ -58,7 +58,9 @@ pub fn reasons_text(factors: &[proto::Factor]) -> String {
             format!(
                 "{}={:+.2} ({})",
                 f.feature,
-                f.contribution,
+                // `+ 0.0` turns -0.0 into 0.0: proto3 does not send a zero, so a gRPC client
+                // (`tiering at-risk`) reads +0.00 where the server held -0.00.
+                f.contribution + 0.0,
                 value_text(f.value)
             )
         })

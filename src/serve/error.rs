@@ -283,7 +283,7 @@ pub enum ServeError {
     },
     /// The HTTP API could not read the proto descriptors (a defect of the build).
     #[error("HTTP API: {0}")]
-    HttpApi(#[source] super::http::json::JsonError),
+    HttpApi(String),
     #[error("the gRPC listener: {0}")]
     Listener(#[source] std::io::Error),
     /// The page-token key file or environment variable is unreadable or malformed.

@@ -244,7 +244,7 @@ async fn spawn_http(
     let api = Arc::new(http::Api {
         svc: handlers.clone(),
         auth: auth.clone(),
-        codec: http::json::Codec::new().map_err(ServeError::HttpApi)?,
+        codec: http::json::Codec::new().map_err(|e| ServeError::HttpApi(e.to_string()))?,
         walk_page: config.max_page_size,
     });
     let opts = http::HttpOptions {

@@ -2,7 +2,7 @@
 //! [`super`]): CSRF check, role check, request JSON → proto, the gRPC handler, answer → JSON.
 
 use super::json;
-use super::{Api, Input, Output, Peer, Route, Verb, ROUTES};
+use super::{Api, Input, Meta, Output, Peer, Route, Verb, PASSED_HEADERS, ROUTES};
 use crate::pb as proto;
 use crate::pb::tiering_server::Tiering;
 use crate::serve::error::{code_name, http_status, RequestError, FIELD_METADATA};
@@ -56,28 +56,6 @@ async fn no_route(req: Request) -> Response {
     r
 }
 
-/// What the gRPC handlers see of an HTTP request besides its message: the authenticated caller
-/// (for the audit log) and the metadata they read.
-#[derive(Clone, Default)]
-pub(super) struct Meta {
-    caller: Option<crate::serve::auth::Caller>,
-    headers: HeaderMap,
-}
-
-/// Request headers passed on to the handlers as gRPC metadata.
-const PASSED_HEADERS: &[&str] = &[crate::serve::service::WAIT_APPLIED_HEADER, "x-request-id"];
-
-impl Meta {
-    pub(super) fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(self.headers.clone());
-        if let Some(c) = &self.caller {
-            req.extensions_mut().insert(c.clone());
-        }
-        req
-    }
-}
-
 async fn answer(
     api: &Arc<Api>,
     route: &'static Route,
@@ -124,7 +102,7 @@ async fn answer(
             Ok(json_response(StatusCode::OK, &json))
         }
         Output::AtRiskPage => {
-            let req = api.codec.from_json(route.request, value)?;
+            let req = api.codec.parse_json(route.request, value)?;
             let (users, next) = super::csv::page(api, req, &meta).await?;
             let mut out = Vec::with_capacity(users.len());
             for u in &users {
@@ -141,11 +119,11 @@ async fn answer(
             Ok(json_response(StatusCode::OK, &doc))
         }
         Output::AtRiskCsv => {
-            let req = api.codec.from_json(route.request, value)?;
+            let req = api.codec.parse_json(route.request, value)?;
             super::csv::download(api, req, meta).await
         }
         Output::AtRiskCount => {
-            let req = api.codec.from_json(route.request, value)?;
+            let req = api.codec.parse_json(route.request, value)?;
             let n = super::csv::count(api, req, &meta).await?;
             let doc = serde_json::json!({"matched": n.to_string()});
             Ok(json_response(StatusCode::OK, &doc))
@@ -157,7 +135,7 @@ async fn answer(
 async fn unary(api: &Api, route: &Route, value: Value, meta: &Meta) -> Result<Vec<u8>, Status> {
     macro_rules! call {
         ($method:ident, $T:ty) => {{
-            let msg: $T = api.codec.from_json(route.request, value)?;
+            let msg: $T = api.codec.parse_json(route.request, value)?;
             api.svc
                 .$method(meta.request(msg))
                 .await

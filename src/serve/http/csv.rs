@@ -8,8 +8,7 @@
 //! terminating chunk, so a client can tell a cut download from a whole one; an error on the
 //! first page is an ordinary JSON error answer.
 
-use super::api::Meta;
-use super::Api;
+use super::{Api, Meta};
 use crate::pb as proto;
 use crate::pb::tiering_server::Tiering;
 use axum::body::{Body, Bytes};

@@ -69,7 +69,7 @@ impl Codec {
     }
 
     /// A typed message from its JSON; unknown fields are refused.
-    pub(crate) fn from_json<M: Message + Default>(
+    pub(crate) fn parse_json<M: Message + Default>(
         &self,
         name: &str,
         value: Value,
@@ -189,7 +189,7 @@ mod tests {
         let codec = Codec::new().unwrap();
         let body = serde_json::json!({"events": [{"userId": "u", "ts": "yesterday"}]});
         let e = codec
-            .from_json::<proto::RecordEventsRequest>("RecordEventsRequest", body)
+            .parse_json::<proto::RecordEventsRequest>("RecordEventsRequest", body)
             .unwrap_err();
         match e {
             RequestError::InvalidArgument { field, .. } => assert_eq!(field, "events[0].ts"),
@@ -209,7 +209,7 @@ mod tests {
         )
         .unwrap();
         let req: proto::ListAtRiskUsersRequest = codec
-            .from_json("ListAtRiskUsersRequest", Value::Object(m))
+            .parse_json("ListAtRiskUsersRequest", Value::Object(m))
             .unwrap();
         assert_eq!(req.tier_ids, vec!["a", "b"]);
         assert_eq!(req.min_churn_probability, 0.5);

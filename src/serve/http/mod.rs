@@ -251,6 +251,29 @@ pub const ROUTES: &[Route] = &[
     ),
 ];
 
+/// What the gRPC handlers see of an HTTP request besides its message: the authenticated caller
+/// (for the audit log) and the metadata they read.
+#[derive(Clone, Default)]
+pub(crate) struct Meta {
+    pub(super) caller: Option<crate::serve::auth::Caller>,
+    pub(super) headers: axum::http::HeaderMap,
+}
+
+/// Request headers passed on to the handlers as gRPC metadata.
+pub(super) const PASSED_HEADERS: &[&str] =
+    &[crate::serve::service::WAIT_APPLIED_HEADER, "x-request-id"];
+
+impl Meta {
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(self.headers.clone());
+        if let Some(c) = &self.caller {
+            req.extensions_mut().insert(c.clone());
+        }
+        req
+    }
+}
+
 /// What the HTTP side shares.
 pub(crate) struct Api {
     pub(crate) svc: TieringService,

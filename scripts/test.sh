@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests start (Debian's redis-server and
-# redis-cli; the Kafka tests use librdkafka's in-process mock cluster, built with the `kafka`
-# feature), then runs every test. Nothing is skipped: a test that needs an engine fails when it
+# redis-cli; Debian's chromium and chromium-driver for the web console's browser test; the Kafka
+# tests use librdkafka's in-process mock cluster, built with the `kafka` feature), then runs
+# every test. Nothing is skipped: a test that needs an engine fails when it
 # is missing.
 #
 # One build serves the whole suite: the tests run with `--features kafka`; the default (pure
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (apt-get)"
   sudo=""

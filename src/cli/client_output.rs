@@ -22,42 +22,9 @@ use std::io::{self, Write};
 use tiering::pb as proto;
 use unicode_width::UnicodeWidthStr;
 
-/// The CSV header (and the keys of the JSON objects).
-pub const COLUMNS: [&str; 17] = [
-    "user_id",
-    "churn_probability",
-    "risk_level",
-    "risk_percentile",
-    "tier_id",
-    "tier_name",
-    "tier_name_zh",
-    "lifecycle_stage",
-    "rfm_segment",
-    "reasons",
-    "playbook",
-    "clv",
-    "expected_orders",
-    "p_alive",
-    "value_at_risk",
-    "interests",
-    "channels",
-];
-
-/// `category=score; ...` (the CSV's `interests`).
-pub fn interests_text(i: &[proto::Interest]) -> String {
-    i.iter()
-        .map(|x| format!("{}={:.2}", x.category, x.score))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// `channel=spend/activity; ...` (the CSV's `channels`).
-pub fn channels_text(c: &[proto::ChannelShare]) -> String {
-    c.iter()
-        .map(|x| format!("{}={:.3}/{:.3}", x.channel, x.spend_share, x.activity_share))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
+/// The CSV header (and the keys of the JSON objects); the rows are the library's, shared with
+/// the HTTP API's CSV download.
+pub use tiering::serve::http::csv::{csv_row, value_text, COLUMNS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ListFormat {
@@ -114,36 +81,6 @@ pub fn sort_users(users: &mut [proto::UserTier], order: AtRiskOrderArg) {
             .total_cmp(&order.value(a))
             .then_with(|| a.user_id.cmp(&b.user_id))
     });
-}
-
-/// `recency_days=+0.42 (81.04); ...`
-pub fn reasons_text(factors: &[proto::Factor]) -> String {
-    factors
-        .iter()
-        .map(|f| {
-            format!(
-                "{}={:+.2} ({})",
-                f.feature,
-                f.contribution,
-                value_text(f.value)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A feature value without noise: `81.04`, `5`, `0.5`.
-fn value_text(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let s = format!("{v:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".to_string()
-    } else {
-        s.to_string()
-    }
 }
 
 pub fn as_of_text(ts: Option<&prost_types::Timestamp>) -> String {
@@ -269,28 +206,6 @@ pub fn write_users(
         }
         ListFormat::Table => write_table(out, users),
     }
-}
-
-fn csv_row(u: &proto::UserTier) -> [String; 17] {
-    [
-        u.user_id.clone(),
-        format!("{:.6}", u.churn_probability),
-        u.risk_level.clone(),
-        format!("{:.2}", u.risk_percentile),
-        u.tier_id.clone(),
-        u.tier_name.clone(),
-        u.tier_name_zh.clone(),
-        u.lifecycle_stage.clone(),
-        u.rfm_segment.clone(),
-        reasons_text(&u.top_factors),
-        u.recommended_actions.join(" | "),
-        format!("{:.2}", u.clv),
-        format!("{:.4}", u.expected_orders),
-        format!("{:.4}", u.p_alive),
-        format!("{:.2}", u.value_at_risk),
-        interests_text(&u.interests),
-        channels_text(&u.channels),
-    ]
 }
 
 fn write_csv(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()> {
@@ -456,6 +371,7 @@ pub fn write_user_table(out: &mut dyn Write, u: &proto::UserTier) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tiering::serve::http::csv::reasons_text;
 
     fn user(id: &str, p: f64) -> proto::UserTier {
         proto::UserTier {

@@ -42,7 +42,7 @@ enum Command {
     /// Score every user of a data set offline with a bundle (CSV or Parquet out).
     Score(score::ScoreArgs),
     /// Serve tiers and churn probabilities over gRPC from MODELS/CURRENT.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Apply the Kafka event topic to the shared state (a consumer group member; feature kafka).
     Aggregate(aggregate::AggregateArgs),
     /// Check, repair, back up or restore a server's state directory.
@@ -73,7 +73,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Features(args) => features::run(args),
         Command::Score(args) => score::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Models(args) => models::run(args),
         Command::Keys(args) => keys::run(args),
         Command::State(args) => state::run(args),

@@ -132,6 +132,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         models: Some(models),
         listen: Some(args.listen),
         metrics_listen: Some(args.metrics_listen),
+        http_listen: None,
         state: Some(state),
         reseed_state: false,
         redis_ca_file: None,

@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the HTTP/JSON API (http://ADDR/v1/...) and the web console (http://ADDR/) here,
+    /// with the same TLS, tokens and roles as gRPC.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
     /// Per-user state: a directory (snapshot + event log; default: `state` beside MODELS), or a
     /// shared Redis for several replicas: redis://HOST:PORT[/DB] or
     /// redis+cluster://HOST:PORT,HOST:PORT,... (seed nodes); rediss:// and rediss+cluster:// over
@@ -101,6 +105,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = args.metrics_listen {
         config.metrics_listen = Some(m);
+    }
+    if let Some(h) = args.http_listen {
+        config.http_listen = Some(h);
     }
     if let Some(s) = args.state {
         config.state_dir = Some(s);

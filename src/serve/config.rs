@@ -6,6 +6,7 @@
 //! models = "models"
 //! listen = "127.0.0.1:50051"
 //! metrics_listen = "127.0.0.1:9090"
+//! http_listen = "127.0.0.1:8080"   # HTTP/JSON API and web console
 //! state_dir = "state"
 //! now = "2024-06-01"            # quote it: a bare TOML date is not a string
 //! max_batch_size = 1000
@@ -114,6 +115,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Prometheus text metrics at `GET /metrics` on this address; none when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The HTTP/JSON API (`/v1/...`) and the web console (`/`) on this address, behind the same
+    /// TLS, tokens and roles as gRPC (see [`super::http`]); none when unset.
+    pub http_listen: Option<SocketAddr>,
     /// Per-user state, the source of truth once seeded: a directory (snapshot + write-ahead
     /// log; the default: a `state` directory next to the models directory, `MODELS/../state`,
     /// see [`ServeConfig::state_dir`]), or a shared Redis: `redis://HOST:PORT[/DB]` or
@@ -286,6 +290,7 @@ impl Default for ServeConfig {
             models: PathBuf::from("models"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: None,
+            http_listen: None,
             state_dir: None,
             reseed_state: false,
             backend_timeout_ms: 2000,

@@ -181,7 +181,75 @@ impl From<RequestError> for tonic::Status {
         } else {
             tracing::debug!(code = ?code, error = %message, "request refused");
         }
-        tonic::Status::new(code, message)
+        let field = e.field().and_then(|f| f.parse().ok());
+        let mut status = tonic::Status::new(code, message);
+        if let Some(field) = field {
+            status.metadata_mut().insert(FIELD_METADATA, field);
+        }
+        status
+    }
+}
+
+/// Status metadata naming the request field an error is about (`user_ids`, `events[3].ts`):
+/// the HTTP API puts it in its error body's `field` ([`super::http`]); gRPC clients see it in
+/// the trailers.
+pub const FIELD_METADATA: &str = "tiering-field";
+
+impl RequestError {
+    /// The request field this error is about, when it is about one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            RequestError::InvalidArgument { field, .. } => Some(field),
+            RequestError::TooMany { field, .. } => Some(field),
+            RequestError::PageVersionGone { .. } => Some("page_token"),
+            _ => None,
+        }
+    }
+}
+
+/// The HTTP status of a gRPC code on the HTTP/JSON API: the mapping of `google.rpc.Code`'s
+/// documentation (and grpc-gateway's), so HTTP clients can branch on the status alone and read
+/// the gRPC code from the body. RESOURCE_EXHAUSTED (a batch over `max_batch_size`, a quota, a
+/// full event log) is 429; FAILED_PRECONDITION 400; ABORTED 409.
+pub fn http_status(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}
+
+/// The name of a gRPC code as the proto spells it (`NOT_FOUND`): the HTTP error body's `status`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -208,6 +276,14 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("http_listen {addr}: {source}")]
+    HttpListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The HTTP API could not read the proto descriptors (a defect of the build).
+    #[error("HTTP API: {0}")]
+    HttpApi(String),
     #[error("the gRPC listener: {0}")]
     Listener(#[source] std::io::Error),
     /// The page-token key file or environment variable is unreadable or malformed.

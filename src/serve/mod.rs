@@ -24,6 +24,8 @@
 //! - [`connections`] — the accept loop: connection cap below the descriptor limit, accept
 //!   backoff, idle timeout.
 //! - [`metrics`] — Prometheus metrics and the `GET /metrics` endpoint.
+//! - [`http`] — the HTTP/JSON API and the web console on `http_listen`: every route calls the
+//!   gRPC handlers of [`service`], behind the same TLS and role check.
 //! - [`error`] — [`RequestError`] with its one `From<RequestError> for tonic::Status` table, and
 //!   [`ServeError`] for start-up.
 //!
@@ -53,6 +55,7 @@ pub mod convert;
 pub(crate) mod drift;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod page_token;
 pub mod privacy;
@@ -145,21 +148,21 @@ pub async fn run_with_metrics(
         stop_rx.clone(),
     );
     let privacy_refresh = spawn_privacy_refresh(&privacy, stop_rx.clone());
-    let watchers = spawn_credential_watchers(&config, tls.clone(), auth.clone(), stop_rx);
-    let tiering = crate::pb::tiering_server::TieringServer::new(service::TieringService::new(
-        Arc::new(context(
-            &config,
-            slot,
-            state.clone(),
-            sink.clone(),
-            metrics.clone(),
-            token_keys,
-            ranking,
-            privacy.clone(),
-        )),
-    ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let watchers = spawn_credential_watchers(&config, tls.clone(), auth.clone(), stop_rx.clone());
+    let handlers = service::TieringService::new(Arc::new(context(
+        &config,
+        slot,
+        state.clone(),
+        sink.clone(),
+        metrics.clone(),
+        token_keys,
+        ranking,
+        privacy.clone(),
+    )));
+    let http = spawn_http(&config, &handlers, &tls, &auth, stop_rx.clone()).await?;
+    let tiering = crate::pb::tiering_server::TieringServer::new(handlers)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
 
     tracing::info!(%addr, models = %config.models.display(), "serving gRPC");
     let drain_health = health.clone();
@@ -205,6 +208,9 @@ pub async fn run_with_metrics(
 
     let _ = stop_tx.send(true);
     background.join().await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     for w in watchers {
         let _ = w.await;
     }
@@ -217,6 +223,44 @@ pub async fn run_with_metrics(
     final_snapshot(&state).await;
     served?;
     Ok(())
+}
+
+/// The HTTP/JSON API and console on `http_listen`, when set, until `stop` fires.
+async fn spawn_http(
+    config: &ValidServeConfig,
+    handlers: &service::TieringService,
+    tls: &Option<Arc<tls::Tls>>,
+    auth: &Option<Arc<auth::Auth>>,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
+    let Some(addr) = config.http_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::HttpListen { addr, source })?;
+    let bound = listener.local_addr().map_err(ServeError::Listener)?;
+    check_exposure(config, bound, tls.is_some(), auth.is_some())?;
+    let api = Arc::new(http::Api {
+        svc: handlers.clone(),
+        auth: auth.clone(),
+        codec: http::json::Codec::new().map_err(|e| ServeError::HttpApi(e.to_string()))?,
+        walk_page: config.max_page_size,
+    });
+    let opts = http::HttpOptions {
+        max_connections: conn_limits(config).max_connections,
+        max_body_bytes: config.max_message_bytes,
+        tls_handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    tracing::info!(addr = %bound, tls = tls.is_some(), "serving the HTTP/JSON API and the web console");
+    Ok(Some(tokio::spawn(http::serve(
+        listener,
+        api,
+        tls.clone(),
+        opts,
+        stop,
+    ))))
 }
 
 /// The tasks that keep the writes' and the backend's health current until `stop` fires.

@@ -6,9 +6,11 @@ mod at_rest;
 mod at_risk_ranking;
 mod bad_input;
 mod cli_clients;
+mod console;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
+mod http_api;
 mod interests;
 #[cfg(feature = "kafka")]
 mod kafka_events;

@@ -201,7 +201,26 @@ impl Auth {
     /// The decision for one call: `Ok` to pass it on (with the caller's identity when the
     /// method needs a role), or the status to answer.
     fn check<B>(&self, req: &http::Request<B>) -> Result<Option<Caller>, tonic::Status> {
-        let path = req.uri().path();
+        let peer_names = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.peer_names.clone());
+        self.check_call(
+            req.uri().path(),
+            req.headers().get(http::header::AUTHORIZATION),
+            peer_names,
+        )
+    }
+
+    /// [`Auth::check`] for a call that did not come through the gRPC layer: the HTTP API
+    /// ([`super::http`]) checks each route as the RPC it maps to (`path` is that RPC's gRPC path),
+    /// with the request's `Authorization` header and the connection's client-certificate names.
+    pub(crate) fn check_call(
+        &self,
+        path: &str,
+        authorization: Option<&http::HeaderValue>,
+        peer_names: Option<Arc<[String]>>,
+    ) -> Result<Option<Caller>, tonic::Status> {
         let role = match access_for(path) {
             Some(Access::Open) => return Ok(None),
             Some(Access::Reflection) if self.settings.reflection => return Ok(None),
@@ -213,7 +232,7 @@ impl Auth {
             }
         };
         let keys = self.keys.load();
-        let principal = match credentials(&keys, req) {
+        let principal = match credentials(&keys, authorization, peer_names) {
             Ok(p) => p,
             Err(why) => {
                 self.metrics.refused("unauthenticated");
@@ -249,11 +268,12 @@ impl Auth {
 pub struct Caller(pub Arc<str>);
 
 /// The caller: the bearer token when one is sent, else the client certificate's identity.
-fn credentials<'k, B>(
+fn credentials<'k>(
     keys: &'k Keys,
-    req: &http::Request<B>,
+    authorization: Option<&http::HeaderValue>,
+    peer_names: Option<Arc<[String]>>,
 ) -> Result<&'k Principal, &'static str> {
-    if let Some(value) = req.headers().get(http::header::AUTHORIZATION) {
+    if let Some(value) = authorization {
         let token = value
             .to_str()
             .ok()
@@ -262,11 +282,7 @@ fn credentials<'k, B>(
             .ok_or("the authorization header is not `Bearer TOKEN`")?;
         return keys.by_token(token).ok_or("unknown token");
     }
-    let names = req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|c| c.peer_names.clone());
-    match names {
+    match peer_names {
         Some(names) => keys
             .by_identity(names.iter().map(String::as_str))
             .ok_or("the client certificate names no identity in the keys file"),

@@ -36,7 +36,7 @@ fn compress(customers: &[Customer], scale: f64) -> Compressed {
         *counts.entry(key).or_insert(0.0) += 1.0;
     }
     let mut keyed: Vec<_> = counts.into_iter().collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|a| a.0);
     let mut xs: Vec<f64> = keyed.iter().map(|(k, _)| f64::from_bits(k.0)).collect();
     xs.sort_by(f64::total_cmp);
     xs.dedup();

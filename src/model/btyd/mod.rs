@@ -134,8 +134,7 @@ impl ValueModel {
         horizon_days: f64,
         monthly_discount: f64,
     ) -> Result<ValueModel, BtydError> {
-        if !(horizon_days > 0.0 && horizon_days <= 3650.0)
-            || !(0.0..1.0).contains(&monthly_discount)
+        if !(horizon_days > 0.0 && horizon_days <= 3650.0 && (0.0..1.0).contains(&monthly_discount))
         {
             return Err(BtydError::BadHorizon(horizon_days));
         }
@@ -161,9 +160,10 @@ impl ValueModel {
         if let Some(g) = &self.gamma_gamma {
             g.check()?;
         }
-        if !(self.horizon_days > 0.0 && self.horizon_days <= 3650.0)
-            || !(0.0..1.0).contains(&self.monthly_discount)
-            || !self.mean_order_value.is_finite()
+        if !(self.horizon_days > 0.0
+            && self.horizon_days <= 3650.0
+            && (0.0..1.0).contains(&self.monthly_discount)
+            && self.mean_order_value.is_finite())
         {
             return Err(BtydError::BadHorizon(self.horizon_days));
         }

@@ -155,7 +155,8 @@ pub trait Ranking: Send + Sync {
 
 /// The ranking the server holds, chosen at start.
 pub enum RankingBackend {
-    Memory(memory::MemoryRanking),
+    /// Boxed: it holds its trees inline and is far larger than the Redis handle.
+    Memory(Box<memory::MemoryRanking>),
     Redis(redis::RedisRanking),
 }
 
@@ -212,11 +213,8 @@ pub fn start(
         let task = tokio::spawn(redis::maintain(ranking.clone(), slot.clone(), stop));
         return (ranking, task);
     }
-    let ranking = Arc::new(RankingBackend::Memory(memory::MemoryRanking::new(
-        state.clone(),
-        slot.clone(),
-        config.clock(),
-        settings,
+    let ranking = Arc::new(RankingBackend::Memory(Box::new(
+        memory::MemoryRanking::new(state.clone(), slot.clone(), config.clock(), settings),
     )));
     let task = tokio::spawn(refresh(
         ranking.clone(),

@@ -440,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_and_json_end_with_the_value_figures() {
+    fn csv_and_json_carry_the_value_figures_before_the_interests() {
         let mut u = user("a", 0.5);
         (u.clv, u.expected_orders, u.p_alive, u.value_at_risk) = (120.456, 1.5, 0.8, 60.228);
         let mut out = Vec::new();
@@ -448,11 +448,12 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let header = text.lines().next().unwrap();
         assert!(
-            header.ends_with(",clv,expected_orders,p_alive,value_at_risk"),
+            header.ends_with(",clv,expected_orders,p_alive,value_at_risk,interests,channels"),
             "{header}"
         );
         let row = text.lines().nth(1).unwrap();
-        assert!(row.ends_with(",120.46,1.5000,0.8000,60.23"), "{row}");
+        // No interests and no channel mix: two empty cells after the value figures.
+        assert!(row.ends_with(",120.46,1.5000,0.8000,60.23,,"), "{row}");
         let mut out = Vec::new();
         write_users(&mut out, &[u], ListFormat::Jsonl).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

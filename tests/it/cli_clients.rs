@@ -256,10 +256,19 @@ impl Served {
         self.ws.path()
     }
 
-    /// `tiering at-risk --server URL ARGS...`, expecting success.
+    /// `tiering at-risk --server URL ARGS...` in churn order with churned users kept (the
+    /// list these tests check; the default is the saveable list by value at risk), expecting
+    /// success.
     fn at_risk(&self, args: &[&str]) -> String {
         let url = self.url();
-        let mut all = vec!["at-risk", "--server", url.as_str()];
+        let mut all = vec![
+            "at-risk",
+            "--server",
+            url.as_str(),
+            "--order-by",
+            "churn-probability",
+            "--include-churned",
+        ];
         all.extend_from_slice(args);
         ok(self.dir(), &all)
     }

@@ -335,6 +335,8 @@ async fn the_console_signs_in_filters_downloads_opens_a_user_and_speaks_chinese_
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_tiering"))
             .args(["at-risk", "--server", &grpc_url])
+            // The console's list: the gRPC default order, churned users kept.
+            .args(["--order-by", "churn-probability", "--include-churned"])
             .args(["--format", "csv", "--min-probability", "0", "--tier", &t])
             .env("TIERING_TOKEN", &tok)
             .output()

@@ -487,6 +487,8 @@ fn the_csv_download_is_byte_for_byte_tiering_at_risk_format_csv() {
         let url = format!("http://{}", server.addr);
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
             .args(["at-risk", "--server", &url, "--format", "csv"])
+            // The download's list: the gRPC default order, churned users kept.
+            .args(["--order-by", "churn-probability", "--include-churned"])
             .args(&args)
             .output()
             .unwrap();

@@ -27,9 +27,9 @@ trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
 PY=$(warehouse/setup-venv.sh ${SPARK:+--spark} | tail -n 1)
 echo "== venv ready in $(( $(date +%s) - started )) s"
-BIN=${TIERING_BIN:-$ROOT/target/debug/tiering}
+BIN=${TIERING_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/tiering}
 if [[ -z "${TIERING_BIN:-}" ]]; then
-    cargo build --features kafka --bin tiering
+    cargo build --locked --features kafka --bin tiering
 fi
 
 "$BIN" generate --users "$USERS" --days 150 --seed 16 --end 2026-06-30 --format parquet \

@@ -541,3 +541,20 @@ pub fn state_cli(action: &str, state: &Path, extra: &[&str]) -> (bool, String) {
     }
     result
 }
+
+/// The `tiering` binary, as a command to add arguments to.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tiering"))
+}
+
+/// Runs `cmd`, expecting success; its stdout (the failure names the command and both streams).
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("spawn tiering");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "command failed: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

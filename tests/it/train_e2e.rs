@@ -3,24 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tiering::bundle::{BundleError, BundleStore, MODEL, STATE};
 use tiering::features::{build_aggregates, Event, EventKind, EventTable, FeatureSet, DAY};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tiering"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn tiering");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "command failed: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use crate::helpers::{bin, run};
 
 fn generate(dir: &Path, users: u32, seed: u64) {
     run(bin()

@@ -4,24 +4,10 @@
 //! server, given the same events through `RecordEvents`, builds the aggregate training builds.
 
 use std::path::Path;
-use std::process::Command;
 use tiering::bundle::BundleStore;
 use tiering::features::{format_rfc3339, DAY};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tiering"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn tiering");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "command failed: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use crate::helpers::{bin, run};
 
 /// `tiering generate` (2,000 users, 150 days, seed 11) into `dir` with `extra` flags.
 fn generate(dir: &Path, extra: &[&str]) {

@@ -7,20 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use tiering::bundle::{BundleStore, Manifest};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tiering"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn tiering");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "command failed: {cmd:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use crate::helpers::{bin, run};
 
 fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn tiering");

@@ -12,9 +12,13 @@ pub struct AggregateArgs {
     /// The event topic: kafka://BROKER1:9092,BROKER2:9092/TOPIC.
     #[arg(long, value_name = "URL")]
     pub events: String,
-    /// The shared state the events are applied to: redis://HOST:PORT.
+    /// The shared state the events are applied to: redis://HOST:PORT[/DB] or
+    /// redis+cluster://HOST:PORT,...; rediss:// over TLS (see --redis-ca-file, --redis-user,
+    /// --redis-password-file: the same as `tiering serve`'s).
     #[arg(long, value_name = "URL")]
     pub state: String,
+    #[command(flatten)]
+    pub redis: super::serve::RedisAccessArgs,
     /// The shared models directory the replicas serve from: the Redis state's marker is checked
     /// against its record (`redis-state.json`) as a replica does at start.
     #[arg(long, value_name = "DIR")]
@@ -65,7 +69,7 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let state = open_shared_state(&args.state, &args.models).await?;
+        let state = open_shared_state(&args.state, &args.models, args.redis.access()).await?;
         let metrics = Arc::new(AggregatorMetrics::new()?);
         let aggregator = Aggregator::connect(config, metrics.clone())?;
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -104,6 +108,7 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
 async fn open_shared_state(
     url: &str,
     models: &std::path::Path,
+    access: tiering::serve::state::redis::RedisAccess,
 ) -> anyhow::Result<tiering::serve::state::StateBackend> {
     use anyhow::Context;
     use std::sync::Arc;
@@ -122,9 +127,7 @@ async fn open_shared_state(
         models: models.to_path_buf(),
         reseed: false,
         timeout: std::time::Duration::from_secs(2),
-        // The system's roots for rediss://, the `default` user, and the password (if any) from
-        // TIERING_REDIS_PASSWORD.
-        access: tiering::serve::state::redis::RedisAccess::default(),
+        access,
     };
     let state = RedisState::open(opts, metrics)
         .await

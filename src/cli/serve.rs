@@ -8,6 +8,7 @@
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tiering::serve::state::redis::RedisAccess;
 use tiering::serve::ServeConfig;
 
 #[derive(Debug, clap::Args)]
@@ -31,17 +32,8 @@ pub struct ServeArgs {
     /// TLS. No credentials in the URL (refused): see --redis-user and --redis-password-file.
     #[arg(long, value_name = "DIR|URL")]
     pub state: Option<PathBuf>,
-    /// Redis over TLS only: PEM CA certificates the Redis server's certificate must chain to
-    /// (default: the system's roots).
-    #[arg(long, value_name = "FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-    /// Redis state only: the ACL user (default: `default`).
-    #[arg(long, value_name = "NAME")]
-    pub redis_user: Option<String>,
-    /// Redis state only: a file (mode 0600) whose first line is the ACL password; without it the
-    /// password comes from TIERING_REDIS_PASSWORD. There is no password flag.
-    #[arg(long, value_name = "FILE")]
-    pub redis_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub redis: RedisAccessArgs,
     /// Redis state only: start although Redis lost the state the models directory recorded
     /// (wiped, or restored from an older backup), seeding missing users from the bundle.
     #[arg(long)]
@@ -94,6 +86,35 @@ pub struct ServeArgs {
     pub pseudonymize_key_file: Option<PathBuf>,
 }
 
+/// How to reach a Redis state over TLS and as which ACL user: the same flags for `tiering serve`
+/// and `tiering aggregate` (both open the shared state).
+#[derive(Debug, Default, clap::Args)]
+pub struct RedisAccessArgs {
+    /// Redis over TLS only: PEM CA certificates the Redis server's certificate must chain to
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Redis state only: the ACL user (default: `default`).
+    #[arg(long, value_name = "NAME")]
+    pub redis_user: Option<String>,
+    /// Redis state only: a file (mode 0600) whose first line is the ACL password; without it the
+    /// password comes from TIERING_REDIS_PASSWORD. There is no password flag.
+    #[arg(long, value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+}
+
+impl RedisAccessArgs {
+    /// The access settings these flags give (unset flags: the system's roots, the `default`
+    /// user, the password from TIERING_REDIS_PASSWORD if set).
+    pub fn access(self) -> RedisAccess {
+        RedisAccess {
+            ca_file: self.redis_ca_file,
+            user: self.redis_user,
+            password_file: self.redis_password_file,
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServeConfig::load(args.config.as_deref(), std::env::vars())
         .context("loading the configuration")?;
@@ -115,13 +136,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.reseed_state {
         config.reseed_state = true;
     }
-    if let Some(f) = args.redis_ca_file {
+    let access = args.redis.access();
+    if let Some(f) = access.ca_file {
         config.redis_ca_file = Some(f);
     }
-    if let Some(u) = args.redis_user {
+    if let Some(u) = access.user {
         config.redis_user = Some(u);
     }
-    if let Some(f) = args.redis_password_file {
+    if let Some(f) = access.password_file {
         config.redis_password_file = Some(f);
     }
     if let Some(n) = args.now {

@@ -5,7 +5,7 @@
 use crate::helpers::{
     publish, snapshot_of, start_error, user, Dirs, ServerProcess, SpawnOptions, TestServer, NOW,
 };
-use crate::redis_fixture::{RedisCluster, RedisServer};
+use crate::redis_fixture::{password_file, tls_files, RedisCluster, RedisServer};
 use redis::AsyncCommands;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -138,40 +138,6 @@ async fn the_backend_round_trips_users_on_a_standalone_redis() {
         round_trip(&redis.url()).await;
     })
     .await;
-}
-
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it, written into `dir`:
-/// (CA, certificate, key) paths.
-fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "redis CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &ca).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("redis.pem"),
-        dir.join("redis.key"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
-/// A password file (mode 0600) holding `password`.
-fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{password}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

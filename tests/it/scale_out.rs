@@ -7,7 +7,7 @@
 //! `/metrics` shows its consumer lag rising behind a backlog and falling to 0.
 
 use crate::helpers::{publish, user, Dirs, ServerProcess, SpawnOptions, TestServer, NOW, USERS};
-use crate::redis_fixture::RedisServer;
+use crate::redis_fixture::{password_file, tls_files, RedisServer};
 use rdkafka::mocking::MockCluster;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -452,6 +452,123 @@ async fn the_aggregators_lag_gauge_rises_behind_a_backlog_and_falls_to_zero_once
         assert_eq!(
             metric(&text, "tiering_aggregator_undecodable_total"),
             Some(0.0)
+        );
+    })
+    .await;
+}
+
+/// `tiering aggregate` opens a Redis state over TLS as an ACL user with the same flags as
+/// `tiering serve` (`--redis-ca-file`, `--redis-user`, `--redis-password-file`): with a wrong
+/// password it stops at start naming the user (and never the password); with the right one it
+/// applies what a replica on the same TLS Redis publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregator_reaches_a_tls_redis_as_an_acl_user_and_a_wrong_password_stops_it_at_start()
+{
+    bounded(async {
+        let c = cluster("tls");
+        let events = format!("kafka://{}/tls", c.bootstrap_servers());
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = tls_files(dir.path());
+        let redis = tokio::task::spawn_blocking(move || {
+            let acl = [
+                "--user", "default", "off", "--user", "tiering", "on", ">s3cret", "~*", "&*",
+                "+@all",
+            ];
+            RedisServer::start_tls(&cert, &key, &acl)
+        })
+        .await
+        .unwrap();
+        let right = password_file(dir.path(), "right.pw", "s3cret");
+        let wrong = password_file(dir.path(), "wrong.pw", "not-the-password");
+        let (ca, right, wrong) = (
+            ca.to_string_lossy().into_owned(),
+            right.to_string_lossy().into_owned(),
+            wrong.to_string_lossy().into_owned(),
+        );
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let models = dirs.models().to_string_lossy().into_owned();
+        // The replica seeds the TLS Redis (the aggregator refuses an unseeded state).
+        let server = ServerProcess::spawn_with(
+            &dirs,
+            &[
+                ("TIERING__EVENTS", events.as_str()),
+                ("TIERING__EVENTS_LINGER_MS", "0"),
+                ("TIERING__REDIS_CA_FILE", ca.as_str()),
+                ("TIERING__REDIS_USER", "tiering"),
+                ("TIERING__REDIS_PASSWORD_FILE", right.as_str()),
+            ],
+            SpawnOptions {
+                state: Some(redis.tls_url()),
+                ..SpawnOptions::default()
+            },
+        );
+        let mut topic = server.client().await;
+
+        let refused = {
+            let args: Vec<String> = [
+                "aggregate",
+                "--events",
+                &events,
+                "--state",
+                &redis.tls_url(),
+                "--models",
+                &models,
+                "--redis-ca-file",
+                &ca,
+                "--redis-user",
+                "tiering",
+                "--redis-password-file",
+                &wrong,
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_tiering"))
+                    .args(&args)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        };
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "a wrong password was accepted: {err}"
+        );
+        assert!(
+            err.contains("refused the credentials") && err.contains("\"tiering\""),
+            "{err}"
+        );
+        assert!(
+            !err.contains("not-the-password") && !err.contains("s3cret"),
+            "{err}"
+        );
+
+        let _agg = AggregatorProcess::spawn(
+            &events,
+            &redis.tls_url(),
+            &models,
+            "tls-g",
+            &[
+                "--redis-ca-file",
+                &ca,
+                "--redis-user",
+                "tiering",
+                "--redis-password-file",
+                &right,
+            ],
+        );
+        let r = topic
+            .record_events(waiting(batch(0), 30_000))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            r.applied,
+            "the aggregator applied the batch within the wait"
         );
     })
     .await;

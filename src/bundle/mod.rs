@@ -214,6 +214,13 @@ pub struct VersionInfo {
     pub signed_by: Option<String>,
 }
 
+/// What [`BundleStore::prune`] removed (or would remove) and kept, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
 /// The models directory.
 #[derive(Debug, Clone)]
 pub struct BundleStore {
@@ -582,6 +589,66 @@ impl BundleStore {
         write_atomic(&hist_path, (lines.join("\n") + "\n").as_bytes())?;
         write_atomic(&self.root.join(CURRENT), format!("{target}\n").as_bytes())?;
         Ok(bundle)
+    }
+
+    /// Deletes every bundle but the current one and the `keep` newest others (version ids sort
+    /// by creation time): the retention rule that bounds how long ids of erased users stay in
+    /// bundles' `scores.parquet` and `state.bin` (README, "Ids inside existing bundles").
+    /// With `dry_run` nothing is touched and the answer says what would go.
+    ///
+    /// A bundle is first renamed to a hidden `.pruned-VERSION` (listing, loading and rollback
+    /// skip hidden names) and then deleted, so a crash half-way through a deletion never leaves
+    /// a half-deleted bundle under its own name; hidden leftovers of a crashed prune
+    /// (`.pruned-*`) or of a crashed training (`.tmp-*`) are deleted too.
+    pub fn prune(&self, keep: usize, dry_run: bool) -> Result<Pruned, BundleError> {
+        let current = self.current()?;
+        let mut versions = Vec::new();
+        let mut leftovers = Vec::new();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pruned::default()),
+            Err(e) => return Err(io_err(&self.root)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.root))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !entry.path().is_dir() {
+                continue;
+            }
+            if name.starts_with(".pruned-") || name.starts_with(".tmp-") {
+                leftovers.push(entry.path());
+            } else if valid_version_id(&name) {
+                versions.push(name);
+            }
+        }
+        versions.sort();
+        let mut out = Pruned::default();
+        let mut others = 0;
+        for v in versions.into_iter().rev() {
+            if current.as_deref() == Some(v.as_str()) {
+                out.kept.push(v);
+            } else if others < keep {
+                others += 1;
+                out.kept.push(v);
+            } else {
+                out.removed.push(v);
+            }
+        }
+        out.kept.reverse();
+        out.removed.reverse();
+        if dry_run {
+            return Ok(out);
+        }
+        for v in &out.removed {
+            let hidden = self.root.join(format!(".pruned-{v}"));
+            let dir = self.dir(v);
+            fs::rename(&dir, &hidden).map_err(io_err(&dir))?;
+            leftovers.push(hidden);
+        }
+        for dir in &leftovers {
+            fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        }
+        Ok(out)
     }
 
     /// Every bundle directory, oldest first (version ids sort by creation time).

@@ -46,10 +46,23 @@ pub enum Action {
     },
     /// Make the version that was current before the current one current again.
     Rollback,
+    /// Delete every bundle but the current one and the KEEP newest others (the retention rule
+    /// for ids of erased users inside bundles: README, "Ids inside existing bundles").
+    Prune {
+        /// Bundles kept besides the current one (the rollback window).
+        #[arg(long)]
+        keep: usize,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn run(args: ModelsArgs) -> Result<()> {
     if let Some(server) = &args.server {
+        if matches!(args.action, Action::Prune { .. }) {
+            return prune_is_local_only();
+        }
         return remote(server, &args);
     }
     let keys = if args.verify_key.is_empty() {
@@ -72,6 +85,22 @@ pub fn run(args: ModelsArgs) -> Result<()> {
                  or at once on SIGHUP",
                 bundle.version(),
                 before.as_deref().unwrap_or("none")
+            );
+            Ok(())
+        }
+        Action::Prune { keep, dry_run } => {
+            let pruned = store
+                .prune(keep, dry_run)
+                .with_context(|| format!("pruning {}", store.root.display()))?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            for v in &pruned.removed {
+                println!("{verb} {v}");
+            }
+            println!(
+                "{} bundle(s) {verb}, {} kept: {}",
+                pruned.removed.len(),
+                pruned.kept.len(),
+                pruned.kept.join(", ")
             );
             Ok(())
         }
@@ -280,8 +309,16 @@ fn remote(server: &str, args: &ModelsArgs) -> Result<()> {
                 println!("rolled back from {} to {}", or_none(&r.previous), r.version);
                 Ok(())
             }
+            Action::Prune { .. } => prune_is_local_only(),
         }
     })
+}
+
+/// Prune has no RPC: it deletes directories, so it runs where the models directory is.
+fn prune_is_local_only() -> Result<()> {
+    anyhow::bail!(
+        "prune deletes bundle directories: run it where the models directory is (--models DIR), not through --server"
+    )
 }
 
 fn or_none(s: &str) -> &str {

@@ -2,6 +2,7 @@
 //! subprocesses of the real binary against a real server started in this process on
 //! 127.0.0.1:0, with bundles trained by the real binary on a small generated data set.
 
+use crate::helpers::publish;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -722,4 +723,76 @@ fn models_list_promote_and_rollback_move_current_and_show_broken_bundles() {
             .trim(),
         second
     );
+}
+
+#[test]
+fn models_prune_keeps_the_current_bundle_and_the_newest_others_and_deletes_the_rest() {
+    let ws = Workspace::new();
+    let models = ws.path().join("models");
+    let m = path_str(&models);
+    for v in ["v1", "v2", "v3", "v4", "v5"] {
+        publish(&models, v, 1.0);
+    }
+    // The current one is not the newest (a rollback, or a held-back retrain).
+    ok(ws.path(), &["models", "--models", m, "promote", "v2"]);
+    // A crashed prune's leftover, and a file that is not a bundle.
+    std::fs::create_dir_all(models.join(".pruned-v0")).unwrap();
+    let present = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('v') || n.starts_with(".pruned"))
+            .collect();
+        v.sort();
+        v
+    };
+
+    let out = ok(
+        ws.path(),
+        &["models", "--models", m, "prune", "--keep", "2", "--dry-run"],
+    );
+    assert!(
+        out.contains("would delete v1") && out.contains("would delete v3"),
+        "{out}"
+    );
+    assert!(out.contains("kept: v2, v4, v5"), "{out}");
+    assert_eq!(
+        present(),
+        [".pruned-v0", "v1", "v2", "v3", "v4", "v5"],
+        "a dry run deletes nothing"
+    );
+
+    let out = ok(
+        ws.path(),
+        &["models", "--models", m, "prune", "--keep", "2"],
+    );
+    assert!(
+        out.contains("deleted v1") && out.contains("deleted v3"),
+        "{out}"
+    );
+    assert_eq!(present(), ["v2", "v4", "v5"]);
+    // The rest still loads, and rollback walks to a kept bundle.
+    let list = ok(ws.path(), &["models", "--models", m, "list"]);
+    assert!(!list.contains("BROKEN"), "{list}");
+    let out = ok(ws.path(), &["models", "--models", m, "rollback"]);
+    assert!(out.contains("from v2 to v5"), "{out}");
+
+    // --keep 0 leaves the current bundle alone.
+    ok(
+        ws.path(),
+        &["models", "--models", m, "prune", "--keep", "0"],
+    );
+    assert_eq!(present(), ["v5"]);
+    let e = fails(
+        ws.path(),
+        &[
+            "models",
+            "--server",
+            "http://127.0.0.1:1",
+            "prune",
+            "--keep",
+            "1",
+        ],
+    );
+    assert!(e.contains("not through --server"), "{e}");
 }

@@ -15,6 +15,7 @@ run() { # bin tag
   "$1" serve --models "$MODELS" --listen 127.0.0.1:$port --state "$W/state-$2" --now 2026-11-02T00:00:00Z > "$W/log-$2" 2>&1 &
   local pid=$!
   for _ in $(seq 200); do "$1" user u0000002 --server http://127.0.0.1:$port >/dev/null 2>&1 && break; sleep 0.1; done
+  : > "$W/lat-$2" # h2load appends to --log-file: one run's latencies only
   local out; out=$(h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$W/body" --log-file "$W/lat-$2" http://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
   kill -TERM $pid; wait $pid 2>/dev/null || true
   local rps; rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)

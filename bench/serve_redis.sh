@@ -20,7 +20,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; tail -n 5 "$W"/*.log >&2; exit 1; }
 
 NOW=$(python3 -c 'import json,sys,os; m=json.load(open(os.path.join(sys.argv[1], open(os.path.join(sys.argv[1],"CURRENT")).read().strip(), "manifest.json"))); print(m.get("as_of") or m["data"]["as_of"])' "$MODELS" 2>/dev/null || echo 2026-11-01T00:00:00Z)
 
@@ -30,18 +30,19 @@ pids+=($!)
 wait_port "$RP"
 
 EP=$(free_port); XP=$(free_port)
+# A fresh Redis each run: --reseed-state seeds it although MODELS records an earlier run's state.
 # Rankings rebuilt once at start only (a rebuild mid-round would be measured as the backend).
 export TIERING__RANKING_REBUILD_SECS=86400
 "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$EP --state "$W/state" --now "$NOW" >"$W/embedded.log" 2>&1 &
 pids+=($!)
-"$BIN" serve --models "$MODELS" --listen 127.0.0.1:$XP --state "redis://127.0.0.1:$RP" --now "$NOW" >"$W/redis-serve.log" 2>&1 &
+"$BIN" serve --models "$MODELS" --listen 127.0.0.1:$XP --state "redis://127.0.0.1:$RP" --reseed-state --now "$NOW" >"$W/redis-serve.log" 2>&1 &
 pids+=($!)
 wait_port "$EP"; wait_port "$XP"
 t0=$(date +%s)
 # Both answer an at-risk page once their ranking is built (the first build scans every user):
 # from then on nothing but the loads runs.
 for port in $EP $XP; do
-  until "$BIN" at-risk --server 127.0.0.1:$port --limit 1000 --format csv --order-by churn-probability --include-churned >"$W/ids-$port.csv" 2>/dev/null; do sleep 1; done
+  until "$BIN" at-risk --server 127.0.0.1:$port --min-probability 0 --limit 1000 --format csv --order-by churn-probability --include-churned >"$W/ids-$port.csv" 2>/dev/null; do sleep 1; done
 done
 echo "both servers ready, rankings built, $(( $(date +%s) - t0 )) s after the ports opened"
 
@@ -59,6 +60,7 @@ PY
 
 run() { # name port rpc body conns
   local out
+  : > "$W/lat" # h2load appends to --log-file: one run's latencies only
   out=$(h2load -c "$5" -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' \
     -d "$W/$4" --log-file "$W/lat" "http://127.0.0.1:$2/tiering.v1.Tiering/$3")
   local rps ok p50 p99

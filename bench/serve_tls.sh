@@ -35,6 +35,7 @@ run() { # mode
       --data-binary @"$W/body" https://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier | grep -qi '^grpc-status: 0' \
       || { echo "the token was refused" >&2; kill -TERM $pid; exit 1; }
   fi
+  : > "$W/lat" # h2load appends to --log-file: one run's latencies only
   local out; out=$(h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" -d "$W/body" --log-file "$W/lat" $scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
   kill -TERM $pid; wait $pid 2>/dev/null || true
   local rps; rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)

@@ -138,7 +138,8 @@ impl RfmSegment {
 
 /// Lifecycle thresholds, in days. Configured in `training/train.toml` and stored in the bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// `default`: a configuration section may set some keys only (training/train.toml).
+#[serde(deny_unknown_fields, default)]
 pub struct LifecycleThresholds {
     /// Tenure below this (and not yet silent) is a new user.
     pub new_days: f64,

@@ -44,7 +44,8 @@ impl ChurnError {
 /// Hyperparameters of the boosted trees; `check()` turns them into [`ValidBoostingParams`]
 /// (linfa style), the only form [`Forest::fit`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// `default`: a configuration section may set some keys only (training/train.toml).
+#[serde(deny_unknown_fields, default)]
 pub struct BoostingParams {
     pub trees: usize,
     pub learning_rate: f32,

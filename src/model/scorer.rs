@@ -41,7 +41,8 @@ impl RiskLevel {
 
 /// Probability cut-offs for the risk levels (configured in `training/train.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// `default`: a configuration section may set some keys only (training/train.toml).
+#[serde(deny_unknown_fields, default)]
 pub struct RiskThresholds {
     /// At or above: medium.
     pub medium: f64,

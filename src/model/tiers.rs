@@ -46,7 +46,8 @@ pub enum TierError {
 /// K-means hyperparameters; `check()` turns them into [`ValidTierParams`] (linfa style), the
 /// only form [`fit`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// `default`: a configuration section may set some keys only (training/train.toml).
+#[serde(deny_unknown_fields, default)]
 pub struct TierParams {
     /// Fixed k; `None` chooses k in `k_min..=k_max`: the best silhouette among the k whose
     /// best seeded runs are reproducible (see [`STABLE_K_ARI`]), or the previous bundle's k unless another is

@@ -310,6 +310,34 @@ mod tests {
     }
 
     #[test]
+    fn a_section_that_sets_one_key_keeps_the_defaults_of_the_others() {
+        // training/train.toml says every key is optional: a partial section too.
+        let cfg: TrainConfig = toml::from_str(
+            "[tiers]\nn_runs = 3\n[churn.boosting]\ntrees = 7\n[risk]\nhigh = 0.8\n[lifecycle]\nchurned_days = 120.0\n",
+        )
+        .unwrap();
+        let d = TrainConfig::default();
+        assert_eq!(cfg.tiers, TierParams { n_runs: 3, ..d.tiers });
+        assert_eq!(cfg.churn.boosting.trees, 7);
+        assert_eq!(
+            cfg.churn.boosting,
+            crate::model::churn::BoostingParams {
+                trees: 7,
+                ..d.churn.boosting
+            }
+        );
+        assert_eq!(cfg.risk, RiskThresholds { high: 0.8, ..d.risk });
+        assert_eq!(
+            cfg.lifecycle,
+            LifecycleThresholds {
+                churned_days: 120.0,
+                ..d.lifecycle
+            }
+        );
+        cfg.check().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<TrainConfig>("horizon_dayz = 3").is_err());
         let cfg = TrainConfig {

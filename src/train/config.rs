@@ -317,7 +317,13 @@ mod tests {
         )
         .unwrap();
         let d = TrainConfig::default();
-        assert_eq!(cfg.tiers, TierParams { n_runs: 3, ..d.tiers });
+        assert_eq!(
+            cfg.tiers,
+            TierParams {
+                n_runs: 3,
+                ..d.tiers
+            }
+        );
         assert_eq!(cfg.churn.boosting.trees, 7);
         assert_eq!(
             cfg.churn.boosting,
@@ -326,7 +332,13 @@ mod tests {
                 ..d.churn.boosting
             }
         );
-        assert_eq!(cfg.risk, RiskThresholds { high: 0.8, ..d.risk });
+        assert_eq!(
+            cfg.risk,
+            RiskThresholds {
+                high: 0.8,
+                ..d.risk
+            }
+        );
         assert_eq!(
             cfg.lifecycle,
             LifecycleThresholds {

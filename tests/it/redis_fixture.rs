@@ -156,14 +156,25 @@ pub fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A 3-master Redis Cluster (no replicas).
+/// A Redis Cluster of 3 masters, without replicas ([`RedisCluster::start`]) or with one
+/// replica each ([`RedisCluster::start_replicated`], for failover).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// 3 masters with one replica each: killing a master promotes its replica after
+    /// `cluster-node-timeout` (2 s).
+    pub fn start_replicated() -> RedisCluster {
+        RedisCluster::start_with_replicas(1)
+    }
+
+    fn start_with_replicas(replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--save",
@@ -186,7 +197,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed");
         assert!(
@@ -199,7 +210,56 @@ impl RedisCluster {
                 raw(n.port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
             });
         }
+        if replicas > 0 {
+            // Every replica has finished its first sync, so a failover has data to promote.
+            for n in &nodes {
+                wait_until(Duration::from_secs(20), || {
+                    raw(n.port, "INFO replication").is_some_and(|r| {
+                        r.contains("role:master") || r.contains("master_link_status:up")
+                    })
+                });
+            }
+        }
         RedisCluster { nodes }
+    }
+
+    /// The index in [`RedisCluster::nodes`] of the master that serves `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> usize {
+        let any = self.nodes.iter().find(|n| n.child.is_some()).unwrap().port;
+        let slot: u16 = raw(any, &format!("CLUSTER KEYSLOT {key}"))
+            .and_then(|r| r.trim().trim_start_matches(':').parse().ok())
+            .unwrap();
+        let nodes = raw(any, "CLUSTER NODES").unwrap();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let owns = f[8..].iter().any(|r| {
+                let mut it = r.split('-').map(|x| x.parse::<u16>().unwrap_or(u16::MAX));
+                let lo = it.next().unwrap_or(u16::MAX);
+                let hi = it.next().unwrap_or(lo);
+                (lo..=hi).contains(&slot)
+            });
+            if owns {
+                let port: u16 = f[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+
+    /// Blocks until every write the master at `i` acknowledged has reached its replica
+    /// (`WAIT 1`), then kills it (SIGKILL).
+    pub fn sync_and_kill(&mut self, i: usize) {
+        let port = self.nodes[i].port;
+        let r = raw(port, "WAIT 1 5000").unwrap_or_default();
+        assert!(r.starts_with(":1"), "WAIT: {r}");
+        self.nodes[i].kill();
     }
 
     /// `redis+cluster://` with every node as a seed.

@@ -610,6 +610,118 @@ async fn a_redis_restart_mid_load_gives_unavailable_then_recovery_with_readiness
     .await;
 }
 
+/// The stored aggregate of `id` on a Cluster (via a cluster client, which follows failovers).
+async fn stored_on_cluster(cluster: &RedisCluster, id: &str) -> Option<UserAggregate> {
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}", n.port))
+        .collect();
+    let client = redis::cluster::ClusterClient::new(urls).unwrap();
+    let mut c = client.get_async_connection().await.unwrap();
+    let v: Option<Vec<u8>> = c.get(codec::key(id)).await.unwrap();
+    v.map(|v| codec::decode(&v).unwrap().agg)
+}
+
+/// Failover, not only a restart: the master serving a user's slot is killed mid-load and its
+/// replica is promoted by the Cluster. Calls get UNAVAILABLE meanwhile (never another code, a
+/// panic or a wrong count), then the replica answers reads and writes; everything the master
+/// had replicated (`WAIT`) before it died is there, and nothing is counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failover_mid_load_gives_unavailable_then_the_promoted_replica_serves() {
+    bounded(async {
+        let mut cluster = tokio::task::spawn_blocking(RedisCluster::start_replicated)
+            .await
+            .unwrap();
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = TestServer::start(redis_config(&dirs, &cluster.url())).await;
+        server.ready().await;
+        let id = user(9);
+        let before = stored_on_cluster(&cluster, &id).await.unwrap().orders;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let load = {
+            let (stop, acked, failures) = (stop.clone(), acked.clone(), failures.clone());
+            let mut c = server.client().await;
+            let id = id.clone();
+            async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let r = c
+                        .record_events(RecordEventsRequest {
+                            events: vec![proto_order(&id, NOW - 10_000 + i)],
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => {
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+            }
+        };
+        let load = tokio::spawn(load);
+        eventually(10, || async {
+            acked.load(std::sync::atomic::Ordering::Relaxed) >= 20
+        })
+        .await;
+        let master = cluster.master_of(&codec::key(&id));
+        // Acknowledged before the WAIT, so replicated before the kill: a lower bound.
+        let replicated = acked.load(std::sync::atomic::Ordering::Relaxed);
+        cluster = tokio::task::spawn_blocking(move || {
+            cluster.sync_and_kill(master);
+            cluster
+        })
+        .await
+        .unwrap();
+        eventually(20, || async {
+            failures.load(std::sync::atomic::Ordering::Relaxed) > 0
+        })
+        .await;
+        // The replica is promoted after the node timeout; reads and writes come back.
+        let mut c = server.client().await;
+        let mut served = false;
+        for _ in 0..600 {
+            match c.get_user_tier(get(&id)).await {
+                Ok(t) => {
+                    assert_eq!(t.into_inner().user_id, id);
+                    served = true;
+                    break;
+                }
+                Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(served, "the promoted replica never served the user");
+        let after_recovery = acked.load(std::sync::atomic::Ordering::Relaxed);
+        eventually(20, || async {
+            acked.load(std::sync::atomic::Ordering::Relaxed) > after_recovery + 10
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.await.unwrap();
+        let (acked, failed) = (
+            acked.load(std::sync::atomic::Ordering::Relaxed),
+            failures.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let now = stored_on_cluster(&cluster, &id).await.unwrap().orders;
+        assert!(
+            now >= before + replicated && now <= before + acked + failed,
+            "before {before}, replicated {replicated}, acked {acked}, failed {failed}, stored {now}"
+        );
+        server.stop().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_swap_on_one_replica_does_not_disturb_the_other() {
     bounded(async {

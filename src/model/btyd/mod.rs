@@ -31,7 +31,7 @@ mod special;
 pub use bgnbd::BgNbd;
 pub use gamma_gamma::GammaGamma;
 
-use crate::features::{Timestamp, UserAggregate, DAY};
+use crate::features::{purchase_summary, Feature, FeatureSet, Timestamp, UserAggregate};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -63,25 +63,68 @@ pub struct Customer {
     pub monetary: f64,
 }
 
-fn day_of(ts: Timestamp) -> i64 {
-    ts.div_euclid(DAY)
-}
-
 impl Customer {
-    /// The summary of a user as of `t`, in days; `None` for a user with no order.
+    /// The summary of a user as of `t`, in days ([`purchase_summary`]); `None` for a user with
+    /// no order.
     pub fn of(a: &UserAggregate, t: Timestamp) -> Option<Customer> {
-        if a.orders == 0 || a.order_days == 0 {
-            return None;
-        }
-        let first = day_of(a.first_seen.min(a.last_order));
-        let last = day_of(a.last_order);
-        let now = day_of(t).max(last);
+        let (frequency, recency, age) = purchase_summary(a, t)?;
         Some(Customer {
-            frequency: f64::from(a.order_days - 1),
-            recency: (last - first) as f64,
-            age: (now - first) as f64,
+            frequency,
+            recency,
+            age,
             monetary: a.net_spend() / f64::from(a.orders),
         })
+    }
+}
+
+/// The BG/NBD behind the model-derived churn features ([`Feature::BgnbdPAlive`],
+/// [`Feature::BgnbdExpectedOrders`]), serialised in the bundle's scorer so the server computes
+/// them as training did. Training fits one per snapshot on the buyers known there (the rows of a
+/// snapshot never see a fit on later data); the served one is fitted at the as-of time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseFeatures {
+    pub bgnbd: BgNbd,
+    /// The horizon of the expected orders, days (training's churn horizon).
+    pub horizon_days: f64,
+}
+
+impl PurchaseFeatures {
+    /// Fits the BG/NBD on `customers`.
+    pub fn fit(customers: &[Customer], horizon_days: f64) -> Result<PurchaseFeatures, BtydError> {
+        let p = PurchaseFeatures {
+            bgnbd: BgNbd::fit(customers)?,
+            horizon_days,
+        };
+        p.check().map(|()| p)
+    }
+
+    /// A fitted or deserialised model is usable.
+    pub fn check(&self) -> Result<(), BtydError> {
+        self.bgnbd.check()?;
+        if self.horizon_days > 0.0 && self.horizon_days <= 3650.0 {
+            Ok(())
+        } else {
+            Err(BtydError::BadHorizon(self.horizon_days))
+        }
+    }
+
+    /// Overwrites the model-derived columns of `raw` (original units, in `fs` order) with the
+    /// user's values as of `t`: P(alive) and expected orders in the horizon, 0 without orders.
+    #[inline]
+    pub fn fill(&self, fs: &FeatureSet, a: &UserAggregate, t: Timestamp, raw: &mut [f64]) {
+        let mut customer: Option<Option<Customer>> = None;
+        for (o, f) in raw.iter_mut().zip(&fs.features) {
+            if !f.is_model_derived() {
+                continue;
+            }
+            let c = *customer.get_or_insert_with(|| Customer::of(a, t));
+            *o = match (f, c) {
+                (_, None) => 0.0,
+                (Feature::BgnbdPAlive, Some(c)) => self.bgnbd.p_alive(&c),
+                (_, Some(c)) => self.bgnbd.expected_purchases(self.horizon_days, &c),
+            };
+        }
     }
 }
 
@@ -134,11 +177,24 @@ impl ValueModel {
         horizon_days: f64,
         monthly_discount: f64,
     ) -> Result<ValueModel, BtydError> {
+        Self::fit_with(customers, None, horizon_days, monthly_discount)
+    }
+
+    /// [`ValueModel::fit`], reusing `bgnbd` when it was already fitted on the same customers.
+    pub fn fit_with(
+        customers: &[Customer],
+        bgnbd: Option<BgNbd>,
+        horizon_days: f64,
+        monthly_discount: f64,
+    ) -> Result<ValueModel, BtydError> {
         if !(horizon_days > 0.0 && horizon_days <= 3650.0 && (0.0..1.0).contains(&monthly_discount))
         {
             return Err(BtydError::BadHorizon(horizon_days));
         }
-        let bgnbd = BgNbd::fit(customers)?;
+        let bgnbd = match bgnbd {
+            Some(b) => b,
+            None => BgNbd::fit(customers)?,
+        };
         let gamma_gamma = match GammaGamma::fit(customers) {
             Ok(g) => Some(g),
             Err(BtydError::TooFewRepeatBuyers(_)) => None,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::features::DAY;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp, Gamma};
 use rand_xoshiro::Xoshiro256PlusPlus;

@@ -85,9 +85,11 @@ impl Transform {
 }
 
 /// A user's BTYD purchase summary as of `t`, in whole days (UTC day numbers):
-/// `(x, t_x, T)` = (order days − 1, first to last order day, first order day to `t`'s day).
-/// The aggregate keeps no first-order time: the first *seen* time stands in for it (exact on an
-/// orders-only log). `None` without orders.
+/// `(x, t_x, T)` = (order days − 1, first to last order day, first order day to the last day
+/// observed). The data as of `t` holds the events before `t`, so the last day observed is the
+/// day of `t − 1 s` (as of midnight: the day before), as `lifetimes` counts `T` up to its
+/// `observation_period_end` day. The aggregate keeps no first-order time: the first *seen*
+/// time stands in for it (exact on an orders-only log). `None` without orders.
 #[inline]
 pub fn purchase_summary(a: &UserAggregate, t: Timestamp) -> Option<(f64, f64, f64)> {
     if a.orders == 0 || a.order_days == 0 {
@@ -95,7 +97,7 @@ pub fn purchase_summary(a: &UserAggregate, t: Timestamp) -> Option<(f64, f64, f6
     }
     let first = a.first_seen.min(a.last_order).div_euclid(DAY);
     let last = a.last_order.div_euclid(DAY);
-    let now = t.div_euclid(DAY).max(last);
+    let now = (t - 1).div_euclid(DAY).max(last);
     Some((
         f64::from(a.order_days - 1),
         (last - first) as f64,
@@ -431,6 +433,9 @@ mod tests {
         }
         let t = day0 + 60 * DAY; // 30 days after the last order: two of their own gaps late.
         assert_eq!(purchase_summary(&a, t), Some((2.0, 30.0, 60.0)));
+        // As of midnight the last day observed is the day before.
+        let midnight = t - DAY / 2;
+        assert_eq!(purchase_summary(&a, midnight), Some((2.0, 30.0, 59.0)));
         assert!((Feature::MeanOrderGapDays.value(&a, t) - 15.0).abs() < 1e-12);
         assert!((Feature::RecencyOverGap.value(&a, t) - 2.0).abs() < 1e-12);
         // Two orders on the same day count as one order day.

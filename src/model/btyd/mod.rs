@@ -6,12 +6,19 @@
 //! Pure code over arrays of [`Customer`] summaries (no I/O). A user's summary is read off their
 //! aggregate ([`Customer::of`]) in days, so training and the server compute it the same way:
 //! - `frequency` = order days − 1 (repeat purchase days, as `lifetimes` counts with `freq="D"`);
-//! - `recency` = days from the first to the last order, `age` = days from the first to the
-//!   as-of time. The aggregate keeps no first-order time: the first *seen* time stands in for
-//!   it, exact on an orders-only log and earlier by the browsing before the first order
-//!   otherwise;
+//! - `recency` = days from the first to the last order, `age` = days from the first order to the
+//!   last day observed (the day of `as_of − 1 s`, as `lifetimes` counts `T` to its
+//!   `observation_period_end`). The aggregate keeps no first-order time: the first *seen* time
+//!   stands in for it, exact on an orders-only log and earlier by the browsing before the first
+//!   order otherwise;
 //! - `monetary` = net spend / orders (the mean order value, the first order included; `lifetimes`
 //!   averages the repeat orders only).
+//!
+//! The churn model may also use BG/NBD's P(alive) and expected orders as inputs
+//! ([`PurchaseFeatures`]: fitted per training snapshot, carried in the scorer).
+//!
+//! Above 100,000 buyers training fits both models on a sample of 100,000 keyed by the user id's
+//! hash (`train::stages::purchases`); the figures are then computed for every user.
 //!
 //! Users who never ordered are outside the models: their CLV, expected orders, P(alive) and value
 //! at risk are 0.
@@ -92,8 +99,17 @@ pub struct PurchaseFeatures {
 impl PurchaseFeatures {
     /// Fits the BG/NBD on `customers`.
     pub fn fit(customers: &[Customer], horizon_days: f64) -> Result<PurchaseFeatures, BtydError> {
+        Self::fit_from(customers, None, horizon_days)
+    }
+
+    /// [`PurchaseFeatures::fit`] from a fit on similar data ([`BgNbd::fit_from`]).
+    pub fn fit_from(
+        customers: &[Customer],
+        start: Option<&BgNbd>,
+        horizon_days: f64,
+    ) -> Result<PurchaseFeatures, BtydError> {
         let p = PurchaseFeatures {
-            bgnbd: BgNbd::fit(customers)?,
+            bgnbd: BgNbd::fit_from(customers, start)?,
             horizon_days,
         };
         p.check().map(|()| p)
@@ -240,17 +256,19 @@ impl ValueModel {
         let Some(c) = c else {
             return CustomerValue::default();
         };
+        // The CLV's last cumulative step is E[Y(horizon)]: one series per step, not one more.
+        let (clv, expected_orders) = clv_and_orders(
+            &self.bgnbd,
+            self.order_value(c),
+            c,
+            self.horizon_days,
+            30.0,
+            self.monthly_discount,
+        );
         CustomerValue {
             p_alive: self.bgnbd.p_alive(c),
-            expected_orders: self.bgnbd.expected_purchases(self.horizon_days, c),
-            clv: clv(
-                &self.bgnbd,
-                self.order_value(c),
-                c,
-                self.horizon_days,
-                30.0,
-                self.monthly_discount,
-            ),
+            expected_orders,
+            clv,
         }
     }
 }
@@ -265,6 +283,18 @@ pub fn clv(
     period: f64,
     discount: f64,
 ) -> f64 {
+    clv_and_orders(model, order_value, c, horizon, period, discount).0
+}
+
+/// [`clv`] and the expected purchases over the whole horizon (its last cumulative step).
+fn clv_and_orders(
+    model: &BgNbd,
+    order_value: f64,
+    c: &Customer,
+    horizon: f64,
+    period: f64,
+    discount: f64,
+) -> (f64, f64) {
     let steps = (horizon / period - 1e-9).ceil().max(1.0) as usize;
     let mut total = 0.0;
     let mut before = 0.0;
@@ -274,7 +304,7 @@ pub fn clv(
         total += order_value * (cumulative - before) / (1.0 + discount).powf(t / period);
         before = cumulative;
     }
-    total
+    (total, before)
 }
 
 #[cfg(test)]

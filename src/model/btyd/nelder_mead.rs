@@ -34,11 +34,12 @@ pub(crate) struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        // The Newton polish finishes the job: the simplex only has to get near.
         Options {
-            x_tol: 1e-9,
-            f_tol: 1e-12,
+            x_tol: 1e-7,
+            f_tol: 1e-10,
             max_evaluations: 4000,
-            restarts: 4,
+            restarts: 2,
             step: 0.5,
         }
     }

@@ -13,9 +13,16 @@
 use super::windows::{Snapshots, Windows};
 use crate::features::{known_at, Timestamp, UserAggregate};
 use crate::model::btyd::{Customer, PurchaseFeatures};
+use crate::model::tiers::mix64;
 
 /// Users with at least one repeat order day needed at each fitted snapshot.
 pub(crate) const MIN_REPEAT_BUYERS: usize = 200;
+/// Buyers the BTYD models are fitted on at most: beyond it, a sample keyed by the user id's
+/// hash (independent of input order). Four (BG/NBD) or three (Gamma-Gamma) parameters are
+/// pinned down long before 100,000 buyers; the cap keeps the fits' cost flat at 1M users.
+pub(crate) const MAX_FIT_BUYERS: usize = 100_000;
+/// Salt of the keyed buyer sample.
+const FIT_SAMPLE_SALT: u64 = 0xB7D;
 
 /// The per-snapshot fits; all `None` when the candidates were left out.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,11 +32,26 @@ pub(crate) struct PurchaseFits {
     pub now: Option<PurchaseFeatures>,
 }
 
-/// The BTYD summaries of the buyers known at `t` (aggregates built from events before `t`).
-pub(crate) fn customers_at(aggs: &[UserAggregate], t: Timestamp) -> Vec<Customer> {
-    aggs.iter()
-        .filter(|a| known_at(a, t))
-        .filter_map(|a| Customer::of(a, t))
+/// The BTYD summaries of the buyers known at `t` (aggregates built from events before `t`),
+/// in user order; more than [`MAX_FIT_BUYERS`] are thinned to about that many by the hash of
+/// their key (`keys[u]`, the users' sampling keys).
+pub(crate) fn customers_at(aggs: &[UserAggregate], keys: &[u64], t: Timestamp) -> Vec<Customer> {
+    let all: Vec<(usize, Customer)> = aggs
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| known_at(a, t))
+        .filter_map(|(u, a)| Customer::of(a, t).map(|c| (u, c)))
+        .collect();
+    if all.len() <= MAX_FIT_BUYERS {
+        return all.into_iter().map(|(_, c)| c).collect();
+    }
+    let keep = MAX_FIT_BUYERS as f64 / all.len() as f64;
+    all.into_iter()
+        .filter(|&(u, _)| {
+            let h = mix64(keys.get(u).copied().unwrap_or(u as u64) ^ FIT_SAMPLE_SALT);
+            ((h >> 11) as f64 / (1u64 << 53) as f64) < keep
+        })
+        .map(|(_, c)| c)
         .collect()
 }
 
@@ -45,7 +67,10 @@ pub(crate) fn fit_purchases(w: &Windows, snap: &mut Snapshots, horizon_days: u32
     }
     at.push((&snap.aggs_b, w.snap_b));
     at.push((&snap.aggs_now, w.as_of));
-    let customers: Vec<Vec<Customer>> = at.iter().map(|&(a, t)| customers_at(a, t)).collect();
+    let customers: Vec<Vec<Customer>> = at
+        .iter()
+        .map(|&(a, t)| customers_at(a, &snap.keys, t))
+        .collect();
     let repeat = |cs: &Vec<Customer>| cs.iter().filter(|c| c.frequency >= 1.0).count();
     let fewest = customers.iter().map(repeat).min().unwrap_or(0);
     let reason = if fewest < MIN_REPEAT_BUYERS {
@@ -53,12 +78,20 @@ pub(crate) fn fit_purchases(w: &Windows, snap: &mut Snapshots, horizon_days: u32
     } else {
         None
     };
+    // Each snapshot's fit starts from the previous one's (the data differ by one horizon).
     let fits: Option<Vec<PurchaseFeatures>> = match reason {
         Some(_) => None,
-        None => customers
-            .iter()
-            .map(|cs| PurchaseFeatures::fit(cs, f64::from(horizon_days)).ok())
-            .collect(),
+        None => {
+            let mut fits: Vec<PurchaseFeatures> = Vec::with_capacity(customers.len());
+            for cs in &customers {
+                let start = fits.last().map(|p| &p.bgnbd);
+                match PurchaseFeatures::fit_from(cs, start, f64::from(horizon_days)) {
+                    Ok(p) => fits.push(p),
+                    Err(_) => break,
+                }
+            }
+            (fits.len() == customers.len()).then_some(fits)
+        }
     };
     let Some(mut fits) = fits else {
         let why = reason.unwrap_or("the BG/NBD fit did not converge at a training snapshot");
@@ -128,8 +161,20 @@ mod tests {
         retain(&mut early.order, &keep);
         retain(&mut early.channel, &keep);
         let aggs_b = early.aggregates(&[w.snap_b]).unwrap().pop().unwrap();
-        let refit = PurchaseFeatures::fit(&customers_at(&aggs_b, w.snap_b), 30.0).unwrap();
+        let start = Some(&a.bgnbd);
+        let cs = customers_at(&aggs_b, &snap.keys, w.snap_b);
+        let refit = PurchaseFeatures::fit_from(&cs, start, 30.0).unwrap();
         assert_eq!(refit, b);
+        // And a cold fit on the same buyers agrees with the warm one.
+        let cold = PurchaseFeatures::fit(&cs, 30.0).unwrap().bgnbd;
+        let pairs = [
+            (cold.r, b.bgnbd.r),
+            (cold.alpha, b.bgnbd.alpha),
+            (cold.a, b.bgnbd.a),
+        ];
+        for (c, want) in pairs {
+            assert!((c - want).abs() <= 1e-3 * want, "{cold:?} vs {:?}", b.bgnbd);
+        }
     }
 
     /// Too few repeat buyers: the candidates are left out with the reason, nothing is fitted.

@@ -6,7 +6,7 @@ use super::rows::Labelled;
 use super::tiers::Tiering;
 use super::windows::{Snapshots, Windows};
 use crate::features::{Feature, RfmThresholds, Timestamp, UserAggregate};
-use crate::model::btyd::{BgNbd, Customer, ValueModel};
+use crate::model::btyd::{BgNbd, ValueModel};
 use crate::model::identity;
 use crate::model::scorer::{quantiles, Score, Scorer};
 use crate::model::tiers::TierModel;
@@ -52,7 +52,7 @@ pub(crate) fn score_all(
     );
     scorer.purchases = snap.purchases.now;
     let bgnbd = snap.purchases.now.map(|p| p.bgnbd);
-    scorer.value = fit_value(&snap.aggs_now, users_now, w.as_of, bgnbd, &config.value);
+    scorer.value = fit_value(&snap.aggs_now, &snap.keys, w.as_of, bgnbd, &config.value);
     let mut scores = vec![Score::default(); snap.aggs_now.len()];
     scorer.score_batch(&snap.aggs_now, w.as_of, &mut scores);
     let known_probs: Vec<f64> = users_now
@@ -70,7 +70,7 @@ pub(crate) fn score_all(
 /// the same buyers, reused instead of a second fit.
 pub(crate) fn fit_value(
     aggs: &[UserAggregate],
-    users: &[usize],
+    keys: &[u64],
     as_of: Timestamp,
     bgnbd: Option<BgNbd>,
     config: &ValueConfig,
@@ -78,10 +78,7 @@ pub(crate) fn fit_value(
     if !config.enabled {
         return None;
     }
-    let customers: Vec<Customer> = users
-        .iter()
-        .filter_map(|&u| Customer::of(&aggs[u], as_of))
-        .collect();
+    let customers = super::purchases::customers_at(aggs, keys, as_of);
     match ValueModel::fit_with(
         &customers,
         bgnbd,

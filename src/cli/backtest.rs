@@ -78,7 +78,7 @@ pub fn run(args: BacktestArgs) -> Result<()> {
         .with_context(|| format!("writing {}", args.json.display()))?;
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Backtest</title>\n<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}</style>\n</head>\n<body>\n{}</body>\n</html>\n",
-        b.to_html()
+        tiering::train::report::backtest_html(&b)
     );
     std::fs::write(&args.html, html).with_context(|| format!("writing {}", args.html.display()))?;
     print_summary(&b);

@@ -17,8 +17,8 @@
 //!
 //! When the window is not fully covered (`days_covered < horizon_days`) a user is counted as
 //! churned on the days seen so far: the labels, hence every figure, are provisional.
-//! The figures are JSON (serde) and HTML ([`Backtest::to_html`]); the training report shows them
-//! when a previous bundle exists, `tiering backtest` on demand.
+//! The figures are JSON (serde) and HTML (`report::backtest_html`); the training report shows
+//! them when a previous bundle exists, `tiering backtest` on demand.
 
 use super::source::TrainData;
 use crate::bundle::Bundle;
@@ -213,73 +213,6 @@ impl Backtest {
     pub fn complete(&self) -> bool {
         self.days_covered >= f64::from(self.horizon_days)
     }
-
-    /// The figures as an HTML fragment (a `<section>`; every text escaped).
-    pub fn to_html(&self) -> String {
-        use super::report::fmt::{escape, int, num, pct};
-        let mut out = String::new();
-        let provisional = if self.complete() {
-            String::new()
-        } else {
-            format!(
-                " <strong>Provisional:</strong> the data covers {} of the {} days.",
-                num(self.days_covered, 1),
-                self.horizon_days
-            )
-        };
-        out.push_str(&format!(
-            "<section id=\"backtest\">\n<h2>Backtest of {}</h2>\n<p class=\"note\">Its predictions at {} against the next {} days.{provisional}</p>\n<table><tbody>",
-            escape(&self.version),
-            escape(&self.as_of),
-            self.horizon_days
-        ));
-        let rows: [(&str, String); 9] = [
-            ("users scored", int(self.users)),
-            ("churned", int(self.churned)),
-            ("ROC-AUC", num(self.roc_auc, 4)),
-            ("Brier", num(self.brier, 4)),
-            (
-                "top decile by churn probability: churned",
-                format!(
-                    "{} of {}",
-                    int(self.top_decile_churned),
-                    int(self.top_decile_users)
-                ),
-            ),
-            (
-                "value lost (spend before, users who churned)",
-                num(self.value_lost, 2),
-            ),
-            (
-                "value retained (spend before, users who stayed)",
-                format!(
-                    "{} ({})",
-                    num(self.value_retained, 2),
-                    pct(self.value_retained_share, 1)
-                ),
-            ),
-            (
-                "share of value lost in the top decile by value at risk",
-                pct(self.top_decile_value_at_risk_lost_share, 1),
-            ),
-            ("realised spend in the window", num(self.realised_spend, 2)),
-        ];
-        for (k, v) in rows {
-            out.push_str(&format!("<tr><th>{}</th><td>{v}</td></tr>", escape(k)));
-        }
-        out.push_str("</tbody></table>\n<h3>Calibration by decile</h3>\n<table><thead><tr><th>decile</th><th>users</th><th>mean predicted</th><th>observed churn</th></tr></thead><tbody>");
-        for d in &self.deciles {
-            out.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                d.decile,
-                int(d.users),
-                num(d.mean_predicted, 3),
-                num(d.observed_rate, 3)
-            ));
-        }
-        out.push_str("</tbody></table>\n</section>\n");
-        out
-    }
 }
 
 #[cfg(test)]
@@ -339,7 +272,7 @@ mod tests {
             .sum::<f64>()
             / 12.0;
         assert!((b.brier - brier).abs() < 1e-12);
-        let html = b.to_html();
+        let html = super::super::report::backtest_html(&b);
         assert!(html.contains("Calibration by decile") && html.contains("1 of 1"));
     }
 

@@ -173,7 +173,6 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     progress("building point-in-time features");
     let mut snap = windows::snapshots(table, &w)?;
     laps.lap("features");
-
     progress("fitting the purchase models (BG/NBD per snapshot)");
     snap.purchases = purchases::fit_purchases(&w, &mut snap, params.horizon_days);
     laps.lap("purchase models");

@@ -24,14 +24,16 @@ macro_rules! w {
     }};
 }
 
+mod backtest;
 mod churn;
-pub(crate) mod fmt;
+mod fmt;
 mod sections;
 mod stability;
 mod svg;
 #[cfg(test)]
 mod tests;
 
+pub use backtest::backtest_html;
 use fmt::{escape, num, text_or_dash};
 use svg::PALETTE;
 
@@ -105,7 +107,7 @@ pub(crate) fn render(m: &Manifest, x: &ReportExtras) -> String {
         sections::transitions_section(&mut out, t, &m.tiers);
     }
     if let Some(b) = &x.backtest {
-        out.push_str(&b.to_html());
+        out.push_str(&backtest_html(b));
     }
     stability::stability_section(&mut out, &m.metrics);
     sections::features_section(&mut out, m);

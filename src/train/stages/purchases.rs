@@ -10,7 +10,7 @@
 //! model reuses (one fit, not two). The candidate models are then chosen on held-out users as
 //! before: the features enter both candidates, and the better validation AUC wins.
 
-use super::windows::{Snapshots, Windows};
+use super::windows::{PurchaseFits, Snapshots, Windows};
 use crate::features::{known_at, Timestamp, UserAggregate};
 use crate::model::btyd::{Customer, PurchaseFeatures};
 use crate::model::tiers::mix64;
@@ -23,14 +23,6 @@ pub(crate) const MIN_REPEAT_BUYERS: usize = 200;
 pub(crate) const MAX_FIT_BUYERS: usize = 100_000;
 /// Salt of the keyed buyer sample.
 const FIT_SAMPLE_SALT: u64 = 0xB7D;
-
-/// The per-snapshot fits; all `None` when the candidates were left out.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PurchaseFits {
-    pub a: Option<PurchaseFeatures>,
-    pub b: Option<PurchaseFeatures>,
-    pub now: Option<PurchaseFeatures>,
-}
 
 /// The BTYD summaries of the buyers known at `t` (aggregates built from events before `t`),
 /// in user order; more than [`MAX_FIT_BUYERS`] are thinned to about that many by the hash of

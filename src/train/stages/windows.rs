@@ -3,7 +3,6 @@
 
 use super::super::pipeline::{user_key, TrainError};
 use super::super::source::TrainData;
-use super::purchases::PurchaseFits;
 use super::rows::{feature_rows, Labelled};
 use crate::features::time::format_rfc3339;
 use crate::features::{
@@ -66,6 +65,15 @@ pub(crate) fn windows(
     })
 }
 
+/// The per-snapshot BG/NBD fits of the purchase candidates (the purchases stage); all `None`
+/// when the candidates were left out.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PurchaseFits {
+    pub a: Option<PurchaseFeatures>,
+    pub b: Option<PurchaseFeatures>,
+    pub now: Option<PurchaseFeatures>,
+}
+
 /// The features the data supports, every user's sampling key, and the aggregates at each
 /// snapshot.
 pub(crate) struct Snapshots {
@@ -83,7 +91,7 @@ pub(crate) struct Snapshots {
 }
 
 /// The snapshots, with the purchase candidates' fits left empty
-/// ([`super::purchases::fit_purchases`] is the next stage).
+/// (the purchases stage, `fit_purchases`, is next).
 pub(crate) fn snapshots(table: &dyn TrainData, w: &Windows) -> Result<Snapshots, TrainError> {
     let (features, left_out) = FeatureSet::supported_by(table.columns(), &table.kinds_present());
     let keys: Vec<u64> = table.user_ids().iter().map(|id| user_key(id)).collect();

@@ -1,6 +1,7 @@
 //! Command-line front end. Each subcommand parses its flags, calls the library, and reports.
 
 mod aggregate;
+mod backtest;
 mod client;
 mod client_output;
 mod features;
@@ -41,6 +42,8 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Score every user of a data set offline with a bundle (CSV or Parquet out).
     Score(score::ScoreArgs),
+    /// Score a bundle's predictions against what happened since its as-of time.
+    Backtest(backtest::BacktestArgs),
     /// Serve tiers and churn probabilities over gRPC from MODELS/CURRENT.
     Serve(Box<serve::ServeArgs>),
     /// Apply the Kafka event topic to the shared state (a consumer group member; feature kafka).
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Features(args) => features::run(args),
         Command::Score(args) => score::run(args),
+        Command::Backtest(args) => backtest::run(args),
         Command::Serve(args) => serve::run(*args),
         Command::Models(args) => models::run(args),
         Command::Keys(args) => keys::run(args),

@@ -37,5 +37,5 @@ pub use segments::{LifecycleStage, LifecycleThresholds, RfmSegment, RfmThreshold
 pub use snapshot::{active_in_window, build_aggregates, known_at, ChurnDefinition};
 pub use table::{ColumnsPresent, EventTable};
 pub use time::{format_rfc3339, parse_earliest, parse_instant, TimeParseError};
-pub use vector::{Feature, FeatureSet, Transform};
+pub use vector::{purchase_summary, Feature, FeatureSet, Transform};
 pub use vocabulary::{KindFate, KindMapping, KindSeen, KindTally, UnknownKinds};

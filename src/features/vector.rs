@@ -42,6 +42,19 @@ pub enum Feature {
     RefundShare,
     /// Orders fully refunded through linked refunds (needs refund events).
     OrdersRefunded,
+    /// Purchase rhythm: mean days between order days, `t_x / x` over the BTYD summary (see
+    /// [`purchase_summary`]); a one-order-day buyer: the days since that order (no second order
+    /// in that time: a lower bound of the gap); 0 without orders.
+    MeanOrderGapDays,
+    /// Days since the last order over the user's own mean gap: how many of their own gaps
+    /// they are late (1 for a one-order-day buyer; 0 without orders).
+    RecencyOverGap,
+    /// BG/NBD P(alive) as of `t` (0 without orders). Model-derived: [`Feature::value`] gives 0;
+    /// the model layer fills it from the fitted BG/NBD (`model::btyd::PurchaseFeatures`).
+    BgnbdPAlive,
+    /// BG/NBD expected orders in the churn horizon after `t` (0 without orders). Model-derived
+    /// like [`Feature::BgnbdPAlive`].
+    BgnbdExpectedOrders,
 }
 
 /// How a feature is transformed before scaling.
@@ -71,8 +84,50 @@ impl Transform {
     }
 }
 
+/// A user's BTYD purchase summary as of `t`, in whole days (UTC day numbers):
+/// `(x, t_x, T)` = (order days − 1, first to last order day, first order day to the last day
+/// observed). The data as of `t` holds the events before `t`, so the last day observed is the
+/// day of `t − 1 s` (as of midnight: the day before), as `lifetimes` counts `T` up to its
+/// `observation_period_end` day. The aggregate keeps no first-order time: the first *seen*
+/// time stands in for it (exact on an orders-only log). `None` without orders.
+#[inline]
+pub fn purchase_summary(a: &UserAggregate, t: Timestamp) -> Option<(f64, f64, f64)> {
+    if a.orders == 0 || a.order_days == 0 {
+        return None;
+    }
+    let first = a.first_seen.min(a.last_order).div_euclid(DAY);
+    let last = a.last_order.div_euclid(DAY);
+    let now = (t - 1).div_euclid(DAY).max(last);
+    Some((
+        f64::from(a.order_days - 1),
+        (last - first) as f64,
+        (now - first) as f64,
+    ))
+}
+
 impl Feature {
-    pub const ALL: [Feature; 16] = [
+    /// The purchase candidates ([`Feature::MeanOrderGapDays`] to
+    /// [`Feature::BgnbdExpectedOrders`]): kept only when training finds enough repeat buyers
+    /// (and the BG/NBD fits) at every snapshot it fits on.
+    pub const PURCHASE: [Feature; 4] = [
+        Feature::MeanOrderGapDays,
+        Feature::RecencyOverGap,
+        Feature::BgnbdPAlive,
+        Feature::BgnbdExpectedOrders,
+    ];
+
+    /// Whether the value needs a fitted model (the BG/NBD features).
+    pub fn is_model_derived(self) -> bool {
+        matches!(self, Feature::BgnbdPAlive | Feature::BgnbdExpectedOrders)
+    }
+
+    /// Whether the feature is one of [`Feature::PURCHASE`]: churn inputs only, never tier
+    /// (clustering) dimensions.
+    pub fn is_purchase(self) -> bool {
+        Feature::PURCHASE.contains(&self)
+    }
+
+    pub const ALL: [Feature; 20] = [
         Feature::RecencyDays,
         Feature::Frequency,
         Feature::MonetaryTotal,
@@ -89,6 +144,10 @@ impl Feature {
         Feature::Trend,
         Feature::RefundShare,
         Feature::OrdersRefunded,
+        Feature::MeanOrderGapDays,
+        Feature::RecencyOverGap,
+        Feature::BgnbdPAlive,
+        Feature::BgnbdExpectedOrders,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +168,10 @@ impl Feature {
             Feature::Trend => "trend",
             Feature::RefundShare => "refund_share",
             Feature::OrdersRefunded => "orders_refunded",
+            Feature::MeanOrderGapDays => "mean_order_gap_days",
+            Feature::RecencyOverGap => "recency_over_gap",
+            Feature::BgnbdPAlive => "bgnbd_p_alive",
+            Feature::BgnbdExpectedOrders => "bgnbd_expected_orders",
         }
     }
 
@@ -118,7 +181,7 @@ impl Feature {
 
     pub fn transform(self) -> Transform {
         match self {
-            Feature::Trend | Feature::RefundShare => Transform::Identity,
+            Feature::Trend | Feature::RefundShare | Feature::BgnbdPAlive => Transform::Identity,
             _ => Transform::Log1p,
         }
     }
@@ -172,6 +235,17 @@ impl Feature {
             }
             Feature::RefundShare => a.refund_share(),
             Feature::OrdersRefunded => f64::from(a.orders_refunded),
+            Feature::MeanOrderGapDays => match purchase_summary(a, t) {
+                None => 0.0,
+                Some((x, tx, _)) if x >= 1.0 => tx / x,
+                Some((_, _, big_t)) => big_t,
+            },
+            Feature::RecencyOverGap => match purchase_summary(a, t) {
+                None => 0.0,
+                Some((x, tx, big_t)) if x >= 1.0 => (big_t - tx) / (tx / x).max(1.0),
+                Some(_) => 1.0,
+            },
+            Feature::BgnbdPAlive | Feature::BgnbdExpectedOrders => 0.0,
         }
     }
 }
@@ -183,10 +257,27 @@ pub struct FeatureSet {
 }
 
 impl FeatureSet {
+    /// Every feature read off the aggregate alone, the purchase candidates excepted.
     pub fn all() -> Self {
         FeatureSet {
-            features: Feature::ALL.to_vec(),
+            features: Feature::ALL
+                .into_iter()
+                .filter(|f| !f.is_purchase())
+                .collect(),
         }
+    }
+
+    /// Whether any feature needs the fitted BG/NBD.
+    pub fn has_model_derived(&self) -> bool {
+        self.features.iter().any(|f| f.is_model_derived())
+    }
+
+    /// Removes the purchase candidates, returning them (in set order).
+    pub fn without_purchase(&mut self) -> Vec<Feature> {
+        let (p, rest): (Vec<Feature>, Vec<Feature>) =
+            self.features.iter().partition(|f| f.is_purchase());
+        self.features = rest;
+        p
     }
 
     /// The features the data can support, and the ones left out (with the reason).
@@ -215,6 +306,7 @@ impl FeatureSet {
                 Feature::RefundShare | Feature::OrdersRefunded if !has(EventKind::Refund) => {
                     Some("no refund events")
                 }
+                f if f.is_purchase() && !has(EventKind::Order) => Some("no order events"),
                 _ => None,
             };
             match missing {
@@ -246,6 +338,14 @@ impl FeatureSet {
     pub fn raw_into(&self, a: &UserAggregate, t: Timestamp, out: &mut [f64]) {
         for (o, f) in out.iter_mut().zip(&self.features) {
             *o = f.value(a, t);
+        }
+    }
+
+    /// Applies each feature's transform to a row of original-unit values, in place.
+    #[inline]
+    pub fn transform_in_place(&self, row: &mut [f64]) {
+        for (o, f) in row.iter_mut().zip(&self.features) {
+            *o = f.transform().apply(*o);
         }
     }
 
@@ -296,10 +396,62 @@ mod tests {
                 Feature::MonetaryAvg,
                 Feature::TenureDays,
                 Feature::DaysSinceActivity,
-                Feature::Trend
+                Feature::Trend,
+                Feature::MeanOrderGapDays,
+                Feature::RecencyOverGap,
+                Feature::BgnbdPAlive,
+                Feature::BgnbdExpectedOrders,
             ]
         );
         assert_eq!(left_out.len(), 9);
+        // Without orders the purchase candidates go too.
+        let (set, _) =
+            FeatureSet::supported_by(ColumnsPresent::default(), &[false; EventKind::ALL.len()]);
+        assert!(set.features.iter().all(|f| !f.is_purchase()));
+    }
+
+    fn order_at(a: &mut UserAggregate, ts: Timestamp) {
+        a.apply(&Event {
+            ts,
+            kind: EventKind::Order,
+            amount: 10.0,
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+            order: 0,
+            channel: 0,
+        });
+    }
+
+    #[test]
+    fn the_purchase_rhythm_of_a_hand_made_history_is_its_mean_gap_and_lateness() {
+        // Orders on days 0, 10, 30 (noon): two gaps, mean 15 days.
+        let day0 = 20_000 * DAY + DAY / 2;
+        let mut a = UserAggregate::default();
+        for d in [0, 10, 30] {
+            order_at(&mut a, day0 + d * DAY);
+        }
+        let t = day0 + 60 * DAY; // 30 days after the last order: two of their own gaps late.
+        assert_eq!(purchase_summary(&a, t), Some((2.0, 30.0, 60.0)));
+        // As of midnight the last day observed is the day before.
+        let midnight = t - DAY / 2;
+        assert_eq!(purchase_summary(&a, midnight), Some((2.0, 30.0, 59.0)));
+        assert!((Feature::MeanOrderGapDays.value(&a, t) - 15.0).abs() < 1e-12);
+        assert!((Feature::RecencyOverGap.value(&a, t) - 2.0).abs() < 1e-12);
+        // Two orders on the same day count as one order day.
+        order_at(&mut a, day0 + 30 * DAY + 3600);
+        assert!((Feature::MeanOrderGapDays.value(&a, t) - 15.0).abs() < 1e-12);
+        // One order day: the gap is at least the days since it, lateness 1.
+        let mut one = UserAggregate::default();
+        order_at(&mut one, day0);
+        assert_eq!(Feature::MeanOrderGapDays.value(&one, day0 + 7 * DAY), 7.0);
+        assert_eq!(Feature::RecencyOverGap.value(&one, day0 + 7 * DAY), 1.0);
+        // No orders: 0, and the model-derived ones are 0 here (the model layer fills them).
+        let none = UserAggregate::default();
+        for f in Feature::PURCHASE {
+            assert_eq!(f.value(&none, t), 0.0);
+        }
+        assert_eq!(Feature::BgnbdPAlive.value(&a, t), 0.0);
     }
 
     #[test]

@@ -402,6 +402,10 @@ fn feature_zh(f: Feature) -> &'static str {
         Feature::Trend => "活跃趋势",
         Feature::RefundShare => "退款比例",
         Feature::OrdersRefunded => "全额退款单数",
+        Feature::MeanOrderGapDays => "平均下单间隔",
+        Feature::RecencyOverGap => "相对下单间隔的沉默",
+        Feature::BgnbdPAlive => "存活概率",
+        Feature::BgnbdExpectedOrders => "预期下单数",
     }
 }
 
@@ -464,6 +468,10 @@ fn phrase(feature: Feature, value: f64) -> String {
         Feature::Categories => format!("{value:.1} categories"),
         Feature::RefundShare => format!("{:.0}% of spend refunded", 100.0 * value),
         Feature::OrdersRefunded => format!("{value:.0} orders fully refunded"),
+        Feature::MeanOrderGapDays => format!("{value:.0} days between orders"),
+        Feature::RecencyOverGap => format!("{value:.1} own order gaps since the last order"),
+        Feature::BgnbdPAlive => format!("P(alive) {value:.2}"),
+        Feature::BgnbdExpectedOrders => format!("{value:.2} expected orders"),
         Feature::Trend => {
             if value < 0.0 {
                 format!("activity falling ({value:+.2} log-ratio)")

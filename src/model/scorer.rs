@@ -4,7 +4,7 @@
 //! The hot path is allocation-free: feature rows and contributions live in fixed-size arrays on
 //! the stack (there are at most `Feature::ALL.len()` features).
 
-use super::btyd::{Customer, ValueModel};
+use super::btyd::{Customer, PurchaseFeatures, ValueModel};
 use super::calibration::Platt;
 use super::churn::{ChurnModel, BLOCK};
 use super::tiers::TierModel;
@@ -172,6 +172,10 @@ pub struct Scorer {
     /// the fit failed (the figures are then 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ValueModel>,
+    /// The BG/NBD behind the model-derived churn features; present exactly when the feature
+    /// set holds one (bundles made before them have neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchases: Option<PurchaseFeatures>,
 }
 
 impl Scorer {
@@ -199,6 +203,7 @@ impl Scorer {
             rfm,
             lifecycle,
             value: None,
+            purchases: None,
         }
     }
 
@@ -233,6 +238,13 @@ impl Scorer {
             v.check()
                 .map_err(|e| ScorerError::Inconsistent(format!("value model: {e}")))?;
         }
+        match (&self.purchases, self.features.has_model_derived()) {
+            (Some(p), _) => p
+                .check()
+                .map_err(|e| ScorerError::Inconsistent(format!("purchase features: {e}")))?,
+            (None, true) => return bad("BG/NBD features without their fitted BG/NBD".into()),
+            (None, false) => {}
+        }
         Ok(())
     }
 
@@ -244,6 +256,9 @@ impl Scorer {
     #[inline]
     pub fn row(&self, a: &UserAggregate, t: Timestamp, raw: &mut [f64], x: &mut [f64]) {
         self.features.raw_into(a, t, raw);
+        if let Some(p) = &self.purchases {
+            p.fill(&self.features, a, t, raw);
+        }
         for ((xi, ri), f) in x.iter_mut().zip(raw.iter()).zip(&self.features.features) {
             *xi = f.transform().apply(*ri);
         }
@@ -589,6 +604,7 @@ mod tests {
             }),
             lifecycle: LifecycleThresholds::default(),
             value: None,
+            purchases: None,
         }
     }
 

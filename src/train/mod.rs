@@ -10,9 +10,12 @@
 //!   ([`TrainData`]); `tiering features` writes the table from events.
 //! - [`report`] — the HTML report renderer.
 //! - [`export`] — `--export-eval`: the evaluation rows as CSV.
+//! - [`backtest`] — a bundle's predictions against what happened since (the report's section
+//!   when a previous bundle exists; `tiering backtest`).
 //! - [`write_bundle`] (here): the edge that writes a trained result as a bundle and makes it
 //!   current. Its scores table is written by [`crate::score`].
 
+pub mod backtest;
 pub mod config;
 pub mod export;
 pub mod job;
@@ -21,6 +24,7 @@ pub mod report;
 pub mod source;
 mod stages;
 
+pub use backtest::{backtest, Backtest, BacktestError};
 pub use config::{ConfigError, PromotionConfig, TrainConfig, ValidTrainParams};
 pub use job::{
     promotion_gate, run, Progress, RunError, RunTimings, TrainJob, TrainOutcome, TrainSource,

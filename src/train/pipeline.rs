@@ -19,7 +19,7 @@
 use super::config::ValidTrainParams;
 use super::report::ReportExtras;
 use super::source::TrainData;
-use super::stages::{candidates, evaluate, scoring, stability, summary, tiers, windows};
+use super::stages::{candidates, evaluate, purchases, scoring, stability, summary, tiers, windows};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::manifest::Manifest;
 use crate::bundle::{Bundle, Snapshot};
@@ -142,6 +142,23 @@ impl Laps {
     }
 }
 
+/// The previous bundle's backtest up to `as_of`; `None` (logged) when nothing has happened
+/// since its as-of or the data cannot give it (an aggregates table holds training's snapshots
+/// only).
+fn backtest_previous(
+    previous: &Bundle,
+    table: &dyn TrainData,
+    as_of: Timestamp,
+) -> Option<super::backtest::Backtest> {
+    match super::backtest::backtest(previous, table, Some(as_of)) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::info!(error = %e, "no backtest of the previous bundle");
+            None
+        }
+    }
+}
+
 /// Runs the pipeline. `progress` is told the name of each stage as it starts.
 pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained, TrainError> {
     let params = input.config;
@@ -154,14 +171,18 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
 
     let w = windows::windows(table, input.as_of, params.horizon_days, &mut warnings)?;
     progress("building point-in-time features");
-    let snap = windows::snapshots(table, &w)?;
+    let mut snap = windows::snapshots(table, &w)?;
     laps.lap("features");
+    progress("fitting the purchase models (BG/NBD per snapshot)");
+    snap.purchases = purchases::fit_purchases(&w, &mut snap, params.horizon_days);
+    laps.lap("purchase models");
 
     progress("labelling snapshots");
     let labelled_b = windows::label_snapshot(
         table,
         &snap.aggs_b,
         &snap,
+        snap.purchases.b.as_ref(),
         w.snap_b,
         w.horizon,
         params.churn_definition,
@@ -234,7 +255,8 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
         warnings,
     };
     let manifest = summary::manifest(&facts);
-    let report = summary::report_extras(facts);
+    let mut report = summary::report_extras(facts);
+    report.backtest = previous.and_then(|b| backtest_previous(b, table, w.as_of));
     laps.lap("report");
 
     let mut eval_sets = evaluation.eval_sets.take();
@@ -340,6 +362,45 @@ mod tests {
         }
         assert!(a.scores.iter().all(|s| s.channels.list().is_empty()));
         assert!(b.scores.iter().any(|s| !s.channels.list().is_empty()));
+    }
+
+    /// Issue 12: the purchase features (rhythm and BG/NBD) of a user, as the served scorer
+    /// computes them from the bundle (its JSON read back), are those training used: the rows
+    /// k-means saw, bit for bit, and the scores training wrote.
+    #[test]
+    fn the_purchase_features_agree_between_training_and_the_served_scorer() {
+        use crate::features::Feature;
+        use crate::model::btyd::Customer;
+        let (_, t) = trained(3000, 4);
+        let json = serde_json::to_string(&t.scorer).unwrap();
+        let scorer: Scorer = serde_json::from_str(&json).unwrap();
+        scorer.validate().unwrap();
+        let p = scorer.purchases.expect("the bundle carries its BG/NBD");
+        for f in Feature::PURCHASE {
+            assert!(scorer.features.position(f).is_some(), "{f:?}");
+        }
+        let ev = t.eval_sets.as_ref().unwrap();
+        let (d, as_of, aggs) = (
+            scorer.features.len(),
+            t.snapshot.as_of,
+            &t.snapshot.aggregates,
+        );
+        let j = scorer.features.position(Feature::BgnbdPAlive).unwrap();
+        let (mut raw, mut x) = (vec![0.0; d], vec![0.0; d]);
+        let mut buyers = 0;
+        for (i, &u) in ev.tier_users.iter().enumerate() {
+            scorer.row(&aggs[u], as_of, &mut raw, &mut x);
+            assert_eq!(&x[..], &ev.tier_x[i * d..(i + 1) * d], "user index {u}");
+            if let Some(c) = Customer::of(&aggs[u], as_of) {
+                assert_eq!(raw[j], p.bgnbd.p_alive(&c));
+                buyers += 1;
+            }
+        }
+        assert!(buyers > 100, "{buyers} buyers");
+        for (u, a) in aggs.iter().enumerate() {
+            let served = scorer.score(a, as_of).churn_probability;
+            assert!((served - t.scores[u].churn_probability).abs() < 1e-12);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! probability p ~ Beta(a, b). Fitted by maximum likelihood on (x, t_x, T) summaries; the
 //! closed forms give P(alive) and the expected purchases in the next `t` time units.
 
-use super::nelder_mead::{minimize, Options};
+use super::nelder_mead::{minimize, polish, Options};
 use super::special::{ln_gamma, ln_hyp2f1_euler};
 use super::{BtydError, Customer};
 use rayon::prelude::*;
@@ -19,13 +19,16 @@ pub struct BgNbd {
     pub b: f64,
 }
 
-/// Distinct (x, t_x, T) summaries with their counts, grouped by x (the log-gamma terms depend
-/// on x only): what one likelihood evaluation runs over.
+/// Distinct (x, t_x, T) summaries with their counts: what one likelihood evaluation runs over.
+/// The log-gamma terms depend on x only and the `ln(α + t)` terms on one time value only, so
+/// both are computed once per distinct x and distinct time, not per row.
 struct Compressed {
     /// Distinct frequencies, ascending.
     xs: Vec<f64>,
-    /// Per row: index into `xs`, recency, age (scaled), weight.
-    rows: Vec<(usize, f64, f64, f64)>,
+    /// Distinct times (recencies and ages, scaled), ascending.
+    times: Vec<f64>,
+    /// Per row: index into `xs`, index of t_x and of T into `times`, weight.
+    rows: Vec<(u32, u32, u32, f64)>,
     total_weight: f64,
 }
 
@@ -37,24 +40,33 @@ fn compress(customers: &[Customer], scale: f64) -> Compressed {
     }
     let mut keyed: Vec<_> = counts.into_iter().collect();
     keyed.sort_by_key(|a| a.0);
-    let mut xs: Vec<f64> = keyed.iter().map(|(k, _)| f64::from_bits(k.0)).collect();
-    xs.sort_by(f64::total_cmp);
-    xs.dedup();
+    let distinct = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        v
+    };
+    let xs = distinct(keyed.iter().map(|(k, _)| f64::from_bits(k.0)).collect());
+    let times = distinct(
+        keyed
+            .iter()
+            .flat_map(|(k, _)| [f64::from_bits(k.1) * scale, f64::from_bits(k.2) * scale])
+            .collect(),
+    );
+    let at = |v: &[f64], x: f64| v.partition_point(|&y| y < x) as u32;
     let rows = keyed
         .iter()
         .map(|((x, tx, t), w)| {
-            let x = f64::from_bits(*x);
-            let i = xs.partition_point(|&v| v < x);
             (
-                i,
-                f64::from_bits(*tx) * scale,
-                f64::from_bits(*t) * scale,
+                at(&xs, f64::from_bits(*x)),
+                at(&times, f64::from_bits(*tx) * scale),
+                at(&times, f64::from_bits(*t) * scale),
                 *w,
             )
         })
         .collect();
     Compressed {
         xs,
+        times,
         rows,
         total_weight: customers.len() as f64,
     }
@@ -75,21 +87,23 @@ fn mean_log_likelihood(d: &Compressed, r: f64, alpha: f64, a: f64, b: f64) -> f6
                 (a1 + a2, a.ln() - (b + x.max(1.0) - 1.0).ln())
             })
             .collect();
+    let ln_at: Vec<f64> = d.times.iter().map(|&t| (alpha + t).ln()).collect();
     let partial: Vec<f64> = d
         .rows
         .par_chunks(CHUNK)
         .map(|rows| {
             rows.iter()
-                .map(|&(i, tx, t, w)| {
-                    let x = d.xs[i];
-                    let (a12, ln_ab) = per_x[i];
-                    let a3 = -(r + x) * (alpha + t).ln();
+                .map(|&(i, itx, it, w)| {
+                    let x = d.xs[i as usize];
+                    let (a12, ln_ab) = per_x[i as usize];
+                    let a3 = -(r + x) * ln_at[it as usize];
                     if x <= 0.0 {
                         return w * (a12 + a3);
                     }
-                    let a4 = ln_ab - (r + x) * (alpha + tx).ln();
-                    let m = a3.max(a4);
-                    w * (a12 + m + ((a3 - m).exp() + (a4 - m).exp()).ln())
+                    let a4 = ln_ab - (r + x) * ln_at[itx as usize];
+                    // ln(e^a3 + e^a4) with one exp.
+                    let (hi, lo) = if a3 >= a4 { (a3, a4) } else { (a4, a3) };
+                    w * (a12 + hi + (lo - hi).exp().ln_1p())
                 })
                 .sum::<f64>()
         })
@@ -101,6 +115,13 @@ impl BgNbd {
     /// Maximum-likelihood fit. Time is rescaled so the longest age is 10 while fitting (as
     /// `lifetimes` does, for conditioning), and α scaled back.
     pub fn fit(customers: &[Customer]) -> Result<BgNbd, BtydError> {
+        Self::fit_from(customers, None)
+    }
+
+    /// [`BgNbd::fit`] from `start` (a fit on similar data, e.g. an earlier snapshot): the
+    /// Newton polish alone from there, with the simplex only if the polish cannot move;
+    /// without `start` the simplex from 0.1 first.
+    pub fn fit_from(customers: &[Customer], start: Option<&BgNbd>) -> Result<BgNbd, BtydError> {
         super::check_customers(customers)?;
         let max_age = customers.iter().map(|c| c.age).fold(0.0f64, f64::max);
         if max_age <= 0.0 {
@@ -112,7 +133,15 @@ impl BgNbd {
             let [r, alpha, a, b] = [p[0].exp(), p[1].exp(), p[2].exp(), p[3].exp()];
             -mean_log_likelihood(&data, r, alpha, a, b)
         };
-        let m = minimize(&mut objective, &[0.1; 4], Options::default());
+        let warm = start
+            .filter(|s| s.check().is_ok())
+            .map(|s| [s.r.ln(), (s.alpha * scale).ln(), s.a.ln(), s.b.ln()])
+            .and_then(|x0| polish(&mut objective, &x0))
+            .filter(|m| m.value.is_finite());
+        let m = match warm {
+            Some(m) => m,
+            None => minimize(&mut objective, &[0.1; 4], Options::default()),
+        };
         let fitted = BgNbd {
             r: m.x[0].exp(),
             alpha: m.x[1].exp() / scale,

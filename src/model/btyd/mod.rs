@@ -6,12 +6,19 @@
 //! Pure code over arrays of [`Customer`] summaries (no I/O). A user's summary is read off their
 //! aggregate ([`Customer::of`]) in days, so training and the server compute it the same way:
 //! - `frequency` = order days − 1 (repeat purchase days, as `lifetimes` counts with `freq="D"`);
-//! - `recency` = days from the first to the last order, `age` = days from the first to the
-//!   as-of time. The aggregate keeps no first-order time: the first *seen* time stands in for
-//!   it, exact on an orders-only log and earlier by the browsing before the first order
-//!   otherwise;
+//! - `recency` = days from the first to the last order, `age` = days from the first order to the
+//!   last day observed (the day of `as_of − 1 s`, as `lifetimes` counts `T` to its
+//!   `observation_period_end`). The aggregate keeps no first-order time: the first *seen* time
+//!   stands in for it, exact on an orders-only log and earlier by the browsing before the first
+//!   order otherwise;
 //! - `monetary` = net spend / orders (the mean order value, the first order included; `lifetimes`
 //!   averages the repeat orders only).
+//!
+//! The churn model may also use BG/NBD's P(alive) and expected orders as inputs
+//! ([`PurchaseFeatures`]: fitted per training snapshot, carried in the scorer).
+//!
+//! Above 100,000 buyers training fits both models on a sample of 100,000 keyed by the user id's
+//! hash (`train::stages::purchases`); the figures are then computed for every user.
 //!
 //! Users who never ordered are outside the models: their CLV, expected orders, P(alive) and value
 //! at risk are 0.
@@ -31,7 +38,7 @@ mod special;
 pub use bgnbd::BgNbd;
 pub use gamma_gamma::GammaGamma;
 
-use crate::features::{Timestamp, UserAggregate, DAY};
+use crate::features::{purchase_summary, Feature, FeatureSet, Timestamp, UserAggregate};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -63,25 +70,77 @@ pub struct Customer {
     pub monetary: f64,
 }
 
-fn day_of(ts: Timestamp) -> i64 {
-    ts.div_euclid(DAY)
-}
-
 impl Customer {
-    /// The summary of a user as of `t`, in days; `None` for a user with no order.
+    /// The summary of a user as of `t`, in days ([`purchase_summary`]); `None` for a user with
+    /// no order.
     pub fn of(a: &UserAggregate, t: Timestamp) -> Option<Customer> {
-        if a.orders == 0 || a.order_days == 0 {
-            return None;
-        }
-        let first = day_of(a.first_seen.min(a.last_order));
-        let last = day_of(a.last_order);
-        let now = day_of(t).max(last);
+        let (frequency, recency, age) = purchase_summary(a, t)?;
         Some(Customer {
-            frequency: f64::from(a.order_days - 1),
-            recency: (last - first) as f64,
-            age: (now - first) as f64,
+            frequency,
+            recency,
+            age,
             monetary: a.net_spend() / f64::from(a.orders),
         })
+    }
+}
+
+/// The BG/NBD behind the model-derived churn features ([`Feature::BgnbdPAlive`],
+/// [`Feature::BgnbdExpectedOrders`]), serialised in the bundle's scorer so the server computes
+/// them as training did. Training fits one per snapshot on the buyers known there (the rows of a
+/// snapshot never see a fit on later data); the served one is fitted at the as-of time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseFeatures {
+    pub bgnbd: BgNbd,
+    /// The horizon of the expected orders, days (training's churn horizon).
+    pub horizon_days: f64,
+}
+
+impl PurchaseFeatures {
+    /// Fits the BG/NBD on `customers`.
+    pub fn fit(customers: &[Customer], horizon_days: f64) -> Result<PurchaseFeatures, BtydError> {
+        Self::fit_from(customers, None, horizon_days)
+    }
+
+    /// [`PurchaseFeatures::fit`] from a fit on similar data ([`BgNbd::fit_from`]).
+    pub fn fit_from(
+        customers: &[Customer],
+        start: Option<&BgNbd>,
+        horizon_days: f64,
+    ) -> Result<PurchaseFeatures, BtydError> {
+        let p = PurchaseFeatures {
+            bgnbd: BgNbd::fit_from(customers, start)?,
+            horizon_days,
+        };
+        p.check().map(|()| p)
+    }
+
+    /// A fitted or deserialised model is usable.
+    pub fn check(&self) -> Result<(), BtydError> {
+        self.bgnbd.check()?;
+        if self.horizon_days > 0.0 && self.horizon_days <= 3650.0 {
+            Ok(())
+        } else {
+            Err(BtydError::BadHorizon(self.horizon_days))
+        }
+    }
+
+    /// Overwrites the model-derived columns of `raw` (original units, in `fs` order) with the
+    /// user's values as of `t`: P(alive) and expected orders in the horizon, 0 without orders.
+    #[inline]
+    pub fn fill(&self, fs: &FeatureSet, a: &UserAggregate, t: Timestamp, raw: &mut [f64]) {
+        let mut customer: Option<Option<Customer>> = None;
+        for (o, f) in raw.iter_mut().zip(&fs.features) {
+            if !f.is_model_derived() {
+                continue;
+            }
+            let c = *customer.get_or_insert_with(|| Customer::of(a, t));
+            *o = match (f, c) {
+                (_, None) => 0.0,
+                (Feature::BgnbdPAlive, Some(c)) => self.bgnbd.p_alive(&c),
+                (_, Some(c)) => self.bgnbd.expected_purchases(self.horizon_days, &c),
+            };
+        }
     }
 }
 
@@ -134,11 +193,24 @@ impl ValueModel {
         horizon_days: f64,
         monthly_discount: f64,
     ) -> Result<ValueModel, BtydError> {
+        Self::fit_with(customers, None, horizon_days, monthly_discount)
+    }
+
+    /// [`ValueModel::fit`], reusing `bgnbd` when it was already fitted on the same customers.
+    pub fn fit_with(
+        customers: &[Customer],
+        bgnbd: Option<BgNbd>,
+        horizon_days: f64,
+        monthly_discount: f64,
+    ) -> Result<ValueModel, BtydError> {
         if !(horizon_days > 0.0 && horizon_days <= 3650.0 && (0.0..1.0).contains(&monthly_discount))
         {
             return Err(BtydError::BadHorizon(horizon_days));
         }
-        let bgnbd = BgNbd::fit(customers)?;
+        let bgnbd = match bgnbd {
+            Some(b) => b,
+            None => BgNbd::fit(customers)?,
+        };
         let gamma_gamma = match GammaGamma::fit(customers) {
             Ok(g) => Some(g),
             Err(BtydError::TooFewRepeatBuyers(_)) => None,
@@ -184,17 +256,19 @@ impl ValueModel {
         let Some(c) = c else {
             return CustomerValue::default();
         };
+        // The CLV's last cumulative step is E[Y(horizon)]: one series per step, not one more.
+        let (clv, expected_orders) = clv_and_orders(
+            &self.bgnbd,
+            self.order_value(c),
+            c,
+            self.horizon_days,
+            30.0,
+            self.monthly_discount,
+        );
         CustomerValue {
             p_alive: self.bgnbd.p_alive(c),
-            expected_orders: self.bgnbd.expected_purchases(self.horizon_days, c),
-            clv: clv(
-                &self.bgnbd,
-                self.order_value(c),
-                c,
-                self.horizon_days,
-                30.0,
-                self.monthly_discount,
-            ),
+            expected_orders,
+            clv,
         }
     }
 }
@@ -209,6 +283,18 @@ pub fn clv(
     period: f64,
     discount: f64,
 ) -> f64 {
+    clv_and_orders(model, order_value, c, horizon, period, discount).0
+}
+
+/// [`clv`] and the expected purchases over the whole horizon (its last cumulative step).
+fn clv_and_orders(
+    model: &BgNbd,
+    order_value: f64,
+    c: &Customer,
+    horizon: f64,
+    period: f64,
+    discount: f64,
+) -> (f64, f64) {
     let steps = (horizon / period - 1e-9).ceil().max(1.0) as usize;
     let mut total = 0.0;
     let mut before = 0.0;
@@ -218,7 +304,7 @@ pub fn clv(
         total += order_value * (cumulative - before) / (1.0 + discount).powf(t / period);
         before = cumulative;
     }
-    total
+    (total, before)
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! likelihoods are cheap, smooth and low-dimensional, and a simplex that restarts from its best
 //! point until the restart no longer improves is robust against the flat valleys these
 //! likelihoods have (BG/NBD's `a` and `b` are weakly identified).
+//!
+//! The simplex gets close but can stall in such a valley (on CDNOW it stopped with `a`, `b` 3%
+//! from the maximum, 6e-6 of mean log-likelihood below it): [`minimize`] ends with a Newton
+//! polish on finite-difference derivatives, which walks the valley floor in a few steps.
 
 /// Result of a minimisation.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,11 +34,12 @@ pub(crate) struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        // The Newton polish finishes the job: the simplex only has to get near.
         Options {
-            x_tol: 1e-9,
-            f_tol: 1e-12,
+            x_tol: 1e-7,
+            f_tol: 1e-10,
             max_evaluations: 4000,
-            restarts: 4,
+            restarts: 2,
             step: 0.5,
         }
     }
@@ -60,7 +65,133 @@ pub(crate) fn minimize(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], opt: Option
             break;
         }
     }
-    best
+    newton_polish(f, best, NEWTON_STEPS)
+}
+
+/// The Newton polish alone from `x0` (a starting point near the minimum); `None` when it did
+/// not settle within its step budget (then start the simplex).
+pub(crate) fn polish(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64]) -> Option<Minimum> {
+    let start = Minimum {
+        x: x0.to_vec(),
+        value: finite_or_inf(f(x0)),
+        evaluations: 1,
+    };
+    let (m, settled) = newton_steps(f, start, NEWTON_STEPS);
+    settled.then_some(m)
+}
+
+/// Newton steps of the polish at most.
+const NEWTON_STEPS: usize = 50;
+/// Finite-difference step (the coordinates are log-parameters: a relative step).
+const FD_STEP: f64 = 1e-4;
+
+/// Gradient and Hessian of `f` at `x` by central differences (`fx` = f(x)).
+fn derivatives(
+    f: &mut dyn FnMut(&[f64]) -> f64,
+    x: &[f64],
+    fx: f64,
+    evaluations: &mut usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = x.len();
+    let h = FD_STEP;
+    let mut at = |dx: &[(usize, f64)]| {
+        let mut p = x.to_vec();
+        for &(i, d) in dx {
+            p[i] += d;
+        }
+        *evaluations += 1;
+        f(&p)
+    };
+    let mut g = vec![0.0; n];
+    let mut hess = vec![0.0; n * n];
+    for i in 0..n {
+        let (up, down) = (at(&[(i, h)]), at(&[(i, -h)]));
+        g[i] = (up - down) / (2.0 * h);
+        hess[i * n + i] = (up - 2.0 * fx + down) / (h * h);
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            let v = (at(&[(i, h), (j, h)]) - at(&[(i, h), (j, -h)]) - at(&[(i, -h), (j, h)])
+                + at(&[(i, -h), (j, -h)]))
+                / (4.0 * h * h);
+            hess[i * n + j] = v;
+            hess[j * n + i] = v;
+        }
+    }
+    (g, hess)
+}
+
+/// Solves `a · d = b` (n × n, row-major) by Gaussian elimination with partial pivoting;
+/// `None` when singular.
+fn solve(mut a: Vec<f64>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot =
+            (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
+        if a[pivot * n + col].abs() < 1e-300 || !a[pivot * n + col].is_finite() {
+            return None;
+        }
+        for k in 0..n {
+            a.swap(col * n + k, pivot * n + k);
+        }
+        b.swap(col, pivot);
+        for i in col + 1..n {
+            let m = a[i * n + col] / a[col * n + col];
+            for k in col..n {
+                a[i * n + k] -= m * a[col * n + k];
+            }
+            b[i] -= m * b[col];
+        }
+    }
+    let mut d = vec![0.0; n];
+    for i in (0..n).rev() {
+        let s: f64 = (i + 1..n).map(|k| a[i * n + k] * d[k]).sum();
+        d[i] = (b[i] - s) / a[i * n + i];
+    }
+    d.iter().all(|v| v.is_finite()).then_some(d)
+}
+
+/// Damped Newton from `start`: a step is taken only when it lowers `f` (halving it up to 30
+/// times); the polish ends when no step helps or after `steps` steps. Never worse than `start`.
+fn newton_polish(f: &mut dyn FnMut(&[f64]) -> f64, start: Minimum, steps: usize) -> Minimum {
+    newton_steps(f, start, steps).0
+}
+
+/// [`newton_polish`], and whether it settled (stopped before its step budget).
+fn newton_steps(f: &mut dyn FnMut(&[f64]) -> f64, start: Minimum, steps: usize) -> (Minimum, bool) {
+    let mut best = start;
+    if !best.value.is_finite() {
+        return (best, false);
+    }
+    for _ in 0..steps {
+        let (g, hess) = derivatives(f, &best.x, best.value, &mut best.evaluations);
+        if g.iter().any(|v| !v.is_finite()) {
+            return (best, false);
+        }
+        // Newton direction when the Hessian gives a descent direction, else steepest descent.
+        let neg_g: Vec<f64> = g.iter().map(|v| -v).collect();
+        let newton = solve(hess, neg_g.clone())
+            .filter(|d| d.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>() < 0.0);
+        let dir = newton.unwrap_or(neg_g);
+        let mut t = 1.0;
+        let mut moved = false;
+        for _ in 0..30 {
+            let x: Vec<f64> = best.x.iter().zip(&dir).map(|(a, d)| a + t * d).collect();
+            let v = finite_or_inf(f(&x));
+            best.evaluations += 1;
+            if v < best.value {
+                moved = best.value - v > 1e-15 * (1.0 + v.abs());
+                best.x = x;
+                best.value = v;
+                break;
+            }
+            t *= 0.5;
+        }
+        if !moved {
+            return (best, true);
+        }
+    }
+    (best, false)
 }
 
 fn finite_or_inf(v: f64) -> f64 {
@@ -180,6 +311,28 @@ mod tests {
             (m.x[0] - 1.0).abs() < 1e-5 && (m.x[1] - 1.0).abs() < 1e-5,
             "{m:?}"
         );
+    }
+
+    /// A long, flat, curved valley where a simplex alone tends to stall short of the minimum:
+    /// the polish ends at the minimum.
+    #[test]
+    fn the_newton_polish_walks_a_flat_valley_to_its_minimum() {
+        let mut f = |x: &[f64]| {
+            let u = x[0] + x[1];
+            let v = x[0] - x[1] - 0.3 * u * u;
+            (u - 1.0).powi(2) + 1e-6 * (v - 0.5).powi(2) + 1e-3 * (x[2] - 2.0).powi(2)
+        };
+        let start = Minimum {
+            x: vec![0.5, 0.5, 0.0],
+            value: f(&[0.5, 0.5, 0.0]),
+            evaluations: 1,
+        };
+        let m = newton_polish(&mut f, start, NEWTON_STEPS);
+        // u = 1, v = x0 - x1 - 0.3 = 0.5: x0 - x1 = 0.8, x0 + x1 = 1 (to the finite
+        // differences' precision along the flat direction).
+        for (got, want) in m.x.iter().zip([0.9, 0.1, 2.0]) {
+            assert!((got - want).abs() < 1e-5, "{m:?}");
+        }
     }
 
     #[test]

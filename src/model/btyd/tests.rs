@@ -1,4 +1,5 @@
 use super::*;
+use crate::features::DAY;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp, Gamma};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -234,7 +235,8 @@ fn a_customer_summary_is_read_off_the_aggregate_in_days() {
     a.orders = 4;
     a.order_days = 3;
     a.spend = 100.0;
+    // As of day 100's midnight: the last day observed is day 99.
     let c = Customer::of(&a, 100 * DAY).unwrap_or_else(|| panic!("a buyer"));
-    assert_eq!((c.frequency, c.recency, c.age), (2.0, 30.0, 90.0));
+    assert_eq!((c.frequency, c.recency, c.age), (2.0, 30.0, 89.0));
     assert!((c.monetary - 25.0).abs() < 1e-12);
 }

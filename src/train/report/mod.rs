@@ -24,6 +24,7 @@ macro_rules! w {
     }};
 }
 
+mod backtest;
 mod churn;
 mod fmt;
 mod sections;
@@ -32,6 +33,7 @@ mod svg;
 #[cfg(test)]
 mod tests;
 
+pub use backtest::backtest_html;
 use fmt::{escape, num, text_or_dash};
 use svg::PALETTE;
 
@@ -52,6 +54,9 @@ pub struct ReportExtras {
     pub risk_levels: Vec<(RiskLevel, u64)>,
     /// Present when a previous bundle existed.
     pub transitions: Option<Transitions>,
+    /// The previous bundle's predictions against what happened since (when it existed and
+    /// time has passed since its as-of).
+    pub backtest: Option<super::backtest::Backtest>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,6 +105,9 @@ pub(crate) fn render(m: &Manifest, x: &ReportExtras) -> String {
     churn::churn_section(&mut out, m, x);
     if let Some(t) = &x.transitions {
         sections::transitions_section(&mut out, t, &m.tiers);
+    }
+    if let Some(b) = &x.backtest {
+        out.push_str(&backtest_html(b));
     }
     stability::stability_section(&mut out, &m.metrics);
     sections::features_section(&mut out, m);

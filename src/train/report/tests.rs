@@ -326,6 +326,7 @@ fn sample() -> Sample {
             compared,
             changed: compared - stayed,
         }),
+        backtest: None,
     };
     Sample { m, x }
 }

@@ -135,6 +135,7 @@ fn out_of_time(
         table,
         aggs_a,
         snap,
+        snap.purchases.a.as_ref(),
         snap_a,
         w.horizon,
         params.churn_definition,

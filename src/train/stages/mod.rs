@@ -2,6 +2,8 @@
 //! function with typed inputs and outputs:
 //!
 //! - [`windows`] — snapshot times (out of time or not), point-in-time aggregates, labels.
+//! - [`purchases`] — the purchase candidates (rhythm, BG/NBD per snapshot) where the data
+//!   supports them.
 //! - [`evaluate`] — fit the candidate churn models and measure them (both evaluation branches
 //!   share one evaluation set builder); [`candidates`] holds the split, fits and calibration.
 //! - final fit — [`candidates::final_fit`]: the chosen kind again, on the latest labelled
@@ -16,6 +18,7 @@
 
 pub(crate) mod candidates;
 pub(crate) mod evaluate;
+pub(crate) mod purchases;
 pub(crate) mod rows;
 pub(crate) mod scoring;
 pub(crate) mod stability;

@@ -1,6 +1,7 @@
 //! Row-major feature matrices: building them from aggregates, gathering rows, scaling.
 
 use crate::features::{FeatureSet, StandardScaler, Timestamp, UserAggregate};
+use crate::model::btyd::PurchaseFeatures;
 use rayon::prelude::*;
 
 /// Rows per parallel work item when building features.
@@ -28,11 +29,13 @@ impl Labelled {
     }
 }
 
-/// Transformed (pre-scaling) feature rows of `rows` users as of `t`, row-major.
+/// Transformed (pre-scaling) feature rows of `rows` users as of `t`, row-major; `purchases`
+/// fills the BG/NBD features (as [`crate::model::Scorer::row`] does when serving).
 pub(crate) fn feature_rows(
     aggs: &[UserAggregate],
     rows: &[usize],
     fs: &FeatureSet,
+    purchases: Option<&PurchaseFeatures>,
     t: Timestamp,
 ) -> Vec<f64> {
     let d = fs.len();
@@ -41,7 +44,11 @@ pub(crate) fn feature_rows(
         .zip(rows.par_chunks(ROWS_PER_TASK))
         .for_each(|(xc, rc)| {
             for (row, &u) in xc.chunks_exact_mut(d).zip(rc) {
-                fs.transformed_into(&aggs[u], t, row);
+                fs.raw_into(&aggs[u], t, row);
+                if let Some(p) = purchases {
+                    p.fill(fs, &aggs[u], t, row);
+                }
+                fs.transform_in_place(row);
             }
         });
     x

@@ -6,7 +6,7 @@ use super::rows::Labelled;
 use super::tiers::Tiering;
 use super::windows::{Snapshots, Windows};
 use crate::features::{Feature, RfmThresholds, Timestamp, UserAggregate};
-use crate::model::btyd::{Customer, ValueModel};
+use crate::model::btyd::{BgNbd, ValueModel};
 use crate::model::identity;
 use crate::model::scorer::{quantiles, Score, Scorer};
 use crate::model::tiers::TierModel;
@@ -50,7 +50,9 @@ pub(crate) fn score_all(
         rfm,
         config.lifecycle,
     );
-    scorer.value = fit_value(&snap.aggs_now, users_now, w.as_of, &config.value);
+    scorer.purchases = snap.purchases.now;
+    let bgnbd = snap.purchases.now.map(|p| p.bgnbd);
+    scorer.value = fit_value(&snap.aggs_now, &snap.keys, w.as_of, bgnbd, &config.value);
     let mut scores = vec![Score::default(); snap.aggs_now.len()];
     scorer.score_batch(&snap.aggs_now, w.as_of, &mut scores);
     let known_probs: Vec<f64> = users_now
@@ -64,21 +66,25 @@ pub(crate) fn score_all(
 
 /// BG/NBD + Gamma-Gamma on the buyers known at `as_of` (the served scorer's value figures);
 /// `None` when switched off, or when there is nothing to fit on or the fit fails (logged: the
-/// figures are then 0, the churn model is unaffected).
+/// figures are then 0, the churn model is unaffected). `bgnbd`: the purchase candidates' fit on
+/// the same buyers, reused instead of a second fit.
 pub(crate) fn fit_value(
     aggs: &[UserAggregate],
-    users: &[usize],
+    keys: &[u64],
     as_of: Timestamp,
+    bgnbd: Option<BgNbd>,
     config: &ValueConfig,
 ) -> Option<ValueModel> {
     if !config.enabled {
         return None;
     }
-    let customers: Vec<Customer> = users
-        .iter()
-        .filter_map(|&u| Customer::of(&aggs[u], as_of))
-        .collect();
-    match ValueModel::fit(&customers, config.horizon_days, config.monthly_discount) {
+    let customers = super::purchases::customers_at(aggs, keys, as_of);
+    match ValueModel::fit_with(
+        &customers,
+        bgnbd,
+        config.horizon_days,
+        config.monthly_discount,
+    ) {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::warn!(error = %e, "no value model: CLV and value at risk are 0");
@@ -120,6 +126,9 @@ pub(crate) fn profiles(
             *categories[t].entry(c).or_insert(0u64) += 1;
         }
         fs.raw_into(&snap.aggs_now[u], w.as_of, &mut raw);
+        if let Some(p) = &scorer.purchases {
+            p.fill(fs, &snap.aggs_now[u], w.as_of, &mut raw);
+        }
         for j in 0..d {
             sums[t * d + j] += raw[j];
         }

@@ -357,5 +357,6 @@ pub(crate) fn report_extras(f: Facts) -> ReportExtras {
         risk: f.scorer.risk,
         risk_levels,
         transitions: f.transitions,
+        backtest: None,
     }
 }

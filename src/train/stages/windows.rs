@@ -8,6 +8,7 @@ use crate::features::time::format_rfc3339;
 use crate::features::{
     known_at, ChurnDefinition, Feature, FeatureSet, Timestamp, UserAggregate, DAY,
 };
+use crate::model::btyd::PurchaseFeatures;
 
 /// The snapshot times. With H the horizon:
 /// `first event ... A = as_of-2H ... B = as_of-H ... as_of`.
@@ -64,6 +65,15 @@ pub(crate) fn windows(
     })
 }
 
+/// The per-snapshot BG/NBD fits of the purchase candidates (the purchases stage); all `None`
+/// when the candidates were left out.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PurchaseFits {
+    pub a: Option<PurchaseFeatures>,
+    pub b: Option<PurchaseFeatures>,
+    pub now: Option<PurchaseFeatures>,
+}
+
 /// The features the data supports, every user's sampling key, and the aggregates at each
 /// snapshot.
 pub(crate) struct Snapshots {
@@ -76,8 +86,12 @@ pub(crate) struct Snapshots {
     pub aggs_b: Vec<UserAggregate>,
     /// Present when the evaluation is out of time.
     pub aggs_a: Option<Vec<UserAggregate>>,
+    /// The BG/NBD of each snapshot behind the purchase candidates (none when left out).
+    pub purchases: PurchaseFits,
 }
 
+/// The snapshots, with the purchase candidates' fits left empty
+/// (the purchases stage, `fit_purchases`, is next).
 pub(crate) fn snapshots(table: &dyn TrainData, w: &Windows) -> Result<Snapshots, TrainError> {
     let (features, left_out) = FeatureSet::supported_by(table.columns(), &table.kinds_present());
     let keys: Vec<u64> = table.user_ids().iter().map(|id| user_key(id)).collect();
@@ -96,15 +110,19 @@ pub(crate) fn snapshots(table: &dyn TrainData, w: &Windows) -> Result<Snapshots,
         aggs_now,
         aggs_b,
         aggs_a,
+        purchases: PurchaseFits::default(),
     })
 }
 
 /// The users known at `t`, their label (churned = nothing that counts in `[t, t + horizon)`),
-/// their transformed features and keys. Fails when nobody is known at `t`.
+/// their transformed features (the BG/NBD ones from `purchases`, fitted at `t`) and keys.
+/// Fails when nobody is known at `t`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn label_snapshot(
     table: &dyn TrainData,
     aggs: &[UserAggregate],
     snap: &Snapshots,
+    purchases: Option<&PurchaseFeatures>,
     t: Timestamp,
     horizon: Timestamp,
     definition: ChurnDefinition,
@@ -119,7 +137,7 @@ pub(crate) fn label_snapshot(
         return Err(TrainError::NoUsers(format_rfc3339(t)));
     }
     let y: Vec<bool> = users.iter().map(|&u| !active[u]).collect();
-    let x = feature_rows(aggs, &users, &snap.features, t);
+    let x = feature_rows(aggs, &users, &snap.features, purchases, t);
     let keys: Vec<u64> = users.iter().map(|&u| snap.keys[u]).collect();
     Ok(Labelled { users, x, y, keys })
 }

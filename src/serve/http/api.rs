@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use tonic::Status;
 
-/// The router: every route of [`ROUTES`], `/openapi.json`, the console, and a JSON 404
-/// (UNIMPLEMENTED) for anything else.
-pub(super) fn router(api: Arc<Api>, max_body_bytes: usize) -> axum::Router {
+/// The router: every route of [`ROUTES`] behind [`super::admission`], `/openapi.json`, the
+/// console, and a JSON 404 (UNIMPLEMENTED) for anything else.
+pub(super) fn router(api: Arc<Api>, admit: Arc<super::admission::Admit>) -> axum::Router {
+    let max_body_bytes = admit.max_body;
     let mut app = axum::Router::new();
     for route in ROUTES {
         let handler = move |State(api): State<Arc<Api>>, params: RawPathParams, req: Request| async move {
@@ -32,6 +33,10 @@ pub(super) fn router(api: Arc<Api>, max_body_bytes: usize) -> axum::Router {
         };
         app = app.route(route.path, method);
     }
+    let app = app.route_layer(axum::middleware::from_fn_with_state(
+        admit,
+        super::admission::admit,
+    ));
     super::console::routes(app)
         .route("/openapi.json", axum::routing::get(openapi))
         .fallback(no_route)
@@ -81,7 +86,15 @@ async fn answer(
             headers.insert(*name, v.clone());
         }
     }
-    let meta = Meta { caller, headers };
+    let deadline = parts
+        .extensions
+        .get::<crate::serve::admission::RequestDeadline>()
+        .and_then(|d| d.0);
+    let meta = Meta {
+        caller,
+        headers,
+        deadline,
+    };
     let desc = api.codec.message(route.request).map_err(internal)?;
     let mut obj = match route.input {
         Input::Body => body_object(body, max_body_bytes).await?,
@@ -128,6 +141,15 @@ async fn answer(
             let doc = serde_json::json!({"matched": n.to_string()});
             Ok(json_response(StatusCode::OK, &doc))
         }
+        Output::Report => {
+            // The request message (ListModelsRequest) has no field: the version is the path's.
+            let version = params
+                .iter()
+                .find(|(k, _)| *k == "version")
+                .map_or("", |(_, v)| v);
+            let html = api.svc.model_admin().report(version.to_string()).await?;
+            Ok(super::console::report(html))
+        }
     }
 }
 
@@ -164,10 +186,10 @@ async fn unary(api: &Api, route: &Route, value: Value, meta: &Meta) -> Result<Ve
 
 /// The JSON object of a request body (an empty body is `{}`).
 async fn body_object(body: Body, max: usize) -> Result<Map<String, Value>, Status> {
+    // The admission read it already, within its limits; this only takes the bytes.
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        Status::from(RequestError::invalid(
-            "",
-            format!("the request body is over {max} bytes (max_message_bytes), or was cut off"),
+        Status::resource_exhausted(format!(
+            "the request body is over {max} bytes (max_message_bytes)"
         ))
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -25,7 +25,7 @@
 //! Headers themselves must arrive within `request_body_timeout_ms` too (hyper's header read
 //! timeout, set in [`super::connection`]).
 
-use super::api::error_response;
+use super::error_response;
 use crate::serve::admission::{
     parse_grpc_timeout, read_body, BodyRefused, RequestDeadline, RequestId,
 };

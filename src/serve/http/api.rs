@@ -2,13 +2,14 @@
 //! [`super`]): CSRF check, role check, request JSON → proto, the gRPC handler, answer → JSON.
 
 use super::json;
+use super::{error_response, json_response};
 use super::{Api, Input, Meta, Output, Peer, Route, Verb, PASSED_HEADERS, ROUTES};
 use crate::pb as proto;
 use crate::pb::tiering_server::Tiering;
-use crate::serve::error::{code_name, http_status, RequestError, FIELD_METADATA};
+use crate::serve::error::RequestError;
 use axum::body::Body;
 use axum::extract::{RawPathParams, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use prost::Message;
 use serde_json::{Map, Value};
@@ -248,46 +249,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-pub(super) fn json_response(status: StatusCode, doc: &Value) -> Response {
-    let body = serde_json::to_vec(doc).unwrap_or_default();
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// A gRPC status as the HTTP API's error: `{"code": 5, "status": "NOT_FOUND", "message": ...,
-/// "field": "user_id"}` (`field` only when the error is about one) with the HTTP status of
-/// [`http_status`].
-pub(super) fn error_response(status: &Status) -> Response {
-    let code = status.code();
-    let mut doc = serde_json::json!({
-        "code": code as i32,
-        "status": code_name(code),
-        "message": status.message(),
-    });
-    if let Some(field) = status
-        .metadata()
-        .get(FIELD_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .filter(|f| !f.is_empty())
-    {
-        doc["field"] = Value::String(field.to_string());
-    }
-    let http = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json_response(http, &doc);
-    if code == tonic::Code::Unauthenticated {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +256,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
+            h.insert(*k, axum::http::HeaderValue::from_static(v));
         }
         h
     }

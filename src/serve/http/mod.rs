@@ -45,10 +45,15 @@ pub mod openapi;
 
 use super::service::TieringService;
 use super::tls::Tls;
+use crate::serve::error::{code_name, http_status, FIELD_METADATA};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::Status;
 
 /// An HTTP method of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,4 +437,45 @@ async fn connection<I>(
     if let Err(e) = served {
         tracing::debug!(error = %e, "HTTP connection");
     }
+}
+
+/// JSON answers and errors, shared by the dispatcher and the admission.
+fn json_response(status: StatusCode, doc: &Value) -> Response {
+    let body = serde_json::to_vec(doc).unwrap_or_default();
+    let mut r = Response::new(axum::body::Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A gRPC status as the HTTP API's error: `{"code": 5, "status": "NOT_FOUND", "message": ...,
+/// "field": "user_id"}` (`field` only when the error is about one) with the HTTP status of
+/// [`http_status`].
+fn error_response(status: &Status) -> Response {
+    let code = status.code();
+    let mut doc = serde_json::json!({
+        "code": code as i32,
+        "status": code_name(code),
+        "message": status.message(),
+    });
+    if let Some(field) = status
+        .metadata()
+        .get(FIELD_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|f| !f.is_empty())
+    {
+        doc["field"] = Value::String(field.to_string());
+    }
+    let http = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(http, &doc);
+    if code == tonic::Code::Unauthenticated {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }

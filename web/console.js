@@ -31,6 +31,11 @@ const TEXT = {
     noStability: "No previous model to compare with.",
     currentLine: (v) => `Current version: ${v}`, changed: (c) => `Now current: ${c.version} (was ${c.previous || "none"}).`,
     risk_low: "low", risk_medium: "medium", risk_high: "high",
+    meanChurn: "Churn (mean probability)", meanClv: "Mean CLV", valueAtRisk: "Value at risk",
+    modelChanges: "Changed by the model (the same users and data, previous model → this one)",
+    behaviourChanges: "Changed by behaviour (the previous model, then → now)",
+    matrixNote: "Rows: the tier before; columns: the tier after; users who changed tier (the diagonal, users who stayed, is not counted).",
+    fromTo: "From ↓ / to →", report: "Report", reportOf: (v) => `Report of ${v}`, close: "Close the report",
   },
   zh: {
     skip: "跳到正文", title: "用户分层控制台", overview: "概览", atRisk: "流失风险",
@@ -58,6 +63,11 @@ const TEXT = {
     noStability: "没有可比较的上一模型。",
     currentLine: (v) => `当前版本：${v}`, changed: (c) => `当前版本已变为 ${c.version}（之前为 ${c.previous || "无"}）。`,
     risk_low: "低", risk_medium: "中", risk_high: "高",
+    meanChurn: "流失概率（均值）", meanClv: "平均客户终身价值", valueAtRisk: "风险价值",
+    modelChanges: "因模型变化（同一批用户与数据，上一模型 → 本模型）",
+    behaviourChanges: "因行为变化（上一模型，当时 → 现在）",
+    matrixNote: "行：变化前的层级；列：变化后的层级；仅统计换了层级的用户（对角线即未变化的用户不计）。",
+    fromTo: "原层级 ↓ / 新层级 →", report: "报告", reportOf: (v) => `${v} 的训练报告`, close: "关闭报告",
   },
 };
 
@@ -147,6 +157,13 @@ async function showOverview() {
     cell(tr, tierName(tier, "nameEn", "nameZh"));
     cell(tr, tier.users, "num");
     cell(tr, `${(tier.share * 100).toFixed(1)}%`, "num");
+    cell(tr, `${(Number(tier.meanChurnProbability) * 100).toFixed(1)}%`, "num").dataset.value = tier.meanChurnProbability;
+    // Value figures are left out of the answer when the bundle has none.
+    for (const key of ["meanClv", "valueAtRisk"]) {
+      const known = tier[key] !== undefined;
+      const td = cell(tr, known ? money(tier[key]) : "—", "num");
+      td.dataset.value = known ? tier[key] : "";
+    }
     cell(tr, tier.playbook.join(" · "));
     body.appendChild(tr);
   }
@@ -158,18 +175,58 @@ async function showOverview() {
     for (const v of [x.rocAuc, x.prAuc, x.brier, x.liftTopDecile]) cell(tr, Number(v).toFixed(3), "num");
     metrics.appendChild(tr);
   }
-  const trans = $("transitions").tBodies[0];
-  trans.replaceChildren();
   const s = m.stability;
-  $("stability").textContent = s && s.previousVersion ? t("stabilityLine", s) : t("noStability");
+  const compared = Boolean(s && s.previousVersion);
+  $("stability").textContent = compared ? t("stabilityLine", s) : t("noStability");
+  $("matrices").hidden = !compared;
   const names = Object.fromEntries(m.tiers.map((x) => [x.id, tierName(x, "nameEn", "nameZh")]));
-  for (const x of (s && s.modelTransitions) || []) {
-    const tr = document.createElement("tr");
-    cell(tr, names[x.fromTierId] || x.fromTierId);
-    cell(tr, names[x.toTierId] || x.toTierId);
-    cell(tr, x.users, "num");
-    trans.appendChild(tr);
+  matrix($("model-matrix"), compared ? s.modelTransitions : [], m.tiers, names);
+  matrix($("behaviour-matrix"), compared ? s.behaviourTransitions : [], m.tiers, names);
+}
+
+function money(v) {
+  return Number(v).toLocaleString(state.lang === "zh" ? "zh-CN" : "en-US", { maximumFractionDigits: 2, minimumFractionDigits: 2 });
+}
+
+// A transition matrix: rows the tier before, columns the tier after, each cell the users who
+// moved (the answer lists only the moves, so the diagonal shows a dot). Tier ids of the previous
+// model that this one does not have get their own row or column.
+function matrix(table, transitions, tiers, names) {
+  const ids = tiers.map((x) => x.id);
+  for (const x of transitions || []) {
+    for (const id of [x.fromTierId, x.toTierId]) if (!ids.includes(id)) ids.push(id);
   }
+  const count = new Map((transitions || []).map((x) => [`${x.fromTierId}\u0000${x.toTierId}`, x.users]));
+  const head = document.createElement("tr");
+  const corner = document.createElement("th");
+  corner.scope = "col";
+  corner.textContent = t("fromTo");
+  head.appendChild(corner);
+  for (const id of ids) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.className = "num";
+    th.textContent = names[id] || id;
+    head.appendChild(th);
+  }
+  const rows = ids.map((from) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = names[from] || from;
+    tr.appendChild(th);
+    for (const to of ids) {
+      const td = cell(tr, from === to ? "·" : String(count.get(`${from}\u0000${to}`) || 0), from === to ? "num same" : "num");
+      td.dataset.from = from;
+      td.dataset.to = to;
+    }
+    return tr;
+  });
+  const thead = document.createElement("thead");
+  thead.appendChild(head);
+  const tbody = document.createElement("tbody");
+  tbody.replaceChildren(...rows);
+  table.replaceChildren(thead, tbody);
 }
 
 // ----------------------------------------------------------------------------------- at risk
@@ -334,6 +391,13 @@ async function showModels() {
     cell(tr, v.signedBy);
     cell(tr, v.problem);
     const td = cell(tr, "");
+    const rb = document.createElement("button");
+    rb.type = "button";
+    rb.className = "report";
+    rb.textContent = t("report");
+    rb.setAttribute("aria-label", t("reportOf", v.version));
+    rb.addEventListener("click", () => run(() => showReport(v.version)));
+    td.appendChild(rb);
     if (!v.current && !v.problem) {
       const b = document.createElement("button");
       b.type = "button";
@@ -348,6 +412,28 @@ async function showModels() {
   }
   $("models-table").hidden = false;
   $("models-rollback").hidden = false;
+}
+
+// A bundle's report: fetched with the token (a frame cannot send it), shown in a sandboxed
+// frame (no script, an opaque origin).
+async function showReport(version) {
+  state.opener = document.activeElement;
+  const r = await fetch(`/v1/models/${encodeURIComponent(version)}/report`, { headers: headers(false) });
+  if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
+  const html = await r.text();
+  $("report-frame").srcdoc = html;
+  $("report-frame").title = t("reportOf", version);
+  $("report-frame").dataset.version = version;
+  $("report-title").textContent = t("reportOf", version);
+  $("report-panel").hidden = false;
+  $("report-title").focus();
+}
+
+function closeReport() {
+  $("report-panel").hidden = true;
+  $("report-frame").srcdoc = "";
+  delete $("report-frame").dataset.version;
+  if (state.opener && document.contains(state.opener)) state.opener.focus();
 }
 
 // ---------------------------------------------------------------------------------- plumbing
@@ -384,6 +470,11 @@ function signedLine() {
 document.addEventListener("DOMContentLoaded", () => {
   applyLanguage();
   signedLine();
+  // The skip link moves focus only: following its #main would change the hash route.
+  document.querySelector(".skip").addEventListener("click", (e) => {
+    e.preventDefault();
+    $("main").focus();
+  });
   $("lang").addEventListener("click", () => {
     state.lang = state.lang === "zh" ? "en" : "zh";
     localStorage.setItem("tiering.lang", state.lang);
@@ -418,6 +509,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("user-form").addEventListener("submit", (e) => {
     e.preventDefault();
     location.hash = `#/user/${encodeURIComponent($("user-id").value.trim())}`;
+  });
+  $("report-close").addEventListener("click", closeReport);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !$("report-panel").hidden) closeReport();
   });
   $("models-rollback").addEventListener("click", () => run(async () => {
     $("models-status").textContent = t("changed", await api("/v1/models:rollback", {}));

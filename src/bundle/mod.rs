@@ -36,8 +36,10 @@ use std::sync::Arc;
 pub mod manifest;
 pub mod permissions;
 pub mod signature;
+mod tier_values;
 pub use manifest::Manifest;
 pub use signature::{BundleSigner, SignatureError, SignatureFile, VerifyKeys, MANIFEST_SIG};
+pub use tier_values::TierValue;
 
 /// Bumped whenever the on-disk layout or the meaning of a field changes.
 ///
@@ -419,6 +421,40 @@ impl BundleStore {
     /// Loads and verifies a bundle: manifest checksum, signature (with verify keys), format
     /// version, file checksums (state.bin is checked when it is read), model shapes.
     pub fn load(&self, version: &str) -> Result<Bundle, BundleError> {
+        let (dir, manifest) = self.verified_manifest(version)?;
+        Self::load_files(dir, manifest)
+    }
+
+    /// The training report (`report.html`) of bundle `version`: the version id checked as
+    /// everywhere, the manifest verified as [`BundleStore::load`] does (checksum, signature),
+    /// and the bytes returned are the bytes checked against the manifest's checksum.
+    pub fn report(&self, version: &str) -> Result<Vec<u8>, BundleError> {
+        let (dir, manifest) = self.verified_manifest(version)?;
+        let path = dir.join(REPORT);
+        let Some(expected) = manifest.files.get(REPORT) else {
+            return Err(BundleError::Missing { path });
+        };
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BundleError::Missing { path })
+            }
+            Err(source) => return Err(BundleError::Io { path, source }),
+        };
+        let found = hex::encode(Sha256::digest(&bytes));
+        if *expected != found {
+            return Err(BundleError::Checksum {
+                path,
+                expected: expected.clone(),
+                found,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The directory and manifest of bundle `version`, checked: a valid version id, the
+    /// manifest's checksum, its signature (with verify keys), a format this build reads.
+    fn verified_manifest(&self, version: &str) -> Result<(PathBuf, Manifest), BundleError> {
         if !valid_version_id(version) {
             return Err(BundleError::BadVersionId(version.to_string()));
         }
@@ -480,6 +516,11 @@ impl BundleStore {
                 what: "manifest",
                 message: e.to_string(),
             })?;
+        Ok((dir, manifest))
+    }
+
+    /// The rest of [`BundleStore::load`] once the manifest is verified.
+    fn load_files(dir: PathBuf, manifest: Manifest) -> Result<Bundle, BundleError> {
         for (name, sum) in &manifest.files {
             if name == STATE {
                 continue; // large; verified when read

@@ -54,6 +54,13 @@ impl ModelAdmin {
         .await
     }
 
+    /// The training report of bundle `version` ([`BundleStore::report`]: the version id and
+    /// the file checked); the HTTP API serves it (`GET /v1/models/{version}/report`).
+    pub async fn report(&self, version: String) -> Result<Vec<u8>, RequestError> {
+        self.blocking(move |store| store.report(&version).map_err(RequestError::ModelAdmin))
+            .await
+    }
+
     pub async fn promote(
         &self,
         who: String,

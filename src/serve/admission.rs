@@ -121,6 +121,16 @@ impl AdmissionLayer {
             metrics,
         }
     }
+
+    /// The `max_concurrent_requests` slots: the HTTP listener's requests take the same ones
+    /// ([`super::http`]), so the cap is the server's, whichever protocol asks.
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.slots.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
 }
 
 impl<S> tower::Layer<S> for AdmissionLayer {
@@ -231,18 +241,22 @@ fn exceeded<B: Default>(
 }
 
 /// Why a request body was not read.
-enum BodyRefused {
+pub(crate) enum BodyRefused {
     TimedOut,
     TooLarge,
     Broken(String),
 }
 
-/// Reads the whole body, at most `limit` bytes, within `timeout`.
-async fn read_body(
-    body: tonic::body::Body,
+/// Reads the whole body, at most `limit` bytes, within `timeout` (a gRPC or an HTTP body).
+pub(crate) async fn read_body<B>(
+    body: B,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, BodyRefused> {
+) -> Result<Bytes, BodyRefused>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyRefused::TimedOut),

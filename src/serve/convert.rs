@@ -360,6 +360,7 @@ pub(crate) fn interests(i: &Interests, as_of: Timestamp) -> Vec<proto::Interest>
 pub(crate) fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelInfo {
     let m = &model.manifest;
     let created_at = Some(to_timestamp(m.created_at));
+    let value = |id: &str| model.tier_values.as_ref().and_then(|v| v.get(id));
     proto::ModelInfo {
         version: model.version.clone(),
         created_at,
@@ -388,6 +389,9 @@ pub(crate) fn model_info(model: &LiveModel, users_held: usize) -> proto::ModelIn
                 playbook: t.playbook.clone(),
                 users: t.users,
                 share: t.share,
+                mean_churn_probability: t.mean_churn_probability,
+                mean_clv: value(t.id.as_str()).map(|v| v.mean_clv),
+                value_at_risk: value(t.id.as_str()).map(|v| v.value_at_risk),
             })
             .collect(),
         metrics: m

@@ -159,7 +159,8 @@ pub async fn run_with_metrics(
         ranking,
         privacy.clone(),
     )));
-    let http = spawn_http(&config, &handlers, &tls, &auth, stop_rx.clone()).await?;
+    let admission = admission_layer(&config, &metrics);
+    let http = spawn_http(&config, &handlers, &tls, &auth, &admission, stop_rx.clone()).await?;
     let tiering = crate::pb::tiering_server::TieringServer::new(handlers)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -185,14 +186,7 @@ pub async fn run_with_metrics(
             .max_connection_age_grace(Duration::from_secs(config.max_connection_age_grace_secs));
     }
     let serve = server
-        .layer(admission::AdmissionLayer::new(
-            admission::AdmissionLimits {
-                max_concurrent: config.max_concurrent_requests,
-                body_timeout: Duration::from_millis(config.request_body_timeout_ms),
-                max_message_bytes: config.max_message_bytes,
-            },
-            metrics.clone(),
-        ))
+        .layer(admission)
         .layer(auth::AuthLayer::new(auth))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
@@ -225,12 +219,29 @@ pub async fn run_with_metrics(
     Ok(())
 }
 
-/// The HTTP/JSON API and console on `http_listen`, when set, until `stop` fires.
+/// The admission of both listeners (one set of `max_concurrent_requests` slots).
+fn admission_layer(
+    config: &ValidServeConfig,
+    metrics: &Arc<metrics::Metrics>,
+) -> admission::AdmissionLayer {
+    admission::AdmissionLayer::new(
+        admission::AdmissionLimits {
+            max_concurrent: config.max_concurrent_requests,
+            body_timeout: Duration::from_millis(config.request_body_timeout_ms),
+            max_message_bytes: config.max_message_bytes,
+        },
+        metrics.clone(),
+    )
+}
+
+/// The HTTP/JSON API and console on `http_listen`, when set, until `stop` fires. It shares the
+/// gRPC listener's handlers, TLS, authentication and admission slots.
 async fn spawn_http(
     config: &ValidServeConfig,
     handlers: &service::TieringService,
     tls: &Option<Arc<tls::Tls>>,
     auth: &Option<Arc<auth::Auth>>,
+    admission: &admission::AdmissionLayer,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
     let Some(addr) = config.http_listen else {
@@ -250,6 +261,9 @@ async fn spawn_http(
     let opts = http::HttpOptions {
         max_connections: conn_limits(config).max_connections,
         max_body_bytes: config.max_message_bytes,
+        body_timeout: Duration::from_millis(config.request_body_timeout_ms),
+        slots: admission.slots(),
+        metrics: admission.metrics(),
         tls_handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
         grace: Duration::from_millis(config.shutdown_grace_ms),
     };

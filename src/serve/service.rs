@@ -102,6 +102,11 @@ impl TieringService {
         TieringService { ctx }
     }
 
+    /// The model administration the admin RPCs call (the HTTP API's report route uses it too).
+    pub(crate) fn model_admin(&self) -> &super::admin::ModelAdmin {
+        &self.ctx.admin
+    }
+
     fn finish<T>(
         &self,
         rpc: Rpc,

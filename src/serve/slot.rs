@@ -75,6 +75,10 @@ pub struct LiveModel {
     /// The bundle's kind mapping (`manifest.kinds`), prepared: RecordEvents and ScoreUser
     /// resolve kind names with it, as training did.
     pub kinds: crate::features::vocabulary::KindResolver,
+    /// Tier id → value figures of the bundle's scored snapshot, read once at load
+    /// ([`Bundle::tier_values`]); `None` when the bundle has no value model or its snapshot
+    /// could not be read (GetModelInfo then leaves the tiers' value unset).
+    pub tier_values: Option<std::collections::BTreeMap<String, crate::bundle::TierValue>>,
 }
 
 impl LiveModel {
@@ -90,6 +94,13 @@ impl LiveModel {
         // The bundle's category names join the process's dictionary (interests are named
         // with it; names learned from RecordEvents stay).
         crate::features::interests::learn_list(&bundle.manifest.data.categories);
+        let tier_values = bundle.scorer.value.is_some().then(|| bundle.tier_values());
+        let tier_values = tier_values.and_then(|r| {
+            r.map_err(
+                |e| tracing::warn!(error = %e, %version, "per-tier value figures unavailable"),
+            )
+            .ok()
+        });
         let scorer = bundle.scorer;
         let mut tier_index = HashMap::new();
         for (i, t) in scorer.tiers.tiers.iter().enumerate() {
@@ -140,6 +151,7 @@ impl LiveModel {
             scorer,
             tier_index,
             kinds,
+            tier_values,
         })
     }
 }

@@ -9,7 +9,7 @@
 //! [`super::http_api`] (no extra crate).
 
 use super::http_api::{bearer, grpc_walk, keys_file, request, start};
-use crate::helpers::{publish, Dirs};
+use crate::helpers::{manifest, publish, scorer, snapshot, Dirs};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +144,23 @@ impl Browser {
         .await;
     }
 
+    /// Presses and releases one key (a WebDriver key code, e.g. `\u{E004}` for Tab).
+    async fn key(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.call("POST", "/actions", Some(actions)).await;
+    }
+
+    /// The page's sideways overflow in CSS pixels (0: none).
+    async fn overflow(&self) -> i64 {
+        self.js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        )
+        .await
+        .as_i64()
+        .unwrap()
+    }
+
     async fn js(&self, script: &str) -> Value {
         self.call(
             "POST",
@@ -233,10 +250,57 @@ async fn downloaded(dir: &Path, name: &str) -> String {
     panic!("{name} was not downloaded within 20 s");
 }
 
+/// The counts of the transition matrices of [`publish_compared`]: `from * 10 + to + 1` users
+/// moved from tier `from` to tier `to` (indices), the diagonal 50.
+fn moved(from: usize, to: usize) -> u64 {
+    if from == to {
+        50
+    } else {
+        (from * 10 + to + 1) as u64
+    }
+}
+
+/// Bundle `version` compared with `previous` (its stability figures and transition matrices
+/// as training writes them) with a report, made current.
+fn publish_compared(models: &Path, version: &str, previous: &str) {
+    use tiering::bundle::manifest::{Stability, TransitionCounts};
+    let store = tiering::bundle::BundleStore::new(models);
+    let s = scorer(1.0);
+    let mut m = manifest(version, &s);
+    let ids: Vec<String> = m.tiers.iter().map(|t| t.id.clone()).collect();
+    let counts = TransitionCounts {
+        from: ids.clone(),
+        to: ids.clone(),
+        counts: (0..ids.len())
+            .map(|i| (0..ids.len()).map(|j| moved(i, j)).collect())
+            .collect(),
+    };
+    m.metrics.stability = Some(Stability {
+        previous_version: previous.into(),
+        compared: 200,
+        model_changed: 20,
+        model_changed_share: 0.1,
+        behaviour_compared: 200,
+        behaviour_changed: 20,
+        behaviour_changed_share: 0.1,
+        model: counts.clone(),
+        behaviour: counts,
+    });
+    let pending = store.begin(version).unwrap();
+    std::fs::write(
+        pending.path(tiering::bundle::REPORT),
+        format!("<!doctype html><html><head><style>h1{{color:teal}}</style></head><body><h1 id=\"r\">training report {version}</h1></body></html>"),
+    )
+    .unwrap();
+    pending.commit(m, &s, &snapshot()).unwrap();
+    store.promote(version).unwrap();
+}
+
 #[tokio::test]
 async fn the_console_signs_in_filters_downloads_opens_a_user_and_speaks_chinese_in_chromium() {
     let dirs = Dirs::new();
     publish(&dirs.models(), "v1", 1.0);
+    publish_compared(&dirs.models(), "v2", "v1");
     let keys = dirs.root.path().join("keys.toml");
     let token = keys_file(
         &keys,
@@ -256,6 +320,20 @@ async fn the_console_signs_in_filters_downloads_opens_a_user_and_speaks_chinese_
 
     // Sign in; the overview lists the model's tiers.
     b.go(&format!("http://{http}/#/overview")).await;
+    // By keyboard: the first Tab reaches the skip link, Enter moves focus to the content
+    // without leaving the page's view.
+    b.key("\u{E004}").await;
+    let focused = b.js("return document.activeElement.className;").await;
+    assert_eq!(focused, "skip");
+    b.key("\u{E007}").await;
+    let (focused, hash) = (
+        b.js("return document.activeElement.id;").await,
+        b.js("return location.hash;").await,
+    );
+    assert_eq!(
+        (focused.as_str(), hash.as_str()),
+        (Some("main"), Some("#/overview"))
+    );
     b.type_into("#token", &token).await;
     b.click("#signin").await;
     b.until("signed in", "sessionStorage.getItem('tiering.token')")
@@ -273,6 +351,37 @@ async fn the_console_signs_in_filters_downloads_opens_a_user_and_speaks_chinese_
         .unwrap()
         .into_inner();
     assert_eq!(tiers, info.tiers.len());
+    // Per tier: churn (the mean probability), and value where the bundle has it (this one has
+    // no value model: a dash).
+    let shown = b
+        .js("return [...document.querySelectorAll('#tiers tbody tr')].map(tr => [tr.dataset.tier, tr.children[3].dataset.value, tr.children[4].textContent, tr.children[5].textContent]);")
+        .await;
+    for (row, t) in shown.as_array().unwrap().iter().zip(&info.tiers) {
+        assert_eq!(row[0], t.id.as_str());
+        assert_eq!(row[1], t.mean_churn_probability.to_string().as_str());
+        assert_eq!((row[2].as_str(), row[3].as_str()), (Some("—"), Some("—")));
+    }
+    // The transitions since v1, as matrices (rows before, columns after).
+    b.until(
+        "the matrices",
+        "!document.getElementById('matrices').hidden",
+    )
+    .await;
+    for (i, from) in info.tiers.iter().enumerate() {
+        for (j, to) in info.tiers.iter().enumerate() {
+            for table in ["model-matrix", "behaviour-matrix"] {
+                let cell = b
+                    .js(&format!("return document.querySelector(\"#{table} td[data-from='{}'][data-to='{}']\").textContent;", from.id, to.id))
+                    .await;
+                let want = if i == j {
+                    "·".to_string()
+                } else {
+                    moved(i, j).to_string()
+                };
+                assert_eq!(cell, want.as_str(), "{table} {} -> {}", from.id, to.id);
+            }
+        }
+    }
     b.screenshot("1-overview").await;
 
     // The at-risk list, filtered by one tier: the first page equals the gRPC walk's first 50.
@@ -386,11 +495,45 @@ async fn the_console_signs_in_filters_downloads_opens_a_user_and_speaks_chinese_
     assert_eq!(zh, first.tier_name_zh.as_str());
     b.screenshot("4-user-zh").await;
 
-    // Phone width: nothing wider than the screen (tables scroll inside their box).
+    // Models: each bundle's report, in a sandboxed frame.
+    b.click("#nav-models").await;
+    b.until(
+        "the models table",
+        "document.querySelectorAll('#models-table tbody tr').length === 2",
+    )
+    .await;
+    b.click("#models-table tr[data-version='v2'] button.report")
+        .await;
+    b.until(
+        "the report",
+        "document.getElementById('report-frame').dataset.version === 'v2'",
+    )
+    .await;
+    let frame = b
+        .js("const f = document.getElementById('report-frame'); return [f.srcdoc.includes('training report v2'), f.getAttribute('sandbox'), f.getBoundingClientRect().height > 100, document.activeElement.id];")
+        .await;
+    assert_eq!(frame, json!([true, "", true, "report-title"]));
+    b.screenshot("5-models-report-zh").await;
+
+    // Phone width (390 CSS px, emulated: a desktop window cannot be that narrow): no view is
+    // wider than the screen (tables scroll inside their box).
     b.call(
         "POST",
-        "/window/rect",
-        Some(json!({"width": 390, "height": 844})),
+        "/goog/cdp/execute",
+        Some(
+            json!({"cmd": "Emulation.setDeviceMetricsOverride", "params":
+            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}}),
+        ),
+    )
+    .await;
+    b.until("a phone-wide viewport", "window.innerWidth <= 400")
+        .await;
+    assert_eq!(b.overflow().await, 0, "models with the report open");
+    b.screenshot("6-models-phone-zh").await;
+    b.key("\u{E00C}").await;
+    b.until(
+        "the report closed by Escape",
+        "document.getElementById('report-panel').hidden",
     )
     .await;
     b.click("#nav-at-risk").await;
@@ -399,14 +542,20 @@ async fn the_console_signs_in_filters_downloads_opens_a_user_and_speaks_chinese_
         "document.querySelectorAll('#atrisk-rows tr').length",
     )
     .await;
-    let overflow = b
-        .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
-        .await;
-    assert!(
-        overflow.as_i64().unwrap() <= 0,
-        "the page scrolls sideways by {overflow} px"
-    );
-    b.screenshot("5-at-risk-phone-zh").await;
+    assert_eq!(b.overflow().await, 0, "at risk");
+    b.screenshot("7-at-risk-phone-zh").await;
+    for (view, ready) in [
+        (
+            "overview",
+            "document.querySelectorAll('#tiers tbody tr').length",
+        ),
+        ("user", "!document.getElementById('view-user').hidden"),
+    ] {
+        b.click(&format!("#nav-{view}")).await;
+        b.until(view, ready).await;
+        assert_eq!(b.overflow().await, 0, "{view}");
+    }
+    b.screenshot("8-overview-phone-zh").await;
 
     b.close().await;
     server.stop().await.unwrap();

@@ -653,7 +653,9 @@ async fn the_openapi_description_lists_exactly_the_routes_the_router_answers() {
                 tiering::serve::auth::access_for(grpc).is_some(),
                 "{grpc} has a row in the access table"
             );
-            let concrete = path.replace("{user_id}", &user(1));
+            let concrete = path
+                .replace("{user_id}", &user(1))
+                .replace("{version}", "v1");
             let r = match method.as_str() {
                 "get" => get(http, &concrete, None).await,
                 "post" => post(http, &concrete, None, &json!({})).await,

@@ -10,7 +10,9 @@ mod console;
 mod grpc_server;
 mod helpers;
 mod hostile_clients;
+mod http_admission;
 mod http_api;
+mod http_models;
 mod interests;
 #[cfg(feature = "kafka")]
 mod kafka_events;

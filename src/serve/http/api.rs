@@ -2,22 +2,24 @@
 //! [`super`]): CSRF check, role check, request JSON → proto, the gRPC handler, answer → JSON.
 
 use super::json;
+use super::{error_response, json_response};
 use super::{Api, Input, Meta, Output, Peer, Route, Verb, PASSED_HEADERS, ROUTES};
 use crate::pb as proto;
 use crate::pb::tiering_server::Tiering;
-use crate::serve::error::{code_name, http_status, RequestError, FIELD_METADATA};
+use crate::serve::error::RequestError;
 use axum::body::Body;
 use axum::extract::{RawPathParams, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use prost::Message;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use tonic::Status;
 
-/// The router: every route of [`ROUTES`], `/openapi.json`, the console, and a JSON 404
-/// (UNIMPLEMENTED) for anything else.
-pub(super) fn router(api: Arc<Api>, max_body_bytes: usize) -> axum::Router {
+/// The router: every route of [`ROUTES`] behind [`super::admission`], `/openapi.json`, the
+/// console, and a JSON 404 (UNIMPLEMENTED) for anything else.
+pub(super) fn router(api: Arc<Api>, admit: Arc<super::admission::Admit>) -> axum::Router {
+    let max_body_bytes = admit.max_body;
     let mut app = axum::Router::new();
     for route in ROUTES {
         let handler = move |State(api): State<Arc<Api>>, params: RawPathParams, req: Request| async move {
@@ -32,6 +34,10 @@ pub(super) fn router(api: Arc<Api>, max_body_bytes: usize) -> axum::Router {
         };
         app = app.route(route.path, method);
     }
+    let app = app.route_layer(axum::middleware::from_fn_with_state(
+        admit,
+        super::admission::admit,
+    ));
     super::console::routes(app)
         .route("/openapi.json", axum::routing::get(openapi))
         .fallback(no_route)
@@ -81,7 +87,15 @@ async fn answer(
             headers.insert(*name, v.clone());
         }
     }
-    let meta = Meta { caller, headers };
+    let deadline = parts
+        .extensions
+        .get::<crate::serve::admission::RequestDeadline>()
+        .and_then(|d| d.0);
+    let meta = Meta {
+        caller,
+        headers,
+        deadline,
+    };
     let desc = api.codec.message(route.request).map_err(internal)?;
     let mut obj = match route.input {
         Input::Body => body_object(body, max_body_bytes).await?,
@@ -128,6 +142,15 @@ async fn answer(
             let doc = serde_json::json!({"matched": n.to_string()});
             Ok(json_response(StatusCode::OK, &doc))
         }
+        Output::Report => {
+            // The request message (ListModelsRequest) has no field: the version is the path's.
+            let version = params
+                .iter()
+                .find(|(k, _)| *k == "version")
+                .map_or("", |(_, v)| v);
+            let html = api.svc.model_admin().report(version.to_string()).await?;
+            Ok(super::console::report(html))
+        }
     }
 }
 
@@ -164,10 +187,10 @@ async fn unary(api: &Api, route: &Route, value: Value, meta: &Meta) -> Result<Ve
 
 /// The JSON object of a request body (an empty body is `{}`).
 async fn body_object(body: Body, max: usize) -> Result<Map<String, Value>, Status> {
+    // The admission read it already, within its limits; this only takes the bytes.
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        Status::from(RequestError::invalid(
-            "",
-            format!("the request body is over {max} bytes (max_message_bytes), or was cut off"),
+        Status::resource_exhausted(format!(
+            "the request body is over {max} bytes (max_message_bytes)"
         ))
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -226,46 +249,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-pub(super) fn json_response(status: StatusCode, doc: &Value) -> Response {
-    let body = serde_json::to_vec(doc).unwrap_or_default();
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// A gRPC status as the HTTP API's error: `{"code": 5, "status": "NOT_FOUND", "message": ...,
-/// "field": "user_id"}` (`field` only when the error is about one) with the HTTP status of
-/// [`http_status`].
-pub(super) fn error_response(status: &Status) -> Response {
-    let code = status.code();
-    let mut doc = serde_json::json!({
-        "code": code as i32,
-        "status": code_name(code),
-        "message": status.message(),
-    });
-    if let Some(field) = status
-        .metadata()
-        .get(FIELD_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .filter(|f| !f.is_empty())
-    {
-        doc["field"] = Value::String(field.to_string());
-    }
-    let http = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json_response(http, &doc);
-    if code == tonic::Code::Unauthenticated {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +256,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
+            h.insert(*k, axum::http::HeaderValue::from_static(v));
         }
         h
     }

@@ -14,6 +14,15 @@
 //! - [`csv`]: the at-risk CSV (the same rows as `tiering at-risk --format csv`), streamed page by
 //!   page.
 //! - `console`: the embedded web console (`web/`: HTML, JS, CSS; English and Chinese).
+//! - `admission`: body limits and timeouts, the concurrency cap (the gRPC listener's slots) and
+//!   deadlines in front of every `/v1` route: 413, 408, 429, 504 (see its docs).
+//! - `GET /v1/models/{version}/report`: a bundle's training report (`report.html`), guarded as
+//!   ListModels (role `admin`: like the list of versions, a report describes the data a model
+//!   was trained on). The version id is checked by the bundle store's one rule (letters,
+//!   digits, `-`, `_`, `.`, not starting with `.`: no `..`, no `/`, however encoded), the file
+//!   against the manifest's checksum, and the page is served under a Content-Security-Policy
+//!   that allows no script, no network, no frames, no forms and sandboxes it (inline styles
+//!   only: the report's own).
 //!
 //! # Security
 //!
@@ -27,6 +36,7 @@
 //! Without authentication (loopback only, see [`super::run`]) these checks are what stands
 //! between a malicious page and a local server, so they apply always.
 
+mod admission;
 mod api;
 mod console;
 pub mod csv;
@@ -35,10 +45,15 @@ pub mod openapi;
 
 use super::service::TieringService;
 use super::tls::Tls;
+use crate::serve::error::{code_name, http_status, FIELD_METADATA};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::Status;
 
 /// An HTTP method of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +91,8 @@ pub enum Output {
     AtRiskCsv,
     /// `{"matched": "N"}`: how many users the at-risk filters match (every page walked).
     AtRiskCount,
+    /// The `report.html` of the bundle named by the `version` path parameter.
+    Report,
 }
 
 /// One route of the API.
@@ -205,6 +222,15 @@ pub const ROUTES: &[Route] = &[
         "Every bundle of the models directory (admin).",
     ),
     route(
+        Get,
+        "/v1/models/{version}/report",
+        "ListModels",
+        "ListModelsRequest",
+        Query,
+        Output::Report,
+        "A bundle's training report, as HTML (admin, as ListModels).",
+    ),
+    route(
         Post,
         "/v1/models:promote",
         "PromoteModel",
@@ -257,6 +283,8 @@ pub const ROUTES: &[Route] = &[
 pub(crate) struct Meta {
     pub(super) caller: Option<crate::serve::auth::Caller>,
     pub(super) headers: axum::http::HeaderMap,
+    /// The request's deadline (`grpc-timeout`; see `admission`), as gRPC handlers read it.
+    pub(super) deadline: Option<std::time::Instant>,
 }
 
 /// Request headers passed on to the handlers as gRPC metadata.
@@ -270,6 +298,8 @@ impl Meta {
         if let Some(c) = &self.caller {
             req.extensions_mut().insert(c.clone());
         }
+        req.extensions_mut()
+            .insert(crate::serve::admission::RequestDeadline(self.deadline));
         req
     }
 }
@@ -287,6 +317,11 @@ pub(crate) struct Api {
 pub(crate) struct HttpOptions {
     pub max_connections: usize,
     pub max_body_bytes: usize,
+    /// `request_body_timeout_ms`: for the body, and for the headers of each request.
+    pub body_timeout: Duration,
+    /// `max_concurrent_requests`: the gRPC listener's semaphore.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    pub metrics: Arc<crate::serve::metrics::Metrics>,
     pub tls_handshake_timeout: Duration,
     /// How long open connections may finish their answers once `stop` fired.
     pub grace: Duration,
@@ -305,7 +340,13 @@ pub(crate) async fn serve(
     opts: HttpOptions,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = api::router(api, opts.max_body_bytes);
+    let admit = Arc::new(admission::Admit {
+        slots: opts.slots.clone(),
+        body_timeout: opts.body_timeout,
+        max_body: opts.max_body_bytes,
+        metrics: opts.metrics.clone(),
+    });
+    let app = api::router(api, admit);
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     loop {
         let stream = tokio::select! {
@@ -326,10 +367,14 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
         let (handshake_timeout, grace) = (opts.tls_handshake_timeout, opts.grace);
+        let limits = ConnLimits {
+            grace,
+            header_timeout: opts.body_timeout,
+        };
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(stream, app, Peer::default(), stop, grace).await,
+                None => connection(stream, app, Peer::default(), stop, limits).await,
                 Some(tls) => {
                     let accept = tls.http_acceptor().accept(stream);
                     let stream = match tokio::time::timeout(handshake_timeout, accept).await {
@@ -343,11 +388,20 @@ pub(crate) async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| Arc::from(super::tls::cert_names(c.as_ref())));
-                    connection(stream, app, Peer(names), stop, grace).await
+                    connection(stream, app, Peer(names), stop, limits).await
                 }
             }
         });
     }
+}
+
+/// The timing limits of one connection.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    /// How long it may finish its answers once `stop` fired.
+    grace: Duration,
+    /// How long a request's headers may take to arrive (a slow-loris client is dropped).
+    header_timeout: Duration,
 }
 
 /// One HTTP/1.1 connection, shut down gracefully when `stop` fires.
@@ -356,7 +410,7 @@ async fn connection<I>(
     app: axum::Router,
     peer: Peer,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    limits: ConnLimits,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -366,13 +420,15 @@ async fn connection<I>(
         async move { tower::Service::call(&mut app, req).await }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
     tokio::pin!(conn);
     let served = tokio::select! {
         r = conn.as_mut() => r,
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(grace, conn.as_mut()).await {
+            match tokio::time::timeout(limits.grace, conn.as_mut()).await {
                 Ok(r) => r,
                 Err(_) => Ok(()),
             }
@@ -381,4 +437,45 @@ async fn connection<I>(
     if let Err(e) = served {
         tracing::debug!(error = %e, "HTTP connection");
     }
+}
+
+/// JSON answers and errors, shared by the dispatcher and the admission.
+fn json_response(status: StatusCode, doc: &Value) -> Response {
+    let body = serde_json::to_vec(doc).unwrap_or_default();
+    let mut r = Response::new(axum::body::Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A gRPC status as the HTTP API's error: `{"code": 5, "status": "NOT_FOUND", "message": ...,
+/// "field": "user_id"}` (`field` only when the error is about one) with the HTTP status of
+/// [`http_status`].
+fn error_response(status: &Status) -> Response {
+    let code = status.code();
+    let mut doc = serde_json::json!({
+        "code": code as i32,
+        "status": code_name(code),
+        "message": status.message(),
+    });
+    if let Some(field) = status
+        .metadata()
+        .get(FIELD_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|f| !f.is_empty())
+    {
+        doc["field"] = Value::String(field.to_string());
+    }
+    let http = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(http, &doc);
+    if code == tonic::Code::Unauthenticated {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }

@@ -22,6 +22,7 @@ pub fn operation_id(route: &super::Route) -> String {
     match route.output {
         Output::AtRiskCsv => format!("{}Csv", route.rpc),
         Output::AtRiskCount => format!("{}Count", route.rpc),
+        Output::Report => "GetModelReport".to_string(),
         _ => route.rpc.to_string(),
     }
 }
@@ -88,7 +89,7 @@ pub(crate) fn document(codec: &Codec) -> Result<Value, JsonError> {
         "info": {
             "title": "tiering HTTP/JSON API",
             "version": "v1",
-            "description": "The gRPC service tiering.v1.Tiering over HTTP with the proto's canonical JSON mapping. Errors: 400 INVALID_ARGUMENT / FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ABORTED, 429 RESOURCE_EXHAUSTED (e.g. more ids than max_batch_size), 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.",
+            "description": "The gRPC service tiering.v1.Tiering over HTTP with the proto's canonical JSON mapping. Errors: 400 INVALID_ARGUMENT / FAILED_PRECONDITION, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 408 DEADLINE_EXCEEDED (the request body did not arrive within request_body_timeout_ms), 409 ABORTED, 413 RESOURCE_EXHAUSTED (a body over max_message_bytes), 429 RESOURCE_EXHAUSTED (more ids than max_batch_size, or every max_concurrent_requests slot busy: Retry-After), 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED (the deadline of a grpc-timeout header passed).",
         },
         "paths": paths,
         "components": {
@@ -122,6 +123,9 @@ fn ok_response(
             json!({"description": "The count", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"matched": {"type": "string", "format": "uint64"}},
             }}}})
+        }
+        Output::Report => {
+            json!({"description": "The bundle's report.html, under a Content-Security-Policy that allows no script, no network and sandboxes it", "content": {"text/html": {"schema": {"type": "string"}}}})
         }
     })
 }

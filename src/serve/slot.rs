@@ -90,6 +90,7 @@ impl LiveModel {
         // The bundle's category names join the process's dictionary (interests are named
         // with it; names learned from RecordEvents stay).
         crate::features::interests::learn_list(&bundle.manifest.data.categories);
+        crate::features::interests::learn_room_list(&bundle.manifest.data.rooms);
         let scorer = bundle.scorer;
         let mut tier_index = HashMap::new();
         for (i, t) in scorer.tiers.tiers.iter().enumerate() {

@@ -23,6 +23,7 @@ for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$HTTP/v1/users/$
 curl -sf -o /dev/null "http://127.0.0.1:$HTTP/v1/users/$UID_" || { echo "the JSON lookup never answered 200" >&2; cat "$W/log" >&2; exit 1; }
 run() { # grpc|json
   local out
+  : > "$W/lat" # h2load appends to --log-file: one run's latencies only
   if [ "$1" = grpc ]; then
     out=$(h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' \
       -d "$W/body" --log-file "$W/lat" http://127.0.0.1:$GRPC/tiering.v1.Tiering/GetUserTier)

@@ -143,6 +143,10 @@ pub struct DataInfo {
     /// `hash_str` of these). Not written when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<String>,
+    /// The room ids seen, sorted (the server names the rooms of the interests with them; at
+    /// most `features::interests::MAX_CATEGORY_NAMES`). Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
     /// Rows per channel (`live` includes rows without a channel), when the data has a
     /// `channel` column. Not written when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

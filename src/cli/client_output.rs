@@ -9,7 +9,8 @@
 //!   `channel=spend_share/activity_share` joined by `; ` (empty without channel data).
 //! - `json`: one JSON array of objects, one object per line. Keys as the CSV columns, but
 //!   `reasons` is an array of `{feature, contribution, value}` and `playbook` an array of
-//!   strings; plus `model_version` and `as_of` (RFC 3339).
+//!   strings; plus `rooms` (the top live rooms, `{room_id, score}`, not in the CSV),
+//!   `model_version` and `as_of` (RFC 3339).
 //! - `jsonl`: the same objects as JSON Lines (one per line, no array), for streaming tools.
 //! - `table`: aligned columns for a terminal (CJK-width aware).
 //!
@@ -115,6 +116,7 @@ pub struct JsonUser<'a> {
     value_at_risk: f64,
     interests: Vec<JsonInterest<'a>>,
     channels: Vec<JsonChannel<'a>>,
+    rooms: Vec<JsonRoom<'a>>,
     model_version: &'a str,
     as_of: String,
 }
@@ -122,6 +124,12 @@ pub struct JsonUser<'a> {
 #[derive(Serialize)]
 struct JsonInterest<'a> {
     category: &'a str,
+    score: f64,
+}
+
+#[derive(Serialize)]
+struct JsonRoom<'a> {
+    room_id: &'a str,
     score: f64,
 }
 
@@ -173,6 +181,14 @@ impl<'a> From<&'a proto::UserTier> for JsonUser<'a> {
                     channel: &c.channel,
                     spend_share: c.spend_share,
                     activity_share: c.activity_share,
+                })
+                .collect(),
+            rooms: u
+                .rooms
+                .iter()
+                .map(|r| JsonRoom {
+                    room_id: &r.room_id,
+                    score: r.score,
                 })
                 .collect(),
             model_version: &u.model_version,
@@ -350,6 +366,13 @@ pub fn write_user_table(out: &mut dyn Write, u: &proto::UserTier) -> io::Result<
     for (i, x) in u.interests.iter().enumerate() {
         let key = if i == 0 { "interests" } else { "" };
         writeln!(out, "{key:<W$} {}  {:.2}", x.category, x.score)?;
+    }
+    if u.rooms.is_empty() {
+        writeln!(out, "{:<W$} -", "rooms")?;
+    }
+    for (i, r) in u.rooms.iter().enumerate() {
+        let key = if i == 0 { "rooms" } else { "" };
+        writeln!(out, "{key:<W$} {}  {:.2}", r.room_id, r.score)?;
     }
     if u.channels.is_empty() {
         writeln!(out, "{:<W$} -", "channels")?;

@@ -21,7 +21,10 @@
 //!   events and spend go to a third, shared `rest` bucket, shown as `other`. When a
 //!   smaller-coded channel arrives, the larger slot's counts move to `rest`. The final state is
 //!   a function of the multiset of events (integer sums, and "the two smallest codes" does not
-//!   depend on order), so training and the server agree exactly;
+//!   depend on order), so training and the server agree exactly. Event counts are `u16`,
+//!   saturating at 65,535 per slot (24 bytes a user, within issue 14's memory budget; the
+//!   saturated sums are still order-independent, saturating addition of non-negative counts
+//!   being `min(sum, max)`), spend in `u32` cents;
 //! - live's share is the rest of the total: the user's events, and gross order spend in cents,
 //!   minus the slots and `rest`.
 
@@ -106,17 +109,35 @@ impl Channel {
 /// Slot value meaning "empty".
 const NO_SLOT: u8 = 0;
 
-/// One user's channel mix (module docs). 28 bytes.
+/// One user's channel mix (module docs). 24 bytes (28 before rooms joined the aggregate:
+/// the event counts became `u16`, serialised as before).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelMix {
     /// Bit `code` set once a channel was seen (bit 1 for live and unspecified).
     pub used: u8,
     /// Codes of the two slots, `0` when empty; slot 0 holds the smaller code.
     slots: [u8; 2],
-    /// Events per slot, then the `rest`.
-    events: [u32; 3],
+    /// Events per slot, then the `rest`: saturating at 65,535 (a user with more events on one
+    /// non-live channel shows live's activity share too high); serialised as `u32`s, the
+    /// layout of aggregate format 3.
+    #[serde(with = "events_u32")]
+    events: [u16; 3],
     /// Order spend in whole cents per slot, then the `rest`.
     cents: [u32; 3],
+}
+
+/// The event counts serialised as `[u32; 3]` (format 3's layout), read back saturating.
+mod events_u32 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u16; 3], s: S) -> Result<S::Ok, S::Error> {
+        v.map(u32::from).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u16; 3], D::Error> {
+        let wide = <[u32; 3]>::deserialize(d)?;
+        Ok(wide.map(|x| u16::try_from(x).unwrap_or(u16::MAX)))
+    }
 }
 
 impl ChannelMix {

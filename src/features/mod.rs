@@ -27,11 +27,11 @@ pub mod time;
 pub mod vector;
 pub mod vocabulary;
 
-pub use aggregate::{UserAggregate, UserAggregateV1, UserAggregateV2};
+pub use aggregate::{UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3};
 pub use channel::{Channel, ChannelMix, ChannelShares};
 pub use event::{Event, EventKind, Timestamp, DAY, DEFAULT_EARLIEST_EVENT};
 pub use hash::{fnv1a64, hash_str};
-pub use interests::{CategoryNames, Interests};
+pub use interests::{CategoryNames, Interests, Rooms, TopK};
 pub use scaler::StandardScaler;
 pub use segments::{LifecycleStage, LifecycleThresholds, RfmSegment, RfmThresholds};
 pub use snapshot::{active_in_window, build_aggregates, known_at, ChurnDefinition};

@@ -227,6 +227,9 @@ pub struct KindTally {
     categories: CategoryNames,
     /// Hashes whose name is known already (direct-mapped, so the row path skips the map).
     category_cache: CategoryCache,
+    /// Room ids by hash (the names of the rooms in the interests), and their cache.
+    rooms: CategoryNames,
+    room_cache: CategoryCache,
 }
 
 /// Unknown channel values listed by name at most (the rest are counted in `other`).
@@ -307,6 +310,24 @@ impl KindTally {
         &self.categories
     }
 
+    /// Records the id of room `hash` (the raw field as the readers hash it).
+    #[inline]
+    pub fn note_room(&mut self, hash: u32, raw: &[u8]) {
+        let slot = (hash.wrapping_mul(0x9E37_79B9) >> 26) as usize;
+        if self.room_cache.0[slot] == hash {
+            return;
+        }
+        self.room_cache.0[slot] = hash;
+        if self.rooms.get(hash).is_none() {
+            self.rooms.note(hash, &String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// The room ids the readers saw.
+    pub fn rooms(&self) -> &CategoryNames {
+        &self.rooms
+    }
+
     /// Rows per channel, by name (live includes unspecified), channels with rows only.
     pub fn channel_rows(&self) -> Vec<(&'static str, u64)> {
         let mut out: Vec<(&'static str, u64)> = Vec::new();
@@ -344,6 +365,7 @@ impl KindTally {
             }
         }
         self.categories.merge(&other.categories);
+        self.rooms.merge(&other.rooms);
         for (a, b) in self.canonical.iter_mut().zip(other.canonical) {
             *a += b;
         }

@@ -233,6 +233,7 @@ pub fn read_dataset(path: &Path, opts: &ReadOptions) -> Result<Dataset, ReadErro
     // The category names join the process's dictionary, so that scores written from this data
     // (`tiering score`, the bundle's scores.parquet) name the interests.
     crate::features::interests::learn_names(d.events.kind_tally.categories());
+    crate::features::interests::learn_room_names(d.events.kind_tally.rooms());
     Ok(d)
 }
 

@@ -10,7 +10,7 @@ use super::churn::{ChurnModel, BLOCK};
 use super::tiers::TierModel;
 use crate::features::{
     ChannelShares, Feature, FeatureSet, Interests, LifecycleStage, LifecycleThresholds, RfmSegment,
-    RfmThresholds, StandardScaler, Timestamp, UserAggregate,
+    RfmThresholds, Rooms, StandardScaler, Timestamp, UserAggregate,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,9 @@ pub struct Score {
     pub interests: Interests,
     /// The user's channel mix (issue 14), likewise.
     pub channels: ChannelShares,
+    /// The user's top live rooms (issue 14), likewise.
+    #[serde(default)]
+    pub rooms: Rooms,
 }
 
 impl Default for Score {
@@ -137,6 +140,7 @@ impl Default for Score {
             value_at_risk: 0.0,
             interests: Interests::default(),
             channels: ChannelShares::default(),
+            rooms: Rooms::default(),
         }
     }
 }
@@ -395,6 +399,7 @@ impl Scorer {
             n_factors: n as u8,
             interests: a.interests,
             channels: ChannelShares::from_list(&a.channel_shares()),
+            rooms: a.rooms,
             ..Score::default()
         }
     }

@@ -7,11 +7,12 @@ use super::page_token::{Order, PageToken, TokenKeys, VersionId};
 use super::slot::LiveModel;
 use super::state::UserEvent;
 use crate::features::hash::fnv1a64;
-use crate::features::interests::{display_name, learn_name};
+use crate::features::interests::{display_name, learn_name, learn_room_name, room_display_name};
 use crate::features::time::format_rfc3339;
 use crate::features::vocabulary::{KindResolver, Resolved, UnknownKinds};
 use crate::features::{
-    hash_str, Channel, EventKind, Interests, LifecycleStage, Timestamp, Transform, UserAggregate,
+    hash_str, Channel, EventKind, Interests, LifecycleStage, Rooms, Timestamp, Transform,
+    UserAggregate,
 };
 use crate::model::Score;
 use crate::pb::{self as proto, MAX_SECONDS, MIN_SECONDS};
@@ -187,13 +188,15 @@ pub fn event(
     let with_money = matches!(kind, EventKind::Order | EventKind::Refund);
     let category = hash_str(&e.category);
     learn_name(category, &e.category);
+    let room = hash_str(&e.room_id);
+    learn_room_name(room, &e.room_id);
     Ok(Some(UserEvent {
         user_id: user,
         ts,
         kind,
         amount: if with_money { e.amount } else { 0.0 },
         watch_seconds: e.watch_seconds,
-        room: hash_str(&e.room_id),
+        room,
         category,
         // The readers' rule: trimmed, blank is none, hashed like rooms.
         order: if with_money {
@@ -299,6 +302,7 @@ pub(crate) fn user_tier(
         p_alive: s.p_alive,
         value_at_risk: s.value_at_risk,
         interests: interests(&s.interests, as_of),
+        rooms: rooms(&s.rooms, as_of),
         channels: s
             .channels
             .list()
@@ -352,6 +356,29 @@ pub(crate) fn interests(i: &Interests, as_of: Timestamp) -> Vec<proto::Interest>
     out.sort_by(|a, b| {
         b.0.total_cmp(&a.0)
             .then_with(|| a.1.category.cmp(&b.1.category))
+    });
+    out.into_iter().map(|x| x.1).collect()
+}
+
+/// A user's top rooms as the answers carry them: named, scored as of `as_of`, highest first
+/// (ties by room id).
+pub(crate) fn rooms(r: &Rooms, as_of: Timestamp) -> Vec<proto::RoomInterest> {
+    let mut out: Vec<(f32, proto::RoomInterest)> = r
+        .ranked()
+        .into_iter()
+        .map(|(id, level)| {
+            (
+                level,
+                proto::RoomInterest {
+                    room_id: room_display_name(id),
+                    score: Rooms::score_at(level, as_of),
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.room_id.cmp(&b.1.room_id))
     });
     out.into_iter().map(|x| x.1).collect()
 }
@@ -683,6 +710,30 @@ mod tests {
         let out = playbook(&lines, &i);
         assert_eq!(out[0], "recommend new arrivals in lipstick-beauty");
         assert_eq!(out[1], lines[1]);
+    }
+
+    /// Rooms in the answer: named from RecordEvents' room ids (an unknown hash as `#` and hex),
+    /// highest score first, scored as of the answer's time.
+    #[test]
+    fn an_answers_rooms_are_named_and_ranked_by_score() {
+        let e = proto::Event {
+            user_id: "u".into(),
+            ts: Some(to_timestamp(NOW - 10)),
+            kind: "order".into(),
+            room_id: "room_0042".into(),
+            ..Default::default()
+        };
+        let ev = event(0, &e, rules(None)).unwrap().unwrap();
+        assert_eq!(ev.room, hash_str("room_0042"));
+        let mut r = Rooms::default();
+        r.add(hash_str("room_0042"), 300.0);
+        r.add(7, 301.0);
+        let t = crate::features::interests::T_REF;
+        let got = rooms(&r, t);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].room_id, "#00000007");
+        assert_eq!(got[1].room_id, "room_0042");
+        assert!((got[1].score - 2f64.powi(300)).abs() <= 1e-6 * 2f64.powi(300));
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl LiveModel {
             )
             .ok()
         });
+        crate::features::interests::learn_room_list(&bundle.manifest.data.rooms);
         let scorer = bundle.scorer;
         let mut tier_index = HashMap::new();
         for (i, t) in scorer.tiers.tiers.iter().enumerate() {

@@ -269,6 +269,13 @@ fn data_info(dataset: &Dataset) -> DataInfo {
             .into_iter()
             .map(|(_, n)| n)
             .collect(),
+        rooms: table
+            .kind_tally
+            .rooms()
+            .sorted()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect(),
         channel_rows: if table.columns.channel {
             table
                 .kind_tally

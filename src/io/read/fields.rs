@@ -240,6 +240,10 @@ pub(crate) trait EventFields {
     fn channel_raw(&self) -> &[u8] {
         &[]
     }
+    /// The raw `room_id` field (empty when absent), for the room ids of the interests.
+    fn room_raw(&self) -> &[u8] {
+        &[]
+    }
 }
 
 /// A channel field: blank is unspecified; any other well-formed text a known channel or
@@ -297,6 +301,9 @@ pub(crate) fn event(row: &impl EventFields, tally: &mut KindTally) -> Result<Opt
     tally.count_channel(ch, row.channel_raw());
     if category != 0 {
         tally.note_category(category, row.category_raw());
+    }
+    if room != 0 {
+        tally.note_room(room, row.room_raw());
     }
     Ok(Some(Event {
         ts,

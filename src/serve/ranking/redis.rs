@@ -295,11 +295,41 @@ fn encode(s: &Score) -> String {
 /// server during a rolling deploy) decode with those figures at 0.
 fn decode(data: &str) -> Option<Score> {
     let bytes = hex::decode(data).ok()?;
-    match postcard::from_bytes::<Score>(&bytes) {
-        Ok(s) => Some(s),
-        Err(_) => postcard::from_bytes::<ScoreV0>(&bytes)
-            .ok()
-            .map(ScoreV0::into_score),
+    if let Ok(s) = postcard::from_bytes::<Score>(&bytes) {
+        return Some(s);
+    }
+    if let Ok(s) = postcard::from_bytes::<ScoreV1>(&bytes) {
+        return Some(s.into_score());
+    }
+    postcard::from_bytes::<ScoreV0>(&bytes)
+        .ok()
+        .map(ScoreV0::into_score)
+}
+
+/// [`Score`] as rows were encoded before rooms (four category slots, no rooms): read with its
+/// three highest categories and no rooms.
+#[derive(serde::Deserialize)]
+struct ScoreV1 {
+    v0: ScoreV0,
+    clv: f64,
+    expected_orders: f64,
+    p_alive: f64,
+    value_at_risk: f64,
+    interests: crate::features::TopK<{ crate::features::interests::INTEREST_SLOTS_V3 }>,
+    channels: crate::features::ChannelShares,
+}
+
+impl ScoreV1 {
+    fn into_score(self) -> Score {
+        Score {
+            clv: self.clv,
+            expected_orders: self.expected_orders,
+            p_alive: self.p_alive,
+            value_at_risk: self.value_at_risk,
+            interests: self.interests.resized(),
+            channels: self.channels,
+            ..self.v0.into_score()
+        }
     }
 }
 
@@ -984,5 +1014,76 @@ mod tests {
             ..full
         };
         assert_eq!(decode(&old), Some(want));
+    }
+
+    /// A row of the previous layout (value figures, four category slots, no rooms) decodes
+    /// with its figures, its three highest categories and no rooms.
+    #[test]
+    fn rows_written_before_rooms_decode_with_three_categories_and_no_rooms() {
+        use crate::features::interests::INTEREST_SLOTS_V3;
+        use crate::features::{Event, EventKind, TopK};
+        #[derive(serde::Serialize)]
+        struct Old {
+            tier: u16,
+            churn_probability: f64,
+            risk_level: crate::model::RiskLevel,
+            risk_percentile: f64,
+            rfm_segment: crate::features::RfmSegment,
+            lifecycle_stage: crate::features::LifecycleStage,
+            factors: [crate::model::scorer::Factor; crate::model::scorer::TOP_FACTORS],
+            n_factors: u8,
+            clv: f64,
+            expected_orders: f64,
+            p_alive: f64,
+            value_at_risk: f64,
+            interests: TopK<INTEREST_SLOTS_V3>,
+            channels: crate::features::ChannelShares,
+        }
+        let mut four = TopK::<INTEREST_SLOTS_V3>::default();
+        for c in 1..=4u32 {
+            let e = Event {
+                ts: 1_700_000_000,
+                kind: EventKind::ALL[c as usize],
+                amount: 0.0,
+                watch_seconds: 0,
+                room: 0,
+                category: c,
+                order: 0,
+                channel: 0,
+            };
+            four.record(c, &e);
+        }
+        let s = Score {
+            churn_probability: 0.7,
+            tier: 3,
+            clv: 12.5,
+            value_at_risk: 8.75,
+            ..Score::default()
+        };
+        let old = Old {
+            tier: s.tier,
+            churn_probability: s.churn_probability,
+            risk_level: s.risk_level,
+            risk_percentile: s.risk_percentile,
+            rfm_segment: s.rfm_segment,
+            lifecycle_stage: s.lifecycle_stage,
+            factors: s.factors,
+            n_factors: s.n_factors,
+            clv: s.clv,
+            expected_orders: s.expected_orders,
+            p_alive: s.p_alive,
+            value_at_risk: s.value_at_risk,
+            interests: four,
+            channels: s.channels,
+        };
+        let got = decode(&hex::encode(postcard::to_stdvec(&old).unwrap())).unwrap();
+        assert_eq!(got.interests.ranked(), four.ranked()[..3].to_vec());
+        assert_eq!(
+            Score {
+                interests: Default::default(),
+                ..got
+            },
+            s
+        );
     }
 }

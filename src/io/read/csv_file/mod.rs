@@ -247,6 +247,10 @@ impl<R: Record> fields::EventFields for CsvEvent<'_, R> {
     fn channel_raw(&self) -> &[u8] {
         self.cols.channel.map_or(&[], |i| self.field(i))
     }
+    #[inline]
+    fn room_raw(&self) -> &[u8] {
+        self.cols.room.map_or(&[], |i| self.field(i))
+    }
 }
 
 /// The event of an events row whose width was checked.

@@ -299,6 +299,10 @@ impl fields::EventFields for ParquetEvent<'_, '_> {
     fn channel_raw(&self) -> &[u8] {
         self.batch.channel.as_ref().map_or(&[], |t| t.bytes(self.i))
     }
+    #[inline]
+    fn room_raw(&self) -> &[u8] {
+        self.batch.room.as_ref().map_or(&[], |t| t.bytes(self.i))
+    }
 }
 
 /// A room or category column's hash at row `i`; 0 when the file has no such column.

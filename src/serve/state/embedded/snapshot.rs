@@ -1,29 +1,34 @@
-//! The `state.bin` format: `b"TIERST03" | u64 LE length | u32 LE crc32(payload) | payload`, the
+//! The `state.bin` format: `b"TIERST04" | u64 LE length | u32 LE crc32(payload) | payload`, the
 //! payload (postcard) being the bundle version the state was seeded from, the first log segment
 //! the snapshot does not cover, and every user's aggregate. `TIERST01`, written by binaries
-//! before refunds, and `TIERST02`, before interests and channels, hold the aggregates in their
-//! earlier layouts ([`UserAggregateV1`], [`UserAggregateV2`]) and are still read (users then
-//! start with no interests and no channel mix: those build from the events that follow); the
-//! next snapshot is written as `TIERST03`.
+//! before refunds, `TIERST02`, before interests and channels, and `TIERST03`, before rooms,
+//! hold the aggregates in their earlier layouts ([`UserAggregateV1`], [`UserAggregateV2`],
+//! [`UserAggregateV3`]) and are still read (users then start with no interests and no channel
+//! mix, or from `TIERST03` with their three highest categories and no rooms: the rest builds
+//! from the events that follow); the next snapshot is written as `TIERST04`.
 
 use super::store::{UserStore, UsersSeq};
-use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2};
+use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3};
 use crate::serve::state::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"TIERST03";
+const MAGIC: &[u8; 8] = b"TIERST04";
 /// The format before refunds, still read.
 const MAGIC_V1: &[u8; 8] = b"TIERST01";
 /// The format before interests and channels, still read.
 const MAGIC_V2: &[u8; 8] = b"TIERST02";
+/// The format before rooms, still read.
+const MAGIC_V3: &[u8; 8] = b"TIERST03";
 /// Magic, length and checksum.
 const HEADER: usize = 20;
 
 /// True when `bytes` start like a plaintext snapshot of any format this binary reads (the
 /// encrypted-state check refuses those when a key is given).
 pub(crate) fn is_plain(bytes: &[u8]) -> bool {
-    bytes.starts_with(MAGIC) || bytes.starts_with(MAGIC_V1) || bytes.starts_with(MAGIC_V2)
+    [MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3]
+        .iter()
+        .any(|m| bytes.starts_with(*m))
 }
 
 #[derive(Serialize)]
@@ -56,6 +61,14 @@ struct SnapshotInV2 {
     seeded_from: String,
     wal_gen: u64,
     users: Vec<(String, UserAggregateV2)>,
+}
+
+/// A `TIERST03` payload.
+#[derive(Deserialize)]
+struct SnapshotInV3 {
+    seeded_from: String,
+    wal_gen: u64,
+    users: Vec<(String, UserAggregateV3)>,
 }
 
 /// Serialises the whole table as of now (read guards on every shard for the time of it).
@@ -133,6 +146,18 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, S
                 .collect(),
         });
     }
+    if &bytes[..8] == MAGIC_V3 {
+        let old: SnapshotInV3 = postcard::from_bytes(payload).map_err(undecodable)?;
+        return Ok(SnapshotIn {
+            seeded_from: old.seeded_from,
+            wal_gen: old.wal_gen,
+            users: old
+                .users
+                .into_iter()
+                .map(|(id, a)| (id, UserAggregate::from(a)))
+                .collect(),
+        });
+    }
     postcard::from_bytes(payload).map_err(undecodable)
 }
 
@@ -196,6 +221,46 @@ mod tests {
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v2", 7));
         assert_eq!(back.users, vec![("u".to_string(), agg)]);
+    }
+
+    /// A snapshot of the previous format (`TIERST03`, interests and channels but no rooms)
+    /// still loads, with its interests and channel mix, and no rooms.
+    #[test]
+    fn a_tierst03_snapshot_of_the_previous_binary_still_loads() {
+        use crate::features::{Event, EventKind};
+        #[derive(Serialize)]
+        struct Old<'a> {
+            seeded_from: &'a str,
+            wal_gen: u64,
+            users: Vec<(String, UserAggregateV3)>,
+        }
+        let mut agg = UserAggregate::default();
+        agg.apply(&Event {
+            ts: 1_700_000_000,
+            kind: EventKind::Order,
+            amount: 9.0,
+            watch_seconds: 0,
+            room: 5,
+            category: 6,
+            order: 0,
+            channel: 3,
+        });
+        let payload = postcard::to_stdvec(&Old {
+            seeded_from: "v3",
+            wal_gen: 9,
+            users: vec![("u".into(), UserAggregateV3::of(&agg))],
+        })
+        .unwrap();
+        let mut bytes = MAGIC_V3.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
+        assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v3", 9));
+        let mut without_rooms = agg;
+        without_rooms.rooms = Default::default();
+        assert_eq!(back.users, vec![("u".to_string(), without_rooms)]);
+        assert!(!agg.rooms.is_empty());
     }
 
     proptest! {

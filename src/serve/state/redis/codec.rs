@@ -9,7 +9,8 @@
 //! | 10..14 | watermark partition, i32 little-endian (0 when none) |
 //! | 14..22 | watermark offset, i64 little-endian (0 when none) |
 //! | 22.. | the `UserAggregate`, postcard-encoded (format 1: the layout before refunds,
-//! [`UserAggregateV1`]; format 2: before interests and channels, [`UserAggregateV2`]) |
+//! [`UserAggregateV1`]; format 2: before interests and channels, [`UserAggregateV2`]; format
+//! 3: before rooms, [`UserAggregateV3`]) |
 //!
 //! The first [`CAS_PREFIX`] bytes (version and token) are what the compare-and-set script
 //! compares; each write draws a new random token (not a counter: two replicas applying identical
@@ -19,17 +20,19 @@
 //! a new version, and a new binary must keep reading the previous one.
 
 use super::super::{LogPosition, StateError};
-use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2};
+use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3};
 
 /// The value format this binary writes: 2 since the aggregate holds refunds, 3 since it holds
-/// interests and channels. It also reads formats 1 and 2 (written by earlier binaries), so a
-/// rolling deploy keeps every user's state (a user read from format 1 or 2 has no interests
-/// and no channel mix until new events build them); such a value is rewritten as 3 on its next
-/// write. An earlier binary refuses format 3.
-pub const FORMAT_VERSION: u8 = 3;
-/// Formats still read: before refunds, and before interests and channels.
+/// interests and channels, 4 since it holds rooms (and three category slots). It also reads
+/// formats 1, 2 and 3 (written by earlier binaries), so a rolling deploy keeps every user's
+/// state (a user read from format 1 or 2 has no interests and no channel mix until new events
+/// build them; from format 3, its three highest categories and no rooms); such a value is
+/// rewritten as 4 on its next write. An earlier binary refuses format 4.
+pub const FORMAT_VERSION: u8 = 4;
+/// Formats still read: before refunds, before interests and channels, before rooms.
 const FORMAT_V1: u8 = 1;
 const FORMAT_V2: u8 = 2;
+const FORMAT_V3: u8 = 3;
 /// Bytes the compare-and-set compares: the version and the token.
 pub const CAS_PREFIX: usize = 9;
 const HEADER: usize = 22;
@@ -104,7 +107,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             what: "empty value".into(),
         });
     };
-    if ![FORMAT_VERSION, FORMAT_V2, FORMAT_V1].contains(&version) {
+    if ![FORMAT_VERSION, FORMAT_V3, FORMAT_V2, FORMAT_V1].contains(&version) {
         return Err(StateError::RedisFormat {
             found: version,
             known: FORMAT_VERSION,
@@ -145,6 +148,10 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             .map_err(undecodable)?
     } else if version == FORMAT_V2 {
         postcard::from_bytes::<UserAggregateV2>(&bytes[HEADER..])
+            .map(UserAggregate::from)
+            .map_err(undecodable)?
+    } else if version == FORMAT_V3 {
+        postcard::from_bytes::<UserAggregateV3>(&bytes[HEADER..])
             .map(UserAggregate::from)
             .map_err(undecodable)?
     } else {
@@ -199,7 +206,7 @@ mod tests {
             newer[0] = FORMAT_VERSION + 1;
             let e = decode(&newer).unwrap_err();
             assert!(
-                matches!(e, StateError::RedisFormat { found: 4, known: 3 }),
+                matches!(e, StateError::RedisFormat { found: 5, known: 4 }),
                 "{e}"
             );
             assert!(decode(&bytes[..10]).is_err());
@@ -209,8 +216,9 @@ mod tests {
         assert_eq!(user_of(&key("x{y}")), Some("x{y}"));
     }
 
-    /// A value an earlier binary wrote (format 1, the aggregate before refunds) still reads,
-    /// with no refunds; a value with refunds round-trips in format 2.
+    /// A value an earlier binary wrote (format 1, the aggregate before refunds; 2, before
+    /// interests; 3, before rooms) still reads; a value with refunds and rooms round-trips in
+    /// format 4.
     #[test]
     fn a_format_1_value_of_an_earlier_binary_still_reads() {
         let mut agg = UserAggregate::default();
@@ -245,6 +253,18 @@ mod tests {
             (43, UserAggregate::from(UserAggregateV2::of(&agg)))
         );
         assert!(back.agg.interests.is_empty() && !agg.interests.is_empty());
+        // Format 3 (interests and channels, no rooms) reads with them and no rooms.
+        let mut v3 = vec![3u8];
+        v3.extend_from_slice(&44u64.to_le_bytes());
+        v3.extend_from_slice(&[0u8; 13]);
+        v3.extend(postcard::to_stdvec(&UserAggregateV3::of(&agg)).unwrap());
+        let back = decode(&v3).unwrap();
+        assert_eq!(
+            (back.cas, back.agg),
+            (44, UserAggregate::from(UserAggregateV3::of(&agg)))
+        );
+        assert_eq!(back.agg.interests, agg.interests);
+        assert!(back.agg.rooms.is_empty() && !agg.rooms.is_empty());
         agg.apply(&order(EventKind::Order, 20.0, 77));
         agg.apply(&order(EventKind::Refund, 20.0, 77));
         let s = Stored {
@@ -253,7 +273,7 @@ mod tests {
             agg,
         };
         let bytes = encode(&s).unwrap();
-        assert_eq!(bytes[0], 3);
+        assert_eq!(bytes[0], 4);
         assert_eq!(decode(&bytes).unwrap(), s);
         assert_eq!(decode(&bytes).unwrap().agg.orders_refunded, 1);
         assert_eq!(user_of(&key("x{y}")), Some("x{y}"));

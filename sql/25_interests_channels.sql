@@ -3,9 +3,10 @@
 --
 -- Interests (features::interests): per category, the forward-decayed score
 -- S = sum(weight * 2^((ts - 2000-01-01) / 30 days)) over the events before the snapshot (a
--- SUM of doubles), level = log2(S); the four highest levels are kept (ties: smaller hash).
--- This is the exact profile. The Rust side keeps 4 slots: for a user with at most 4 categories
--- it is the same exact map (levels rounded to f32 at each event: equal within 1e-3 in level,
+-- SUM of doubles), level = log2(S); the N highest levels are kept (ties: smaller hash), N =
+-- the Rust side's slots (`pos <= N` in interest_top, the one place; the table has 4 columns,
+-- those beyond N are null). This is the exact profile. For a user with at most N categories
+-- the Rust side holds the same exact map (levels rounded to f32 at each event: within 1e-3,
 -- i.e. 0.07% of a score); with more, a weighted Space-Saving sketch whose held scores are
 -- within 2^m of the true ones (m: its lowest level), checked by warehouse/compare.py.
 --
@@ -56,7 +57,7 @@ FROM (
                                    ORDER BY level DESC, category_hash) AS pos
     FROM interest_rolled r
 ) x
-WHERE pos <= 4
+WHERE pos <= 4 -- the slots the Rust side holds (features::interests::INTEREST_SLOTS); at most 4 columns
 GROUP BY snapshot, user_id;
 
 CREATE OR REPLACE TEMPORARY VIEW channel_daily AS

@@ -15,9 +15,12 @@ import sys
 import duckdb
 
 FLOATS = ["spend", "refunded"]
+# The interest slots the Rust side holds (features::interests::INTEREST_SLOTS; `pos <= N` in
+# sql/25_interests_channels.sql). The table has 4 interest columns; those beyond are null.
 SLOTS = 4
-INTERESTS = [f"interest_category_{i}" for i in range(SLOTS)] + \
-    [f"interest_level_{i}" for i in range(SLOTS)]
+COLUMNS = 4
+INTERESTS = [f"interest_category_{i}" for i in range(COLUMNS)] + \
+    [f"interest_level_{i}" for i in range(COLUMNS)]
 # Level tolerance: the Rust side rounds each level to f32 after every event (2^-24 of ~300
 # per step); 1e-3 in level is 0.07% of a score.
 LEVEL_TOL = 1e-3
@@ -71,7 +74,7 @@ def profiles(con, table):
     """{(user_id, snapshot): {category: level}} of one table's interest columns."""
     parts = " UNION ALL ".join(
         f"SELECT user_id, snapshot, interest_category_{i} AS c, interest_level_{i} AS l "
-        f"FROM {table} WHERE interest_category_{i} IS NOT NULL" for i in range(SLOTS))
+        f"FROM {table} WHERE interest_category_{i} IS NOT NULL" for i in range(COLUMNS))
     out = {}
     for user, snap, c, level in con.execute(parts).fetchall():
         out.setdefault((user, snap), {})[c] = level

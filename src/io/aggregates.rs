@@ -251,11 +251,17 @@ fn encode(r: &AggregateRow) -> [Option<i64>; 33] {
     ]
 }
 
+/// The interest columns the schema has (4); the aggregate holds
+/// [`INTEREST_SLOTS`](crate::features::interests::INTEREST_SLOTS) of them, the rest are null.
+const INTEREST_COLUMNS: usize = 4;
+const _: () = assert!(crate::features::interests::INTEREST_SLOTS <= INTEREST_COLUMNS);
+
 /// Schema version 2's columns of an aggregate: [`V2_INT_COLUMNS`] and [`V2_FLOAT_COLUMNS`].
 fn encode_v2(a: &UserAggregate) -> ([Option<i64>; 13], [Option<f64>; 4]) {
     let mut ints = [None; 13];
-    let mut floats = [None; 4];
-    for (i, (category, level)) in a.interests.ranked().into_iter().take(4).enumerate() {
+    let mut floats = [None; INTEREST_COLUMNS];
+    let ranked = a.interests.ranked();
+    for (i, (category, level)) in ranked.into_iter().take(INTEREST_COLUMNS).enumerate() {
         ints[i] = Some(i64::from(category));
         floats[i] = Some(f64::from(level));
     }
@@ -278,8 +284,12 @@ fn decode_v2(
     ints: &[Option<i64>; 13],
     floats: &[Option<f64>; 4],
 ) -> Result<(), (usize, i64)> {
-    let mut interests = crate::features::interests::Interests::default();
-    for (i, slot) in ints[..4].iter().zip(floats).enumerate() {
+    use crate::features::interests::{Interests, INTEREST_SLOTS};
+    let mut interests = Interests::default();
+    let slots = ints[..INTEREST_COLUMNS].iter().zip(floats).enumerate();
+    // The aggregate's slots' worth (a table written with more columns filled than this binary
+    // holds keeps its highest levels).
+    for (i, slot) in slots.filter(|(_, s)| s.0.is_some()).take(INTEREST_SLOTS) {
         if let (Some(c), Some(level)) = slot {
             let (c, level) = (*c, *level);
             let c32 = u32::try_from(c).map_err(|_| (i, c))?;

@@ -33,14 +33,15 @@ if [[ -z "${TIERING_BIN:-}" ]]; then
 fi
 
 "$BIN" generate --users "$USERS" --days 150 --seed 16 --end 2026-06-30 --format parquet \
-    --out "$WORK/data" >/dev/null
+    --channels --out "$WORK/data" >/dev/null
 "$BIN" features --data "$WORK/data" --as-of "$AS_OF" --snapshot "$MIDDAY" \
     --out "$WORK/rust.parquet"
 (cd warehouse && "$PY" duckdb_aggregates.py --events "$WORK/data/events.parquet" \
     --users "$WORK/data/users.parquet" --as-of "$AS_OF" --snapshot "$MIDDAY" \
     --out "$WORK/duckdb.parquet")
 echo "== tiering features vs DuckDB"
-"$PY" warehouse/compare.py "$WORK/rust.parquet" "$WORK/duckdb.parquet"
+"$PY" warehouse/compare.py "$WORK/rust.parquet" "$WORK/duckdb.parquet" \
+    --events "$WORK/data/events.parquet"
 
 if [[ -n "$SPARK" ]]; then
     t0=$(date +%s)
@@ -48,7 +49,8 @@ if [[ -n "$SPARK" ]]; then
         --users "$WORK/data/users.parquet" --as-of "$AS_OF" --snapshot "$MIDDAY" \
         --out "$WORK/spark")
     echo "== spark job took $(( $(date +%s) - t0 )) s; tiering features vs Spark"
-    "$PY" warehouse/compare.py "$WORK/rust.parquet" "$WORK/spark"
+    "$PY" warehouse/compare.py "$WORK/rust.parquet" "$WORK/spark" \
+        --events "$WORK/data/events.parquet"
 fi
 
 echo "== train --data vs train --aggregates (the DuckDB table)"

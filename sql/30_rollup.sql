@@ -63,11 +63,11 @@ SELECT user_id FROM ev
 UNION
 SELECT user_id FROM users;
 
--- The aggregates table, schema version 1 (sql/README.md).
+-- The aggregates table, schema version 2 (sql/README.md).
 CREATE OR REPLACE TEMPORARY VIEW aggregates AS
 SELECT
     u.user_id AS user_id,
-    CAST(1 AS BIGINT) AS schema_version,
+    CAST(2 AS BIGINT) AS schema_version,
     CAST(s.snapshot AS BIGINT) AS snapshot,
     CAST(s.horizon_days AS BIGINT) AS horizon_days,
     CAST(r.registered_at AS BIGINT) AS registered_at,
@@ -101,9 +101,28 @@ SELECT
     CAST(COALESCE(l.label_orders, 0) AS BIGINT) AS label_orders,
     CAST(COALESCE(l.label_events, 0) AS BIGINT) AS label_events,
     CAST(COALESCE(g.spend, 0.0) AS DOUBLE) AS spend,
-    CAST(COALESCE(g.refunded, 0.0) AS DOUBLE) AS refunded
+    CAST(COALESCE(g.refunded, 0.0) AS DOUBLE) AS refunded,
+    CAST(t.interest_category_0 AS BIGINT) AS interest_category_0,
+    CAST(t.interest_category_1 AS BIGINT) AS interest_category_1,
+    CAST(t.interest_category_2 AS BIGINT) AS interest_category_2,
+    CAST(t.interest_category_3 AS BIGINT) AS interest_category_3,
+    CAST(COALESCE(m.channels_used, 0) AS BIGINT) AS channels_used,
+    CAST(COALESCE(m.channel_slot_0, 0) AS BIGINT) AS channel_slot_0,
+    CAST(COALESCE(m.channel_slot_1, 0) AS BIGINT) AS channel_slot_1,
+    CAST(COALESCE(m.channel_events_0, 0) AS BIGINT) AS channel_events_0,
+    CAST(COALESCE(m.channel_events_1, 0) AS BIGINT) AS channel_events_1,
+    CAST(COALESCE(m.channel_events_rest, 0) AS BIGINT) AS channel_events_rest,
+    CAST(COALESCE(m.channel_cents_0, 0) AS BIGINT) AS channel_cents_0,
+    CAST(COALESCE(m.channel_cents_1, 0) AS BIGINT) AS channel_cents_1,
+    CAST(COALESCE(m.channel_cents_rest, 0) AS BIGINT) AS channel_cents_rest,
+    CAST(t.interest_level_0 AS DOUBLE) AS interest_level_0,
+    CAST(t.interest_level_1 AS DOUBLE) AS interest_level_1,
+    CAST(t.interest_level_2 AS DOUBLE) AS interest_level_2,
+    CAST(t.interest_level_3 AS DOUBLE) AS interest_level_3
 FROM all_users u
 CROSS JOIN snapshots s
 LEFT JOIN users r ON r.user_id = u.user_id
 LEFT JOIN rolled g ON g.user_id = u.user_id AND g.snapshot = s.snapshot
-LEFT JOIN labels l ON l.user_id = u.user_id AND l.snapshot = s.snapshot;
+LEFT JOIN labels l ON l.user_id = u.user_id AND l.snapshot = s.snapshot
+LEFT JOIN interest_top t ON t.user_id = u.user_id AND t.snapshot = s.snapshot
+LEFT JOIN channel_mix m ON m.user_id = u.user_id AND m.snapshot = s.snapshot;

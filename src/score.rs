@@ -165,7 +165,7 @@ pub fn score_aggregates(
     rows_per_part: u64,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<ScoredParts, ScoreAggregatesError> {
-    use crate::io::aggregates::{for_each_batch, snapshots_in};
+    use crate::io::aggregates::snapshots_in;
     let t = match snapshot {
         Some(t) => t,
         None => *snapshots_in(path)?
@@ -185,22 +185,8 @@ pub fn score_aggregates(
         done: Vec::new(),
         rows: 0,
     };
-    let mut seen = false;
-    for_each_batch::<ScoreAggregatesError>(path, |rows| {
-        let rows: Vec<_> = rows
-            .into_iter()
-            .filter(|r| r.snapshot == t && keep(&r.user_id))
-            .collect();
-        seen |= !rows.is_empty();
-        let aggs: Vec<_> = rows.iter().map(|r| r.agg).collect();
-        let mut scores = vec![Score::default(); aggs.len()];
-        scorer.score_batch(&aggs, t, &mut scores);
-        for (r, s) in rows.iter().zip(&scores) {
-            let texts = RowTexts::of(scorer, s);
-            parts.write(&score_row(scorer, &r.user_id, s, &texts))?;
-        }
-        Ok(())
-    })?;
+    let scored = stream_aggregate_scores(scorer, path, t, keep, |row| parts.write(row))?;
+    let seen = scored > 0;
     if !seen && snapshot.is_some() {
         // Names the snapshots the table does hold.
         let table = crate::io::aggregates::AggregatesTable {
@@ -216,4 +202,31 @@ pub fn score_aggregates(
         rows: parts.rows,
         parts: parts.done,
     })
+}
+
+/// Scores the rows at snapshot `t` of the aggregates table at `path` whose user `keep`
+/// accepts, one input batch at a time (the text columns formatted on all cores), handing each
+/// output row to `out` in table order; the rows scored. Memory is one batch.
+pub fn stream_aggregate_scores(
+    scorer: &Scorer,
+    path: &std::path::Path,
+    t: crate::features::Timestamp,
+    keep: &dyn Fn(&str) -> bool,
+    mut out: impl FnMut(&ScoreRow<'_>) -> Result<(), WriteError>,
+) -> Result<u64, ScoreAggregatesError> {
+    use rayon::prelude::*;
+    let mut scored = 0u64;
+    crate::io::aggregates::for_each_batch_where::<ScoreAggregatesError>(path, keep, |rows| {
+        let rows: Vec<_> = rows.into_iter().filter(|r| r.snapshot == t).collect();
+        let aggs: Vec<_> = rows.iter().map(|r| r.agg).collect();
+        let mut scores = vec![Score::default(); aggs.len()];
+        scorer.score_batch(&aggs, t, &mut scores);
+        let texts: Vec<RowTexts> = scores.par_iter().map(|s| RowTexts::of(scorer, s)).collect();
+        for ((r, s), x) in rows.iter().zip(&scores).zip(&texts) {
+            out(&score_row(scorer, &r.user_id, s, x))?;
+        }
+        scored += rows.len() as u64;
+        Ok(())
+    })?;
+    Ok(scored)
 }

@@ -6,11 +6,17 @@ import pathlib
 import re
 
 SQL_DIR = pathlib.Path(__file__).resolve().parent.parent / "sql"
-SHARED = ["10_refund_links.sql", "20_daily_partials.sql", "30_rollup.sql"]
+SHARED = ["10_refund_links.sql", "20_daily_partials.sql", "25_interests_channels.sql",
+          "30_rollup.sql"]
 # Views read more than once downstream: the runners materialise them (DuckDB: a temporary
 # table; Spark: cached) instead of recomputing them for every reader.
-MATERIALISE = ["room_bits", "category_bits", "ev", "ev_flagged", "daily"]
+MATERIALISE = ["room_bits", "category_bits", "ev", "ev_flagged", "daily", "interest_daily",
+               "channel_daily"]
 DAY = 86400
+# Columns of the events contract that may be absent (the tiering readers take them as empty):
+# the runners add them as nulls. (name, SQL type valid in both engines)
+OPTIONAL_COLUMNS = [("amount", "DOUBLE"), ("watch_seconds", "BIGINT"), ("room_id", "STRING"),
+                    ("category", "STRING"), ("order_id", "STRING"), ("channel", "STRING")]
 
 
 def parse_time(text):
@@ -27,7 +33,7 @@ def parse_time(text):
 
 def arguments(engine):
     p = argparse.ArgumentParser(
-        description=f"Per-user aggregates table (tiering schema v1) with {engine} and sql/."
+        description=f"Per-user aggregates table (tiering schema v2) with {engine} and sql/."
     )
     p.add_argument("--events", required=True,
                    help="events: a Parquet file, a directory of Parquet files, or a glob")

@@ -1,16 +1,29 @@
 """Compares two aggregates tables (files or directories of part files) column by column:
-the same (user_id, snapshot) rows; integer columns (counts, times, sketches, labels) exactly;
-the float columns (spend, refunded) within 1e-9 relative. Exits 1 on any difference.
+the same (user_id, snapshot) rows; integer columns (counts, times, sketches, labels, the
+channel mix) exactly; the float columns (spend, refunded) within 1e-9 relative; the interests
+(schema v2) as sets: see `interests` below. Exits 1 on any difference.
 
-    python warehouse/compare.py rust.parquet duckdb.parquet
+    python warehouse/compare.py rust.parquet duckdb.parquet [--events events.parquet]
+
+The first table is the Rust side's (`tiering features`), the second the engine's.
 """
 
+import math
 import pathlib
 import sys
 
 import duckdb
 
 FLOATS = ["spend", "refunded"]
+# The interest slots the Rust side holds (features::interests::INTEREST_SLOTS; `pos <= N` in
+# sql/25_interests_channels.sql). The table has 4 interest columns; those beyond are null.
+SLOTS = 3
+COLUMNS = 4
+INTERESTS = [f"interest_category_{i}" for i in range(COLUMNS)] + \
+    [f"interest_level_{i}" for i in range(COLUMNS)]
+# Level tolerance: the Rust side rounds each level to f32 after every event (2^-24 of ~300
+# per step); 1e-3 in level is 0.07% of a score.
+LEVEL_TOL = 1e-3
 
 
 def source(path):
@@ -18,7 +31,7 @@ def source(path):
     return f"read_parquet('{p}/*.parquet')" if p.is_dir() else f"read_parquet('{p}')"
 
 
-def main(a, b):
+def main(a, b, events=None):
     con = duckdb.connect()
     con.execute(f"CREATE VIEW a AS SELECT * FROM {source(a)}")
     con.execute(f"CREATE VIEW b AS SELECT * FROM {source(b)}")
@@ -36,7 +49,7 @@ def main(a, b):
         print(f"rows: {na} vs {nb}, {only} (user_id, snapshot) keys on one side only")
         bad += 1
     for c in cols:
-        if c in ("user_id", "snapshot"):
+        if c in ("user_id", "snapshot") or c in INTERESTS:
             continue
         if c in FLOATS:
             cond = (f"NOT (abs(a.{c} - b.{c}) <= 1e-9 * greatest(abs(a.{c}), abs(b.{c})) "
@@ -51,9 +64,83 @@ def main(a, b):
         status = "ok" if n == 0 else f"{n} rows differ, e.g. {example}"
         print(f"  {c:<16} {status}")
         bad += n != 0
+    if "interest_category_0" in cols:
+        bad += interests(con, events)
     print(f"{na} rows compared: " + ("identical" if bad == 0 else f"{bad} columns differ"))
     return 1 if bad else 0
 
 
+def profiles(con, table):
+    """{(user_id, snapshot): {category: level}} of one table's interest columns."""
+    parts = " UNION ALL ".join(
+        f"SELECT user_id, snapshot, interest_category_{i} AS c, interest_level_{i} AS l "
+        f"FROM {table} WHERE interest_category_{i} IS NOT NULL" for i in range(COLUMNS))
+    out = {}
+    for user, snap, c, level in con.execute(parts).fetchall():
+        out.setdefault((user, snap), {})[c] = level
+    return out
+
+
+def category_counts(con, events):
+    """{(user_id, snapshot): distinct categories of the weighted events before it}."""
+    rows = con.execute(
+        f"SELECT e.user_id, s.snapshot, COUNT(DISTINCT e.category) "
+        f"FROM {source(events)} e JOIN (SELECT DISTINCT snapshot FROM a) s "
+        f"ON epoch(CAST(e.ts AS TIMESTAMPTZ)) < s.snapshot "
+        f"WHERE e.category IS NOT NULL AND trim(e.category) <> '' AND e.kind <> 'refund' "
+        f"GROUP BY 1, 2").fetchall()
+    return {(u, t): n for u, t, n in rows}
+
+
+def log2_add(x, y):
+    hi, lo = max(x, y), min(x, y)
+    return hi + math.log2(1 + 2 ** (lo - hi))
+
+
+def interests(con, events):
+    """Users with at most 4 categories: the same categories, levels within LEVEL_TOL. Users
+    with more (the Rust side is then a weighted Space-Saving sketch, the SQL side the exact top
+    4): with m the Rust side's lowest level, every Rust score is within [true, true + 2^m] (a
+    category not in the exact top 4 has a true score below its 4th), and every category whose
+    true level exceeds m is held. Without --events, a user is taken to have at most 4
+    categories when the engine's side holds fewer than 4."""
+    rust, sql = profiles(con, "a"), profiles(con, "b")
+    counts = category_counts(con, events) if events else None
+    exact = bounded = 0
+    worst = 0.0
+    failures = []
+    for key in set(rust) | set(sql):
+        r, q = rust.get(key, {}), sql.get(key, {})
+        n = counts.get(key, 0) if counts is not None else (len(q) if len(q) < SLOTS else None)
+        if n is not None and n <= SLOTS:
+            exact += 1
+            ok = set(r) == set(q) and all(abs(r[c] - q[c]) <= LEVEL_TOL for c in r)
+            worst = max([worst] + [abs(r[c] - q[c]) for c in r if c in q])
+        else:
+            bounded += 1
+            m = min(r.values()) if len(r) == SLOTS else None
+            floor4 = min(q.values()) if q else float("-inf")
+            ok = m is not None and len(q) == SLOTS
+            for c, level in r.items():
+                if not ok:
+                    break
+                truth = q.get(c, floor4)
+                ok = level <= log2_add(truth, m) + LEVEL_TOL and \
+                    (c not in q or level >= q[c] - LEVEL_TOL)
+            ok = ok and all(c in r for c, level in q.items() if level > m + LEVEL_TOL)
+        if not ok:
+            failures.append(f"{key}: rust {r} vs engine {q}")
+    print(f"  interests        {exact} rows exact (<= {SLOTS} categories; max level "
+          f"difference {worst:.2e}), {bounded} rows with more within the sketch's bound: "
+          + ("ok" if not failures else f"{len(failures)} differ, e.g. {failures[0]}"))
+    return 1 if failures else 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    args = sys.argv[1:]
+    events = None
+    if "--events" in args:
+        i = args.index("--events")
+        events = args[i + 1]
+        del args[i:i + 2]
+    sys.exit(main(args[0], args[1], events))

@@ -9,14 +9,21 @@ import time
 
 import duckdb
 
-from common import MATERIALISE, arguments, created_view, snapshot_times, sql_files, statements, DAY
+from common import MATERIALISE, OPTIONAL_COLUMNS, arguments, created_view, snapshot_times, sql_files, statements, DAY
 
 
 def run(args):
     started = time.time()
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
-    con.execute(f"CREATE OR REPLACE VIEW raw_events AS SELECT * FROM read_parquet('{args.events}')")
+    if args.memory_limit:
+        con.execute(f"SET memory_limit = '{args.memory_limit}'")
+    # Optional columns of the data contract the events may lack (as the tiering readers allow).
+    have = {r[0] for r in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet('{args.events}')").fetchall()}
+    extra = "".join(f", CAST(NULL AS {t}) AS {c}" for c, t in OPTIONAL_COLUMNS if c not in have)
+    con.execute(f"CREATE OR REPLACE VIEW raw_events AS "
+                f"SELECT *{extra} FROM read_parquet('{args.events}')")
     if args.users:
         con.execute(f"CREATE OR REPLACE VIEW raw_users AS SELECT * FROM read_parquet('{args.users}')")
     else:
@@ -41,4 +48,6 @@ def run(args):
 
 
 if __name__ == "__main__":
-    run(arguments("DuckDB").parse_args())
+    p = arguments("DuckDB")
+    p.add_argument("--memory-limit", help="DuckDB's memory_limit, e.g. 6GB (default: 80%% of RAM)")
+    run(p.parse_args())

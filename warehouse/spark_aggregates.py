@@ -12,7 +12,7 @@ import time
 
 from pyspark.sql import SparkSession
 
-from common import MATERIALISE, arguments, created_view, snapshot_times, sql_files, statements, DAY
+from common import MATERIALISE, OPTIONAL_COLUMNS, arguments, created_view, snapshot_times, sql_files, statements, DAY
 
 
 def session():
@@ -32,7 +32,12 @@ def session():
 def run(args):
     spark = session()
     spark.sparkContext.setLogLevel("WARN")
-    spark.read.parquet(args.events).createOrReplaceTempView("raw_events")
+    events = spark.read.parquet(args.events)
+    # Optional columns of the data contract the events may lack (as the tiering readers allow).
+    for column, kind in OPTIONAL_COLUMNS:
+        if column not in events.columns:
+            events = events.selectExpr("*", f"CAST(NULL AS {kind}) AS {column}")
+    events.createOrReplaceTempView("raw_events")
     if args.users:
         spark.read.parquet(args.users).createOrReplaceTempView("raw_users")
     else:

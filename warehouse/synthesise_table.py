@@ -1,8 +1,13 @@
-"""A large aggregates table of the right shape for benchmarks: `copies` copies of a real table
-(e.g. `tiering features` on 100k generated users), each copy's user ids suffixed `-c<k>`, written
-as Parquet part files (one per `--parts`).
+"""A large aggregates table of the right shape for benchmarks (not run in CI): `copies` copies
+of a real table (e.g. `tiering features` on 100k generated users), each copy's user ids
+suffixed `-c<k>`, written as Parquet part files (one per `--parts`). The 10M-user table of
+BENCHMARKS.md ("Warehouse aggregates"):
 
-    python warehouse/synthesise_table.py --table small.parquet --copies 100 --out big/
+    tiering generate --users 100000 --days 120 --seed 7 --end 2026-11-01 --format parquet \
+        --channels --out s100k/data
+    tiering features --data s100k/data --as-of 2026-11-02T00:00:00Z --out s100k/aggs.parquet
+    python warehouse/synthesise_table.py --table s100k/aggs.parquet --copies 100 --parts 10 \
+        --out t10m/
 """
 
 import argparse
@@ -21,6 +26,8 @@ def main():
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
+    con.execute("SET memory_limit = '3GB'")
+    con.execute("SET max_temp_directory_size = '2GB'")
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{a.table}')").fetchall()]
     rest = ", ".join(c for c in cols if c != "user_id")
     per = (a.copies + a.parts - 1) // a.parts

@@ -33,7 +33,7 @@ SELECT id, tiering_sketch_bit(id) AS bit
 FROM (SELECT DISTINCT CAST(room_id AS VARCHAR) AS id FROM raw_events WHERE room_id IS NOT NULL) r;
 
 CREATE OR REPLACE TEMPORARY VIEW category_bits AS
-SELECT id, tiering_sketch_bit(id) AS bit
+SELECT id, tiering_sketch_bit(id) AS bit, CAST(tiering_hash_str(id) AS BIGINT) AS hash
 FROM (SELECT DISTINCT CAST(category AS VARCHAR) AS id FROM raw_events WHERE category IS NOT NULL) c;
 
 CREATE OR REPLACE TEMPORARY VIEW ev AS
@@ -46,6 +46,12 @@ SELECT
     CAST(COALESCE(e.watch_seconds, 0) AS BIGINT) AS watch_seconds,
     COALESCE(r.bit, CAST(0 AS BIGINT)) AS room_bit,
     COALESCE(c.bit, CAST(0 AS BIGINT)) AS category_bit,
+    COALESCE(c.hash, CAST(0 AS BIGINT)) AS category_hash,
+    -- features::channel::Channel::parse, counted (blank = live): 1 live, 2 short_video,
+    -- 3 social, 4 offline_store, 5 app, 6 other.
+    CASE lower(replace(replace(trim(COALESCE(CAST(e.channel AS VARCHAR), '')), '-', '_'), ' ', '_'))
+        WHEN '' THEN 1 WHEN 'live' THEN 1 WHEN 'short_video' THEN 2 WHEN 'social' THEN 3
+        WHEN 'offline_store' THEN 4 WHEN 'app' THEN 5 ELSE 6 END AS channel_code,
     CAST(e.order_id AS VARCHAR) AS order_id,
     -- hash_str(order_id) of orders: the Rust sweep applies orders of one second in this order.
     CASE WHEN e.kind = 'order' THEN CAST(tiering_hash_str(CAST(e.order_id AS VARCHAR)) AS BIGINT)

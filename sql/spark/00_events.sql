@@ -34,7 +34,8 @@ SELECT id,
                  CAST(FLOOR(pmod(CAST(CASE WHEN h = 0 THEN 1 ELSE h END AS DECIMAL(20, 0))
                                  * CAST(11400714819323198485 AS DECIMAL(20, 0)),
                                  CAST(18446744073709551616 AS DECIMAL(21, 0)))
-                            / CAST(288230376151711744 AS DECIMAL(18, 0))) AS INT)) END AS bit
+                            / CAST(288230376151711744 AS DECIMAL(18, 0))) AS INT)) END AS bit,
+       CASE WHEN id = '' THEN CAST(0 AS BIGINT) WHEN h = 0 THEN CAST(1 AS BIGINT) ELSE h END AS hash
 FROM category_fnv;
 
 CREATE OR REPLACE TEMPORARY VIEW ev AS
@@ -47,6 +48,12 @@ SELECT
     CAST(COALESCE(e.watch_seconds, 0) AS BIGINT) AS watch_seconds,
     COALESCE(r.bit, CAST(0 AS BIGINT)) AS room_bit,
     COALESCE(c.bit, CAST(0 AS BIGINT)) AS category_bit,
+    COALESCE(c.hash, CAST(0 AS BIGINT)) AS category_hash,
+    -- features::channel::Channel::parse, counted (blank = live): 1 live, 2 short_video,
+    -- 3 social, 4 offline_store, 5 app, 6 other.
+    CASE lower(replace(replace(trim(COALESCE(CAST(e.channel AS STRING), '')), '-', '_'), ' ', '_'))
+        WHEN '' THEN 1 WHEN 'live' THEN 1 WHEN 'short_video' THEN 2 WHEN 'social' THEN 3
+        WHEN 'offline_store' THEN 4 WHEN 'app' THEN 5 ELSE 6 END AS channel_code,
     CAST(e.order_id AS STRING) AS order_id,
     -- hash_str(order_id) of orders: the Rust sweep applies orders of one second in this order.
     CASE WHEN e.kind <> 'order' OR e.order_id IS NULL OR e.order_id = '' THEN CAST(0 AS BIGINT)

@@ -43,6 +43,13 @@ pub struct TrainArgs {
     /// snapshots as_of - 2H, as_of - H and as_of (as_of: --as-of, else its latest snapshot).
     #[arg(long, value_name = "PATH")]
     pub aggregates: Option<PathBuf>,
+    /// With --aggregates: fit on a keyed sample of at most this many users (a hash of the id
+    /// picks them); every user of the table is still scored, in a streaming pass. A table with
+    /// fewer users trains on all of them.
+    #[arg(long, value_name = "N", requires = "aggregates",
+          default_value_t = tiering::train::source::DEFAULT_FIT_USERS as u64,
+          value_parser = clap::value_parser!(u64).range(1000..))]
+    pub fit_users: u64,
     /// The models directory; the bundle goes to MODELS/<version>/ and MODELS/CURRENT points at it.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
@@ -154,6 +161,7 @@ fn job(args: &TrainArgs) -> Result<TrainJob> {
         (None, None) => anyhow::bail!("give --data or --aggregates"),
     };
     job.read.max_bad_rows = args.max_bad_rows;
+    job.fit_users = usize::try_from(args.fit_users).unwrap_or(usize::MAX);
     Ok(job)
 }
 

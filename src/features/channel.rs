@@ -186,6 +186,39 @@ impl ChannelMix {
         }
     }
 
+    /// The raw state `(used, slots, events, cents)`: what the warehouse aggregates table stores
+    /// (`io::aggregates`, schema version 2).
+    pub fn parts(&self) -> (u8, [u8; 2], [u32; 3], [u32; 3]) {
+        (self.used, self.slots, self.events.map(u32::from), self.cents)
+    }
+
+    /// The mix from [`ChannelMix::parts`]; `None` for a state [`ChannelMix::apply`] cannot
+    /// reach: a slot code other than 0 (empty) or 2..=6, slot 0 not the smaller code (an empty
+    /// slot last), counts in an empty slot, a slot's channel not marked used. Event counts
+    /// saturate at `u16::MAX` as [`ChannelMix::apply`] counts them (a warehouse may count more).
+    pub fn from_parts(
+        used: u8,
+        slots: [u8; 2],
+        events: [u32; 3],
+        cents: [u32; 3],
+    ) -> Option<ChannelMix> {
+        let valid = |s: u8| s == NO_SLOT || (2..=Channel::Other as u8).contains(&s);
+        let ordered = match slots {
+            [NO_SLOT, b] => b == NO_SLOT,
+            [a, b] => b == NO_SLOT || a < b,
+        };
+        let counts_in_empty = (0..2).any(|i| slots[i] == NO_SLOT && (events[i] | cents[i]) != 0);
+        let unmarked = slots.iter().any(|&s| s != NO_SLOT && used & (1 << s) == 0);
+        (slots.iter().all(|&s| valid(s)) && ordered && !counts_in_empty && !unmarked).then_some(
+            ChannelMix {
+                used,
+                slots,
+                events: events.map(|e| u16::try_from(e).unwrap_or(u16::MAX)),
+                cents,
+            },
+        )
+    }
+
     /// Channels used (at least 1 once any event was counted).
     pub fn channels_used(&self) -> u32 {
         self.used.count_ones()

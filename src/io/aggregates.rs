@@ -27,8 +27,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The version in every row's `schema_version`; readers refuse any other.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The version written in every row's `schema_version`. Readers take it and version 1 (the
+/// table without the interest and channel columns: those read as empty); any other is refused.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The integer columns, in file order (after `user_id`). `weekly_i` counts the events of week
 /// `week_anchor - i`.
@@ -80,6 +81,34 @@ const NULLABLE: [&str; 5] = [
 /// The float columns, in file order (after the integers).
 pub const FLOAT_COLUMNS: [&str; 2] = ["spend", "refunded"];
 
+/// Schema version 2's integer columns (after the float columns): the interests, highest level
+/// first (`interest_category_i` = the category's `hash_str`, null for an empty slot), and the
+/// channel mix's state (`features::channel::ChannelMix::parts`).
+pub const V2_INT_COLUMNS: [&str; 13] = [
+    "interest_category_0",
+    "interest_category_1",
+    "interest_category_2",
+    "interest_category_3",
+    "channels_used",
+    "channel_slot_0",
+    "channel_slot_1",
+    "channel_events_0",
+    "channel_events_1",
+    "channel_events_rest",
+    "channel_cents_0",
+    "channel_cents_1",
+    "channel_cents_rest",
+];
+
+/// Schema version 2's float columns (last): `interest_level_i` = log2 of the forward-decayed
+/// score of `interest_category_i` (`features::interests`), null for an empty slot.
+pub const V2_FLOAT_COLUMNS: [&str; 4] = [
+    "interest_level_0",
+    "interest_level_1",
+    "interest_level_2",
+    "interest_level_3",
+];
+
 /// Why reading or writing the table failed: one variant per cause, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatesError {
@@ -125,7 +154,7 @@ pub enum AggregatesError {
         row: usize,
         value: i64,
     },
-    #[error("{}: column \"schema_version\" is {found} in row {row}; this binary reads version {SCHEMA_VERSION}", .path.display())]
+    #[error("{}: column \"schema_version\" is {found} in row {row}; this binary reads versions 1 and {SCHEMA_VERSION}", .path.display())]
     Version {
         path: PathBuf,
         row: usize,
@@ -222,6 +251,73 @@ fn encode(r: &AggregateRow) -> [Option<i64>; 33] {
     ]
 }
 
+/// The interest columns the schema has (4); the aggregate holds
+/// [`INTEREST_SLOTS`](crate::features::interests::INTEREST_SLOTS) of them, the rest are null.
+const INTEREST_COLUMNS: usize = 4;
+const _: () = assert!(crate::features::interests::INTEREST_SLOTS <= INTEREST_COLUMNS);
+
+/// Schema version 2's columns of an aggregate: [`V2_INT_COLUMNS`] and [`V2_FLOAT_COLUMNS`].
+fn encode_v2(a: &UserAggregate) -> ([Option<i64>; 13], [Option<f64>; 4]) {
+    let mut ints = [None; 13];
+    let mut floats = [None; INTEREST_COLUMNS];
+    let ranked = a.interests.ranked();
+    for (i, (category, level)) in ranked.into_iter().take(INTEREST_COLUMNS).enumerate() {
+        ints[i] = Some(i64::from(category));
+        floats[i] = Some(f64::from(level));
+    }
+    let (used, slots, events, cents) = a.channels.parts();
+    ints[4] = Some(i64::from(used));
+    ints[5] = Some(i64::from(slots[0]));
+    ints[6] = Some(i64::from(slots[1]));
+    for (i, (e, c)) in events.into_iter().zip(cents).enumerate() {
+        ints[7 + i] = Some(i64::from(e));
+        ints[10 + i] = Some(i64::from(c));
+    }
+    (ints, floats)
+}
+
+/// The interests and the channel mix back from schema version 2's columns; `Err(column index
+/// in V2_INT_COLUMNS, value)` for a value outside its field's range or a channel state the mix
+/// cannot reach.
+fn decode_v2(
+    agg: &mut UserAggregate,
+    ints: &[Option<i64>; 13],
+    floats: &[Option<f64>; 4],
+) -> Result<(), (usize, i64)> {
+    use crate::features::interests::{Interests, INTEREST_SLOTS};
+    let mut interests = Interests::default();
+    let slots = ints[..INTEREST_COLUMNS].iter().zip(floats).enumerate();
+    // The aggregate's slots' worth (a table written with more columns filled than this binary
+    // holds keeps its highest levels).
+    for (i, slot) in slots.filter(|(_, s)| s.0.is_some()).take(INTEREST_SLOTS) {
+        if let (Some(c), Some(level)) = slot {
+            let (c, level) = (*c, *level);
+            let c32 = u32::try_from(c).map_err(|_| (i, c))?;
+            if c32 == 0 || interests.holds(c32) {
+                return Err((i, c));
+            }
+            // Distinct categories into empty slots: the structure is the exact map again.
+            interests.add(c32, level);
+        }
+    }
+    agg.interests = interests;
+    let small = |i: usize| -> Result<u8, (usize, i64)> {
+        let v = ints[i].unwrap_or(0);
+        u8::try_from(v).map_err(|_| (i, v))
+    };
+    let count = |i: usize| -> Result<u32, (usize, i64)> {
+        let v = ints[i].unwrap_or(0);
+        u32::try_from(v).map_err(|_| (i, v))
+    };
+    let used = small(4)?;
+    let slots = [small(5)?, small(6)?];
+    let events = [count(7)?, count(8)?, count(9)?];
+    let cents = [count(10)?, count(11)?, count(12)?];
+    agg.channels = crate::features::ChannelMix::from_parts(used, slots, events, cents)
+        .ok_or((5, i64::from(slots[0])))?;
+    Ok(())
+}
+
 /// A row back from its columns (`ints` in [`INT_COLUMNS`] order, `None` = null in a nullable
 /// column); `Err(column index, value)` for a value outside its field's range.
 fn decode(
@@ -292,6 +388,15 @@ pub fn schema() -> SchemaRef {
             .iter()
             .map(|c| Field::new(*c, DataType::Float64, false)),
     );
+    fields.extend(V2_INT_COLUMNS.iter().map(|c| {
+        let nullable = c.starts_with("interest_");
+        Field::new(*c, DataType::Int64, nullable)
+    }));
+    fields.extend(
+        V2_FLOAT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Float64, true)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -306,6 +411,8 @@ pub struct AggregatesWriter {
     users: StringBuilder,
     ints: Vec<Int64Builder>,
     floats: [Float64Builder; 2],
+    v2_ints: Vec<Int64Builder>,
+    v2_floats: Vec<Float64Builder>,
     pending: usize,
     rows: u64,
 }
@@ -332,6 +439,12 @@ impl AggregatesWriter {
                 .map(|_| Int64Builder::new())
                 .collect(),
             floats: [Float64Builder::new(), Float64Builder::new()],
+            v2_ints: (0..V2_INT_COLUMNS.len())
+                .map(|_| Int64Builder::new())
+                .collect(),
+            v2_floats: (0..V2_FLOAT_COLUMNS.len())
+                .map(|_| Float64Builder::new())
+                .collect(),
             pending: 0,
             rows: 0,
         })
@@ -351,6 +464,13 @@ impl AggregatesWriter {
         }
         self.floats[0].append_value(row.agg.spend);
         self.floats[1].append_value(row.agg.refunded);
+        let (ints, floats) = encode_v2(&row.agg);
+        for (b, v) in self.v2_ints.iter_mut().zip(ints) {
+            b.append_option(v);
+        }
+        for (b, v) in self.v2_floats.iter_mut().zip(floats) {
+            b.append_option(v);
+        }
         self.pending += 1;
         if self.pending >= BATCH_ROWS {
             self.flush()?;
@@ -370,6 +490,16 @@ impl AggregatesWriter {
         );
         columns.extend(
             self.floats
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.v2_ints
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.v2_floats
                 .iter_mut()
                 .map(|b| Arc::new(b.finish()) as ArrayRef),
         );
@@ -460,6 +590,41 @@ fn resolve(schema: &Schema, path: &Path) -> Result<Vec<usize>, AggregatesError> 
     .collect()
 }
 
+/// Schema version 2's columns in `schema`: `None` when the file has none of them (a version 1
+/// table), else every one with its type, or the first missing one named.
+fn resolve_v2(schema: &Schema, path: &Path) -> Result<Option<Vec<usize>>, AggregatesError> {
+    let want = V2_INT_COLUMNS
+        .iter()
+        .map(|c| (*c, DataType::Int64))
+        .chain(V2_FLOAT_COLUMNS.iter().map(|c| (*c, DataType::Float64)));
+    if want
+        .clone()
+        .all(|(c, _)| schema.column_with_name(c).is_none())
+    {
+        return Ok(None);
+    }
+    want.map(|(column, expected)| {
+        let (i, field) =
+            schema
+                .column_with_name(column)
+                .ok_or_else(|| AggregatesError::MissingColumn {
+                    path: path.to_path_buf(),
+                    column,
+                })?;
+        if *field.data_type() != expected {
+            return Err(AggregatesError::WrongType {
+                path: path.to_path_buf(),
+                column,
+                expected,
+                found: field.data_type().clone(),
+            });
+        }
+        Ok(i)
+    })
+    .collect::<Result<Vec<usize>, _>>()
+    .map(Some)
+}
+
 /// The text of `col` at `row` (Utf8, LargeUtf8 or Utf8View).
 fn text_at(col: &dyn Array, row: usize) -> Option<&str> {
     if col.is_null(row) {
@@ -477,9 +642,10 @@ fn text_at(col: &dyn Array, row: usize) -> Option<&str> {
 /// of its first row, for errors.
 fn decode_batch(
     batch: &RecordBatch,
-    at: &[usize],
+    (at, at2): (&[usize], Option<&[usize]>),
     path: &Path,
     first: usize,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<AggregateRow>, AggregatesError> {
     let users = batch.column(at[0]);
     let ints: Vec<&arrow_array::Int64Array> = (0..INT_COLUMNS.len())
@@ -497,9 +663,13 @@ fn decode_batch(
         column,
         row: first + r,
     };
+    let v2 = at2.map(|at2| V2Columns::of(batch, at2));
     let mut out = Vec::with_capacity(batch.num_rows());
     for r in 0..batch.num_rows() {
         let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
+        if !keep(user) {
+            continue;
+        }
         let mut row = [None; 33];
         for (i, col) in ints.iter().enumerate() {
             if col.is_null(r) {
@@ -510,11 +680,18 @@ fn decode_batch(
                 row[i] = Some(col.value(r));
             }
         }
-        if row[0] != Some(SCHEMA_VERSION) {
+        let version = row[0].unwrap_or(0);
+        if version != 1 && version != SCHEMA_VERSION {
             return Err(AggregatesError::Version {
                 path: path.to_path_buf(),
                 row: first + r,
-                found: row[0].unwrap_or(0),
+                found: version,
+            });
+        }
+        if version == SCHEMA_VERSION && v2.is_none() {
+            return Err(AggregatesError::MissingColumn {
+                path: path.to_path_buf(),
+                column: V2_INT_COLUMNS[0],
             });
         }
         let mut fl = [0.0; 2];
@@ -524,7 +701,7 @@ fn decode_batch(
             }
             fl[i] = col.value(r);
         }
-        let decoded = decode(user.to_string(), &row, fl).map_err(|(i, value)| {
+        let mut decoded = decode(user.to_string(), &row, fl).map_err(|(i, value)| {
             AggregatesError::OutOfRange {
                 path: path.to_path_buf(),
                 column: INT_COLUMNS[i],
@@ -532,9 +709,52 @@ fn decode_batch(
                 value,
             }
         })?;
+        if let Some(v2) = &v2 {
+            v2.decode(r, &mut decoded.agg)
+                .map_err(|(i, value)| AggregatesError::OutOfRange {
+                    path: path.to_path_buf(),
+                    column: V2_INT_COLUMNS[i],
+                    row: first + r,
+                    value,
+                })?;
+        }
         out.push(decoded);
     }
     Ok(out)
+}
+
+/// Schema version 2's columns of one batch.
+struct V2Columns<'a> {
+    ints: Vec<&'a arrow_array::Int64Array>,
+    floats: Vec<&'a arrow_array::Float64Array>,
+}
+
+impl<'a> V2Columns<'a> {
+    fn of(batch: &'a RecordBatch, at: &[usize]) -> V2Columns<'a> {
+        let n = V2_INT_COLUMNS.len();
+        V2Columns {
+            ints: at[..n]
+                .iter()
+                .map(|&i| batch.column(i).as_primitive::<Int64Type>())
+                .collect(),
+            floats: at[n..]
+                .iter()
+                .map(|&i| batch.column(i).as_primitive::<Float64Type>())
+                .collect(),
+        }
+    }
+
+    fn decode(&self, r: usize, agg: &mut UserAggregate) -> Result<(), (usize, i64)> {
+        let mut ints = [None; 13];
+        for (v, col) in ints.iter_mut().zip(&self.ints) {
+            *v = (!col.is_null(r)).then(|| col.value(r));
+        }
+        let mut floats = [None; 4];
+        for (v, col) in floats.iter_mut().zip(&self.floats) {
+            *v = (!col.is_null(r)).then(|| col.value(r));
+        }
+        decode_v2(agg, &ints, &floats)
+    }
 }
 
 /// Streams the rows of the table at `path` (a file or a directory of part files) a batch at a
@@ -542,6 +762,16 @@ fn decode_batch(
 /// stop the scan with its own error.
 pub fn for_each_batch<E: From<AggregatesError>>(
     path: &Path,
+    f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_batch_where(path, &|_| true, f)
+}
+
+/// [`for_each_batch`] over the rows whose user `keep` accepts; the other rows are skipped
+/// before they are decoded (their user id is the only column looked at).
+pub fn for_each_batch_where<E: From<AggregatesError>>(
+    path: &Path,
+    keep: &dyn Fn(&str) -> bool,
     mut f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
 ) -> Result<(), E> {
     for file in table_files(path)? {
@@ -555,6 +785,7 @@ pub fn for_each_batch<E: From<AggregatesError>>(
         })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
         let at = resolve(builder.schema(), &file)?;
+        let at2 = resolve_v2(builder.schema(), &file)?;
         let reader = builder.with_batch_size(8192).build().map_err(parquet)?;
         let mut first = 0;
         for batch in reader {
@@ -562,7 +793,7 @@ pub fn for_each_batch<E: From<AggregatesError>>(
                 path: file.clone(),
                 source,
             })?;
-            let rows = decode_batch(&batch, &at, &file, first)?;
+            let rows = decode_batch(&batch, (&at, at2.as_deref()), &file, first, keep)?;
             first += batch.num_rows();
             f(rows)?;
         }
@@ -570,12 +801,72 @@ pub fn for_each_batch<E: From<AggregatesError>>(
     Ok(())
 }
 
-/// The distinct snapshot times in the table (reads every row once).
+/// Streams only the `user_id` and `snapshot` columns of every row (`f(user, snapshot)`): the
+/// cheap pass that finds the snapshots, counts the users and picks a sample, without decoding
+/// the aggregates. The whole schema is still checked, so a bad table fails here first.
+pub fn for_each_user_snapshot(
+    path: &Path,
+    mut f: impl FnMut(&str, Timestamp),
+) -> Result<(), AggregatesError> {
+    use parquet::arrow::ProjectionMask;
+    for file in table_files(path)? {
+        let parquet = |source| AggregatesError::Parquet {
+            path: file.clone(),
+            source,
+        };
+        let handle = std::fs::File::open(&file).map_err(|source| AggregatesError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
+        let at = resolve(builder.schema(), &file)?;
+        // `at[0]` is user_id, `at[2]` snapshot (INT_COLUMNS[1]); flat schema: roots = columns.
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [at[0], at[2]]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(parquet)?;
+        let mut first = 0;
+        for batch in reader {
+            let batch = batch.map_err(|source| AggregatesError::Arrow {
+                path: file.clone(),
+                source,
+            })?;
+            let null = |column: &'static str, r: usize| AggregatesError::Null {
+                path: file.clone(),
+                column,
+                row: first + r,
+            };
+            // The projection keeps the file's column order: find the two by name.
+            let (Some(users), Some(snaps)) = (
+                batch.column_by_name("user_id"),
+                batch.column_by_name("snapshot"),
+            ) else {
+                return Err(AggregatesError::MissingColumn {
+                    path: file.clone(),
+                    column: "snapshot",
+                });
+            };
+            let snaps = snaps.as_primitive::<Int64Type>();
+            for r in 0..batch.num_rows() {
+                let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
+                if snaps.is_null(r) {
+                    return Err(null("snapshot", r));
+                }
+                f(user, snaps.value(r));
+            }
+            first += batch.num_rows();
+        }
+    }
+    Ok(())
+}
+
+/// The distinct snapshot times in the table (reads the `snapshot` column of every row).
 pub fn snapshots_in(path: &Path) -> Result<Vec<Timestamp>, AggregatesError> {
     let mut seen = std::collections::BTreeSet::new();
-    for_each_batch::<AggregatesError>(path, |rows| {
-        seen.extend(rows.iter().map(|r| r.snapshot));
-        Ok(())
+    for_each_user_snapshot(path, |_, t| {
+        seen.insert(t);
     })?;
     Ok(seen.into_iter().collect())
 }
@@ -600,7 +891,16 @@ impl AggregatesTable {
     /// Reads the table at `path`. A user without a row at some snapshot gets an empty aggregate
     /// there (with the registration time of its other rows).
     pub fn load(path: &Path) -> Result<AggregatesTable, AggregatesError> {
-        let snapshots = snapshots_in(path)?;
+        AggregatesTable::load_where(path, snapshots_in(path)?, &|_| true)
+    }
+
+    /// Reads the rows of the users `keep` accepts (a sample: the rest is skipped undecoded), at
+    /// the table's `snapshots` (from [`snapshots_in`] or [`for_each_user_snapshot`]).
+    pub fn load_where(
+        path: &Path,
+        snapshots: Vec<Timestamp>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<AggregatesTable, AggregatesError> {
         let mut t = AggregatesTable {
             path: path.to_path_buf(),
             aggs: vec![Vec::new(); snapshots.len()],
@@ -610,7 +910,7 @@ impl AggregatesTable {
             ..AggregatesTable::default()
         };
         let mut horizon = None;
-        for_each_batch::<AggregatesError>(path, |rows| {
+        for_each_batch_where::<AggregatesError>(path, keep, |rows| {
             for r in rows {
                 if *horizon.get_or_insert(r.horizon_days) != r.horizon_days {
                     return Err(AggregatesError::Horizon {
@@ -701,9 +1001,9 @@ mod tests {
                 amount: 12.5,
                 watch_seconds: 30,
                 room: 11 + i as u32,
-                category: 3,
+                category: 3 + (i % 3) as u32,
                 order: 5,
-                channel: 0,
+                channel: [0u8, 2, 6, 3][i % 4],
             });
         }
         AggregateRow {
@@ -739,23 +1039,86 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        // The order memory, the interests, the rooms and the channel mix are not in the table
-        // (schema v1): compare without them.
+        // The order memory and the rooms are not in the table: compare without them. The
+        // interests come back as the same ranked categories and levels (slots in rank order),
+        // the channel mix as is.
+        assert!(rows[0].agg.interests.len() == 3 && rows[0].agg.channels.non_live().len() == 3);
         let strip = |mut r: AggregateRow| {
             r.agg.recent_orders = Default::default();
             r.agg.interests = Default::default();
-            r.agg.channels = Default::default();
             r.agg.rooms = Default::default();
             r
         };
+        for (b, r) in back.iter().zip(&rows) {
+            assert_eq!(b.agg.interests.ranked(), r.agg.interests.ranked());
+            assert_eq!(b.agg.channels, r.agg.channels);
+        }
         let want: Vec<AggregateRow> = rows.into_iter().map(strip).collect();
+        let back: Vec<AggregateRow> = back.into_iter().map(strip).collect();
         assert_eq!(back, want);
         let t = AggregatesTable::load(&path).unwrap();
         assert_eq!(t.snapshots, vec![1_700_000_000, 1_800_000_000]);
         assert_eq!(t.user_ids, vec!["a", "b", "c"]);
-        assert_eq!(t.aggs[1][0], want[0].agg);
+        assert_eq!(strip_row(t.aggs[1][0]), want[0].agg);
         assert_eq!(t.aggs[0][0].registered_at, 1_700_000_000, "padded");
         assert_eq!(t.label_events[1][1], 9);
+    }
+
+    fn strip_row(mut a: UserAggregate) -> UserAggregate {
+        a.interests = Default::default();
+        a
+    }
+
+    /// A version 1 table (no interest or channel columns, `schema_version` 1) still reads, with
+    /// empty interests and channel mix; a version 2 row without those columns is refused.
+    #[test]
+    fn a_version_1_table_reads_with_empty_interests_and_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.parquet");
+        let mut w = AggregatesWriter::create(&path).unwrap();
+        w.write(&row("a", 1_800_000_000)).unwrap();
+        w.finish().unwrap();
+        let v2 = read_all(&path);
+        let keep: Vec<usize> = (0..v2.num_columns())
+            .filter(|&i| {
+                let name = v2.schema().field(i).name().clone();
+                !V2_INT_COLUMNS.contains(&name.as_str())
+                    && !V2_FLOAT_COLUMNS.contains(&name.as_str())
+            })
+            .collect();
+        let mut stripped = v2.project(&keep).unwrap();
+        let v1 = dir.path().join("v1.parquet");
+        write_batch(&v1, &stripped);
+        let e = AggregatesTable::load(&v1).unwrap_err().to_string();
+        assert!(e.contains("missing column \"interest_category_0\""), "{e}");
+        assert!(e.contains("v1.parquet"), "{e}");
+
+        let at = stripped.schema().index_of("schema_version").unwrap();
+        let mut cols = stripped.columns().to_vec();
+        cols[at] = Arc::new(arrow_array::Int64Array::from(vec![1i64]));
+        stripped = RecordBatch::try_new(stripped.schema(), cols).unwrap();
+        write_batch(&v1, &stripped);
+        let t = AggregatesTable::load(&v1).unwrap();
+        let a = t.aggs[0][0];
+        assert!(a.interests.is_empty());
+        assert_eq!(a.channels, Default::default());
+        assert_eq!(a.orders, row("a", 0).agg.orders);
+    }
+
+    fn read_all(path: &Path) -> RecordBatch {
+        let f = std::fs::File::open(path).unwrap();
+        let mut r = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        r.next().unwrap().unwrap()
+    }
+
+    fn write_batch(path: &Path, batch: &RecordBatch) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
     }
 
     #[test]

@@ -5,13 +5,15 @@
 use super::config::ValidTrainParams;
 use super::export::{export_eval, ExportError};
 use super::pipeline::{self, TrainError, TrainInput, Trained};
-use super::source::{AggregatesSource, TrainData};
+use super::source::{scan_table, AggregatesSource, TableScan, TrainData, DEFAULT_FIT_USERS};
 use super::{version_id, write_bundle, WriteBundleError};
 use crate::bundle::manifest::DataInfo;
 use crate::bundle::{Bundle, BundleSigner, BundleStore, Snapshot};
 use crate::features::Timestamp;
 use crate::io::aggregates::{AggregatesError, AggregatesTable};
 use crate::io::read::{read_dataset, Dataset, ReadError, ReadOptions, ReadReport};
+use crate::io::write::ScoreWriter;
+use crate::model::Scorer;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -59,6 +61,10 @@ pub struct TrainJob {
     /// Replace user ids by their keyed hash as they are read (see
     /// [`crate::io::read::pseudonym`]); `None`: ids as in the data.
     pub pseudonymize: Option<crate::io::read::pseudonym::PseudonymKey>,
+    /// With an aggregates table: fit on a keyed sample of at most this many users (every
+    /// user of a smaller table) and score the others in a streaming pass (see
+    /// [`super::source::scan_table`]).
+    pub fit_users: usize,
 }
 
 impl TrainJob {
@@ -81,6 +87,7 @@ impl TrainJob {
             sign_key: None,
             suppress: None,
             pseudonymize: None,
+            fit_users: DEFAULT_FIT_USERS,
         }
     }
 }
@@ -313,8 +320,11 @@ fn read_events(job: &TrainJob) -> Result<Option<Dataset>, RunError> {
     Ok(Some(dataset))
 }
 
-/// The aggregates table of an aggregates source, with what the manifest says about it.
-fn read_aggregates(job: &TrainJob) -> Result<Option<(AggregatesSource, DataInfo)>, RunError> {
+/// The aggregates table of an aggregates source (its fit sample's rows), with what the
+/// manifest says about it and the first pass's findings.
+fn read_aggregates(
+    job: &TrainJob,
+) -> Result<Option<(AggregatesSource, DataInfo, TableScan)>, RunError> {
     let TrainSource::Aggregates(path) = &job.source else {
         return Ok(None);
     };
@@ -326,9 +336,37 @@ fn read_aggregates(job: &TrainJob) -> Result<Option<(AggregatesSource, DataInfo)
     }
     let fail = |e| RunError::Aggregates(Box::new(e));
     let files = crate::io::aggregates::table_files(path).map_err(fail)?;
-    let source = AggregatesSource::new(AggregatesTable::load(path).map_err(fail)?);
-    let info = aggregates_info(&files, &source);
-    Ok(Some((source, info)))
+    let scan = scan_table(path, job.fit_users).map_err(fail)?;
+    let table = AggregatesTable::load_where(path, scan.snapshots.clone(), &|id| scan.keeps(id))
+        .map_err(fail)?;
+    let source = AggregatesSource::new(table);
+    let mut info = aggregates_info(&files, &source);
+    if scan.sample.is_some() {
+        info.users = scan.users_now();
+    }
+    Ok(Some((source, info, scan)))
+}
+
+/// For a table larger than its fit sample: a warning for the manifest, and the streaming pass
+/// that scores every user with a row at the score time into the bundle's scores table.
+fn score_whole_table<'a>(
+    job: &'a TrainJob,
+    scan: &TableScan,
+    trained: &mut Trained,
+) -> Option<impl Fn(&mut ScoreWriter, &Scorer) -> Result<(), WriteBundleError> + Sync + 'a> {
+    scan.sample.as_ref()?;
+    let as_of = trained.snapshot.as_of;
+    trained.manifest.warnings.push(format!(
+        "fitted on a keyed sample of {} of the table's {} users (--fit-users); the evaluation, the tier figures and the state seed are of the sample; the scores table holds every user with a row at the score time",
+        trained.snapshot.user_ids.len(),
+        scan.rows.get(&as_of).copied().unwrap_or(0),
+    ));
+    let path = job.source.path();
+    Some(move |w: &mut ScoreWriter, scorer: &Scorer| {
+        crate::score::stream_aggregate_scores(scorer, path, as_of, &|_| true, |row| w.write(row))
+            .map(|_| ())
+            .map_err(|e| WriteBundleError::TableScores(Box::new(e)))
+    })
 }
 
 /// The manifest's data section for an aggregates table; the fingerprint hashes the part files'
@@ -361,7 +399,7 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     let read = started.elapsed().as_secs_f64();
     let dataset = dataset.unwrap_or_default();
     let (table, info): (&dyn TrainData, DataInfo) = match &aggregates {
-        Some((source, info)) => (source, info.clone()),
+        Some((source, info, _)) => (source, info.clone()),
         None => (&dataset.events, data_info(&dataset)),
     };
     let rep = &dataset.report;
@@ -389,7 +427,11 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
         created_at: created.timestamp(),
     };
     progress.stage("training");
-    let trained = pipeline::fit(input, &mut |stage| progress.stage(stage))?;
+    let mut trained = pipeline::fit(input, &mut |stage| progress.stage(stage))?;
+    let stream = match &aggregates {
+        Some((_, _, scan)) => score_whole_table(&job, scan, &mut trained),
+        None => None,
+    };
     let held_back = promotion_gate(
         &trained,
         job.params.promotion.max_model_tier_changes,
@@ -401,12 +443,11 @@ pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, R
     progress.stage("writing the bundle");
     let write_started = Instant::now();
     let promote = held_back.is_none();
-    let bundle_dir =
-        write_bundle(&store, &trained, promote, job.sign_key.as_ref()).map_err(|source| {
-            RunError::Write {
-                models: job.models.clone(),
-                source,
-            }
+    let stream = stream.as_ref().map(|f| f as &super::StreamScores<'_>);
+    let bundle_dir = write_bundle(&store, &trained, promote, job.sign_key.as_ref(), stream)
+        .map_err(|source| RunError::Write {
+            models: job.models.clone(),
+            source,
         })?;
     let write = write_started.elapsed().as_secs_f64();
     if let (Some(dir), Some(sets)) = (&job.export_eval, &trained.eval_sets) {

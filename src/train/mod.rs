@@ -44,12 +44,18 @@ pub enum WriteBundleError {
     Bundle(#[from] BundleError),
     #[error("writing the scored snapshot: {0}")]
     Scores(#[from] WriteError),
+    #[error("scoring the aggregates table into the bundle's scores")]
+    TableScores(#[source] Box<crate::score::ScoreAggregatesError>),
     #[error("writing the report {path}: {source}")]
     Report {
         path: PathBuf,
         source: std::io::Error,
     },
 }
+
+/// Writes a bundle's scores table through the writer with the fitted scorer.
+pub(crate) type StreamScores<'a> =
+    dyn Fn(&mut ScoreWriter, &crate::model::Scorer) -> Result<(), WriteBundleError> + Sync + 'a;
 
 /// A new version id: creation time (sortable) and a hash of what went in.
 pub(crate) fn version_id(
@@ -81,11 +87,15 @@ pub(crate) fn version_id(
 /// `promote`; the promotion gate may hold it back).
 /// With a `signer`, the bundle is signed, and loaded back with its public key as the verify
 /// key (a signature that does not verify is found here, not at the server).
+/// `stream_scores`, when given, writes the scores table instead of the trained result's
+/// scores (`train --aggregates` on a table larger than its fit sample scores every user of
+/// the table in a streaming pass).
 pub(crate) fn write_bundle(
     store: &BundleStore,
     trained: &Trained,
     promote: bool,
     signer: Option<&BundleSigner>,
+    stream_scores: Option<&StreamScores<'_>>,
 ) -> Result<PathBuf, WriteBundleError> {
     let version = trained.manifest.version.clone();
     let pending = store.begin(&version)?;
@@ -94,15 +104,19 @@ pub(crate) fn write_bundle(
     // The scores table, the report and the model + state are independent files: write them
     // side by side, then checksum them all into the manifest.
     let (scores, (report, payload)) = rayon::join(
-        || -> Result<(), WriteError> {
+        || -> Result<(), WriteBundleError> {
             let mut writer = ScoreWriter::create(&pending.path(SCORES))?;
-            write_scores(
-                &mut writer,
-                scorer,
-                &trained.snapshot.user_ids,
-                &trained.scores,
-            )?;
-            writer.finish().map(|_| ())
+            match stream_scores {
+                Some(stream) => stream(&mut writer, scorer)?,
+                None => write_scores(
+                    &mut writer,
+                    scorer,
+                    &trained.snapshot.user_ids,
+                    &trained.scores,
+                )?,
+            }
+            writer.finish()?;
+            Ok(())
         },
         || {
             rayon::join(

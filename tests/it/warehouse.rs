@@ -136,6 +136,85 @@ fn score_on_the_aggregates_table_writes_part_files_with_every_user() {
     assert_eq!(rows, 1500);
 }
 
+/// A table larger than `--fit-users`: the models are fitted on a keyed sample (the state seed
+/// holds just it, the manifest says so), and the streaming pass scores every user of the table
+/// into the bundle's scores exactly as `score --aggregates` does with that bundle.
+#[test]
+fn a_table_larger_than_the_fit_sample_is_fitted_on_the_sample_and_every_user_is_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 2500, 11);
+    let table = dir.path().join("aggregates.parquet");
+    features(&data, &table);
+    let models = dir.path().join("models");
+    run(bin()
+        .args([
+            "train",
+            "--seed",
+            "5",
+            "--fit-users",
+            "1200",
+            "--aggregates",
+        ])
+        .arg(&table)
+        .arg("--models")
+        .arg(&models));
+    let (tiers, manifest) = tiers_and_manifest(&models);
+    assert_eq!(tiers.len(), 2500, "every user of the table is scored");
+    assert!(
+        manifest
+            .warnings
+            .iter()
+            .any(|w| w.contains("keyed sample of 1200 of the table's 2500 users")),
+        "{:?}",
+        manifest.warnings
+    );
+    assert_eq!(manifest.data.users, 2500);
+    let store = BundleStore::new(&models);
+    let seed = store.load_current().unwrap().load_snapshot().unwrap();
+    assert_eq!(
+        seed.user_ids.len(),
+        1200,
+        "the state seed is the fit sample"
+    );
+
+    let out = dir.path().join("scored");
+    run(bin()
+        .args(["score", "--aggregates"])
+        .arg(&table)
+        .arg("--models")
+        .arg(&models)
+        .arg("--out")
+        .arg(&out));
+    let mut scored = HashMap::new();
+    for part in std::fs::read_dir(&out).unwrap() {
+        use arrow_array::cast::AsArray;
+        let file = std::fs::File::open(part.unwrap().path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("user_id").unwrap().as_string::<i32>();
+            let tier = batch.column_by_name("tier_id").unwrap().as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                scored.insert(ids.value(i).to_string(), tier.value(i).to_string());
+            }
+        }
+    }
+    assert_eq!(scored, tiers);
+
+    let small = fails(
+        bin()
+            .args(["train", "--fit-users", "999", "--aggregates"])
+            .arg(&table)
+            .arg("--models")
+            .arg(dir.path().join("m2")),
+    );
+    assert!(small.contains("--fit-users"), "{small}");
+}
+
 /// Rewrites the table at `from` to `to` with DuckDB-free means: the Arrow batches with one
 /// column dropped or retyped.
 fn rewrite(

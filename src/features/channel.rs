@@ -189,7 +189,12 @@ impl ChannelMix {
     /// The raw state `(used, slots, events, cents)`: what the warehouse aggregates table stores
     /// (`io::aggregates`, schema version 2).
     pub fn parts(&self) -> (u8, [u8; 2], [u32; 3], [u32; 3]) {
-        (self.used, self.slots, self.events.map(u32::from), self.cents)
+        (
+            self.used,
+            self.slots,
+            self.events.map(u32::from),
+            self.cents,
+        )
     }
 
     /// The mix from [`ChannelMix::parts`]; `None` for a state [`ChannelMix::apply`] cannot

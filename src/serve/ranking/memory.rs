@@ -1,6 +1,8 @@
 //! The in-memory ranking (used with the embedded state): a persistent B-tree (`imbl::OrdMap`)
 //! per ordering ([`Order::ALL`]), keyed by (the ordering's value descending, user id), holding
-//! each user's [`Score`]; a hash index from user to current keys for O(log n) re-ranking; and
+//! each user's [`Score`] (one shared allocation for all the trees: a score is 176 bytes since the
+//! interests, rooms and channel shares ride along, and each ordering holding its own copy cost
+//! ~1 GB at 1M users); a hash index from user to current keys for O(log n) re-ranking; and
 //! the published versions, each an O(1) clone of the trees with its `as_of` and model. See the
 //! parent module for the design.
 
@@ -48,7 +50,7 @@ impl PartialEq for Key {
 
 impl Eq for Key {}
 
-type Tree = OrdMap<Key, Score>;
+type Tree = OrdMap<Key, Arc<Score>>;
 /// One tree per ordering, at [`Order::index`].
 type Trees = [Tree; Order::ALL.len()];
 /// The values a user's keys hold, per ordering.
@@ -88,6 +90,7 @@ impl Live {
         match score {
             Some(s) => {
                 let keys = keys_of(&s);
+                let s = Arc::new(s);
                 self.index.insert(user.clone(), keys);
                 for (tree, p) in self.trees.iter_mut().zip(keys) {
                     tree.insert(
@@ -95,7 +98,7 @@ impl Live {
                             p,
                             user: user.clone(),
                         },
-                        s,
+                        s.clone(),
                     );
                 }
             }
@@ -268,10 +271,10 @@ fn build(
 ) -> Result<(Trees, HashMap<Arc<str>, Keys>), StateError> {
     let parts = state.scan(|users| {
         users
-            .map(|(id, agg)| (Arc::<str>::from(id), scorer.score(agg, as_of)))
+            .map(|(id, agg)| (Arc::<str>::from(id), Arc::new(scorer.score(agg, as_of))))
             .collect::<Vec<_>>()
     })?;
-    let mut all: Vec<(Arc<str>, Score)> = parts.into_iter().flatten().collect();
+    let mut all: Vec<(Arc<str>, Arc<Score>)> = parts.into_iter().flatten().collect();
     let mut index = HashMap::with_capacity(all.len());
     let mut trees = Trees::default();
     for order in Order::ALL {
@@ -289,7 +292,7 @@ fn build(
                     p: order.value(s),
                     user: user.clone(),
                 },
-                *s,
+                s.clone(),
             );
         }
     }
@@ -322,7 +325,7 @@ fn read_page(v: &Version, q: &AtRiskQuery) -> RankedPage {
             more = true;
             break;
         }
-        users.push((k.user.to_string(), *s));
+        users.push((k.user.to_string(), **s));
     }
     RankedPage {
         version: v.id,
@@ -411,11 +414,11 @@ mod tests {
     fn a_published_tree_is_unchanged_by_later_updates_to_the_live_one() {
         let mut live: Tree = OrdMap::new();
         for (i, p) in [0.2, 0.8, 0.5].iter().enumerate() {
-            live.insert(key(*p, &format!("u{i}")), Score::default());
+            live.insert(key(*p, &format!("u{i}")), Arc::new(Score::default()));
         }
         let published = live.clone();
         live.remove(&key(0.8, "u1"));
-        live.insert(key(0.1, "u1"), Score::default());
+        live.insert(key(0.1, "u1"), Arc::new(Score::default()));
         let order = |t: &Tree| t.keys().map(|k| k.user.to_string()).collect::<Vec<_>>();
         assert_eq!(order(&published), ["u1", "u2", "u0"]);
         assert_eq!(order(&live), ["u2", "u0", "u1"]);

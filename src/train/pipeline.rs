@@ -174,7 +174,12 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     let mut snap = windows::snapshots(table, &w)?;
     laps.lap("features");
     progress("fitting the purchase models (BG/NBD per snapshot)");
-    snap.purchases = purchases::fit_purchases(&w, &mut snap, params.horizon_days);
+    snap.purchases = purchases::fit_purchases(
+        &w,
+        &mut snap,
+        params.horizon_days,
+        params.churn.purchase_candidates,
+    );
     laps.lap("purchase models");
 
     progress("labelling snapshots");
@@ -301,7 +306,10 @@ mod tests {
             .iter()
             .map(|p| Some(format!("{:?}", p.persona)))
             .collect();
-        let cfg = TrainConfig::default().check().unwrap();
+        // The purchase candidates on generated (engagement-rich) data too, for their tests.
+        let mut cfg = TrainConfig::default();
+        cfg.churn.purchase_candidates = crate::train::config::PurchaseCandidates::Always;
+        let cfg = cfg.check().unwrap();
         let input = TrainInput {
             table: &table,
             personas: Some(&personas),

@@ -10,10 +10,22 @@
 //! model reuses (one fit, not two). The candidate models are then chosen on held-out users as
 //! before: the features enter both candidates, and the better validation AUC wins.
 
+use super::super::config::PurchaseCandidates;
 use super::windows::{PurchaseFits, Snapshots, Windows};
+use crate::features::Feature;
 use crate::features::{known_at, Timestamp, UserAggregate};
 use crate::model::btyd::{Customer, PurchaseFeatures};
 use crate::model::tiers::mix64;
+
+/// The engagement features: with any of them in the data, `auto` leaves the purchase
+/// candidates out (see [`PurchaseCandidates::Auto`]).
+const ENGAGEMENT: [Feature; 5] = [
+    Feature::WatchMinutes,
+    Feature::Sessions,
+    Feature::Comments,
+    Feature::Likes,
+    Feature::Shares,
+];
 
 /// Users with at least one repeat order day needed at each fitted snapshot.
 pub(crate) const MIN_REPEAT_BUYERS: usize = 200;
@@ -49,8 +61,26 @@ pub(crate) fn customers_at(aggs: &[UserAggregate], keys: &[u64], t: Timestamp) -
 
 /// Fits the BG/NBD at every snapshot when the data supports the purchase candidates, and
 /// removes them from `snap.features` (into `snap.left_out`) when it does not.
-pub(crate) fn fit_purchases(w: &Windows, snap: &mut Snapshots, horizon_days: u32) -> PurchaseFits {
+pub(crate) fn fit_purchases(
+    w: &Windows,
+    snap: &mut Snapshots,
+    horizon_days: u32,
+    mode: PurchaseCandidates,
+) -> PurchaseFits {
     if !snap.features.features.iter().any(|f| f.is_purchase()) {
+        return PurchaseFits::default();
+    }
+    let off = match mode {
+        PurchaseCandidates::Never => Some("switched off ([churn] purchase_candidates = \"never\")"),
+        PurchaseCandidates::Auto if snap.features.features.iter().any(|f| ENGAGEMENT.contains(f)) => {
+            Some("the data holds engagement events, where they lowered the out-of-time AUC ([churn] purchase_candidates = \"always\" keeps them)")
+        }
+        _ => None,
+    };
+    if let Some(why) = off {
+        for f in snap.features.without_purchase() {
+            snap.left_out.push((f, why));
+        }
         return PurchaseFits::default();
     }
     let mut at: Vec<(&[UserAggregate], Timestamp)> = Vec::new();
@@ -132,7 +162,7 @@ mod tests {
         let table = generated();
         let w = windows(&table, None, 30, &mut Vec::new()).unwrap();
         let mut snap = snapshots(&table, &w).unwrap();
-        let fits = fit_purchases(&w, &mut snap, 30);
+        let fits = fit_purchases(&w, &mut snap, 30, PurchaseCandidates::Always);
         for f in Feature::PURCHASE {
             assert!(snap.features.position(f).is_some(), "{f:?} left out");
         }
@@ -195,7 +225,7 @@ mod tests {
         retain(&mut table.channel, &keep);
         let w = windows(&table, None, 30, &mut Vec::new()).unwrap();
         let mut snap = snapshots(&table, &w).unwrap();
-        let fits = fit_purchases(&w, &mut snap, 30);
+        let fits = fit_purchases(&w, &mut snap, 30, PurchaseCandidates::Always);
         assert!(fits.a.is_none() && fits.b.is_none() && fits.now.is_none());
         assert!(snap.features.features.iter().all(|f| !f.is_purchase()));
         let why: Vec<_> = snap

@@ -174,12 +174,7 @@ pub fn fit(input: TrainInput, progress: &mut dyn FnMut(&str)) -> Result<Trained,
     let mut snap = windows::snapshots(table, &w)?;
     laps.lap("features");
     progress("fitting the purchase models (BG/NBD per snapshot)");
-    snap.purchases = purchases::fit_purchases(
-        &w,
-        &mut snap,
-        params.horizon_days,
-        params.churn.purchase_candidates,
-    );
+    snap.purchases = purchases::fit_purchases(&w, &mut snap, params);
     laps.lap("purchase models");
 
     progress("labelling snapshots");

@@ -10,7 +10,7 @@
 //! model reuses (one fit, not two). The candidate models are then chosen on held-out users as
 //! before: the features enter both candidates, and the better validation AUC wins.
 
-use super::super::config::PurchaseCandidates;
+use super::super::config::{PurchaseCandidates, ValidTrainParams};
 use super::windows::{PurchaseFits, Snapshots, Windows};
 use crate::features::Feature;
 use crate::features::{known_at, Timestamp, UserAggregate};
@@ -62,6 +62,20 @@ pub(crate) fn customers_at(aggs: &[UserAggregate], keys: &[u64], t: Timestamp) -
 /// Fits the BG/NBD at every snapshot when the data supports the purchase candidates, and
 /// removes them from `snap.features` (into `snap.left_out`) when it does not.
 pub(crate) fn fit_purchases(
+    w: &Windows,
+    snap: &mut Snapshots,
+    params: &ValidTrainParams,
+) -> PurchaseFits {
+    fit_purchases_with(
+        w,
+        snap,
+        params.horizon_days,
+        params.churn.purchase_candidates,
+    )
+}
+
+/// [`fit_purchases`] with the horizon and the [`PurchaseCandidates`] setting given.
+pub(crate) fn fit_purchases_with(
     w: &Windows,
     snap: &mut Snapshots,
     horizon_days: u32,
@@ -162,7 +176,7 @@ mod tests {
         let table = generated();
         let w = windows(&table, None, 30, &mut Vec::new()).unwrap();
         let mut snap = snapshots(&table, &w).unwrap();
-        let fits = fit_purchases(&w, &mut snap, 30, PurchaseCandidates::Always);
+        let fits = fit_purchases_with(&w, &mut snap, 30, PurchaseCandidates::Always);
         for f in Feature::PURCHASE {
             assert!(snap.features.position(f).is_some(), "{f:?} left out");
         }
@@ -225,7 +239,7 @@ mod tests {
         retain(&mut table.channel, &keep);
         let w = windows(&table, None, 30, &mut Vec::new()).unwrap();
         let mut snap = snapshots(&table, &w).unwrap();
-        let fits = fit_purchases(&w, &mut snap, 30, PurchaseCandidates::Always);
+        let fits = fit_purchases_with(&w, &mut snap, 30, PurchaseCandidates::Always);
         assert!(fits.a.is_none() && fits.b.is_none() && fits.now.is_none());
         assert!(snap.features.features.iter().all(|f| !f.is_purchase()));
         let why: Vec<_> = snap

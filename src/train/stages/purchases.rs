@@ -158,6 +158,19 @@ mod tests {
         });
     }
 
+    /// Keeps the rows of `t` whose `keep` is true, in every per-row column.
+    fn retain_rows(t: &mut EventTable, keep: &[bool]) {
+        retain(&mut t.user, keep);
+        retain(&mut t.ts, keep);
+        retain(&mut t.kind, keep);
+        retain(&mut t.amount, keep);
+        retain(&mut t.watch_seconds, keep);
+        retain(&mut t.room, keep);
+        retain(&mut t.category, keep);
+        retain(&mut t.order, keep);
+        retain(&mut t.channel, keep);
+    }
+
     fn generated() -> EventTable {
         let end = 1_780_000_000 - 1_780_000_000 % DAY;
         let params = GenerateParams::new(end)
@@ -187,15 +200,7 @@ mod tests {
         let mut early = table.clone();
         let keep: Vec<bool> = table.ts.iter().map(|&t| t < w.snap_b).collect();
         assert!(keep.iter().any(|k| !k), "the table has events after B");
-        retain(&mut early.user, &keep);
-        retain(&mut early.ts, &keep);
-        retain(&mut early.kind, &keep);
-        retain(&mut early.amount, &keep);
-        retain(&mut early.watch_seconds, &keep);
-        retain(&mut early.room, &keep);
-        retain(&mut early.category, &keep);
-        retain(&mut early.order, &keep);
-        retain(&mut early.channel, &keep);
+        retain_rows(&mut early, &keep);
         let aggs_b = early.aggregates(&[w.snap_b]).unwrap().pop().unwrap();
         let start = Some(&a.bgnbd);
         let cs = customers_at(&aggs_b, &snap.keys, w.snap_b);
@@ -228,15 +233,7 @@ mod tests {
                 !std::mem::replace(&mut seen[u], true)
             })
             .collect();
-        retain(&mut table.user, &keep);
-        retain(&mut table.ts, &keep);
-        retain(&mut table.kind, &keep);
-        retain(&mut table.amount, &keep);
-        retain(&mut table.watch_seconds, &keep);
-        retain(&mut table.room, &keep);
-        retain(&mut table.category, &keep);
-        retain(&mut table.order, &keep);
-        retain(&mut table.channel, &keep);
+        retain_rows(&mut table, &keep);
         let w = windows(&table, None, 30, &mut Vec::new()).unwrap();
         let mut snap = snapshots(&table, &w).unwrap();
         let fits = fit_purchases_with(&w, &mut snap, 30, PurchaseCandidates::Always);

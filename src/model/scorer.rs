@@ -407,44 +407,43 @@ impl Scorer {
     /// Scores many users as of `t` on all cores, [`BLOCK`] users at a time through the churn
     /// model (same results as [`Scorer::score`] user by user).
     pub fn score_batch(&self, users: &[UserAggregate], t: Timestamp, out: &mut [Score]) {
-        let d = self.features.len();
         users
             .par_chunks(4096)
             .zip(out.par_chunks_mut(4096))
-            .for_each(|(us, os)| {
-                let mut raw = [0.0; BLOCK * MAX_FEATURES];
-                let mut x = [0.0; BLOCK * MAX_FEATURES];
-                let mut contrib = [0.0; BLOCK * MAX_FEATURES];
-                let mut raw_scores = [0.0; BLOCK];
-                for (ub, ob) in us.chunks(BLOCK).zip(os.chunks_mut(BLOCK)) {
-                    let n = ub.len();
-                    for (r, a) in ub.iter().enumerate() {
-                        self.row(
-                            a,
-                            t,
-                            &mut raw[r * d..(r + 1) * d],
-                            &mut x[r * d..(r + 1) * d],
-                        );
-                    }
-                    self.churn.score_explained_block(
-                        &x[..n * d],
-                        d,
-                        &mut contrib[..n * d],
-                        &mut raw_scores[..n],
-                    );
-                    for (r, (o, a)) in ob.iter_mut().zip(ub).enumerate() {
-                        let (lo, hi) = (r * d, (r + 1) * d);
-                        *o = self.finish(
-                            &raw[lo..hi],
-                            &x[lo..hi],
-                            &contrib[lo..hi],
-                            raw_scores[r],
-                            a,
-                        );
-                        self.add_value(o, a, t);
-                    }
-                }
-            });
+            .for_each(|(us, os)| self.score_many(us, t, os));
+    }
+
+    /// Scores `users` into `out` on the calling thread, [`BLOCK`] users at a time through the
+    /// forest (the server's batch lookups: they run on a request's own task, not the rayon
+    /// pool). Results equal [`Scorer::score`] user by user.
+    pub fn score_many(&self, users: &[UserAggregate], t: Timestamp, out: &mut [Score]) {
+        let d = self.features.len();
+        let mut raw = [0.0; BLOCK * MAX_FEATURES];
+        let mut x = [0.0; BLOCK * MAX_FEATURES];
+        let mut contrib = [0.0; BLOCK * MAX_FEATURES];
+        let mut raw_scores = [0.0; BLOCK];
+        for (ub, ob) in users.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+            let n = ub.len();
+            for (r, a) in ub.iter().enumerate() {
+                self.row(
+                    a,
+                    t,
+                    &mut raw[r * d..(r + 1) * d],
+                    &mut x[r * d..(r + 1) * d],
+                );
+            }
+            self.churn.score_explained_block(
+                &x[..n * d],
+                d,
+                &mut contrib[..n * d],
+                &mut raw_scores[..n],
+            );
+            for (r, (o, a)) in ob.iter_mut().zip(ub).enumerate() {
+                let (lo, hi) = (r * d, (r + 1) * d);
+                *o = self.finish(&raw[lo..hi], &x[lo..hi], &contrib[lo..hi], raw_scores[r], a);
+                self.add_value(o, a, t);
+            }
+        }
     }
 
     /// "feature=+0.42 (value)" joined by "; " — the reasons as one text column.
@@ -659,6 +658,10 @@ mod tests {
             .collect();
         let mut out = vec![Score::default(); users.len()];
         s.score_batch(&users, 120 * DAY, &mut out);
+        // An odd count: the last block is partial.
+        let mut many = vec![Score::default(); 37];
+        s.score_many(&users[..37], 120 * DAY, &mut many);
+        assert_eq!(many[..], out[..37]);
         for (u, o) in users.iter().zip(&out) {
             assert_eq!(*o, s.score(u, 120 * DAY));
             assert!(o

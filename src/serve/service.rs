@@ -15,6 +15,7 @@ use super::ranking::{self, Ranking, RankingBackend, VersionId};
 use super::slot::{LiveModel, ModelSlot};
 use super::state::{StateBackend, UserState};
 use crate::features::Timestamp;
+use crate::model::scorer::Score;
 use crate::pb as proto;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -291,18 +292,26 @@ impl proto::tiering_server::Tiering for TieringService {
             self.ctx.model.with(|model| {
                 let now = self.ctx.clock.now();
                 let mut out = proto::BatchGetUserTiersResponse::default();
+                let mut held = Vec::with_capacity(ids.len());
+                let mut aggs = Vec::with_capacity(ids.len());
                 for (id, agg) in ids.iter().zip(found?) {
                     match agg {
                         Some(_) if self.ctx.privacy.objected(id) => out.objected.push(id.clone()),
-                        Some(agg) => out.users.push(convert::user_tier(
-                            id,
-                            &model.scorer.score(&agg, now),
-                            model,
-                            now,
-                        )),
+                        Some(agg) => {
+                            held.push(id);
+                            aggs.push(agg);
+                        }
                         None => out.not_found.push(id.clone()),
                     }
                 }
+                // Scored together: the forest walks several users at once (same figures).
+                let mut scores = vec![Score::default(); aggs.len()];
+                model.scorer.score_many(&aggs, now, &mut scores);
+                out.users = held
+                    .into_iter()
+                    .zip(&scores)
+                    .map(|(id, s)| convert::user_tier(id, s, model, now))
+                    .collect();
                 Ok(out)
             })
         }

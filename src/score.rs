@@ -8,11 +8,12 @@ use crate::model::{Score, Scorer};
 /// Rows whose reasons text is formatted (on all cores) ahead of the sequential writer.
 const ROWS_PER_BLOCK: usize = 1 << 15;
 
-/// The text columns formatted ahead of the writer: reasons, interests, channels.
+/// The text columns formatted ahead of the writer: reasons, interests, channels, rooms.
 pub(crate) struct RowTexts {
     pub factors: String,
     pub interests: String,
     pub channels: String,
+    pub rooms: String,
 }
 
 impl RowTexts {
@@ -35,8 +36,19 @@ impl RowTexts {
             factors: scorer.format_factors(s),
             interests,
             channels,
+            rooms: rooms_text(&s.rooms),
         }
     }
+}
+
+/// A user's top rooms as the score output writes them: room ids, highest score first (ties by
+/// the smaller hash), joined by `; ` like the interests; empty without rooms.
+pub(crate) fn rooms_text(r: &crate::features::Rooms) -> String {
+    r.ranked()
+        .into_iter()
+        .map(|(id, _)| crate::features::interests::room_display_name(id))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The output row of one scored user (`tiering score`, the bundle's `scores.parquet`).
@@ -60,6 +72,7 @@ pub(crate) fn score_row<'a>(
         top_factors: &texts.factors,
         interests: &texts.interests,
         channels: &texts.channels,
+        rooms: &texts.rooms,
         clv: s.clv,
         expected_orders: s.expected_orders,
         p_alive: s.p_alive,

@@ -6,11 +6,14 @@
 //!   is the top factors as `feature=+0.42 (value)` joined by `; `, `playbook` the tier's actions
 //!   joined by ` | `, `interests` the top categories as `category=score` joined by `; `
 //!   (score to two decimals), `channels` the channel mix as
-//!   `channel=spend_share/activity_share` joined by `; ` (empty without channel data).
+//!   `channel=spend_share/activity_share` joined by `; ` (empty without channel data), `rooms`
+//!   the top live rooms as `room_id=score` joined by `; ` like the interests (empty without
+//!   rooms, as on a data set without a `room_id` column).
 //! - `json`: one JSON array of objects, one object per line. Keys as the CSV columns, but
-//!   `reasons` is an array of `{feature, contribution, value}` and `playbook` an array of
-//!   strings; plus `rooms` (the top live rooms, `{room_id, score}`, not in the CSV),
-//!   `model_version` and `as_of` (RFC 3339).
+//!   `reasons` is an array of `{feature, contribution, value}`, `playbook` an array of
+//!   strings, `interests` `{category, score}`, `channels` `{channel, spend_share,
+//!   activity_share}` and `rooms` `{room_id, score}` objects; plus `model_version` and `as_of`
+//!   (RFC 3339).
 //! - `jsonl`: the same objects as JSON Lines (one per line, no array), for streaming tools.
 //! - `table`: aligned columns for a terminal (CJK-width aware).
 //!
@@ -256,7 +259,8 @@ fn write_table(out: &mut dyn Write, users: &[proto::UserTier]) -> io::Result<()>
         false, true, false, true, false, false, false, false, false, false, false, true, true,
         true, true,
     ];
-    // The table keeps its fifteen columns (interests and channels are in the other formats).
+    // The table keeps its fifteen columns (interests, channels and rooms are in the other
+    // formats, and in `tiering user`'s view).
     let rows: Vec<[String; 15]> = users
         .iter()
         .map(|u| {
@@ -471,17 +475,59 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let header = text.lines().next().unwrap();
         assert!(
-            header.ends_with(",clv,expected_orders,p_alive,value_at_risk,interests,channels"),
+            header.ends_with(",clv,expected_orders,p_alive,value_at_risk,interests,channels,rooms"),
             "{header}"
         );
         let row = text.lines().nth(1).unwrap();
-        // No interests and no channel mix: two empty cells after the value figures.
-        assert!(row.ends_with(",120.46,1.5000,0.8000,60.23,,"), "{row}");
+        // No interests, channel mix or rooms: three empty cells after the value figures.
+        assert!(row.ends_with(",120.46,1.5000,0.8000,60.23,,,"), "{row}");
         let mut out = Vec::new();
         write_users(&mut out, &[u], ListFormat::Jsonl).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["value_at_risk"], 60.228);
         assert_eq!(v["p_alive"], 0.8);
+    }
+
+    #[test]
+    fn csv_and_json_carry_the_top_rooms_with_scores_next_to_the_interests_and_channels() {
+        let mut u = user("a", 0.5);
+        u.interests = vec![proto::Interest {
+            category: "beauty".into(),
+            score: 12.5,
+        }];
+        u.channels = vec![proto::ChannelShare {
+            channel: "live".into(),
+            spend_share: 1.0,
+            activity_share: 0.75,
+        }];
+        u.rooms = vec![
+            proto::RoomInterest {
+                room_id: "room_0042".into(),
+                score: 11.7749,
+            },
+            proto::RoomInterest {
+                room_id: "room_7".into(),
+                score: 1.78,
+            },
+        ];
+        let mut out = Vec::new();
+        write_users(&mut out, &[u.clone(), user("b", 0.4)], ListFormat::Csv).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+        assert_eq!(at("rooms"), at("channels") + 1, "{header:?}");
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+        assert_eq!(&rows[0][at("interests")], "beauty=12.50");
+        assert_eq!(&rows[0][at("channels")], "live=1.000/0.750");
+        assert_eq!(&rows[0][at("rooms")], "room_0042=11.77; room_7=1.78");
+        // A user without rooms (a data set without room ids): an empty cell.
+        assert_eq!(&rows[1][at("rooms")], "");
+        let mut out = Vec::new();
+        write_users(&mut out, &[u], ListFormat::Jsonl).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["rooms"][0]["room_id"], "room_0042");
+        assert_eq!(v["rooms"][1]["score"], 1.78);
     }
 
     #[test]

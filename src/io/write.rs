@@ -22,7 +22,7 @@ use std::sync::Arc;
 use super::atomic::{AtomicError, AtomicFile};
 
 /// Columns of the scores table, in this order in both formats.
-pub(crate) const SCORE_COLUMNS: [&str; 15] = [
+pub(crate) const SCORE_COLUMNS: [&str; 16] = [
     "user_id",
     "tier_id",
     "tier_name",
@@ -38,6 +38,7 @@ pub(crate) const SCORE_COLUMNS: [&str; 15] = [
     "value_at_risk",
     "interests",
     "channels",
+    "rooms",
 ];
 
 /// Rows per Parquet record batch.
@@ -68,6 +69,9 @@ pub struct ScoreRow<'a> {
     /// The channel mix as `channel=spend_share/activity_share` joined by `; ` (empty without
     /// channel data).
     pub channels: &'a str,
+    /// The user's top live rooms, highest score first, joined by `; ` like `interests` (empty:
+    /// none, as on a data set without a `room_id` column).
+    pub rooms: &'a str,
 }
 
 /// What went wrong underneath a [`WriteError::Write`]: the table writer's own failure, before
@@ -135,6 +139,7 @@ fn schema() -> SchemaRef {
         number("value_at_risk"),
         text("interests"),
         text("channels"),
+        text("rooms"),
     ]))
 }
 
@@ -142,7 +147,7 @@ fn schema() -> SchemaRef {
 struct ParquetSink {
     writer: ArrowWriter<AtomicFile>,
     schema: SchemaRef,
-    text: [StringBuilder; 9],
+    text: [StringBuilder; 10],
     numbers: [Float64Builder; 6],
     pending: usize,
 }
@@ -163,6 +168,7 @@ impl ParquetSink {
             "value_at_risk",
             "interests",
             "channels",
+            "rooms",
         ];
         let props = unique
             .into_iter()
@@ -184,10 +190,11 @@ impl ParquetSink {
     }
 
     fn write(&mut self, r: &ScoreRow<'_>) -> Result<(), WriteCause> {
-        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels] =
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels, rooms] =
             &mut self.text;
         interests.append_value(r.interests);
         channels.append_value(r.channels);
+        rooms.append_value(r.rooms);
         user.append_value(r.user_id);
         tier_id.append_value(r.tier_id);
         tier_name.append_value(r.tier_name);
@@ -213,7 +220,7 @@ impl ParquetSink {
         if self.pending == 0 {
             return Ok(());
         }
-        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels] =
+        let [user, tier_id, tier_name, risk_level, rfm, stage, factors, interests, channels, rooms] =
             &mut self.text;
         let [churn, percentile, clv, orders, alive, var] = &mut self.numbers;
         let columns: Vec<ArrayRef> = vec![
@@ -232,6 +239,7 @@ impl ParquetSink {
             Arc::new(var.finish()),
             Arc::new(interests.finish()),
             Arc::new(channels.finish()),
+            Arc::new(rooms.finish()),
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.writer.write(&batch)?;
@@ -298,6 +306,7 @@ impl CsvSink {
             var,
             r.interests,
             r.channels,
+            r.rooms,
         ])?;
         Ok(())
     }
@@ -413,6 +422,11 @@ mod tests {
             value_at_risk: 1.2345,
             interests: "beauty; food",
             channels: "",
+            rooms: if i.is_multiple_of(2) {
+                ""
+            } else {
+                "room_0042; room_7"
+            },
         }
     }
 
@@ -452,6 +466,8 @@ mod tests {
         let value: Vec<&str> = recs[2].iter().skip(9).take(4).collect();
         assert_eq!(value, ["12.35", "0.5000", "0.7500", "1.23"]);
         assert_eq!((&recs[2][13], &recs[2][14]), ("beauty; food", ""));
+        // The rooms last: empty for a user without rooms, else highest first.
+        assert_eq!((&recs[0][15], &recs[1][15]), ("", "room_0042; room_7"));
     }
 
     #[test]
@@ -487,6 +503,11 @@ mod tests {
         assert!((p - row(n - 1, "").churn_probability).abs() < 1e-12);
         let var = last.column(12).as_primitive::<Float64Type>().value(k);
         assert_eq!(var, 1.2345);
+        let rooms = last.column(15).as_string::<i32>();
+        assert_eq!(
+            (rooms.value(k - 1), rooms.value(k)),
+            ("", "room_0042; room_7")
+        );
     }
 
     #[test]

@@ -306,7 +306,7 @@ struct Row {
 
 const HEADER: &str = "user_id,churn_probability,risk_level,risk_percentile,tier_id,tier_name,\
                       tier_name_zh,lifecycle_stage,rfm_segment,reasons,playbook,clv,\
-                      expected_orders,p_alive,value_at_risk,interests,channels";
+                      expected_orders,p_alive,value_at_risk,interests,channels,rooms";
 
 fn parse_csv(text: &str) -> Vec<Row> {
     assert_eq!(text.lines().next(), Some(HEADER), "CSV header");

@@ -407,6 +407,55 @@ async fn training_and_the_server_give_the_documented_room_ranking() {
     .await;
 }
 
+/// `tiering score` writes the user's top rooms (highest first, `; `-joined like the
+/// interests) in a `rooms` column after `channels`; a data set without a `room_id` column
+/// gives empty cells. The rooms are the documented ranking of [`room_history`].
+#[test]
+fn the_score_output_carries_each_users_top_rooms_after_the_channels() {
+    use crate::helpers::{bin, run};
+    let dirs = Dirs::new();
+    let rows = room_history();
+    let path = dirs.root.path().join("rooms.csv");
+    std::fs::write(&path, room_csv(&rows)).unwrap();
+    let all = read(dirs.root.path(), "rooms-read.csv", &room_csv(&rows));
+    publish(&dirs.models(), &all, &[]);
+    let survivor = if hash_str("room_c") < hash_str("room_d") {
+        "room_d"
+    } else {
+        "room_c"
+    };
+    let score = |data: &std::path::Path, out: &str| {
+        let out = dirs.root.path().join(out);
+        run(bin()
+            .args(["score", "--models"])
+            .arg(dirs.models())
+            .arg("--data")
+            .arg(data)
+            .arg("--out")
+            .arg(&out));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        let at = |name: &str| header.iter().position(|h| h == name);
+        let (user, rooms) = (at("user_id").unwrap(), at("rooms").expect("a rooms column"));
+        assert_eq!(Some(rooms), at("channels").map(|c| c + 1), "{header:?}");
+        r.records()
+            .map(|rec| {
+                let rec = rec.unwrap();
+                (rec[user].to_string(), rec[rooms].to_string())
+            })
+            .collect::<std::collections::HashMap<String, String>>()
+    };
+    let got = score(&path, "scores.csv");
+    assert_eq!(got["tie"], format!("room_e; {survivor}"));
+    assert_eq!(got["decay"], "room_f; room_a");
+    // Categories only, no room_id column: empty rooms.
+    let plain = dirs.root.path().join("plain.csv");
+    std::fs::write(&plain, csv("plain", &history(), None)).unwrap();
+    let got = score(&plain, "plain-scores.csv");
+    assert_eq!(got["plain"], "");
+}
+
 /// Every page of a listing.
 async fn list_all(
     client: &mut proto::tiering_client::TieringClient<tonic::transport::Channel>,

@@ -1,7 +1,16 @@
-//! Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"): a customer's order values are
-//! Gamma(p, ν) with ν ~ Gamma(q, v), independent of the purchase process. Fitted on customers
-//! with repeat purchases (x ≥ 1, their mean order value m); gives the expected order value of
-//! any customer, shrunk from their own mean towards the population's by how much they bought.
+//! Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"): a customer's transaction values are
+//! Gamma(p, ν) with ν ~ Gamma(q, v), independent of the purchase process. Fitted on pairs
+//! (n, m): n transaction values and their mean m; gives the expected value of a customer's next
+//! transaction, shrunk from their own mean towards the population's by how many they made.
+//!
+//! Two conventions for which transactions a customer's (n, m) covers ([`Basis`]):
+//! - [`Basis::RepeatOrders`], `lifetimes`' standard set-up: n = x repeat transactions and m their
+//!   mean (the first transaction left out; fitted on customers with x ≥ 1);
+//! - [`Basis::AllOrders`], tiering's value model: n = x + 1, every transaction including the
+//!   first, and m the mean over all of them (fitted on every buyer with m > 0). The aggregate
+//!   keeps total spend but no first-order amount, so the mean it knows is over all orders; the
+//!   likelihood must then count all of them, or it reads a mean of x + 1 values as one of x
+//!   (too little shrinkage for the customers with fewest orders).
 
 use super::nelder_mead::{minimize, Options};
 use super::special::ln_gamma;
@@ -16,18 +25,52 @@ pub struct GammaGamma {
     pub v: f64,
 }
 
+/// Which of a customer's transactions their Gamma-Gamma mean covers (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// n = x repeat transactions (`lifetimes`); the value models of bundles written before
+    /// the basis was recorded.
+    #[default]
+    RepeatOrders,
+    /// n = x + 1: every transaction, the first included.
+    AllOrders,
+}
+
+impl Basis {
+    /// The number of transaction values `c.monetary` averages under this basis.
+    pub fn count(self, c: &Customer) -> f64 {
+        match self {
+            Basis::RepeatOrders => c.frequency.max(0.0),
+            Basis::AllOrders => c.frequency.max(0.0) + 1.0,
+        }
+    }
+}
+
 impl GammaGamma {
-    /// Maximum-likelihood fit over the customers with `frequency >= 1` and `monetary > 0`
-    /// (order values rescaled to mean 1 while fitting; `v` scaled back).
+    /// Maximum-likelihood fit over the customers with `frequency >= 1` and `monetary > 0`, on
+    /// the repeat-orders basis (`lifetimes`' convention).
     pub fn fit(customers: &[Customer]) -> Result<GammaGamma, BtydError> {
-        let rows: Vec<(f64, f64)> = customers
+        Self::fit_on(customers, Basis::RepeatOrders)
+    }
+
+    /// Maximum-likelihood fit on `basis`: the pairs (n, m) of the customers with `monetary > 0`
+    /// and n >= 1; at least two customers with a repeat transaction are needed either way
+    /// (without repeats nothing separates a customer's spread from the population's). Values
+    /// are rescaled to mean 1 while fitting; `v` is scaled back.
+    pub fn fit_on(customers: &[Customer], basis: Basis) -> Result<GammaGamma, BtydError> {
+        let repeaters = customers
             .iter()
             .filter(|c| c.frequency >= 1.0 && c.monetary > 0.0 && c.monetary.is_finite())
-            .map(|c| (c.frequency, c.monetary))
-            .collect();
-        if rows.len() < 2 {
-            return Err(BtydError::TooFewRepeatBuyers(rows.len()));
+            .count();
+        if repeaters < 2 {
+            return Err(BtydError::TooFewRepeatBuyers(repeaters));
         }
+        let rows: Vec<(f64, f64)> = customers
+            .iter()
+            .map(|c| (basis.count(c), c.monetary))
+            .filter(|&(n, m)| n >= 1.0 && m > 0.0 && m.is_finite())
+            .collect();
         let scale = rows.len() as f64 / rows.iter().map(|r| r.1).sum::<f64>();
         // Per row: x, ln x, ln m (scaled); per distinct x the log-gamma terms.
         let mut xs: Vec<f64> = rows.iter().map(|r| r.0).collect();
@@ -91,19 +134,21 @@ impl GammaGamma {
         (self.q > 1.0).then(|| self.p * self.v / (self.q - 1.0))
     }
 
-    /// E[order value | x, m]: the customer's own mean `m` weighted by `p·x / (p·x + q - 1)`,
-    /// the population mean by the rest. When `q <= 1` the customer's own mean (or
-    /// `fallback` without repeat purchases).
+    /// E[order value | x, m] on the repeat-orders basis ([`GammaGamma::expected_value`] with
+    /// n = x; `fallback` when `q <= 1` and the customer has no repeat purchase).
     pub fn expected_order_value(&self, c: &Customer, fallback: f64) -> f64 {
+        self.expected_value(Basis::RepeatOrders, c, fallback)
+    }
+
+    /// E[next transaction value | n, m]: the customer's own mean `m` weighted by
+    /// `p·n / (p·n + q - 1)`, the population mean by the rest, with n counted on `basis`. When
+    /// `q <= 1` (no finite population mean) the customer's own mean, or `fallback` with n = 0.
+    pub fn expected_value(&self, basis: Basis, c: &Customer, fallback: f64) -> f64 {
+        let n = basis.count(c);
         let Some(population) = self.population_mean() else {
-            return if c.frequency >= 1.0 {
-                c.monetary
-            } else {
-                fallback
-            };
+            return if n >= 1.0 { c.monetary } else { fallback };
         };
-        let x = c.frequency.max(0.0);
-        let w = self.p * x / (self.p * x + self.q - 1.0);
+        let w = self.p * n / (self.p * n + self.q - 1.0);
         (1.0 - w) * population + w * c.monetary
     }
 }

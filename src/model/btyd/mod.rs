@@ -11,8 +11,20 @@
 //!   `observation_period_end`). The aggregate keeps no first-order time: the first *seen* time
 //!   stands in for it, exact on an orders-only log and earlier by the browsing before the first
 //!   order otherwise;
-//! - `monetary` = net spend / orders (the mean order value, the first order included; `lifetimes`
-//!   averages the repeat orders only).
+//! - `monetary` = net spend / order days: the mean value of a transaction as BG/NBD counts
+//!   transactions (an order day; two orders on one day are one transaction of their sum, as
+//!   `lifetimes` merges them with `freq="D"`), the first order day included.
+//!
+//! Gamma-Gamma is fitted on the all-orders basis ([`Basis::AllOrders`]): a buyer's mean covers
+//! x + 1 transactions and the likelihood counts x + 1 values, fitted over every buyer (one-time
+//! buyers included). The rule, and why: the aggregate keeps total spend but not the first
+//! order's amount, so the only mean it knows is over all orders; Gamma-Gamma's likelihood and
+//! its shrinkage weight `p·n / (p·n + q − 1)` must then use the number of values that mean
+//! averages (n = x + 1), or a one-repeat customer's mean of two orders is shrunk as if it were one
+//! order. `lifetimes`' standard set-up ([`Basis::RepeatOrders`]: n = x, the repeat orders' mean)
+//! is the other consistent choice; it needs the first order's amount, which the aggregate (and
+//! its WAL, snapshot, Redis and warehouse formats) does not carry. Bundles written before the
+//! basis was recorded read as [`Basis::RepeatOrders`], as they were fitted.
 //!
 //! The churn model may also use BG/NBD's P(alive) and expected orders as inputs
 //! ([`PurchaseFeatures`]: fitted per training snapshot, carried in the scorer).
@@ -36,7 +48,7 @@ mod nelder_mead;
 mod special;
 
 pub use bgnbd::BgNbd;
-pub use gamma_gamma::GammaGamma;
+pub use gamma_gamma::{Basis, GammaGamma};
 
 use crate::features::{purchase_summary, Feature, FeatureSet, Timestamp, UserAggregate};
 use serde::{Deserialize, Serialize};
@@ -66,7 +78,7 @@ pub struct Customer {
     pub recency: f64,
     /// T: time from the first purchase to the end of observation.
     pub age: f64,
-    /// Mean order value.
+    /// Mean transaction value (see the module docs for which transactions it covers).
     pub monetary: f64,
 }
 
@@ -79,7 +91,7 @@ impl Customer {
             frequency,
             recency,
             age,
-            monetary: a.net_spend() / f64::from(a.orders),
+            monetary: a.net_spend() / f64::from(a.order_days),
         })
     }
 }
@@ -177,11 +189,15 @@ pub struct ValueModel {
     pub bgnbd: BgNbd,
     /// `None` when too few users bought twice: CLV then uses each user's own mean order value.
     pub gamma_gamma: Option<GammaGamma>,
+    /// Which transactions the Gamma-Gamma means cover ([`Basis::AllOrders`] for every fit now;
+    /// absent, as in earlier bundles, it reads as [`Basis::RepeatOrders`]).
+    #[serde(default)]
+    pub basis: Basis,
     pub horizon_days: f64,
     /// Monthly (30-day) discount rate of the CLV.
     pub monthly_discount: f64,
-    /// Mean order value of the training buyers: the order value of users Gamma-Gamma cannot
-    /// judge.
+    /// Mean transaction value (per order day) of the training buyers: the order value of users
+    /// Gamma-Gamma cannot judge.
     pub mean_order_value: f64,
 }
 
@@ -211,7 +227,8 @@ impl ValueModel {
             Some(b) => b,
             None => BgNbd::fit(customers)?,
         };
-        let gamma_gamma = match GammaGamma::fit(customers) {
+        let basis = Basis::AllOrders;
+        let gamma_gamma = match GammaGamma::fit_on(customers, basis) {
             Ok(g) => Some(g),
             Err(BtydError::TooFewRepeatBuyers(_)) => None,
             Err(e) => return Err(e),
@@ -220,6 +237,7 @@ impl ValueModel {
         Ok(ValueModel {
             bgnbd,
             gamma_gamma,
+            basis,
             horizon_days,
             monthly_discount,
             mean_order_value: spend / customers.len() as f64,
@@ -242,10 +260,11 @@ impl ValueModel {
         Ok(())
     }
 
-    /// Expected order value of a customer (Gamma-Gamma, or their own mean without it).
+    /// Expected value of a customer's next transaction (Gamma-Gamma on the model's basis, or
+    /// their own mean without it).
     pub fn order_value(&self, c: &Customer) -> f64 {
         match &self.gamma_gamma {
-            Some(g) => g.expected_order_value(c, self.mean_order_value),
+            Some(g) => g.expected_value(self.basis, c, self.mean_order_value),
             None if c.monetary > 0.0 => c.monetary,
             None => self.mean_order_value,
         }

@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 /// The CSV header (and the keys of the CLI's JSON objects).
-pub const COLUMNS: [&str; 17] = [
+pub const COLUMNS: [&str; 18] = [
     "user_id",
     "churn_probability",
     "risk_level",
@@ -36,10 +36,11 @@ pub const COLUMNS: [&str; 17] = [
     "value_at_risk",
     "interests",
     "channels",
+    "rooms",
 ];
 
 /// One user's CSV row, in the order of [`COLUMNS`].
-pub fn csv_row(u: &proto::UserTier) -> [String; 17] {
+pub fn csv_row(u: &proto::UserTier) -> [String; 18] {
     [
         u.user_id.clone(),
         format!("{:.6}", u.churn_probability + 0.0),
@@ -58,7 +59,16 @@ pub fn csv_row(u: &proto::UserTier) -> [String; 17] {
         format!("{:.2}", u.value_at_risk + 0.0),
         interests_text(&u.interests),
         channels_text(&u.channels),
+        rooms_text(&u.rooms),
     ]
+}
+
+/// `room_id=score; ...` (the CSV's `rooms`, as `interests`; empty without rooms).
+pub fn rooms_text(r: &[proto::RoomInterest]) -> String {
+    r.iter()
+        .map(|x| format!("{}={:.2}", x.room_id, x.score + 0.0))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `category=score; ...` (the CSV's `interests`).

@@ -120,6 +120,35 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
     }
 }
 
+/// A writer that passes bytes through to `inner` and hashes them on the way, so that a file
+/// written whole gets its checksum without being read back. Keeps the first write error (a
+/// serializer writing through it may report only that writing failed).
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    failed: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.hash.update(&buf[..n]);
+                Ok(n)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.failed.get_or_insert(e);
+                Err(kind.into())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Hex sha256 of a file, streamed.
 pub(crate) fn sha256_file(path: &Path) -> Result<String, BundleError> {
     let mut f = fs::File::open(path).map_err(io_err(path))?;
@@ -262,6 +291,9 @@ fn valid_version_id(v: &str) -> bool {
 pub struct PendingBundle {
     tmp: PathBuf,
     final_dir: PathBuf,
+    /// Checksums of files hashed as they were written (by name): the seal takes them instead of
+    /// reading the files back.
+    sums: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl PendingBundle {
@@ -308,12 +340,11 @@ impl PendingBundle {
         })?;
         fs::write(&model_path, json).map_err(io_err(&model_path))?;
         let state_path = self.tmp.join(STATE);
-        let bytes = postcard::to_stdvec(snapshot).map_err(|e| BundleError::Corrupt {
-            path: state_path.clone(),
-            what: "state snapshot",
-            message: e.to_string(),
-        })?;
-        fs::write(&state_path, bytes).map_err(io_err(&state_path))?;
+        let sum = write_state(&state_path, snapshot)?;
+        self.sums
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(STATE.to_string(), sum);
         Ok(())
     }
 
@@ -333,9 +364,18 @@ impl PendingBundle {
                 entries.push((name, entry.path()));
             }
         }
+        let known = std::mem::take(
+            &mut *self
+                .sums
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         manifest.files = entries
             .into_par_iter()
-            .map(|(name, path)| sha256_file(&path).map(|sum| (name, sum)))
+            .map(|(name, path)| match known.get(&name) {
+                Some(sum) => Ok((name, sum.clone())),
+                None => sha256_file(&path).map(|sum| (name, sum)),
+            })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
         manifest.format_version = FORMAT_VERSION;
         let mpath = self.tmp.join(MANIFEST);
@@ -362,6 +402,33 @@ impl PendingBundle {
         fs::rename(&self.tmp, &self.final_dir).map_err(io_err(&self.final_dir))?;
         Ok(self.final_dir.clone())
     }
+}
+
+/// Writes the state snapshot to `path` streamed through a buffer (the bytes of
+/// `postcard::to_stdvec`, without holding them all), hashing them on the way; the hex sha256.
+fn write_state(path: &Path, snapshot: &Snapshot) -> Result<String, BundleError> {
+    let file = fs::File::create(path).map_err(io_err(path))?;
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        HashingWriter {
+            inner: file,
+            hash: Sha256::new(),
+            failed: None,
+        },
+    );
+    let written = postcard::to_io(snapshot, &mut out).map(|_| ());
+    let flushed = written.is_ok().then(|| out.flush());
+    if let Some(source) = out.get_mut().failed.take() {
+        return Err(io_err(path)(source));
+    }
+    written.map_err(|e| BundleError::Corrupt {
+        path: path.to_path_buf(),
+        what: "state snapshot",
+        message: e.to_string(),
+    })?;
+    flushed.transpose().map_err(io_err(path))?;
+    let hashing = out.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+    Ok(hex::encode(hashing.hash.finalize()))
 }
 
 impl Drop for PendingBundle {
@@ -410,7 +477,11 @@ impl BundleStore {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        Ok(PendingBundle { tmp, final_dir })
+        Ok(PendingBundle {
+            tmp,
+            final_dir,
+            sums: Default::default(),
+        })
     }
 
     /// The current version id, if any.
@@ -748,5 +819,63 @@ impl BundleStore {
         }
         out.sort_by(|a, b| a.version.cmp(&b.version));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(users: usize) -> Snapshot {
+        let aggregates = (0..users)
+            .map(|u| {
+                let mut a = UserAggregate::with_registration(Some(1_700_000_000 + u as i64));
+                a.apply(&crate::features::Event {
+                    ts: 1_700_100_000 + u as i64,
+                    kind: crate::features::EventKind::Order,
+                    amount: 12.5 + u as f64,
+                    watch_seconds: 0,
+                    room: 7,
+                    category: 9 + u as u32 % 3,
+                    order: 0,
+                    channel: 0,
+                });
+                a
+            })
+            .collect();
+        Snapshot {
+            as_of: 1_700_200_000,
+            user_ids: (0..users).map(|u| format!("user-{u}")).collect(),
+            aggregates,
+        }
+    }
+
+    /// The streamed state file holds exactly the bytes `postcard::to_stdvec` gives (the
+    /// format readers expect), and the checksum taken on the way is theirs.
+    #[test]
+    fn the_streamed_state_file_is_the_postcard_bytes_and_its_sum_their_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE);
+        // More than the 1 MiB buffer, so that it is written in several pieces.
+        let snap = snapshot(20_000);
+        let sum = write_state(&path, &snap).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.len() > 1 << 20, "{}", bytes.len());
+        assert_eq!(bytes, postcard::to_stdvec(&snap).unwrap());
+        assert_eq!(sum, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(sum, sha256_file(&path).unwrap());
+    }
+
+    /// A failing write names the file and keeps the system's cause (here: no space left).
+    #[test]
+    fn a_state_file_that_cannot_be_written_is_an_io_error_with_its_cause() {
+        let full = Path::new("/dev/full");
+        match write_state(full, &snapshot(10)) {
+            Err(BundleError::Io { path, source }) => {
+                assert_eq!(path, full);
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{source}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -67,7 +67,7 @@
 
 use super::channel::{Channel, ChannelMix};
 use super::event::{Event, EventKind, Timestamp, DAY};
-use super::interests::{Interests, Rooms, TopK, INTEREST_SLOTS_V3};
+use super::interests::{event_level, Interests, Rooms, TopK, INTEREST_SLOTS_V3};
 
 /// Weeks of activity history kept for the trend (recent window vs the one before).
 pub(crate) const TREND_WEEKS: usize = 8;
@@ -539,8 +539,11 @@ impl UserAggregate {
         if e.category != 0 {
             self.category_sketch |= sketch_bit(e.category);
         }
-        self.interests.record(e.category, e);
-        self.rooms.record(e.room, e);
+        // One level for both structures (the same weight and time).
+        if let Some(level) = event_level(e) {
+            self.interests.record_level(e.category, level);
+            self.rooms.record_level(e.room, level);
+        }
         let order_cents = if e.kind == EventKind::Order {
             cents(e.amount)
         } else {

@@ -262,6 +262,10 @@ impl ChannelMix {
     /// user's total events and gross order spend in cents. Empty for a user seen only live
     /// with no channel data (a data set without the column).
     pub fn shares(&self, total_events: u64, total_cents: u64) -> Vec<(Channel, f64, f64)> {
+        if self.slots == [NO_SLOT; 2] && self.events[2] == 0 {
+            // Live only (every user of a data set without channels): nothing to allocate.
+            return Vec::new();
+        }
         let others = self.non_live();
         if others.is_empty() || total_events == 0 {
             return Vec::new();

@@ -78,12 +78,65 @@ const EMPTY: f32 = f32::NEG_INFINITY;
 pub fn weight(e: &Event) -> f64 {
     match e.kind {
         EventKind::Order => 10.0,
-        EventKind::View => 1.0 + f64::from(e.watch_seconds.min(7200)) / 600.0,
+        EventKind::View => 1.0 + f64::from(e.watch_seconds.min(WATCH_CAP)) / 600.0,
         EventKind::Gift => 3.0,
         EventKind::Comment | EventKind::Share | EventKind::Follow => 2.0,
         EventKind::Like => 1.0,
         EventKind::Refund => 0.0,
     }
+}
+
+/// Watch seconds beyond which a view weighs no more ([`weight`]).
+const WATCH_CAP: u32 = 7200;
+
+/// `log2(weight(e))`, by table: the weight depends only on the kind and the capped watch
+/// seconds, so each of its values' `log2` is computed once per process (by the same `log2`
+/// call as `weight(e).log2()`, so the value is the same bit for bit). `None` for a weight of 0
+/// (a refund).
+fn weight_log2(e: &Event) -> Option<f64> {
+    // Views by capped watch seconds, then the other kinds by `EventKind` index.
+    static TABLE: OnceLock<Vec<f64>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let views = (0..=WATCH_CAP).map(|s| {
+            let e = Event {
+                watch_seconds: s,
+                ..probe(EventKind::View)
+            };
+            std::hint::black_box(weight(&e)).log2()
+        });
+        let kinds = EventKind::ALL
+            .into_iter()
+            .map(|k| std::hint::black_box(weight(&probe(k))).log2());
+        views.chain(kinds).collect()
+    });
+    let at = match e.kind {
+        EventKind::View => e.watch_seconds.min(WATCH_CAP) as usize,
+        EventKind::Refund => return None,
+        k => WATCH_CAP as usize + 1 + k as usize,
+    };
+    table.get(at).copied()
+}
+
+/// An event of kind `k` for the weight table (only the kind and watch seconds matter).
+fn probe(kind: EventKind) -> Event {
+    Event {
+        ts: T_REF,
+        kind,
+        amount: 0.0,
+        watch_seconds: 0,
+        room: 0,
+        category: 0,
+        order: 0,
+        channel: 0,
+    }
+}
+
+/// The level an event adds to its category's (and its room's) score, `log2(weight) +
+/// time_level(ts)`; `None` when it adds nothing (weight 0). What [`TopK::record`] adds, for
+/// callers that add one event to several structures.
+#[inline]
+pub fn event_level(e: &Event) -> Option<f64> {
+    weight_log2(e).map(|w| w + time_level(e.ts))
 }
 
 /// `log2` of the decay factor of time `t`: `(t - T_REF) / half_life`.
@@ -126,11 +179,20 @@ impl<const N: usize> TopK<N> {
     /// Folds in one event under `key` (its category or its room; a zero key, i.e. none, and
     /// refunds change nothing).
     pub fn record(&mut self, key: u32, e: &Event) {
-        let w = weight(e);
-        if key == 0 || w <= 0.0 {
+        if key == 0 {
             return;
         }
-        self.add(key, w.log2() + time_level(e.ts));
+        if let Some(level) = event_level(e) {
+            self.add(key, level);
+        }
+    }
+
+    /// [`TopK::record`] with the event's level already computed ([`event_level`]).
+    #[inline]
+    pub fn record_level(&mut self, key: u32, level: f64) {
+        if key != 0 {
+            self.add(key, level);
+        }
     }
 
     /// Adds `2^level` to `key`'s score.
@@ -499,6 +561,29 @@ mod tests {
             vec![12, 13]
         );
         assert_eq!(a.ranked()[0].1, a.ranked()[1].1);
+    }
+
+    /// The weight table gives `weight(e).log2()` bit for bit, for every kind and every watch
+    /// time up to past the cap (and the largest).
+    #[test]
+    fn the_level_table_is_the_log2_of_the_weight_bit_for_bit() {
+        let seconds = (0..=WATCH_CAP + 100).chain([u32::MAX - 1, u32::MAX]);
+        for s in seconds {
+            for kind in EventKind::ALL {
+                let e = Event {
+                    watch_seconds: s,
+                    ..ev(1_700_000_123, kind, 5)
+                };
+                let w = weight(&e);
+                match event_level(&e) {
+                    None => assert!(w <= 0.0, "{kind:?}"),
+                    Some(l) => {
+                        let want = w.log2() + time_level(e.ts);
+                        assert_eq!(l.to_bits(), want.to_bits(), "{kind:?} {s}");
+                    }
+                }
+            }
+        }
     }
 
     /// Events over `n` keys: (key 1..=n, day offset, kind index).

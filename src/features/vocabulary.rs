@@ -225,7 +225,7 @@ pub struct KindTally {
     unknown_channels: Vec<(String, u64)>,
     /// Category names by hash.
     categories: CategoryNames,
-    /// Hashes whose name is known already (direct-mapped, so the row path skips the map).
+    /// Hashes whose name is known already (so the row path skips the map).
     category_cache: CategoryCache,
     /// Room ids by hash (the names of the rooms in the interests), and their cache.
     rooms: CategoryNames,
@@ -235,13 +235,61 @@ pub struct KindTally {
 /// Unknown channel values listed by name at most (the rest are counted in `other`).
 pub const MAX_UNKNOWN_CHANNELS: usize = 100;
 
-/// A direct-mapped set of recently noted category hashes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CategoryCache([u32; 64]);
+/// The hashes noted so far (an exact open-addressing set, `0` an empty slot), so that a row
+/// whose category or room is known already costs a probe, not a map lookup. At most
+/// [`KNOWN_HASHES_MAX`] are kept; rows of further hashes take the map lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct CategoryCache {
+    slots: Vec<u32>,
+    len: usize,
+}
 
-impl Default for CategoryCache {
-    fn default() -> Self {
-        CategoryCache([0; 64])
+/// Hashes a [`CategoryCache`] holds at most (4 MiB of slots at most).
+const KNOWN_HASHES_MAX: usize = 1 << 19;
+
+impl CategoryCache {
+    fn slot(hash: u32, mask: usize) -> usize {
+        ((u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 40) as usize & mask
+    }
+
+    /// Whether `hash` (not 0) was seen before; remembers it if not (and there is room).
+    #[inline]
+    fn seen(&mut self, hash: u32) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![0; 256];
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = Self::slot(hash, mask);
+        loop {
+            match self.slots[i] {
+                h if h == hash => return true,
+                0 => break,
+                _ => i = (i + 1) & mask,
+            }
+        }
+        if self.len >= KNOWN_HASHES_MAX {
+            return false;
+        }
+        self.slots[i] = hash;
+        self.len += 1;
+        if self.len * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        false
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let old = std::mem::replace(&mut self.slots, vec![0; 0]);
+        self.slots = vec![0; old.len() * 2];
+        let mask = self.slots.len() - 1;
+        for h in old.into_iter().filter(|&h| h != 0) {
+            let mut i = Self::slot(h, mask);
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = h;
+        }
     }
 }
 
@@ -295,11 +343,9 @@ impl KindTally {
     /// Records the name of category `hash` (the raw field as the readers hash it).
     #[inline]
     pub fn note_category(&mut self, hash: u32, raw: &[u8]) {
-        let slot = (hash.wrapping_mul(0x9E37_79B9) >> 26) as usize;
-        if self.category_cache.0[slot] == hash {
+        if hash == 0 || self.category_cache.seen(hash) {
             return;
         }
-        self.category_cache.0[slot] = hash;
         if self.categories.get(hash).is_none() {
             self.categories.note(hash, &String::from_utf8_lossy(raw));
         }
@@ -313,11 +359,9 @@ impl KindTally {
     /// Records the id of room `hash` (the raw field as the readers hash it).
     #[inline]
     pub fn note_room(&mut self, hash: u32, raw: &[u8]) {
-        let slot = (hash.wrapping_mul(0x9E37_79B9) >> 26) as usize;
-        if self.room_cache.0[slot] == hash {
+        if hash == 0 || self.room_cache.seen(hash) {
             return;
         }
-        self.room_cache.0[slot] = hash;
         if self.rooms.get(hash).is_none() {
             self.rooms.note(hash, &String::from_utf8_lossy(raw));
         }
@@ -468,6 +512,35 @@ mod tests {
             .into(),
             ignore: vec!["add_to_cart".into()],
             unknown_kinds: UnknownKinds::Error,
+        }
+    }
+
+    /// The set of hashes seen only saves map lookups: the names a tally keeps are those
+    /// `CategoryNames::note` keeps row by row, also past the name cap and with repeats in any
+    /// order, and with more distinct hashes than the set holds.
+    #[test]
+    fn noting_names_through_the_seen_set_keeps_exactly_what_noting_every_row_keeps() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(17);
+        for distinct in [40u32, 5_000, 100_000, KNOWN_HASHES_MAX as u32 + 20_000] {
+            let mut tally = KindTally::default();
+            let (mut rooms, mut cats) = (CategoryNames::default(), CategoryNames::default());
+            for row in 0..(2 * distinct as usize).max(20_000) {
+                // Every hash at least once (the first pass), then repeats at random; 0 too.
+                let h = if row < distinct as usize {
+                    row as u32
+                } else {
+                    rng.gen_range(0..distinct)
+                }
+                .wrapping_mul(2_654_435_761);
+                let name = format!("n{h}");
+                tally.note_room(h, name.as_bytes());
+                tally.note_category(h ^ 1, name.as_bytes());
+                rooms.note(h, &name);
+                cats.note(h ^ 1, &name);
+            }
+            assert_eq!(tally.rooms(), &rooms, "{distinct}");
+            assert_eq!(tally.categories(), &cats, "{distinct}");
         }
     }
 

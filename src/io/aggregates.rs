@@ -790,7 +790,8 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
         let at = resolve(builder.schema(), &file)?;
         let at2 = resolve_v2(builder.schema(), &file)?;
         if let Some(s) = &selected {
-            builder = builder.with_row_selection(RowSelection::from_filters(&[s.clone()]));
+            builder =
+                builder.with_row_selection(RowSelection::from_filters(std::slice::from_ref(s)));
         }
         let reader = builder.with_batch_size(8192).build().map_err(parquet)?;
         let mut first = 0;

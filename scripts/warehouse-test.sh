@@ -5,7 +5,9 @@
 #      snapshots plus a fourth, mid-day one; warehouse/compare.py compares them column by
 #      column (integers exact, spend/refunded within 1e-9 relative);
 #   3. `train --data` on the events and `train --aggregates` on the DuckDB table give every
-#      user the same tier and the same AUCs (within 1e-6).
+#      user the same tier and the same AUCs (within 1e-6);
+#   4. so does the same table with its rows shuffled across three part files (the runners do
+#      not sort their output: the readers must not depend on row order).
 # With --spark, step 2 also runs the Spark job in local mode and compares its part files.
 #
 #   scripts/warehouse-test.sh [--spark]
@@ -58,4 +60,17 @@ echo "== train --data vs train --aggregates (the DuckDB table)"
 "$BIN" train --aggregates "$WORK/duckdb.parquet" --as-of "$AS_OF" --seed 5 \
     --models "$WORK/b" >/dev/null
 "$PY" warehouse/compare_bundles.py "$WORK/a" "$WORK/b"
+
+echo "== train --data vs train --aggregates (the DuckDB table's rows shuffled, 3 part files)"
+mkdir "$WORK/shuffled"
+"$PY" - "$WORK/duckdb.parquet" "$WORK/shuffled" <<'PYEOF'
+import sys, duckdb
+src, out = sys.argv[1:]
+for part in range(3):
+    duckdb.sql(f"COPY (SELECT * FROM read_parquet('{src}') WHERE hash(user_id, 16) % 3 = {part} "
+               f"ORDER BY hash(user_id, snapshot, 7)) TO '{out}/part-{part:05d}.parquet' (FORMAT PARQUET)")
+PYEOF
+"$BIN" train --aggregates "$WORK/shuffled" --as-of "$AS_OF" --seed 5 \
+    --models "$WORK/c" >/dev/null
+"$PY" warehouse/compare_bundles.py "$WORK/a" "$WORK/c"
 echo "warehouse parity: OK"

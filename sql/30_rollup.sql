@@ -9,6 +9,15 @@ UNION ALL
 SELECT s.snapshot, d.*
 FROM snapshots s JOIN daily d ON d.cut = s.snapshot;
 
+-- The week of each user's latest event before each snapshot. (A grouped aggregate joined back
+-- rather than a window over the partials: a window holds every partial row of a partition
+-- with all its columns, which at 52M events ran DuckDB out of memory; a hash aggregate and a
+-- join spill.)
+CREATE OR REPLACE TEMPORARY VIEW anchors AS
+SELECT snapshot, user_id, CAST(FLOOR(MAX(day) / 7) AS BIGINT) AS anchor
+FROM picked
+GROUP BY snapshot, user_id;
+
 CREATE OR REPLACE TEMPORARY VIEW rolled AS
 SELECT
     snapshot, user_id,
@@ -41,11 +50,8 @@ SELECT
     SUM(orders_refunded) AS orders_refunded,
     SUM(linked_refunds) AS linked_refunds,
     SUM(orphan_refunds) AS orphan_refunds
-FROM (
-    SELECT p.*,
-           CAST(FLOOR(MAX(day) OVER (PARTITION BY snapshot, user_id) / 7) AS BIGINT) AS anchor
-    FROM picked p
-) x
+FROM picked
+JOIN anchors USING (snapshot, user_id)
 GROUP BY snapshot, user_id, anchor;
 
 -- The label windows: orders and events in [snapshot, snapshot + horizon_days).

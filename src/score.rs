@@ -8,6 +8,9 @@ use crate::model::{Score, Scorer};
 /// Rows whose reasons text is formatted (on all cores) ahead of the sequential writer.
 const ROWS_PER_BLOCK: usize = 1 << 15;
 
+/// Input batches the reader of [`stream_aggregate_scores`] decodes ahead of the scoring.
+const BATCHES_AHEAD: usize = 2;
+
 /// The text columns formatted ahead of the writer: reasons, interests, channels, rooms.
 pub(crate) struct RowTexts {
     pub factors: String,
@@ -118,6 +121,10 @@ pub enum ScoreAggregatesError {
     },
     #[error("{}: the aggregates table holds no rows", .path.display())]
     Empty { path: std::path::PathBuf },
+    /// The reader of [`stream_aggregate_scores`] stopped because the scoring side failed
+    /// (whose error is the one returned).
+    #[error("the scoring stopped")]
+    Stopped,
 }
 
 /// What [`score_aggregates`] wrote.
@@ -176,7 +183,7 @@ pub fn score_aggregates(
     snapshot: Option<crate::features::Timestamp>,
     out_dir: &std::path::Path,
     rows_per_part: u64,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<ScoredParts, ScoreAggregatesError> {
     use crate::io::aggregates::snapshots_in;
     let t = match snapshot {
@@ -218,28 +225,47 @@ pub fn score_aggregates(
 }
 
 /// Scores the rows at snapshot `t` of the aggregates table at `path` whose user `keep`
-/// accepts, one input batch at a time (the text columns formatted on all cores), handing each
-/// output row to `out` in table order; the rows scored. Memory is one batch.
+/// accepts, one input batch at a time, handing each output row to `out` in table order; the
+/// rows scored. Two stages overlap: a reader thread decodes the next batches (only the rows
+/// at `t` are decoded) while this thread scores a batch and formats its text columns (on all
+/// cores) and `out` writes it. Memory is a few batches, whatever the table's size.
 pub fn stream_aggregate_scores(
     scorer: &Scorer,
     path: &std::path::Path,
     t: crate::features::Timestamp,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &(dyn Fn(&str) -> bool + Sync),
     mut out: impl FnMut(&ScoreRow<'_>) -> Result<(), WriteError>,
 ) -> Result<u64, ScoreAggregatesError> {
+    use crate::io::aggregates::{for_each_batch_where, AggregateRow};
     use rayon::prelude::*;
-    let mut scored = 0u64;
-    crate::io::aggregates::for_each_batch_where::<ScoreAggregatesError>(path, keep, |rows| {
-        let rows: Vec<_> = rows.into_iter().filter(|r| r.snapshot == t).collect();
-        let aggs: Vec<_> = rows.iter().map(|r| r.agg).collect();
-        let mut scores = vec![Score::default(); aggs.len()];
-        scorer.score_batch(&aggs, t, &mut scores);
-        let texts: Vec<RowTexts> = scores.par_iter().map(|s| RowTexts::of(scorer, s)).collect();
-        for ((r, s), x) in rows.iter().zip(&scores).zip(&texts) {
-            out(&score_row(scorer, &r.user_id, s, x))?;
-        }
-        scored += rows.len() as u64;
-        Ok(())
-    })?;
-    Ok(scored)
+    let wanted = |id: &str, s: crate::features::Timestamp| s == t && keep(id);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AggregateRow>>(BATCHES_AHEAD);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            // A failed send: the scoring side stopped on an error of its own (reported).
+            for_each_batch_where::<ScoreAggregatesError>(path, &wanted, |rows| {
+                tx.send(rows).map_err(|_| ScoreAggregatesError::Stopped)
+            })
+        });
+        let mut scored = 0u64;
+        let mut scoring = |rows: Vec<AggregateRow>| -> Result<(), ScoreAggregatesError> {
+            let aggs: Vec<_> = rows.iter().map(|r| r.agg).collect();
+            let mut scores = vec![Score::default(); aggs.len()];
+            scorer.score_batch(&aggs, t, &mut scores);
+            let texts: Vec<RowTexts> = scores.par_iter().map(|s| RowTexts::of(scorer, s)).collect();
+            for ((r, s), x) in rows.iter().zip(&scores).zip(&texts) {
+                out(&score_row(scorer, &r.user_id, s, x))?;
+            }
+            scored += rows.len() as u64;
+            Ok(())
+        };
+        let written = rx.iter().try_for_each(&mut scoring);
+        drop(rx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written?;
+        read?;
+        Ok(scored)
+    })
 }

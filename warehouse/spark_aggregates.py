@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from common import MATERIALISE, OPTIONAL_COLUMNS, arguments, created_view, snapshot_times, sql_files, statements, DAY
 
 
-def session():
+def session(args):
     builder = (
         SparkSession.builder.appName("tiering-aggregates")
         .config("spark.sql.session.timeZone", "UTC")
@@ -23,14 +23,18 @@ def session():
     )
     if not os.environ.get("SPARK_SUBMITTED"):
         # Local mode: few cores, so few shuffle partitions.
-        builder = builder.config("spark.sql.shuffle.partitions", "8")
+        builder = builder.config("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
+        if args.driver_memory:
+            builder = builder.config("spark.driver.memory", args.driver_memory)
+        if args.local_dir:
+            builder = builder.config("spark.local.dir", args.local_dir)
     if "SPARK_MASTER" in os.environ or not os.environ.get("SPARK_SUBMITTED"):
         builder = builder.master(os.environ.get("SPARK_MASTER", "local[*]"))
     return builder.getOrCreate()
 
 
 def run(args):
-    spark = session()
+    spark = session(args)
     spark.sparkContext.setLogLevel("WARN")
     events = spark.read.parquet(args.events)
     # Optional columns of the data contract the events may lack (as the tiering readers allow).
@@ -59,4 +63,9 @@ def run(args):
 
 
 if __name__ == "__main__":
-    run(arguments("Spark").parse_args())
+    p = arguments("Spark")
+    p.add_argument("--driver-memory", help="local mode: the JVM's memory, e.g. 6g")
+    p.add_argument("--local-dir", help="local mode: where Spark spills (spark.local.dir)")
+    p.add_argument("--shuffle-partitions", type=int, default=8,
+                   help="local mode: spark.sql.shuffle.partitions (default 8)")
+    run(p.parse_args())

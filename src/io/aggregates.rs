@@ -638,14 +638,13 @@ fn text_at(col: &dyn Array, row: usize) -> Option<&str> {
     }
 }
 
-/// Decodes one record batch (columns already checked by [`resolve`]); `first` is the file row
-/// of its first row, for errors.
+/// Decodes one record batch (columns already checked by [`resolve`]); `row_of(r)` is the file
+/// row of its row `r`, for errors.
 fn decode_batch(
     batch: &RecordBatch,
     (at, at2): (&[usize], Option<&[usize]>),
     path: &Path,
-    first: usize,
-    keep: &dyn Fn(&str) -> bool,
+    row_of: &dyn Fn(usize) -> usize,
 ) -> Result<Vec<AggregateRow>, AggregatesError> {
     let users = batch.column(at[0]);
     let ints: Vec<&arrow_array::Int64Array> = (0..INT_COLUMNS.len())
@@ -661,15 +660,12 @@ fn decode_batch(
     let null = |column: &'static str, r: usize| AggregatesError::Null {
         path: path.to_path_buf(),
         column,
-        row: first + r,
+        row: row_of(r),
     };
     let v2 = at2.map(|at2| V2Columns::of(batch, at2));
     let mut out = Vec::with_capacity(batch.num_rows());
     for r in 0..batch.num_rows() {
         let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
-        if !keep(user) {
-            continue;
-        }
         let mut row = [None; 33];
         for (i, col) in ints.iter().enumerate() {
             if col.is_null(r) {
@@ -684,7 +680,7 @@ fn decode_batch(
         if version != 1 && version != SCHEMA_VERSION {
             return Err(AggregatesError::Version {
                 path: path.to_path_buf(),
-                row: first + r,
+                row: row_of(r),
                 found: version,
             });
         }
@@ -705,7 +701,7 @@ fn decode_batch(
             AggregatesError::OutOfRange {
                 path: path.to_path_buf(),
                 column: INT_COLUMNS[i],
-                row: first + r,
+                row: row_of(r),
                 value,
             }
         })?;
@@ -714,7 +710,7 @@ fn decode_batch(
                 .map_err(|(i, value)| AggregatesError::OutOfRange {
                     path: path.to_path_buf(),
                     column: V2_INT_COLUMNS[i],
-                    row: first + r,
+                    row: row_of(r),
                     value,
                 })?;
         }
@@ -764,28 +760,39 @@ pub fn for_each_batch<E: From<AggregatesError>>(
     path: &Path,
     f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
 ) -> Result<(), E> {
-    for_each_batch_where(path, &|_| true, f)
+    for_each_batch_where(path, &|_, _| true, f)
 }
 
-/// [`for_each_batch`] over the rows whose user `keep` accepts; the other rows are skipped
-/// before they are decoded (their user id is the only column looked at).
+/// [`for_each_batch`] over the rows that `keep(user, snapshot)` accepts. The other rows are
+/// not decoded: a first look at each part file's `user_id` and `snapshot` columns selects the
+/// rows, and only those are read from the other columns (a sample's rows for training, one
+/// snapshot's for scoring).
 pub fn for_each_batch_where<E: From<AggregatesError>>(
     path: &Path,
-    keep: &dyn Fn(&str) -> bool,
+    keep: &dyn Fn(&str, Timestamp) -> bool,
     mut f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
 ) -> Result<(), E> {
+    use parquet::arrow::arrow_reader::RowSelection;
     for file in table_files(path)? {
         let parquet = |source| AggregatesError::Parquet {
             path: file.clone(),
             source,
         };
+        let selected = selection(&file, keep)?;
+        if selected.as_ref().is_some_and(|s| s.true_count() == 0) {
+            continue;
+        }
         let handle = std::fs::File::open(&file).map_err(|source| AggregatesError::Io {
             path: file.clone(),
             source,
         })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
         let at = resolve(builder.schema(), &file)?;
         let at2 = resolve_v2(builder.schema(), &file)?;
+        if let Some(s) = &selected {
+            builder =
+                builder.with_row_selection(RowSelection::from_filters(std::slice::from_ref(s)));
+        }
         let reader = builder.with_batch_size(8192).build().map_err(parquet)?;
         let mut first = 0;
         for batch in reader {
@@ -793,12 +800,37 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
                 path: file.clone(),
                 source,
             })?;
-            let rows = decode_batch(&batch, (&at, at2.as_deref()), &file, first, keep)?;
+            let row_of = |r: usize| file_row(selected.as_ref(), first + r);
+            let rows = decode_batch(&batch, (&at, at2.as_deref()), &file, &row_of)?;
             first += batch.num_rows();
             f(rows)?;
         }
     }
     Ok(())
+}
+
+/// The rows of part file `file` that `keep` accepts (one bit a row); `None` when it accepts
+/// every row.
+fn selection(
+    file: &Path,
+    keep: &dyn Fn(&str, Timestamp) -> bool,
+) -> Result<Option<arrow_array::BooleanArray>, AggregatesError> {
+    let mut bits = arrow_array::builder::BooleanBuilder::new();
+    let mut all = true;
+    user_snapshots_in(file, &mut |user, t| {
+        let k = keep(user, t);
+        all &= k;
+        bits.append_value(k);
+    })?;
+    Ok((!all).then(|| bits.finish()))
+}
+
+/// The file row of the `k`-th selected row (for errors only: it scans the selection).
+fn file_row(selected: Option<&arrow_array::BooleanArray>, k: usize) -> usize {
+    match selected {
+        None => k,
+        Some(s) => (0..s.len()).filter(|&i| s.value(i)).nth(k).unwrap_or(k),
+    }
 }
 
 /// Streams only the `user_id` and `snapshot` columns of every row (`f(user, snapshot)`): the
@@ -808,56 +840,65 @@ pub fn for_each_user_snapshot(
     path: &Path,
     mut f: impl FnMut(&str, Timestamp),
 ) -> Result<(), AggregatesError> {
-    use parquet::arrow::ProjectionMask;
     for file in table_files(path)? {
-        let parquet = |source| AggregatesError::Parquet {
-            path: file.clone(),
-            source,
-        };
-        let handle = std::fs::File::open(&file).map_err(|source| AggregatesError::Io {
-            path: file.clone(),
+        user_snapshots_in(&file, &mut f)?;
+    }
+    Ok(())
+}
+
+/// [`for_each_user_snapshot`] over one part file.
+fn user_snapshots_in(
+    file: &Path,
+    f: &mut dyn FnMut(&str, Timestamp),
+) -> Result<(), AggregatesError> {
+    use parquet::arrow::ProjectionMask;
+    let parquet = |source| AggregatesError::Parquet {
+        path: file.to_path_buf(),
+        source,
+    };
+    let handle = std::fs::File::open(file).map_err(|source| AggregatesError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
+    let at = resolve(builder.schema(), file)?;
+    // `at[0]` is user_id, `at[2]` snapshot (INT_COLUMNS[1]); flat schema: roots = columns.
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [at[0], at[2]]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()
+        .map_err(parquet)?;
+    let mut first = 0;
+    for batch in reader {
+        let batch = batch.map_err(|source| AggregatesError::Arrow {
+            path: file.to_path_buf(),
             source,
         })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
-        let at = resolve(builder.schema(), &file)?;
-        // `at[0]` is user_id, `at[2]` snapshot (INT_COLUMNS[1]); flat schema: roots = columns.
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [at[0], at[2]]);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(8192)
-            .build()
-            .map_err(parquet)?;
-        let mut first = 0;
-        for batch in reader {
-            let batch = batch.map_err(|source| AggregatesError::Arrow {
-                path: file.clone(),
-                source,
-            })?;
-            let null = |column: &'static str, r: usize| AggregatesError::Null {
-                path: file.clone(),
-                column,
-                row: first + r,
-            };
-            // The projection keeps the file's column order: find the two by name.
-            let (Some(users), Some(snaps)) = (
-                batch.column_by_name("user_id"),
-                batch.column_by_name("snapshot"),
-            ) else {
-                return Err(AggregatesError::MissingColumn {
-                    path: file.clone(),
-                    column: "snapshot",
-                });
-            };
-            let snaps = snaps.as_primitive::<Int64Type>();
-            for r in 0..batch.num_rows() {
-                let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
-                if snaps.is_null(r) {
-                    return Err(null("snapshot", r));
-                }
-                f(user, snaps.value(r));
+        let null = |column: &'static str, r: usize| AggregatesError::Null {
+            path: file.to_path_buf(),
+            column,
+            row: first + r,
+        };
+        // The projection keeps the file's column order: find the two by name.
+        let (Some(users), Some(snaps)) = (
+            batch.column_by_name("user_id"),
+            batch.column_by_name("snapshot"),
+        ) else {
+            return Err(AggregatesError::MissingColumn {
+                path: file.to_path_buf(),
+                column: "snapshot",
+            });
+        };
+        let snaps = snaps.as_primitive::<Int64Type>();
+        for r in 0..batch.num_rows() {
+            let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
+            if snaps.is_null(r) {
+                return Err(null("snapshot", r));
             }
-            first += batch.num_rows();
+            f(user, snaps.value(r));
         }
+        first += batch.num_rows();
     }
     Ok(())
 }
@@ -910,7 +951,7 @@ impl AggregatesTable {
             ..AggregatesTable::default()
         };
         let mut horizon = None;
-        for_each_batch_where::<AggregatesError>(path, keep, |rows| {
+        for_each_batch_where::<AggregatesError>(path, &|id, _| keep(id), |rows| {
             for r in rows {
                 if *horizon.get_or_insert(r.horizon_days) != r.horizon_days {
                     return Err(AggregatesError::Horizon {

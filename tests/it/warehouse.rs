@@ -308,3 +308,139 @@ fn a_missing_column_a_wrong_type_and_an_absent_snapshot_are_named_with_the_colum
     );
     assert!(e.contains("aggregates.parquet"), "{e}");
 }
+
+/// Every row of the Parquet score files at `path` (a file or a directory of part files), keyed
+/// by user id: each column's value as text (floats by their exact representation).
+fn score_rows(path: &Path) -> HashMap<String, Vec<String>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float64Type;
+    use arrow_schema::DataType;
+    let files: Vec<_> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut rows = HashMap::new();
+    for f in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(f).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("user_id").unwrap().as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                let row = batch
+                    .columns()
+                    .iter()
+                    .map(|c| match c.data_type() {
+                        DataType::Float64 => {
+                            format!("{:?}", c.as_primitive::<Float64Type>().value(i))
+                        }
+                        _ => c.as_string::<i32>().value(i).to_string(),
+                    })
+                    .collect();
+                assert!(rows.insert(ids.value(i).to_string(), row).is_none());
+            }
+        }
+    }
+    rows
+}
+
+/// The `interests` column of the score files (`io::write::ScoreWriter`'s schema).
+const INTERESTS: usize = 13;
+
+/// The streaming scorer of `score --aggregates` (a reader thread decoding only the score
+/// time's rows, the scoring overlapped with it) writes, column for column, the rows the
+/// in-memory scorer of `score --data` writes for the same events, also when the table's rows
+/// are shuffled over several part files.
+#[test]
+fn streamed_scores_of_a_table_equal_the_scores_of_its_events_whatever_the_row_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 2000, 21);
+    let table = dir.path().join("aggregates.parquet");
+    features(&data, &table);
+    let models = dir.path().join("models");
+    run(bin()
+        .args(["train", "--seed", "5", "--aggregates"])
+        .arg(&table)
+        .arg("--models")
+        .arg(&models));
+    // The table's rows reversed and dealt over three part files.
+    let shuffled = dir.path().join("shuffled");
+    std::fs::create_dir(&shuffled).unwrap();
+    let mut rows = Vec::new();
+    tiering::io::aggregates::for_each_batch::<tiering::io::aggregates::AggregatesError>(
+        &table,
+        |batch| {
+            rows.extend(batch);
+            Ok(())
+        },
+    )
+    .unwrap();
+    rows.reverse();
+    let mut parts: Vec<_> = (0..3)
+        .map(|p| {
+            tiering::io::aggregates::AggregatesWriter::create(
+                &shuffled.join(format!("part-{p}.parquet")),
+            )
+            .unwrap()
+        })
+        .collect();
+    for (i, r) in rows.iter().enumerate() {
+        parts[i % 3].write(r).unwrap();
+    }
+    for p in parts {
+        p.finish().unwrap();
+    }
+    let in_memory = dir.path().join("events.parquet");
+    run(bin()
+        .args(["score", "--as-of", AS_OF, "--data"])
+        .arg(&data)
+        .arg("--models")
+        .arg(&models)
+        .arg("--out")
+        .arg(&in_memory));
+    let want = score_rows(&in_memory);
+    assert_eq!(want.len(), 2000);
+    for (name, input) in [("table", &table), ("shuffled", &shuffled)] {
+        let out = dir.path().join(format!("scored-{name}"));
+        run(bin()
+            .args([
+                "score",
+                "--rows-per-part",
+                "700",
+                "--as-of",
+                AS_OF,
+                "--aggregates",
+            ])
+            .arg(input)
+            .arg("--models")
+            .arg(&models)
+            .arg("--out")
+            .arg(&out));
+        let got = score_rows(&out);
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (id, row) in &want {
+            let mut got = got
+                .get(id)
+                .unwrap_or_else(|| panic!("{name}: user {id} missing"))
+                .clone();
+            // The table holds category hashes, not names (sql/README.md, "The table"): the
+            // interests column lists the same categories, as hashes.
+            assert_eq!(
+                got[INTERESTS].split("; ").count(),
+                row[INTERESTS].split("; ").count(),
+                "{name}: user {id}"
+            );
+            got[INTERESTS].clone_from(&row[INTERESTS]);
+            assert_eq!(&got, row, "{name}: user {id}");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Server and load-generator CPU per GetUserTier request (embedded state), a figure a shared
+# machine's load disturbs less than requests per second: the server's utime + stime from /proc
+# across `h2load -c 16 -m 1 -t 1 -n N` (after a warm-up of N/8), divided by N; h2load's own CPU
+# from /usr/bin/time.
+#
+#   bash bench/cpu_per_request.sh BIN MODELS USER_ID plain|tls [N]
+#
+# BIN: a release `tiering`; MODELS: a models directory (e.g. 20k generated users); USER_ID: a
+# user it holds. Needs h2load (nghttp2-client), openssl, python3. Prints one line.
+set -euo pipefail
+BIN=$1; MODELS=$2; UID_=$3; MODE=$4; N=${5:-40000}
+W=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+python3 - "$W/body" "$UID_" <<'PY'
+import sys
+uid=sys.argv[2].encode(); msg=b"\x0a"+bytes([len(uid)])+uid
+open(sys.argv[1],"wb").write(b"\x00"+len(msg).to_bytes(4,"big")+msg)
+PY
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+args=(); scheme=http
+if [ "$MODE" = tls ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1
+  chmod 600 "$W/key.pem"
+  args=(--tls-cert "$W/cert.pem" --tls-key "$W/key.pem"); scheme=https
+fi
+"$BIN" serve --models "$MODELS" --listen 127.0.0.1:$port --state "$W/state" "${args[@]}" > "$W/log" 2>&1 &
+pid=$!
+for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+sleep 2
+load() { h2load -c 16 -m 1 -t 1 -n "$1" -H 'content-type: application/grpc' -H 'te: trailers' \
+  -d "$W/body" "$scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier"; }
+load $((N / 8)) > /dev/null
+t0=$(awk '{print $14 + $15}' /proc/$pid/stat)
+out=$( { /usr/bin/time -f "h2cpu %U %S" bash -c "$(declare -f load); scheme=$scheme port=$port W=$W load $N"; } 2>&1 )
+t1=$(awk '{print $14 + $15}' /proc/$pid/stat)
+ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)
+h2=$(echo "$out" | awk '/^h2cpu/ {print $2 + $3}')
+python3 -c "import sys; n, hz = $N, $(getconf CLK_TCK); print(f'$MODE ok=$ok server_us_per_req={($t1 - $t0) / hz / n * 1e6:.1f} h2load_us_per_req={$h2 / n * 1e6:.1f}')"

@@ -147,6 +147,32 @@ impl Drop for Conn {
 }
 
 impl Conn {
+    /// A freshly accepted connection, idle since now, holding its slot under the cap.
+    fn accepted(
+        stream: TcpStream,
+        remote: std::net::SocketAddr,
+        idle_timeout: Option<Duration>,
+        metrics: Arc<Metrics>,
+        permit: OwnedSemaphorePermit,
+    ) -> Conn {
+        Conn {
+            stream,
+            info: ConnInfo {
+                remote: Some(remote),
+                peer_names: None,
+                activity: Arc::new(Activity {
+                    busy: AtomicUsize::new(0),
+                    idle_since_ms: AtomicU64::new(0),
+                    born: Instant::now(),
+                }),
+            },
+            idle_timeout,
+            idle_timer: None,
+            metrics,
+            _permit: permit,
+        }
+    }
+
     /// `Ready(true)` once the connection has been idle for the timeout; otherwise arms the timer.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(timeout) = self.idle_timeout else {
@@ -403,22 +429,7 @@ async fn accept_loop(
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
         }
         metrics.connections(1);
-        let conn = Conn {
-            stream,
-            info: ConnInfo {
-                remote: Some(remote),
-                peer_names: None,
-                activity: Arc::new(Activity {
-                    busy: AtomicUsize::new(0),
-                    idle_since_ms: AtomicU64::new(0),
-                    born: Instant::now(),
-                }),
-            },
-            idle_timeout: limits.idle_timeout,
-            idle_timer: None,
-            metrics: metrics.clone(),
-            _permit: permit,
-        };
+        let conn = Conn::accepted(stream, remote, limits.idle_timeout, metrics.clone(), permit);
         match &tls {
             Some(tls) => {
                 spawn_handshake(conn, tls.clone(), limits.tls_handshake_timeout, tx.clone())
@@ -459,22 +470,13 @@ mod tests {
         let permit = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap();
-        let conn = Conn {
+        let conn = Conn::accepted(
             stream,
-            info: ConnInfo {
-                remote: Some(remote),
-                peer_names: None,
-                activity: Arc::new(Activity {
-                    busy: AtomicUsize::new(0),
-                    idle_since_ms: AtomicU64::new(0),
-                    born: Instant::now(),
-                }),
-            },
-            idle_timeout: None,
-            idle_timer: None,
-            metrics: Arc::new(Metrics::new().unwrap()),
-            _permit: permit,
-        };
+            remote,
+            None,
+            Arc::new(Metrics::new().unwrap()),
+            permit,
+        );
         // h2 picks its chaining threshold (256 bytes vectored, 1 KiB not) from this answer.
         assert!(!Accepted::Plain(conn).is_write_vectored());
         drop(client);

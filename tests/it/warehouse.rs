@@ -3,7 +3,7 @@
 //! events; bad tables are refused naming the column and the file.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use tiering::bundle::{BundleStore, Manifest};
 
@@ -23,6 +23,30 @@ fn generate(dir: &Path, users: u32, seed: u64) {
         .args(["--seed", &seed.to_string(), "--end", "2026-06-30"])
         .args(["--format", "parquet", "--out"])
         .arg(dir));
+}
+
+/// Generated events of `users` users in `dir/data`, their aggregates table
+/// `dir/aggregates.parquet`, and a bundle trained from the table (`train ARGS --aggregates`) in
+/// `dir/models`: the three paths.
+fn trained_on_a_table(
+    dir: &Path,
+    users: u32,
+    seed: u64,
+    train_args: &[&str],
+) -> (PathBuf, PathBuf, PathBuf) {
+    let data = dir.join("data");
+    generate(&data, users, seed);
+    let table = dir.join("aggregates.parquet");
+    features(&data, &table);
+    let models = dir.join("models");
+    run(bin()
+        .arg("train")
+        .args(train_args)
+        .arg("--aggregates")
+        .arg(&table)
+        .arg("--models")
+        .arg(&models));
+    (data, table, models)
 }
 
 fn features(data: &Path, out: &Path) -> String {
@@ -99,16 +123,7 @@ fn training_on_the_exported_aggregates_gives_the_same_tiers_and_evaluation_as_on
 fn score_on_the_aggregates_table_writes_part_files_with_every_user() {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    generate(&data, 1500, 3);
-    let table = dir.path().join("aggregates.parquet");
-    features(&data, &table);
-    let models = dir.path().join("models");
-    run(bin()
-        .args(["train", "--aggregates"])
-        .arg(&table)
-        .arg("--models")
-        .arg(&models));
+    let (_, table, models) = trained_on_a_table(dir.path(), 1500, 3, &[]);
     let out = dir.path().join("scored");
     let said = run(bin()
         .args(["score", "--rows-per-part", "400", "--aggregates"])
@@ -364,16 +379,7 @@ const ROOMS: usize = 15;
 #[test]
 fn streamed_scores_of_a_table_equal_the_scores_of_its_events_whatever_the_row_order() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    generate(&data, 2000, 21);
-    let table = dir.path().join("aggregates.parquet");
-    features(&data, &table);
-    let models = dir.path().join("models");
-    run(bin()
-        .args(["train", "--seed", "5", "--aggregates"])
-        .arg(&table)
-        .arg("--models")
-        .arg(&models));
+    let (data, table, models) = trained_on_a_table(dir.path(), 2000, 21, &["--seed", "5"]);
     // The table's rows reversed and dealt over three part files.
     let shuffled = dir.path().join("shuffled");
     std::fs::create_dir(&shuffled).unwrap();

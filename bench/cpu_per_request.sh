@@ -4,7 +4,7 @@
 # across `h2load -c 16 -m 1 -t 1 -n N` (after a warm-up of N/8), divided by N; h2load's own CPU
 # from /usr/bin/time.
 #
-#   bash bench/cpu_per_request.sh BIN MODELS USER_ID plain|tls [N]
+#   bash bench/cpu_per_request.sh BIN MODELS USER_ID plain|tls|tls+token [N]
 #
 # BIN: a release `tiering`; MODELS: a models directory (e.g. 20k generated users); USER_ID: a
 # user it holds. Needs h2load (nghttp2-client), openssl, python3. Prints one line.
@@ -20,22 +20,26 @@ uid=sys.argv[2].encode(); msg=b"\x0a"+bytes([len(uid)])+uid
 open(sys.argv[1],"wb").write(b"\x00"+len(msg).to_bytes(4,"big")+msg)
 PY
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-args=(); scheme=http
-if [ "$MODE" = tls ]; then
+args=(); scheme=http; hdr=()
+if [ "$MODE" != plain ]; then
   openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 \
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1
   chmod 600 "$W/key.pem"
   args=(--tls-cert "$W/cert.pem" --tls-key "$W/key.pem"); scheme=https
 fi
+if [ "$MODE" = tls+token ]; then
+  TOKEN=$("$BIN" keys add-token --name bench --roles reader --keys-file "$W/keys.toml" | grep -oE 'tk_[A-Za-z0-9_-]+' | head -1)
+  args+=(--keys-file "$W/keys.toml"); hdr=(-H "authorization: Bearer $TOKEN")
+fi
 "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$port --state "$W/state" "${args[@]}" > "$W/log" 2>&1 &
 pid=$!
 for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 sleep 2
-load() { h2load -c 16 -m 1 -t 1 -n "$1" -H 'content-type: application/grpc' -H 'te: trailers' \
+load() { h2load -c 16 -m 1 -t 1 -n "$1" -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" \
   -d "$W/body" "$scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier"; }
 load $((N / 8)) > /dev/null
 t0=$(awk '{print $14 + $15}' /proc/$pid/stat)
-out=$( { /usr/bin/time -f "h2cpu %U %S" bash -c "$(declare -f load); scheme=$scheme port=$port W=$W load $N"; } 2>&1 )
+out=$( { /usr/bin/time -f "h2cpu %U %S" bash -c "$(declare -f load); $(declare -p hdr); scheme=$scheme port=$port W=$W load $N"; } 2>&1 )
 t1=$(awk '{print $14 + $15}' /proc/$pid/stat)
 ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)
 h2=$(echo "$out" | awk '/^h2cpu/ {print $2 + $3}')

@@ -803,6 +803,28 @@ pub fn for_each_batch<E: From<AggregatesError>>(
 pub fn for_each_batch_where<E: From<AggregatesError>>(
     path: &Path,
     keep: &dyn Fn(&str, Timestamp) -> bool,
+    f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_selected(path, keep, true, f)
+}
+
+/// [`for_each_batch`] over the rows at snapshot `t` (every user's): the first look at each part
+/// file reads its `snapshot` column only, not the user ids (a scoring pass over a large table
+/// reads the ids once, with the rows it decodes).
+pub fn for_each_batch_at<E: From<AggregatesError>>(
+    path: &Path,
+    t: Timestamp,
+    f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_selected(path, &|_, s| s == t, false, f)
+}
+
+/// [`for_each_batch_where`]; `users` false: `keep` looks at the snapshot only (and gets an
+/// empty user).
+fn for_each_selected<E: From<AggregatesError>>(
+    path: &Path,
+    keep: &dyn Fn(&str, Timestamp) -> bool,
+    users: bool,
     mut f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
 ) -> Result<(), E> {
     use parquet::arrow::arrow_reader::RowSelection;
@@ -811,7 +833,7 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
             path: file.clone(),
             source,
         };
-        let selected = selection(&file, keep)?;
+        let selected = selection(&file, keep, users)?;
         if selected.as_ref().is_some_and(|s| s.true_count() == 0) {
             continue;
         }
@@ -848,10 +870,11 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
 fn selection(
     file: &Path,
     keep: &dyn Fn(&str, Timestamp) -> bool,
+    users: bool,
 ) -> Result<Option<arrow_array::BooleanArray>, AggregatesError> {
     let mut bits = arrow_array::builder::BooleanBuilder::new();
     let mut all = true;
-    user_snapshots_in(file, &mut |user, t| {
+    user_snapshots_in(file, users, &mut |user, t| {
         let k = keep(user, t);
         all &= k;
         bits.append_value(k);
@@ -875,14 +898,17 @@ pub fn for_each_user_snapshot(
     mut f: impl FnMut(&str, Timestamp),
 ) -> Result<(), AggregatesError> {
     for file in table_files(path)? {
-        user_snapshots_in(&file, &mut f)?;
+        user_snapshots_in(&file, true, &mut f)?;
     }
     Ok(())
 }
 
 /// [`for_each_user_snapshot`] over one part file.
+/// `users` false: only the `snapshot` column is read and `f` gets an empty user (for callers
+/// that select by snapshot alone: the user ids are the bulk of these two columns).
 fn user_snapshots_in(
     file: &Path,
+    users: bool,
     f: &mut dyn FnMut(&str, Timestamp),
 ) -> Result<(), AggregatesError> {
     use parquet::arrow::ProjectionMask;
@@ -897,7 +923,12 @@ fn user_snapshots_in(
     let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
     let at = resolve(builder.schema(), file)?;
     // `at[0]` is user_id, `at[2]` snapshot (INT_COLUMNS[1]); flat schema: roots = columns.
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [at[0], at[2]]);
+    let roots = if users {
+        vec![at[0], at[2]]
+    } else {
+        vec![at[2]]
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder
         .with_projection(mask)
         .with_batch_size(8192)
@@ -915,18 +946,25 @@ fn user_snapshots_in(
             row: first + r,
         };
         // The projection keeps the file's column order: find the two by name.
-        let (Some(users), Some(snaps)) = (
-            batch.column_by_name("user_id"),
-            batch.column_by_name("snapshot"),
-        ) else {
+        let Some(snaps) = batch.column_by_name("snapshot") else {
             return Err(AggregatesError::MissingColumn {
                 path: file.to_path_buf(),
                 column: "snapshot",
             });
         };
+        let ids = batch.column_by_name("user_id");
+        if users && ids.is_none() {
+            return Err(AggregatesError::MissingColumn {
+                path: file.to_path_buf(),
+                column: "user_id",
+            });
+        }
         let snaps = snaps.as_primitive::<Int64Type>();
         for r in 0..batch.num_rows() {
-            let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
+            let user = match ids {
+                Some(ids) => text_at(ids.as_ref(), r).ok_or_else(|| null("user_id", r))?,
+                None => "",
+            };
             if snaps.is_null(r) {
                 return Err(null("snapshot", r));
             }
@@ -940,9 +978,11 @@ fn user_snapshots_in(
 /// The distinct snapshot times in the table (reads the `snapshot` column of every row).
 pub fn snapshots_in(path: &Path) -> Result<Vec<Timestamp>, AggregatesError> {
     let mut seen = std::collections::BTreeSet::new();
-    for_each_user_snapshot(path, |_, t| {
-        seen.insert(t);
-    })?;
+    for file in table_files(path)? {
+        user_snapshots_in(&file, false, &mut |_, t| {
+            seen.insert(t);
+        })?;
+    }
     Ok(seen.into_iter().collect())
 }
 
@@ -1249,6 +1289,22 @@ mod tests {
         .unwrap();
         let want: Vec<String> = (0..n).step_by(2).map(|i| format!("u{i}")).collect();
         assert_eq!(ids, want);
+        // Selected by the snapshot column alone (no user ids read): the same rows.
+        let mut at = Vec::new();
+        for_each_batch_at::<AggregatesError>(&path, 1_800_000_001, |b| {
+            at.extend(b);
+            Ok(())
+        })
+        .unwrap();
+        let odd: Vec<String> = (1..n).step_by(2).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            at.iter().map(|r| &r.user_id).collect::<Vec<_>>(),
+            odd.iter().collect::<Vec<_>>()
+        );
+        assert!(at
+            .iter()
+            .all(|r| r.snapshot == 1_800_000_001 && r.agg == at[0].agg));
+        assert_eq!(snapshots_in(&path).unwrap(), [1_800_000_000, 1_800_000_001]);
 
         // File row `bad` (even: selected, the 2nd decoding block of the selection) gets -1
         // orders.

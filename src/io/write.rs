@@ -149,7 +149,7 @@ const BATCHES_QUEUED: usize = 2;
 /// Where a [`ParquetSink`]'s record batches are encoded (Parquet pages, Snappy, the file).
 enum Encoder {
     /// On the caller's thread, as each batch is flushed.
-    Inline(ArrowWriter<AtomicFile>),
+    Inline(Box<ArrowWriter<AtomicFile>>),
     /// On a thread of its own, while the caller builds the next batch: the same
     /// [`ArrowWriter`] gets the same batches in the same order, so the file is the same byte
     /// for byte. The thread hands the writer back when the queue closes, or the first error.
@@ -162,7 +162,7 @@ enum Encoder {
 impl Encoder {
     fn new(writer: ArrowWriter<AtomicFile>, threaded: bool) -> Result<Encoder, WriteCause> {
         if !threaded {
-            return Ok(Encoder::Inline(writer));
+            return Ok(Encoder::Inline(Box::new(writer)));
         }
         let (queue, batches) = std::sync::mpsc::sync_channel::<RecordBatch>(BATCHES_QUEUED);
         let thread = std::thread::Builder::new()
@@ -193,7 +193,7 @@ impl Encoder {
     /// Waits for the batches queued, writes the footer; the file, to be committed.
     fn finish(self) -> Result<AtomicFile, WriteCause> {
         let writer = match self {
-            Encoder::Inline(w) => w,
+            Encoder::Inline(w) => *w,
             Encoder::Thread { queue, thread } => {
                 drop(queue);
                 thread

@@ -176,14 +176,14 @@ impl Parts {
 /// Scores the rows of snapshot `snapshot` (default: the table's latest) of the aggregates table
 /// at `path` with `scorer`, streaming: one input batch at a time is held, and the output is
 /// written as Parquet part files of at most `rows_per_part` rows under `out_dir`. Memory does
-/// not grow with the table. Users for which `keep` is false are left out.
+/// not grow with the table. Users for which `keep` is false are left out (`None`: none is).
 pub fn score_aggregates(
     scorer: &Scorer,
     path: &std::path::Path,
     snapshot: Option<crate::features::Timestamp>,
     out_dir: &std::path::Path,
     rows_per_part: u64,
-    keep: &(dyn Fn(&str) -> bool + Sync),
+    keep: Option<&(dyn Fn(&str) -> bool + Sync)>,
 ) -> Result<ScoredParts, ScoreAggregatesError> {
     use crate::io::aggregates::snapshots_in;
     let t = match snapshot {
@@ -225,7 +225,7 @@ pub fn score_aggregates(
 }
 
 /// Scores the rows at snapshot `t` of the aggregates table at `path` whose user `keep`
-/// accepts, one input batch at a time, handing each output row to `out` in table order; the
+/// accepts (`None`: every user's), one input batch at a time, handing each output row to `out` in table order; the
 /// rows scored. Two stages overlap: a reader thread decodes the next batches (only the rows
 /// at `t` are decoded) while this thread scores a batch and formats its text columns (on all
 /// cores) and `out` writes it. Memory is a few batches, whatever the table's size.
@@ -233,19 +233,25 @@ pub fn stream_aggregate_scores(
     scorer: &Scorer,
     path: &std::path::Path,
     t: crate::features::Timestamp,
-    keep: &(dyn Fn(&str) -> bool + Sync),
+    keep: Option<&(dyn Fn(&str) -> bool + Sync)>,
     mut out: impl FnMut(&ScoreRow<'_>) -> Result<(), WriteError>,
 ) -> Result<u64, ScoreAggregatesError> {
-    use crate::io::aggregates::{for_each_batch_where, AggregateRow};
+    use crate::io::aggregates::{for_each_batch_at, for_each_batch_where, AggregateRow};
     use rayon::prelude::*;
-    let wanted = |id: &str, s: crate::features::Timestamp| s == t && keep(id);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AggregateRow>>(BATCHES_AHEAD);
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             // A failed send: the scoring side stopped on an error of its own (reported).
-            for_each_batch_where::<ScoreAggregatesError>(path, &wanted, |rows| {
-                tx.send(rows).map_err(|_| ScoreAggregatesError::Stopped)
-            })
+            let send = |rows| tx.send(rows).map_err(|_| ScoreAggregatesError::Stopped);
+            match keep {
+                Some(keep) => for_each_batch_where::<ScoreAggregatesError>(
+                    path,
+                    &|id: &str, s| s == t && keep(id),
+                    send,
+                ),
+                // Every user: the rows are selected by their snapshot alone.
+                None => for_each_batch_at::<ScoreAggregatesError>(path, t, send),
+            }
         });
         let mut scored = 0u64;
         let mut scoring = |rows: Vec<AggregateRow>| -> Result<(), ScoreAggregatesError> {

@@ -164,7 +164,7 @@ fn score_table(
         as_of,
         &args.out,
         args.rows_per_part,
-        &keep,
+        suppress.is_some().then_some(&keep as _),
     )
     .with_context(|| format!("scoring {} into {}", table.display(), args.out.display()))?;
     bar.finish_and_clear();

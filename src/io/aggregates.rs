@@ -719,6 +719,39 @@ fn decode_batch(
     Ok(out)
 }
 
+/// Rows a block of [`decode_in_blocks`] decodes.
+const DECODE_BLOCK_ROWS: usize = 2048;
+
+/// [`decode_batch`] on all cores: blocks of the batch (zero-copy slices) decoded in parallel,
+/// their rows joined in batch order; the first failing row's error, as a sequential decode
+/// reports it. `row_of(r)` is the file row of the batch's row `r`.
+fn decode_in_blocks(
+    batch: &RecordBatch,
+    at: (&[usize], Option<&[usize]>),
+    path: &Path,
+    row_of: impl Fn(usize) -> usize + Sync,
+) -> Result<Vec<AggregateRow>, AggregatesError> {
+    use rayon::prelude::*;
+    let n = batch.num_rows();
+    if n <= DECODE_BLOCK_ROWS {
+        return decode_batch(batch, at, path, &row_of);
+    }
+    let blocks: Vec<Result<Vec<AggregateRow>, AggregatesError>> = (0..n)
+        .step_by(DECODE_BLOCK_ROWS)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| {
+            let block = batch.slice(start, DECODE_BLOCK_ROWS.min(n - start));
+            decode_batch(&block, at, path, &|r| row_of(start + r))
+        })
+        .collect();
+    let mut rows = Vec::with_capacity(n);
+    for block in blocks {
+        rows.extend(block?);
+    }
+    Ok(rows)
+}
+
 /// Schema version 2's columns of one batch.
 struct V2Columns<'a> {
     ints: Vec<&'a arrow_array::Int64Array>,
@@ -770,6 +803,28 @@ pub fn for_each_batch<E: From<AggregatesError>>(
 pub fn for_each_batch_where<E: From<AggregatesError>>(
     path: &Path,
     keep: &dyn Fn(&str, Timestamp) -> bool,
+    f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_selected(path, keep, true, f)
+}
+
+/// [`for_each_batch`] over the rows at snapshot `t` (every user's): the first look at each part
+/// file reads its `snapshot` column only, not the user ids (a scoring pass over a large table
+/// reads the ids once, with the rows it decodes).
+pub fn for_each_batch_at<E: From<AggregatesError>>(
+    path: &Path,
+    t: Timestamp,
+    f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_selected(path, &|_, s| s == t, false, f)
+}
+
+/// [`for_each_batch_where`]; `users` false: `keep` looks at the snapshot only (and gets an
+/// empty user).
+fn for_each_selected<E: From<AggregatesError>>(
+    path: &Path,
+    keep: &dyn Fn(&str, Timestamp) -> bool,
+    users: bool,
     mut f: impl FnMut(Vec<AggregateRow>) -> Result<(), E>,
 ) -> Result<(), E> {
     use parquet::arrow::arrow_reader::RowSelection;
@@ -778,7 +833,7 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
             path: file.clone(),
             source,
         };
-        let selected = selection(&file, keep)?;
+        let selected = selection(&file, keep, users)?;
         if selected.as_ref().is_some_and(|s| s.true_count() == 0) {
             continue;
         }
@@ -800,8 +855,9 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
                 path: file.clone(),
                 source,
             })?;
-            let row_of = |r: usize| file_row(selected.as_ref(), first + r);
-            let rows = decode_batch(&batch, (&at, at2.as_deref()), &file, &row_of)?;
+            let rows = decode_in_blocks(&batch, (&at, at2.as_deref()), &file, |r| {
+                file_row(selected.as_ref(), first + r)
+            })?;
             first += batch.num_rows();
             f(rows)?;
         }
@@ -814,10 +870,11 @@ pub fn for_each_batch_where<E: From<AggregatesError>>(
 fn selection(
     file: &Path,
     keep: &dyn Fn(&str, Timestamp) -> bool,
+    users: bool,
 ) -> Result<Option<arrow_array::BooleanArray>, AggregatesError> {
     let mut bits = arrow_array::builder::BooleanBuilder::new();
     let mut all = true;
-    user_snapshots_in(file, &mut |user, t| {
+    user_snapshots_in(file, users, &mut |user, t| {
         let k = keep(user, t);
         all &= k;
         bits.append_value(k);
@@ -841,14 +898,17 @@ pub fn for_each_user_snapshot(
     mut f: impl FnMut(&str, Timestamp),
 ) -> Result<(), AggregatesError> {
     for file in table_files(path)? {
-        user_snapshots_in(&file, &mut f)?;
+        user_snapshots_in(&file, true, &mut f)?;
     }
     Ok(())
 }
 
 /// [`for_each_user_snapshot`] over one part file.
+/// `users` false: only the `snapshot` column is read and `f` gets an empty user (for callers
+/// that select by snapshot alone: the user ids are the bulk of these two columns).
 fn user_snapshots_in(
     file: &Path,
+    users: bool,
     f: &mut dyn FnMut(&str, Timestamp),
 ) -> Result<(), AggregatesError> {
     use parquet::arrow::ProjectionMask;
@@ -863,7 +923,12 @@ fn user_snapshots_in(
     let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
     let at = resolve(builder.schema(), file)?;
     // `at[0]` is user_id, `at[2]` snapshot (INT_COLUMNS[1]); flat schema: roots = columns.
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [at[0], at[2]]);
+    let roots = if users {
+        vec![at[0], at[2]]
+    } else {
+        vec![at[2]]
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let reader = builder
         .with_projection(mask)
         .with_batch_size(8192)
@@ -881,18 +946,25 @@ fn user_snapshots_in(
             row: first + r,
         };
         // The projection keeps the file's column order: find the two by name.
-        let (Some(users), Some(snaps)) = (
-            batch.column_by_name("user_id"),
-            batch.column_by_name("snapshot"),
-        ) else {
+        let Some(snaps) = batch.column_by_name("snapshot") else {
             return Err(AggregatesError::MissingColumn {
                 path: file.to_path_buf(),
                 column: "snapshot",
             });
         };
+        let ids = batch.column_by_name("user_id");
+        if users && ids.is_none() {
+            return Err(AggregatesError::MissingColumn {
+                path: file.to_path_buf(),
+                column: "user_id",
+            });
+        }
         let snaps = snaps.as_primitive::<Int64Type>();
         for r in 0..batch.num_rows() {
-            let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
+            let user = match ids {
+                Some(ids) => text_at(ids.as_ref(), r).ok_or_else(|| null("user_id", r))?,
+                None => "",
+            };
             if snaps.is_null(r) {
                 return Err(null("snapshot", r));
             }
@@ -906,9 +978,11 @@ fn user_snapshots_in(
 /// The distinct snapshot times in the table (reads the `snapshot` column of every row).
 pub fn snapshots_in(path: &Path) -> Result<Vec<Timestamp>, AggregatesError> {
     let mut seen = std::collections::BTreeSet::new();
-    for_each_user_snapshot(path, |_, t| {
-        seen.insert(t);
-    })?;
+    for file in table_files(path)? {
+        user_snapshots_in(&file, false, &mut |_, t| {
+            seen.insert(t);
+        })?;
+    }
     Ok(seen.into_iter().collect())
 }
 
@@ -940,7 +1014,7 @@ impl AggregatesTable {
     pub fn load_where(
         path: &Path,
         snapshots: Vec<Timestamp>,
-        keep: &dyn Fn(&str) -> bool,
+        keep: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<AggregatesTable, AggregatesError> {
         let mut t = AggregatesTable {
             path: path.to_path_buf(),
@@ -951,19 +1025,35 @@ impl AggregatesTable {
             ..AggregatesTable::default()
         };
         let mut horizon = None;
-        for_each_batch_where::<AggregatesError>(path, &|id, _| keep(id), |rows| {
-            for r in rows {
-                if *horizon.get_or_insert(r.horizon_days) != r.horizon_days {
-                    return Err(AggregatesError::Horizon {
-                        path: path.to_path_buf(),
-                        wanted: horizon.unwrap_or(0),
-                        found: r.horizon_days,
-                    });
+        // As many part files at a time as there are cores, placed in table order (so users
+        // are indexed as a sequential read indexes them); the first failing file is reported.
+        let files = table_files(path)?;
+        for group in files.chunks(rayon::current_num_threads().max(1)) {
+            use rayon::prelude::*;
+            let read: Vec<Result<Vec<AggregateRow>, AggregatesError>> = group
+                .par_iter()
+                .map(|file| {
+                    let mut rows = Vec::new();
+                    for_each_batch_where::<AggregatesError>(file, &|id, _| keep(id), |batch| {
+                        rows.extend(batch);
+                        Ok(())
+                    })?;
+                    Ok(rows)
+                })
+                .collect();
+            for rows in read {
+                for r in rows? {
+                    if *horizon.get_or_insert(r.horizon_days) != r.horizon_days {
+                        return Err(AggregatesError::Horizon {
+                            path: path.to_path_buf(),
+                            wanted: horizon.unwrap_or(0),
+                            found: r.horizon_days,
+                        });
+                    }
+                    t.place(r);
                 }
-                t.place(r);
             }
-            Ok(())
-        })?;
+        }
         t.horizon_days = horizon.unwrap_or(0);
         t.fill_registration();
         Ok(t)
@@ -1176,6 +1266,101 @@ mod tests {
         let t = AggregatesTable::load(dir.path()).unwrap();
         assert_eq!(t.user_ids, vec!["a", "b"]);
         assert_eq!(t.horizon_days, 30);
+    }
+
+    /// Batches are decoded in blocks on all cores: the rows still come back in table order,
+    /// and a bad row in a later block of a selected read is named with its row in the file.
+    #[test]
+    fn rows_decoded_in_blocks_keep_their_order_and_a_bad_row_its_file_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aggs.parquet");
+        let n = 3 * DECODE_BLOCK_ROWS + 17;
+        let mut w = AggregatesWriter::create(&path).unwrap();
+        for i in 0..n {
+            w.write(&row(&format!("u{i}"), 1_800_000_000 + (i % 2) as i64))
+                .unwrap();
+        }
+        w.finish().unwrap();
+        let mut ids = Vec::new();
+        for_each_batch_where::<AggregatesError>(&path, &|_, t| t == 1_800_000_000, |b| {
+            ids.extend(b.into_iter().map(|r| r.user_id));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<String> = (0..n).step_by(2).map(|i| format!("u{i}")).collect();
+        assert_eq!(ids, want);
+        // Selected by the snapshot column alone (no user ids read): the same rows.
+        let mut at = Vec::new();
+        for_each_batch_at::<AggregatesError>(&path, 1_800_000_001, |b| {
+            at.extend(b);
+            Ok(())
+        })
+        .unwrap();
+        let odd: Vec<String> = (1..n).step_by(2).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            at.iter().map(|r| &r.user_id).collect::<Vec<_>>(),
+            odd.iter().collect::<Vec<_>>()
+        );
+        assert!(at
+            .iter()
+            .all(|r| r.snapshot == 1_800_000_001 && r.agg == at[0].agg));
+        assert_eq!(snapshots_in(&path).unwrap(), [1_800_000_000, 1_800_000_001]);
+
+        // File row `bad` (even: selected, the 2nd decoding block of the selection) gets -1
+        // orders.
+        let bad = 2 * DECODE_BLOCK_ROWS + 6;
+        let f = std::fs::File::open(&path).unwrap();
+        let mut batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .with_batch_size(n)
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(batches.len(), 1);
+        let batch = batches.remove(0);
+        let at = batch.schema().index_of("orders").unwrap();
+        let mut orders: Vec<i64> = batch
+            .column(at)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        orders[bad] = -1;
+        let mut cols = batch.columns().to_vec();
+        cols[at] = Arc::new(arrow_array::Int64Array::from(orders));
+        write_batch(&path, &RecordBatch::try_new(batch.schema(), cols).unwrap());
+        let e =
+            for_each_batch_where::<AggregatesError>(&path, &|_, t| t == 1_800_000_000, |_| Ok(()))
+                .unwrap_err();
+        assert!(
+            matches!(&e, AggregatesError::OutOfRange { column: "orders", row, value: -1, .. } if *row == bad),
+            "{e}"
+        );
+    }
+
+    /// Part files are read in parallel for training: users are still indexed in table order
+    /// (file by file), as a sequential read indexes them.
+    #[test]
+    fn a_table_of_many_part_files_loads_its_users_in_table_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = Vec::new();
+        for part in 0..7 {
+            let mut w =
+                AggregatesWriter::create(&dir.path().join(format!("part-{part:05}.parquet")))
+                    .unwrap();
+            for i in 0..50 {
+                let id = format!("p{part}-u{}", 49 - i);
+                w.write(&row(&id, 1_800_000_000)).unwrap();
+                want.push(id);
+            }
+            w.finish().unwrap();
+        }
+        let t =
+            AggregatesTable::load_where(dir.path(), vec![1_800_000_000], &|id| !id.ends_with('7'))
+                .unwrap();
+        want.retain(|id| !id.ends_with('7'));
+        assert_eq!(t.user_ids, want);
+        assert_eq!(t.aggs[0].len(), want.len());
     }
 
     #[test]

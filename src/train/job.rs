@@ -363,7 +363,7 @@ fn score_whole_table<'a>(
     ));
     let path = job.source.path();
     Some(move |w: &mut ScoreWriter, scorer: &Scorer| {
-        crate::score::stream_aggregate_scores(scorer, path, as_of, &|_| true, |row| w.write(row))
+        crate::score::stream_aggregate_scores(scorer, path, as_of, None, |row| w.write(row))
             .map(|_| ())
             .map_err(|e| WriteBundleError::TableScores(Box::new(e)))
     })

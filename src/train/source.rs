@@ -68,34 +68,72 @@ impl TableScan {
 }
 
 /// Reads the `user_id` and `snapshot` columns of the table at `path` once: its snapshots,
-/// rows per snapshot, and the keyed sample of at most `max_users` users. Memory: the sample's
-/// ranks (8 bytes a user, in a B-tree), whatever the table's size.
+/// rows per snapshot, and the keyed sample of at most `max_users` users. The part files are
+/// read in parallel (each keeps its own lowest ranks; the merge keeps the lowest overall,
+/// which is the sample a single sequential pass keeps). Memory: the sample's ranks (8 bytes a
+/// user) per part file being read and per part file's result, whatever the table's size.
 pub fn scan_table(path: &Path, max_users: usize) -> Result<TableScan, AggregatesError> {
+    use rayon::prelude::*;
     let max_users = max_users.max(1);
+    let files = crate::io::aggregates::table_files(path)?;
+    let scans: Vec<Result<FileScan, AggregatesError>> = files
+        .par_iter()
+        .map(|file| FileScan::of(file, max_users))
+        .collect();
     let mut rows: BTreeMap<Timestamp, u64> = BTreeMap::new();
-    let mut kept: BTreeSet<u64> = BTreeSet::new();
+    let mut ranks = Vec::new();
     let mut left_out = false;
-    crate::io::aggregates::for_each_user_snapshot(path, |id, t| {
-        *rows.entry(t).or_default() += 1;
-        let r = fit_rank(id);
-        if kept.len() < max_users {
-            kept.insert(r);
-        } else if let Some(&last) = kept.last() {
-            if r < last {
-                if kept.insert(r) {
-                    kept.pop_last();
-                    left_out = true;
-                }
-            } else if r > last {
-                left_out = true;
-            }
+    // The first failing file in table order, as a sequential pass would report it.
+    for scan in scans {
+        let scan = scan?;
+        for (t, n) in scan.rows {
+            *rows.entry(t).or_default() += n;
         }
-    })?;
+        ranks.extend(scan.ranks);
+        left_out |= scan.left_out;
+    }
+    left_out |= lowest_distinct(&mut ranks, max_users);
     Ok(TableScan {
         snapshots: rows.keys().copied().collect(),
         rows,
-        sample: left_out.then_some(kept),
+        sample: left_out.then(|| ranks.into_iter().collect()),
     })
+}
+
+/// One part file's share of [`scan_table`].
+struct FileScan {
+    rows: BTreeMap<Timestamp, u64>,
+    /// The file's lowest distinct ranks, at most the sample's size, sorted.
+    ranks: Vec<u64>,
+    /// The file has more distinct users than that.
+    left_out: bool,
+}
+
+impl FileScan {
+    fn of(file: &Path, max_users: usize) -> Result<FileScan, AggregatesError> {
+        let mut rows: BTreeMap<Timestamp, u64> = BTreeMap::new();
+        let mut ranks = Vec::new();
+        crate::io::aggregates::for_each_user_snapshot(file, |id, t| {
+            *rows.entry(t).or_default() += 1;
+            ranks.push(fit_rank(id));
+        })?;
+        let left_out = lowest_distinct(&mut ranks, max_users);
+        Ok(FileScan {
+            rows,
+            ranks,
+            left_out,
+        })
+    }
+}
+
+/// Sorts `ranks`, drops repeats and keeps the lowest `max`; whether any distinct rank was
+/// dropped.
+fn lowest_distinct(ranks: &mut Vec<u64>, max: usize) -> bool {
+    ranks.sort_unstable();
+    ranks.dedup();
+    let over = ranks.len() > max;
+    ranks.truncate(max);
+    over
 }
 
 /// What the training pipeline reads from its input.
@@ -403,6 +441,44 @@ mod tests {
             table.aggs.iter().map(Vec::len).collect::<Vec<_>>(),
             [40, 40]
         );
+    }
+
+    /// The part files are scanned in parallel and their samples merged: the sample of a
+    /// table in several part files (a user's rows in different files) is the sample of the
+    /// same rows in one file.
+    #[test]
+    fn the_fit_sample_of_a_table_in_part_files_is_the_sample_of_the_same_rows_in_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+        let times = [1_780_000_000, 1_782_592_000];
+        let one = dir.path().join("one.parquet");
+        write_table(&one, &ids, &times);
+        let parts = dir.path().join("parts");
+        std::fs::create_dir(&parts).unwrap();
+        for (k, chunk) in ids.chunks(70).enumerate() {
+            // Each part holds one snapshot of its users; the other snapshot is in the next.
+            let t = [times[k % 2]];
+            write_table(&parts.join(format!("part-{:05}.parquet", 2 * k)), chunk, &t);
+            let t = [times[(k + 1) % 2]];
+            write_table(
+                &parts.join(format!("part-{:05}.parquet", 2 * k + 1)),
+                chunk,
+                &t,
+            );
+        }
+        for max in [1, 25, 69, 299, 300, 301] {
+            let (a, b) = (
+                scan_table(&one, max).unwrap(),
+                scan_table(&parts, max).unwrap(),
+            );
+            assert_eq!(a.sample, b.sample, "max {max}");
+            assert_eq!(a.rows, b.rows, "max {max}");
+            assert_eq!(a.snapshots, b.snapshots);
+            assert_eq!(
+                b.sample.as_ref().map(BTreeSet::len),
+                (max < 300).then_some(max)
+            );
+        }
     }
 
     #[test]

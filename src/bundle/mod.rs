@@ -348,6 +348,38 @@ impl PendingBundle {
         Ok(())
     }
 
+    /// Reads `state.bin` back as [`Bundle::load_snapshot`] will (its checksum, then every
+    /// aggregate), in the pending directory, so that a trainer can check it while it still
+    /// writes other files and then make the bundle current with
+    /// [`BundleStore::promote_state_checked`]. `manifest` and `scorer` are the ones to be sealed.
+    pub(crate) fn check_state(
+        &self,
+        manifest: &Manifest,
+        scorer: &Scorer,
+    ) -> Result<(), BundleError> {
+        let sum = self
+            .sums
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(STATE)
+            .cloned();
+        let Some(sum) = sum else {
+            return Err(BundleError::Missing {
+                path: self.tmp.join(STATE),
+            });
+        };
+        let pending = Bundle {
+            dir: self.tmp.clone(),
+            manifest: Manifest {
+                format_version: FORMAT_VERSION,
+                files: BTreeMap::from([(STATE.to_string(), sum)]),
+                ..manifest.clone()
+            },
+            scorer: scorer.clone(),
+        };
+        pending.load_snapshot().map(drop)
+    }
+
     /// Checksums every file written so far into the manifest, writes it, with a `signer` signs
     /// it into `manifest.sig`, and renames the directory into place (a bundle appears whole and
     /// signed, or not at all).
@@ -675,6 +707,22 @@ impl BundleStore {
     pub fn promote(&self, version: &str) -> Result<Bundle, BundleError> {
         let bundle = self.load(version)?;
         bundle.load_snapshot()?;
+        self.make_current(version)?;
+        Ok(bundle)
+    }
+
+    /// [`BundleStore::promote`] of a bundle whose state file its writer read back and checked
+    /// ([`PendingBundle::check_state`]) before sealing it: everything else is verified as
+    /// `promote` does (the manifest's checksum and signature, every other file's checksum, the
+    /// model), the state file is not read a second time.
+    pub(crate) fn promote_state_checked(&self, version: &str) -> Result<Bundle, BundleError> {
+        let bundle = self.load(version)?;
+        self.make_current(version)?;
+        Ok(bundle)
+    }
+
+    /// Appends `version` to the history and points `CURRENT` at it.
+    fn make_current(&self, version: &str) -> Result<(), BundleError> {
         let hist_path = self.root.join(HISTORY);
         let mut f = fs::OpenOptions::new()
             .create(true)
@@ -684,7 +732,7 @@ impl BundleStore {
         writeln!(f, "{version}").map_err(io_err(&hist_path))?;
         f.sync_all().map_err(io_err(&hist_path))?;
         write_atomic(&self.root.join(CURRENT), format!("{version}\n").as_bytes())?;
-        Ok(bundle)
+        Ok(())
     }
 
     /// Makes the version that was current before the current one current again.
@@ -864,6 +912,37 @@ mod tests {
         assert_eq!(bytes, postcard::to_stdvec(&snap).unwrap());
         assert_eq!(sum, hex::encode(Sha256::digest(&bytes)));
         assert_eq!(sum, sha256_file(&path).unwrap());
+    }
+
+    /// The state file is read back in the pending directory as `load_snapshot` reads it: the
+    /// file as written passes; with one byte changed after it was written, the check fails
+    /// (its checksum, naming the file) before anything is sealed; the sealed bundle is made
+    /// current and serves the same snapshot.
+    #[test]
+    fn the_state_file_is_checked_before_sealing_and_a_changed_byte_fails_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BundleStore::new(dir.path());
+        let scorer = crate::model::scorer::tests::toy_scorer();
+        let version = "20261202T120000Z-0123abcd";
+        let manifest = Manifest::new(version, 1_700_300_000);
+        let snap = snapshot(100);
+        let pending = store.begin(version).unwrap();
+        pending.write_payload(&scorer, &snap).unwrap();
+        pending.check_state(&manifest, &scorer).unwrap();
+        let path = pending.path(STATE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        match pending.check_state(&manifest, &scorer) {
+            Err(BundleError::Checksum { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("{other:?}"),
+        }
+        bytes[10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        pending.seal_signed(manifest, None).unwrap();
+        let bundle = store.promote_state_checked(version).unwrap();
+        assert_eq!(store.current().unwrap().as_deref(), Some(version));
+        assert_eq!(bundle.load_snapshot().unwrap(), snap);
     }
 
     /// A failing write names the file and keeps the system's cause (here: no space left).

@@ -21,13 +21,16 @@ use rayon::prelude::*;
 /// get on its own (its events in sweep order), but an event that falls before every snapshot
 /// still open for a user is applied once, not once per snapshot: see [`Sweep`].
 pub fn build_aggregates(table: &EventTable, times: &[Timestamp]) -> Vec<Vec<UserAggregate>> {
-    let base: Vec<UserAggregate> = table
-        .registered_at
-        .iter()
-        .map(|r| UserAggregate::with_registration(*r))
-        .collect();
-    let mut out: Vec<Vec<UserAggregate>> = times.iter().map(|_| base.clone()).collect();
-    drop(base);
+    // Each snapshot built in place on all cores (at 1M users ~300 MB each, mostly the kernel
+    // zeroing fresh pages: one core for it was ~0.5 s per snapshot), no shared copy cloned.
+    let fresh = || -> Vec<UserAggregate> {
+        table
+            .registered_at
+            .par_iter()
+            .map(|r| UserAggregate::with_registration(*r))
+            .collect()
+    };
+    let mut out: Vec<Vec<UserAggregate>> = times.iter().map(|_| fresh()).collect();
     if times.is_empty() {
         return out;
     }

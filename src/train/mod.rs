@@ -83,7 +83,8 @@ pub(crate) fn version_id(
 }
 
 /// Writes the trained result as a bundle (scores, report, model, state, manifest), renames it
-/// into place, validates it by loading it back, and only then makes it current (when
+/// into place, validates it by loading it back (the state file is read back before the
+/// rename, while the scores are written), and only then makes it current (when
 /// `promote`; the promotion gate may hold it back).
 /// With a `signer`, the bundle is signed, and loaded back with its public key as the verify
 /// key (a signature that does not verify is found here, not at the server).
@@ -126,7 +127,12 @@ pub(crate) fn write_bundle(
                         report::render(&trained.manifest, &trained.report),
                     )
                 },
-                || pending.write_payload(scorer, &trained.snapshot),
+                // The state file is read back and checked here, while the scores are still
+                // being written on the other core, instead of after them.
+                || {
+                    pending.write_payload(scorer, &trained.snapshot)?;
+                    pending.check_state(&trained.manifest, scorer)
+                },
             )
         },
     );
@@ -143,9 +149,9 @@ pub(crate) fn write_bundle(
         .map_err(BundleError::from)?;
     let store = &store.clone().with_verify_keys(own_key);
     if promote {
-        store.promote(&version)?;
+        store.promote_state_checked(&version)?;
     } else {
-        store.load(&version)?.load_snapshot()?;
+        store.load(&version)?;
     }
     Ok(dir)
 }

@@ -547,7 +547,10 @@ impl UserAggregate {
             return None;
         }
         let first = f64::from(self.first_day_cents) / 100.0;
-        let repeat_gross = (self.spend - first).max(0.0);
+        // In whole cents, as the first day is counted: `spend` sums amounts read as `f32`, so
+        // a repeat spend of 0 would otherwise come out as a few millionths (a tiny positive
+        // mean that Gamma-Gamma's likelihood takes as a real, extreme value).
+        let repeat_gross = ((self.spend - first) * 100.0).round().max(0.0) / 100.0;
         let kept = if self.spend > 0.0 {
             self.net_spend() / self.spend
         } else {

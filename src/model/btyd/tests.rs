@@ -466,6 +466,13 @@ fn the_repeat_mean_read_off_an_aggregate_leaves_out_the_first_order_day() {
     let c = Customer::of(&a, t).unwrap_or_else(|| panic!("a buyer"));
     let r = c.repeat_monetary.unwrap_or(f64::NAN);
     assert!((r - 27.0 * 0.75).abs() < 1e-9, "{r}");
+    // Amounts arrive as f32: a repeat day of 0 after a first day of 11.77 is a repeat mean of
+    // exactly 0 (left out of the fit as lifetimes leaves it), not a few millionths.
+    let mut zero = UserAggregate::default();
+    zero.apply(&order(0, f64::from(11.77f32)));
+    zero.apply(&order(4, 0.0));
+    let z = Customer::of(&zero, t).unwrap_or_else(|| panic!("a buyer"));
+    assert_eq!((z.frequency, z.repeat_monetary), (1.0, Some(0.0)));
     // From the format-4 layout: unknown; the value model then uses the all-orders mean.
     let old = UserAggregate::from(UserAggregateV4::of(&a));
     let c = Customer::of(&old, t).unwrap_or_else(|| panic!("a buyer"));

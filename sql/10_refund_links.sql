@@ -43,13 +43,13 @@ WHERE e.kind = 'refund';
 
 -- Every event with its refund flags (0 for events that are not refunds).
 CREATE OR REPLACE TEMPORARY VIEW ev_flagged AS
-SELECT user_id, ts, day, kind, amount, watch_seconds, room_bit, category_bit, category_hash,
+SELECT user_id, ts, day, kind, amount, watch_seconds, room_bit, category_bit, category_hash, room_hash,
        channel_code,
        CAST(0 AS BIGINT) AS linked, CAST(0 AS BIGINT) AS orphan, CAST(0 AS BIGINT) AS fulls
 FROM ev
 WHERE kind <> 'refund'
 UNION ALL
-SELECT user_id, ts, day, kind, amount, watch_seconds, room_bit, category_bit, category_hash,
+SELECT user_id, ts, day, kind, amount, watch_seconds, room_bit, category_bit, category_hash, room_hash,
        channel_code,
        CAST(linked AS BIGINT) AS linked,
        CAST(CASE WHEN linked = 0 AND order_id IS NOT NULL AND order_id <> '' THEN 1 ELSE 0 END AS BIGINT) AS orphan,

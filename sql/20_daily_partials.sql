@@ -20,6 +20,11 @@ SELECT
     MAX(CASE WHEN kind = 'order' THEN ts END) AS last_order,
     SUM(CASE WHEN kind = 'order' THEN 1 ELSE 0 END) AS orders,
     SUM(CASE WHEN kind = 'order' THEN amount ELSE 0.0 END) AS spend,
+    -- Order cents as the Rust side counts the first order day's spend (round(amount * 100)
+    -- floored at 0 per order; schema version 3).
+    SUM(CASE WHEN kind = 'order'
+             THEN CAST(GREATEST(ROUND(amount * CAST(100 AS DOUBLE)), CAST(0 AS DOUBLE)) AS BIGINT)
+             ELSE CAST(0 AS BIGINT) END) AS order_cents,
     SUM(CASE WHEN kind = 'view' THEN 1 ELSE 0 END) AS views,
     SUM(CASE WHEN kind = 'view' THEN watch_seconds ELSE 0 END) AS watch_seconds,
     SUM(CASE WHEN kind = 'comment' THEN 1 ELSE 0 END) AS comments,

@@ -69,11 +69,11 @@ SELECT user_id FROM ev
 UNION
 SELECT user_id FROM users;
 
--- The aggregates table, schema version 2 (sql/README.md).
+-- The aggregates table, schema version 3 (sql/README.md).
 CREATE OR REPLACE TEMPORARY VIEW aggregates AS
 SELECT
     u.user_id AS user_id,
-    CAST(2 AS BIGINT) AS schema_version,
+    CAST(3 AS BIGINT) AS schema_version,
     CAST(s.snapshot AS BIGINT) AS snapshot,
     CAST(s.horizon_days AS BIGINT) AS horizon_days,
     CAST(r.registered_at AS BIGINT) AS registered_at,
@@ -124,11 +124,19 @@ SELECT
     CAST(t.interest_level_0 AS DOUBLE) AS interest_level_0,
     CAST(t.interest_level_1 AS DOUBLE) AS interest_level_1,
     CAST(t.interest_level_2 AS DOUBLE) AS interest_level_2,
-    CAST(t.interest_level_3 AS DOUBLE) AS interest_level_3
+    CAST(t.interest_level_3 AS DOUBLE) AS interest_level_3,
+    CAST(f.first_order_day AS BIGINT) AS first_order_day,
+    CAST(COALESCE(f.first_day_cents, 0) AS BIGINT) AS first_day_cents,
+    CAST(o.room_0 AS BIGINT) AS room_0,
+    CAST(o.room_1 AS BIGINT) AS room_1,
+    CAST(o.room_level_0 AS DOUBLE) AS room_level_0,
+    CAST(o.room_level_1 AS DOUBLE) AS room_level_1
 FROM all_users u
 CROSS JOIN snapshots s
 LEFT JOIN users r ON r.user_id = u.user_id
 LEFT JOIN rolled g ON g.user_id = u.user_id AND g.snapshot = s.snapshot
 LEFT JOIN labels l ON l.user_id = u.user_id AND l.snapshot = s.snapshot
 LEFT JOIN interest_top t ON t.user_id = u.user_id AND t.snapshot = s.snapshot
-LEFT JOIN channel_mix m ON m.user_id = u.user_id AND m.snapshot = s.snapshot;
+LEFT JOIN channel_mix m ON m.user_id = u.user_id AND m.snapshot = s.snapshot
+LEFT JOIN first_orders f ON f.user_id = u.user_id AND f.snapshot = s.snapshot
+LEFT JOIN room_top o ON o.user_id = u.user_id AND o.snapshot = s.snapshot;

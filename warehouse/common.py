@@ -7,19 +7,21 @@ import re
 
 SQL_DIR = pathlib.Path(__file__).resolve().parent.parent / "sql"
 SHARED = ["10_refund_links.sql", "20_daily_partials.sql", "25_interests_channels.sql",
-          "30_rollup.sql"]
+          "27_rooms_first_day.sql", "30_rollup.sql"]
 # Views read more than once downstream: the runners materialise them (DuckDB: a table; Spark:
 # cached) instead of recomputing them for every reader.
 MATERIALISE = ["room_bits", "category_bits", "ev", "ev_flagged", "daily", "interest_daily",
-               "channel_daily"]
+               "channel_daily", "room_daily"]
 # DuckDB also materialises the parts of the final join, so the last statement joins per-user
 # tables instead of running every aggregation and window in one plan, and frees each
 # materialisation once nothing downstream reads it (the key: the view whose materialisation
 # is the last reader). The per-event tables are the large ones: 52M rows each for 1M users.
 # (Spark caches lazily, at the final write: it cannot free a cache before that.)
-JOIN_PARTS = ["interest_top", "channel_mix", "rolled", "labels", "all_users"]
-RELEASE_AFTER = {"interest_top": ["interest_daily"], "channel_daily": ["ev_flagged"],
-                 "channel_mix": ["channel_daily"], "rolled": ["daily"], "all_users": ["ev"]}
+JOIN_PARTS = ["interest_top", "channel_mix", "room_top", "first_orders", "rolled", "labels",
+              "all_users"]
+RELEASE_AFTER = {"interest_top": ["interest_daily"], "room_daily": ["ev_flagged"],
+                 "channel_mix": ["channel_daily"], "room_top": ["room_daily"],
+                 "rolled": ["daily"], "all_users": ["ev"]}
 DAY = 86400
 # Columns of the events contract that may be absent (the tiering readers take them as empty):
 # the runners add them as nulls. (name, SQL type valid in both engines)
@@ -41,7 +43,7 @@ def parse_time(text):
 
 def arguments(engine):
     p = argparse.ArgumentParser(
-        description=f"Per-user aggregates table (tiering schema v2) with {engine} and sql/."
+        description=f"Per-user aggregates table (tiering schema v3) with {engine} and sql/."
     )
     p.add_argument("--events", required=True,
                    help="events: a Parquet file, a directory of Parquet files, or a glob")

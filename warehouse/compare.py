@@ -1,7 +1,8 @@
 """Compares two aggregates tables (files or directories of part files) column by column:
 the same (user_id, snapshot) rows; integer columns (counts, times, sketches, labels, the
-channel mix) exactly; the float columns (spend, refunded) within 1e-9 relative; the interests
-(schema v2) as sets: see `interests` below. Exits 1 on any difference.
+channel mix, the first order day and its cents) exactly; the float columns (spend, refunded)
+within 1e-9 relative; the interests (schema v2) and the rooms (schema v3) as sets: see
+`profile_check` below. Exits 1 on any difference.
 
     python warehouse/compare.py rust.parquet duckdb.parquet [--events events.parquet]
 
@@ -21,6 +22,14 @@ SLOTS = 3
 COLUMNS = 4
 INTERESTS = [f"interest_category_{i}" for i in range(COLUMNS)] + \
     [f"interest_level_{i}" for i in range(COLUMNS)]
+# The room slots (features::interests::ROOM_SLOTS; `pos <= 2` in sql/27_rooms_first_day.sql),
+# as many columns (schema v3).
+ROOM_SLOTS = 2
+ROOMS = [f"room_{i}" for i in range(ROOM_SLOTS)] + \
+    [f"room_level_{i}" for i in range(ROOM_SLOTS)]
+# (id column prefix, level column prefix, columns, slots, the events' column, label) per profile.
+PROFILES = [("interest_category_", "interest_level_", COLUMNS, SLOTS, "category", "interests"),
+            ("room_", "room_level_", ROOM_SLOTS, ROOM_SLOTS, "room_id", "rooms")]
 # Level tolerance: the Rust side rounds each level to f32 after every event (2^-24 of ~300
 # per step); 1e-3 in level is 0.07% of a score.
 LEVEL_TOL = 1e-3
@@ -49,7 +58,7 @@ def main(a, b, events=None):
         print(f"rows: {na} vs {nb}, {only} (user_id, snapshot) keys on one side only")
         bad += 1
     for c in cols:
-        if c in ("user_id", "snapshot") or c in INTERESTS:
+        if c in ("user_id", "snapshot") or c in INTERESTS or c in ROOMS:
             continue
         if c in FLOATS:
             cond = (f"NOT (abs(a.{c} - b.{c}) <= 1e-9 * greatest(abs(a.{c}), abs(b.{c})) "
@@ -64,30 +73,32 @@ def main(a, b, events=None):
         status = "ok" if n == 0 else f"{n} rows differ, e.g. {example}"
         print(f"  {c:<16} {status}")
         bad += n != 0
-    if "interest_category_0" in cols:
-        bad += interests(con, events)
+    for profile in PROFILES:
+        if profile[0] + "0" in cols:
+            bad += profile_check(con, events, profile)
     print(f"{na} rows compared: " + ("identical" if bad == 0 else f"{bad} columns differ"))
     return 1 if bad else 0
 
 
-def profiles(con, table):
-    """{(user_id, snapshot): {category: level}} of one table's interest columns."""
+def profiles(con, table, ids="interest_category_", levels="interest_level_", columns=COLUMNS):
+    """{(user_id, snapshot): {id: level}} of one table's interest (or room) columns."""
     parts = " UNION ALL ".join(
-        f"SELECT user_id, snapshot, interest_category_{i} AS c, interest_level_{i} AS l "
-        f"FROM {table} WHERE interest_category_{i} IS NOT NULL" for i in range(COLUMNS))
+        f"SELECT user_id, snapshot, {ids}{i} AS c, {levels}{i} AS l "
+        f"FROM {table} WHERE {ids}{i} IS NOT NULL" for i in range(columns))
     out = {}
     for user, snap, c, level in con.execute(parts).fetchall():
         out.setdefault((user, snap), {})[c] = level
     return out
 
 
-def category_counts(con, events):
-    """{(user_id, snapshot): distinct categories of the weighted events before it}."""
+def category_counts(con, events, column="category"):
+    """{(user_id, snapshot): distinct categories (or rooms) of the weighted events before it}."""
     rows = con.execute(
-        f"SELECT e.user_id, s.snapshot, COUNT(DISTINCT e.category) "
+        f"SELECT e.user_id, s.snapshot, COUNT(DISTINCT e.{column}) "
         f"FROM {source(events)} e JOIN (SELECT DISTINCT snapshot FROM a) s "
         f"ON epoch(CAST(e.ts AS TIMESTAMPTZ)) < s.snapshot "
-        f"WHERE e.category IS NOT NULL AND trim(e.category) <> '' AND e.kind <> 'refund' "
+        f"WHERE e.{column} IS NOT NULL AND trim(CAST(e.{column} AS VARCHAR)) <> '' "
+        f"AND e.kind <> 'refund' "
         f"GROUP BY 1, 2").fetchall()
     return {(u, t): n for u, t, n in rows}
 
@@ -97,30 +108,32 @@ def log2_add(x, y):
     return hi + math.log2(1 + 2 ** (lo - hi))
 
 
-def interests(con, events):
-    """Users with at most 4 categories: the same categories, levels within LEVEL_TOL. Users
-    with more (the Rust side is then a weighted Space-Saving sketch, the SQL side the exact top
-    4): with m the Rust side's lowest level, every Rust score is within [true, true + 2^m] (a
-    category not in the exact top 4 has a true score below its 4th), and every category whose
-    true level exceeds m is held. Without --events, a user is taken to have at most 4
-    categories when the engine's side holds fewer than 4."""
-    rust, sql = profiles(con, "a"), profiles(con, "b")
-    counts = category_counts(con, events) if events else None
+def profile_check(con, events, profile):
+    """Users with at most SLOTS categories (rooms): the same ids, levels within LEVEL_TOL.
+    Users with more (the Rust side is then a weighted Space-Saving sketch, the SQL side the
+    exact top SLOTS): with m the Rust side's lowest level, every Rust score is within
+    [true, true + 2^m] (an id not in the exact top has a true score below its last), and every
+    id whose true level exceeds m is held. Without --events, a user is taken to have at most
+    SLOTS ids when the engine's side holds fewer than SLOTS."""
+    ids, levels, columns, slots, column, label = profile
+    rust = profiles(con, "a", ids, levels, columns)
+    sql = profiles(con, "b", ids, levels, columns)
+    counts = category_counts(con, events, column) if events else None
     exact = bounded = 0
     worst = 0.0
     failures = []
     for key in set(rust) | set(sql):
         r, q = rust.get(key, {}), sql.get(key, {})
-        n = counts.get(key, 0) if counts is not None else (len(q) if len(q) < SLOTS else None)
-        if n is not None and n <= SLOTS:
+        n = counts.get(key, 0) if counts is not None else (len(q) if len(q) < slots else None)
+        if n is not None and n <= slots:
             exact += 1
             ok = set(r) == set(q) and all(abs(r[c] - q[c]) <= LEVEL_TOL for c in r)
             worst = max([worst] + [abs(r[c] - q[c]) for c in r if c in q])
         else:
             bounded += 1
-            m = min(r.values()) if len(r) == SLOTS else None
+            m = min(r.values()) if len(r) == slots else None
             floor4 = min(q.values()) if q else float("-inf")
-            ok = m is not None and len(q) == SLOTS
+            ok = m is not None and len(q) == slots
             for c, level in r.items():
                 if not ok:
                     break
@@ -130,7 +143,7 @@ def interests(con, events):
             ok = ok and all(c in r for c, level in q.items() if level > m + LEVEL_TOL)
         if not ok:
             failures.append(f"{key}: rust {r} vs engine {q}")
-    print(f"  interests        {exact} rows exact (<= {SLOTS} categories; max level "
+    print(f"  {label:<16} {exact} rows exact (<= {slots} ids; max level "
           f"difference {worst:.2e}), {bounded} rows with more within the sketch's bound: "
           + ("ok" if not failures else f"{len(failures)} differ, e.g. {failures[0]}"))
     return 1 if failures else 0

@@ -8,9 +8,12 @@ Per cutoff (two out-of-time protocols, horizon H = 90 days): the transactions up
 are written as tiering events (user_id, ts, kind=order, amount) and `tiering train --as-of
 CUTOFF` fits the bundle; its scores.parquet holds every user's clv, expected_orders, p_alive,
 churn_probability and value_at_risk at the cutoff. On exactly the same per-user summaries
-(frequency = order days - 1, recency and T in days, monetary = spend / order days, as tiering
-reads them off its aggregates) `lifetimes` fits BG/NBD and Gamma-Gamma (on tiering's all-orders
-basis: every buyer with spend, count = frequency + 1, the mean over all order days); parameters and per-user
+(frequency = order days - 1, recency and T in days, monetary = spend / order days and the
+repeat mean = spend of the order days after the first / frequency, as tiering reads them off
+its aggregates) `lifetimes` fits BG/NBD and Gamma-Gamma on the basis the bundle records
+(`value.basis`): `repeat_orders`, the default, count = frequency and the repeat mean over the
+buyers with a repeat day (lifetimes' standard model), or `all_orders`, every buyer with spend,
+count = frequency + 1 and the mean over all order days); parameters and per-user
 predictions are compared (tolerance: 2% relative on parameters, per-user figures within 2% or
 0.01 absolute for 99% of users). Then against what happened in the H days after the cutoff:
 - CLV: Spearman rank correlation of predicted and realised spend, tiering vs lifetimes' own
@@ -57,11 +60,14 @@ def summary(tx, cutoff):
     g = t.groupby("customer")
     first, last = g["date"].min(), g["date"].max()
     days = g["date"].nunique()
+    first_day = t[t["date"] == t["customer"].map(first)].groupby("customer")["value"].sum()
+    repeat = (g["value"].sum() - first_day).clip(lower=0)
     out = pd.DataFrame({
         "frequency": (days - 1).astype(float),
         "recency": (last - first).dt.days.astype(float),
         "T": (cutoff - first).dt.days.astype(float),
         "monetary": g["value"].sum().clip(lower=0) / days,
+        "repeat_monetary": (repeat / (days - 1).where(days > 1)).fillna(0.0),
         "spend_before": t[t["date"] > cutoff - pd.Timedelta(days=H)].groupby("customer")["value"].sum(),
     })
     out["spend_before"] = out["spend_before"].fillna(0.0)
@@ -161,18 +167,24 @@ def protocol(tx, cutoff_s, args):
     s = s.loc[s.index.intersection(scores.index)]
     sc = scores.loc[s.index]
     bg = BetaGeoFitter().fit(s["frequency"], s["recency"], s["T"])
-    # tiering's all-orders basis: every buyer with spend, n = frequency + 1 order days.
-    count = s["frequency"] + 1
-    spent = s["monetary"] > 0
-    gg = GammaGammaFitter().fit(count[spent], s["monetary"][spent])
+    # The bundle's basis: repeat orders (n = frequency, the repeat mean, buyers with a repeat
+    # day) or all orders (every buyer with spend, n = frequency + 1 order days).
+    basis = value.get("basis", "unrecorded")
+    if basis == "repeat_orders":
+        count, mean = s["frequency"], s["repeat_monetary"]
+        spent = (count > 0) & (mean > 0)
+    else:
+        count, mean = s["frequency"] + 1, s["monetary"]
+        spent = mean > 0
+    gg = GammaGammaFitter().fit(count[spent], mean[spent])
     ours_bg, ours_gg = value["bgnbd"], value["gamma_gamma"]
     params = {k: {"tiering": ours_bg[k], "lifetimes": float(bg.params_[k])} for k in "r alpha a b".split()}
     params.update({k: {"tiering": ours_gg[k], "lifetimes": float(gg.params_[k])} for k in "p q v".split()})
     # lifetimes' predictions at its own parameters on the same summaries.
     lt_alive = bg.conditional_probability_alive(s["frequency"], s["recency"], s["T"])
     lt_orders = bg.conditional_expected_number_of_purchases_up_to_time(H, s["frequency"], s["recency"], s["T"])
-    # customer_lifetime_value would count frequency (repeat days) as n: its sum, with n + 1.
-    ev = gg.conditional_expected_average_profit(count, s["monetary"])
+    # customer_lifetime_value's sum, with the basis' n and mean.
+    ev = gg.conditional_expected_average_profit(count, mean)
     lt_clv, before = 0.0, 0.0
     for i in range(30, (H // 30) * 30 + 1, 30):
         cum = bg.conditional_expected_number_of_purchases_up_to_time(i, s["frequency"], s["recency"], s["T"])
@@ -214,7 +226,7 @@ def protocol(tx, cutoff_s, args):
     churn = {"tiering": {"auc": float(roc_auc_score(y, sc["churn_probability"])),
                          "brier": float(brier_score_loss(y, sc["churn_probability"]))}}
     churn.update(churn_baselines(tx, cutoff, s, churned))
-    return {"cutoff": cutoff_s, "horizon_days": H, "customers": int(len(s)),
+    return {"cutoff": cutoff_s, "horizon_days": H, "customers": int(len(s)), "basis": basis,
             "churn_rate": float(churned.mean()), "params": params,
             "params_within_2pct": all(rel(v["tiering"], v["lifetimes"]) <= 0.02 for v in params.values()),
             "predictions": predictions, "quality": quality, "churn": churn}

@@ -29,7 +29,7 @@ CREATE OR REPLACE MACRO tiering_sketch_bit(s) AS
 
 -- The bits of the distinct rooms and categories (thousands of values, not billions of events).
 CREATE OR REPLACE TEMPORARY VIEW room_bits AS
-SELECT id, tiering_sketch_bit(id) AS bit
+SELECT id, tiering_sketch_bit(id) AS bit, CAST(tiering_hash_str(id) AS BIGINT) AS hash
 FROM (SELECT DISTINCT CAST(room_id AS VARCHAR) AS id FROM raw_events WHERE room_id IS NOT NULL) r;
 
 CREATE OR REPLACE TEMPORARY VIEW category_bits AS
@@ -47,6 +47,7 @@ SELECT
     COALESCE(r.bit, CAST(0 AS BIGINT)) AS room_bit,
     COALESCE(c.bit, CAST(0 AS BIGINT)) AS category_bit,
     COALESCE(c.hash, CAST(0 AS BIGINT)) AS category_hash,
+    COALESCE(r.hash, CAST(0 AS BIGINT)) AS room_hash,
     -- features::channel::Channel::parse, counted (blank = live): 1 live, 2 short_video,
     -- 3 social, 4 offline_store, 5 app, 6 other.
     CASE lower(replace(replace(trim(COALESCE(CAST(e.channel AS VARCHAR), '')), '-', '_'), ' ', '_'))

@@ -18,7 +18,8 @@ SELECT id,
                  CAST(FLOOR(pmod(CAST(CASE WHEN h = 0 THEN 1 ELSE h END AS DECIMAL(20, 0))
                                  * CAST(11400714819323198485 AS DECIMAL(20, 0)),
                                  CAST(18446744073709551616 AS DECIMAL(21, 0)))
-                            / CAST(288230376151711744 AS DECIMAL(18, 0))) AS INT)) END AS bit
+                            / CAST(288230376151711744 AS DECIMAL(18, 0))) AS INT)) END AS bit,
+       CASE WHEN id = '' THEN CAST(0 AS BIGINT) WHEN h = 0 THEN CAST(1 AS BIGINT) ELSE h END AS hash
 FROM room_fnv;
 
 CREATE OR REPLACE TEMPORARY VIEW category_fnv AS
@@ -49,6 +50,7 @@ SELECT
     COALESCE(r.bit, CAST(0 AS BIGINT)) AS room_bit,
     COALESCE(c.bit, CAST(0 AS BIGINT)) AS category_bit,
     COALESCE(c.hash, CAST(0 AS BIGINT)) AS category_hash,
+    COALESCE(r.hash, CAST(0 AS BIGINT)) AS room_hash,
     -- features::channel::Channel::parse, counted (blank = live): 1 live, 2 short_video,
     -- 3 social, 4 offline_store, 5 app, 6 other.
     CASE lower(replace(replace(trim(COALESCE(CAST(e.channel AS STRING), '')), '-', '_'), ' ', '_'))

@@ -45,19 +45,21 @@ pub use tier_values::TierValue;
 ///
 /// 2 since the per-user aggregates hold refunds (their postcard layout grew); 3 since they hold
 /// interests and channels and the snapshot names the categories; 4 since they hold rooms (and
-/// three category slots instead of four) and the manifest names the rooms. Bundles of formats
-/// 1, 2 and 3 still load: their `state.bin` is read in the earlier layouts
-/// ([`crate::features::UserAggregateV1`], [`crate::features::UserAggregateV2`],
-/// [`crate::features::UserAggregateV3`]), with no interests or channel mix (formats 1 and 2)
-/// or the three highest categories (format 3), and no rooms: they start from the events that
-/// follow.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// three category slots instead of four) and the manifest names the rooms; 5 since they hold
+/// the first order day and its spend. Bundles of formats 1 to 4 still load: their `state.bin`
+/// is read in the earlier layouts ([`crate::features::UserAggregateV1`] to
+/// [`crate::features::UserAggregateV4`]), with no interests or channel mix (formats 1 and 2)
+/// or the three highest categories (format 3), and no rooms (formats 1 to 3): they start from
+/// the events that follow; a buyer's first order day is unknown (formats 1 to 4).
+pub(crate) const FORMAT_VERSION: u32 = 5;
 /// The earliest format still loaded.
 const FORMAT_V1: u32 = 1;
 /// Refunds, before interests and channels.
 const FORMAT_V2: u32 = 2;
 /// Interests and channels, before rooms.
 const FORMAT_V3: u32 = 3;
+/// Rooms, before the first order day.
+const FORMAT_V4: u32 = 4;
 
 pub const MANIFEST: &str = "manifest.json";
 pub(crate) const MANIFEST_SUM: &str = "manifest.sha256";
@@ -231,6 +233,19 @@ impl Bundle {
                 aggregates: Vec<crate::features::UserAggregateV3>,
             }
             let old: SnapshotV3 = postcard::from_bytes(&bytes).map_err(corrupt)?;
+            Snapshot {
+                as_of: old.as_of,
+                user_ids: old.user_ids,
+                aggregates: old.aggregates.into_iter().map(Into::into).collect(),
+            }
+        } else if self.manifest.format_version == FORMAT_V4 {
+            #[derive(Deserialize)]
+            struct SnapshotV4 {
+                as_of: Timestamp,
+                user_ids: Vec<String>,
+                aggregates: Vec<crate::features::UserAggregateV4>,
+            }
+            let old: SnapshotV4 = postcard::from_bytes(&bytes).map_err(corrupt)?;
             Snapshot {
                 as_of: old.as_of,
                 user_ids: old.user_ids,
@@ -624,7 +639,9 @@ impl BundleStore {
             what: "manifest",
             message: e.to_string(),
         })?;
-        if ![FORMAT_VERSION, FORMAT_V3, FORMAT_V2, FORMAT_V1].contains(&probe.format_version) {
+        if ![FORMAT_VERSION, FORMAT_V4, FORMAT_V3, FORMAT_V2, FORMAT_V1]
+            .contains(&probe.format_version)
+        {
             return Err(BundleError::FormatVersion {
                 path: mpath,
                 found: probe.format_version,

@@ -1,5 +1,6 @@
-//! Per-user aggregates: everything the features need, in 296 bytes a user in memory (232
-//! before interests, channels and rooms; ~120 before refunds; the refund part is ~13 bytes serialised for a user with no order ids).
+//! Per-user aggregates: everything the features need, in 304 bytes a user in memory (296
+//! before the first order day, 232 before interests, channels and rooms; ~120 before refunds;
+//! the refund part is ~13 bytes serialised for a user with no order ids).
 //!
 //! Applying events is order-independent in every field but two, so the training sweep (events
 //! in file order) and the server (events as they arrive, possibly late) build nearly the same
@@ -8,7 +9,8 @@
 //!   (`orders`, `views`, `comments`, `likes`, `shares`, `follows`, `gifts`), `watch_seconds`
 //!   (saturating sums of non-negative values), the room and category sketches (bitwise or), and
 //!   the weekly trend counts (`week_anchor`, `weekly`: the latest week and the counts of the
-//!   weeks before it);
+//!   weeks before it), the first order day and its spend (`first_order_day`,
+//!   `first_day_cents`: the earliest day wins, orders on it are summed in integer cents);
 //! - `spend` is a floating-point sum, equal up to rounding in the last bits;
 //! - `order_days` counts distinct order days exactly only when orders arrive in day order. An
 //!   order counts a new day unless its day is the latest order day seen so far, so an order that
@@ -61,6 +63,20 @@
 //! (format 3 held 4 category slots, 32 bytes, and `u32` channel events, 28: 60 bytes before
 //! rooms, which did not fit another 16.) No model feature reads them unless the data carries
 //! channels.
+//!
+//! # First order day
+//!
+//! `first_order_day` and `first_day_cents` (layout format 5) hold the earliest order day and
+//! the gross spend of every order on it: what `lifetimes`' Gamma-Gamma leaves out of a
+//! customer's mean (its mean covers the repeat order days only, same-day orders merged). An
+//! order on an earlier day than the one held replaces it, one on the same day adds to it, so
+//! the result does not depend on arrival order. Refunds do not move them: a customer's refunds
+//! are spread over the order days in proportion to their gross spend
+//! ([`UserAggregate::first_and_repeat_spend`]; a refund links to an order id, not to a day, and
+//! the per-order memory is too short to place every refund). An aggregate read from an earlier
+//! layout (formats 1 to 4) has no first order day: a buyer's is [`UserAggregate::UNKNOWN_DAY`]
+//! and stays so (a later order cannot be known to be the first), and the value model then
+//! uses the mean over all their order days (`crate::model::btyd`). 8 bytes a user.
 //!
 //! Features are then read off the aggregate *as of* any time at or after the last applied event,
 //! which is what lets a quiet user's recency grow without new data.
@@ -184,9 +200,54 @@ pub struct UserAggregate {
     pub interests: Interests,
     /// Events and spend per channel ([`super::channel`]).
     pub channels: ChannelMix,
-    /// The top live rooms by the same score ([`super::interests`]; last, so that the layout
-    /// of format 3 is this one's prefix but for the category slots).
+    /// The top live rooms by the same score ([`super::interests`]; after the channels, so that
+    /// the layout of format 3 is this one's prefix but for the category slots).
     pub rooms: Rooms,
+    /// Day index (ts / DAY, saturated into `u32`) of the earliest order day: [`Self::NO_DAY`]
+    /// before any order, [`Self::UNKNOWN_DAY`] for a buyer read from a layout before format 5
+    /// (module docs, "First order day"). Last, with `first_day_cents`, so that format 4's
+    /// layout is this one's prefix.
+    pub first_order_day: u32,
+    /// Gross order spend of the earliest order day, in cents (every order on that day, summed
+    /// saturating; refunds do not move it). 0 when the day is unknown.
+    pub first_day_cents: u32,
+}
+
+/// [`UserAggregate`]'s serialised layout before the first order day (bundle format 4, Redis
+/// value format 4, embedded snapshots `TIERST04`): read so that a new binary loads what an
+/// earlier one wrote. A buyer read from it has an unknown first order day
+/// ([`UserAggregate::UNKNOWN_DAY`]): the value model then takes the mean over all their order
+/// days as their repeat mean (module docs of `crate::model::btyd`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UserAggregateV4 {
+    /// The format-2 fields (postcard writes a nested struct's fields in line).
+    pub v2: UserAggregateV2,
+    pub interests: Interests,
+    pub channels: ChannelMix,
+    pub rooms: Rooms,
+}
+
+impl From<UserAggregateV4> for UserAggregate {
+    fn from(v: UserAggregateV4) -> Self {
+        UserAggregate {
+            interests: v.interests,
+            channels: v.channels,
+            rooms: v.rooms,
+            ..UserAggregate::from(v.v2)
+        }
+    }
+}
+
+impl UserAggregateV4 {
+    /// The format-4 layout of `a` (the first order day dropped): what an earlier binary wrote.
+    pub fn of(a: &UserAggregate) -> Self {
+        UserAggregateV4 {
+            v2: UserAggregateV2::of(a),
+            interests: a.interests,
+            channels: a.channels,
+            rooms: a.rooms,
+        }
+    }
 }
 
 /// [`UserAggregate`]'s serialised layout before rooms (bundle format 3, Redis value format 3,
@@ -286,6 +347,7 @@ impl From<UserAggregateV2> for UserAggregate {
             linked_refunds: v.linked_refunds,
             orphan_refunds: v.orphan_refunds,
             recent_orders: v.recent_orders,
+            first_order_day: UserAggregate::first_day_of_old_layout(v.orders),
             ..UserAggregate::default()
         }
     }
@@ -372,6 +434,7 @@ impl From<UserAggregateV1> for UserAggregate {
             category_sketch: v.category_sketch,
             week_anchor: v.week_anchor,
             weekly: v.weekly,
+            first_order_day: UserAggregate::first_day_of_old_layout(v.orders),
             ..UserAggregate::default()
         }
     }
@@ -435,6 +498,8 @@ impl Default for UserAggregate {
             interests: Interests::default(),
             channels: ChannelMix::default(),
             rooms: Rooms::default(),
+            first_order_day: Self::NO_DAY,
+            first_day_cents: 0,
         }
     }
 }
@@ -458,6 +523,61 @@ pub(crate) fn sketch_estimate(sketch: u64) -> f64 {
 impl UserAggregate {
     /// "No such time" sentinel.
     pub const NONE: Timestamp = i64::MIN;
+    /// `first_order_day` before any order.
+    pub const NO_DAY: u32 = u32::MAX;
+    /// `first_order_day` of a buyer read from a layout that did not hold it: it stays unknown
+    /// (later orders do not set it, as they may not be the first).
+    pub const UNKNOWN_DAY: u32 = u32::MAX - 1;
+
+    /// The first order day of a user read from a layout before format 5.
+    fn first_day_of_old_layout(orders: u32) -> u32 {
+        if orders == 0 {
+            Self::NO_DAY
+        } else {
+            Self::UNKNOWN_DAY
+        }
+    }
+
+    /// Spend of the first order day and the net spend of the later (repeat) order days, the
+    /// Gamma-Gamma inputs of `lifetimes`' standard model; `None` when the first order day is
+    /// unknown (an aggregate from an older layout) or the user never ordered. Refunds are
+    /// spread over the order days in proportion to their gross spend (module docs).
+    pub fn first_and_repeat_spend(&self) -> Option<(f64, f64)> {
+        if self.orders == 0 || self.first_order_day >= Self::UNKNOWN_DAY {
+            return None;
+        }
+        let first = f64::from(self.first_day_cents) / 100.0;
+        // In whole cents, as the first day is counted: `spend` sums amounts read as `f32`, so
+        // a repeat spend of 0 would otherwise come out as a few millionths (a tiny positive
+        // mean that Gamma-Gamma's likelihood takes as a real, extreme value).
+        let repeat_gross = ((self.spend - first) * 100.0).round().max(0.0) / 100.0;
+        let kept = if self.spend > 0.0 {
+            self.net_spend() / self.spend
+        } else {
+            0.0
+        };
+        Some((first * kept, repeat_gross * kept))
+    }
+
+    /// Folds an order into the first order day: an earlier day replaces it, the same day adds
+    /// to it, a later day leaves it (order-independent; an unknown day stays unknown).
+    fn record_first_day(&mut self, e: &Event) {
+        if self.first_order_day == Self::UNKNOWN_DAY {
+            return;
+        }
+        let day = day_u32(e.ts).min(Self::UNKNOWN_DAY - 1);
+        let c = cents(e.amount);
+        match day.cmp(&self.first_order_day) {
+            std::cmp::Ordering::Less => {
+                self.first_order_day = day;
+                self.first_day_cents = c;
+            }
+            std::cmp::Ordering::Equal => {
+                self.first_day_cents = self.first_day_cents.saturating_add(c);
+            }
+            std::cmp::Ordering::Greater => {}
+        }
+    }
 
     pub fn with_registration(registered_at: Option<Timestamp>) -> Self {
         UserAggregate {
@@ -506,6 +626,7 @@ impl UserAggregate {
                 self.orders = self.orders.saturating_add(1);
                 self.spend += e.amount;
                 self.remember_order(e);
+                self.record_first_day(e);
                 if e.ts > self.last_order {
                     self.last_order = e.ts;
                 }
@@ -739,6 +860,101 @@ mod tests {
         assert_eq!(forward.first_seen, backward.first_seen);
         assert!((forward.spend - backward.spend).abs() < 1e-9);
         assert_eq!(forward.trend_windows(t), backward.trend_windows(t));
+        assert_eq!(
+            (forward.first_order_day, forward.first_day_cents),
+            (backward.first_order_day, backward.first_day_cents)
+        );
+        assert!(forward.first_order_day < UserAggregate::UNKNOWN_DAY);
+    }
+
+    mod first_order_day {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, rng_algorithm: prop::test_runner::RngAlgorithm::ChaCha, ..ProptestConfig::default() })]
+
+            /// The first order day and its spend are exact whatever order the events arrive in:
+            /// orders (day, cents, order id) and other events (refunds among them), shuffled,
+            /// give the earliest order day and the sum of every order on it, as in time order.
+            #[test]
+            fn the_first_order_day_and_its_spend_are_exact_in_any_arrival_order(
+                orders in proptest::collection::vec((0i64..12, 0u32..50_000, 0u32..4), 1..24),
+                others in proptest::collection::vec((0i64..12, 0usize..EventKind::ALL.len()), 0..12),
+                seed in any::<u64>(),
+            ) {
+                use rand::seq::SliceRandom;
+                use rand::SeedableRng;
+                let t0 = 1_700_006_400; // a midnight
+                let mut events: Vec<Event> = orders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(d, c, id))| Event {
+                        order: id,
+                        ..ev(t0 + d * DAY + i as i64 * 60, EventKind::Order, f64::from(c) / 100.0)
+                    })
+                    .collect();
+                events.extend(others.iter().map(|&(d, k)| {
+                    let kind = match EventKind::ALL[k] {
+                        EventKind::Order => EventKind::View,
+                        kind => kind,
+                    };
+                    let amount = if kind == EventKind::Refund { 1.25 } else { 0.0 };
+                    ev(t0 + d * DAY + 7, kind, amount)
+                }));
+                let first = orders.iter().map(|o| o.0).min().unwrap_or(0);
+                let cents: u32 = orders.iter().filter(|o| o.0 == first).map(|o| o.1).sum();
+                let mut in_time = events.clone();
+                in_time.sort_by_key(|e| e.ts);
+                let mut shuffled = events;
+                shuffled.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
+                let fold = |evs: &[Event]| {
+                    let mut a = UserAggregate::default();
+                    evs.iter().for_each(|e| a.apply(e));
+                    a
+                };
+                let (a, b) = (fold(&in_time), fold(&shuffled));
+                let day = u32::try_from((t0 + first * DAY) / DAY).unwrap_or(0);
+                prop_assert_eq!((a.first_order_day, a.first_day_cents), (day, cents));
+                prop_assert_eq!((b.first_order_day, b.first_day_cents), (day, cents));
+                let (fa, fb) = (a.first_and_repeat_spend(), b.first_and_repeat_spend());
+                let (fa, fb) = (fa.unwrap_or_default(), fb.unwrap_or_default());
+                prop_assert!((fa.0 - fb.0).abs() < 1e-6 && (fa.1 - fb.1).abs() < 1e-6);
+                prop_assert_eq!((a.orders, a.last_order), (b.orders, b.last_order));
+            }
+        }
+
+        /// An aggregate read from an older layout keeps an unknown first order day whatever
+        /// orders follow (a later order cannot be known to be the first); a non-buyer from an
+        /// older layout starts its first order day with its first order.
+        #[test]
+        fn a_buyer_read_from_an_older_layout_keeps_an_unknown_first_order_day() {
+            let t0 = 1_700_006_400;
+            let mut a = UserAggregate::default();
+            a.apply(&ev(t0 + 5 * DAY, EventKind::Order, 12.0));
+            let mut old = UserAggregate::from(UserAggregateV4::of(&a));
+            assert_eq!(old.first_order_day, UserAggregate::UNKNOWN_DAY);
+            old.apply(&ev(t0, EventKind::Order, 3.0));
+            old.apply(&ev(t0 + 9 * DAY, EventKind::Order, 3.0));
+            assert_eq!(
+                (old.first_order_day, old.first_day_cents),
+                (UserAggregate::UNKNOWN_DAY, 0)
+            );
+            assert_eq!(old.first_and_repeat_spend(), None);
+            for back in [
+                UserAggregate::from(UserAggregateV1::of(&a)),
+                UserAggregate::from(UserAggregateV2::of(&a)),
+                UserAggregate::from(UserAggregateV3::of(&a)),
+            ] {
+                assert_eq!(back.first_order_day, UserAggregate::UNKNOWN_DAY);
+            }
+            let mut viewer = UserAggregate::default();
+            viewer.apply(&ev(t0, EventKind::View, 0.0));
+            let mut old = UserAggregate::from(UserAggregateV4::of(&viewer));
+            assert_eq!(old.first_order_day, UserAggregate::NO_DAY);
+            old.apply(&ev(t0 + DAY, EventKind::Order, 4.5));
+            assert_eq!(old.first_and_repeat_spend(), Some((4.5, 0.0)));
+        }
     }
 
     /// The memory target of issue 14: interests, rooms and the channel mix add at most 64 bytes
@@ -757,13 +973,18 @@ mod tests {
             (24, 16, 24)
         );
         assert_eq!(size_of::<UserAggregateV2>(), 232);
-        assert_eq!(size_of::<UserAggregate>(), 296);
-        assert!(size_of::<UserAggregate>() - size_of::<UserAggregateV2>() <= 64);
+        assert_eq!(size_of::<UserAggregateV4>(), 296);
+        assert!(size_of::<UserAggregateV4>() - size_of::<UserAggregateV2>() <= 64);
+        // The first order day and its spend (format 5): 8 bytes more.
+        assert_eq!(size_of::<UserAggregate>(), 304);
         // Serialised, a user without categories, rooms or channels pays a few bytes.
         let a = UserAggregate::default();
         let v2 = postcard::to_stdvec(&UserAggregateV2::of(&a)).unwrap().len();
-        let v4 = postcard::to_stdvec(&a).unwrap().len();
+        let v4 = postcard::to_stdvec(&UserAggregateV4::of(&a)).unwrap().len();
         assert!(v4 - v2 <= 11, "{v2} -> {v4}");
+        // The first order day of a non-buyer: 5 bytes (varint u32::MAX) and 1 for 0 cents.
+        let v5 = postcard::to_stdvec(&a).unwrap().len();
+        assert_eq!(v5 - v4, 6);
     }
 
     /// A format-3 aggregate (four category slots, no rooms) reads back with its three highest

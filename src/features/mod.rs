@@ -27,7 +27,9 @@ pub mod time;
 pub mod vector;
 pub mod vocabulary;
 
-pub use aggregate::{UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3};
+pub use aggregate::{
+    UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3, UserAggregateV4,
+};
 pub use channel::{Channel, ChannelMix, ChannelShares};
 pub use event::{Event, EventKind, Timestamp, DAY, DEFAULT_EARLIEST_EVENT};
 pub use hash::{fnv1a64, hash_str};

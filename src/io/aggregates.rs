@@ -6,7 +6,10 @@
 //!
 //! Schema version [`SCHEMA_VERSION`] (documented in `sql/README.md`): `user_id` (text), the
 //! integer columns [`INT_COLUMNS`] (all Int64; the time columns are Unix seconds and null where
-//! the aggregate has no such time) and the float columns [`FLOAT_COLUMNS`] (Float64).
+//! the aggregate has no such time) and the float columns [`FLOAT_COLUMNS`] (Float64), then the
+//! columns schema version 2 added (the interests and the channel mix: [`V2_INT_COLUMNS`],
+//! [`V2_FLOAT_COLUMNS`]) and those version 3 added (the first order day and its spend, the top
+//! rooms: [`V3_INT_COLUMNS`], [`V3_FLOAT_COLUMNS`]).
 //! A table is one Parquet file or a directory of part files (`*.parquet`, as Spark writes them;
 //! files starting with `_` or `.` are skipped). Errors name the column and the file.
 
@@ -27,9 +30,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The version written in every row's `schema_version`. Readers take it and version 1 (the
-/// table without the interest and channel columns: those read as empty); any other is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+/// The version written in every row's `schema_version`. Readers take it, version 2 (without
+/// the first order day and the rooms: a buyer's first order day reads as unknown, so a model
+/// trained from it fits Gamma-Gamma on the all-orders basis, and the rooms read as empty) and
+/// version 1 (also without the interest and channel columns: those read as empty); any other
+/// is refused.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The integer columns, in file order (after `user_id`). `weekly_i` counts the events of week
 /// `week_anchor - i`.
@@ -109,6 +115,21 @@ pub const V2_FLOAT_COLUMNS: [&str; 4] = [
     "interest_level_3",
 ];
 
+/// Schema version 3's integer columns (after version 2's): `first_order_day` = the day index
+/// (Unix seconds div 86400) of the user's earliest order, null without an order;
+/// `first_day_cents` = the gross spend of every order on that day in cents (the sum of
+/// `round(amount * 100)` floored at 0 per order; 0 without an order); the top rooms, highest
+/// level first (`room_i` = the room id's `hash_str`, null for an empty slot).
+pub const V3_INT_COLUMNS: [&str; 4] = ["first_order_day", "first_day_cents", "room_0", "room_1"];
+
+/// Schema version 3's float columns (last): `room_level_i` = log2 of the forward-decayed score
+/// of `room_i` (the interests' score, `features::interests`), null for an empty slot.
+pub const V3_FLOAT_COLUMNS: [&str; 2] = ["room_level_0", "room_level_1"];
+
+/// The room columns the schema has; the aggregate holds as many.
+const ROOM_COLUMNS: usize = 2;
+const _: () = assert!(crate::features::interests::ROOM_SLOTS == ROOM_COLUMNS);
+
 /// Why reading or writing the table failed: one variant per cause, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatesError {
@@ -154,7 +175,7 @@ pub enum AggregatesError {
         row: usize,
         value: i64,
     },
-    #[error("{}: column \"schema_version\" is {found} in row {row}; this binary reads versions 1 and {SCHEMA_VERSION}", .path.display())]
+    #[error("{}: column \"schema_version\" is {found} in row {row}; this binary reads versions 1 to {SCHEMA_VERSION}", .path.display())]
     Version {
         path: PathBuf,
         row: usize,
@@ -281,8 +302,8 @@ fn encode_v2(a: &UserAggregate) -> ([Option<i64>; 13], [Option<f64>; 4]) {
 /// cannot reach.
 fn decode_v2(
     agg: &mut UserAggregate,
-    ints: &[Option<i64>; 13],
-    floats: &[Option<f64>; 4],
+    ints: &[Option<i64>],
+    floats: &[Option<f64>],
 ) -> Result<(), (usize, i64)> {
     use crate::features::interests::{Interests, INTEREST_SLOTS};
     let mut interests = Interests::default();
@@ -315,6 +336,54 @@ fn decode_v2(
     let cents = [count(10)?, count(11)?, count(12)?];
     agg.channels = crate::features::ChannelMix::from_parts(used, slots, events, cents)
         .ok_or((5, i64::from(slots[0])))?;
+    Ok(())
+}
+
+/// Schema version 3's columns of an aggregate: [`V3_INT_COLUMNS`] and [`V3_FLOAT_COLUMNS`].
+fn encode_v3(a: &UserAggregate) -> ([Option<i64>; 4], [Option<f64>; 2]) {
+    let mut ints = [None; 4];
+    let mut floats = [None; ROOM_COLUMNS];
+    if a.first_order_day < UserAggregate::UNKNOWN_DAY {
+        ints[0] = Some(i64::from(a.first_order_day));
+    }
+    ints[1] = Some(i64::from(a.first_day_cents));
+    for (i, (room, level)) in a.rooms.ranked().into_iter().enumerate() {
+        ints[2 + i] = Some(i64::from(room));
+        floats[i] = Some(f64::from(level));
+    }
+    (ints, floats)
+}
+
+/// The first order day and the rooms back from schema version 3's columns; `Err(column index
+/// in V3_INT_COLUMNS, value)` for a value outside its field's range.
+fn decode_v3(
+    agg: &mut UserAggregate,
+    ints: &[Option<i64>],
+    floats: &[Option<f64>],
+) -> Result<(), (usize, i64)> {
+    use crate::features::Rooms;
+    agg.first_order_day = match ints[0] {
+        None if agg.orders == 0 => UserAggregate::NO_DAY,
+        // A buyer without a day: written from an aggregate that did not know it.
+        None => UserAggregate::UNKNOWN_DAY,
+        Some(d) => u32::try_from(d)
+            .ok()
+            .filter(|&d| d < UserAggregate::UNKNOWN_DAY)
+            .ok_or((0, d))?,
+    };
+    let cents = ints[1].unwrap_or(0);
+    agg.first_day_cents = u32::try_from(cents).map_err(|_| (1, cents))?;
+    let mut rooms = Rooms::default();
+    for (i, slot) in ints[2..].iter().zip(floats).enumerate() {
+        if let (Some(r), Some(level)) = slot {
+            let r32 = u32::try_from(*r).map_err(|_| (2 + i, *r))?;
+            if r32 == 0 || rooms.holds(r32) {
+                return Err((2 + i, *r));
+            }
+            rooms.add(r32, *level);
+        }
+    }
+    agg.rooms = rooms;
     Ok(())
 }
 
@@ -365,6 +434,13 @@ fn decode(
     agg.linked_refunds = n(29)?;
     agg.orphan_refunds = n(30)?;
     agg.restore_last_order_day();
+    // Before schema version 3 the table has no first order day: unknown for a buyer (the
+    // version 3 columns overwrite it).
+    agg.first_order_day = if agg.orders == 0 {
+        UserAggregate::NO_DAY
+    } else {
+        UserAggregate::UNKNOWN_DAY
+    };
     Ok(AggregateRow {
         user_id,
         snapshot: ints[1].unwrap_or(0),
@@ -397,6 +473,15 @@ pub fn schema() -> SchemaRef {
             .iter()
             .map(|c| Field::new(*c, DataType::Float64, true)),
     );
+    fields.extend(V3_INT_COLUMNS.iter().map(|c| {
+        let nullable = *c != "first_day_cents";
+        Field::new(*c, DataType::Int64, nullable)
+    }));
+    fields.extend(
+        V3_FLOAT_COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Float64, true)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -413,6 +498,8 @@ pub struct AggregatesWriter {
     floats: [Float64Builder; 2],
     v2_ints: Vec<Int64Builder>,
     v2_floats: Vec<Float64Builder>,
+    v3_ints: Vec<Int64Builder>,
+    v3_floats: Vec<Float64Builder>,
     pending: usize,
     rows: u64,
 }
@@ -445,6 +532,12 @@ impl AggregatesWriter {
             v2_floats: (0..V2_FLOAT_COLUMNS.len())
                 .map(|_| Float64Builder::new())
                 .collect(),
+            v3_ints: (0..V3_INT_COLUMNS.len())
+                .map(|_| Int64Builder::new())
+                .collect(),
+            v3_floats: (0..V3_FLOAT_COLUMNS.len())
+                .map(|_| Float64Builder::new())
+                .collect(),
             pending: 0,
             rows: 0,
         })
@@ -469,6 +562,13 @@ impl AggregatesWriter {
             b.append_option(v);
         }
         for (b, v) in self.v2_floats.iter_mut().zip(floats) {
+            b.append_option(v);
+        }
+        let (ints, floats) = encode_v3(&row.agg);
+        for (b, v) in self.v3_ints.iter_mut().zip(ints) {
+            b.append_option(v);
+        }
+        for (b, v) in self.v3_floats.iter_mut().zip(floats) {
             b.append_option(v);
         }
         self.pending += 1;
@@ -500,6 +600,16 @@ impl AggregatesWriter {
         );
         columns.extend(
             self.v2_floats
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.v3_ints
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.v3_floats
                 .iter_mut()
                 .map(|b| Arc::new(b.finish()) as ArrayRef),
         );
@@ -590,13 +700,18 @@ fn resolve(schema: &Schema, path: &Path) -> Result<Vec<usize>, AggregatesError> 
     .collect()
 }
 
-/// Schema version 2's columns in `schema`: `None` when the file has none of them (a version 1
-/// table), else every one with its type, or the first missing one named.
-fn resolve_v2(schema: &Schema, path: &Path) -> Result<Option<Vec<usize>>, AggregatesError> {
-    let want = V2_INT_COLUMNS
+/// The columns a schema version added (`ints` then `floats`) in `schema`: `None` when the file
+/// has none of them (an earlier version's table), else every one with its type, or the first
+/// missing one named.
+fn resolve_added(
+    schema: &Schema,
+    path: &Path,
+    (ints, floats): (&[&'static str], &[&'static str]),
+) -> Result<Option<Vec<usize>>, AggregatesError> {
+    let want = ints
         .iter()
         .map(|c| (*c, DataType::Int64))
-        .chain(V2_FLOAT_COLUMNS.iter().map(|c| (*c, DataType::Float64)));
+        .chain(floats.iter().map(|c| (*c, DataType::Float64)));
     if want
         .clone()
         .all(|(c, _)| schema.column_with_name(c).is_none())
@@ -642,7 +757,7 @@ fn text_at(col: &dyn Array, row: usize) -> Option<&str> {
 /// row of its row `r`, for errors.
 fn decode_batch(
     batch: &RecordBatch,
-    (at, at2): (&[usize], Option<&[usize]>),
+    (at, at2, at3): (&[usize], Option<&[usize]>, Option<&[usize]>),
     path: &Path,
     row_of: &dyn Fn(usize) -> usize,
 ) -> Result<Vec<AggregateRow>, AggregatesError> {
@@ -662,7 +777,8 @@ fn decode_batch(
         column,
         row: row_of(r),
     };
-    let v2 = at2.map(|at2| V2Columns::of(batch, at2));
+    let v2 = at2.map(|at2| Added::of(batch, at2, V2_INT_COLUMNS.len()));
+    let v3 = at3.map(|at3| Added::of(batch, at3, V3_INT_COLUMNS.len()));
     let mut out = Vec::with_capacity(batch.num_rows());
     for r in 0..batch.num_rows() {
         let user = text_at(users.as_ref(), r).ok_or_else(|| null("user_id", r))?;
@@ -677,18 +793,22 @@ fn decode_batch(
             }
         }
         let version = row[0].unwrap_or(0);
-        if version != 1 && version != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(AggregatesError::Version {
                 path: path.to_path_buf(),
                 row: row_of(r),
                 found: version,
             });
         }
-        if version == SCHEMA_VERSION && v2.is_none() {
-            return Err(AggregatesError::MissingColumn {
-                path: path.to_path_buf(),
-                column: V2_INT_COLUMNS[0],
-            });
+        let missing = |column| AggregatesError::MissingColumn {
+            path: path.to_path_buf(),
+            column,
+        };
+        if version >= 2 && v2.is_none() {
+            return Err(missing(V2_INT_COLUMNS[0]));
+        }
+        if version >= 3 && v3.is_none() {
+            return Err(missing(V3_INT_COLUMNS[0]));
         }
         let mut fl = [0.0; 2];
         for (i, col) in floats.iter().enumerate() {
@@ -705,14 +825,23 @@ fn decode_batch(
                 value,
             }
         })?;
-        if let Some(v2) = &v2 {
-            v2.decode(r, &mut decoded.agg)
-                .map_err(|(i, value)| AggregatesError::OutOfRange {
-                    path: path.to_path_buf(),
-                    column: V2_INT_COLUMNS[i],
-                    row: row_of(r),
-                    value,
-                })?;
+        let out_of_range = |column, value| AggregatesError::OutOfRange {
+            path: path.to_path_buf(),
+            column,
+            row: row_of(r),
+            value,
+        };
+        // A version's columns are read only in its rows (a version 2 row of a part file that
+        // also holds version 3 rows keeps the version 2 reading).
+        if let Some(v2) = v2.as_ref().filter(|_| version >= 2) {
+            let (ints, floats) = v2.values(r);
+            decode_v2(&mut decoded.agg, &ints, &floats)
+                .map_err(|(i, value)| out_of_range(V2_INT_COLUMNS[i], value))?;
+        }
+        if let Some(v3) = v3.as_ref().filter(|_| version >= 3) {
+            let (ints, floats) = v3.values(r);
+            decode_v3(&mut decoded.agg, &ints, &floats)
+                .map_err(|(i, value)| out_of_range(V3_INT_COLUMNS[i], value))?;
         }
         out.push(decoded);
     }
@@ -727,7 +856,7 @@ const DECODE_BLOCK_ROWS: usize = 2048;
 /// reports it. `row_of(r)` is the file row of the batch's row `r`.
 fn decode_in_blocks(
     batch: &RecordBatch,
-    at: (&[usize], Option<&[usize]>),
+    at: (&[usize], Option<&[usize]>, Option<&[usize]>),
     path: &Path,
     row_of: impl Fn(usize) -> usize + Sync,
 ) -> Result<Vec<AggregateRow>, AggregatesError> {
@@ -752,16 +881,16 @@ fn decode_in_blocks(
     Ok(rows)
 }
 
-/// Schema version 2's columns of one batch.
-struct V2Columns<'a> {
+/// The columns a schema version added, of one batch.
+struct Added<'a> {
     ints: Vec<&'a arrow_array::Int64Array>,
     floats: Vec<&'a arrow_array::Float64Array>,
 }
 
-impl<'a> V2Columns<'a> {
-    fn of(batch: &'a RecordBatch, at: &[usize]) -> V2Columns<'a> {
-        let n = V2_INT_COLUMNS.len();
-        V2Columns {
+impl<'a> Added<'a> {
+    /// `at`: the integer columns' indexes (`n` of them), then the float columns'.
+    fn of(batch: &'a RecordBatch, at: &[usize], n: usize) -> Added<'a> {
+        Added {
             ints: at[..n]
                 .iter()
                 .map(|&i| batch.column(i).as_primitive::<Int64Type>())
@@ -773,16 +902,16 @@ impl<'a> V2Columns<'a> {
         }
     }
 
-    fn decode(&self, r: usize, agg: &mut UserAggregate) -> Result<(), (usize, i64)> {
-        let mut ints = [None; 13];
-        for (v, col) in ints.iter_mut().zip(&self.ints) {
-            *v = (!col.is_null(r)).then(|| col.value(r));
-        }
-        let mut floats = [None; 4];
-        for (v, col) in floats.iter_mut().zip(&self.floats) {
-            *v = (!col.is_null(r)).then(|| col.value(r));
-        }
-        decode_v2(agg, &ints, &floats)
+    /// Row `r`'s values (`None` = null).
+    fn values(&self, r: usize) -> (Vec<Option<i64>>, Vec<Option<f64>>) {
+        let ints = self.ints.iter();
+        let floats = self.floats.iter();
+        (
+            ints.map(|c| (!c.is_null(r)).then(|| c.value(r))).collect(),
+            floats
+                .map(|c| (!c.is_null(r)).then(|| c.value(r)))
+                .collect(),
+        )
     }
 }
 
@@ -843,7 +972,16 @@ fn for_each_selected<E: From<AggregatesError>>(
         })?;
         let mut builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(parquet)?;
         let at = resolve(builder.schema(), &file)?;
-        let at2 = resolve_v2(builder.schema(), &file)?;
+        let at2 = resolve_added(
+            builder.schema(),
+            &file,
+            (&V2_INT_COLUMNS, &V2_FLOAT_COLUMNS),
+        )?;
+        let at3 = resolve_added(
+            builder.schema(),
+            &file,
+            (&V3_INT_COLUMNS, &V3_FLOAT_COLUMNS),
+        )?;
         if let Some(s) = &selected {
             builder =
                 builder.with_row_selection(RowSelection::from_filters(std::slice::from_ref(s)));
@@ -855,9 +993,10 @@ fn for_each_selected<E: From<AggregatesError>>(
                 path: file.clone(),
                 source,
             })?;
-            let rows = decode_in_blocks(&batch, (&at, at2.as_deref()), &file, |r| {
-                file_row(selected.as_ref(), first + r)
-            })?;
+            let rows =
+                decode_in_blocks(&batch, (&at, at2.as_deref(), at3.as_deref()), &file, |r| {
+                    file_row(selected.as_ref(), first + r)
+                })?;
             first += batch.num_rows();
             f(rows)?;
         }
@@ -1170,10 +1309,12 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        // The order memory and the rooms are not in the table: compare without them. The
-        // interests come back as the same ranked categories and levels (slots in rank order),
-        // the channel mix as is.
+        // The order memory is not in the table: compare without it. The interests and rooms
+        // come back as the same ranked ids and levels (slots in rank order), the channel mix
+        // and the first order day as they are.
         assert!(rows[0].agg.interests.len() == 3 && rows[0].agg.channels.non_live().len() == 3);
+        assert_eq!(rows[0].agg.rooms.len(), 2);
+        assert_eq!(rows[0].agg.first_day_cents, 1250);
         let strip = |mut r: AggregateRow| {
             r.agg.recent_orders = Default::default();
             r.agg.interests = Default::default();
@@ -1182,7 +1323,12 @@ mod tests {
         };
         for (b, r) in back.iter().zip(&rows) {
             assert_eq!(b.agg.interests.ranked(), r.agg.interests.ranked());
+            assert_eq!(b.agg.rooms.ranked(), r.agg.rooms.ranked());
             assert_eq!(b.agg.channels, r.agg.channels);
+            assert_eq!(
+                (b.agg.first_order_day, b.agg.first_day_cents),
+                (r.agg.first_order_day, r.agg.first_day_cents)
+            );
         }
         let want: Vec<AggregateRow> = rows.into_iter().map(strip).collect();
         let back: Vec<AggregateRow> = back.into_iter().map(strip).collect();
@@ -1197,7 +1343,66 @@ mod tests {
 
     fn strip_row(mut a: UserAggregate) -> UserAggregate {
         a.interests = Default::default();
+        a.rooms = Default::default();
         a
+    }
+
+    /// `path`'s table with the columns of `drop` removed and `schema_version` set to
+    /// `version`, written to `out`.
+    fn as_version(path: &Path, out: &Path, drop: &[&str], version: i64) -> RecordBatch {
+        let all = read_all(path);
+        let keep: Vec<usize> = (0..all.num_columns())
+            .filter(|&i| !drop.contains(&all.schema().field(i).name().as_str()))
+            .collect();
+        let stripped = all.project(&keep).unwrap();
+        let at = stripped.schema().index_of("schema_version").unwrap();
+        let mut cols = stripped.columns().to_vec();
+        cols[at] = Arc::new(arrow_array::Int64Array::from(vec![version; all.num_rows()]));
+        let batch = RecordBatch::try_new(stripped.schema(), cols).unwrap();
+        write_batch(out, &batch);
+        batch
+    }
+
+    /// A version 2 table (no first order day, no rooms) still reads: a buyer's first order day
+    /// is unknown (training then fits Gamma-Gamma on the all-orders basis), the rooms are
+    /// empty, the rest as written; a version 3 row without those columns is refused.
+    #[test]
+    fn a_version_2_table_reads_with_unknown_first_order_days_and_no_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.parquet");
+        let mut w = AggregatesWriter::create(&path).unwrap();
+        let buyer = row("a", 1_800_000_000);
+        let viewer = AggregateRow {
+            agg: UserAggregate::default(),
+            ..row("b", 1_800_000_000)
+        };
+        w.write(&buyer).unwrap();
+        w.write(&viewer).unwrap();
+        w.finish().unwrap();
+        let v3_columns: Vec<&str> = V3_INT_COLUMNS
+            .iter()
+            .chain(&V3_FLOAT_COLUMNS)
+            .copied()
+            .collect();
+        let v2 = dir.path().join("v2.parquet");
+        as_version(&path, &v2, &v3_columns, 3);
+        let e = AggregatesTable::load(&v2).unwrap_err().to_string();
+        assert!(e.contains("missing column \"first_order_day\""), "{e}");
+        as_version(&path, &v2, &v3_columns, 2);
+        let t = AggregatesTable::load(&v2).unwrap();
+        let (a, b) = (t.aggs[0][0], t.aggs[0][1]);
+        assert_eq!(a.first_order_day, UserAggregate::UNKNOWN_DAY);
+        assert_eq!(a.first_and_repeat_spend(), None);
+        assert!(a.rooms.is_empty() && !buyer.agg.rooms.is_empty());
+        assert_eq!(a.interests.ranked(), buyer.agg.interests.ranked());
+        assert_eq!((a.orders, a.spend), (buyer.agg.orders, buyer.agg.spend));
+        assert_eq!(b.first_order_day, UserAggregate::NO_DAY);
+        // The version 3 table itself holds them.
+        let t = AggregatesTable::load(&path).unwrap();
+        assert_eq!(t.aggs[0][0].first_day_cents, 1250);
+        assert_eq!(t.aggs[0][0].first_order_day, buyer.agg.first_order_day);
+        assert_eq!(t.aggs[0][0].rooms.ranked(), buyer.agg.rooms.ranked());
+        assert_eq!(t.aggs[0][1].first_order_day, UserAggregate::NO_DAY);
     }
 
     /// A version 1 table (no interest or channel columns, `schema_version` 1) still reads, with
@@ -1209,31 +1414,26 @@ mod tests {
         let mut w = AggregatesWriter::create(&path).unwrap();
         w.write(&row("a", 1_800_000_000)).unwrap();
         w.finish().unwrap();
-        let v2 = read_all(&path);
-        let keep: Vec<usize> = (0..v2.num_columns())
-            .filter(|&i| {
-                let name = v2.schema().field(i).name().clone();
-                !V2_INT_COLUMNS.contains(&name.as_str())
-                    && !V2_FLOAT_COLUMNS.contains(&name.as_str())
-            })
+        let added: Vec<&str> = V2_INT_COLUMNS
+            .iter()
+            .chain(&V2_FLOAT_COLUMNS)
+            .chain(&V3_INT_COLUMNS)
+            .chain(&V3_FLOAT_COLUMNS)
+            .copied()
             .collect();
-        let mut stripped = v2.project(&keep).unwrap();
         let v1 = dir.path().join("v1.parquet");
-        write_batch(&v1, &stripped);
+        as_version(&path, &v1, &added, 2);
         let e = AggregatesTable::load(&v1).unwrap_err().to_string();
         assert!(e.contains("missing column \"interest_category_0\""), "{e}");
         assert!(e.contains("v1.parquet"), "{e}");
 
-        let at = stripped.schema().index_of("schema_version").unwrap();
-        let mut cols = stripped.columns().to_vec();
-        cols[at] = Arc::new(arrow_array::Int64Array::from(vec![1i64]));
-        stripped = RecordBatch::try_new(stripped.schema(), cols).unwrap();
-        write_batch(&v1, &stripped);
+        as_version(&path, &v1, &added, 1);
         let t = AggregatesTable::load(&v1).unwrap();
         let a = t.aggs[0][0];
-        assert!(a.interests.is_empty());
+        assert!(a.interests.is_empty() && a.rooms.is_empty());
         assert_eq!(a.channels, Default::default());
         assert_eq!(a.orders, row("a", 0).agg.orders);
+        assert_eq!(a.first_order_day, UserAggregate::UNKNOWN_DAY);
     }
 
     fn read_all(path: &Path) -> RecordBatch {

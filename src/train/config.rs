@@ -7,6 +7,7 @@
 use crate::features::time::{format_rfc3339, parse_earliest, TimeParseError};
 use crate::features::vocabulary::{KindMapping, KindResolver, MappingError};
 use crate::features::{ChurnDefinition, LifecycleThresholds, Timestamp, DEFAULT_EARLIEST_EVENT};
+use crate::model::btyd::Basis;
 use crate::model::churn::{BoostingParams, ChurnError, ValidBoostingParams};
 use crate::model::tiers::{TierError, TierParams, ValidTierParams};
 use crate::model::RiskThresholds;
@@ -52,6 +53,8 @@ pub enum ConfigError {
         horizon_days: f64,
         monthly_discount: f64,
     },
+    #[error("invalid configuration: value.gamma_gamma_basis must be \"repeat_orders\" or \"all_orders\", got \"unrecorded\" (the basis of old bundles, never fitted)")]
+    ValueBasis,
 }
 
 /// A [`TrainConfig`] that passed [`TrainConfig::check`], with its validated parts.
@@ -138,6 +141,9 @@ pub struct ValueConfig {
     pub horizon_days: f64,
     /// Monthly (30-day) discount rate of the CLV, in [0, 1).
     pub monthly_discount: f64,
+    /// Which order days the Gamma-Gamma means cover: `repeat_orders` (the default, `lifetimes`'
+    /// standard model) or `all_orders` (see [`crate::model::btyd`]).
+    pub gamma_gamma_basis: Basis,
 }
 
 impl Default for ValueConfig {
@@ -146,6 +152,7 @@ impl Default for ValueConfig {
             enabled: true,
             horizon_days: 90.0,
             monthly_discount: 0.01,
+            gamma_gamma_basis: Basis::RepeatOrders,
         }
     }
 }
@@ -306,6 +313,9 @@ impl TrainConfig {
                 monthly_discount: d,
             });
         }
+        if self.value.gamma_gamma_basis == Basis::Unrecorded {
+            return Err(ConfigError::ValueBasis);
+        }
         let kinds = Arc::new(self.events.resolver().map_err(ConfigError::Kinds)?);
         Ok(ValidTrainParams {
             config: self,
@@ -383,6 +393,17 @@ mod tests {
         let mut cfg = TrainConfig::default();
         cfg.value.horizon_days = 0.5;
         assert!(matches!(cfg.check(), Err(ConfigError::Value { .. })));
+        let mut cfg = TrainConfig::default();
+        cfg.value.gamma_gamma_basis = Basis::Unrecorded;
+        assert!(matches!(cfg.check(), Err(ConfigError::ValueBasis)));
+        let cfg: TrainConfig = toml::from_str("[value]\ngamma_gamma_basis = \"all_orders\"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.value.gamma_gamma_basis, Basis::AllOrders);
+        assert_eq!(
+            TrainConfig::default().value.gamma_gamma_basis,
+            Basis::RepeatOrders
+        );
+        assert!(toml::from_str::<TrainConfig>("[value]\ngamma_gamma_basis = \"first\"").is_err());
         let mut cfg = TrainConfig::default();
         cfg.tiers.k = Some(1);
         assert!(matches!(

@@ -7,7 +7,10 @@ use crate::helpers::{self as common, Dirs, TestServer, AS_OF, NOW};
 use std::time::Duration;
 use tiering::bundle::{BundleStore, Snapshot};
 use tiering::features::interests::INTEREST_SLOTS;
-use tiering::features::{build_aggregates, hash_str, EventTable, Interests, Timestamp, DAY};
+use tiering::features::{
+    build_aggregates, hash_str, EventTable, Interests, Timestamp, UserAggregate, UserAggregateV4,
+    DAY,
+};
 use tiering::io::read::{read_dataset, ReadOptions};
 use tiering::pb::{self as proto, GetUserTierRequest, ListAtRiskUsersRequest, RecordEventsRequest};
 
@@ -677,7 +680,7 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
     let mpath = bdir.join("manifest.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
-    assert_eq!(manifest["format_version"], 4);
+    assert_eq!(manifest["format_version"], 5);
     manifest["format_version"] = 3.into();
     manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
     let text = serde_json::to_string_pretty(&manifest).expect("json");
@@ -700,8 +703,66 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
         .collect();
     assert_eq!(ids, vec![12, 13, 11], "the three highest of four");
     for (b, a) in back.aggregates.iter().zip(&snap.aggregates).skip(1) {
-        let mut want = *a;
+        let mut want = UserAggregate::from(UserAggregateV4::of(a));
         want.rooms = Default::default();
         assert_eq!(*b, want);
+    }
+}
+
+/// A bundle the previous binary wrote (format 4: rooms, no first order day) still loads: each
+/// user keeps everything but the first order day, which is unknown for a buyer (the value
+/// model then takes the mean over all order days).
+#[test]
+fn a_format_4_bundle_of_the_previous_binary_still_loads_with_unknown_first_order_days() {
+    use common::publish as publish_fixture;
+    use sha2::Digest;
+
+    #[derive(serde::Serialize)]
+    struct SnapshotV4 {
+        as_of: i64,
+        user_ids: Vec<String>,
+        aggregates: Vec<UserAggregateV4>,
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    publish_fixture(dir.path(), "v1", 1.0);
+    let snap = common::snapshot();
+    let old = postcard::to_stdvec(&SnapshotV4 {
+        as_of: snap.as_of,
+        user_ids: snap.user_ids.clone(),
+        aggregates: snap.aggregates.iter().map(UserAggregateV4::of).collect(),
+    })
+    .expect("encode");
+    let bdir = dir.path().join("v1");
+    std::fs::write(bdir.join("state.bin"), &old).expect("state");
+    let mpath = bdir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
+    manifest["format_version"] = 4.into();
+    manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
+    let text = serde_json::to_string_pretty(&manifest).expect("json");
+    std::fs::write(&mpath, &text).expect("write");
+    std::fs::write(
+        bdir.join("manifest.sha256"),
+        hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    )
+    .expect("sum");
+    let bundle = BundleStore::new(dir.path())
+        .load("v1")
+        .expect("format 4 loads");
+    assert_eq!(bundle.manifest.format_version, 4);
+    let back = bundle.load_snapshot().expect("state loads");
+    assert!(snap.aggregates.iter().any(|a| a.orders > 0));
+    for (b, a) in back.aggregates.iter().zip(&snap.aggregates) {
+        assert_eq!(
+            (b.rooms, b.interests, b.channels),
+            (a.rooms, a.interests, a.channels)
+        );
+        assert_eq!(UserAggregateV4::of(b), UserAggregateV4::of(a));
+        if a.orders > 0 {
+            assert_eq!(b.first_order_day, UserAggregate::UNKNOWN_DAY);
+            assert_eq!(b.first_and_repeat_spend(), None);
+        } else {
+            assert_eq!(b.first_order_day, UserAggregate::NO_DAY);
+        }
     }
 }

@@ -219,7 +219,7 @@ async fn a_value_of_an_unknown_format_version_is_refused_not_misread() {
         let _: () = c.set(&key, v).await.unwrap();
         let e = state.get(&user(1)).await.unwrap_err();
         assert!(
-            matches!(e, StateError::RedisFormat { found: 9, known: 4 }),
+            matches!(e, StateError::RedisFormat { found: 9, known: 5 }),
             "{e}"
         );
         assert!(e.to_string().contains("format version 9"), "{e}");

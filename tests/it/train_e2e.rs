@@ -422,7 +422,7 @@ fn a_corrupt_bundle_is_refused_with_a_clear_message() {
     // A manifest from a future format version.
     let mpath = bdir.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).expect("manifest");
-    let bumped = text.replacen("\"format_version\": 4", "\"format_version\": 99", 1);
+    let bumped = text.replacen("\"format_version\": 5", "\"format_version\": 99", 1);
     std::fs::write(&mpath, &bumped).expect("write");
     use sha2::Digest;
     std::fs::write(

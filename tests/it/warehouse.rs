@@ -369,7 +369,7 @@ fn score_rows(path: &Path) -> HashMap<String, Vec<String>> {
 
 /// The `interests` column of the score files (`io::write::ScoreWriter`'s schema).
 const INTERESTS: usize = 13;
-/// The `rooms` column (the last): the aggregates table (schema v2) holds no top rooms.
+/// The `rooms` column (the last): from a table (schema version 3), the rooms' hashes.
 const ROOMS: usize = 15;
 
 /// The streaming scorer of `score --aggregates` (a reader thread decoding only the score
@@ -435,6 +435,7 @@ fn streamed_scores_of_a_table_equal_the_scores_of_its_events_whatever_the_row_or
             .arg(&out));
         let got = score_rows(&out);
         assert_eq!(got.len(), want.len(), "{name}");
+        let mut rooms_seen = 0;
         for (id, row) in &want {
             let mut got = got
                 .get(id)
@@ -448,11 +449,21 @@ fn streamed_scores_of_a_table_equal_the_scores_of_its_events_whatever_the_row_or
                 "{name}: user {id}"
             );
             got[INTERESTS].clone_from(&row[INTERESTS]);
-            // The table has no top-rooms columns (sql/README.md, "The table"): scored from a
-            // table, every user's rooms are empty; everything else is equal.
-            assert_eq!(got[ROOMS], "", "{name}: user {id}");
+            // The table holds room hashes, not ids (schema version 3, sql/README.md): the
+            // rooms column lists as many rooms, as hashes; everything else is equal (the CLV
+            // too: the table holds the first order day's spend).
+            assert_eq!(
+                got[ROOMS].split("; ").count(),
+                row[ROOMS].split("; ").count(),
+                "{name}: user {id}"
+            );
+            if !row[ROOMS].is_empty() {
+                rooms_seen += 1;
+                assert!(!got[ROOMS].is_empty(), "{name}: user {id}");
+            }
             got[ROOMS].clone_from(&row[ROOMS]);
             assert_eq!(&got, row, "{name}: user {id}");
         }
+        assert!(rooms_seen > 100, "{name}: {rooms_seen} users with rooms");
     }
 }

@@ -3,14 +3,17 @@
 //! (n, m): n transaction values and their mean m; gives the expected value of a customer's next
 //! transaction, shrunk from their own mean towards the population's by how many they made.
 //!
-//! Two conventions for which transactions a customer's (n, m) covers ([`Basis`]):
-//! - [`Basis::RepeatOrders`], `lifetimes`' standard set-up: n = x repeat transactions and m their
-//!   mean (the first transaction left out; fitted on customers with x ≥ 1);
-//! - [`Basis::AllOrders`], tiering's value model: n = x + 1, every transaction including the
-//!   first, and m the mean over all of them (fitted on every buyer with m > 0). The aggregate
-//!   keeps total spend but no first-order amount, so the mean it knows is over all orders; the
-//!   likelihood must then count all of them, or it reads a mean of x + 1 values as one of x
-//!   (too little shrinkage for the customers with fewest orders).
+//! Which transactions a customer's (n, m) covers ([`Basis`]):
+//! - [`Basis::RepeatOrders`], `lifetimes`' standard set-up and tiering's default: n = x repeat
+//!   transactions (order days after the first) and m their mean
+//!   ([`Customer::repeat_monetary`], the first order day left out; fitted on customers with
+//!   x ≥ 1). A customer whose first order day's spend is unknown (an aggregate read from a
+//!   layout before it was kept) counts with the mean over all order days instead;
+//! - [`Basis::AllOrders`]: n = x + 1, every transaction including the first, and m the mean
+//!   over all of them ([`Customer::monetary`]; fitted on every buyer with m > 0), the model of
+//!   bundles fitted before the first order day was kept, still selectable;
+//! - [`Basis::Unrecorded`]: the value models of bundles written before the basis was recorded:
+//!   n = x with the mean over all order days (what they were fitted on), read, never fitted.
 
 use super::nelder_mead::{minimize, Options};
 use super::special::ln_gamma;
@@ -26,23 +29,37 @@ pub struct GammaGamma {
 }
 
 /// Which of a customer's transactions their Gamma-Gamma mean covers (module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Basis {
-    /// n = x repeat transactions (`lifetimes`); the value models of bundles written before
-    /// the basis was recorded.
-    #[default]
+    /// n = x repeat transactions, m their mean (`lifetimes`' standard model; the default).
     RepeatOrders,
-    /// n = x + 1: every transaction, the first included.
+    /// n = x + 1: every transaction, the first included, m their mean.
     AllOrders,
+    /// n = x with the mean over every transaction: the value models of bundles written before
+    /// the basis was recorded (how they were fitted). Never fitted now.
+    Unrecorded,
 }
 
 impl Basis {
-    /// The number of transaction values `c.monetary` averages under this basis.
+    /// The basis of a value model that records none.
+    pub fn unrecorded() -> Basis {
+        Basis::Unrecorded
+    }
+
+    /// The number of transaction values `self.mean(c)` averages under this basis.
     pub fn count(self, c: &Customer) -> f64 {
         match self {
-            Basis::RepeatOrders => c.frequency.max(0.0),
+            Basis::RepeatOrders | Basis::Unrecorded => c.frequency.max(0.0),
             Basis::AllOrders => c.frequency.max(0.0) + 1.0,
+        }
+    }
+
+    /// The customer's mean transaction value under this basis (module docs).
+    pub fn mean(self, c: &Customer) -> f64 {
+        match self {
+            Basis::RepeatOrders => c.repeat_monetary.unwrap_or(c.monetary),
+            Basis::AllOrders | Basis::Unrecorded => c.monetary,
         }
     }
 }
@@ -61,14 +78,17 @@ impl GammaGamma {
     pub fn fit_on(customers: &[Customer], basis: Basis) -> Result<GammaGamma, BtydError> {
         let repeaters = customers
             .iter()
-            .filter(|c| c.frequency >= 1.0 && c.monetary > 0.0 && c.monetary.is_finite())
+            .filter(|c| {
+                let m = basis.mean(c);
+                c.frequency >= 1.0 && m > 0.0 && m.is_finite()
+            })
             .count();
         if repeaters < 2 {
             return Err(BtydError::TooFewRepeatBuyers(repeaters));
         }
         let rows: Vec<(f64, f64)> = customers
             .iter()
-            .map(|c| (basis.count(c), c.monetary))
+            .map(|c| (basis.count(c), basis.mean(c)))
             .filter(|&(n, m)| n >= 1.0 && m > 0.0 && m.is_finite())
             .collect();
         let scale = rows.len() as f64 / rows.iter().map(|r| r.1).sum::<f64>();
@@ -141,14 +161,14 @@ impl GammaGamma {
     }
 
     /// E[next transaction value | n, m]: the customer's own mean `m` weighted by
-    /// `p·n / (p·n + q - 1)`, the population mean by the rest, with n counted on `basis`. When
+    /// `p·n / (p·n + q - 1)`, the population mean by the rest, with n and m on `basis`. When
     /// `q <= 1` (no finite population mean) the customer's own mean, or `fallback` with n = 0.
     pub fn expected_value(&self, basis: Basis, c: &Customer, fallback: f64) -> f64 {
-        let n = basis.count(c);
+        let (n, m) = (basis.count(c), basis.mean(c));
         let Some(population) = self.population_mean() else {
-            return if n >= 1.0 { c.monetary } else { fallback };
+            return if n >= 1.0 { m } else { fallback };
         };
         let w = self.p * n / (self.p * n + self.q - 1.0);
-        (1.0 - w) * population + w * c.monetary
+        (1.0 - w) * population + w * m
     }
 }

@@ -13,18 +13,26 @@
 //!   order otherwise;
 //! - `monetary` = net spend / order days: the mean value of a transaction as BG/NBD counts
 //!   transactions (an order day; two orders on one day are one transaction of their sum, as
-//!   `lifetimes` merges them with `freq="D"`), the first order day included.
+//!   `lifetimes` merges them with `freq="D"`), the first order day included;
+//! - `repeat_monetary` = the net spend of the order days after the first / x: the mean of the
+//!   repeat transactions, as `lifetimes`' `summary_data_from_transaction_data` computes its
+//!   `monetary_value` (0 for x = 0). The aggregate keeps the first order day's spend
+//!   (`UserAggregate::first_and_repeat_spend`; refunds spread over the order days in proportion
+//!   to their spend); `None` when it is unknown (an aggregate read from an older layout, or a
+//!   warehouse table before schema version 3).
 //!
-//! Gamma-Gamma is fitted on the all-orders basis ([`Basis::AllOrders`]): a buyer's mean covers
-//! x + 1 transactions and the likelihood counts x + 1 values, fitted over every buyer (one-time
-//! buyers included). The rule, and why: the aggregate keeps total spend but not the first
-//! order's amount, so the only mean it knows is over all orders; Gamma-Gamma's likelihood and
-//! its shrinkage weight `p·n / (p·n + q − 1)` must then use the number of values that mean
-//! averages (n = x + 1), or a one-repeat customer's mean of two orders is shrunk as if it were one
-//! order. `lifetimes`' standard set-up ([`Basis::RepeatOrders`]: n = x, the repeat orders' mean)
-//! is the other consistent choice; it needs the first order's amount, which the aggregate (and
-//! its WAL, snapshot, Redis and warehouse formats) does not carry. Bundles written before the
-//! basis was recorded read as [`Basis::RepeatOrders`], as they were fitted.
+//! Gamma-Gamma is fitted on the repeat-orders basis by default ([`Basis::RepeatOrders`],
+//! `lifetimes`' standard model, Fader, Hardie & Lee 2005): a buyer's (n, m) is (x, the repeat
+//! mean), fitted over the buyers with x ≥ 1; a one-time buyer's expected order value is the
+//! population mean. Its shrinkage weight `p·n / (p·n + q − 1)` counts the values the mean
+//! averages. The all-orders basis ([`Basis::AllOrders`]: n = x + 1, the mean over all order
+//! days, every buyer in the fit) stays selectable (`[value] gamma_gamma_basis = "all_orders"`)
+//! and is what a repeat-basis fit falls back to when any repeat buyer's first order day is
+//! unknown (training from a table without the column: the fit would otherwise mix the two
+//! means); the fitted model records its basis. Bundles written before the basis was recorded
+//! read as [`Basis::Unrecorded`] (n = x over the all-order-days mean, as they were fitted);
+//! bundles fitted on the all-orders basis keep it. Measured on CDNOW against `lifetimes`: see
+//! BENCHMARKS.md (issue 12).
 //!
 //! The churn model may also use BG/NBD's P(alive) and expected orders as inputs
 //! ([`PurchaseFeatures`]: fitted per training snapshot, carried in the scorer).
@@ -78,8 +86,11 @@ pub struct Customer {
     pub recency: f64,
     /// T: time from the first purchase to the end of observation.
     pub age: f64,
-    /// Mean transaction value (see the module docs for which transactions it covers).
+    /// Mean transaction value over every order day (module docs).
     pub monetary: f64,
+    /// Mean value of the repeat transactions (order days after the first; 0 without any),
+    /// `None` when the first order day's spend is unknown (module docs).
+    pub repeat_monetary: Option<f64>,
 }
 
 impl Customer {
@@ -87,11 +98,19 @@ impl Customer {
     /// no order.
     pub fn of(a: &UserAggregate, t: Timestamp) -> Option<Customer> {
         let (frequency, recency, age) = purchase_summary(a, t)?;
+        let repeat_monetary = a.first_and_repeat_spend().map(|(_, repeat)| {
+            if frequency >= 1.0 {
+                repeat / frequency
+            } else {
+                0.0
+            }
+        });
         Some(Customer {
             frequency,
             recency,
             age,
             monetary: a.net_spend() / f64::from(a.order_days),
+            repeat_monetary,
         })
     }
 }
@@ -189,9 +208,10 @@ pub struct ValueModel {
     pub bgnbd: BgNbd,
     /// `None` when too few users bought twice: CLV then uses each user's own mean order value.
     pub gamma_gamma: Option<GammaGamma>,
-    /// Which transactions the Gamma-Gamma means cover ([`Basis::AllOrders`] for every fit now;
-    /// absent, as in earlier bundles, it reads as [`Basis::RepeatOrders`]).
-    #[serde(default)]
+    /// Which transactions the Gamma-Gamma means cover (the configured basis, or
+    /// [`Basis::AllOrders`] when the repeat means were not all known; absent, as in bundles
+    /// written before it was recorded, it reads as [`Basis::Unrecorded`]).
+    #[serde(default = "Basis::unrecorded")]
     pub basis: Basis,
     pub horizon_days: f64,
     /// Monthly (30-day) discount rate of the CLV.
@@ -202,20 +222,39 @@ pub struct ValueModel {
 }
 
 impl ValueModel {
-    /// Fits both models on the summaries (Gamma-Gamma is left out, not an error, when too few
-    /// customers have repeat purchases).
+    /// Fits both models on the summaries, Gamma-Gamma on the repeat-orders basis (left out,
+    /// not an error, when too few customers have repeat purchases).
     pub fn fit(
         customers: &[Customer],
         horizon_days: f64,
         monthly_discount: f64,
     ) -> Result<ValueModel, BtydError> {
-        Self::fit_with(customers, None, horizon_days, monthly_discount)
+        Self::fit_with(
+            customers,
+            None,
+            Basis::RepeatOrders,
+            horizon_days,
+            monthly_discount,
+        )
     }
 
-    /// [`ValueModel::fit`], reusing `bgnbd` when it was already fitted on the same customers.
+    /// The basis a fit on `customers` uses when `basis` is asked for: the repeat-orders basis
+    /// needs every repeat buyer's repeat mean, else the all-orders basis (module docs);
+    /// [`Basis::Unrecorded`] is never fitted (read as the all-orders basis).
+    pub fn fitted_basis(customers: &[Customer], basis: Basis) -> Basis {
+        let unknown = |c: &Customer| c.frequency >= 1.0 && c.repeat_monetary.is_none();
+        match basis {
+            Basis::RepeatOrders if !customers.iter().any(unknown) => Basis::RepeatOrders,
+            _ => Basis::AllOrders,
+        }
+    }
+
+    /// [`ValueModel::fit`] on `basis` (see [`ValueModel::fitted_basis`]), reusing `bgnbd` when
+    /// it was already fitted on the same customers.
     pub fn fit_with(
         customers: &[Customer],
         bgnbd: Option<BgNbd>,
+        basis: Basis,
         horizon_days: f64,
         monthly_discount: f64,
     ) -> Result<ValueModel, BtydError> {
@@ -227,7 +266,7 @@ impl ValueModel {
             Some(b) => b,
             None => BgNbd::fit(customers)?,
         };
-        let basis = Basis::AllOrders;
+        let basis = Self::fitted_basis(customers, basis);
         let gamma_gamma = match GammaGamma::fit_on(customers, basis) {
             Ok(g) => Some(g),
             Err(BtydError::TooFewRepeatBuyers(_)) => None,

@@ -20,7 +20,10 @@ fn reference_set() -> Vec<Customer> {
                 frequency: v[0],
                 recency: v[1],
                 age: v[2],
+                // lifetimes' monetary_value: the repeat transactions' mean (both means alike:
+                // the set has no first-transaction values).
                 monetary: v[3],
+                repeat_monetary: Some(v[3]),
             }
         })
         .collect()
@@ -158,6 +161,7 @@ fn simulate(seed: u64, n: usize, bg: BgNbd, gg: GammaGamma) -> Vec<Customer> {
                 recency: last,
                 age,
                 monetary,
+                repeat_monetary: Some(monetary),
             }
         })
         .collect()
@@ -204,6 +208,7 @@ fn fits_refuse_empty_or_inconsistent_summaries() {
         recency: 10.0,
         age: 5.0,
         monetary: 1.0,
+        repeat_monetary: None,
     };
     assert_eq!(BgNbd::fit(&[bad]), Err(BtydError::BadSummary));
     assert_eq!(
@@ -243,10 +248,11 @@ fn a_customer_summary_is_read_off_the_aggregate_in_days() {
 }
 
 /// By hand: p = 2, q = 3, v = 10 give a population mean p·v / (q − 1) = 10. A customer with one
-/// repeat order day and a mean of 30 over both order days has n = 2 values on the all-orders
-/// basis: weight 2·2 / (2·2 + 2) = 2/3, value 10/3 + 20 = 23.333…; on the repeat basis n = 1:
-/// weight 2 / (2 + 2) = 1/2, value 20. A one-time buyer (n = 1 on all orders) of 40: weight 1/2,
-/// value 25; on the repeat basis n = 0: the population mean, 10.
+/// repeat order day of 20 and a mean of 30 over both order days has n = 2 values on the
+/// all-orders basis: weight 2·2 / (2·2 + 2) = 2/3, value 10/3 + 20 = 23.333…; on the repeat
+/// basis n = 1 value of 20: weight 2 / (2 + 2) = 1/2, value 15; on the unrecorded basis of old
+/// bundles n = 1 with the all-orders mean: 20. A one-time buyer (n = 1 on all orders) of 40:
+/// weight 1/2, value 25; on the repeat (and unrecorded) basis n = 0: the population mean, 10.
 #[test]
 fn the_value_model_shrinks_each_buyers_mean_by_all_the_order_days_it_averages() {
     let gg = GammaGamma {
@@ -272,19 +278,30 @@ fn the_value_model_shrinks_each_buyers_mean_by_all_the_order_days_it_averages() 
         recency: 20.0,
         age: 60.0,
         monetary: 30.0,
+        repeat_monetary: Some(20.0),
     };
     let once = Customer {
         frequency: 0.0,
         recency: 0.0,
         age: 60.0,
         monetary: 40.0,
+        repeat_monetary: Some(0.0),
     };
     let all = model(Basis::AllOrders);
     assert!((all.order_value(&repeat) - 70.0 / 3.0).abs() < 1e-12);
     assert!((all.order_value(&once) - 25.0).abs() < 1e-12);
-    let old = model(Basis::RepeatOrders);
+    let standard = model(Basis::RepeatOrders);
+    assert!((standard.order_value(&repeat) - 15.0).abs() < 1e-12);
+    assert!((standard.order_value(&once) - 10.0).abs() < 1e-12);
+    let old = model(Basis::Unrecorded);
     assert!((old.order_value(&repeat) - 20.0).abs() < 1e-12);
     assert!((old.order_value(&once) - 10.0).abs() < 1e-12);
+    // A repeat buyer whose first order day is unknown counts with the all-orders mean.
+    let unknown = Customer {
+        repeat_monetary: None,
+        ..repeat
+    };
+    assert!((standard.order_value(&unknown) - 20.0).abs() < 1e-12);
     // The CLV is that value times the discounted expected order days.
     let bg = all.bgnbd;
     let want = clv(&bg, 70.0 / 3.0, &repeat, 90.0, 30.0, 0.01);
@@ -300,7 +317,8 @@ const LIFETIMES_GG_ALL: [f64; 3] = [3.663922275447918, 3.444302560786854, 25.910
 #[test]
 fn the_value_models_gamma_gamma_counts_every_order_day_as_lifetimes_does_given_x_plus_one() {
     let data = reference_set();
-    let m = ValueModel::fit(&data, 90.0, 0.01).unwrap_or_else(|e| panic!("{e}"));
+    let m = ValueModel::fit_with(&data, None, Basis::AllOrders, 90.0, 0.01)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.basis, Basis::AllOrders);
     let g = m.gamma_gamma.unwrap_or_else(|| panic!("fitted"));
     let got = [g.p, g.q, g.v];
@@ -324,10 +342,140 @@ fn the_value_models_gamma_gamma_counts_every_order_day_as_lifetimes_does_given_x
 }
 
 #[test]
-fn a_value_model_without_a_basis_reads_as_fitted_on_repeat_orders() {
+fn a_value_model_without_a_basis_reads_as_fitted_before_the_basis_was_recorded() {
     let json = r#"{"bgnbd":{"r":0.25,"alpha":30.0,"a":0.7,"b":2.2},
         "gamma_gamma":{"p":2.0,"q":3.0,"v":10.0},"horizon_days":90.0,
         "monthly_discount":0.01,"mean_order_value":12.0}"#;
     let m: ValueModel = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.basis, Basis::Unrecorded);
+    // A recorded basis is kept.
+    let all = json.replace(
+        "\"horizon_days\"",
+        "\"basis\":\"all_orders\",\"horizon_days\"",
+    );
+    let m: ValueModel = serde_json::from_str(&all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.basis, Basis::AllOrders);
+}
+
+/// The default value model is `lifetimes`' standard one: on the fixed set (repeat means, as
+/// `lifetimes` summarises transactions) its Gamma-Gamma is lifetimes' GammaGammaFitter fit and
+/// its expected order values are lifetimes' `conditional_expected_average_profit` (the
+/// constants of `the_closed_forms_match_lifetimes_predictions_at_its_parameters`).
+#[test]
+fn the_default_value_model_is_lifetimes_repeat_orders_gamma_gamma_on_the_fixed_set() {
+    let data = reference_set();
+    let m = ValueModel::fit(&data, 90.0, 0.01).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.basis, Basis::RepeatOrders);
+    let g = m.gamma_gamma.unwrap_or_else(|| panic!("fitted"));
+    let got = [g.p, g.q, g.v];
+    for (g, w) in got.iter().zip(LIFETIMES_GG) {
+        assert!(close(*g, w, 2e-2), "{got:?} vs {LIFETIMES_GG:?}");
+    }
+    let [p, q, v] = LIFETIMES_GG;
+    let at = ValueModel {
+        gamma_gamma: Some(GammaGamma { p, q, v }),
+        ..m
+    };
+    let want = [
+        23.217345854583897,
+        36.036745028450106,
+        39.01970761479439,
+        24.906324650719757,
+    ];
+    for (i, w) in want.into_iter().enumerate() {
+        assert!(close(at.order_value(&data[i]), w, 1e-9), "customer {i}");
+    }
+}
+
+/// A repeat-basis fit needs every repeat buyer's repeat mean: one unknown (an aggregate read
+/// from an older layout, a table before schema version 3) and the fit falls back to the
+/// all-orders basis, recorded in the model; a one-time buyer's unknown mean changes nothing.
+#[test]
+fn a_repeat_orders_fit_with_an_unknown_repeat_mean_falls_back_to_all_orders() {
+    let mut data = reference_set();
+    assert_eq!(
+        ValueModel::fitted_basis(&data, Basis::RepeatOrders),
+        Basis::RepeatOrders
+    );
+    let i = data
+        .iter()
+        .position(|c| c.frequency >= 1.0)
+        .unwrap_or_else(|| panic!("a repeat buyer"));
+    data[i].repeat_monetary = None;
+    let m = ValueModel::fit(&data, 90.0, 0.01).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.basis, Basis::AllOrders);
+    assert_eq!(
+        ValueModel::fitted_basis(&data, Basis::Unrecorded),
+        Basis::AllOrders
+    );
+    // A one-time buyer's unknown repeat mean changes nothing (x = 0 is outside the fit).
+    let mut once = reference_set();
+    let j = once
+        .iter()
+        .position(|c| c.frequency == 0.0)
+        .unwrap_or_else(|| panic!("a one-time buyer"));
+    once[j].repeat_monetary = None;
+    assert_eq!(
+        ValueModel::fitted_basis(&once, Basis::RepeatOrders),
+        Basis::RepeatOrders
+    );
+}
+
+/// The repeat mean read off an aggregate is `lifetimes`' `monetary_value` (freq "D"): orders on
+/// one day merged, the first order day left out (its spend whatever order the events arrive
+/// in; x = order days − 1 is exact in time order, as training applies them); refunds spread
+/// over the order days by their spend; unknown for an aggregate of an older layout.
+#[test]
+fn the_repeat_mean_read_off_an_aggregate_leaves_out_the_first_order_day() {
+    use crate::features::{Event, EventKind, UserAggregateV4};
+    let order = |day: i64, amount: f64| Event {
+        ts: 1_000 * DAY + day * DAY + 3_600,
+        kind: EventKind::Order,
+        amount,
+        watch_seconds: 0,
+        room: 0,
+        category: 0,
+        order: 0,
+        channel: 0,
+    };
+    // Day 0: 10 + 5; day 3: 20 + 4; day 7: 30. lifetimes: x = 2, monetary_value (24 + 30) / 2.
+    let events = [
+        order(3, 20.0),
+        order(7, 30.0),
+        order(0, 10.0),
+        order(3, 4.0),
+        order(0, 5.0),
+    ];
+    let mut a = UserAggregate::default();
+    let mut late = UserAggregate::default();
+    events.iter().for_each(|e| late.apply(e));
+    let mut in_time = events.to_vec();
+    in_time.sort_by_key(|e| e.ts);
+    in_time.iter().for_each(|e| a.apply(e));
+    assert_eq!(late.first_and_repeat_spend(), Some((15.0, 54.0)));
+    let t = 1_000 * DAY + 20 * DAY;
+    let c = Customer::of(&a, t).unwrap_or_else(|| panic!("a buyer"));
+    assert_eq!(a.first_and_repeat_spend(), Some((15.0, 54.0)));
+    assert_eq!(c.repeat_monetary, Some(27.0));
+    // A refund of a quarter of the spend: every order day keeps three quarters.
+    a.apply(&Event {
+        kind: EventKind::Refund,
+        amount: 69.0 / 4.0,
+        ..order(8, 0.0)
+    });
+    let c = Customer::of(&a, t).unwrap_or_else(|| panic!("a buyer"));
+    let r = c.repeat_monetary.unwrap_or(f64::NAN);
+    assert!((r - 27.0 * 0.75).abs() < 1e-9, "{r}");
+    // Amounts arrive as f32: a repeat day of 0 after a first day of 11.77 is a repeat mean of
+    // exactly 0 (left out of the fit as lifetimes leaves it), not a few millionths.
+    let mut zero = UserAggregate::default();
+    zero.apply(&order(0, f64::from(11.77f32)));
+    zero.apply(&order(4, 0.0));
+    let z = Customer::of(&zero, t).unwrap_or_else(|| panic!("a buyer"));
+    assert_eq!((z.frequency, z.repeat_monetary), (1.0, Some(0.0)));
+    // From the format-4 layout: unknown; the value model then uses the all-orders mean.
+    let old = UserAggregate::from(UserAggregateV4::of(&a));
+    let c = Customer::of(&old, t).unwrap_or_else(|| panic!("a buyer"));
+    assert_eq!(c.repeat_monetary, None);
+    assert_eq!(Basis::RepeatOrders.mean(&c), c.monetary);
 }

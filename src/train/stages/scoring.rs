@@ -82,6 +82,7 @@ pub(crate) fn fit_value(
     match ValueModel::fit_with(
         &customers,
         bgnbd,
+        config.gamma_gamma_basis,
         config.horizon_days,
         config.monthly_discount,
     ) {

@@ -1,32 +1,38 @@
-//! The `state.bin` format: `b"TIERST04" | u64 LE length | u32 LE crc32(payload) | payload`, the
+//! The `state.bin` format: `b"TIERST05" | u64 LE length | u32 LE crc32(payload) | payload`, the
 //! payload (postcard) being the bundle version the state was seeded from, the first log segment
 //! the snapshot does not cover, and every user's aggregate. `TIERST01`, written by binaries
-//! before refunds, `TIERST02`, before interests and channels, and `TIERST03`, before rooms,
-//! hold the aggregates in their earlier layouts ([`UserAggregateV1`], [`UserAggregateV2`],
-//! [`UserAggregateV3`]) and are still read (users then start with no interests and no channel
-//! mix, or from `TIERST03` with their three highest categories and no rooms: the rest builds
-//! from the events that follow); the next snapshot is written as `TIERST04`.
+//! before refunds, `TIERST02`, before interests and channels, `TIERST03`, before rooms, and
+//! `TIERST04`, before the first order day, hold the aggregates in their earlier layouts
+//! ([`UserAggregateV1`] to [`UserAggregateV4`]) and are still read (users then start with no
+//! interests and no channel mix, or from `TIERST03` with their three highest categories and no
+//! rooms: the rest builds from the events that follow; a buyer from any of them has an unknown
+//! first order day, see `crate::features::aggregate`); the next snapshot is written as
+//! `TIERST05`.
 
 use super::store::{UserStore, UsersSeq};
-use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3};
+use crate::features::{
+    UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3, UserAggregateV4,
+};
 use crate::serve::state::StateError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"TIERST04";
+const MAGIC: &[u8; 8] = b"TIERST05";
 /// The format before refunds, still read.
 const MAGIC_V1: &[u8; 8] = b"TIERST01";
 /// The format before interests and channels, still read.
 const MAGIC_V2: &[u8; 8] = b"TIERST02";
 /// The format before rooms, still read.
 const MAGIC_V3: &[u8; 8] = b"TIERST03";
+/// The format before the first order day, still read.
+const MAGIC_V4: &[u8; 8] = b"TIERST04";
 /// Magic, length and checksum.
 const HEADER: usize = 20;
 
 /// True when `bytes` start like a plaintext snapshot of any format this binary reads (the
 /// encrypted-state check refuses those when a key is given).
 pub(crate) fn is_plain(bytes: &[u8]) -> bool {
-    [MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3]
+    [MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, MAGIC_V4]
         .iter()
         .any(|m| bytes.starts_with(*m))
 }
@@ -45,30 +51,6 @@ pub(crate) struct SnapshotIn {
     /// The first log segment this snapshot does not cover.
     pub wal_gen: u64,
     pub users: Vec<(String, UserAggregate)>,
-}
-
-/// A `TIERST01` payload.
-#[derive(Deserialize)]
-struct SnapshotInV1 {
-    seeded_from: String,
-    wal_gen: u64,
-    users: Vec<(String, UserAggregateV1)>,
-}
-
-/// A `TIERST02` payload.
-#[derive(Deserialize)]
-struct SnapshotInV2 {
-    seeded_from: String,
-    wal_gen: u64,
-    users: Vec<(String, UserAggregateV2)>,
-}
-
-/// A `TIERST03` payload.
-#[derive(Deserialize)]
-struct SnapshotInV3 {
-    seeded_from: String,
-    wal_gen: u64,
-    users: Vec<(String, UserAggregateV3)>,
 }
 
 /// Serialises the whole table as of now (read guards on every shard for the time of it).
@@ -122,43 +104,37 @@ pub(crate) fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotIn, S
         path: path.to_path_buf(),
         source,
     };
-    if &bytes[..8] == MAGIC_V1 {
-        let old: SnapshotInV1 = postcard::from_bytes(payload).map_err(undecodable)?;
-        return Ok(SnapshotIn {
-            seeded_from: old.seeded_from,
-            wal_gen: old.wal_gen,
-            users: old
-                .users
-                .into_iter()
-                .map(|(id, a)| (id, UserAggregate::from(a)))
-                .collect(),
-        });
+    match &bytes[..8] {
+        m if m == MAGIC_V1 => decode_old::<UserAggregateV1>(payload).map_err(undecodable),
+        m if m == MAGIC_V2 => decode_old::<UserAggregateV2>(payload).map_err(undecodable),
+        m if m == MAGIC_V3 => decode_old::<UserAggregateV3>(payload).map_err(undecodable),
+        m if m == MAGIC_V4 => decode_old::<UserAggregateV4>(payload).map_err(undecodable),
+        _ => postcard::from_bytes(payload).map_err(undecodable),
     }
-    if &bytes[..8] == MAGIC_V2 {
-        let old: SnapshotInV2 = postcard::from_bytes(payload).map_err(undecodable)?;
-        return Ok(SnapshotIn {
-            seeded_from: old.seeded_from,
-            wal_gen: old.wal_gen,
-            users: old
-                .users
-                .into_iter()
-                .map(|(id, a)| (id, UserAggregate::from(a)))
-                .collect(),
-        });
+}
+
+/// A payload of an earlier format, its aggregates in layout `A`.
+fn decode_old<A>(payload: &[u8]) -> Result<SnapshotIn, postcard::Error>
+where
+    A: serde::de::DeserializeOwned + Into<UserAggregate>,
+{
+    #[derive(Deserialize)]
+    #[serde(bound = "A: serde::de::DeserializeOwned")]
+    struct Old<A> {
+        seeded_from: String,
+        wal_gen: u64,
+        users: Vec<(String, A)>,
     }
-    if &bytes[..8] == MAGIC_V3 {
-        let old: SnapshotInV3 = postcard::from_bytes(payload).map_err(undecodable)?;
-        return Ok(SnapshotIn {
-            seeded_from: old.seeded_from,
-            wal_gen: old.wal_gen,
-            users: old
-                .users
-                .into_iter()
-                .map(|(id, a)| (id, UserAggregate::from(a)))
-                .collect(),
-        });
-    }
-    postcard::from_bytes(payload).map_err(undecodable)
+    let old: Old<A> = postcard::from_bytes(payload)?;
+    Ok(SnapshotIn {
+        seeded_from: old.seeded_from,
+        wal_gen: old.wal_gen,
+        users: old
+            .users
+            .into_iter()
+            .map(|(id, a)| (id, a.into()))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -190,6 +166,7 @@ mod tests {
         bytes.extend_from_slice(&payload);
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v1", 5));
+        agg.first_order_day = UserAggregate::UNKNOWN_DAY;
         assert_eq!(back.users, vec![("u".to_string(), agg)]);
     }
 
@@ -220,6 +197,7 @@ mod tests {
         bytes.extend_from_slice(&payload);
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v2", 7));
+        agg.first_order_day = UserAggregate::UNKNOWN_DAY;
         assert_eq!(back.users, vec![("u".to_string(), agg)]);
     }
 
@@ -259,8 +237,58 @@ mod tests {
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v3", 9));
         let mut without_rooms = agg;
         without_rooms.rooms = Default::default();
+        without_rooms.first_order_day = UserAggregate::UNKNOWN_DAY;
+        without_rooms.first_day_cents = 0;
         assert_eq!(back.users, vec![("u".to_string(), without_rooms)]);
         assert!(!agg.rooms.is_empty());
+    }
+
+    /// A snapshot of the previous format (`TIERST04`, rooms but no first order day) still
+    /// loads, with its rooms; a buyer's first order day is unknown. The next snapshot is
+    /// `TIERST05` and keeps the first order day.
+    #[test]
+    fn a_tierst04_snapshot_of_the_previous_binary_still_loads_with_unknown_first_order_days() {
+        use crate::features::{Event, EventKind};
+        #[derive(Serialize)]
+        struct Old<'a> {
+            seeded_from: &'a str,
+            wal_gen: u64,
+            users: Vec<(String, UserAggregateV4)>,
+        }
+        let mut agg = UserAggregate::default();
+        agg.apply(&Event {
+            ts: 1_700_000_000,
+            kind: EventKind::Order,
+            amount: 9.0,
+            watch_seconds: 0,
+            room: 5,
+            category: 6,
+            order: 0,
+            channel: 3,
+        });
+        let payload = postcard::to_stdvec(&Old {
+            seeded_from: "v4",
+            wal_gen: 11,
+            users: vec![("u".into(), UserAggregateV4::of(&agg))],
+        })
+        .unwrap();
+        let mut bytes = MAGIC_V4.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
+        assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v4", 11));
+        let (_, got) = &back.users[0];
+        assert_eq!(UserAggregateV4::of(got), UserAggregateV4::of(&agg));
+        assert!(!got.rooms.is_empty());
+        assert_eq!(got.first_order_day, UserAggregate::UNKNOWN_DAY);
+        assert_eq!(agg.first_and_repeat_spend(), Some((9.0, 0.0)));
+        let store = UserStore::new(2);
+        store.insert("u", agg);
+        let now = encode_snapshot("v5", 12, &store).unwrap();
+        assert_eq!(&now[..8], b"TIERST05");
+        let back = decode_snapshot(Path::new("x"), &now).unwrap();
+        assert_eq!(back.users, vec![("u".to_string(), agg)]);
     }
 
     proptest! {

@@ -10,7 +10,8 @@
 //! | 14..22 | watermark offset, i64 little-endian (0 when none) |
 //! | 22.. | the `UserAggregate`, postcard-encoded (format 1: the layout before refunds,
 //! [`UserAggregateV1`]; format 2: before interests and channels, [`UserAggregateV2`]; format
-//! 3: before rooms, [`UserAggregateV3`]) |
+//! 3: before rooms, [`UserAggregateV3`]; format 4: before the first order day,
+//! [`UserAggregateV4`]) |
 //!
 //! The first [`CAS_PREFIX`] bytes (version and token) are what the compare-and-set script
 //! compares; each write draws a new random token (not a counter: two replicas applying identical
@@ -20,19 +21,25 @@
 //! a new version, and a new binary must keep reading the previous one.
 
 use super::super::{LogPosition, StateError};
-use crate::features::{UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3};
+use crate::features::{
+    UserAggregate, UserAggregateV1, UserAggregateV2, UserAggregateV3, UserAggregateV4,
+};
 
 /// The value format this binary writes: 2 since the aggregate holds refunds, 3 since it holds
-/// interests and channels, 4 since it holds rooms (and three category slots). It also reads
-/// formats 1, 2 and 3 (written by earlier binaries), so a rolling deploy keeps every user's
-/// state (a user read from format 1 or 2 has no interests and no channel mix until new events
-/// build them; from format 3, its three highest categories and no rooms); such a value is
-/// rewritten as 4 on its next write. An earlier binary refuses format 4.
-pub const FORMAT_VERSION: u8 = 4;
-/// Formats still read: before refunds, before interests and channels, before rooms.
+/// interests and channels, 4 since it holds rooms (and three category slots), 5 since it holds
+/// the first order day and its spend. It also reads formats 1 to 4 (written by earlier
+/// binaries), so a rolling deploy keeps every user's state (a user read from format 1 or 2 has
+/// no interests and no channel mix until new events build them; from format 3, its three
+/// highest categories and no rooms; from any of them a buyer's first order day is unknown, see
+/// `crate::features::aggregate`); such a value is rewritten as 5 on its next write. An earlier
+/// binary refuses format 5.
+pub const FORMAT_VERSION: u8 = 5;
+/// Formats still read: before refunds, before interests and channels, before rooms, before the
+/// first order day.
 const FORMAT_V1: u8 = 1;
 const FORMAT_V2: u8 = 2;
 const FORMAT_V3: u8 = 3;
+const FORMAT_V4: u8 = 4;
 /// Bytes the compare-and-set compares: the version and the token.
 pub const CAS_PREFIX: usize = 9;
 const HEADER: usize = 22;
@@ -107,7 +114,7 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             what: "empty value".into(),
         });
     };
-    if ![FORMAT_VERSION, FORMAT_V3, FORMAT_V2, FORMAT_V1].contains(&version) {
+    if ![FORMAT_VERSION, FORMAT_V4, FORMAT_V3, FORMAT_V2, FORMAT_V1].contains(&version) {
         return Err(StateError::RedisFormat {
             found: version,
             known: FORMAT_VERSION,
@@ -152,6 +159,10 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
             .map_err(undecodable)?
     } else if version == FORMAT_V3 {
         postcard::from_bytes::<UserAggregateV3>(&bytes[HEADER..])
+            .map(UserAggregate::from)
+            .map_err(undecodable)?
+    } else if version == FORMAT_V4 {
+        postcard::from_bytes::<UserAggregateV4>(&bytes[HEADER..])
             .map(UserAggregate::from)
             .map_err(undecodable)?
     } else {
@@ -206,7 +217,7 @@ mod tests {
             newer[0] = FORMAT_VERSION + 1;
             let e = decode(&newer).unwrap_err();
             assert!(
-                matches!(e, StateError::RedisFormat { found: 5, known: 4 }),
+                matches!(e, StateError::RedisFormat { found: 6, known: 5 }),
                 "{e}"
             );
             assert!(decode(&bytes[..10]).is_err());
@@ -217,8 +228,8 @@ mod tests {
     }
 
     /// A value an earlier binary wrote (format 1, the aggregate before refunds; 2, before
-    /// interests; 3, before rooms) still reads; a value with refunds and rooms round-trips in
-    /// format 4.
+    /// interests; 3, before rooms; 4, before the first order day) still reads; a value with
+    /// refunds, rooms and a first order day round-trips in format 5.
     #[test]
     fn a_format_1_value_of_an_earlier_binary_still_reads() {
         let mut agg = UserAggregate::default();
@@ -265,6 +276,23 @@ mod tests {
         );
         assert_eq!(back.agg.interests, agg.interests);
         assert!(back.agg.rooms.is_empty() && !agg.rooms.is_empty());
+        // Format 4 (rooms, no first order day) reads with its rooms and an unknown first day.
+        let mut v4 = vec![4u8];
+        v4.extend_from_slice(&45u64.to_le_bytes());
+        v4.extend_from_slice(&[0u8; 13]);
+        v4.extend(postcard::to_stdvec(&UserAggregateV4::of(&agg)).unwrap());
+        let back = decode(&v4).unwrap();
+        assert_eq!(
+            (back.cas, back.agg),
+            (45, UserAggregate::from(UserAggregateV4::of(&agg)))
+        );
+        assert_eq!(
+            (back.agg.rooms, back.agg.interests),
+            (agg.rooms, agg.interests)
+        );
+        assert_eq!(back.agg.first_order_day, UserAggregate::UNKNOWN_DAY);
+        assert_eq!(back.agg.first_and_repeat_spend(), None);
+        assert_eq!(agg.first_and_repeat_spend(), Some((12.5, 0.0)));
         agg.apply(&order(EventKind::Order, 20.0, 77));
         agg.apply(&order(EventKind::Refund, 20.0, 77));
         let s = Stored {
@@ -273,7 +301,7 @@ mod tests {
             agg,
         };
         let bytes = encode(&s).unwrap();
-        assert_eq!(bytes[0], 4);
+        assert_eq!(bytes[0], 5);
         assert_eq!(decode(&bytes).unwrap(), s);
         assert_eq!(decode(&bytes).unwrap().agg.orders_refunded, 1);
         assert_eq!(user_of(&key("x{y}")), Some("x{y}"));

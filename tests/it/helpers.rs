@@ -558,3 +558,32 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     );
     stdout
 }
+
+/// Makes the published bundle `dir` look as an earlier binary wrote it: `state` (a snapshot in
+/// that binary's layout) as its `state.bin`, `format` as the manifest's `format_version`, `edit`
+/// applied to the manifest, the file hash and the manifest's checksum redone. Returns the
+/// format version the bundle had.
+pub fn rewrite_as_format(
+    dir: &Path,
+    format: u32,
+    state: &[u8],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> serde_json::Value {
+    use sha2::Digest;
+    std::fs::write(dir.join("state.bin"), state).expect("state");
+    let mpath = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
+    let was = manifest["format_version"].clone();
+    manifest["format_version"] = format.into();
+    manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(state)).into();
+    edit(&mut manifest);
+    let text = serde_json::to_string_pretty(&manifest).expect("json");
+    std::fs::write(&mpath, &text).expect("write");
+    std::fs::write(
+        dir.join("manifest.sha256"),
+        hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    )
+    .expect("sum");
+    was
+}

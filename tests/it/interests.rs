@@ -639,7 +639,6 @@ fn a_malformed_channel_value_names_its_file_line_and_column() {
 #[test]
 fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
     use common::publish as publish_fixture;
-    use sha2::Digest;
     use tiering::features::interests::INTEREST_SLOTS_V3;
     use tiering::features::{TopK, UserAggregateV3};
 
@@ -675,21 +674,8 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
         aggregates,
     })
     .expect("encode");
-    let bdir = dir.path().join("v1");
-    std::fs::write(bdir.join("state.bin"), &old).expect("state");
-    let mpath = bdir.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
-    assert_eq!(manifest["format_version"], 5);
-    manifest["format_version"] = 3.into();
-    manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
-    let text = serde_json::to_string_pretty(&manifest).expect("json");
-    std::fs::write(&mpath, &text).expect("write");
-    std::fs::write(
-        bdir.join("manifest.sha256"),
-        hex::encode(sha2::Sha256::digest(text.as_bytes())),
-    )
-    .expect("sum");
+    let was = common::rewrite_as_format(&dir.path().join("v1"), 3, &old, |_| {});
+    assert_eq!(was, 5);
     let bundle = BundleStore::new(dir.path())
         .load("v1")
         .expect("format 3 loads");
@@ -715,7 +701,6 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
 #[test]
 fn a_format_4_bundle_of_the_previous_binary_still_loads_with_unknown_first_order_days() {
     use common::publish as publish_fixture;
-    use sha2::Digest;
 
     #[derive(serde::Serialize)]
     struct SnapshotV4 {
@@ -732,20 +717,7 @@ fn a_format_4_bundle_of_the_previous_binary_still_loads_with_unknown_first_order
         aggregates: snap.aggregates.iter().map(UserAggregateV4::of).collect(),
     })
     .expect("encode");
-    let bdir = dir.path().join("v1");
-    std::fs::write(bdir.join("state.bin"), &old).expect("state");
-    let mpath = bdir.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
-    manifest["format_version"] = 4.into();
-    manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
-    let text = serde_json::to_string_pretty(&manifest).expect("json");
-    std::fs::write(&mpath, &text).expect("write");
-    std::fs::write(
-        bdir.join("manifest.sha256"),
-        hex::encode(sha2::Sha256::digest(text.as_bytes())),
-    )
-    .expect("sum");
+    common::rewrite_as_format(&dir.path().join("v1"), 4, &old, |_| {});
     let bundle = BundleStore::new(dir.path())
         .load("v1")
         .expect("format 4 loads");

@@ -290,7 +290,6 @@ async fn the_same_refunds_through_a_file_and_through_record_events_give_the_same
 #[test]
 fn a_format_1_bundle_of_an_earlier_binary_still_loads_its_state() {
     use super::helpers::{publish, snapshot};
-    use sha2::Digest;
     use tiering::features::UserAggregateV1;
 
     #[derive(serde::Serialize)]
@@ -308,24 +307,12 @@ fn a_format_1_bundle_of_an_earlier_binary_still_loads_its_state() {
         aggregates: snap.aggregates.iter().map(UserAggregateV1::of).collect(),
     })
     .expect("encode");
-    let bdir = dir.path().join("v1");
-    std::fs::write(bdir.join("state.bin"), &old).expect("state");
-    let mpath = bdir.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("json");
-    assert_eq!(manifest["format_version"], 5);
-    manifest["format_version"] = 1.into();
-    manifest["files"]["state.bin"] = hex::encode(sha2::Sha256::digest(&old)).into();
-    if let Some(m) = manifest.as_object_mut() {
-        m.remove("kinds");
-    }
-    let text = serde_json::to_string_pretty(&manifest).expect("json");
-    std::fs::write(&mpath, &text).expect("write");
-    std::fs::write(
-        bdir.join("manifest.sha256"),
-        hex::encode(sha2::Sha256::digest(text.as_bytes())),
-    )
-    .expect("sum");
+    let was = super::helpers::rewrite_as_format(&dir.path().join("v1"), 1, &old, |m| {
+        if let Some(m) = m.as_object_mut() {
+            m.remove("kinds");
+        }
+    });
+    assert_eq!(was, 5);
     let bundle = BundleStore::new(dir.path())
         .load("v1")
         .expect("format 1 loads");

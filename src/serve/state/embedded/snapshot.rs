@@ -67,12 +67,18 @@ pub(crate) fn encode_snapshot(
     })
     .map_err(StateError::EncodeSnapshot)?;
     drop(guards);
+    Ok(frame(MAGIC, &payload))
+}
+
+/// `magic`, the payload's length and CRC-32, then the payload: the layout every snapshot format
+/// shares (the formats differ in the magic and the payload's aggregate layout).
+fn frame(magic: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + HEADER);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Errors: [`StateError::BadSnapshot`] (bad header, checksum), [`StateError::SnapshotLength`]
@@ -142,28 +148,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The bytes an earlier binary wrote: one user `u` in the aggregate layout `A`, framed
+    /// under `magic`.
+    fn old_snapshot<A: Serialize>(
+        magic: &[u8],
+        seeded_from: &str,
+        wal_gen: u64,
+        user: A,
+    ) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Old<'a, A> {
+            seeded_from: &'a str,
+            wal_gen: u64,
+            users: Vec<(String, A)>,
+        }
+        let payload = postcard::to_stdvec(&Old {
+            seeded_from,
+            wal_gen,
+            users: vec![("u".to_string(), user)],
+        })
+        .unwrap();
+        frame(magic, &payload)
+    }
+
     /// A snapshot an earlier binary wrote (`TIERST01`, aggregates before refunds) still loads.
     #[test]
     fn a_tierst01_snapshot_of_an_earlier_binary_still_loads() {
-        #[derive(Serialize)]
-        struct Old<'a> {
-            seeded_from: &'a str,
-            wal_gen: u64,
-            users: Vec<(String, UserAggregateV1)>,
-        }
         let mut agg = UserAggregate::with_registration(Some(1_700_000_000));
         agg.orders = 3;
         agg.spend = 42.0;
-        let payload = postcard::to_stdvec(&Old {
-            seeded_from: "v1",
-            wal_gen: 5,
-            users: vec![("u".into(), UserAggregateV1::of(&agg))],
-        })
-        .unwrap();
-        let mut bytes = MAGIC_V1.to_vec();
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = old_snapshot(MAGIC_V1, "v1", 5, UserAggregateV1::of(&agg));
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v1", 5));
         agg.first_order_day = UserAggregate::UNKNOWN_DAY;
@@ -174,27 +188,12 @@ mod tests {
     /// with its refund part, and no interests.
     #[test]
     fn a_tierst02_snapshot_of_the_previous_binary_still_loads() {
-        #[derive(Serialize)]
-        struct Old<'a> {
-            seeded_from: &'a str,
-            wal_gen: u64,
-            users: Vec<(String, UserAggregateV2)>,
-        }
         let mut agg = UserAggregate::with_registration(Some(1_700_000_000));
         agg.orders = 3;
         agg.spend = 42.0;
         agg.refunds = 1;
         agg.refunded = 2.0;
-        let payload = postcard::to_stdvec(&Old {
-            seeded_from: "v2",
-            wal_gen: 7,
-            users: vec![("u".into(), UserAggregateV2::of(&agg))],
-        })
-        .unwrap();
-        let mut bytes = MAGIC_V2.to_vec();
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = old_snapshot(MAGIC_V2, "v2", 7, UserAggregateV2::of(&agg));
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v2", 7));
         agg.first_order_day = UserAggregate::UNKNOWN_DAY;
@@ -206,12 +205,6 @@ mod tests {
     #[test]
     fn a_tierst03_snapshot_of_the_previous_binary_still_loads() {
         use crate::features::{Event, EventKind};
-        #[derive(Serialize)]
-        struct Old<'a> {
-            seeded_from: &'a str,
-            wal_gen: u64,
-            users: Vec<(String, UserAggregateV3)>,
-        }
         let mut agg = UserAggregate::default();
         agg.apply(&Event {
             ts: 1_700_000_000,
@@ -223,16 +216,7 @@ mod tests {
             order: 0,
             channel: 3,
         });
-        let payload = postcard::to_stdvec(&Old {
-            seeded_from: "v3",
-            wal_gen: 9,
-            users: vec![("u".into(), UserAggregateV3::of(&agg))],
-        })
-        .unwrap();
-        let mut bytes = MAGIC_V3.to_vec();
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = old_snapshot(MAGIC_V3, "v3", 9, UserAggregateV3::of(&agg));
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v3", 9));
         let mut without_rooms = agg;
@@ -249,12 +233,6 @@ mod tests {
     #[test]
     fn a_tierst04_snapshot_of_the_previous_binary_still_loads_with_unknown_first_order_days() {
         use crate::features::{Event, EventKind};
-        #[derive(Serialize)]
-        struct Old<'a> {
-            seeded_from: &'a str,
-            wal_gen: u64,
-            users: Vec<(String, UserAggregateV4)>,
-        }
         let mut agg = UserAggregate::default();
         agg.apply(&Event {
             ts: 1_700_000_000,
@@ -266,16 +244,7 @@ mod tests {
             order: 0,
             channel: 3,
         });
-        let payload = postcard::to_stdvec(&Old {
-            seeded_from: "v4",
-            wal_gen: 11,
-            users: vec![("u".into(), UserAggregateV4::of(&agg))],
-        })
-        .unwrap();
-        let mut bytes = MAGIC_V4.to_vec();
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = old_snapshot(MAGIC_V4, "v4", 11, UserAggregateV4::of(&agg));
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v4", 11));
         let (_, got) = &back.users[0];
@@ -310,10 +279,7 @@ mod tests {
             if let Some(c) = cut {
                 valid.truncate(c);
             }
-            let mut framed = MAGIC.to_vec();
-            framed.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            framed.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            framed.extend_from_slice(&payload);
+            let framed = frame(MAGIC, &payload);
             for input in [&valid[..], &payload[..], &framed[..]] {
                 match decode_snapshot(Path::new("x"), input) {
                     Ok(_)

@@ -76,7 +76,9 @@
 //! the per-order memory is too short to place every refund). An aggregate read from an earlier
 //! layout (formats 1 to 4) has no first order day: a buyer's is [`UserAggregate::UNKNOWN_DAY`]
 //! and stays so (a later order cannot be known to be the first), and the value model then
-//! uses the mean over all their order days (`crate::model::btyd`). 8 bytes a user.
+//! uses the mean over all their order days (`crate::model::btyd`). The first order day is also
+//! where BG/NBD's recency and age start ([`super::purchase_summary`]; the first event stands in
+//! where it is unknown). 8 bytes a user.
 //!
 //! Features are then read off the aggregate *as of* any time at or after the last applied event,
 //! which is what lets a quiet user's recency grow without new data.

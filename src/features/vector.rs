@@ -88,15 +88,30 @@ impl Transform {
 /// `(x, t_x, T)` = (order days − 1, first to last order day, first order day to the last day
 /// observed). The data as of `t` holds the events before `t`, so the last day observed is the
 /// day of `t − 1 s` (as of midnight: the day before), as `lifetimes` counts `T` up to its
-/// `observation_period_end` day. The aggregate keeps no first-order time: the first *seen*
-/// time stands in for it (exact on an orders-only log). `None` without orders.
+/// `observation_period_end` day. Both count from the first *order* day
+/// (`UserAggregate::first_order_day`), as `lifetimes`' `summary_data_from_transaction_data`
+/// counts from the first purchase: the weeks a user watched before buying are not purchase
+/// history. Where that day is unknown (a buyer read from a layout before format 5 or a
+/// warehouse table before schema version 3: `UNKNOWN_DAY`) or does not lie between the first
+/// event and the last order (an order before 1970, saturated to day 0), the first *seen* day
+/// stands in for it (exact on an orders-only log, earlier by the browsing before the first
+/// order otherwise). `None` without orders.
 #[inline]
 pub fn purchase_summary(a: &UserAggregate, t: Timestamp) -> Option<(f64, f64, f64)> {
     if a.orders == 0 || a.order_days == 0 {
         return None;
     }
-    let first = a.first_seen.min(a.last_order).div_euclid(DAY);
     let last = a.last_order.div_euclid(DAY);
+    let seen = a.first_seen.min(a.last_order).div_euclid(DAY);
+    // `first_order_day` is `day_u32(ts)` = `ts.div_euclid(DAY)` clamped into `u32`: the same
+    // day number as these `i64` days wherever it was not clamped (the range check).
+    let known = i64::from(a.first_order_day);
+    let first = if a.first_order_day < UserAggregate::UNKNOWN_DAY && (seen..=last).contains(&known)
+    {
+        known
+    } else {
+        seen
+    };
     let now = (t - 1).div_euclid(DAY).max(last);
     Some((
         f64::from(a.order_days - 1),
@@ -452,6 +467,109 @@ mod tests {
             assert_eq!(f.value(&none, t), 0.0);
         }
         assert_eq!(Feature::BgnbdPAlive.value(&a, t), 0.0);
+    }
+
+    fn event_at(a: &mut UserAggregate, ts: Timestamp, kind: EventKind) {
+        a.apply(&Event {
+            ts,
+            kind,
+            amount: if kind == EventKind::Order { 10.0 } else { 0.0 },
+            watch_seconds: 0,
+            room: 0,
+            category: 0,
+            order: 0,
+            channel: 0,
+        });
+    }
+
+    /// Views 40 days before, orders on days 0, 10, 30 (noon), as of day 60.
+    fn watcher_then_buyer() -> (UserAggregate, Timestamp) {
+        let day0 = 20_000 * DAY + DAY / 2;
+        let mut a = UserAggregate::default();
+        event_at(&mut a, day0 - 40 * DAY, EventKind::View);
+        event_at(&mut a, day0 - 3 * DAY, EventKind::Like);
+        for d in [0, 10, 30] {
+            order_at(&mut a, day0 + d * DAY);
+        }
+        (a, day0 + 60 * DAY)
+    }
+
+    #[test]
+    fn the_purchase_summary_of_a_user_who_watched_before_buying_counts_from_the_first_order() {
+        let (a, t) = watcher_then_buyer();
+        assert_eq!(a.first_order_day, 20_000);
+        // As lifetimes' summary_data_from_transaction_data: t_x and T from the first purchase,
+        // not from the view 40 days before it.
+        assert_eq!(purchase_summary(&a, t), Some((2.0, 30.0, 60.0)));
+        assert!((Feature::MeanOrderGapDays.value(&a, t) - 15.0).abs() < 1e-12);
+        assert!((Feature::RecencyOverGap.value(&a, t) - 2.0).abs() < 1e-12);
+        // A one-order-day buyer who watched first: T from the order day.
+        let mut one = UserAggregate::default();
+        event_at(&mut one, 20_000 * DAY - 40 * DAY, EventKind::View);
+        order_at(&mut one, 20_000 * DAY + 5);
+        assert_eq!(
+            purchase_summary(&one, 20_007 * DAY + 5),
+            Some((0.0, 0.0, 7.0))
+        );
+    }
+
+    #[test]
+    fn a_buyer_whose_first_order_day_is_unknown_counts_from_the_first_event_as_before() {
+        // An aggregate read from a layout before format 5 (or a warehouse table before schema
+        // version 3): the first seen time stands in for the first order.
+        let (mut a, t) = watcher_then_buyer();
+        a.first_order_day = UserAggregate::UNKNOWN_DAY;
+        assert_eq!(purchase_summary(&a, t), Some((2.0, 70.0, 100.0)));
+        assert!((Feature::MeanOrderGapDays.value(&a, t) - 35.0).abs() < 1e-12);
+        // A first order day that does not fit between the first event and the last order
+        // (orders before 1970 saturate to day 0) falls back the same way.
+        let mut old = UserAggregate::default();
+        event_at(&mut old, -50 * DAY, EventKind::View);
+        order_at(&mut old, -20 * DAY + 5);
+        order_at(&mut old, -10 * DAY + 5);
+        assert_eq!(old.first_order_day, 0);
+        assert_eq!(purchase_summary(&old, 0), Some((1.0, 40.0, 49.0)));
+    }
+
+    mod any_order {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, rng_algorithm: prop::test_runner::RngAlgorithm::ChaCha, ..ProptestConfig::default() })]
+
+            /// Orders and earlier or interleaved engagement events, in any arrival order, give
+            /// the recency and age of the purchase summary from the earliest order day.
+            #[test]
+            fn the_purchase_summary_counts_from_the_earliest_order_day_in_any_arrival_order(
+                orders in proptest::collection::vec(0i64..60, 1..12),
+                views in proptest::collection::vec(0i64..90, 0..12),
+                seed in any::<u64>(),
+            ) {
+                use rand::seq::SliceRandom;
+                use rand::SeedableRng;
+                let t0 = 20_000 * DAY;
+                let mut events: Vec<(Timestamp, EventKind)> = orders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| (t0 + 30 * DAY + d * DAY + i as i64 * 60, EventKind::Order))
+                    .collect();
+                events.extend(views.iter().map(|&d| (t0 + d * DAY + 7, EventKind::View)));
+                events.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
+                let mut a = UserAggregate::default();
+                for &(ts, kind) in &events {
+                    event_at(&mut a, ts, kind);
+                }
+                let first = 30 + orders.iter().min().copied().unwrap_or(0);
+                let last = 30 + orders.iter().max().copied().unwrap_or(0);
+                let t = t0 + 100 * DAY;
+                let got = purchase_summary(&a, t);
+                prop_assert!(got.is_some());
+                let (_, t_x, age) = got.unwrap_or_default();
+                prop_assert_eq!(t_x, (last - first) as f64);
+                prop_assert_eq!(age, (99 - first) as f64);
+            }
+        }
     }
 
     #[test]

@@ -1260,7 +1260,7 @@ impl AggregatesTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::{Event, EventKind, DAY};
+    use crate::features::{purchase_summary, Event, EventKind, DAY};
 
     fn row(user: &str, snapshot: Timestamp) -> AggregateRow {
         let mut agg = UserAggregate::with_registration(Some(1_700_000_000));
@@ -1376,8 +1376,27 @@ mod tests {
             agg: UserAggregate::default(),
             ..row("b", 1_800_000_000)
         };
+        // A buyer who watched 40 days before the first order (BG/NBD counts from the order).
+        let mut watcher = UserAggregate::default();
+        for (day, kind, amount) in [(0, EventKind::View, 0.0), (40, EventKind::Order, 9.0)] {
+            watcher.apply(&Event {
+                ts: 1_700_000_000 + day * DAY,
+                kind,
+                amount,
+                watch_seconds: 30,
+                room: 0,
+                category: 0,
+                order: 0,
+                channel: 0,
+            });
+        }
+        let watcher = AggregateRow {
+            agg: watcher,
+            ..row("c", 1_800_000_000)
+        };
         w.write(&buyer).unwrap();
         w.write(&viewer).unwrap();
+        w.write(&watcher).unwrap();
         w.finish().unwrap();
         let v3_columns: Vec<&str> = V3_INT_COLUMNS
             .iter()
@@ -1397,8 +1416,18 @@ mod tests {
         assert_eq!(a.interests.ranked(), buyer.agg.interests.ranked());
         assert_eq!((a.orders, a.spend), (buyer.agg.orders, buyer.agg.spend));
         assert_eq!(b.first_order_day, UserAggregate::NO_DAY);
+        // Without the first order day, the purchase summary counts from the first event (the
+        // documented fallback): 40 days longer for the user who watched first.
+        let snapshot = 1_800_000_000;
+        let first_seen = purchase_summary(&t.aggs[0][2], snapshot).map(|s| s.2);
+        let from_order = purchase_summary(&watcher.agg, snapshot).map(|s| s.2);
+        assert_eq!(first_seen, from_order.map(|age| age + 40.0));
         // The version 3 table itself holds them.
         let t = AggregatesTable::load(&path).unwrap();
+        assert_eq!(
+            purchase_summary(&t.aggs[0][2], snapshot),
+            purchase_summary(&watcher.agg, snapshot)
+        );
         assert_eq!(t.aggs[0][0].first_day_cents, 1250);
         assert_eq!(t.aggs[0][0].first_order_day, buyer.agg.first_order_day);
         assert_eq!(t.aggs[0][0].rooms.ranked(), buyer.agg.rooms.ranked());

@@ -8,9 +8,11 @@
 //! - `frequency` = order days − 1 (repeat purchase days, as `lifetimes` counts with `freq="D"`);
 //! - `recency` = days from the first to the last order, `age` = days from the first order to the
 //!   last day observed (the day of `as_of − 1 s`, as `lifetimes` counts `T` to its
-//!   `observation_period_end`). The aggregate keeps no first-order time: the first *seen* time
-//!   stands in for it, exact on an orders-only log and earlier by the browsing before the first
-//!   order otherwise;
+//!   `observation_period_end`), both from the first *order* day (`UserAggregate::first_order_day`,
+//!   as `lifetimes` counts from the first purchase; a live-commerce user often watches for weeks
+//!   before it). Where that day is unknown (an aggregate read from an older layout, or a
+//!   warehouse table before schema version 3) the first *seen* day stands in for it, exact on
+//!   an orders-only log and earlier by the browsing before the first order otherwise;
 //! - `monetary` = net spend / order days: the mean value of a transaction as BG/NBD counts
 //!   transactions (an order day; two orders on one day are one transaction of their sum, as
 //!   `lifetimes` merges them with `freq="D"`), the first order day included;

@@ -245,6 +245,11 @@ fn a_customer_summary_is_read_off_the_aggregate_in_days() {
     assert_eq!((c.frequency, c.recency, c.age), (1.0, 30.0, 89.0));
     // The mean per transaction as BG/NBD counts them (an order day): 100 / 2, not 100 / 4.
     assert!((c.monetary - 50.0).abs() < 1e-12, "{c:?}");
+    // With the first order day known (layout 5), recency and age count from it, not from the
+    // first event on day 10 (the first order day of this hand-made aggregate is day 20).
+    a.first_order_day = 20;
+    let c = Customer::of(&a, 100 * DAY).unwrap_or_else(|| panic!("a buyer"));
+    assert_eq!((c.frequency, c.recency, c.age), (1.0, 20.0, 79.0));
 }
 
 /// By hand: p = 2, q = 3, v = 10 give a population mean p·v / (q − 1) = 10. A customer with one

@@ -4,8 +4,13 @@
 # token, ROUNDS rounds of SECS seconds; prints req/s and p99 per run. A self-signed certificate
 # (openssl) and a reader key (`tiering keys add-token`) are made in a temporary directory.
 # serve_tls.sh BIN MODELS_DIR USER_ID [ROUNDS] [SECS]
+# PIN=1: the server on CPU 0 (one tokio worker) and h2load on CPU 1, so the load generator's
+# own TLS work (it encrypts and decrypts every call too) runs beside the server instead of
+# taking turns with it on the same two cores: what is left is the server's cost.
 set -euo pipefail
 BIN=$1; MODELS=$2; UID_=$3; ROUNDS=${4:-3}; SECS=${5:-5}
+SRV=(); GEN=()
+if [ "${PIN:-0}" = 1 ]; then SRV=(env TOKIO_WORKER_THREADS=1 taskset -c 0); GEN=(taskset -c 1); fi
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 python3 - "$W/body" "$UID_" <<'PY'
@@ -25,7 +30,7 @@ run() { # mode
     tls+token) args=(--tls-cert "$W/cert.pem" --tls-key "$W/key.pem" --keys-file "$W/keys.toml"); scheme=https; hdr=(-H "authorization: Bearer $TOKEN") ;;
   esac
   rm -rf "$W/state"
-  "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$port --state "$W/state" --now 2026-11-02T00:00:00Z "${args[@]}" > "$W/log-$1" 2>&1 &
+  "${SRV[@]}" "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$port --state "$W/state" --now 2026-11-02T00:00:00Z "${args[@]}" > "$W/log-$1" 2>&1 &
   local pid=$!
   for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   sleep 2
@@ -36,7 +41,7 @@ run() { # mode
       || { echo "the token was refused" >&2; kill -TERM $pid; exit 1; }
   fi
   : > "$W/lat" # h2load appends to --log-file: one run's latencies only
-  local out; out=$(h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" -d "$W/body" --log-file "$W/lat" $scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
+  local out; out=$("${GEN[@]}" h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" -d "$W/body" --log-file "$W/lat" $scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
   kill -TERM $pid; wait $pid 2>/dev/null || true
   local rps; rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)
   local ok; ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)

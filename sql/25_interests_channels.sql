@@ -14,21 +14,29 @@
 -- smallest non-live codes in slots 0 and 1 and the other non-live codes summed in `rest`,
 -- `channels_used` = the bits of the codes seen. Integer sums: exact.
 
-CREATE OR REPLACE TEMPORARY VIEW interest_daily AS
-SELECT user_id, day, cut, category_hash,
-       SUM(CASE kind
-               WHEN 'order' THEN CAST(10 AS DOUBLE)
-               WHEN 'view' THEN CAST(1 AS DOUBLE)
-                   + CAST(LEAST(watch_seconds, 7200) AS DOUBLE) / CAST(600 AS DOUBLE)
-               WHEN 'gift' THEN CAST(3 AS DOUBLE)
-               WHEN 'comment' THEN CAST(2 AS DOUBLE)
-               WHEN 'share' THEN CAST(2 AS DOUBLE)
-               WHEN 'follow' THEN CAST(2 AS DOUBLE)
-               WHEN 'like' THEN CAST(1 AS DOUBLE)
-               ELSE CAST(0 AS DOUBLE) END
-           * POWER(CAST(2 AS DOUBLE), CAST(ts - 946684800 AS DOUBLE) / CAST(2592000 AS DOUBLE))) AS score
+-- Each event's weight times its forward decay: the one definition both profiles sum (the
+-- categories here, the rooms in 27_rooms_first_day.sql), as features::interests has one
+-- `event_level` for both.
+CREATE OR REPLACE TEMPORARY VIEW weighted_pieces AS
+SELECT user_id, day, cut, category_hash, room_hash,
+       CASE kind
+           WHEN 'order' THEN CAST(10 AS DOUBLE)
+           WHEN 'view' THEN CAST(1 AS DOUBLE)
+               + CAST(LEAST(watch_seconds, 7200) AS DOUBLE) / CAST(600 AS DOUBLE)
+           WHEN 'gift' THEN CAST(3 AS DOUBLE)
+           WHEN 'comment' THEN CAST(2 AS DOUBLE)
+           WHEN 'share' THEN CAST(2 AS DOUBLE)
+           WHEN 'follow' THEN CAST(2 AS DOUBLE)
+           WHEN 'like' THEN CAST(1 AS DOUBLE)
+           ELSE CAST(0 AS DOUBLE) END
+       * POWER(CAST(2 AS DOUBLE), CAST(ts - 946684800 AS DOUBLE) / CAST(2592000 AS DOUBLE)) AS score
 FROM pieces
-WHERE category_hash <> 0 AND kind <> 'refund'
+WHERE kind <> 'refund';
+
+CREATE OR REPLACE TEMPORARY VIEW interest_daily AS
+SELECT user_id, day, cut, category_hash, SUM(score) AS score
+FROM weighted_pieces
+WHERE category_hash <> 0
 GROUP BY user_id, day, cut, category_hash;
 
 CREATE OR REPLACE TEMPORARY VIEW interest_rolled AS

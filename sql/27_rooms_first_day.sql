@@ -2,8 +2,9 @@
 -- (daily partials, then the roll-up to each snapshot).
 --
 -- Rooms (features::interests, the `rooms` slots): the interests' forward-decayed score over
--- the events' rooms instead of their categories (the same weights and time), the 2 highest
--- levels kept (ties: smaller hash), 2 = the Rust side's slots (features::interests::ROOM_SLOTS).
+-- the events' rooms instead of their categories (`weighted_pieces`: the same weights and
+-- time), the 2 highest levels kept (ties: smaller hash), 2 = the Rust side's slots
+-- (features::interests::ROOM_SLOTS).
 -- As for the categories, this is the exact profile: for a user with at most 2 rooms the Rust
 -- side holds the same map (levels within 1e-3), with more its weighted Space-Saving sketch
 -- keeps scores within 2^m of the true ones (m: its lowest level), checked by
@@ -15,20 +16,9 @@
 -- a snapshot's roll-up, so this is exact.
 
 CREATE OR REPLACE TEMPORARY VIEW room_daily AS
-SELECT user_id, day, cut, room_hash,
-       SUM(CASE kind
-               WHEN 'order' THEN CAST(10 AS DOUBLE)
-               WHEN 'view' THEN CAST(1 AS DOUBLE)
-                   + CAST(LEAST(watch_seconds, 7200) AS DOUBLE) / CAST(600 AS DOUBLE)
-               WHEN 'gift' THEN CAST(3 AS DOUBLE)
-               WHEN 'comment' THEN CAST(2 AS DOUBLE)
-               WHEN 'share' THEN CAST(2 AS DOUBLE)
-               WHEN 'follow' THEN CAST(2 AS DOUBLE)
-               WHEN 'like' THEN CAST(1 AS DOUBLE)
-               ELSE CAST(0 AS DOUBLE) END
-           * POWER(CAST(2 AS DOUBLE), CAST(ts - 946684800 AS DOUBLE) / CAST(2592000 AS DOUBLE))) AS score
-FROM pieces
-WHERE room_hash <> 0 AND kind <> 'refund'
+SELECT user_id, day, cut, room_hash, SUM(score) AS score
+FROM weighted_pieces
+WHERE room_hash <> 0
 GROUP BY user_id, day, cut, room_hash;
 
 CREATE OR REPLACE TEMPORARY VIEW room_rolled AS

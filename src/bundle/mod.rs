@@ -175,6 +175,26 @@ pub struct Bundle {
     pub scorer: Scorer,
 }
 
+/// A `state.bin` written in the aggregate layout `A` of an earlier format, converted to the
+/// current one.
+fn snapshot_in<A>(bytes: &[u8]) -> Result<Snapshot, postcard::Error>
+where
+    A: serde::de::DeserializeOwned + Into<UserAggregate>,
+{
+    #[derive(Deserialize)]
+    struct SnapshotOf<A> {
+        as_of: Timestamp,
+        user_ids: Vec<String>,
+        aggregates: Vec<A>,
+    }
+    let old: SnapshotOf<A> = postcard::from_bytes(bytes)?;
+    Ok(Snapshot {
+        as_of: old.as_of,
+        user_ids: old.user_ids,
+        aggregates: old.aggregates.into_iter().map(Into::into).collect(),
+    })
+}
+
 impl Bundle {
     pub fn version(&self) -> &str {
         &self.manifest.version
@@ -199,61 +219,15 @@ impl Bundle {
             what: "state snapshot",
             message: e.to_string(),
         };
-        let snap: Snapshot = if self.manifest.format_version == FORMAT_V1 {
-            #[derive(Deserialize)]
-            struct SnapshotV1 {
-                as_of: Timestamp,
-                user_ids: Vec<String>,
-                aggregates: Vec<crate::features::UserAggregateV1>,
-            }
-            let old: SnapshotV1 = postcard::from_bytes(&bytes).map_err(corrupt)?;
-            Snapshot {
-                as_of: old.as_of,
-                user_ids: old.user_ids,
-                aggregates: old.aggregates.into_iter().map(Into::into).collect(),
-            }
-        } else if self.manifest.format_version == FORMAT_V2 {
-            #[derive(Deserialize)]
-            struct SnapshotV2 {
-                as_of: Timestamp,
-                user_ids: Vec<String>,
-                aggregates: Vec<crate::features::UserAggregateV2>,
-            }
-            let old: SnapshotV2 = postcard::from_bytes(&bytes).map_err(corrupt)?;
-            Snapshot {
-                as_of: old.as_of,
-                user_ids: old.user_ids,
-                aggregates: old.aggregates.into_iter().map(Into::into).collect(),
-            }
-        } else if self.manifest.format_version == FORMAT_V3 {
-            #[derive(Deserialize)]
-            struct SnapshotV3 {
-                as_of: Timestamp,
-                user_ids: Vec<String>,
-                aggregates: Vec<crate::features::UserAggregateV3>,
-            }
-            let old: SnapshotV3 = postcard::from_bytes(&bytes).map_err(corrupt)?;
-            Snapshot {
-                as_of: old.as_of,
-                user_ids: old.user_ids,
-                aggregates: old.aggregates.into_iter().map(Into::into).collect(),
-            }
-        } else if self.manifest.format_version == FORMAT_V4 {
-            #[derive(Deserialize)]
-            struct SnapshotV4 {
-                as_of: Timestamp,
-                user_ids: Vec<String>,
-                aggregates: Vec<crate::features::UserAggregateV4>,
-            }
-            let old: SnapshotV4 = postcard::from_bytes(&bytes).map_err(corrupt)?;
-            Snapshot {
-                as_of: old.as_of,
-                user_ids: old.user_ids,
-                aggregates: old.aggregates.into_iter().map(Into::into).collect(),
-            }
-        } else {
-            postcard::from_bytes(&bytes).map_err(corrupt)?
-        };
+        use crate::features::{UserAggregateV1, UserAggregateV2, UserAggregateV3, UserAggregateV4};
+        let snap: Snapshot = match self.manifest.format_version {
+            FORMAT_V1 => snapshot_in::<UserAggregateV1>(&bytes),
+            FORMAT_V2 => snapshot_in::<UserAggregateV2>(&bytes),
+            FORMAT_V3 => snapshot_in::<UserAggregateV3>(&bytes),
+            FORMAT_V4 => snapshot_in::<UserAggregateV4>(&bytes),
+            _ => postcard::from_bytes(&bytes),
+        }
+        .map_err(corrupt)?;
         if snap.user_ids.len() != snap.aggregates.len() {
             return Err(BundleError::Corrupt {
                 path,

@@ -15,7 +15,7 @@
 
 use super::atomic::{AtomicError, AtomicFile};
 use crate::features::aggregate::TREND_WEEKS;
-use crate::features::{Timestamp, UserAggregate};
+use crate::features::{Timestamp, TopK, UserAggregate};
 use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
@@ -277,15 +277,48 @@ fn encode(r: &AggregateRow) -> [Option<i64>; 33] {
 const INTEREST_COLUMNS: usize = 4;
 const _: () = assert!(crate::features::interests::INTEREST_SLOTS <= INTEREST_COLUMNS);
 
+/// A [`TopK`]'s keys and levels, highest first, into hash and level columns (as many as
+/// there are columns).
+fn top_k_columns<const N: usize>(
+    top: &TopK<N>,
+    ids: &mut [Option<i64>],
+    levels: &mut [Option<f64>],
+) {
+    for ((key, level), (id, l)) in top.ranked().into_iter().zip(ids.iter_mut().zip(levels)) {
+        *id = Some(i64::from(key));
+        *l = Some(f64::from(level));
+    }
+}
+
+/// A [`TopK`] back from hash and level columns: the first `N` filled hash columns (a table
+/// written with more columns filled than this binary holds keeps its highest levels), each a
+/// distinct non-zero hash into an empty slot, so the structure is the exact map again.
+/// `Err(column index, value)` (`first`: the index of `ids[0]`) for a hash out of range or
+/// repeated.
+fn top_k_from_columns<const N: usize>(
+    ids: &[Option<i64>],
+    levels: &[Option<f64>],
+    first: usize,
+) -> Result<TopK<N>, (usize, i64)> {
+    let mut top = TopK::<N>::default();
+    let slots = ids.iter().zip(levels).enumerate();
+    for (i, slot) in slots.filter(|(_, s)| s.0.is_some()).take(N) {
+        if let (Some(id), Some(level)) = slot {
+            let key = u32::try_from(*id).map_err(|_| (first + i, *id))?;
+            if key == 0 || top.holds(key) {
+                return Err((first + i, *id));
+            }
+            top.add(key, *level);
+        }
+    }
+    Ok(top)
+}
+
 /// Schema version 2's columns of an aggregate: [`V2_INT_COLUMNS`] and [`V2_FLOAT_COLUMNS`].
 fn encode_v2(a: &UserAggregate) -> ([Option<i64>; 13], [Option<f64>; 4]) {
     let mut ints = [None; 13];
     let mut floats = [None; INTEREST_COLUMNS];
-    let ranked = a.interests.ranked();
-    for (i, (category, level)) in ranked.into_iter().take(INTEREST_COLUMNS).enumerate() {
-        ints[i] = Some(i64::from(category));
-        floats[i] = Some(f64::from(level));
-    }
+    top_k_columns(&a.interests, &mut ints[..INTEREST_COLUMNS], &mut floats);
     let (used, slots, events, cents) = a.channels.parts();
     ints[4] = Some(i64::from(used));
     ints[5] = Some(i64::from(slots[0]));
@@ -305,23 +338,7 @@ fn decode_v2(
     ints: &[Option<i64>],
     floats: &[Option<f64>],
 ) -> Result<(), (usize, i64)> {
-    use crate::features::interests::{Interests, INTEREST_SLOTS};
-    let mut interests = Interests::default();
-    let slots = ints[..INTEREST_COLUMNS].iter().zip(floats).enumerate();
-    // The aggregate's slots' worth (a table written with more columns filled than this binary
-    // holds keeps its highest levels).
-    for (i, slot) in slots.filter(|(_, s)| s.0.is_some()).take(INTEREST_SLOTS) {
-        if let (Some(c), Some(level)) = slot {
-            let (c, level) = (*c, *level);
-            let c32 = u32::try_from(c).map_err(|_| (i, c))?;
-            if c32 == 0 || interests.holds(c32) {
-                return Err((i, c));
-            }
-            // Distinct categories into empty slots: the structure is the exact map again.
-            interests.add(c32, level);
-        }
-    }
-    agg.interests = interests;
+    agg.interests = top_k_from_columns(&ints[..INTEREST_COLUMNS], floats, 0)?;
     let small = |i: usize| -> Result<u8, (usize, i64)> {
         let v = ints[i].unwrap_or(0);
         u8::try_from(v).map_err(|_| (i, v))
@@ -347,10 +364,7 @@ fn encode_v3(a: &UserAggregate) -> ([Option<i64>; 4], [Option<f64>; 2]) {
         ints[0] = Some(i64::from(a.first_order_day));
     }
     ints[1] = Some(i64::from(a.first_day_cents));
-    for (i, (room, level)) in a.rooms.ranked().into_iter().enumerate() {
-        ints[2 + i] = Some(i64::from(room));
-        floats[i] = Some(f64::from(level));
-    }
+    top_k_columns(&a.rooms, &mut ints[2..], &mut floats);
     (ints, floats)
 }
 
@@ -361,7 +375,6 @@ fn decode_v3(
     ints: &[Option<i64>],
     floats: &[Option<f64>],
 ) -> Result<(), (usize, i64)> {
-    use crate::features::Rooms;
     agg.first_order_day = match ints[0] {
         None if agg.orders == 0 => UserAggregate::NO_DAY,
         // A buyer without a day: written from an aggregate that did not know it.
@@ -373,17 +386,7 @@ fn decode_v3(
     };
     let cents = ints[1].unwrap_or(0);
     agg.first_day_cents = u32::try_from(cents).map_err(|_| (1, cents))?;
-    let mut rooms = Rooms::default();
-    for (i, slot) in ints[2..].iter().zip(floats).enumerate() {
-        if let (Some(r), Some(level)) = slot {
-            let r32 = u32::try_from(*r).map_err(|_| (2 + i, *r))?;
-            if r32 == 0 || rooms.holds(r32) {
-                return Err((2 + i, *r));
-            }
-            rooms.add(r32, *level);
-        }
-    }
-    agg.rooms = rooms;
+    agg.rooms = top_k_from_columns(&ints[2..], floats, 2)?;
     Ok(())
 }
 

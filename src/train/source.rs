@@ -70,8 +70,9 @@ impl TableScan {
 /// Reads the `user_id` and `snapshot` columns of the table at `path` once: its snapshots,
 /// rows per snapshot, and the keyed sample of at most `max_users` users. The part files are
 /// read in parallel (each keeps its own lowest ranks; the merge keeps the lowest overall,
-/// which is the sample a single sequential pass keeps). Memory: the sample's ranks (8 bytes a
-/// user) per part file being read and per part file's result, whatever the table's size.
+/// which is the sample a single sequential pass keeps). Memory: at most twice the sample's
+/// ranks (8 bytes a user) per part file being read, and the sample's per part file's result,
+/// whatever the table's size.
 pub fn scan_table(path: &Path, max_users: usize) -> Result<TableScan, AggregatesError> {
     use rayon::prelude::*;
     let max_users = max_users.max(1);
@@ -113,11 +114,17 @@ impl FileScan {
     fn of(file: &Path, max_users: usize) -> Result<FileScan, AggregatesError> {
         let mut rows: BTreeMap<Timestamp, u64> = BTreeMap::new();
         let mut ranks = Vec::new();
+        let mut left_out = false;
         crate::io::aggregates::for_each_user_snapshot(file, |id, t| {
             *rows.entry(t).or_default() += 1;
             ranks.push(fit_rank(id));
+            // Bounded: at most twice the sample's ranks are held (the ones cut are above
+            // every one kept, so the end result is the same as one cut at the end).
+            if ranks.len() >= 2 * max_users {
+                left_out |= lowest_distinct(&mut ranks, max_users);
+            }
         })?;
-        let left_out = lowest_distinct(&mut ranks, max_users);
+        left_out |= lowest_distinct(&mut ranks, max_users);
         Ok(FileScan {
             rows,
             ranks,
@@ -441,6 +448,25 @@ mod tests {
             table.aggs.iter().map(Vec::len).collect::<Vec<_>>(),
             [40, 40]
         );
+    }
+
+    /// A part file holding many times the sample's rows is cut down as it is read (memory
+    /// stays at twice the sample): the sample is still the users of lowest rank.
+    #[test]
+    fn the_fit_sample_of_a_file_much_larger_than_the_sample_is_the_users_of_lowest_rank() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..500).map(|i| format!("user-{i}")).collect();
+        let path = dir.path().join("t.parquet");
+        write_table(&path, &ids, &[1_780_000_000, 1_782_592_000, 1_785_184_000]);
+        let mut all: Vec<u64> = ids.iter().map(|id| fit_rank(id)).collect();
+        all.sort_unstable();
+        for max in [1, 7, 100, 499] {
+            let scan = scan_table(&path, max).unwrap();
+            let want: BTreeSet<u64> = all[..max].iter().copied().collect();
+            assert_eq!(scan.sample, Some(want), "max {max}");
+            assert_eq!(scan.rows.values().sum::<u64>(), 1_500);
+        }
+        assert_eq!(scan_table(&path, 500).unwrap().sample, None);
     }
 
     /// The part files are scanned in parallel and their samples merged: the sample of a

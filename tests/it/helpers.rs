@@ -559,6 +559,23 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     stdout
 }
 
+/// The `state.bin` an earlier binary wrote for `snap`: its `as_of` and ids, with `aggregates`
+/// in that binary's layout (postcard, as the bundle stores it).
+pub fn earlier_state_bin<A: serde::Serialize>(snap: &Snapshot, aggregates: Vec<A>) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct SnapshotOf<'a, A> {
+        as_of: i64,
+        user_ids: &'a [String],
+        aggregates: Vec<A>,
+    }
+    postcard::to_stdvec(&SnapshotOf {
+        as_of: snap.as_of,
+        user_ids: &snap.user_ids,
+        aggregates,
+    })
+    .expect("encode")
+}
+
 /// Makes the published bundle `dir` look as an earlier binary wrote it: `state` (a snapshot in
 /// that binary's layout) as its `state.bin`, `format` as the manifest's `format_version`, `edit`
 /// applied to the manifest, the file hash and the manifest's checksum redone. Returns the

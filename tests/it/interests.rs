@@ -642,12 +642,6 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
     use tiering::features::interests::INTEREST_SLOTS_V3;
     use tiering::features::{TopK, UserAggregateV3};
 
-    #[derive(serde::Serialize)]
-    struct SnapshotV3 {
-        as_of: i64,
-        user_ids: Vec<String>,
-        aggregates: Vec<UserAggregateV3>,
-    }
     let dir = tempfile::tempdir().expect("tmp");
     publish_fixture(dir.path(), "v1", 1.0);
     let snap = common::snapshot();
@@ -668,12 +662,7 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
             old
         })
         .collect();
-    let old = postcard::to_stdvec(&SnapshotV3 {
-        as_of: snap.as_of,
-        user_ids: snap.user_ids.clone(),
-        aggregates,
-    })
-    .expect("encode");
+    let old = common::earlier_state_bin(&snap, aggregates);
     let was = common::rewrite_as_format(&dir.path().join("v1"), 3, &old, |_| {});
     assert_eq!(was, 5);
     let bundle = BundleStore::new(dir.path())
@@ -702,21 +691,13 @@ fn a_format_3_bundle_of_the_previous_binary_still_loads_its_state() {
 fn a_format_4_bundle_of_the_previous_binary_still_loads_with_unknown_first_order_days() {
     use common::publish as publish_fixture;
 
-    #[derive(serde::Serialize)]
-    struct SnapshotV4 {
-        as_of: i64,
-        user_ids: Vec<String>,
-        aggregates: Vec<UserAggregateV4>,
-    }
     let dir = tempfile::tempdir().expect("tmp");
     publish_fixture(dir.path(), "v1", 1.0);
     let snap = common::snapshot();
-    let old = postcard::to_stdvec(&SnapshotV4 {
-        as_of: snap.as_of,
-        user_ids: snap.user_ids.clone(),
-        aggregates: snap.aggregates.iter().map(UserAggregateV4::of).collect(),
-    })
-    .expect("encode");
+    let old = common::earlier_state_bin(
+        &snap,
+        snap.aggregates.iter().map(UserAggregateV4::of).collect(),
+    );
     common::rewrite_as_format(&dir.path().join("v1"), 4, &old, |_| {});
     let bundle = BundleStore::new(dir.path())
         .load("v1")

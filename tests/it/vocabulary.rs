@@ -292,21 +292,13 @@ fn a_format_1_bundle_of_an_earlier_binary_still_loads_its_state() {
     use super::helpers::{publish, snapshot};
     use tiering::features::UserAggregateV1;
 
-    #[derive(serde::Serialize)]
-    struct SnapshotV1 {
-        as_of: i64,
-        user_ids: Vec<String>,
-        aggregates: Vec<UserAggregateV1>,
-    }
     let dir = tempfile::tempdir().expect("tmp");
     publish(dir.path(), "v1", 1.0);
     let snap = snapshot();
-    let old = postcard::to_stdvec(&SnapshotV1 {
-        as_of: snap.as_of,
-        user_ids: snap.user_ids.clone(),
-        aggregates: snap.aggregates.iter().map(UserAggregateV1::of).collect(),
-    })
-    .expect("encode");
+    let old = super::helpers::earlier_state_bin(
+        &snap,
+        snap.aggregates.iter().map(UserAggregateV1::of).collect(),
+    );
     let was = super::helpers::rewrite_as_format(&dir.path().join("v1"), 1, &old, |m| {
         if let Some(m) = m.as_object_mut() {
             m.remove("kinds");

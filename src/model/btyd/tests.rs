@@ -325,23 +325,34 @@ fn the_value_models_gamma_gamma_counts_every_order_day_as_lifetimes_does_given_x
     let m = ValueModel::fit_with(&data, None, Basis::AllOrders, 90.0, 0.01)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.basis, Basis::AllOrders);
-    let g = m.gamma_gamma.unwrap_or_else(|| panic!("fitted"));
-    let got = [g.p, g.q, g.v];
-    for (g, w) in got.iter().zip(LIFETIMES_GG_ALL) {
-        assert!(close(*g, w, 2e-2), "{got:?} vs {LIFETIMES_GG_ALL:?}");
-    }
-    let [p, q, v] = LIFETIMES_GG_ALL;
-    let at = ValueModel {
-        gamma_gamma: Some(GammaGamma { p, q, v }),
-        ..m
-    };
     // Customers 0, 1 and 3 bought (monetary > 0).
     let want = [
         (0, 23.724342864214172),
         (1, 36.172624351942275),
         (3, 25.105004392768205),
     ];
-    for (i, w) in want {
+    assert_gamma_gamma_is_lifetimes(m, &data, LIFETIMES_GG_ALL, &want);
+}
+
+/// `m`'s Gamma-Gamma is lifetimes' fit `fitted` (p, q, v within 2%), and at exactly those
+/// parameters its expected order values of `data`'s customers are `want` (customer, value).
+fn assert_gamma_gamma_is_lifetimes(
+    m: ValueModel,
+    data: &[Customer],
+    fitted: [f64; 3],
+    want: &[(usize, f64)],
+) {
+    let g = m.gamma_gamma.unwrap_or_else(|| panic!("fitted"));
+    let got = [g.p, g.q, g.v];
+    for (g, w) in got.iter().zip(fitted) {
+        assert!(close(*g, w, 2e-2), "{got:?} vs {fitted:?}");
+    }
+    let [p, q, v] = fitted;
+    let at = ValueModel {
+        gamma_gamma: Some(GammaGamma { p, q, v }),
+        ..m
+    };
+    for &(i, w) in want {
         assert!(close(at.order_value(&data[i]), w, 1e-9), "customer {i}");
     }
 }
@@ -371,25 +382,13 @@ fn the_default_value_model_is_lifetimes_repeat_orders_gamma_gamma_on_the_fixed_s
     let data = reference_set();
     let m = ValueModel::fit(&data, 90.0, 0.01).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.basis, Basis::RepeatOrders);
-    let g = m.gamma_gamma.unwrap_or_else(|| panic!("fitted"));
-    let got = [g.p, g.q, g.v];
-    for (g, w) in got.iter().zip(LIFETIMES_GG) {
-        assert!(close(*g, w, 2e-2), "{got:?} vs {LIFETIMES_GG:?}");
-    }
-    let [p, q, v] = LIFETIMES_GG;
-    let at = ValueModel {
-        gamma_gamma: Some(GammaGamma { p, q, v }),
-        ..m
-    };
     let want = [
-        23.217345854583897,
-        36.036745028450106,
-        39.01970761479439,
-        24.906324650719757,
+        (0, 23.217345854583897),
+        (1, 36.036745028450106),
+        (2, 39.01970761479439),
+        (3, 24.906324650719757),
     ];
-    for (i, w) in want.into_iter().enumerate() {
-        assert!(close(at.order_value(&data[i]), w, 1e-9), "customer {i}");
-    }
+    assert_gamma_gamma_is_lifetimes(m, &data, LIFETIMES_GG, &want);
 }
 
 /// A repeat-basis fit needs every repeat buyer's repeat mean: one unknown (an aggregate read

@@ -200,10 +200,9 @@ mod tests {
         assert_eq!(back.users, vec![("u".to_string(), agg)]);
     }
 
-    /// A snapshot of the previous format (`TIERST03`, interests and channels but no rooms)
-    /// still loads, with its interests and channel mix, and no rooms.
-    #[test]
-    fn a_tierst03_snapshot_of_the_previous_binary_still_loads() {
+    /// A buyer of one order (9.0) in room 5, category 6, channel 3: interests, rooms, channel
+    /// mix and a first order day all filled.
+    fn one_order_in_a_room_and_category() -> UserAggregate {
         use crate::features::{Event, EventKind};
         let mut agg = UserAggregate::default();
         agg.apply(&Event {
@@ -216,6 +215,14 @@ mod tests {
             order: 0,
             channel: 3,
         });
+        agg
+    }
+
+    /// A snapshot of the previous format (`TIERST03`, interests and channels but no rooms)
+    /// still loads, with its interests and channel mix, and no rooms.
+    #[test]
+    fn a_tierst03_snapshot_of_the_previous_binary_still_loads() {
+        let agg = one_order_in_a_room_and_category();
         let bytes = old_snapshot(MAGIC_V3, "v3", 9, UserAggregateV3::of(&agg));
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v3", 9));
@@ -232,18 +239,7 @@ mod tests {
     /// `TIERST05` and keeps the first order day.
     #[test]
     fn a_tierst04_snapshot_of_the_previous_binary_still_loads_with_unknown_first_order_days() {
-        use crate::features::{Event, EventKind};
-        let mut agg = UserAggregate::default();
-        agg.apply(&Event {
-            ts: 1_700_000_000,
-            kind: EventKind::Order,
-            amount: 9.0,
-            watch_seconds: 0,
-            room: 5,
-            category: 6,
-            order: 0,
-            channel: 3,
-        });
+        let agg = one_order_in_a_room_and_category();
         let bytes = old_snapshot(MAGIC_V4, "v4", 11, UserAggregateV4::of(&agg));
         let back = decode_snapshot(Path::new("x"), &bytes).unwrap();
         assert_eq!((back.seeded_from.as_str(), back.wal_gen), ("v4", 11));

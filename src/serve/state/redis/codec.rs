@@ -108,6 +108,14 @@ pub fn encode(s: &Stored) -> Result<Vec<u8>, StateError> {
     Ok(out)
 }
 
+/// An aggregate in the layout `A` of an earlier value format, converted to the current one.
+fn decode_as<A>(body: &[u8]) -> Result<UserAggregate, postcard::Error>
+where
+    A: serde::de::DeserializeOwned + Into<UserAggregate>,
+{
+    postcard::from_bytes::<A>(body).map(Into::into)
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
     let Some(&version) = bytes.first() else {
         return Err(StateError::RedisValue {
@@ -149,25 +157,15 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, StateError> {
     let undecodable = |e: postcard::Error| StateError::RedisValue {
         what: format!("undecodable aggregate: {e}"),
     };
-    let agg = if version == FORMAT_V1 {
-        postcard::from_bytes::<UserAggregateV1>(&bytes[HEADER..])
-            .map(UserAggregate::from)
-            .map_err(undecodable)?
-    } else if version == FORMAT_V2 {
-        postcard::from_bytes::<UserAggregateV2>(&bytes[HEADER..])
-            .map(UserAggregate::from)
-            .map_err(undecodable)?
-    } else if version == FORMAT_V3 {
-        postcard::from_bytes::<UserAggregateV3>(&bytes[HEADER..])
-            .map(UserAggregate::from)
-            .map_err(undecodable)?
-    } else if version == FORMAT_V4 {
-        postcard::from_bytes::<UserAggregateV4>(&bytes[HEADER..])
-            .map(UserAggregate::from)
-            .map_err(undecodable)?
-    } else {
-        postcard::from_bytes(&bytes[HEADER..]).map_err(undecodable)?
-    };
+    let body = &bytes[HEADER..];
+    let agg = match version {
+        FORMAT_V1 => decode_as::<UserAggregateV1>(body),
+        FORMAT_V2 => decode_as::<UserAggregateV2>(body),
+        FORMAT_V3 => decode_as::<UserAggregateV3>(body),
+        FORMAT_V4 => decode_as::<UserAggregateV4>(body),
+        _ => postcard::from_bytes(body),
+    }
+    .map_err(undecodable)?;
     Ok(Stored {
         cas: u64::from_le_bytes(u64_at(1)),
         watermark,
@@ -227,6 +225,16 @@ mod tests {
         assert_eq!(user_of(&key("x{y}")), Some("x{y}"));
     }
 
+    /// A value as an earlier binary wrote it: `version`, the token `cas`, no watermark, the
+    /// aggregate in that binary's layout.
+    fn earlier_value(version: u8, cas: u64, layout: &impl serde::Serialize) -> Vec<u8> {
+        let mut v = vec![version];
+        v.extend_from_slice(&cas.to_le_bytes());
+        v.extend_from_slice(&[0u8; 13]);
+        v.extend(postcard::to_stdvec(layout).unwrap());
+        v
+    }
+
     /// A value an earlier binary wrote (format 1, the aggregate before refunds; 2, before
     /// interests; 3, before rooms; 4, before the first order day) still reads; a value with
     /// refunds, rooms and a first order day round-trips in format 5.
@@ -244,20 +252,14 @@ mod tests {
             channel: 0,
         };
         agg.apply(&order(EventKind::Order, 12.5, 0));
-        let mut old = vec![1u8];
-        old.extend_from_slice(&42u64.to_le_bytes());
-        old.extend_from_slice(&[0u8; 13]);
-        old.extend(postcard::to_stdvec(&UserAggregateV1::of(&agg)).unwrap());
+        let old = earlier_value(1, 42, &UserAggregateV1::of(&agg));
         let back = decode(&old).unwrap();
         assert_eq!(
             (back.cas, back.agg),
             (42, UserAggregate::from(UserAggregateV1::of(&agg)))
         );
         // Format 2 (refunds, no interests) reads with its refund part.
-        let mut v2 = vec![2u8];
-        v2.extend_from_slice(&43u64.to_le_bytes());
-        v2.extend_from_slice(&[0u8; 13]);
-        v2.extend(postcard::to_stdvec(&UserAggregateV2::of(&agg)).unwrap());
+        let v2 = earlier_value(2, 43, &UserAggregateV2::of(&agg));
         let back = decode(&v2).unwrap();
         assert_eq!(
             (back.cas, back.agg),
@@ -265,10 +267,7 @@ mod tests {
         );
         assert!(back.agg.interests.is_empty() && !agg.interests.is_empty());
         // Format 3 (interests and channels, no rooms) reads with them and no rooms.
-        let mut v3 = vec![3u8];
-        v3.extend_from_slice(&44u64.to_le_bytes());
-        v3.extend_from_slice(&[0u8; 13]);
-        v3.extend(postcard::to_stdvec(&UserAggregateV3::of(&agg)).unwrap());
+        let v3 = earlier_value(3, 44, &UserAggregateV3::of(&agg));
         let back = decode(&v3).unwrap();
         assert_eq!(
             (back.cas, back.agg),
@@ -277,10 +276,7 @@ mod tests {
         assert_eq!(back.agg.interests, agg.interests);
         assert!(back.agg.rooms.is_empty() && !agg.rooms.is_empty());
         // Format 4 (rooms, no first order day) reads with its rooms and an unknown first day.
-        let mut v4 = vec![4u8];
-        v4.extend_from_slice(&45u64.to_le_bytes());
-        v4.extend_from_slice(&[0u8; 13]);
-        v4.extend(postcard::to_stdvec(&UserAggregateV4::of(&agg)).unwrap());
+        let v4 = earlier_value(4, 45, &UserAggregateV4::of(&agg));
         let back = decode(&v4).unwrap();
         assert_eq!(
             (back.cas, back.agg),

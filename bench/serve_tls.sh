@@ -7,7 +7,10 @@
 # PIN=1: the server on CPU 0 (one tokio worker) and h2load on CPU 1, so the load generator's
 # own TLS work (it encrypts and decrypts every call too) runs beside the server instead of
 # taking turns with it on the same two cores: what is left is the server's cost.
+# CONNS=C STREAMS=S: the 16 in flight as C connections of S concurrent streams each (default 16
+# x 1); a gRPC client channel multiplexes its calls over one or a few HTTP/2 connections.
 set -euo pipefail
+CONNS=${CONNS:-16}; STREAMS=${STREAMS:-1}
 BIN=$1; MODELS=$2; UID_=$3; ROUNDS=${4:-3}; SECS=${5:-5}
 SRV=(); GEN=()
 if [ "${PIN:-0}" = 1 ]; then SRV=(env TOKIO_WORKER_THREADS=1 taskset -c 0); GEN=(taskset -c 1); fi
@@ -41,7 +44,7 @@ run() { # mode
       || { echo "the token was refused" >&2; kill -TERM $pid; exit 1; }
   fi
   : > "$W/lat" # h2load appends to --log-file: one run's latencies only
-  local out; out=$("${GEN[@]}" h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" -d "$W/body" --log-file "$W/lat" $scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
+  local out; out=$("${GEN[@]}" h2load -c "$CONNS" -m "$STREAMS" -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" -d "$W/body" --log-file "$W/lat" $scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
   kill -TERM $pid; wait $pid 2>/dev/null || true
   local rps; rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)
   local ok; ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)

@@ -405,6 +405,34 @@ async fn training_and_the_server_give_the_documented_room_ranking() {
                 }
             }
         }
+        // The at-risk pages carry the rooms as they are now, not as the ranked version saw
+        // them: the bundle users got room_e and room_f by RecordEvents after the snapshot.
+        // (`direct-*` users join the ranking with its next published version, so a page may
+        // or may not hold them yet; when it does, their rooms are checked the same way.)
+        let listed = list_all(
+            &mut client,
+            ListAtRiskUsersRequest {
+                min_churn_probability: 0.0,
+                limit: 7,
+                ..Default::default()
+            },
+        )
+        .await;
+        for (user, rooms, _) in &want {
+            let u = listed.iter().find(|u| u.user_id == *user).unwrap();
+            let got: Vec<&str> = u.rooms.iter().map(|x| x.room_id.as_str()).collect();
+            assert_eq!(got, rooms.to_vec(), "{user} on a page");
+        }
+        for u in &listed {
+            let t = client
+                .get_user_tier(GetUserTierRequest {
+                    user_id: u.user_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(u.rooms, t.rooms, "{}", u.user_id);
+        }
         server.stop().await.unwrap();
     })
     .await;
@@ -500,7 +528,7 @@ async fn an_at_risk_list_filtered_by_category_holds_only_users_interested_in_it(
                 &csv(
                     &format!("cat-{i:02}"),
                     &[(back, "order", 10.0, 0, cat)],
-                    None,
+                    Some(&[if i % 3 == 0 { "offline_store" } else { "live" }]),
                 ),
             );
             table.kind_tally.merge(&t.kind_tally);
@@ -527,6 +555,18 @@ async fn an_at_risk_list_filtered_by_category_holds_only_users_interested_in_it(
                 u.user_id,
                 u.interests
             );
+            // The channel mix on a page is the user's, as GetUserTier gives it.
+            let t = client
+                .get_user_tier(GetUserTierRequest {
+                    user_id: u.user_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(u.channels, t.channels, "{}", u.user_id);
+            // Live-only users have no mix to show; offline buyers (every third) have one.
+            let i: usize = u.user_id["cat-".len()..].parse().unwrap();
+            assert_eq!(u.channels.is_empty(), !i.is_multiple_of(3), "{}", u.user_id);
             got.push(u.user_id);
         }
         got.sort();

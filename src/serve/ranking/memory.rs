@@ -1,14 +1,19 @@
 //! The in-memory ranking (used with the embedded state): a persistent B-tree (`imbl::OrdMap`)
 //! per ordering ([`Order::ALL`]), keyed by (the ordering's value descending, user id), holding
-//! each user's [`Score`] (one shared allocation for all the trees: a score is 176 bytes since the
-//! interests, rooms and channel shares ride along, and each ordering holding its own copy cost
-//! ~1 GB at 1M users); a hash index from user to current keys for O(log n) re-ranking; and
-//! the published versions, each an O(1) clone of the trees with its `as_of` and model. See the
-//! parent module for the design.
+//! each user's [`Ranked`] score (one shared allocation for all the trees: each ordering holding
+//! its own copy cost ~1 GB at 1M users); a hash index from user to current keys for O(log n)
+//! re-ranking; and the published versions, each an O(1) clone of the trees with its `as_of` and
+//! model. See the parent module for the design.
+//!
+//! A [`Ranked`] score is the [`Score`] without the user's top rooms and channel mix: neither is
+//! an ordering or a filter, so a page reads them from the state when it is served (one batched
+//! lookup for the page's users) instead of every user carrying 56 more bytes for as long as a
+//! version lives. The interests stay: the category filter tests them during the walk.
 
 use super::{matches, RankedPage, Ranking, RankingError, RankingSettings, VersionId};
-use crate::features::Timestamp;
-use crate::model::{Score, Scorer};
+use crate::features::{ChannelShares, Interests, LifecycleStage, RfmSegment, Timestamp};
+use crate::model::scorer::{Factor, TOP_FACTORS};
+use crate::model::{RiskLevel, Score, Scorer};
 use crate::serve::at_risk::AtRiskQuery;
 use crate::serve::config::Clock;
 use crate::serve::page_token::Order;
@@ -22,6 +27,68 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+/// What the ranking holds per user: [`Score`] less its rooms and channel mix (see the module
+/// docs). 120 bytes against the score's 176; `a_ranked_score_is_the_score_without_rooms_and_channels`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Ranked {
+    tier: u16,
+    churn_probability: f64,
+    risk_level: RiskLevel,
+    risk_percentile: f64,
+    rfm_segment: RfmSegment,
+    lifecycle_stage: LifecycleStage,
+    factors: [Factor; TOP_FACTORS],
+    n_factors: u8,
+    clv: f64,
+    expected_orders: f64,
+    p_alive: f64,
+    value_at_risk: f64,
+    interests: Interests,
+}
+
+impl From<&Score> for Ranked {
+    fn from(s: &Score) -> Self {
+        Ranked {
+            tier: s.tier,
+            churn_probability: s.churn_probability,
+            risk_level: s.risk_level,
+            risk_percentile: s.risk_percentile,
+            rfm_segment: s.rfm_segment,
+            lifecycle_stage: s.lifecycle_stage,
+            factors: s.factors,
+            n_factors: s.n_factors,
+            clv: s.clv,
+            expected_orders: s.expected_orders,
+            p_alive: s.p_alive,
+            value_at_risk: s.value_at_risk,
+            interests: s.interests,
+        }
+    }
+}
+
+impl Ranked {
+    /// The score, with empty rooms and channel mix (a page fills them from the state).
+    fn score(&self) -> Score {
+        Score {
+            tier: self.tier,
+            churn_probability: self.churn_probability,
+            risk_level: self.risk_level,
+            risk_percentile: self.risk_percentile,
+            rfm_segment: self.rfm_segment,
+            lifecycle_stage: self.lifecycle_stage,
+            factors: self.factors,
+            n_factors: self.n_factors,
+            clv: self.clv,
+            expected_orders: self.expected_orders,
+            p_alive: self.p_alive,
+            value_at_risk: self.value_at_risk,
+            interests: self.interests,
+            channels: ChannelShares::default(),
+            rooms: Default::default(),
+        }
+    }
+}
 
 /// A tree key: the ordering's value `p` (highest first), then user id (ascending).
 #[derive(Debug, Clone)]
@@ -50,7 +117,7 @@ impl PartialEq for Key {
 
 impl Eq for Key {}
 
-type Tree = OrdMap<Key, Arc<Score>>;
+type Tree = OrdMap<Key, Arc<Ranked>>;
 /// One tree per ordering, at [`Order::index`].
 type Trees = [Tree; Order::ALL.len()];
 /// The values a user's keys hold, per ordering.
@@ -90,7 +157,7 @@ impl Live {
         match score {
             Some(s) => {
                 let keys = keys_of(&s);
-                let s = Arc::new(s);
+                let s = Arc::new(Ranked::from(&s));
                 self.index.insert(user.clone(), keys);
                 for (tree, p) in self.trees.iter_mut().zip(keys) {
                     tree.insert(
@@ -271,38 +338,42 @@ fn build(
 ) -> Result<(Trees, HashMap<Arc<str>, Keys>), StateError> {
     let parts = state.scan(|users| {
         users
-            .map(|(id, agg)| (Arc::<str>::from(id), Arc::new(scorer.score(agg, as_of))))
+            .map(|(id, agg)| {
+                let s = scorer.score(agg, as_of);
+                (
+                    Arc::<str>::from(id),
+                    keys_of(&s),
+                    Arc::new(Ranked::from(&s)),
+                )
+            })
             .collect::<Vec<_>>()
     })?;
-    let mut all: Vec<(Arc<str>, Arc<Score>)> = parts.into_iter().flatten().collect();
+    let mut all: Vec<(Arc<str>, Keys, Arc<Ranked>)> = parts.into_iter().flatten().collect();
     let mut index = HashMap::with_capacity(all.len());
     let mut trees = Trees::default();
     for order in Order::ALL {
         // Inserting in key order keeps the B-tree's splits cheap.
-        all.par_sort_unstable_by(|a, b| {
-            order
-                .value(&b.1)
-                .total_cmp(&order.value(&a.1))
-                .then_with(|| a.0.cmp(&b.0))
-        });
-        let tree = &mut trees[order.index()];
-        for (user, s) in &all {
+        let i = order.index();
+        all.par_sort_unstable_by(|a, b| b.1[i].total_cmp(&a.1[i]).then_with(|| a.0.cmp(&b.0)));
+        let tree = &mut trees[i];
+        for (user, keys, s) in &all {
             tree.insert(
                 Key {
-                    p: order.value(s),
+                    p: keys[i],
                     user: user.clone(),
                 },
                 s.clone(),
             );
         }
     }
-    for (user, s) in all {
-        index.insert(user, keys_of(&s));
+    for (user, keys, _) in all {
+        index.insert(user, keys);
     }
     Ok((trees, index))
 }
 
-/// The page of `q` in `v`.
+/// The page of `q` in `v`, its scores without rooms and channel mix ([`fill_profiles`] adds
+/// them).
 fn read_page(v: &Version, q: &AtRiskQuery) -> RankedPage {
     let start = match &q.after {
         Some((p, u)) => Bound::Excluded(Key {
@@ -318,14 +389,15 @@ fn read_page(v: &Version, q: &AtRiskQuery) -> RankedPage {
         if q.order == Order::ChurnDescending && k.p < q.min_probability {
             break;
         }
-        if !matches(q, s) {
+        let s = s.score();
+        if !matches(q, &s) {
             continue;
         }
         if users.len() == q.limit {
             more = true;
             break;
         }
-        users.push((k.user.to_string(), **s));
+        users.push((k.user.to_string(), s));
     }
     RankedPage {
         version: v.id,
@@ -334,6 +406,26 @@ fn read_page(v: &Version, q: &AtRiskQuery) -> RankedPage {
         users,
         more,
     }
+}
+
+/// Sets each user's top rooms and channel mix from the state as it is now, as
+/// [`Scorer::score`] does (a user erased since the version was published keeps them empty).
+async fn fill_profiles(
+    state: &StateBackend,
+    users: &mut [(String, Score)],
+) -> Result<(), StateError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = users.iter().map(|(id, _)| id.clone()).collect();
+    let aggs = state.get_many(&ids).await?;
+    for ((_, s), agg) in users.iter_mut().zip(aggs) {
+        if let Some(a) = agg {
+            s.rooms = a.rooms;
+            s.channels = ChannelShares::from_list(&a.channel_shares());
+        }
+    }
+    Ok(())
 }
 
 impl Ranking for MemoryRanking {
@@ -346,7 +438,9 @@ impl Ranking for MemoryRanking {
             Some(id) => self.pinned(id)?,
             None => self.newest(deadline).await?,
         };
-        Ok(read_page(&v, q))
+        let mut page = read_page(&v, q);
+        fill_profiles(&self.state, &mut page.users).await?;
+        Ok(page)
     }
 
     async fn users_changed(&self, users: Vec<String>) {
@@ -402,6 +496,47 @@ mod tests {
         }
     }
 
+    /// The ranking holds everything of a score but its rooms and channel mix, and 56 bytes
+    /// less a user: 136-byte shared allocations instead of 192 (each with the `Arc`'s two
+    /// counters).
+    #[test]
+    fn a_ranked_score_is_the_score_without_rooms_and_channels() {
+        use crate::features::{Channel, Rooms};
+        let mut interests = Interests::default();
+        interests.add(7, 2.0);
+        let mut rooms = Rooms::default();
+        rooms.add(9, 1.0);
+        let full = Score {
+            tier: 3,
+            churn_probability: 0.7,
+            risk_level: RiskLevel::High,
+            risk_percentile: 91.5,
+            rfm_segment: RfmSegment::ImportantKeep,
+            lifecycle_stage: LifecycleStage::Silent,
+            n_factors: 1,
+            clv: 12.5,
+            expected_orders: 1.5,
+            p_alive: 0.4,
+            value_at_risk: 8.75,
+            interests,
+            rooms,
+            channels: ChannelShares::from_list(&[(Channel::Live, 1.0, 1.0)]),
+            ..Score::default()
+        };
+        let back = Ranked::from(&full).score();
+        assert_eq!(
+            back,
+            Score {
+                rooms: Rooms::default(),
+                channels: ChannelShares::default(),
+                ..full
+            }
+        );
+        assert_ne!(back, full);
+        use std::mem::size_of;
+        assert_eq!((size_of::<Score>(), size_of::<Ranked>()), (176, 120));
+    }
+
     #[test]
     fn keys_order_by_probability_descending_then_user_ascending() {
         let mut v = [key(0.5, "b"), key(0.9, "z"), key(0.5, "a"), key(0.1, "c")];
@@ -414,11 +549,14 @@ mod tests {
     fn a_published_tree_is_unchanged_by_later_updates_to_the_live_one() {
         let mut live: Tree = OrdMap::new();
         for (i, p) in [0.2, 0.8, 0.5].iter().enumerate() {
-            live.insert(key(*p, &format!("u{i}")), Arc::new(Score::default()));
+            live.insert(
+                key(*p, &format!("u{i}")),
+                Arc::new(Ranked::from(&Score::default())),
+            );
         }
         let published = live.clone();
         live.remove(&key(0.8, "u1"));
-        live.insert(key(0.1, "u1"), Arc::new(Score::default()));
+        live.insert(key(0.1, "u1"), Arc::new(Ranked::from(&Score::default())));
         let order = |t: &Tree| t.keys().map(|k| k.user.to_string()).collect::<Vec<_>>();
         assert_eq!(order(&published), ["u1", "u2", "u0"]);
         assert_eq!(order(&live), ["u2", "u0", "u1"]);

@@ -32,7 +32,9 @@
 //!   (the server's clock) at which the full build it descends from started. Users re-ranked after
 //!   events are scored at that same `as_of` (an event stamped after it counts as "just now":
 //!   recency zero), so a version equals a full rescan at its `as_of`. A page shows the version's
-//!   figures, with `as_of` and `model_version` of the version.
+//!   figures, with `as_of` and `model_version` of the version; the in-memory ranking leaves
+//!   out the user's top rooms and channel mix (no ordering or filter reads them) and a page
+//!   shows them as the state holds them when it is served ([`memory`]).
 //! - **Maintenance**: the RecordEvents handler calls [`Ranking::users_changed`] with the users it
 //!   applied events to; the live ranking re-scores them (O(log n) each). The whole ranking is
 //!   rebuilt every `ranking_rebuild_secs` (scores drift with time: recency grows) and after each

@@ -164,7 +164,7 @@ impl UserState for EmbeddedState {
             .into_par_iter()
             .map(|i| {
                 let shard = self.store.shard(i);
-                let mut users = shard.iter().map(|(id, agg)| (&**id, agg));
+                let mut users = shard.iter().map(|(id, agg)| (&**id, &**agg));
                 visit(&mut users)
             })
             .collect())

@@ -91,10 +91,28 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by `: ` (as `{:#}` prints them), each cause once: the
+/// library errors show their source in their own message (`path: source`, so that they read
+/// whole on their own) and name it as their source as well, which `{:#}` printed twice.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Everything this binary creates (bundles, state files, exports, reports) holds users' data:
@@ -138,7 +156,31 @@ pub fn parse_time(s: &str) -> anyhow::Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use super::{causes, parse_time};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Shows {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = || std::io::Error::other("disk full");
+        let shown = anyhow::Error::new(Shows {
+            path: "/m/CURRENT".into(),
+            source: io(),
+        })
+        .context("pruning /m");
+        assert_eq!(causes(&shown), "pruning /m: /m/CURRENT: disk full");
+        assert_eq!(
+            format!("{shown:#}"),
+            "pruning /m: /m/CURRENT: disk full: disk full"
+        );
+        let plain = anyhow::Error::new(io()).context("writing /m/x");
+        assert_eq!(causes(&plain), "writing /m/x: disk full");
+    }
 
     #[test]
     fn a_bare_date_means_the_end_of_that_day() {

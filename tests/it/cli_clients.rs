@@ -796,3 +796,42 @@ fn models_prune_keeps_the_current_bundle_and_the_newest_others_and_deletes_the_r
     );
     assert!(e.contains("not through --server"), "{e}");
 }
+
+/// A damaged models directory: prune refuses, names what it could not read, and deletes
+/// nothing (without knowing the current bundle it must not guess which one to keep).
+#[test]
+fn models_prune_refuses_a_damaged_models_directory_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let m = path_str(&models);
+    for v in ["v1", "v2", "v3"] {
+        publish(&models, v, 1.0);
+    }
+    // A torn CURRENT pointer.
+    std::fs::write(models.join("CURRENT"), "v2\0\0\u{1}").unwrap();
+    let e = fails(
+        dir.path(),
+        &["models", "--models", m, "prune", "--keep", "0"],
+    );
+    assert!(e.contains("CURRENT"), "{e}");
+    assert_eq!(versions(&models), ["v1", "v2", "v3"]);
+
+    // The models path is a file, not a directory.
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "x").unwrap();
+    let e = fails(
+        dir.path(),
+        &[
+            "models",
+            "--models",
+            path_str(&file),
+            "prune",
+            "--keep",
+            "0",
+        ],
+    );
+    assert!(e.contains("not-a-directory"), "{e}");
+    // Each cause once: the bundle error already ends with the OS error it carries.
+    assert_eq!(e.matches("Not a directory").count(), 1, "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}

@@ -379,6 +379,65 @@ mod tests {
     }
 
     #[test]
+    fn a_warehouse_mix_reads_back_as_applied_saturates_counts_and_refuses_unreachable_states() {
+        use Channel::*;
+        let mut a = ChannelMix::default();
+        for (c, s) in [(Social, 250), (App, 0), (OfflineStore, 900), (Live, 100)] {
+            a.apply(c, s);
+        }
+        let (used, slots, events, cents) = a.parts();
+        // App came second and was pushed to the rest by offline_store's smaller code.
+        assert_eq!(slots, [Social as u8, OfflineStore as u8]);
+        assert_eq!((events, cents), ([1, 1, 1], [250, 900, 0]));
+        assert_eq!(ChannelMix::from_parts(used, slots, events, cents), Some(a));
+
+        // A warehouse counts past u16::MAX; the mix holds what `apply` would have counted.
+        let mut busy = ChannelMix::default();
+        (0..70_000).for_each(|_| busy.apply(Social, 0));
+        let (u, s, e, c) = busy.parts();
+        assert_eq!(e, [65_535, 0, 0]);
+        assert_eq!(ChannelMix::from_parts(u, s, [70_000, 0, 0], c), Some(busy));
+
+        // States `apply` cannot reach.
+        let social_unmarked = used & !(1 << Social as u8);
+        let refused = [
+            ("a code past other", used, [Social as u8, 7], events, cents),
+            ("live in a slot", used, [Live as u8, 0], [1, 0, 0], [0; 3]),
+            (
+                "slot 0 the larger code",
+                used,
+                [OfflineStore as u8, Social as u8],
+                events,
+                cents,
+            ),
+            (
+                "an empty slot first",
+                used,
+                [0, Social as u8],
+                [0, 1, 0],
+                [0, 250, 0],
+            ),
+            (
+                "counts in an empty slot",
+                used,
+                [Social as u8, 0],
+                [1, 4, 0],
+                cents,
+            ),
+            (
+                "a slot's channel not marked used",
+                social_unmarked,
+                slots,
+                events,
+                cents,
+            ),
+        ];
+        for (why, u, s, e, c) in refused {
+            assert_eq!(ChannelMix::from_parts(u, s, e, c), None, "{why}");
+        }
+    }
+
+    #[test]
     fn a_user_seen_only_without_channels_has_no_mix() {
         let mut a = ChannelMix::default();
         a.apply(Channel::Unspecified, 100);

@@ -218,6 +218,59 @@ mod tests {
         }
     }
 
+    /// `[churn] purchase_candidates`: `never` leaves them out everywhere, `auto` only on data
+    /// with engagement events, each with its reason in `left_out`.
+    #[test]
+    fn the_setting_decides_where_the_purchase_candidates_are_offered() {
+        let full = generated();
+        let mut orders_only = full.clone();
+        let keep: Vec<bool> = full
+            .kind
+            .iter()
+            .map(|&k| k == crate::features::EventKind::Order)
+            .collect();
+        retain_rows(&mut orders_only, &keep);
+        let cases = [
+            (&full, PurchaseCandidates::Never, Some("switched off")),
+            (
+                &orders_only,
+                PurchaseCandidates::Never,
+                Some("switched off"),
+            ),
+            (&full, PurchaseCandidates::Auto, Some("engagement events")),
+            (&orders_only, PurchaseCandidates::Auto, None),
+        ];
+        for (table, mode, reason) in cases {
+            let w = windows(table, None, 30, &mut Vec::new()).unwrap();
+            let mut snap = snapshots(table, &w).unwrap();
+            let fits = fit_purchases_with(&w, &mut snap, 30, mode);
+            let offered = snap
+                .features
+                .features
+                .iter()
+                .filter(|f| f.is_purchase())
+                .count();
+            let why: Vec<&str> = snap
+                .left_out
+                .iter()
+                .filter(|(f, _)| f.is_purchase())
+                .map(|(_, r)| *r)
+                .collect();
+            let case = format!("{mode:?}, {} events", table.len());
+            match reason {
+                Some(r) => {
+                    assert_eq!((offered, why.len()), (0, 4), "{case}");
+                    assert!(why.iter().all(|w| w.contains(r)), "{case}: {why:?}");
+                    assert!(fits.now.is_none(), "{case}");
+                }
+                None => {
+                    assert_eq!((offered, why.len()), (4, 0), "{case}: {why:?}");
+                    assert!(fits.now.is_some(), "{case}");
+                }
+            }
+        }
+    }
+
     /// Too few repeat buyers: the candidates are left out with the reason, nothing is fitted.
     #[test]
     fn the_purchase_candidates_are_left_out_without_enough_repeat_buyers() {

@@ -8,7 +8,10 @@
 #
 # BIN: a release `tiering`; MODELS: a models directory (e.g. 20k generated users); USER_ID: a
 # user it holds. Needs h2load (nghttp2-client), openssl, python3. Prints one line.
+# CONNS=C STREAMS=S: the 16 in flight as C connections of S streams each (default 16 x 1), as
+# in bench/serve_tls.sh.
 set -euo pipefail
+CONNS=${CONNS:-16}; STREAMS=${STREAMS:-1}
 BIN=$1; MODELS=$2; UID_=$3; MODE=$4; N=${5:-40000}
 W=$(mktemp -d)
 pid=
@@ -35,11 +38,11 @@ fi
 pid=$!
 for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 sleep 2
-load() { h2load -c 16 -m 1 -t 1 -n "$1" -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" \
+load() { h2load -c $CONNS -m $STREAMS -t 1 -n "$1" -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" \
   -d "$W/body" "$scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier"; }
 load $((N / 8)) > /dev/null
 t0=$(awk '{print $14 + $15}' /proc/$pid/stat)
-out=$( { /usr/bin/time -f "h2cpu %U %S" bash -c "$(declare -f load); $(declare -p hdr); scheme=$scheme port=$port W=$W load $N"; } 2>&1 )
+out=$( { /usr/bin/time -f "h2cpu %U %S" bash -c "$(declare -f load); $(declare -p hdr); CONNS=$CONNS STREAMS=$STREAMS scheme=$scheme port=$port W=$W load $N"; } 2>&1 )
 t1=$(awk '{print $14 + $15}' /proc/$pid/stat)
 ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)
 h2=$(echo "$out" | awk '/^h2cpu/ {print $2 + $3}')

@@ -26,10 +26,19 @@ impl Quotas {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let bucket = buckets.entry(name.to_string()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
+        // The name is copied once per identity, not on every call.
+        if !buckets.contains_key(name) {
+            buckets.insert(
+                name.to_owned(),
+                Bucket {
+                    tokens: burst,
+                    last: now,
+                },
+            );
+        }
+        let Some(bucket) = buckets.get_mut(name) else {
+            return false;
+        };
         let elapsed = now.duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.last = now;
@@ -52,5 +61,16 @@ mod tests {
         assert!((0..5).all(|_| q.take("a", 0.001, 5)));
         assert!(!q.take("a", 0.001, 5));
         assert!(q.take("b", 0.001, 5), "buckets are per identity");
+    }
+
+    #[test]
+    fn an_empty_bucket_refills_at_its_rate() {
+        let q = Quotas::default();
+        assert!((0..3).all(|_| q.take("a", 0.001, 3)));
+        assert!(!q.take("a", 0.001, 3));
+        // After a millisecond, a rate of a billion a second has refilled the bucket.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(q.take("a", 1e9, 3));
+        assert_eq!(q.buckets.lock().map(|b| b.len()).unwrap_or(0), 1);
     }
 }

@@ -274,7 +274,7 @@ fn publish(report: &str, tmp_root: &Path) -> Result<()> {
 /// One ListAtRiskUsers page: (users, next token).
 async fn at_risk_page(
     c: &mut TieringClient<Channel>,
-    req: proto::ListAtRiskUsersRequest,
+    req: impl tonic::IntoRequest<proto::ListAtRiskUsersRequest>,
 ) -> Result<(u64, String)> {
     let mut stream = c.list_at_risk_users(req).await?.into_inner();
     let (mut n, mut token) = (0u64, String::new());
@@ -1040,11 +1040,7 @@ async fn wait_ranked(addr: SocketAddr, secure: &Secure) -> Result<()> {
         limit: 1,
         ..Default::default()
     };
-    let mut stream = c
-        .list_at_risk_users(with_token(req, secure.token.as_ref()))
-        .await?
-        .into_inner();
-    while stream.message().await?.is_some() {}
+    at_risk_page(&mut c, with_token(req, secure.token.as_ref())).await?;
     Ok(())
 }
 

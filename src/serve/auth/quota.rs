@@ -11,6 +11,21 @@ struct Bucket {
     last: Instant,
 }
 
+impl Bucket {
+    /// Refills for the time since the last call, then takes one request; `false` when empty.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The buckets of every identity seen.
 #[derive(Debug, Default)]
 pub struct Quotas {
@@ -18,7 +33,8 @@ pub struct Quotas {
 }
 
 impl Quotas {
-    /// Takes one request from `name`'s bucket; `false` when it is empty.
+    /// Takes one request from `name`'s bucket; `false` when it is empty. A new identity starts
+    /// with a full bucket; its name is copied once, not on every call.
     pub fn take(&self, name: &str, rate: f64, burst: u32) -> bool {
         let burst = f64::from(burst.max(1));
         let now = Instant::now();
@@ -26,28 +42,16 @@ impl Quotas {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // The name is copied once per identity, not on every call.
-        if !buckets.contains_key(name) {
-            buckets.insert(
-                name.to_owned(),
-                Bucket {
-                    tokens: burst,
-                    last: now,
-                },
-            );
+        if let Some(bucket) = buckets.get_mut(name) {
+            return bucket.take(now, rate, burst);
         }
-        let Some(bucket) = buckets.get_mut(name) else {
-            return false;
+        let mut bucket = Bucket {
+            tokens: burst,
+            last: now,
         };
-        let elapsed = now.duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let taken = bucket.take(now, rate, burst);
+        buckets.insert(name.to_owned(), bucket);
+        taken
     }
 }
 

@@ -667,22 +667,29 @@ fn report_shows_stability_split_by_cause_and_drift() {
     assert!(!empty().html().contains("id=\"stability\""));
 }
 
-/// Writes the sample reports for a look in a browser (`cargo test --lib report -- --ignored`):
-/// report-sample.html, report-non-finite.html, report-flat.html and report-empty.html in the
-/// temp dir.
+/// Every sample report (the full one, non-finite figures, a flat model, no users) is one
+/// complete document. With `TIERING_REPORT_SAMPLES=DIR` set, they are also written there as
+/// report-<name>.html for a look in a browser
+/// (`TIERING_REPORT_SAMPLES=/tmp cargo test --lib report::tests::every_sample`).
 #[test]
-#[ignore = "writes files for visual inspection"]
-fn write_sample_reports_for_visual_check() {
-    let reports = [
+fn every_sample_report_is_a_complete_document() {
+    let out = std::env::var_os("TIERING_REPORT_SAMPLES").map(std::path::PathBuf::from);
+    for (name, s) in [
         ("sample", sample()),
         ("non-finite", non_finite()),
         ("flat", flat()),
         ("empty", empty()),
-    ];
-    for (name, s) in reports {
-        let path = std::env::temp_dir().join(format!("report-{name}.html"));
-        std::fs::write(&path, s.html()).expect("write sample report");
-        eprintln!("wrote {}", path.display());
+    ] {
+        let html = s.html();
+        assert!(html.starts_with("<!DOCTYPE html>"), "{name}");
+        assert_eq!(html.matches("<html").count(), 1, "{name}");
+        assert!(html.trim_end().ends_with("</html>"), "{name}");
+        assert_balanced(&html);
+        if let Some(dir) = &out {
+            let path = dir.join(format!("report-{name}.html"));
+            std::fs::write(&path, html).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            eprintln!("wrote {}", path.display());
+        }
     }
 }
 

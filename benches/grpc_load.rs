@@ -648,7 +648,9 @@ fn tls_cost(
             .block_on(wait_serving_with(s.addr, secure, Duration::from_secs(300)))?;
         // The server builds its at-risk ranking after SERVING (seconds of CPU at 1M users):
         // the rounds start once that is done, or the first round measures the build.
-        bench.rt.block_on(wait_ranked(s.addr, secure))?;
+        bench
+            .rt
+            .block_on(wait_ranked(s.addr, secure, Duration::from_secs(300)))?;
         servers.push(s);
     }
     let scenario = Scenario::new("GetUserTier", Call::Get, 16);
@@ -1033,15 +1035,19 @@ fn with_token<T>(msg: T, token: Option<&AsciiMetadataValue>) -> Request<T> {
     req
 }
 
-/// Returns once the server's first at-risk ranking is built (its first page waits for it).
-async fn wait_ranked(addr: SocketAddr, secure: &Secure) -> Result<()> {
+/// Returns once the server's first at-risk ranking is built (its first page waits for it),
+/// or fails after `limit`.
+async fn wait_ranked(addr: SocketAddr, secure: &Secure, limit: Duration) -> Result<()> {
     let mut c = TieringClient::new(secure_channel(addr, secure).await?);
     let req = proto::ListAtRiskUsersRequest {
         limit: 1,
         ..Default::default()
     };
-    at_risk_page(&mut c, with_token(req, secure.token.as_ref())).await?;
-    Ok(())
+    let page = at_risk_page(&mut c, with_token(req, secure.token.as_ref()));
+    match tokio::time::timeout(limit, page).await {
+        Ok(r) => r.map(drop),
+        Err(_) => Err(format!("{addr} had no at-risk ranking within {limit:?}").into()),
+    }
 }
 
 async fn wait_serving(addr: SocketAddr, limit: Duration) -> Result<()> {

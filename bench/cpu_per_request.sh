@@ -11,32 +11,27 @@
 # CONNS=C STREAMS=S: the 16 in flight as C connections of S streams each (default 16 x 1), as
 # in bench/serve_tls.sh.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 CONNS=${CONNS:-16}; STREAMS=${STREAMS:-1}
 BIN=$1; MODELS=$2; UID_=$3; MODE=$4; N=${5:-40000}
 W=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-python3 - "$W/body" "$UID_" <<'PY'
-import sys
-uid=sys.argv[2].encode(); msg=b"\x0a"+bytes([len(uid)])+uid
-open(sys.argv[1],"wb").write(b"\x00"+len(msg).to_bytes(4,"big")+msg)
-PY
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+grpc_body "$W/body" "$UID_"
+port=$(free_port)
 args=(); scheme=http; hdr=()
 if [ "$MODE" != plain ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 \
-    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1
-  chmod 600 "$W/key.pem"
+  self_signed_cert "$W"
   args=(--tls-cert "$W/cert.pem" --tls-key "$W/key.pem"); scheme=https
 fi
 if [ "$MODE" = tls+token ]; then
-  TOKEN=$("$BIN" keys add-token --name bench --roles reader --keys-file "$W/keys.toml" | grep -oE 'tk_[A-Za-z0-9_-]+' | head -1)
+  TOKEN=$(reader_token "$BIN" "$W/keys.toml")
   args+=(--keys-file "$W/keys.toml"); hdr=(-H "authorization: Bearer $TOKEN")
 fi
 "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$port --state "$W/state" "${args[@]}" > "$W/log" 2>&1 &
 pid=$!
-for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+wait_port "$port" 30 || { cat "$W/log" >&2; exit 1; }
 sleep 2
 load() { h2load -c $CONNS -m $STREAMS -t 1 -n "$1" -H 'content-type: application/grpc' -H 'te: trailers' "${hdr[@]}" \
   -d "$W/body" "$scheme://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier"; }

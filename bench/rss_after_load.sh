@@ -2,9 +2,10 @@
 # rss.sh BIN MODELS TAG: start a server on MODELS with an empty embedded state, wait until it
 # answers GetUserTier for u0000002, print its VmRSS (MiB) after load, stop it.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 mkdir -p "${OUT:-/tmp/tiering-bench}"
 BIN=$1; MODELS=$2; TAG=$3
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 rm -rf "${OUT:-/tmp/tiering-bench}/state-$TAG"
 start=$(date +%s.%N)
 "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$port --state "${OUT:-/tmp/tiering-bench}/state-$TAG" --now 2026-11-02T00:00:00Z > "${OUT:-/tmp/tiering-bench}/serve-$TAG.log" 2>&1 &

@@ -5,27 +5,20 @@
 # different bundle formats (train the same data with each binary; an old binary refuses a
 # newer format, and a new binary reading an old bundle answers without what the old lacks).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 OLD=$1; NEW=$2; MODELS=$3; ROUNDS=${4:-3}; SECS=${5:-5}; NEW_MODELS=${6:-$3}
 W=$(mktemp -d)
-python3 - "$W/body" <<'PY'
-import sys
-uid=b"u0000002"; msg=b"\x0a"+bytes([len(uid)])+uid
-open(sys.argv[1],"wb").write(b"\x00"+len(msg).to_bytes(4,"big")+msg)
-PY
+grpc_body "$W/body" u0000002
 run() { # bin tag models
-  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local port; port=$(free_port)
   rm -rf "$W/state-$2"
   "$1" serve --models "$3" --listen 127.0.0.1:$port --state "$W/state-$2" --now 2026-11-02T00:00:00Z > "$W/log-$2" 2>&1 &
   local pid=$!
   for _ in $(seq 200); do "$1" user u0000002 --server http://127.0.0.1:$port >/dev/null 2>&1 && break; sleep 0.1; done
-  : > "$W/lat-$2" # h2load appends to --log-file: one run's latencies only
   local rss; rss=$(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/$pid/status)
-  local out; out=$(h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$W/body" --log-file "$W/lat-$2" http://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
+  local figures; figures=$(h2load_run "$W/lat-$2" h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$W/body" http://127.0.0.1:$port/tiering.v1.Tiering/GetUserTier)
   kill -TERM $pid; wait $pid 2>/dev/null || true
-  local rps; rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)
-  local ok; ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)
-  local p99; p99=$(cut -f3 "$W/lat-$2" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)]/1000}')
-  echo "$2 rps=$rps ok=$ok p99_ms=$p99 rss_after_load_mb=$rss load=$(cut -d' ' -f1 /proc/loadavg)"
+  echo "$2 $figures rss_after_load_mb=$rss load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 for r in $(seq "$ROUNDS"); do run "$OLD" old "$MODELS"; run "$NEW" new "$NEW_MODELS"; done
 rm -rf "$W"

@@ -5,35 +5,26 @@
 # req/s, successes and p99 per run.
 # serve_http.sh BIN MODELS_DIR USER_ID [ROUNDS] [SECS]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BIN=$1; MODELS=$2; UID_=$3; ROUNDS=${4:-3}; SECS=${5:-5}
 W=$(mktemp -d)
 PID=
 trap '[ -n "$PID" ] && kill -TERM $PID 2>/dev/null; rm -rf "$W"' EXIT
-python3 - "$W/body" "$UID_" <<'PY'
-import sys
-uid=sys.argv[2].encode(); msg=b"\x0a"+bytes([len(uid)])+uid
-open(sys.argv[1],"wb").write(b"\x00"+len(msg).to_bytes(4,"big")+msg)
-PY
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-GRPC=$(port); HTTP=$(port)
+grpc_body "$W/body" "$UID_"
+GRPC=$(free_port); HTTP=$(free_port)
 "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$GRPC --http-listen 127.0.0.1:$HTTP --state "$W/state" \
   --now 2026-11-02T00:00:00Z > "$W/log" 2>&1 &
 PID=$!
 for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$HTTP/v1/users/$UID_" && break; sleep 0.1; done
 curl -sf -o /dev/null "http://127.0.0.1:$HTTP/v1/users/$UID_" || { echo "the JSON lookup never answered 200" >&2; cat "$W/log" >&2; exit 1; }
 run() { # grpc|json
-  local out
-  : > "$W/lat" # h2load appends to --log-file: one run's latencies only
+  local figures
   if [ "$1" = grpc ]; then
-    out=$(h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' \
-      -d "$W/body" --log-file "$W/lat" http://127.0.0.1:$GRPC/tiering.v1.Tiering/GetUserTier)
+    figures=$(h2load_run "$W/lat" h2load -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' \
+      -H 'te: trailers' -d "$W/body" http://127.0.0.1:$GRPC/tiering.v1.Tiering/GetUserTier)
   else
-    out=$(h2load --h1 -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 --log-file "$W/lat" "http://127.0.0.1:$HTTP/v1/users/$UID_")
+    figures=$(h2load_run "$W/lat" h2load --h1 -c 16 -m 1 -t 1 -D "$SECS" --warm-up-time 1 "http://127.0.0.1:$HTTP/v1/users/$UID_")
   fi
-  local rps ok p99
-  rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)
-  ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)
-  p99=$(cut -f3 "$W/lat" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)]/1000}')
-  echo "$1 rps=$rps ok=$ok p99_ms=$p99 load=$(cut -d' ' -f1 /proc/loadavg)"
+  echo "$1 $figures load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 for _ in $(seq "$ROUNDS"); do run grpc; run json; done

@@ -14,20 +14,20 @@
 #   MODELS: a models directory with CURRENT (e.g. `tiering train --data DIR --models MODELS`).
 # Needs h2load (nghttp2-client), redis-server and python3 (for the request bodies).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BIN=$1; MODELS=$2; ROUNDS=${3:-3}; SECS=${4:-5}
 W=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; tail -n 5 "$W"/*.log >&2; exit 1; }
+wait_up() { wait_port "$1" 60 || { tail -n 5 "$W"/*.log >&2; exit 1; }; }
 
 NOW=$(python3 -c 'import json,sys,os; m=json.load(open(os.path.join(sys.argv[1], open(os.path.join(sys.argv[1],"CURRENT")).read().strip(), "manifest.json"))); print(m.get("as_of") or m["data"]["as_of"])' "$MODELS" 2>/dev/null || echo 2026-11-01T00:00:00Z)
 
 RP=$(free_port)
 redis-server --bind 127.0.0.1 --port "$RP" --save "" --appendonly no --dir "$W" >"$W/redis.log" 2>&1 &
 pids+=($!)
-wait_port "$RP"
+wait_up "$RP"
 
 EP=$(free_port); XP=$(free_port)
 # A fresh Redis each run: --reseed-state seeds it although MODELS records an earlier run's state.
@@ -37,7 +37,7 @@ export TIERING__RANKING_REBUILD_SECS=86400
 pids+=($!)
 "$BIN" serve --models "$MODELS" --listen 127.0.0.1:$XP --state "redis://127.0.0.1:$RP" --reseed-state --now "$NOW" >"$W/redis-serve.log" 2>&1 &
 pids+=($!)
-wait_port "$EP"; wait_port "$XP"
+wait_up "$EP"; wait_up "$XP"
 t0=$(date +%s)
 # Both answer an at-risk page once their ranking is built (the first build scans every user):
 # from then on nothing but the loads runs.
@@ -59,16 +59,10 @@ open(f"{w}/batch", "wb").write(frame(b"".join(s(1, i) for i in ids)))
 PY
 
 run() { # name port rpc body conns
-  local out
-  : > "$W/lat" # h2load appends to --log-file: one run's latencies only
-  out=$(h2load -c "$5" -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' -H 'te: trailers' \
-    -d "$W/$4" --log-file "$W/lat" "http://127.0.0.1:$2/tiering.v1.Tiering/$3")
-  local rps ok p50 p99
-  rps=$(echo "$out" | grep -oE '[0-9.]+ req/s' | head -1 | cut -d' ' -f1)
-  ok=$(echo "$out" | grep -oE '[0-9]+ succeeded' | cut -d' ' -f1)
-  p50=$(cut -f3 "$W/lat" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.50)]/1000}')
-  p99=$(cut -f3 "$W/lat" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)]/1000}')
-  echo "$1 $3 rps=$rps ok=$ok p50_ms=$p50 p99_ms=$p99 load=$(cut -d' ' -f1 /proc/loadavg)"
+  local figures
+  figures=$(h2load_run "$W/lat" h2load -c "$5" -m 1 -t 1 -D "$SECS" --warm-up-time 1 -H 'content-type: application/grpc' \
+    -H 'te: trailers' -d "$W/$4" "http://127.0.0.1:$2/tiering.v1.Tiering/$3")
+  echo "$1 $3 $figures load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 for _ in $(seq "$ROUNDS"); do
   run embedded "$EP" GetUserTier one 16

@@ -127,12 +127,17 @@ fn owner_only_files() {
 }
 
 /// Logs go to stderr through tracing; `RUST_LOG` filters (default: info for tiering, warn else).
+/// Coloured only on a terminal, and not when `NO_COLOR` is set (<https://no-color.org>): a log
+/// in a file, a pipe or a service manager's journal is plain text.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tiering=info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .try_init();
 }
 

@@ -835,3 +835,39 @@ fn models_prune_refuses_a_damaged_models_directory_and_deletes_nothing() {
     assert_eq!(e.matches("Not a directory").count(), 1, "{e}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
 }
+
+/// Logs written to a file or a pipe (a service manager's journal, `2> log`) are plain text:
+/// no terminal colour codes, which log shippers and `grep` would otherwise have to strip.
+#[test]
+fn logs_to_a_file_or_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data");
+    for to_file in [true, false] {
+        let mut cmd = crate::helpers::bin();
+        cmd.args(["generate", "--users", "20", "--days", "10", "--seed", "3"])
+            .args(["--end", END, "--out"])
+            .arg(&out)
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null());
+        let log = dir.path().join("log");
+        let stderr = if to_file {
+            cmd.stderr(std::fs::File::create(&log).unwrap());
+            assert!(cmd.status().unwrap().success());
+            std::fs::read_to_string(&log).unwrap()
+        } else {
+            let o = cmd.stderr(Stdio::piped()).output().unwrap();
+            assert!(o.status.success());
+            String::from_utf8(o.stderr).unwrap()
+        };
+        assert!(
+            stderr.contains("INFO") && stderr.contains("generated"),
+            "the info lines are logged: {stderr}"
+        );
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "no escape codes in a log to a {}: {stderr:?}",
+            if to_file { "file" } else { "pipe" }
+        );
+    }
+}

@@ -871,3 +871,29 @@ fn logs_to_a_file_or_a_pipe_carry_no_colour_codes() {
         );
     }
 }
+
+/// A models directory that does not exist (a typo in `--models`, an unmounted volume) is an
+/// error for every `models` action, with the path named: `list` and a scheduled `prune` must
+/// not report "nothing there" and succeed.
+#[test]
+fn models_actions_refuse_a_models_directory_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-models");
+    let m = path_str(&missing);
+    for action in [
+        &["list"][..],
+        &["prune", "--keep", "1"],
+        &["prune", "--keep", "1", "--dry-run"],
+        &["rollback"],
+        &["promote", "v1"],
+    ] {
+        let mut args = vec!["models", "--models", m];
+        args.extend_from_slice(action);
+        let e = fails(dir.path(), &args);
+        assert!(e.contains(m), "{action:?} names the path: {e}");
+        assert!(!missing.exists(), "{action:?} created nothing");
+    }
+    // An existing, empty directory is fine to list: no bundles yet.
+    std::fs::create_dir(&missing).unwrap();
+    assert!(ok(dir.path(), &["models", "--models", m, "list"]).contains("no bundles"));
+}

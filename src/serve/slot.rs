@@ -210,6 +210,8 @@ pub(crate) struct Loader {
     refused: Option<String>,
     /// The last CURRENT read error, logged once.
     last_error: Option<String>,
+    /// "No model to serve yet" was logged (once, until CURRENT names a version).
+    said_waiting: bool,
 }
 
 impl Loader {
@@ -237,6 +239,7 @@ impl Loader {
             metrics,
             refused: None,
             last_error: None,
+            said_waiting: false,
         }
     }
 
@@ -249,7 +252,10 @@ impl Loader {
             Err(e) => return self.read_error(e.to_string()),
         };
         self.last_error = None;
-        let Some(version) = current else { return };
+        let Some(version) = current else {
+            return self.waiting();
+        };
+        self.said_waiting = false;
         let live = self.slot.version();
         if live.as_deref() == Some(version.as_str())
             || (!forced && self.refused.as_deref() == Some(version.as_str()))
@@ -334,6 +340,31 @@ impl Loader {
             }
         }
         tracing::error!(wanted, "no version in HISTORY loads: nothing to serve");
+    }
+
+    /// CURRENT names no version: said once, with where and why, so that a wrong `--models`
+    /// shows in the log and not only as UNAVAILABLE answers.
+    fn waiting(&mut self) {
+        if std::mem::replace(&mut self.said_waiting, true) {
+            return;
+        }
+        let root = &self.store.root;
+        let why = if root.is_dir() {
+            "CURRENT does not exist"
+        } else {
+            "the models directory does not exist"
+        };
+        match self.slot.version() {
+            Some(live) => tracing::warn!(
+                models = %root.display(),
+                "MODELS/CURRENT names no model ({why}); {live} keeps serving until CURRENT is written again"
+            ),
+            None => tracing::warn!(
+                models = %root.display(),
+                "no model to serve yet: {why}; health stays NOT_SERVING and calls answer UNAVAILABLE until `tiering train --models {}` (or `tiering models promote`) writes CURRENT",
+                root.display()
+            ),
+        }
     }
 
     fn read_error(&mut self, e: String) {

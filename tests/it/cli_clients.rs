@@ -897,3 +897,53 @@ fn models_actions_refuse_a_models_directory_that_does_not_exist() {
     std::fs::create_dir(&missing).unwrap();
     assert!(ok(dir.path(), &["models", "--models", m, "list"]).contains("no bundles"));
 }
+
+/// A server started on a models directory without a model (a wrong `--models`, or before the
+/// first training) serves NOT_SERVING and says once, at start, what it is waiting for and
+/// where: otherwise its log shows nothing wrong while every call answers UNAVAILABLE.
+#[test]
+fn serve_without_a_model_says_what_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, create) in [("missing", false), ("empty", true)] {
+        let models = dir.path().join(format!("models-{name}"));
+        if create {
+            std::fs::create_dir(&models).unwrap();
+        }
+        let log = dir.path().join(format!("serve-{name}.log"));
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--models"])
+            .arg(&models)
+            .arg("--state")
+            .arg(dir.path().join(format!("state-{name}")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            if text.contains("no model to serve yet") || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Two more polls of CURRENT (every second by default) must not repeat it.
+        std::thread::sleep(Duration::from_millis(2500));
+        let _ = child.kill();
+        let _ = child.wait();
+        let later = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("no model to serve yet"), "{name}: {text}");
+        assert!(
+            text.contains(&path_str(&models).to_string()),
+            "{name}: {text}"
+        );
+        let why = if create {
+            "CURRENT does not exist"
+        } else {
+            "the models directory does not exist"
+        };
+        assert!(text.contains(why), "{name}: {text}");
+        assert_eq!(later.matches("no model to serve yet").count(), 1, "{later}");
+    }
+}

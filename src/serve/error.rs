@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 /// Why a request failed; one variant per gRPC answer's cause.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// A request field is wrong; `field` is its path in the request (`events[2].ts`).
-    #[error("{field}: {message}")]
+    /// A request field is wrong; `field` is its path in the request (`events[2].ts`), empty
+    /// when the request as a whole is (a body that is not JSON).
+    #[error("{}", with_field(field, message))]
     InvalidArgument { field: String, message: String },
     #[error("unknown user {0:?}")]
     UserNotFound(String),
@@ -84,6 +85,15 @@ impl From<EventsError> for RequestError {
             EventsError::State(s) => RequestError::State(s),
             e => RequestError::Events(e),
         }
+    }
+}
+
+/// "field: message", or the message alone when no field is named.
+fn with_field(field: &str, message: &str) -> String {
+    if field.is_empty() {
+        message.to_string()
+    } else {
+        format!("{field}: {message}")
     }
 }
 
@@ -308,4 +318,21 @@ pub enum ServeError {
     /// Listening beyond loopback without TLS or without authentication, and no `insecure`.
     #[error("refusing to listen on {addr} without {missing}: anyone who can reach it could read and change every user's data; configure tls_cert/tls_key and keys_file, or set insecure = true (--insecure) to accept the risk")]
     Insecure { addr: SocketAddr, missing: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestError;
+
+    #[test]
+    fn an_invalid_argument_names_its_field_only_when_it_has_one() {
+        assert_eq!(
+            RequestError::invalid("events[2].ts", "is required").to_string(),
+            "events[2].ts: is required"
+        );
+        assert_eq!(
+            RequestError::invalid("", "the request body is not JSON").to_string(),
+            "the request body is not JSON"
+        );
+    }
 }

@@ -255,6 +255,49 @@ async fn a_bad_field_is_400_naming_the_field_as_grpc_does() {
     server.stop().await.unwrap();
 }
 
+/// Refusals the router makes before a handler runs are the API's JSON errors too, naming what
+/// is wrong: a path segment that is not UTF-8, a body that is not JSON, a method a route does
+/// not take (405 with `Allow`). A client parses one error shape, whatever went wrong.
+#[tokio::test]
+async fn refusals_before_the_handler_are_json_errors_naming_what_is_wrong() {
+    let (_dirs, server, http) = served().await;
+    let r = get(http, "/v1/users/%ff%fe", None).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["status"], "INVALID_ARGUMENT");
+    assert_eq!(r.json()["field"], "user_id");
+
+    let json = [("content-type", "application/json")];
+    let r = request(http, "POST", "/v1/events", &json, Some("{not json")).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.starts_with("the request body is not JSON: "),
+        "no empty field before the message: {message:?}"
+    );
+    assert!(r.json().get("field").is_none(), "{}", r.text());
+
+    for (method, path, allowed) in [
+        ("DELETE", "/v1/users/u1", "GET"),
+        ("PUT", "/v1/events", "POST"),
+        ("GET", "/v1/events", "POST"),
+    ] {
+        let r = request(http, method, path, &[], None).await;
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
+        assert_eq!(r.json()["status"], "UNIMPLEMENTED", "{method} {path}");
+        let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(
+            message.contains(method) && message.contains(path),
+            "{message}"
+        );
+        let allow = r.headers.get("allow").and_then(|v| v.to_str().ok());
+        assert!(
+            allow.is_some_and(|a| a.contains(allowed)),
+            "{method} {path}: Allow {allow:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_batch_over_the_limit_is_429_resource_exhausted_naming_user_ids() {
     let dirs = Dirs::new();

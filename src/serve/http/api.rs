@@ -8,6 +8,7 @@ use crate::pb as proto;
 use crate::pb::tiering_server::Tiering;
 use crate::serve::error::RequestError;
 use axum::body::Body;
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -22,8 +23,14 @@ pub(super) fn router(api: Arc<Api>, admit: Arc<super::admission::Admit>) -> axum
     let max_body_bytes = admit.max_body;
     let mut app = axum::Router::new();
     for route in ROUTES {
-        let handler = move |State(api): State<Arc<Api>>, params: RawPathParams, req: Request| async move {
-            match answer(&api, route, &params, req, max_body_bytes).await {
+        let handler = move |State(api): State<Arc<Api>>,
+                            params: Result<RawPathParams, RawPathParamsRejection>,
+                            req: Request| async move {
+            let answered = match params {
+                Ok(params) => answer(&api, route, &params, req, max_body_bytes).await,
+                Err(e) => Err(path_rejected(route, &e)),
+            };
+            match answered {
                 Ok(r) => r,
                 Err(status) => error_response(&status),
             }
@@ -41,7 +48,37 @@ pub(super) fn router(api: Arc<Api>, admit: Arc<super::admission::Admit>) -> axum
     super::console::routes(app)
         .route("/openapi.json", axum::routing::get(openapi))
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
+}
+
+/// A path parameter axum could not take (percent-decoded, it is not UTF-8): the API's JSON
+/// error naming the parameter (every route has at most one, `{user_id}` or `{version}`).
+fn path_rejected(route: &Route, e: &RawPathParamsRejection) -> Status {
+    let param = route
+        .path
+        .split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or("", |(name, _)| name);
+    match e {
+        RawPathParamsRejection::InvalidUtf8InPathParam(_) => {
+            RequestError::invalid(param, "not valid UTF-8 once percent-decoded").into()
+        }
+        _ => Status::internal(e.body_text()),
+    }
+}
+
+/// A route that exists, asked with a method it does not take: 405 with the API's JSON error
+/// (axum adds the `Allow` header).
+async fn method_not_allowed(req: Request) -> Response {
+    let status = Status::unimplemented(format!(
+        "{} is not a method of {} (see /openapi.json)",
+        req.method(),
+        crate::serve::error::quote(req.uri().path())
+    ));
+    let mut r = error_response(&status);
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
 }
 
 async fn openapi(State(api): State<Arc<Api>>) -> Response {

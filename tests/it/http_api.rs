@@ -252,6 +252,31 @@ async fn a_bad_field_is_400_naming_the_field_as_grpc_does() {
         (r.status, r.json()["field"].as_str()),
         (400, Some("colour"))
     );
+    // A single-valued parameter given twice (under either name) is refused: which one was
+    // meant is not ours to guess (a threshold of 0.9 then 0 would export every user).
+    for query in [
+        "minChurnProbability=0.9&minChurnProbability=0",
+        "min_churn_probability=0.9&minChurnProbability=0",
+        "limit=1&limit=2",
+    ] {
+        let r = get(http, &format!("/v1/at-risk?{query}"), None).await;
+        let text: String = r.text().chars().take(300).collect();
+        assert_eq!(r.status, 400, "{query}: {text}");
+        let field = r.json()["field"].as_str().unwrap_or_default().to_string();
+        assert!(
+            query.starts_with(&field) || field == "min_churn_probability",
+            "{query}: {field}"
+        );
+        assert!(text.contains("more than once"), "{query}: {text}");
+    }
+    // A repeated field takes every value.
+    let r = get(
+        http,
+        "/v1/at-risk?tierIds=active_regulars&tierIds=dormant&limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:.300}", r.text());
     server.stop().await.unwrap();
 }
 

@@ -139,8 +139,13 @@ pub(crate) fn add_query(
             if let Value::Array(a) = into.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
                 a.push(value);
             }
-        } else {
-            into.insert(key, value);
+        } else if into.insert(key, value).is_some() {
+            // Which of two values was meant is not ours to guess (a threshold given as 0.9,
+            // then as 0, would export every user).
+            return Err(RequestError::invalid(
+                field.name(),
+                "given more than once (only repeated fields take several values)",
+            ));
         }
     }
     Ok(())

@@ -166,7 +166,15 @@ pub fn event(
     if !e.amount.is_finite() || !(0.0..=MAX_AMOUNT).contains(&e.amount) {
         return Err(RequestError::invalid(
             f("amount"),
-            format!("must be a number in [0, {MAX_AMOUNT:e}], got {}", e.amount),
+            format!(
+                "must be a number in [0, {MAX_AMOUNT:e}], got {}",
+                // 1e300 as written, not as 301 digits.
+                if e.amount.abs() >= MAX_AMOUNT && e.amount.is_finite() {
+                    format!("{:e}", e.amount)
+                } else {
+                    e.amount.to_string()
+                }
+            ),
         ));
     }
     if e.order_id.len() > MAX_USER_ID_BYTES {
@@ -848,6 +856,26 @@ mod tests {
                 .ts,
             MIN_SECONDS
         );
+    }
+
+    /// An amount out of range is named with the value in a readable form, however large.
+    #[test]
+    fn an_amount_out_of_range_is_quoted_short() {
+        for (amount, shown) in [
+            (1e300, "got 1e300"),
+            (-2.5, "got -2.5"),
+            (f64::INFINITY, "got inf"),
+            (f64::NAN, "got NaN"),
+            (1.5e12, "got 1.5e12"),
+        ] {
+            let err = event(1, &order(NOW - 60, "order", amount), rules(None)).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("events[1].amount: must be a number in [0, 1e12], "),
+                "{msg}"
+            );
+            assert!(msg.ends_with(shown) && msg.len() < 80, "{msg}");
+        }
     }
 
     #[test]

@@ -107,6 +107,14 @@ fn nan_or_infinite_amount_names_file_line_and_column() {
         assert!(matches!(err, ReadError::NonFiniteAmount { .. }), "{msg}");
         assert!(msg.contains(bad), "{msg}");
     }
+    // Finite as written, but beyond what an amount holds (a 32-bit float): the message says
+    // so instead of calling 1e300 "not a finite number".
+    let (err, msg) = error_at(&rows(&["u1,2026-05-01,order,1e300,,,"]), 2, 4, "amount");
+    assert!(matches!(err, ReadError::AmountTooLarge { .. }), "{msg}");
+    assert!(
+        msg.contains("\"1e300\" is too large (amounts hold at most 3.4e38)"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -164,6 +164,8 @@ pub enum ReadError {
     MissingAmount { at: Cell },
     #[error("{at}: amount {value:?} is not a finite number")]
     NonFiniteAmount { at: Cell, value: String },
+    #[error("{at}: amount {value:?} is too large (amounts hold at most 3.4e38)")]
+    AmountTooLarge { at: Cell, value: String },
     #[error(
         "{at}: cannot parse {value:?} as an amount (expected a decimal number ≥ 0, e.g. 12.50)"
     )]
@@ -286,6 +288,7 @@ impl ReadError {
             Cause::NegativeAmount => ReadError::NegativeAmount { at, value },
             Cause::MissingAmount => ReadError::MissingAmount { at },
             Cause::NonFiniteAmount => ReadError::NonFiniteAmount { at, value },
+            Cause::AmountTooLarge => ReadError::AmountTooLarge { at, value },
             Cause::BadAmount => ReadError::BadAmount { at, value },
             Cause::BadWatchSeconds => ReadError::BadWatchSeconds { at, value },
             Cause::UnknownKind => ReadError::UnknownKind {

@@ -184,6 +184,8 @@ pub(crate) enum Cause {
     NegativeAmount,
     MissingAmount,
     NonFiniteAmount,
+    /// Finite, but beyond the table's f32.
+    AmountTooLarge,
     BadAmount,
     BadWatchSeconds,
     UnknownKind,
@@ -384,7 +386,8 @@ pub(crate) fn check_amount(kind: EventKind, v: Option<f64>) -> Result<f64, Cause
     match v {
         None if matches!(kind, EventKind::Order | EventKind::Refund) => Err(Cause::MissingAmount),
         None => Ok(0.0),
-        Some(v) if !v.is_finite() || !(v as f32).is_finite() => Err(Cause::NonFiniteAmount),
+        Some(v) if !v.is_finite() => Err(Cause::NonFiniteAmount),
+        Some(v) if !(v as f32).is_finite() => Err(Cause::AmountTooLarge),
         Some(v) if v < 0.0 => Err(Cause::NegativeAmount),
         // `+ 0.0` turns -0 into 0.
         Some(v) => Ok(v + 0.0),
@@ -590,10 +593,17 @@ mod tests {
             check_amount(Order, amount_text(b"-0").unwrap()).map(f64::to_bits),
             Ok(0)
         );
-        for s in ["NaN", "inf", "-inf", "1e300"] {
+        for s in ["NaN", "inf", "-inf"] {
             assert_eq!(
                 check_amount(Order, amount_text(s.as_bytes()).unwrap()),
                 Err(Cause::NonFiniteAmount),
+                "{s}"
+            );
+        }
+        for s in ["1e300", "-1e300"] {
+            assert_eq!(
+                check_amount(Order, amount_text(s.as_bytes()).unwrap()),
+                Err(Cause::AmountTooLarge),
                 "{s}"
             );
         }

@@ -116,8 +116,16 @@ impl RedisAccessArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = ServeConfig::load(args.config.as_deref(), std::env::vars())
-        .context("loading the configuration")?;
+    let mut config =
+        ServeConfig::load(args.config.as_deref(), std::env::vars()).with_context(|| match &args
+            .config
+        {
+            Some(file) => format!(
+                "loading the configuration {} (with any TIERING__* variables)",
+                file.display()
+            ),
+            None => "loading the configuration (TIERING__* variables)".to_string(),
+        })?;
     if let Some(m) = args.models {
         config.models = m;
     }

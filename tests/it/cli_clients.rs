@@ -947,3 +947,24 @@ fn serve_without_a_model_says_what_it_waits_for() {
         assert_eq!(later.matches("no model to serve yet").count(), 1, "{later}");
     }
 }
+
+/// A serve configuration with a value of the wrong type is refused naming the file and the key
+/// (the error comes from the merged file and TIERING__* variables, so the file must be said).
+#[test]
+fn serve_refuses_a_bad_configuration_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, "max_batch_size = \"ten\"\n").unwrap();
+    let e = fails(
+        dir.path(),
+        &[
+            "serve",
+            "--config",
+            path_str(&config),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(e.contains(path_str(&config)), "{e}");
+    assert!(e.contains("max_batch_size"), "{e}");
+}

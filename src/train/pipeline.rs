@@ -40,6 +40,10 @@ pub enum TrainError {
         "history too short for a {horizon}-day horizon: the data spans {span_days:.1} days, training needs more than {horizon} (a snapshot plus its label window)"
     )]
     HistoryTooShort { horizon: u32, span_days: f64 },
+    #[error(
+        "--as-of {as_of} is before the first event ({first}): there is no history to train on"
+    )]
+    AsOfBeforeData { as_of: String, first: String },
     #[error("no user is known at the training snapshot {0}")]
     NoUsers(String),
     #[error("cannot fit a churn model: the label window holds only one class ({rows} users); try a longer history, a different --horizon-days or --as-of")]

@@ -37,6 +37,12 @@ pub(crate) fn windows(
     let snap_b = as_of - h;
     let snap_a = snap_b - h;
     let span_days = (as_of - first) as f64 / DAY as f64;
+    if as_of <= first {
+        return Err(TrainError::AsOfBeforeData {
+            as_of: format_rfc3339(as_of),
+            first: format_rfc3339(first),
+        });
+    }
     if snap_b <= first {
         return Err(TrainError::HistoryTooShort {
             horizon: horizon_days,

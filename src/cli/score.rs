@@ -93,6 +93,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let Some(data) = &args.data else {
         anyhow::bail!("give --data or --aggregates");
     };
+    // Where the scores go is checked before the events are read (minutes at a large data set);
+    // the temporary file is removed if anything below fails.
+    let mut writer = ScoreWriter::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = spinner("reading events");
     let mut dataset = read_dataset(
         data,
@@ -121,8 +125,6 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     scorer.score_batch(&aggs, t, &mut scores);
     let secs = started.elapsed().as_secs_f64();
     bar.set_message("writing");
-    let mut writer = ScoreWriter::create(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let (ids, scores): (Vec<String>, Vec<Score>) = table
         .user_ids
         .iter()

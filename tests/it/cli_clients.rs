@@ -968,3 +968,39 @@ fn serve_refuses_a_bad_configuration_naming_the_file_and_the_key() {
     assert!(e.contains(path_str(&config)), "{e}");
     assert!(e.contains("max_batch_size"), "{e}");
 }
+
+/// `tiering score` checks where its output goes before it reads the events (minutes at a large
+/// data set): an unsupported extension or a directory that does not exist is refused first,
+/// naming the output, even when the events path is wrong too; and nothing is left behind.
+#[test]
+fn score_refuses_an_unwritable_output_before_reading_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    publish(&models, "v1", 1.0);
+    let missing_data = dir.path().join("no-such-events.csv");
+    for out in [
+        dir.path().join("scores.txt"),
+        dir.path().join("no-such-dir").join("scores.csv"),
+    ] {
+        let e = fails(
+            dir.path(),
+            &[
+                "score",
+                "--models",
+                path_str(&models),
+                "--data",
+                path_str(&missing_data),
+                "--out",
+                path_str(&out),
+            ],
+        );
+        assert!(e.contains(path_str(&out)), "names the output: {e}");
+        assert!(!e.contains("no-such-events"), "refused before reading: {e}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("scores"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -192,6 +192,8 @@ pub enum RunError {
     Aggregates(#[source] Box<AggregatesError>),
     #[error("{0} is not supported with an aggregates table (apply it in the warehouse job)")]
     Unsupported(&'static str),
+    #[error("{}: not a directory (--models names the directory bundles are written under)", .0.display())]
+    ModelsNotADirectory(PathBuf),
     #[error("training")]
     Train(#[from] TrainError),
     #[error("writing the bundle under {}", models.display())]
@@ -393,6 +395,11 @@ fn aggregates_info(files: &[PathBuf], source: &AggregatesSource) -> DataInfo {
 /// Runs a training job end to end; `progress` is told each stage as it starts.
 pub fn run(job: TrainJob, progress: &mut dyn Progress) -> Result<TrainOutcome, RunError> {
     let started = Instant::now();
+    // Checked before the data is read: the bundle is written minutes later at scale. A path
+    // that does not exist yet is created then.
+    if std::fs::metadata(&job.models).is_ok_and(|m| !m.is_dir()) {
+        return Err(RunError::ModelsNotADirectory(job.models.clone()));
+    }
     progress.stage("reading the data");
     let dataset = read_events(&job)?;
     let aggregates = read_aggregates(&job)?;

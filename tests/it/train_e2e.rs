@@ -549,3 +549,30 @@ fn quickstart_generates_trains_and_is_idempotent() {
         .expect("trained");
     assert_eq!(v1, v2, "a second run reuses the bundle");
 }
+
+/// A `--models` path that is a file is refused before the data is read (training at scale
+/// takes minutes and would only fail when writing the bundle), naming the path.
+#[test]
+fn train_refuses_a_models_path_that_is_not_a_directory_before_reading() {
+    let dir = tmp();
+    let models = dir.path().join("models");
+    std::fs::write(&models, "x").unwrap();
+    let out = bin()
+        .args(["train", "--data"])
+        .arg(dir.path().join("no-such-events.csv"))
+        .arg("--models")
+        .arg(&models)
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: not a directory", models.display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("no-such-events"),
+        "refused before reading: {err}"
+    );
+    assert_eq!(std::fs::read_to_string(&models).unwrap(), "x");
+}

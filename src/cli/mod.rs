@@ -52,7 +52,7 @@ enum Command {
     State(state::StateArgs),
     /// List, promote or roll back model bundles.
     Models(models::ModelsArgs),
-    /// Generate the key pair that signs model bundles.
+    /// Bundle-signing key pairs and API tokens (a keys file of hashed tokens with their roles).
     Keys(keys::KeysArgs),
     /// Pull the at-risk list from a running server (CSV, JSON or a table).
     AtRisk(client::AtRiskArgs),

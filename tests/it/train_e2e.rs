@@ -474,30 +474,28 @@ fn too_short_a_history_is_refused_plainly() {
             "--out",
         ])
         .arg(&data));
-    let out = bin()
-        .args(["train", "--data"])
-        .arg(&data)
-        .arg("--models")
-        .arg(dir.path().join("m"))
-        .output()
-        .expect("spawn");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Trains with `extra` arguments, expecting a failure; its stderr.
+    let refused = |extra: &[&str]| {
+        let out = bin()
+            .arg("train")
+            .args(extra)
+            .arg("--data")
+            .arg(&data)
+            .arg("--models")
+            .arg(dir.path().join("m"))
+            .output()
+            .expect("spawn");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&[]);
     assert!(
         err.contains("history too short for a 30-day horizon"),
         "{err}"
     );
     // An --as-of before the first event: said as such, not as a negative span of days (a bare
     // date means the end of that day).
-    let out = bin()
-        .args(["train", "--as-of", "2020-01-01", "--data"])
-        .arg(&data)
-        .arg("--models")
-        .arg(dir.path().join("m"))
-        .output()
-        .expect("spawn");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["--as-of", "2020-01-01"]);
     assert!(
         err.contains("--as-of 2020-01-02T00:00:00Z is before the first event (2026-06-1"),
         "{err}"

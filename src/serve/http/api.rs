@@ -71,14 +71,9 @@ fn path_rejected(route: &Route, e: &RawPathParamsRejection) -> Status {
 /// A route that exists, asked with a method it does not take: 405 with the API's JSON error
 /// (axum adds the `Allow` header).
 async fn method_not_allowed(req: Request) -> Response {
-    let status = Status::unimplemented(format!(
-        "{} is not a method of {} (see /openapi.json)",
-        req.method(),
-        crate::serve::error::quote(req.uri().path())
-    ));
-    let mut r = error_response(&status);
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    r
+    let path = crate::serve::error::quote(req.uri().path());
+    let message = format!("{} is not a method of {path}", req.method());
+    unrouted(StatusCode::METHOD_NOT_ALLOWED, message)
 }
 
 async fn openapi(State(api): State<Arc<Api>>) -> Response {
@@ -89,13 +84,18 @@ async fn openapi(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn no_route(req: Request) -> Response {
-    let status = Status::unimplemented(format!(
-        "no route {} {} (see /openapi.json)",
-        req.method(),
-        crate::serve::error::quote(req.uri().path())
-    ));
+    let path = crate::serve::error::quote(req.uri().path());
+    unrouted(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {path}", req.method()),
+    )
+}
+
+/// A request the router did not take: the API's JSON error, status UNIMPLEMENTED.
+fn unrouted(http: StatusCode, message: String) -> Response {
+    let status = Status::unimplemented(format!("{message} (see /openapi.json)"));
     let mut r = error_response(&status);
-    *r.status_mut() = StatusCode::NOT_FOUND;
+    *r.status_mut() = http;
     r
 }
 

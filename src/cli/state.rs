@@ -65,6 +65,14 @@ pub fn run(args: StateArgs) -> Result<()> {
     let key = key.as_ref();
     match args.action {
         Action::Check => {
+            // A server creates its directory at first start: a missing one is a typo or a
+            // server that never ran there, not a state it would refuse.
+            if !dir.exists() {
+                anyhow::bail!(
+                    "{}: no such state directory (nothing to check; a server creates it at its first start)",
+                    dir.display()
+                );
+            }
             let r = tools::check(dir, key).with_context(|| {
                 format!(
                     "checking {}: the server would refuse to start",

@@ -471,3 +471,19 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_writes_resume_once_space_is_
     })
     .await;
 }
+
+/// `state check` on a directory that does not exist says so (a typo, or a server that never
+/// ran there), not that the server would refuse to start: a server creates its directory.
+#[test]
+fn state_check_on_a_missing_directory_says_there_is_nothing_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-state");
+    let (ok, out) = state_cli("check", &missing, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("{}: no such state directory", missing.display())),
+        "{out}"
+    );
+    assert!(!out.contains("refuse to start"), "{out}");
+    assert!(!missing.exists(), "check created nothing");
+}

@@ -838,3 +838,85 @@ async fn a_walk_through_at_risk_pages_goes_past_a_page_whose_users_all_objected_
     })
     .await;
 }
+
+/// An access request shows the person what the service says about them, named as GetUserTier
+/// names it: interests by category, rooms by id, channel shares, value figures and the
+/// playbook, not only the raw aggregates (whose interests are category hashes).
+#[tokio::test]
+async fn export_carries_the_profile_as_get_user_tier_names_it() {
+    bounded(async {
+        let dirs = Dirs::new();
+        publish(&dirs.models(), "v1", 1.0);
+        let server = TestServer::start(dirs.config()).await;
+        server.ready().await;
+        let mut c = server.client().await;
+        let id = user(5);
+        let mut e = order(&id, crate::helpers::NOW - 3600);
+        e.category = "beauty".into();
+        e.room_id = "room_9".into();
+        e.channel = "live".into();
+        assert_eq!(record(&mut c, vec![e]).await, 1);
+        let t = c
+            .get_user_tier(proto::GetUserTierRequest {
+                user_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!t.interests.is_empty() && !t.rooms.is_empty(), "{t:?}");
+        let doc = c
+            .export_user(proto::ExportUserRequest {
+                user_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .json;
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let s = &v["score"];
+        let interests: Vec<(String, f64)> = t
+            .interests
+            .iter()
+            .map(|i| (i.category.clone(), i.score))
+            .collect();
+        let got: Vec<(String, f64)> = s["interests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no interests in {doc}"))
+            .iter()
+            .map(|i| {
+                let cat = i["category"].as_str().unwrap_or_default().to_string();
+                (cat, i["score"].as_f64().unwrap_or(f64::NAN))
+            })
+            .collect();
+        assert_eq!(got, interests, "{doc}");
+        assert!(got.iter().any(|(c, _)| c == "beauty"), "{doc}");
+        assert_eq!(
+            s["rooms"][0]["room_id"],
+            t.rooms[0].room_id.as_str(),
+            "{doc}"
+        );
+        let channels: Vec<&str> = t.channels.iter().map(|c| c.channel.as_str()).collect();
+        let got: Vec<&str> = s["channels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no channels in {doc}"))
+            .iter()
+            .filter_map(|c| c["channel"].as_str())
+            .collect();
+        assert_eq!(got, channels, "{doc}");
+        for (key, want) in [
+            ("clv", t.clv),
+            ("expected_orders", t.expected_orders),
+            ("p_alive", t.p_alive),
+            ("value_at_risk", t.value_at_risk),
+        ] {
+            assert_eq!(s[key].as_f64(), Some(want), "{key}: {doc}");
+        }
+        assert_eq!(
+            s["recommended_actions"],
+            serde_json::json!(t.recommended_actions),
+            "{doc}"
+        );
+        server.stop().await.unwrap();
+    })
+    .await;
+}

@@ -380,6 +380,22 @@ impl Privacy {
                         "top_factors": t.top_factors.iter().map(|f| json!({
                             "feature": f.feature, "contribution": f.contribution, "value": f.value,
                         })).collect::<Vec<_>>(),
+                        "recommended_actions": t.recommended_actions,
+                        "clv": t.clv,
+                        "expected_orders": t.expected_orders,
+                        "p_alive": t.p_alive,
+                        "value_at_risk": t.value_at_risk,
+                        // Named as GetUserTier names them (the aggregates hold hashes).
+                        "interests": t.interests.iter().map(|i| json!({
+                            "category": i.category, "score": i.score,
+                        })).collect::<Vec<_>>(),
+                        "rooms": t.rooms.iter().map(|r| json!({
+                            "room_id": r.room_id, "score": r.score,
+                        })).collect::<Vec<_>>(),
+                        "channels": t.channels.iter().map(|c| json!({
+                            "channel": c.channel, "spend_share": c.spend_share,
+                            "activity_share": c.activity_share,
+                        })).collect::<Vec<_>>(),
                     }))
                 })
                 .unwrap_or(Value::Null)

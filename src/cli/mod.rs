@@ -153,6 +153,21 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
+/// Fails unless `dir` exists: "DIR: no such WHAT (HINT)" when it does not (a typo, an unmounted
+/// volume), the OS error when it cannot be looked at. For commands that only read what a
+/// directory holds, where a missing one must not pass for an empty one.
+pub fn existing_dir(dir: &std::path::Path, what: &str, hint: &str) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{}: no such {what} ({hint})", dir.display())
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("reading the {what} {}", dir.display())))
+        }
+    }
+}
+
 /// A time argument: RFC 3339, or a bare YYYY-MM-DD meaning the *end* of that day (UTC), so that
 /// events on that date count as known ([`tiering::features::parse_instant`]).
 pub fn parse_time(s: &str) -> anyhow::Result<i64> {

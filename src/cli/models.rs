@@ -72,18 +72,16 @@ pub fn run(args: ModelsArgs) -> Result<()> {
             VerifyKeys::load(&args.verify_key).context("reading --verify-key")?,
         ))
     };
-    // A missing directory is a typo or an unmounted volume, not an empty store: `list` and a
-    // scheduled `prune` would otherwise succeed with nothing to say.
-    if let Err(e) = std::fs::metadata(&args.models) {
-        let path = args.models.display();
-        return Err(if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!(
-                "{path}: no such models directory (train a bundle into it with `tiering train --models {path}`)"
-            )
-        } else {
-            anyhow::Error::new(e).context(format!("reading the models directory {path}"))
-        });
-    }
+    // A missing directory is not an empty store: `list` and a scheduled `prune` would
+    // otherwise succeed with nothing to say.
+    super::existing_dir(
+        &args.models,
+        "models directory",
+        &format!(
+            "train a bundle into it with `tiering train --models {}`",
+            args.models.display()
+        ),
+    )?;
     let store = BundleStore::new(&args.models).with_verify_keys(keys);
     match args.action {
         Action::List => list(&store),

@@ -116,16 +116,12 @@ impl RedisAccessArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config =
-        ServeConfig::load(args.config.as_deref(), std::env::vars()).with_context(|| match &args
-            .config
-        {
-            Some(file) => format!(
-                "loading the configuration {} (with any TIERING__* variables)",
-                file.display()
-            ),
-            None => "loading the configuration (TIERING__* variables)".to_string(),
-        })?;
+    let source = match &args.config {
+        Some(file) => format!("{} (with any TIERING__* variables)", file.display()),
+        None => "(TIERING__* variables)".to_string(),
+    };
+    let mut config = ServeConfig::load(args.config.as_deref(), std::env::vars())
+        .with_context(|| format!("loading the configuration {source}"))?;
     if let Some(m) = args.models {
         config.models = m;
     }

@@ -67,12 +67,11 @@ pub fn run(args: StateArgs) -> Result<()> {
         Action::Check => {
             // A server creates its directory at first start: a missing one is a typo or a
             // server that never ran there, not a state it would refuse.
-            if !dir.exists() {
-                anyhow::bail!(
-                    "{}: no such state directory (nothing to check; a server creates it at its first start)",
-                    dir.display()
-                );
-            }
+            super::existing_dir(
+                dir,
+                "state directory",
+                "nothing to check; a server creates it at its first start",
+            )?;
             let r = tools::check(dir, key).with_context(|| {
                 format!(
                     "checking {}: the server would refuse to start",

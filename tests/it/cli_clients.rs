@@ -893,6 +893,22 @@ fn models_actions_refuse_a_models_directory_that_does_not_exist() {
         assert!(e.contains(m), "{action:?} names the path: {e}");
         assert!(!missing.exists(), "{action:?} created nothing");
     }
+    // A path that cannot be looked at (under a file) is the OS error, named, not "no such".
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let under = file.join("models");
+    let e = fails(
+        dir.path(),
+        &["models", "--models", path_str(&under), "list"],
+    );
+    assert!(
+        e.contains(&format!("reading the models directory {}", under.display())),
+        "{e}"
+    );
+    assert!(
+        e.contains("Not a directory") && !e.contains("no such"),
+        "{e}"
+    );
     // An existing, empty directory is fine to list: no bundles yet.
     std::fs::create_dir(&missing).unwrap();
     assert!(ok(dir.path(), &["models", "--models", m, "list"]).contains("no bundles"));
@@ -946,6 +962,51 @@ fn serve_without_a_model_says_what_it_waits_for() {
         assert!(text.contains(why), "{name}: {text}");
         assert_eq!(later.matches("no model to serve yet").count(), 1, "{later}");
     }
+}
+
+/// With a model live and MODELS/CURRENT then removed, the server says once that the loaded
+/// model keeps serving (not that it has no model).
+#[test]
+fn serve_says_the_live_model_keeps_serving_when_current_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    publish(&models, "v1", 1.0);
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--now", NOW, "--models"])
+        .arg(&models)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            if text.contains(needle) || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let live = wait_for("model is live");
+    std::fs::remove_file(models.join("CURRENT")).unwrap();
+    let text = wait_for("names no model");
+    // Two more polls of CURRENT must not repeat it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let later = std::fs::read_to_string(&log).unwrap();
+    assert!(live.contains("model is live"), "{live}");
+    assert!(
+        text.contains("MODELS/CURRENT names no model (CURRENT does not exist); v1 keeps serving"),
+        "{text}"
+    );
+    assert!(!text.contains("no model to serve yet"), "{text}");
+    assert_eq!(later.matches("names no model").count(), 1, "{later}");
 }
 
 /// A serve configuration with a value of the wrong type is refused naming the file and the key

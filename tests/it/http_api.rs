@@ -290,6 +290,9 @@ async fn refusals_before_the_handler_are_json_errors_naming_what_is_wrong() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["status"], "INVALID_ARGUMENT");
     assert_eq!(r.json()["field"], "user_id");
+    let r = get(http, "/v1/models/%ff/report", None).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["field"], "version", "the route's own parameter");
 
     let json = [("content-type", "application/json")];
     let r = request(http, "POST", "/v1/events", &json, Some("{not json")).await;

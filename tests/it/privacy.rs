@@ -76,6 +76,18 @@ fn order(id: &str, ts: i64) -> proto::Event {
     }
 }
 
+/// ExportUser's document, as sent and parsed.
+async fn export(c: &mut Client, id: &str) -> (String, serde_json::Value) {
+    let doc = c
+        .export_user(proto::ExportUserRequest { user_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .json;
+    let v = serde_json::from_str(&doc).unwrap();
+    (doc, v)
+}
+
 async fn record(c: &mut Client, events: Vec<proto::Event>) -> u64 {
     c.record_events(proto::RecordEventsRequest { events })
         .await
@@ -327,15 +339,7 @@ async fn export_returns_the_held_data_and_an_objection_hides_the_user_until_it_i
         let mut c = server.client().await;
         let id = user(3);
 
-        let doc = c
-            .export_user(proto::ExportUserRequest {
-                user_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .json;
-        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let (doc, v) = export(&mut c, &id).await;
         assert_eq!(v["user_id"], id.as_str());
         assert_eq!(v["held"], true);
         assert_eq!(v["profiling_objected"], false);
@@ -380,15 +384,7 @@ async fn export_returns_the_held_data_and_an_objection_hides_the_user_until_it_i
         assert_eq!(scored.code(), Code::FailedPrecondition);
         assert!(!at_risk_ids(&mut c).await.contains(&id));
         // The data is kept: the export still has it, without a score.
-        let doc = c
-            .export_user(proto::ExportUserRequest {
-                user_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .json;
-        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let (doc, v) = export(&mut c, &id).await;
         assert_eq!(v["profiling_objected"], true);
         assert!(v["score"].is_null() && v["aggregates"].is_object(), "{doc}");
 
@@ -864,15 +860,7 @@ async fn export_carries_the_profile_as_get_user_tier_names_it() {
             .unwrap()
             .into_inner();
         assert!(!t.interests.is_empty() && !t.rooms.is_empty(), "{t:?}");
-        let doc = c
-            .export_user(proto::ExportUserRequest {
-                user_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .json;
-        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let (doc, v) = export(&mut c, &id).await;
         let s = &v["score"];
         let interests: Vec<(String, f64)> = t
             .interests

@@ -486,4 +486,13 @@ fn state_check_on_a_missing_directory_says_there_is_nothing_to_check() {
     );
     assert!(!out.contains("refuse to start"), "{out}");
     assert!(!missing.exists(), "check created nothing");
+    // Under a file the directory cannot be looked at: the OS error, not "no such".
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (ok, out) = state_cli("check", &file.join("state"), &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("reading the state directory") && out.contains("Not a directory"),
+        "{out}"
+    );
 }

@@ -55,11 +55,10 @@ pub(super) fn router(api: Arc<Api>, admit: Arc<super::admission::Admit>) -> axum
 /// A path parameter axum could not take (percent-decoded, it is not UTF-8): the API's JSON
 /// error naming the parameter (every route has at most one, `{user_id}` or `{version}`).
 fn path_rejected(route: &Route, e: &RawPathParamsRejection) -> Status {
-    let param = route
-        .path
-        .split_once('{')
-        .and_then(|(_, rest)| rest.split_once('}'))
-        .map_or("", |(name, _)| name);
+    let param = super::openapi::path_params(route.path)
+        .first()
+        .copied()
+        .unwrap_or_default();
     match e {
         RawPathParamsRejection::InvalidUtf8InPathParam(_) => {
             RequestError::invalid(param, "not valid UTF-8 once percent-decoded").into()

@@ -914,6 +914,32 @@ fn models_actions_refuse_a_models_directory_that_does_not_exist() {
     assert!(ok(dir.path(), &["models", "--models", m, "list"]).contains("no bundles"));
 }
 
+/// `tiering serve` on `models` with its state in `state`, logging at `level` to the file `log`.
+fn serve_logging(models: &Path, state: &Path, log: &Path, level: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--now", NOW, "--models"])
+        .arg(models)
+        .arg("--state")
+        .arg(state)
+        .env("RUST_LOG", level)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The text of `log` once it holds `needle`, or as it is after [`STEP_TIMEOUT`].
+fn log_once_it_says(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A server started on a models directory without a model (a wrong `--models`, or before the
 /// first training) serves NOT_SERVING and says once, at start, what it is waiting for and
 /// where: otherwise its log shows nothing wrong while every call answers UNAVAILABLE.
@@ -926,24 +952,9 @@ fn serve_without_a_model_says_what_it_waits_for() {
             std::fs::create_dir(&models).unwrap();
         }
         let log = dir.path().join(format!("serve-{name}.log"));
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--models"])
-            .arg(&models)
-            .arg("--state")
-            .arg(dir.path().join(format!("state-{name}")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        let text = loop {
-            let text = std::fs::read_to_string(&log).unwrap();
-            if text.contains("no model to serve yet") || Instant::now() > deadline {
-                break text;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let state = dir.path().join(format!("state-{name}"));
+        let mut child = serve_logging(&models, &state, &log, "warn");
+        let text = log_once_it_says(&log, "no model to serve yet");
         // Two more polls of CURRENT (every second by default) must not repeat it.
         std::thread::sleep(Duration::from_millis(2500));
         let _ = child.kill();
@@ -972,29 +983,10 @@ fn serve_says_the_live_model_keeps_serving_when_current_goes() {
     let models = dir.path().join("models");
     publish(&models, "v1", 1.0);
     let log = dir.path().join("serve.log");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--now", NOW, "--models"])
-        .arg(&models)
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap();
-            if text.contains(needle) || Instant::now() > deadline {
-                break text;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let live = wait_for("model is live");
+    let mut child = serve_logging(&models, &dir.path().join("state"), &log, "info");
+    let live = log_once_it_says(&log, "model is live");
     std::fs::remove_file(models.join("CURRENT")).unwrap();
-    let text = wait_for("names no model");
+    let text = log_once_it_says(&log, "names no model");
     // Two more polls of CURRENT must not repeat it.
     std::thread::sleep(Duration::from_millis(2500));
     let _ = child.kill();

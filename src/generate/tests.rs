@@ -403,30 +403,14 @@ fn world_statistics(seed: u64, days: u32) -> [f64; 4] {
             .any(|e| e.kind == EventKind::Order && e.ts >= window);
         rows.push((label, [recency, -orders, -recent, prior - recent]));
     }
+    let labels: Vec<bool> = rows.iter().map(|(l, _)| *l).collect();
     let mut aucs = [0.0; 4];
     for (f, name) in ["order recency", "order count", "events last 30d", "trend"]
         .iter()
         .enumerate()
     {
-        let mut v: Vec<(f64, bool)> = rows.iter().map(|(l, x)| (x[f], *l)).collect();
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (mut rank_sum, mut pos, mut i) = (0.0, 0.0, 0);
-        while i < v.len() {
-            let mut j = i;
-            while j < v.len() && v[j].0 == v[i].0 {
-                j += 1;
-            }
-            let avg = (i + j + 1) as f64 / 2.0;
-            for item in &v[i..j] {
-                if item.1 {
-                    rank_sum += avg;
-                    pos += 1.0;
-                }
-            }
-            i = j;
-        }
-        let neg = v.len() as f64 - pos;
-        aucs[f] = (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg);
+        let signal: Vec<f64> = rows.iter().map(|(_, x)| x[f]).collect();
+        aucs[f] = crate::model::metrics::roc_auc(&signal, &labels);
         println!("AUC {name:16} {:.3}", aucs[f]);
     }
     aucs
